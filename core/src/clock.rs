@@ -1,0 +1,142 @@
+//! The time seam: wall time for leases and schedules, monotonic time for waiting.
+//!
+//! Everything in `keel` that needs "now" asks a [`Clock`]. Production uses
+//! [`SystemClock`]; the simulator supplies a clock built on simulated time with a
+//! per-host skew, so one seed decides every timestamp the runtime ever sees.
+//!
+//! Two kinds of time, on purpose:
+//!
+//! * [`Clock::now`] is **wall time** ([`Timestamp`], milliseconds since the Unix
+//!   epoch). It is what storage compares against lease expiry and schedules. Wall
+//!   clocks skew and jump between machines, so nothing safety-critical may rely on
+//!   two hosts agreeing about it.
+//! * [`Clock::monotonic`] and [`Clock::sleep`] are **monotonic**. The elector's trust
+//!   window is measured here, anchored to the moment a lease attempt started, so a
+//!   wall-clock jump cannot stretch how long a node believes it leads.
+//!
+//! ```
+//! use keel::clock::{Clock, SystemClock};
+//! # async fn demo() {
+//! let clock = SystemClock::new();
+//! let before = clock.monotonic();
+//! clock.sleep(std::time::Duration::from_millis(1)).await;
+//! assert!(clock.monotonic() >= before);
+//! # }
+//! ```
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::time::{Instant, Interval, MissedTickBehavior};
+
+/// A wall-clock instant: milliseconds since the Unix epoch.
+///
+/// Signed so that arithmetic near the epoch (a clock skewed backwards in a test)
+/// cannot wrap.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Timestamp(pub i64);
+
+impl Timestamp {
+    /// The instant `d` after this one, saturating instead of overflowing.
+    pub fn plus(self, d: Duration) -> Timestamp {
+        let ms = i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+        Timestamp(self.0.saturating_add(ms))
+    }
+
+    /// Milliseconds since the Unix epoch.
+    pub fn as_millis(self) -> i64 {
+        self.0
+    }
+}
+
+impl fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}ms", self.0)
+    }
+}
+
+/// A boxed future returned by [`Clock::sleep`].
+pub type Sleep = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// The time seam. See the [module docs](self).
+pub trait Clock: Send + Sync + 'static {
+    /// Wall time, used for leases, heartbeats and schedules.
+    fn now(&self) -> Timestamp;
+
+    /// Monotonic time, used for trust windows and deadlines.
+    fn monotonic(&self) -> Instant;
+
+    /// Wait for `d` of monotonic time.
+    fn sleep(&self, d: Duration) -> Sleep;
+
+    /// A periodic ticker with an explicit policy for ticks missed by a slow round.
+    ///
+    /// The first tick completes immediately, as with [`tokio::time::interval`].
+    fn interval(&self, period: Duration, missed: MissedTickBehavior) -> Interval {
+        assert!(!period.is_zero(), "an interval period must be positive");
+        let mut interval = tokio::time::interval_at(self.monotonic(), period);
+        interval.set_missed_tick_behavior(missed);
+        interval
+    }
+}
+
+/// A shared clock handle.
+pub type SharedClock = Arc<dyn Clock>;
+
+/// The production clock: the operating system's wall clock and tokio's timer.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SystemClock;
+
+impl SystemClock {
+    /// A new system clock.
+    pub fn new() -> Self {
+        SystemClock
+    }
+}
+
+impl Clock for SystemClock {
+    fn now(&self) -> Timestamp {
+        // seam: the one place production reads the OS wall clock.
+        let since = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or(Duration::ZERO);
+        Timestamp(i64::try_from(since.as_millis()).unwrap_or(i64::MAX))
+    }
+
+    fn monotonic(&self) -> Instant {
+        Instant::now()
+    }
+
+    fn sleep(&self, d: Duration) -> Sleep {
+        Box::pin(tokio::time::sleep(d))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamp_plus_saturates() {
+        assert_eq!(Timestamp(5).plus(Duration::from_millis(10)), Timestamp(15));
+        assert_eq!(
+            Timestamp(i64::MAX - 1).plus(Duration::from_secs(10)),
+            Timestamp(i64::MAX)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn interval_skip_does_not_burst_after_a_slow_round() {
+        let clock = SystemClock::new();
+        let mut interval = clock.interval(Duration::from_millis(100), MissedTickBehavior::Skip);
+        interval.tick().await;
+        tokio::time::sleep(Duration::from_millis(350)).await;
+        let a = interval.tick().await;
+        let b = interval.tick().await;
+        assert!(b - a >= Duration::from_millis(50), "Skip must not fire twice back to back");
+    }
+}

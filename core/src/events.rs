@@ -1,0 +1,106 @@
+//! What the runtime reports about itself.
+//!
+//! Every state change of the elector and the maintainer is an [`Event`]. Events go
+//! to `tracing` and to an [`Observer`]. Production needs no observer
+//! ([`NoopObserver`]); the simulator records them, stamped with host and simulated
+//! time, into the history its invariant checkers read. Events are plain data so a
+//! history can be written as JSON lines and compared across runs.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::storage::Term;
+
+/// A state change worth recording. Terms are the terms as the node saw them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    /// This node was granted `term`.
+    TermWon {
+        /// The term won.
+        term: Term,
+    },
+    /// This node renewed `term`.
+    TermRenewed {
+        /// The term renewed.
+        term: Term,
+    },
+    /// This node stopped believing it leads `term`.
+    TermLost {
+        /// The term lost.
+        term: Term,
+        /// Why: `trust_window_expired`, `lease_moved_on`, `resigned`, `shutdown`.
+        reason: String,
+    },
+    /// The maintainer asked the elector to resign `term`.
+    ResignRequested {
+        /// The term the request names.
+        term: Term,
+    },
+    /// The elector sent a resign of `term` to storage.
+    Resigned {
+        /// The term resigned.
+        term: Term,
+        /// Whether storage accepted it (`false`: not current, or no answer).
+        accepted: bool,
+    },
+    /// The maintainer tries to start services for `term`.
+    MaintainerStartAttempt {
+        /// The term the services would run for.
+        term: Term,
+        /// 1-based attempt number.
+        attempt: u32,
+    },
+    /// A start attempt for `term` failed.
+    MaintainerStartFailed {
+        /// The term the attempt was for.
+        term: Term,
+        /// 1-based attempt number.
+        attempt: u32,
+        /// The error.
+        error: String,
+    },
+    /// The services of `term` are running.
+    MaintainerStarted {
+        /// The term whose services run.
+        term: Term,
+    },
+    /// Services were stopped: `affected` is the term whose services stopped,
+    /// `asked_by` the term on whose behalf the stop was made.
+    MaintainerStopped {
+        /// The term that asked for the stop.
+        asked_by: Term,
+        /// The term whose services were stopped.
+        affected: Term,
+    },
+    /// Every start attempt for `term` failed.
+    MaintainerRetriesExhausted {
+        /// The term given up on.
+        term: Term,
+    },
+}
+
+/// Receives every [`Event`] of a runtime.
+pub trait Observer: Send + Sync + 'static {
+    /// Record one event. Called synchronously at the moment of the change; must
+    /// not block.
+    fn record(&self, event: &Event);
+}
+
+/// An observer that keeps nothing; events still reach `tracing`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NoopObserver;
+
+impl Observer for NoopObserver {
+    fn record(&self, _event: &Event) {}
+}
+
+/// A shared observer handle.
+pub type SharedObserver = Arc<dyn Observer>;
+
+/// Log `event` through `tracing` and hand it to `observer`.
+pub(crate) fn emit(observer: &dyn Observer, node: &str, event: Event) {
+    tracing::info!(node = %node, event = ?event, "keel event");
+    observer.record(&event);
+}

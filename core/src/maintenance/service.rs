@@ -1,0 +1,170 @@
+//! The service contract and the term-tagged handles that make cross-term teardown
+//! impossible to write.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use async_trait::async_trait;
+
+use crate::clock::SharedClock;
+use crate::events::{emit, Event, SharedObserver};
+use crate::shutdown::{ShutdownToken, TaskRegistry};
+use crate::storage::{SharedStorage, StorageError, Term};
+
+/// Why a service failed to start.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ServiceError {
+    /// The service's own start hook refused.
+    #[error("service {service} failed to start: {reason}")]
+    Start {
+        /// The service.
+        service: String,
+        /// What it said.
+        reason: String,
+    },
+    /// Storage failed during start.
+    #[error("storage failed during start: {0}")]
+    Storage(#[from] StorageError),
+    /// The start did not finish within the attempt timeout.
+    #[error("start timed out")]
+    Timeout,
+}
+
+/// What a service gets when it starts for a term.
+#[derive(Clone)]
+pub struct ServiceCtx {
+    /// The term this service runs for; fence every write with it.
+    pub term: Term,
+    /// The lease the term belongs to.
+    pub lease_name: String,
+    /// This node's holder id.
+    pub holder: String,
+    /// Triggered when the term's services stop.
+    pub token: ShutdownToken,
+    /// Spawn the service's loops here so they stop with the term.
+    pub tasks: TaskRegistry,
+    /// Time.
+    pub clock: SharedClock,
+    /// Storage.
+    pub storage: SharedStorage,
+}
+
+/// A maintenance service run by the leader. See the [module docs](super).
+#[async_trait]
+pub trait Service: Send + Sync + 'static {
+    /// A stable name for logs.
+    fn name(&self) -> &str;
+
+    /// Start for `ctx.term`: return once running, with loops spawned into
+    /// `ctx.tasks`. May be slow; should honour `ctx.token`.
+    async fn start(&self, ctx: &ServiceCtx) -> Result<(), ServiceError>;
+}
+
+/// The services started for one term: their stop token and their tasks.
+#[derive(Debug)]
+pub struct TermServices {
+    term: Term,
+    token: ShutdownToken,
+    tasks: TaskRegistry,
+}
+
+impl TermServices {
+    /// An empty set for `term`, stopping with `token`.
+    pub fn new(term: Term, token: ShutdownToken) -> Self {
+        let tasks = TaskRegistry::new(token.clone());
+        Self { term, token, tasks }
+    }
+
+    /// The term these services run for.
+    pub fn term(&self) -> Term {
+        self.term
+    }
+
+    /// The registry services spawn their loops into.
+    pub fn tasks(&self) -> &TaskRegistry {
+        &self.tasks
+    }
+
+    /// The token that stops these services.
+    pub fn token(&self) -> &ShutdownToken {
+        &self.token
+    }
+
+    /// Stop every loop now.
+    pub fn stop(self) {
+        self.token.trigger();
+        self.tasks.abort_all();
+    }
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Slot {
+    /// The term the maintainer currently wants running, if any.
+    pub(crate) wanted: Option<Term>,
+    pub(crate) running: Option<TermServices>,
+}
+
+/// The shared maintainer slot, seen through one term. Everything an attempt for
+/// `term` can do to the slot goes through this handle, and the handle only ever
+/// acts on `term`.
+#[derive(Clone)]
+pub struct TermHandle {
+    term: Term,
+    holder: String,
+    slot: Arc<Mutex<Slot>>,
+    observer: SharedObserver,
+}
+
+impl TermHandle {
+    pub(crate) fn new(term: Term, holder: String, slot: Arc<Mutex<Slot>>, observer: SharedObserver) -> Self {
+        Self { term, holder, slot, observer }
+    }
+
+    fn slot(&self) -> MutexGuard<'_, Slot> {
+        self.slot.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The term this handle acts for.
+    pub fn term(&self) -> Term {
+        self.term
+    }
+
+    /// Publish `services` as the running maintainer, if the maintainer still wants
+    /// this term and nothing runs. Otherwise stop them and return `false`.
+    pub fn install(&self, services: TermServices) -> bool {
+        assert_eq!(services.term, self.term, "a handle installs only its own term");
+        let mut slot = self.slot();
+        if slot.wanted == Some(self.term) && slot.running.is_none() {
+            slot.running = Some(services);
+            drop(slot);
+            emit(self.observer.as_ref(), &self.holder, Event::MaintainerStarted { term: self.term });
+            return true;
+        }
+        drop(slot);
+        services.stop();
+        false
+    }
+
+    /// Stop the running services if, and only if, they belong to this term.
+    pub fn stop(&self) {
+        let mut slot = self.slot();
+        if slot.running.as_ref().is_some_and(|r| r.term == self.term) {
+            self.stop_running(slot.running.take());
+        }
+    }
+
+    /// Planted `cross_term_stop`: stop whatever runs, whichever term started it.
+    #[cfg(feature = "planted-bugs")]
+    pub(crate) fn stop_whatever_runs(&self) {
+        let running = self.slot().running.take();
+        self.stop_running(running);
+    }
+
+    fn stop_running(&self, running: Option<TermServices>) {
+        if let Some(services) = running {
+            let affected = services.term;
+            services.stop();
+            let event = Event::MaintainerStopped { asked_by: self.term, affected };
+            emit(self.observer.as_ref(), &self.holder, event);
+        }
+    }
+}

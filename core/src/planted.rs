@@ -1,0 +1,96 @@
+//! Known bugs from the source documents, planted behind a switch.
+//!
+//! Compiled only with the `planted-bugs` cargo feature, which a user's build never
+//! has. The simulator turns bugs on one at a time at run time to prove that its
+//! checkers find them. Each bug names the source document it comes from and the
+//! invariant that must catch it.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::str::FromStr;
+
+/// One planted bug.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Bug {
+    /// 002: after exhausting start retries, resign without checking that this node
+    /// still holds the term, and let the elector resign whatever term it holds now.
+    /// Caught by `no_stale_resign`.
+    StaleResign,
+    /// 002: a failed start retry "resets" the shared maintainer by stopping
+    /// whatever is running, even when a newer term started it. Caught by
+    /// `no_cross_term_teardown`.
+    CrossTermStop,
+}
+
+impl Bug {
+    /// Every planted bug, in a fixed order.
+    pub const ALL: [Bug; 2] = [Bug::StaleResign, Bug::CrossTermStop];
+
+    /// The bug's name as the CLI spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Bug::StaleResign => "stale_resign",
+            Bug::CrossTermStop => "cross_term_stop",
+        }
+    }
+}
+
+impl fmt::Display for Bug {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// An unknown bug name; lists the valid ones.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("unknown planted bug {given:?}; valid: {}", Bug::ALL.map(Bug::name).join(", "))]
+pub struct UnknownBug {
+    /// The name given.
+    pub given: String,
+}
+
+impl FromStr for Bug {
+    type Err = UnknownBug;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Bug::ALL
+            .into_iter()
+            .find(|b| b.name() == s)
+            .ok_or_else(|| UnknownBug { given: s.to_owned() })
+    }
+}
+
+/// The set of bugs switched on for one runtime.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PlantedBugs(BTreeSet<Bug>);
+
+impl PlantedBugs {
+    /// No bug planted.
+    pub fn none() -> Self {
+        Self::default()
+    }
+
+    /// Exactly `bug` planted.
+    pub fn only(bug: Bug) -> Self {
+        Self(BTreeSet::from([bug]))
+    }
+
+    /// Whether `bug` is switched on.
+    pub fn contains(&self, bug: Bug) -> bool {
+        self.0.contains(&bug)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_and_unknown_names_list_the_valid_ones() {
+        for bug in Bug::ALL {
+            assert_eq!(bug.name().parse::<Bug>(), Ok(bug));
+        }
+        let err = "nope".parse::<Bug>().expect_err("unknown");
+        assert!(err.to_string().contains("stale_resign, cross_term_stop"));
+    }
+}

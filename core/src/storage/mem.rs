@@ -1,0 +1,215 @@
+//! `MemStorage`: the reference model of storage.
+//!
+//! A plain in-memory map behind a mutex. It is the model every real engine is held
+//! to, and the engine the simulator's database host serves, so it must stay
+//! simple enough to be obviously right and fully deterministic (`BTreeMap`, no
+//! clock of its own).
+
+use std::collections::BTreeMap;
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use super::{validate_holder, validate_lease_name, Lease, LeaseStore, StorageResult, Term};
+use crate::clock::Timestamp;
+
+/// The in-memory reference storage. See the [module docs](self).
+#[derive(Debug, Default)]
+pub struct MemStorage {
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    leases: BTreeMap<String, Lease>,
+}
+
+impl MemStorage {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // A panic while holding this lock is a bug in the model itself; the data is
+        // plain values, so continuing with it is no less correct than the panic was.
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Synchronous core of [`LeaseStore::try_acquire`].
+    pub fn try_acquire_now(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl: Duration,
+        now: Timestamp,
+    ) -> StorageResult<Option<Lease>> {
+        validate_lease_name(name)?;
+        validate_holder(holder)?;
+        let mut state = self.state();
+        let previous = state.leases.get(name);
+        let grantable = match previous {
+            None => true,
+            Some(lease) => !lease.is_live(now) || lease.holder.as_deref() == Some(holder),
+        };
+        if !grantable {
+            return Ok(None);
+        }
+        let term = Term(previous.map_or(0, |l| l.term.0) + 1);
+        let lease = Lease {
+            name: name.to_owned(),
+            term,
+            holder: Some(holder.to_owned()),
+            expires_at: now.plus(ttl),
+        };
+        if let Some(prev) = previous {
+            assert!(lease.term > prev.term, "terms strictly increase");
+        }
+        state.leases.insert(name.to_owned(), lease.clone());
+        Ok(Some(lease))
+    }
+
+    fn holds(&self, name: &str, holder: &str, term: Term) -> bool {
+        self.state()
+            .leases
+            .get(name)
+            .is_some_and(|l| l.term == term && l.holder.as_deref() == Some(holder))
+    }
+}
+
+#[async_trait]
+impl LeaseStore for MemStorage {
+    async fn try_acquire(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl: Duration,
+        now: Timestamp,
+    ) -> StorageResult<Option<Lease>> {
+        self.try_acquire_now(name, holder, ttl, now)
+    }
+
+    async fn renew(
+        &self,
+        name: &str,
+        holder: &str,
+        term: Term,
+        ttl: Duration,
+        now: Timestamp,
+    ) -> StorageResult<bool> {
+        validate_lease_name(name)?;
+        validate_holder(holder)?;
+        let mut state = self.state();
+        match state.leases.get_mut(name) {
+            Some(l) if l.term == term && l.holder.as_deref() == Some(holder) => {
+                // Never shorten a grant: a renewal computed from a clock that runs
+                // behind must not expire a lease earlier than already promised.
+                l.expires_at = l.expires_at.max(now.plus(ttl));
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn resign(&self, name: &str, holder: &str, term: Term) -> StorageResult<bool> {
+        validate_lease_name(name)?;
+        validate_holder(holder)?;
+        let mut state = self.state();
+        match state.leases.get_mut(name) {
+            Some(l) if l.term == term && l.holder.as_deref() == Some(holder) => {
+                // Keep the row: the next grant must still get a higher term.
+                l.holder = None;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn get_lease(&self, name: &str) -> StorageResult<Option<Lease>> {
+        validate_lease_name(name)?;
+        Ok(self.state().leases.get(name).cloned())
+    }
+
+    async fn maintenance_heartbeat(
+        &self,
+        name: &str,
+        holder: &str,
+        term: Term,
+        _now: Timestamp,
+    ) -> StorageResult<bool> {
+        validate_lease_name(name)?;
+        validate_holder(holder)?;
+        Ok(self.holds(name, holder, term))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::StorageError;
+
+    const TTL: Duration = Duration::from_secs(10);
+
+    fn block<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime")
+            .block_on(f)
+    }
+
+    #[test]
+    fn every_grant_starts_a_new_term() {
+        let s = MemStorage::new();
+        let a = s.try_acquire_now("m", "a", TTL, Timestamp(0)).expect("ok");
+        assert_eq!(a.map(|l| l.term), Some(Term(1)));
+        // Live and held by another: refused.
+        assert_eq!(s.try_acquire_now("m", "b", TTL, Timestamp(5_000)).expect("ok"), None);
+        // The same holder re-acquiring still gets a fresh term.
+        let again = s.try_acquire_now("m", "a", TTL, Timestamp(5_000)).expect("ok");
+        assert_eq!(again.map(|l| l.term), Some(Term(2)));
+        // Expired: anyone may take it, with a higher term.
+        let b = s.try_acquire_now("m", "b", TTL, Timestamp(20_000)).expect("ok");
+        assert_eq!(b.map(|l| l.term), Some(Term(3)));
+    }
+
+    #[test]
+    fn stale_term_cannot_renew_or_resign_a_newer_term() {
+        let s = MemStorage::new();
+        s.try_acquire_now("m", "a", TTL, Timestamp(0)).expect("ok");
+        s.try_acquire_now("m", "b", TTL, Timestamp(20_000)).expect("ok");
+        block(async {
+            assert!(!s.renew("m", "a", Term(1), TTL, Timestamp(21_000)).await.expect("ok"));
+            assert!(!s.resign("m", "a", Term(1)).await.expect("ok"));
+            assert!(!s.resign("m", "b", Term(1)).await.expect("ok"));
+            assert!(s.maintenance_heartbeat("m", "b", Term(2), Timestamp(0)).await.expect("ok"));
+            assert!(!s.maintenance_heartbeat("m", "a", Term(1), Timestamp(0)).await.expect("ok"));
+            assert!(s.resign("m", "b", Term(2)).await.expect("ok"));
+            let lease = s.get_lease("m").await.expect("ok").expect("row kept");
+            assert_eq!(lease.holder, None);
+            assert!(!s.maintenance_heartbeat("m", "b", Term(2), Timestamp(0)).await.expect("ok"));
+        });
+        let next = s.try_acquire_now("m", "a", TTL, Timestamp(21_000)).expect("ok");
+        assert_eq!(next.map(|l| l.term), Some(Term(3)), "resign keeps the term counter");
+    }
+
+    #[test]
+    fn renew_never_shortens_a_grant() {
+        let s = MemStorage::new();
+        s.try_acquire_now("m", "a", TTL, Timestamp(10_000)).expect("ok");
+        block(async {
+            assert!(s.renew("m", "a", Term(1), TTL, Timestamp(1_000)).await.expect("ok"));
+            let lease = s.get_lease("m").await.expect("ok").expect("row");
+            assert_eq!(lease.expires_at, Timestamp(20_000));
+        });
+    }
+
+    #[test]
+    fn bad_names_are_rejected_with_the_field() {
+        let s = MemStorage::new();
+        let err = s.try_acquire_now("", "a", TTL, Timestamp(0)).expect_err("empty name");
+        assert!(matches!(err, StorageError::Invalid { field: "lease name", .. }));
+        let err = s.try_acquire_now("m", "", TTL, Timestamp(0)).expect_err("empty holder");
+        assert!(matches!(err, StorageError::Invalid { field: "holder", .. }));
+    }
+}
