@@ -33,12 +33,19 @@ impl Backoff {
     /// The delay after failed attempt number `attempt` (1-based).
     pub fn delay(&self, attempt: u32, rng: &mut impl Rng) -> Duration {
         assert!(attempt >= 1, "attempts are 1-based");
-        assert!((0.0..=1.0).contains(&self.jitter_ratio), "jitter_ratio must be in 0..=1");
+        assert!(
+            (0.0..=1.0).contains(&self.jitter_ratio),
+            "jitter_ratio must be in 0..=1"
+        );
         // 2^31 overflows any sane base; the cap applies long before.
         let factor = 1u32 << (attempt - 1).min(31);
         let capped = self.base.saturating_mul(factor).min(self.max);
         let jitter_ms_max = (capped.as_millis() as f64 * self.jitter_ratio) as u64;
-        let jitter = if jitter_ms_max == 0 { 0 } else { rng.random_range(0..=jitter_ms_max) };
+        let jitter = if jitter_ms_max == 0 {
+            0
+        } else {
+            rng.random_range(0..=jitter_ms_max)
+        };
         capped + Duration::from_millis(jitter)
     }
 }
@@ -50,13 +57,20 @@ mod tests {
 
     #[test]
     fn jitter_stays_within_ratio_and_is_seeded() {
-        let b = Backoff { base: Duration::from_secs(1), max: Duration::from_secs(30), jitter_ratio: 0.25 };
+        let b = Backoff {
+            base: Duration::from_secs(1),
+            max: Duration::from_secs(30),
+            jitter_ratio: 0.25,
+        };
         let mut r1 = rand_chacha::ChaCha8Rng::seed_from_u64(1);
         let mut r2 = rand_chacha::ChaCha8Rng::seed_from_u64(1);
         for attempt in 1..=10 {
             let d = b.delay(attempt, &mut r1);
             let floor = Duration::from_secs(1 << (attempt - 1)).min(Duration::from_secs(30));
-            assert!(d >= floor && d <= floor.mul_f64(1.25), "attempt {attempt}: {d:?}");
+            assert!(
+                d >= floor && d <= floor.mul_f64(1.25),
+                "attempt {attempt}: {d:?}"
+            );
             assert_eq!(d, b.delay(attempt, &mut r2), "same seed, same delay");
         }
     }

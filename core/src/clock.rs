@@ -137,6 +137,9 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(350)).await;
         let a = interval.tick().await;
         let b = interval.tick().await;
-        assert!(b - a >= Duration::from_millis(50), "Skip must not fire twice back to back");
+        assert!(
+            b - a >= Duration::from_millis(50),
+            "Skip must not fire twice back to back"
+        );
     }
 }

@@ -73,7 +73,9 @@ mod tests {
     #[tokio::test]
     async fn tokio_network_round_trips_bytes_on_loopback() {
         let net = TokioNetwork;
-        let probe = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let probe = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let addr = probe.local_addr().expect("addr").to_string();
         drop(probe);
         let mut listener = net.listen(&addr).await.expect("listen");

@@ -12,8 +12,10 @@ use std::str::FromStr;
 /// One planted bug.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Bug {
-    /// 002: after exhausting start retries, resign without checking that this node
-    /// still holds the term, and let the elector resign whatever term it holds now.
+    /// 002: the start retry loop does not hear that its term was lost (in the
+    /// source it ran on the goroutine that delivered that news), and after
+    /// exhausting its retries it resigns without checking that this node still
+    /// holds the term; the elector then resigns whatever term it holds now.
     /// Caught by `no_stale_resign`.
     StaleResign,
     /// 002: a failed start retry "resets" the shared maintainer by stopping
@@ -56,7 +58,9 @@ impl FromStr for Bug {
         Bug::ALL
             .into_iter()
             .find(|b| b.name() == s)
-            .ok_or_else(|| UnknownBug { given: s.to_owned() })
+            .ok_or_else(|| UnknownBug {
+                given: s.to_owned(),
+            })
     }
 }
 

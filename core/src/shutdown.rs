@@ -98,14 +98,19 @@ pub struct TaskRegistry {
 
 impl std::fmt::Debug for TaskRegistry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TaskRegistry").field("tasks", &self.len()).finish()
+        f.debug_struct("TaskRegistry")
+            .field("tasks", &self.len())
+            .finish()
     }
 }
 
 impl TaskRegistry {
     /// An empty registry whose tasks shut down with `token`.
     pub fn new(token: ShutdownToken) -> Self {
-        Self { token, tasks: Arc::default() }
+        Self {
+            token,
+            tasks: Arc::default(),
+        }
     }
 
     /// The token the registry's tasks should watch.
@@ -162,7 +167,9 @@ impl TaskRegistry {
             match outcome {
                 Some(Ok(None)) => report.finished.push(t.name),
                 Some(Ok(Some(panic))) => report.panicked.push((t.name, panic)),
-                Some(Err(e)) if e.is_panic() => report.panicked.push((t.name, panic_message(e.into_panic()))),
+                Some(Err(e)) if e.is_panic() => report
+                    .panicked
+                    .push((t.name, panic_message(e.into_panic()))),
                 Some(Err(_)) => report.aborted.push(t.name),
                 None => {
                     t.handle.abort();
@@ -219,14 +226,19 @@ mod tests {
         let t = token.clone();
         tasks.spawn("polite", async move { t.wait().await });
         tasks.spawn("panicky", async { panic!("boom") });
-        tasks.spawn("stubborn", async { tokio::time::sleep(Duration::from_secs(3600)).await });
+        tasks.spawn("stubborn", async {
+            tokio::time::sleep(Duration::from_secs(3600)).await
+        });
         token.trigger();
         let clock = SystemClock::new();
         let started = clock.monotonic();
         let report = tasks.join_all(&clock, Duration::from_secs(2)).await;
         assert!(clock.monotonic() - started <= Duration::from_secs(2));
         assert_eq!(report.finished, vec!["polite".to_owned()]);
-        assert_eq!(report.panicked, vec![("panicky".to_owned(), "boom".to_owned())]);
+        assert_eq!(
+            report.panicked,
+            vec![("panicky".to_owned(), "boom".to_owned())]
+        );
         assert_eq!(report.aborted, vec!["stubborn".to_owned()]);
         assert!(!report.is_clean());
         assert!(tasks.is_empty());

@@ -1,0 +1,264 @@
+//! The Keel scenario catalog, as data.
+//!
+//! A scenario is a TOML file in `catalog/`: how many nodes, how long the fault
+//! phase and the heal phase run, which faults at which rates, and which invariants
+//! must hold. The simulator reads scenarios and knows nothing about any one of
+//! them; adding a scenario is adding a file here and a line to [`CATALOG`].
+//!
+//! ```
+//! let s = scenarios::by_name("leadership_flap").expect("in the catalog");
+//! assert_eq!(s.nodes, 3);
+//! assert!(scenarios::by_name("nope").is_err());
+//! ```
+
+#![warn(missing_docs)]
+
+use serde::Deserialize;
+
+/// Every scenario's source, by file.
+pub const CATALOG: &[(&str, &str)] = &[
+    (
+        "leadership_flap.toml",
+        include_str!("../catalog/leadership_flap.toml"),
+    ),
+    (
+        "stale_retries.toml",
+        include_str!("../catalog/stale_retries.toml"),
+    ),
+];
+
+/// Largest node count a scenario may ask for: the simulator steps every host on
+/// every tick, and past this a run stops being quick.
+pub const NODES_MAX: u32 = 16;
+
+/// One scenario. Field meanings are the TOML keys.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    /// Unique name, used on the command line.
+    pub name: String,
+    /// One line on what it exercises.
+    pub description: String,
+    /// Number of node hosts (the database host comes on top).
+    pub nodes: u32,
+    /// Length of the fault (safety) phase, simulated seconds.
+    pub duration_s: u64,
+    /// Length of the heal (liveness) phase, simulated seconds.
+    pub heal_s: u64,
+    /// Seeds `cargo test -p sim` runs by default.
+    pub default_seeds: u64,
+    /// Invariant checkers that must hold, by name.
+    pub invariants: Vec<String>,
+    /// Fault rates.
+    pub faults: Faults,
+}
+
+/// Fault rates and shapes. Rates are per minute of the fault phase; ranges are
+/// inclusive `[min, max]` in milliseconds.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Faults {
+    /// Partitions between one node and the database host.
+    pub partitions_per_min: f64,
+    /// How long a partition lasts.
+    pub partition_ms: [u64; 2],
+    /// Crash-and-restart of one node.
+    pub bounces_per_min: f64,
+    /// How long a crashed node stays down.
+    pub down_ms: [u64; 2],
+    /// Windows in which one node's maintainer start hooks fail.
+    pub hook_faults_per_min: f64,
+    /// How long such a window lasts.
+    pub hook_fault_window_ms: [u64; 2],
+    /// How long a failing hook call takes before it returns its error.
+    pub hook_delay_ms: [u64; 2],
+    /// Largest wall-clock skew of a node, either direction.
+    pub skew_ms_max: u64,
+    /// Share of partitions and bounces aimed at whichever node leads when the
+    /// fault starts, rather than at a fixed node (`0.0..=1.0`).
+    #[serde(default)]
+    pub leader_bias: f64,
+    /// Share of partitions and bounces aimed at a node that is in the middle of a
+    /// maintainer start attempt (the leader when none is), `0.0..=1.0`; together
+    /// with `leader_bias` at most 1.
+    #[serde(default)]
+    pub starting_bias: f64,
+    /// Percentage of hook calls that fail inside a hook-fault window, `[min, max]`
+    /// drawn per window (100: every call fails).
+    #[serde(default = "always")]
+    pub hook_fail_pct: [u64; 2],
+}
+
+fn always() -> [u64; 2] {
+    [100, 100]
+}
+
+/// A scenario that could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ScenarioError {
+    /// The TOML did not parse.
+    #[error("scenario file {file}: {source}")]
+    Parse {
+        /// The catalog file.
+        file: String,
+        /// The parser's complaint.
+        source: toml::de::Error,
+    },
+    /// A field has a value that cannot work.
+    #[error("scenario {scenario}: {field}: {reason}")]
+    Invalid {
+        /// The scenario.
+        scenario: String,
+        /// The field.
+        field: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// No scenario has that name.
+    #[error("unknown scenario {given:?}; valid: {}", valid.join(", "))]
+    Unknown {
+        /// The name given.
+        given: String,
+        /// Every scenario name.
+        valid: Vec<String>,
+    },
+}
+
+impl Scenario {
+    /// Parse and validate one scenario file.
+    pub fn parse(file: &str, text: &str) -> Result<Scenario, ScenarioError> {
+        let s: Scenario = toml::from_str(text).map_err(|source| ScenarioError::Parse {
+            file: file.to_owned(),
+            source,
+        })?;
+        s.validate()?;
+        Ok(s)
+    }
+
+    fn validate(&self) -> Result<(), ScenarioError> {
+        let bad = |field, reason: String| {
+            Err(ScenarioError::Invalid {
+                scenario: self.name.clone(),
+                field,
+                reason,
+            })
+        };
+        if !(1..=NODES_MAX).contains(&self.nodes) {
+            return bad(
+                "nodes",
+                format!("must be 1..={NODES_MAX}, got {}", self.nodes),
+            );
+        }
+        if self.duration_s == 0 {
+            return bad("duration_s", "must be positive".into());
+        }
+        if self.default_seeds == 0 {
+            return bad("default_seeds", "must be positive".into());
+        }
+        let f = &self.faults;
+        for (field, [lo, hi]) in [
+            ("faults.partition_ms", f.partition_ms),
+            ("faults.down_ms", f.down_ms),
+            ("faults.hook_fault_window_ms", f.hook_fault_window_ms),
+            ("faults.hook_delay_ms", f.hook_delay_ms),
+            ("faults.hook_fail_pct", f.hook_fail_pct),
+        ] {
+            if lo > hi {
+                return bad(field, format!("min {lo} exceeds max {hi}"));
+            }
+        }
+        if !(0.0..=1.0).contains(&f.leader_bias) || !(0.0..=1.0).contains(&f.starting_bias) {
+            return bad(
+                "faults.leader_bias",
+                "leader_bias and starting_bias must be in 0..=1".into(),
+            );
+        }
+        if f.leader_bias + f.starting_bias > 1.0 {
+            return bad(
+                "faults.starting_bias",
+                "leader_bias + starting_bias must be at most 1".into(),
+            );
+        }
+        if f.hook_fail_pct[1] > 100 {
+            return bad(
+                "faults.hook_fail_pct",
+                format!("must be at most 100, got {}", f.hook_fail_pct[1]),
+            );
+        }
+        for (field, rate) in [
+            ("faults.partitions_per_min", f.partitions_per_min),
+            ("faults.bounces_per_min", f.bounces_per_min),
+            ("faults.hook_faults_per_min", f.hook_faults_per_min),
+        ] {
+            if !(0.0..=600.0).contains(&rate) {
+                return bad(field, format!("must be in 0..=600, got {rate}"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Every scenario in the catalog, in catalog order.
+///
+/// # Panics
+///
+/// If a catalog file is broken: the catalog ships with the crate, and its test
+/// loads every file.
+pub fn all() -> Vec<Scenario> {
+    CATALOG
+        .iter()
+        .map(|(file, text)| {
+            Scenario::parse(file, text).unwrap_or_else(|e| panic!("broken catalog: {e}"))
+        })
+        .collect()
+}
+
+/// The scenario called `name`.
+pub fn by_name(name: &str) -> Result<Scenario, ScenarioError> {
+    let all = all();
+    let valid = all.iter().map(|s| s.name.clone()).collect();
+    all.into_iter()
+        .find(|s| s.name == name)
+        .ok_or_else(|| ScenarioError::Unknown {
+            given: name.to_owned(),
+            valid,
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_catalog_file_loads_and_names_are_unique() {
+        let all = all();
+        assert_eq!(all.len(), CATALOG.len());
+        let mut names: Vec<_> = all.iter().map(|s| s.name.as_str()).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), all.len());
+        for (file, _) in CATALOG {
+            assert!(
+                all.iter().any(|s| format!("{}.toml", s.name) == *file),
+                "{file} is named after its scenario"
+            );
+        }
+    }
+
+    #[test]
+    fn bad_scenarios_name_the_field() {
+        let text = CATALOG[0].1.replace("nodes = 3", "nodes = 0");
+        let err = Scenario::parse("x.toml", &text).expect_err("zero nodes");
+        assert!(err.to_string().contains("nodes"), "{err}");
+        let text = CATALOG[0]
+            .1
+            .replace("partition_ms = [500, 7000]", "partition_ms = [7000, 500]");
+        let err = Scenario::parse("x.toml", &text).expect_err("inverted range");
+        assert!(err.to_string().contains("faults.partition_ms"), "{err}");
+        let err = by_name("nope").expect_err("unknown");
+        assert!(
+            err.to_string().contains("leadership_flap, stale_retries"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,37 @@
+//! The Keel simulator: keel's real runtime on many simulated nodes, under faults
+//! drawn from one seed, with every invariant checked over the recorded history.
+//!
+//! # Code map
+//!
+//! * [`runner`]: builds a seeded turmoil simulation, drives the fault and heal
+//!   phases, runs the checkers; [`runner::run_checked`] runs a seed twice and
+//!   compares trace hashes.
+//! * [`node`]: one node's software, keel's elector and maintainer wired to the
+//!   simulated seams. [`db`]: the database host serving `MemStorage` over the
+//!   simulated network, and keel's storage client for it.
+//! * [`clock`], [`net`]: keel's seams on simulated time and turmoil TCP.
+//! * [`faults`]: the fault plan, drawn from the seed before the run.
+//! * [`history`]: the recorded events; [`checkers`]: one invariant each.
+//! * [`seeds`]: which seeds a test run covers (`SIM_SEED`, `SIM_SEEDS`).
+//! * `src/bin/sim.rs`: the `sim` command line (`sweep`, `replay`).
+
+#![warn(missing_docs)]
+
+// Without tokio_unstable, turmoil cannot seed tokio's per-host RNG (select! order)
+// and panics in spawned tasks are swallowed: the simulator would silently stop
+// being deterministic. The workspace's .cargo/config.toml sets it; an explicit
+// RUSTFLAGS replaces that list and must carry it too.
+#[cfg(not(tokio_unstable))]
+compile_error!(
+    "sim must be built with RUSTFLAGS=\"--cfg tokio_unstable\" (see .cargo/config.toml)"
+);
+
+pub mod checkers;
+pub mod clock;
+pub mod db;
+pub mod faults;
+pub mod history;
+pub mod net;
+pub mod node;
+pub mod runner;
+pub mod seeds;

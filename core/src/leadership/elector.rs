@@ -86,7 +86,12 @@ impl ElectorConfig {
 
     /// Check that the settings can work together.
     pub fn validate(&self) -> Result<(), ElectorConfigError> {
-        let err = |field, reason: &str| Err(ElectorConfigError { field, reason: reason.to_owned() });
+        let err = |field, reason: &str| {
+            Err(ElectorConfigError {
+                field,
+                reason: reason.to_owned(),
+            })
+        };
         if self.lease_name.is_empty() {
             return err("lease_name", "must not be empty");
         }
@@ -124,7 +129,9 @@ pub struct Elector {
 
 impl std::fmt::Debug for Elector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Elector").field("holder", &self.cfg.holder).finish_non_exhaustive()
+        f.debug_struct("Elector")
+            .field("holder", &self.cfg.holder)
+            .finish_non_exhaustive()
     }
 }
 
@@ -164,7 +171,10 @@ impl Elector {
             storage,
             clock,
             observer,
-            state: Mutex::new(State { leadership: Leadership::Follower, trusted_until: None }),
+            state: Mutex::new(State {
+                leadership: Leadership::Follower,
+                trusted_until: None,
+            }),
             changes,
             resign_tx,
             resign_rx: Mutex::new(Some(resign_rx)),
@@ -196,7 +206,9 @@ impl Elector {
     pub fn holds(&self, term: Term) -> bool {
         let state = self.state();
         state.leadership == Leadership::Leader(term)
-            && state.trusted_until.is_some_and(|t| self.clock.monotonic() < t)
+            && state
+                .trusted_until
+                .is_some_and(|t| self.clock.monotonic() < t)
     }
 
     /// Ask the elector to resign `term`. It does so only if it still holds exactly
@@ -232,14 +244,23 @@ impl Elector {
     ///
     /// If called twice on the same elector.
     pub async fn run(self: Arc<Self>, shutdown: ShutdownToken) {
-        let taken = self.resign_rx.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let taken = self
+            .resign_rx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
         let mut resign_rx = taken.expect("Elector::run called twice");
         while let Some((term, trusted_until)) = self.acquire(&shutdown).await {
             self.set(Leadership::Leader(term), Some(trusted_until));
             self.emit(Event::TermWon { term });
-            let why = self.lead(term, trusted_until, &shutdown, &mut resign_rx).await;
+            let why = self
+                .lead(term, trusted_until, &shutdown, &mut resign_rx)
+                .await;
             self.set(Leadership::Follower, None);
-            self.emit(Event::TermLost { term, reason: why.as_str().to_owned() });
+            self.emit(Event::TermLost {
+                term,
+                reason: why.as_str().to_owned(),
+            });
             if why == StepDown::Shutdown {
                 return;
             }
@@ -258,7 +279,12 @@ impl Elector {
         let cfg = &self.cfg;
         loop {
             let started = self.clock.monotonic();
-            let attempt = self.storage.try_acquire(&cfg.lease_name, &cfg.holder, cfg.lease_ttl, self.clock.now());
+            let attempt = self.storage.try_acquire(
+                &cfg.lease_name,
+                &cfg.holder,
+                cfg.lease_ttl,
+                self.clock.now(),
+            );
             let granted = tokio::select! {
                 biased;
                 () = shutdown.wait() => return None,
@@ -311,7 +337,13 @@ impl Elector {
                 return StepDown::TrustWindowExpired;
             }
             let attempt_start = self.clock.monotonic();
-            let renew = self.storage.renew(&cfg.lease_name, &cfg.holder, term, cfg.lease_ttl, self.clock.now());
+            let renew = self.storage.renew(
+                &cfg.lease_name,
+                &cfg.holder,
+                term,
+                cfg.lease_ttl,
+                self.clock.now(),
+            );
             let renewed = tokio::select! {
                 biased;
                 () = self.sleep_until(trusted_until) => return StepDown::TrustWindowExpired,
@@ -319,7 +351,8 @@ impl Elector {
             };
             match renewed {
                 Ok(true) => {
-                    trusted_until = trusted_until.max(attempt_start + cfg.lease_ttl - cfg.safety_margin);
+                    trusted_until =
+                        trusted_until.max(attempt_start + cfg.lease_ttl - cfg.safety_margin);
                     self.state().trusted_until = Some(trusted_until);
                     next_renew = attempt_start + cfg.renew_interval;
                     self.emit(Event::TermRenewed { term });
@@ -337,7 +370,12 @@ impl Elector {
         // whether or not storage hears about it.
         self.set(Leadership::Follower, None);
         let cfg = &self.cfg;
-        let accepted = matches!(self.storage.resign(&cfg.lease_name, &cfg.holder, term).await, Ok(true));
+        let accepted = matches!(
+            self.storage
+                .resign(&cfg.lease_name, &cfg.holder, term)
+                .await,
+            Ok(true)
+        );
         self.emit(Event::Resigned { term, accepted });
     }
 }

@@ -72,7 +72,12 @@ impl MaintainerConfig {
 
     /// Check the settings.
     pub fn validate(&self) -> Result<(), MaintainerConfigError> {
-        let err = |field, reason: &str| Err(MaintainerConfigError { field, reason: reason.to_owned() });
+        let err = |field, reason: &str| {
+            Err(MaintainerConfigError {
+                field,
+                reason: reason.to_owned(),
+            })
+        };
         if !(1..=Self::START_ATTEMPTS_LIMIT).contains(&self.start_attempts_max) {
             return err("start_attempts_max", "must be in 1..=16");
         }
@@ -92,9 +97,16 @@ impl MaintainerConfig {
     /// storage answers: every attempt timing out plus every backoff at its maximum.
     pub fn give_up_bound(&self) -> Duration {
         let mut rng = ChaCha8Rng::seed_from_u64(0);
-        let no_jitter = Backoff { jitter_ratio: 0.0, ..self.backoff };
+        let no_jitter = Backoff {
+            jitter_ratio: 0.0,
+            ..self.backoff
+        };
         let backoffs: Duration = (1..self.start_attempts_max)
-            .map(|a| no_jitter.delay(a, &mut rng).mul_f64(1.0 + self.backoff.jitter_ratio))
+            .map(|a| {
+                no_jitter
+                    .delay(a, &mut rng)
+                    .mul_f64(1.0 + self.backoff.jitter_ratio)
+            })
             .sum();
         self.start_attempt_timeout * self.start_attempts_max + backoffs
     }
@@ -114,7 +126,9 @@ pub struct Maintainer {
 
 impl std::fmt::Debug for Maintainer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Maintainer").field("holder", &self.elector.holder()).finish_non_exhaustive()
+        f.debug_struct("Maintainer")
+            .field("holder", &self.elector.holder())
+            .finish_non_exhaustive()
     }
 }
 
@@ -137,7 +151,16 @@ impl Maintainer {
         cfg.validate()?;
         let rng = Mutex::new(ChaCha8Rng::seed_from_u64(cfg.rng_seed));
         let slot = Arc::default();
-        Ok(Arc::new(Self { cfg, elector, services, storage, clock, observer, slot, rng }))
+        Ok(Arc::new(Self {
+            cfg,
+            elector,
+            services,
+            storage,
+            clock,
+            observer,
+            slot,
+            rng,
+        }))
     }
 
     /// The term whose services run now, if any.
@@ -154,7 +177,12 @@ impl Maintainer {
     }
 
     fn handle(&self, term: Term) -> TermHandle {
-        TermHandle::new(term, self.elector.holder().to_owned(), self.slot.clone(), self.observer.clone())
+        TermHandle::new(
+            term,
+            self.elector.holder().to_owned(),
+            self.slot.clone(),
+            self.observer.clone(),
+        )
     }
 
     /// Follow leadership until `shutdown`; start tasks go into `tasks`.
@@ -180,10 +208,18 @@ impl Maintainer {
         self.end_term(current.take());
     }
 
-    fn begin_term(self: &Arc<Self>, term: Term, shutdown: &ShutdownToken, tasks: &TaskRegistry) -> Current {
+    fn begin_term(
+        self: &Arc<Self>,
+        term: Term,
+        shutdown: &ShutdownToken,
+        tasks: &TaskRegistry,
+    ) -> Current {
         {
             let mut slot = self.slot();
-            assert!(slot.running.is_none(), "the previous term's services were stopped");
+            assert!(
+                slot.running.is_none(),
+                "the previous term's services were stopped"
+            );
             slot.wanted = Some(term);
         }
         let start_cancel = shutdown.child();
@@ -205,6 +241,13 @@ impl Maintainer {
     /// Start the services for `term`, retrying with backoff; resign `term` when
     /// every attempt failed and this node still holds it.
     async fn start_with_retries(&self, term: Term, cancel: ShutdownToken) {
+        // Planted `stale_resign` (002): the retry loop runs where it cannot hear of
+        // the term's loss, so it keeps retrying after the term is gone.
+        let cancel = if crate::is_planted!(self.cfg.plants, StaleResign) {
+            ShutdownToken::new()
+        } else {
+            cancel
+        };
         let handle = self.handle(term);
         let attempts = self.cfg.start_attempts_max;
         for attempt in 1..=attempts {
@@ -219,7 +262,11 @@ impl Maintainer {
                     return;
                 }
                 Err(e) => {
-                    self.emit(Event::MaintainerStartFailed { term, attempt, error: e.to_string() });
+                    self.emit(Event::MaintainerStartFailed {
+                        term,
+                        attempt,
+                        error: e.to_string(),
+                    });
                     services.stop();
                     if crate::is_planted!(self.cfg.plants, CrossTermStop) {
                         #[cfg(feature = "planted-bugs")]

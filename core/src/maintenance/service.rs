@@ -115,8 +115,18 @@ pub struct TermHandle {
 }
 
 impl TermHandle {
-    pub(crate) fn new(term: Term, holder: String, slot: Arc<Mutex<Slot>>, observer: SharedObserver) -> Self {
-        Self { term, holder, slot, observer }
+    pub(crate) fn new(
+        term: Term,
+        holder: String,
+        slot: Arc<Mutex<Slot>>,
+        observer: SharedObserver,
+    ) -> Self {
+        Self {
+            term,
+            holder,
+            slot,
+            observer,
+        }
     }
 
     fn slot(&self) -> MutexGuard<'_, Slot> {
@@ -131,12 +141,19 @@ impl TermHandle {
     /// Publish `services` as the running maintainer, if the maintainer still wants
     /// this term and nothing runs. Otherwise stop them and return `false`.
     pub fn install(&self, services: TermServices) -> bool {
-        assert_eq!(services.term, self.term, "a handle installs only its own term");
+        assert_eq!(
+            services.term, self.term,
+            "a handle installs only its own term"
+        );
         let mut slot = self.slot();
         if slot.wanted == Some(self.term) && slot.running.is_none() {
             slot.running = Some(services);
             drop(slot);
-            emit(self.observer.as_ref(), &self.holder, Event::MaintainerStarted { term: self.term });
+            emit(
+                self.observer.as_ref(),
+                &self.holder,
+                Event::MaintainerStarted { term: self.term },
+            );
             return true;
         }
         drop(slot);
@@ -163,7 +180,10 @@ impl TermHandle {
         if let Some(services) = running {
             let affected = services.term;
             services.stop();
-            let event = Event::MaintainerStopped { asked_by: self.term, affected };
+            let event = Event::MaintainerStopped {
+                asked_by: self.term,
+                affected,
+            };
             emit(self.observer.as_ref(), &self.holder, event);
         }
     }

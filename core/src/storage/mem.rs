@@ -34,7 +34,9 @@ impl MemStorage {
     fn state(&self) -> MutexGuard<'_, State> {
         // A panic while holding this lock is a bug in the model itself; the data is
         // plain values, so continuing with it is no less correct than the panic was.
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Synchronous core of [`LeaseStore::try_acquire`].
@@ -68,6 +70,12 @@ impl MemStorage {
         }
         state.leases.insert(name.to_owned(), lease.clone());
         Ok(Some(lease))
+    }
+
+    /// The current lease `name`, read synchronously (the simulator's harness uses
+    /// this to aim faults at the leader between steps).
+    pub fn lease(&self, name: &str) -> Option<Lease> {
+        self.state().leases.get(name).cloned()
     }
 
     fn holds(&self, name: &str, holder: &str, term: Term) -> bool {
@@ -164,12 +172,20 @@ mod tests {
         let a = s.try_acquire_now("m", "a", TTL, Timestamp(0)).expect("ok");
         assert_eq!(a.map(|l| l.term), Some(Term(1)));
         // Live and held by another: refused.
-        assert_eq!(s.try_acquire_now("m", "b", TTL, Timestamp(5_000)).expect("ok"), None);
+        assert_eq!(
+            s.try_acquire_now("m", "b", TTL, Timestamp(5_000))
+                .expect("ok"),
+            None
+        );
         // The same holder re-acquiring still gets a fresh term.
-        let again = s.try_acquire_now("m", "a", TTL, Timestamp(5_000)).expect("ok");
+        let again = s
+            .try_acquire_now("m", "a", TTL, Timestamp(5_000))
+            .expect("ok");
         assert_eq!(again.map(|l| l.term), Some(Term(2)));
         // Expired: anyone may take it, with a higher term.
-        let b = s.try_acquire_now("m", "b", TTL, Timestamp(20_000)).expect("ok");
+        let b = s
+            .try_acquire_now("m", "b", TTL, Timestamp(20_000))
+            .expect("ok");
         assert_eq!(b.map(|l| l.term), Some(Term(3)));
     }
 
@@ -177,28 +193,51 @@ mod tests {
     fn stale_term_cannot_renew_or_resign_a_newer_term() {
         let s = MemStorage::new();
         s.try_acquire_now("m", "a", TTL, Timestamp(0)).expect("ok");
-        s.try_acquire_now("m", "b", TTL, Timestamp(20_000)).expect("ok");
+        s.try_acquire_now("m", "b", TTL, Timestamp(20_000))
+            .expect("ok");
         block(async {
-            assert!(!s.renew("m", "a", Term(1), TTL, Timestamp(21_000)).await.expect("ok"));
+            assert!(!s
+                .renew("m", "a", Term(1), TTL, Timestamp(21_000))
+                .await
+                .expect("ok"));
             assert!(!s.resign("m", "a", Term(1)).await.expect("ok"));
             assert!(!s.resign("m", "b", Term(1)).await.expect("ok"));
-            assert!(s.maintenance_heartbeat("m", "b", Term(2), Timestamp(0)).await.expect("ok"));
-            assert!(!s.maintenance_heartbeat("m", "a", Term(1), Timestamp(0)).await.expect("ok"));
+            assert!(s
+                .maintenance_heartbeat("m", "b", Term(2), Timestamp(0))
+                .await
+                .expect("ok"));
+            assert!(!s
+                .maintenance_heartbeat("m", "a", Term(1), Timestamp(0))
+                .await
+                .expect("ok"));
             assert!(s.resign("m", "b", Term(2)).await.expect("ok"));
             let lease = s.get_lease("m").await.expect("ok").expect("row kept");
             assert_eq!(lease.holder, None);
-            assert!(!s.maintenance_heartbeat("m", "b", Term(2), Timestamp(0)).await.expect("ok"));
+            assert!(!s
+                .maintenance_heartbeat("m", "b", Term(2), Timestamp(0))
+                .await
+                .expect("ok"));
         });
-        let next = s.try_acquire_now("m", "a", TTL, Timestamp(21_000)).expect("ok");
-        assert_eq!(next.map(|l| l.term), Some(Term(3)), "resign keeps the term counter");
+        let next = s
+            .try_acquire_now("m", "a", TTL, Timestamp(21_000))
+            .expect("ok");
+        assert_eq!(
+            next.map(|l| l.term),
+            Some(Term(3)),
+            "resign keeps the term counter"
+        );
     }
 
     #[test]
     fn renew_never_shortens_a_grant() {
         let s = MemStorage::new();
-        s.try_acquire_now("m", "a", TTL, Timestamp(10_000)).expect("ok");
+        s.try_acquire_now("m", "a", TTL, Timestamp(10_000))
+            .expect("ok");
         block(async {
-            assert!(s.renew("m", "a", Term(1), TTL, Timestamp(1_000)).await.expect("ok"));
+            assert!(s
+                .renew("m", "a", Term(1), TTL, Timestamp(1_000))
+                .await
+                .expect("ok"));
             let lease = s.get_lease("m").await.expect("ok").expect("row");
             assert_eq!(lease.expires_at, Timestamp(20_000));
         });
@@ -207,9 +246,13 @@ mod tests {
     #[test]
     fn bad_names_are_rejected_with_the_field() {
         let s = MemStorage::new();
-        let err = s.try_acquire_now("", "a", TTL, Timestamp(0)).expect_err("empty name");
-        assert!(matches!(err, StorageError::Invalid { field: "lease name", .. }));
-        let err = s.try_acquire_now("m", "", TTL, Timestamp(0)).expect_err("empty holder");
-        assert!(matches!(err, StorageError::Invalid { field: "holder", .. }));
+        let err = s
+            .try_acquire_now("", "a", TTL, Timestamp(0))
+            .expect_err("empty name");
+        assert!(matches!(err, StorageError::Invalid { ref field, .. } if field == "lease name"));
+        let err = s
+            .try_acquire_now("m", "", TTL, Timestamp(0))
+            .expect_err("empty holder");
+        assert!(matches!(err, StorageError::Invalid { ref field, .. } if field == "holder"));
     }
 }

@@ -83,7 +83,7 @@ pub enum StorageError {
     #[error("invalid {field}: {reason}")]
     Invalid {
         /// The offending field.
-        field: &'static str,
+        field: String,
         /// What is wrong with it.
         reason: String,
     },
@@ -148,7 +148,7 @@ pub(crate) fn validate_lease_name(name: &str) -> StorageResult<()> {
     const LEASE_NAME_LEN_MAX: usize = 128;
     if name.is_empty() || name.len() > LEASE_NAME_LEN_MAX {
         return Err(StorageError::Invalid {
-            field: "lease name",
+            field: "lease name".into(),
             reason: format!("must be 1..={LEASE_NAME_LEN_MAX} bytes, got {}", name.len()),
         });
     }
@@ -160,7 +160,7 @@ pub(crate) fn validate_holder(holder: &str) -> StorageResult<()> {
     const HOLDER_LEN_MAX: usize = 128;
     if holder.is_empty() || holder.len() > HOLDER_LEN_MAX {
         return Err(StorageError::Invalid {
-            field: "holder",
+            field: "holder".into(),
             reason: format!("must be 1..={HOLDER_LEN_MAX} bytes, got {}", holder.len()),
         });
     }

@@ -1,1 +1,182 @@
-fn main(){}
+//! The `sim` command line: sweep seeds of a scenario, or replay one seed.
+//!
+//! Exit codes: 0 every invariant held, 2 usage error, 3 an invariant was
+//! violated, 4 non-determinism detected (or the simulation itself failed).
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use keel::planted::Bug;
+use scenarios::Scenario;
+use sim::runner::{self, report, RunSpec, SimError};
+
+const EXIT_VIOLATION: u8 = 3;
+const EXIT_NONDETERMINISM: u8 = 4;
+
+#[derive(Parser)]
+#[command(name = "sim", about = "Deterministic simulation of the keel runtime")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run seeds 0..N (from --start) of a scenario, each twice to check determinism.
+    Sweep {
+        /// Scenario name.
+        #[arg(long, value_parser = parse_scenario)]
+        scenario: Scenario,
+        /// How many seeds.
+        #[arg(long, default_value_t = 64)]
+        seeds: u64,
+        /// First seed.
+        #[arg(long, default_value_t = 0)]
+        start: u64,
+        /// Switch on a planted bug.
+        #[arg(long, value_parser = parse_bug)]
+        plant: Option<Bug>,
+        /// Stop at the first failing seed.
+        #[arg(long)]
+        fail_fast: bool,
+    },
+    /// Run one seed, print its fault plan and verdict, optionally write its trace.
+    Replay {
+        /// Scenario name.
+        #[arg(long, value_parser = parse_scenario)]
+        scenario: Scenario,
+        /// The seed.
+        #[arg(long)]
+        seed: u64,
+        /// Switch on a planted bug.
+        #[arg(long, value_parser = parse_bug)]
+        plant: Option<Bug>,
+        /// Write the history as JSON lines to this file.
+        #[arg(long)]
+        trace: Option<std::path::PathBuf>,
+    },
+}
+
+fn parse_scenario(s: &str) -> Result<Scenario, String> {
+    scenarios::by_name(s).map_err(|e| e.to_string())
+}
+
+fn parse_bug(s: &str) -> Result<Bug, String> {
+    s.parse::<Bug>().map_err(|e| e.to_string())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let code = match cli.command {
+        Command::Sweep {
+            scenario,
+            seeds,
+            start,
+            plant,
+            fail_fast,
+        } => sweep(scenario, start, seeds, plant, fail_fast),
+        Command::Replay {
+            scenario,
+            seed,
+            plant,
+            trace,
+        } => replay(
+            RunSpec {
+                scenario,
+                seed,
+                plant,
+            },
+            trace,
+        ),
+    };
+    ExitCode::from(code)
+}
+
+fn sim_error_code(e: &SimError) -> u8 {
+    match e {
+        SimError::UnknownInvariant { .. } => 2,
+        _ => EXIT_NONDETERMINISM,
+    }
+}
+
+fn sweep(scenario: Scenario, start: u64, count: u64, plant: Option<Bug>, fail_fast: bool) -> u8 {
+    let name = scenario.name.clone();
+    let mut failed = 0u64;
+    let mut worst = 0u8;
+    for seed in start..start.saturating_add(count) {
+        let spec = RunSpec {
+            scenario: scenario.clone(),
+            seed,
+            plant,
+        };
+        match runner::run_checked(&spec) {
+            Ok(result) if result.passed() => {}
+            Ok(result) => {
+                failed += 1;
+                worst = worst.max(EXIT_VIOLATION);
+                print!("{}", report(&result));
+            }
+            Err(e) => {
+                failed += 1;
+                worst = worst.max(sim_error_code(&e));
+                println!(
+                    "scenario {name} seed {seed}: {e}\n  replay: {}",
+                    runner::replay_command(&spec)
+                );
+            }
+        }
+        if fail_fast && failed > 0 {
+            break;
+        }
+    }
+    println!("{name}: {count} seeds from {start}, {failed} failed");
+    worst
+}
+
+fn replay(spec: RunSpec, trace: Option<std::path::PathBuf>) -> u8 {
+    println!(
+        "SEED={} scenario={} plant={}",
+        spec.seed,
+        spec.scenario.name,
+        spec.plant.map_or("none".into(), |b| b.to_string())
+    );
+    let result = match runner::run_checked(&spec) {
+        Ok(r) => r,
+        Err(e) => {
+            println!("{e}");
+            return sim_error_code(&e);
+        }
+    };
+    print!("fault plan:\n{}", result.plan);
+    if let Some(path) = trace {
+        if let Err(e) = write_trace(&path, &result.history) {
+            eprintln!("cannot write trace to {}: {e}", path.display());
+            return 2;
+        }
+        println!(
+            "trace: {} events written to {}",
+            result.history.len(),
+            path.display()
+        );
+    }
+    if result.passed() {
+        println!(
+            "all invariants held; {} events, trace hash {:016x}",
+            result.history.len(),
+            result.trace_hash
+        );
+        0
+    } else {
+        print!("{}", report(&result));
+        EXIT_VIOLATION
+    }
+}
+
+fn write_trace(path: &std::path::Path, history: &[sim::history::Record]) -> std::io::Result<()> {
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
+    for r in history {
+        writeln!(out, "{}", r.to_json())?;
+    }
+    out.flush()
+}

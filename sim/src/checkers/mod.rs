@@ -1,0 +1,245 @@
+//! Invariant checkers: each one a named function of the recorded history.
+//!
+//! A checker reads the whole [`Record`] list after a run and returns the
+//! violations it finds, each with the few records that prove it (the witnesses),
+//! so a report shows the cause rather than the whole log. Every checker has a unit
+//! test that feeds it a violating history and sees it fire.
+
+mod maintainer_liveness;
+mod no_cross_term_teardown;
+mod no_stale_resign;
+mod one_leader_per_term;
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use keel::events::Event;
+use keel::storage::Term;
+
+use crate::history::{Ev, HarnessEvent, Record};
+
+pub use maintainer_liveness::MaintainerLiveness;
+pub use no_cross_term_teardown::NoCrossTermTeardown;
+pub use no_stale_resign::NoStaleResign;
+pub use one_leader_per_term::OneLeaderPerTerm;
+
+/// Bounds a checker needs, derived from the runtime settings of the run.
+#[derive(Clone, Debug)]
+pub struct CheckCtx {
+    /// When the heal phase began.
+    pub heal_at_ms: u64,
+    /// When the run ended.
+    pub end_at_ms: u64,
+    /// A leader that keeps its term this long must have started its services or
+    /// asked to resign.
+    pub give_up_bound_ms: u64,
+    /// How long a node may still believe it leads after its services stopped.
+    pub stop_grace_ms: u64,
+    /// After faults stop, a maintainer must run within this bound.
+    pub converge_bound_ms: u64,
+}
+
+/// A broken invariant, with the records that show it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Violation {
+    /// The invariant's name.
+    pub invariant: &'static str,
+    /// Simulated time of the violating event.
+    pub at_ms: u64,
+    /// What went wrong, in one sentence.
+    pub message: String,
+    /// The smallest set of records that shows it, in history order.
+    pub witnesses: Vec<Record>,
+}
+
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "invariant {} violated at {}ms: {}",
+            self.invariant, self.at_ms, self.message
+        )?;
+        for w in &self.witnesses {
+            writeln!(f, "    {}", w.to_json())?;
+        }
+        Ok(())
+    }
+}
+
+/// One invariant over a history.
+pub trait Checker: Send + Sync {
+    /// The invariant's name, as scenarios list it.
+    fn name(&self) -> &'static str;
+    /// Every violation in `history`.
+    fn check(&self, history: &[Record], ctx: &CheckCtx) -> Vec<Violation>;
+}
+
+/// Every checker, in a fixed order.
+pub fn all() -> Vec<Box<dyn Checker>> {
+    vec![
+        Box::new(OneLeaderPerTerm),
+        Box::new(NoCrossTermTeardown),
+        Box::new(NoStaleResign),
+        Box::new(MaintainerLiveness),
+    ]
+}
+
+/// The checker called `name`.
+pub fn by_name(name: &str) -> Option<Box<dyn Checker>> {
+    all().into_iter().find(|c| c.name() == name)
+}
+
+/// Names of every checker.
+pub fn names() -> Vec<&'static str> {
+    all().iter().map(|c| c.name()).collect()
+}
+
+/// The node event of a record, if it is one.
+pub(crate) fn node_event(r: &Record) -> Option<&Event> {
+    match &r.ev {
+        Ev::Node(e) => Some(e),
+        _ => None,
+    }
+}
+
+/// For each predicate, the last node event on `host` in `history` that matches
+/// it; the hits, deduplicated, in history order.
+pub(crate) fn last_each(
+    history: &[Record],
+    host: &str,
+    preds: &[&dyn Fn(&Event) -> bool],
+) -> Vec<Record> {
+    let mut hits: Vec<&Record> = preds
+        .iter()
+        .filter_map(|p| {
+            history
+                .iter()
+                .rev()
+                .find(|r| r.host == host && node_event(r).is_some_and(|e| p(e)))
+        })
+        .collect();
+    hits.sort_by_key(|r| r.seq);
+    hits.dedup_by_key(|r| r.seq);
+    hits.into_iter().cloned().collect()
+}
+
+/// One stretch in which a host believed it led a term: from its `TermWon` to its
+/// `TermLost`, a crash or reboot of the host, or the end of the run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Tenure {
+    pub host: String,
+    pub term: Term,
+    /// Index of the `TermWon` record.
+    pub won: usize,
+    /// Index of the record that ended it (the last record if it never ended).
+    pub ended: usize,
+    pub won_ms: u64,
+    pub ended_ms: u64,
+    /// Whether it was still open when the run ended.
+    pub open_at_end: bool,
+}
+
+/// Every tenure in `history`, ordered by start.
+pub(crate) fn tenures(history: &[Record]) -> Vec<Tenure> {
+    let mut open: BTreeMap<&str, (Term, usize)> = BTreeMap::new();
+    let mut done = Vec::new();
+    let close = |done: &mut Vec<Tenure>,
+                 host: &str,
+                 (term, won): (Term, usize),
+                 r: &Record,
+                 open_at_end| {
+        let won_ms = history[won].at_ms;
+        done.push(Tenure {
+            host: host.to_owned(),
+            term,
+            won,
+            ended: r.seq,
+            won_ms,
+            ended_ms: r.at_ms,
+            open_at_end,
+        });
+    };
+    for r in history {
+        let host = r.host.as_str();
+        match &r.ev {
+            Ev::Node(Event::TermWon { term }) => {
+                if let Some(prev) = open.insert(host, (*term, r.seq)) {
+                    close(&mut done, host, prev, r, false);
+                }
+            }
+            Ev::Node(Event::TermLost { term, .. }) => {
+                if open.get(host).is_some_and(|(t, _)| t == term) {
+                    let prev = open.remove(host).unwrap_or((*term, r.seq));
+                    close(&mut done, host, prev, r, false);
+                }
+            }
+            Ev::Harness(HarnessEvent::Crash | HarnessEvent::NodeBoot { .. }) => {
+                if let Some(prev) = open.remove(host) {
+                    close(&mut done, host, prev, r, false);
+                }
+            }
+            _ => {}
+        }
+    }
+    if let Some(last) = history.last() {
+        for (host, prev) in std::mem::take(&mut open) {
+            close(&mut done, host, prev, last, true);
+        }
+    }
+    done.sort_by_key(|t| t.won);
+    done
+}
+
+#[cfg(test)]
+pub(crate) mod test_support {
+    //! A tiny builder for hand-written histories.
+    use super::*;
+    use crate::history::DbEvent;
+
+    pub(crate) struct H(pub Vec<Record>);
+
+    impl H {
+        pub(crate) fn new() -> Self {
+            H(Vec::new())
+        }
+        fn push(mut self, at_ms: u64, host: &str, ev: Ev) -> Self {
+            let seq = self.0.len();
+            self.0.push(Record {
+                seq,
+                at_ms,
+                host: host.into(),
+                ev,
+            });
+            self
+        }
+        pub(crate) fn node(self, at_ms: u64, host: &str, e: Event) -> Self {
+            self.push(at_ms, host, Ev::Node(e))
+        }
+        pub(crate) fn db(self, at_ms: u64, e: DbEvent) -> Self {
+            self.push(at_ms, "db", Ev::Db(e))
+        }
+        pub(crate) fn harness(self, at_ms: u64, host: &str, e: HarnessEvent) -> Self {
+            self.push(at_ms, host, Ev::Harness(e))
+        }
+    }
+
+    pub(crate) fn ctx(end_at_ms: u64) -> CheckCtx {
+        CheckCtx {
+            heal_at_ms: end_at_ms / 2,
+            end_at_ms,
+            give_up_bound_ms: 30_000,
+            stop_grace_ms: 2_000,
+            converge_bound_ms: 20_000,
+        }
+    }
+
+    pub(crate) fn won(t: u64) -> Event {
+        Event::TermWon { term: Term(t) }
+    }
+    pub(crate) fn lost(t: u64) -> Event {
+        Event::TermLost {
+            term: Term(t),
+            reason: "trust_window_expired".into(),
+        }
+    }
+}

@@ -1,0 +1,48 @@
+//! `SimClock`: simulated time with a per-host wall-clock skew.
+//!
+//! turmoil gives every host the same simulated time and has no notion of skew, so
+//! the harness layers it here: wall time is the run's fixed epoch plus this host's
+//! simulated elapsed time plus a skew drawn from the seed. Monotonic time and
+//! sleeps are tokio's, which turmoil drives from the seed's tick.
+
+use std::time::Duration;
+
+use keel::clock::{Clock, Sleep, Timestamp};
+use tokio::time::Instant;
+
+/// The fixed wall-clock epoch of every run: 2026-01-01T00:00:00Z in Unix ms. A
+/// constant, so a seed's timestamps never depend on when it runs.
+pub const EPOCH_UNIX_MS: i64 = 1_767_225_600_000;
+
+/// The simulated clock of one host. See the [module docs](self).
+#[derive(Clone, Copy, Debug)]
+pub struct SimClock {
+    skew_ms: i64,
+}
+
+impl SimClock {
+    /// A clock that runs `skew_ms` ahead (negative: behind) of true simulated time.
+    pub fn new(skew_ms: i64) -> Self {
+        Self { skew_ms }
+    }
+
+    /// The epoch as a `SystemTime`, for turmoil's builder.
+    pub fn epoch() -> std::time::SystemTime {
+        std::time::UNIX_EPOCH + Duration::from_millis(EPOCH_UNIX_MS as u64)
+    }
+}
+
+impl Clock for SimClock {
+    fn now(&self) -> Timestamp {
+        let elapsed_ms = i64::try_from(turmoil::elapsed().as_millis()).unwrap_or(i64::MAX);
+        Timestamp(EPOCH_UNIX_MS + elapsed_ms + self.skew_ms)
+    }
+
+    fn monotonic(&self) -> Instant {
+        Instant::now()
+    }
+
+    fn sleep(&self, d: Duration) -> Sleep {
+        Box::pin(tokio::time::sleep(d))
+    }
+}

@@ -1,0 +1,221 @@
+//! The recorded history of a run: every event of every host, in order.
+//!
+//! Three sources write here: the nodes (keel's own [`keel::events::Event`]s, via
+//! [`HostObserver`]), the database host ([`DbEvent`], what storage actually
+//! applied), and the harness ([`HarnessEvent`], the faults it injected). The
+//! invariant checkers read nothing else. The vector order is the order in which
+//! the single simulation thread observed the events; `at_ms` is simulated time.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use keel::events::{Event, Observer};
+use keel::storage::Term;
+use serde::{Deserialize, Serialize};
+
+/// What the database host applied.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum DbEvent {
+    /// A lease grant: `holder` now leads `term`.
+    LeaseGranted {
+        /// The new holder.
+        holder: String,
+        /// The new term.
+        term: Term,
+    },
+    /// A resign took effect.
+    ResignApplied {
+        /// Who resigned.
+        holder: String,
+        /// The term resigned.
+        term: Term,
+    },
+    /// A term-fenced maintenance write was accepted.
+    HeartbeatAccepted {
+        /// The writer.
+        holder: String,
+        /// The term it wrote for.
+        term: Term,
+    },
+}
+
+/// What the harness did to the world.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum HarnessEvent {
+    /// A host's software (re)started; `boot` counts from 1.
+    NodeBoot {
+        /// Boot number.
+        boot: u32,
+        /// This host's wall-clock skew.
+        skew_ms: i64,
+    },
+    /// The host was crashed.
+    Crash,
+    /// The link between this host and `peer` was cut.
+    Partition {
+        /// The other side.
+        peer: String,
+    },
+    /// The link between this host and `peer` was repaired.
+    Repair {
+        /// The other side.
+        peer: String,
+    },
+    /// `fail_pct` percent of start hook calls on this host now fail after `delay_ms`.
+    HookFault {
+        /// How long a hook call takes before it fails.
+        delay_ms: u64,
+        /// Share of calls that fail, in percent.
+        fail_pct: u64,
+    },
+    /// Start hooks on this host work again.
+    HookHealed,
+    /// Faults stopped; liveness must converge from here.
+    HealPhase,
+    /// The run ended.
+    End,
+}
+
+/// One recorded event.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Ev {
+    /// From a node's keel runtime.
+    Node(Event),
+    /// From the database host.
+    Db(DbEvent),
+    /// From the harness.
+    Harness(HarnessEvent),
+}
+
+/// An event with its place and time.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    /// Position in the history.
+    pub seq: usize,
+    /// Simulated time in milliseconds since the run started.
+    pub at_ms: u64,
+    /// The host it happened on (`db` for the database host).
+    pub host: String,
+    /// What happened.
+    #[serde(flatten)]
+    pub ev: Ev,
+}
+
+impl Record {
+    /// The record as one JSON line (no newline).
+    pub fn to_json(&self) -> String {
+        // Serializing plain data with string keys cannot fail.
+        serde_json::to_string(self).unwrap_or_else(|e| format!("{{\"unserializable\":\"{e}\"}}"))
+    }
+}
+
+/// The shared, append-only history of one run.
+#[derive(Clone, Debug, Default)]
+pub struct History(Arc<Mutex<Vec<Record>>>);
+
+impl History {
+    /// An empty history.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn records(&self) -> MutexGuard<'_, Vec<Record>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Append an event at simulated time `at_ms`.
+    ///
+    /// The harness reads time between steps and hosts read it during a step, so
+    /// the two can disagree by one tick; the record keeps time non-decreasing.
+    pub fn push_at(&self, at_ms: u64, host: &str, ev: Ev) {
+        let mut records = self.records();
+        let at_ms = records.last().map_or(at_ms, |last| last.at_ms.max(at_ms));
+        let seq = records.len();
+        records.push(Record {
+            seq,
+            at_ms,
+            host: host.to_owned(),
+            ev,
+        });
+    }
+
+    /// Append an event from inside a simulated host, at the simulation's time.
+    pub fn push(&self, host: &str, ev: Ev) {
+        let at = turmoil::sim_elapsed().unwrap_or_default();
+        self.push_at(u64::try_from(at.as_millis()).unwrap_or(u64::MAX), host, ev);
+    }
+
+    /// A copy of every record so far.
+    pub fn snapshot(&self) -> Vec<Record> {
+        self.records().clone()
+    }
+}
+
+/// Records one host's keel events into the history.
+#[derive(Clone, Debug)]
+pub struct HostObserver {
+    host: String,
+    history: History,
+}
+
+impl HostObserver {
+    /// An observer for `host`.
+    pub fn new(host: &str, history: History) -> Self {
+        Self {
+            host: host.to_owned(),
+            history,
+        }
+    }
+}
+
+impl Observer for HostObserver {
+    fn record(&self, event: &Event) {
+        self.history.push(&self.host, Ev::Node(event.clone()));
+    }
+}
+
+/// A stable 64-bit FNV-1a hash of a history's JSON lines: the run's trace hash.
+/// Hand-rolled rather than `DefaultHasher`, whose output may change between Rust
+/// releases, so recorded hashes stay comparable.
+pub fn trace_hash(records: &[Record]) -> u64 {
+    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0100_0000_01b3;
+    let mut hash = OFFSET;
+    for r in records {
+        for b in r.to_json().bytes().chain(std::iter::once(b'\n')) {
+            hash ^= u64::from(b);
+            hash = hash.wrapping_mul(PRIME);
+        }
+    }
+    hash
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_serialize_flat_and_hash_stably() {
+        let h = History::new();
+        h.push_at(5, "n1", Ev::Node(Event::TermWon { term: Term(3) }));
+        h.push_at(
+            6,
+            "db",
+            Ev::Db(DbEvent::LeaseGranted {
+                holder: "n1".into(),
+                term: Term(3),
+            }),
+        );
+        let records = h.snapshot();
+        assert_eq!(
+            records[0].to_json(),
+            r#"{"seq":0,"at_ms":5,"host":"n1","event":"term_won","term":3}"#
+        );
+        let back: Record = serde_json::from_str(&records[1].to_json()).expect("parses");
+        assert_eq!(back, records[1]);
+        assert_eq!(trace_hash(&records), trace_hash(&h.snapshot()));
+        assert_ne!(trace_hash(&records), trace_hash(&records[..1]));
+    }
+}

@@ -1,0 +1,201 @@
+//! The software of one simulated node: keel's real elector and maintainer, wired
+//! to the simulated clock, the database host, and the history.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use keel::clock::SharedClock;
+use keel::leadership::{Elector, ElectorConfig};
+use keel::maintenance::{
+    Maintainer, MaintainerConfig, MaintenanceHeartbeat, Service, ServiceCtx, ServiceError,
+};
+use keel::planted::PlantedBugs;
+use keel::shutdown::{ShutdownToken, TaskRegistry};
+use keel::storage::SharedStorage;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::clock::SimClock;
+use crate::db::{RemoteStorage, DB_HOST, DB_PORT};
+use crate::history::{Ev, HarnessEvent, History, HostObserver};
+use crate::net::TurmoilNetwork;
+
+/// The lease the nodes contend for.
+pub const LEASE_NAME: &str = "maintainer";
+
+/// Runtime settings every node of a run uses. Derived checker bounds come from
+/// here too, so the checkers and the runtime can never disagree.
+#[derive(Clone, Debug)]
+pub struct Timing {
+    /// Elector settings (holder is filled in per node).
+    pub elector: ElectorConfig,
+    /// Maintainer settings (seed is filled in per node and boot).
+    pub maintainer: MaintainerConfig,
+    /// Storage request timeout.
+    pub request_timeout: Duration,
+}
+
+impl Timing {
+    /// The settings the simulator runs with.
+    pub fn standard() -> Self {
+        let mut maintainer = MaintainerConfig::new(0);
+        maintainer.start_attempts_max = 4;
+        // Long enough that a slow hook can outlive its term (the 002 race),
+        // short enough that a run sees several terms give up.
+        maintainer.start_attempt_timeout = Duration::from_secs(8);
+        Self {
+            elector: ElectorConfig::new(LEASE_NAME, "node"),
+            maintainer,
+            request_timeout: RemoteStorage::REQUEST_TIMEOUT_DEFAULT,
+        }
+    }
+}
+
+/// Start-hook faults the harness switches on and off, per host: the delay after
+/// which a failing call fails, and the percentage of calls that fail.
+#[derive(Clone, Debug, Default)]
+pub struct HookFaults(Arc<Mutex<BTreeMap<String, (u64, u64)>>>);
+
+impl HookFaults {
+    /// Make `fail_pct` percent of `host`'s hook calls fail after `delay_ms`.
+    pub fn set(&self, host: &str, delay_ms: u64, fail_pct: u64) {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(host.to_owned(), (delay_ms, fail_pct));
+    }
+
+    /// Make `host`'s hooks work again.
+    pub fn clear(&self, host: &str) {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(host);
+    }
+
+    fn get(&self, host: &str) -> Option<(u64, u64)> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(host)
+            .copied()
+    }
+}
+
+/// A maintainer start hook whose failures the harness injects. Like the hook in
+/// source document 002, a failing call does not return early on cancellation.
+/// Which calls fail inside a window is drawn from a per-boot seeded RNG.
+struct FlakyStartHook {
+    host: String,
+    faults: HookFaults,
+    rng: Mutex<ChaCha8Rng>,
+}
+
+#[async_trait]
+impl Service for FlakyStartHook {
+    fn name(&self) -> &str {
+        "start_hook"
+    }
+
+    async fn start(&self, ctx: &ServiceCtx) -> Result<(), ServiceError> {
+        let Some((delay_ms, fail_pct)) = self.faults.get(&self.host) else {
+            return Ok(());
+        };
+        let roll = self
+            .rng
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .random_range(0..100);
+        if roll >= fail_pct {
+            return Ok(());
+        }
+        ctx.clock.sleep(Duration::from_millis(delay_ms)).await;
+        Err(ServiceError::Start {
+            service: self.name().to_owned(),
+            reason: "injected hook failure".into(),
+        })
+    }
+}
+
+/// Everything a node needs; cloned into turmoil's host factory, which runs again
+/// on every restart. Only `boots` carries over a restart.
+#[derive(Clone, Debug)]
+pub struct NodeSetup {
+    /// Host name (`n1`, `n2`, ...).
+    pub name: String,
+    /// Run seed.
+    pub seed: u64,
+    /// Wall-clock skew.
+    pub skew_ms: i64,
+    /// Planted bugs.
+    pub plants: PlantedBugs,
+    /// Runtime settings.
+    pub timing: Timing,
+    /// The run's history.
+    pub history: History,
+    /// Injected hook faults.
+    pub hooks: HookFaults,
+    /// How often this host has booted.
+    pub boots: Arc<AtomicU32>,
+}
+
+/// One boot of a node: runs until the host is crashed or the run ends.
+pub async fn node_main(setup: NodeSetup) -> turmoil::Result {
+    let boot = setup.boots.fetch_add(1, Ordering::SeqCst) + 1;
+    let name = setup.name.as_str();
+    setup.history.push(
+        name,
+        Ev::Harness(HarnessEvent::NodeBoot {
+            boot,
+            skew_ms: setup.skew_ms,
+        }),
+    );
+    let clock: SharedClock = Arc::new(SimClock::new(setup.skew_ms));
+    let addr = format!("{DB_HOST}:{DB_PORT}");
+    let remote = RemoteStorage::new(
+        Arc::new(TurmoilNetwork),
+        addr,
+        clock.clone(),
+        setup.timing.request_timeout,
+    );
+    let storage: SharedStorage = Arc::new(remote);
+    let observer = Arc::new(HostObserver::new(name, setup.history.clone()));
+
+    let mut ecfg = setup.timing.elector.clone();
+    ecfg.holder = name.to_owned();
+    ecfg.plants = setup.plants.clone();
+    let elector = Elector::new(ecfg, storage.clone(), clock.clone(), observer.clone())?;
+
+    let mut mcfg = setup.timing.maintainer.clone();
+    mcfg.rng_seed = setup.seed ^ (u64::from(boot) << 32) ^ fnv(name);
+    mcfg.plants = setup.plants.clone();
+    let services: Vec<Arc<dyn Service>> = vec![
+        Arc::new(FlakyStartHook {
+            host: name.to_owned(),
+            faults: setup.hooks.clone(),
+            rng: Mutex::new(ChaCha8Rng::seed_from_u64(mcfg.rng_seed.rotate_left(17))),
+        }),
+        Arc::new(MaintenanceHeartbeat::default()),
+    ];
+    let maintainer = Maintainer::new(mcfg, elector.clone(), services, storage, clock, observer)?;
+
+    let shutdown = ShutdownToken::new();
+    let tasks = TaskRegistry::new(shutdown.clone());
+    tasks.spawn("elector", elector.run(shutdown.clone()));
+    tasks.spawn(
+        "maintainer",
+        maintainer.run(shutdown.clone(), tasks.clone()),
+    );
+    // The node runs until turmoil crashes it or the run ends.
+    shutdown.wait().await;
+    Ok(())
+}
+
+fn fnv(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}

@@ -1,0 +1,433 @@
+//! The runner: builds one seeded turmoil simulation, drives it through a fault
+//! phase and a heal phase, and checks the history.
+//!
+//! One seed fixes everything: turmoil's RNG (message latency, host order), the
+//! fault plan, the clock skews, and the runtime's jitter. [`run_checked`] runs a
+//! seed twice and compares trace hashes, so the simulator checks its own
+//! determinism on every seed it reports on.
+
+use std::collections::VecDeque;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::AtomicU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+use keel::events::Event;
+use keel::planted::{Bug, PlantedBugs};
+use keel::shutdown::panic_message;
+use keel::storage::MemStorage;
+use scenarios::Scenario;
+
+use crate::checkers::{self, CheckCtx, Violation};
+use crate::clock::SimClock;
+use crate::db::{self, DB_HOST};
+use crate::faults::{Fault, FaultKind, FaultPlan, Target};
+use crate::history::{trace_hash, Ev, HarnessEvent, History, Record};
+use crate::net::TurmoilNetwork;
+use crate::node::{node_main, HookFaults, NodeSetup, Timing, LEASE_NAME};
+
+/// Simulated time per step. Leases and heartbeats run on seconds, so 10 ms
+/// resolves every race the runtime has while keeping a 100 s run cheap.
+pub const TICK: Duration = Duration::from_millis(10);
+/// Host name the harness records its own events under.
+pub const HARNESS_HOST: &str = "sim";
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct RunSpec {
+    /// The scenario.
+    pub scenario: Scenario,
+    /// The seed.
+    pub seed: u64,
+    /// The planted bug switched on, if any.
+    pub plant: Option<Bug>,
+}
+
+/// What one run did.
+#[derive(Clone, Debug)]
+pub struct RunResult {
+    /// What ran.
+    pub spec: RunSpec,
+    /// The faults it injected.
+    pub plan: FaultPlan,
+    /// Every recorded event.
+    pub history: Vec<Record>,
+    /// Hash of the history; equal for equal runs.
+    pub trace_hash: u64,
+    /// Broken invariants.
+    pub violations: Vec<Violation>,
+}
+
+/// A run that could not produce a verdict.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum SimError {
+    /// A host's software failed or the simulation itself errored.
+    #[error("simulation failed: {0}")]
+    Sim(String),
+    /// Something panicked while the simulation ran.
+    #[error("panic during the run: {0}")]
+    Panic(String),
+    /// The same seed gave two different histories.
+    #[error("non-determinism: two runs of one seed diverge at event {index}\n  first run:  {first}\n  second run: {second}")]
+    NonDeterministic {
+        /// Index of the first differing record.
+        index: usize,
+        /// That record in the first run (or `<end>`).
+        first: String,
+        /// That record in the second run (or `<end>`).
+        second: String,
+    },
+    /// The scenario names a checker that does not exist.
+    #[error("scenario {scenario} lists unknown invariant {name:?}; valid: {valid}")]
+    UnknownInvariant {
+        /// The scenario.
+        scenario: String,
+        /// The name.
+        name: String,
+        /// Valid names.
+        valid: String,
+    },
+}
+
+impl RunResult {
+    /// Whether every invariant held.
+    pub fn passed(&self) -> bool {
+        self.violations.is_empty()
+    }
+}
+
+/// The one-line command that replays `spec`.
+pub fn replay_command(spec: &RunSpec) -> String {
+    let plant = spec
+        .plant
+        .map(|b| format!(" --plant {b}"))
+        .unwrap_or_default();
+    format!(
+        "cargo run -p sim -- replay --scenario {} --seed {}{plant}",
+        spec.scenario.name, spec.seed
+    )
+}
+
+/// A failure report: scenario, seed, each violation with its witnesses, and the
+/// replay command.
+pub fn report(result: &RunResult) -> String {
+    let spec = &result.spec;
+    let plant = spec
+        .plant
+        .map(|b| format!(" (planted: {b})"))
+        .unwrap_or_default();
+    let mut out = format!(
+        "scenario {} seed {}{plant}: {} violation(s)\n",
+        spec.scenario.name,
+        spec.seed,
+        result.violations.len()
+    );
+    for v in &result.violations {
+        out.push_str(&format!("  {v}"));
+    }
+    out.push_str(&format!(
+        "  trace hash {:016x}\n  replay: {}\n",
+        result.trace_hash,
+        replay_command(spec)
+    ));
+    out
+}
+
+/// The bounds the checkers use, derived from the runtime's own settings.
+pub fn check_ctx(timing: &Timing, scenario: &Scenario, end_at_ms: u64) -> CheckCtx {
+    let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    let m = &timing.maintainer;
+    let e = &timing.elector;
+    let slack_ms = 1_000;
+    let backoff_step_max =
+        m.backoff.base * (1 << m.start_attempts_max.saturating_sub(2)).min(1 << 20);
+    let converge = m.start_attempt_timeout
+        + timing.request_timeout
+        + e.lease_ttl
+        + e.acquire_interval
+        + backoff_step_max
+            .min(m.backoff.max)
+            .mul_f64(1.0 + m.backoff.jitter_ratio);
+    CheckCtx {
+        heal_at_ms: scenario.duration_s * 1000,
+        end_at_ms,
+        give_up_bound_ms: ms(m.give_up_bound()) + slack_ms,
+        stop_grace_ms: ms(timing.request_timeout) + slack_ms,
+        converge_bound_ms: ms(converge) + 3 * slack_ms,
+    }
+}
+
+/// Check `history` against the scenario's invariants.
+pub fn check(
+    scenario: &Scenario,
+    history: &[Record],
+    ctx: &CheckCtx,
+) -> Result<Vec<Violation>, SimError> {
+    let mut out = Vec::new();
+    for name in &scenario.invariants {
+        let checker = checkers::by_name(name).ok_or_else(|| SimError::UnknownInvariant {
+            scenario: scenario.name.clone(),
+            name: name.clone(),
+            valid: checkers::names().join(", "),
+        })?;
+        out.extend(checker.check(history, ctx));
+    }
+    out.sort_by_key(|v| v.at_ms);
+    Ok(out)
+}
+
+/// Run `spec` once.
+pub fn run_once(spec: &RunSpec) -> Result<RunResult, SimError> {
+    match std::panic::catch_unwind(AssertUnwindSafe(|| simulate(spec))) {
+        Ok(result) => result,
+        Err(payload) => Err(SimError::Panic(panic_message(payload))),
+    }
+}
+
+/// Run `spec` twice and insist both runs recorded the same history.
+pub fn run_checked(spec: &RunSpec) -> Result<RunResult, SimError> {
+    let first = run_once(spec)?;
+    let second = run_once(spec)?;
+    if first.trace_hash == second.trace_hash {
+        return Ok(first);
+    }
+    let index = first
+        .history
+        .iter()
+        .zip(&second.history)
+        .take_while(|(a, b)| a == b)
+        .count();
+    let show = |h: &[Record]| h.get(index).map_or("<end>".to_owned(), Record::to_json);
+    Err(SimError::NonDeterministic {
+        index,
+        first: show(&first.history),
+        second: show(&second.history),
+    })
+}
+
+fn node_name(index: usize) -> String {
+    format!("n{}", index + 1)
+}
+
+fn simulate(spec: &RunSpec) -> Result<RunResult, SimError> {
+    let scenario = &spec.scenario;
+    let plan = FaultPlan::generate(scenario, spec.seed);
+    let fault_ms = scenario.duration_s * 1000;
+    let end_ms = fault_ms + scenario.heal_s * 1000;
+    let timing = Timing::standard();
+    let mut sim = turmoil::Builder::new()
+        .rng_seed(spec.seed)
+        .epoch(SimClock::epoch())
+        .tick_duration(TICK)
+        .simulation_duration(Duration::from_millis(end_ms) + Duration::from_secs(5))
+        .min_message_latency(Duration::from_millis(1))
+        .max_message_latency(Duration::from_millis(30))
+        .enable_random_order()
+        .build();
+    let history = History::new();
+    let store = Arc::new(MemStorage::new());
+    let store_for_harness = store.clone();
+    let db_history = history.clone();
+    sim.host(DB_HOST, move || {
+        let (store, history) = (store.clone(), db_history.clone());
+        async move {
+            db::serve(Arc::new(TurmoilNetwork), store, history).await?;
+            Ok(())
+        }
+    });
+    let hooks = HookFaults::default();
+    let plants = spec.plant.map_or_else(PlantedBugs::none, PlantedBugs::only);
+    for (i, skew_ms) in plan.skews_ms.iter().enumerate() {
+        let setup = NodeSetup {
+            name: node_name(i),
+            seed: spec.seed,
+            skew_ms: *skew_ms,
+            plants: plants.clone(),
+            timing: timing.clone(),
+            history: history.clone(),
+            hooks: hooks.clone(),
+            boots: Arc::new(AtomicU32::new(0)),
+        };
+        sim.host(node_name(i), move || node_main(setup.clone()));
+    }
+    let mut driver = Driver {
+        pending: plan.faults.iter().cloned().collect(),
+        active: Vec::new(),
+        hooks,
+        history: history.clone(),
+        store: store_for_harness,
+        nodes: plan.skews_ms.len(),
+    };
+    let mut healed = false;
+    loop {
+        let now_ms = u64::try_from(sim.elapsed().as_millis()).unwrap_or(u64::MAX);
+        if now_ms >= fault_ms && !healed {
+            driver.heal(&mut sim, now_ms);
+            healed = true;
+        }
+        if now_ms >= end_ms {
+            break;
+        }
+        if !healed {
+            driver.advance(&mut sim, now_ms);
+        }
+        sim.step().map_err(|e| SimError::Sim(e.to_string()))?;
+    }
+    let end_at = u64::try_from(sim.elapsed().as_millis()).unwrap_or(u64::MAX);
+    history.push_at(end_at, HARNESS_HOST, Ev::Harness(HarnessEvent::End));
+    let records = history.snapshot();
+    let ctx = check_ctx(&timing, scenario, end_at);
+    let violations = check(scenario, &records, &ctx)?;
+    Ok(RunResult {
+        spec: spec.clone(),
+        plan,
+        trace_hash: trace_hash(&records),
+        history: records,
+        violations,
+    })
+}
+
+/// Applies the fault plan to the simulation between steps.
+struct Driver {
+    pending: VecDeque<Fault>,
+    /// Faults in effect, with the node each one resolved to.
+    active: Vec<(Fault, usize)>,
+    hooks: HookFaults,
+    history: History,
+    store: Arc<MemStorage>,
+    nodes: usize,
+}
+
+impl Driver {
+    fn record(&self, at_ms: u64, host: &str, ev: HarnessEvent) {
+        self.history.push_at(at_ms, host, Ev::Harness(ev));
+    }
+
+    fn advance(&mut self, sim: &mut turmoil::Sim<'_>, now_ms: u64) {
+        let (ended, still): (Vec<_>, Vec<_>) = std::mem::take(&mut self.active)
+            .into_iter()
+            .partition(|(f, _)| f.end_ms() <= now_ms);
+        self.active = still;
+        for (fault, node) in &ended {
+            self.end(sim, fault, *node, now_ms);
+        }
+        while self.pending.front().is_some_and(|f| f.at_ms <= now_ms) {
+            let Some(fault) = self.pending.pop_front() else {
+                break;
+            };
+            let Some(node) = self.resolve(&fault, now_ms) else {
+                continue;
+            };
+            self.start(sim, &fault, node, now_ms);
+            self.active.push((fault, node));
+        }
+    }
+
+    /// The node `fault` hits now, or `None` when it cannot apply: nobody leads, or
+    /// a fault of the same kind already holds that node.
+    fn resolve(&self, fault: &Fault, now_ms: u64) -> Option<usize> {
+        let node = match fault.target {
+            Target::Node(i) => i,
+            Target::Leader => self.leader(now_ms)?,
+            Target::Starting => self.starting().or_else(|| self.leader(now_ms))?,
+        };
+        let busy = self.active.iter().any(|(f, n)| {
+            *n == node && std::mem::discriminant(&f.kind) == std::mem::discriminant(&fault.kind)
+        });
+        (!busy).then_some(node)
+    }
+
+    /// The node holding a live lease, by the database's state.
+    fn leader(&self, now_ms: u64) -> Option<usize> {
+        let now = keel::clock::Timestamp(crate::clock::EPOCH_UNIX_MS + i64::try_from(now_ms).ok()?);
+        let lease = self.store.lease(LEASE_NAME).filter(|l| l.is_live(now))?;
+        let holder = lease.holder?;
+        (0..self.nodes).find(|i| node_name(*i) == holder)
+    }
+
+    /// The first node whose latest start-related event is a start attempt.
+    fn starting(&self) -> Option<usize> {
+        let history = self.history.snapshot();
+        (0..self.nodes).find(|i| {
+            let host = node_name(*i);
+            let last = history
+                .iter()
+                .rev()
+                .filter(|r| r.host == host)
+                .find_map(|r| match &r.ev {
+                    Ev::Node(
+                        e @ (Event::MaintainerStartAttempt { .. }
+                        | Event::MaintainerStartFailed { .. }
+                        | Event::MaintainerStarted { .. }),
+                    ) => Some(e.clone()),
+                    Ev::Harness(HarnessEvent::Crash | HarnessEvent::NodeBoot { .. }) => {
+                        Some(Event::MaintainerStarted {
+                            term: keel::storage::Term(0),
+                        })
+                    }
+                    _ => None,
+                });
+            matches!(last, Some(Event::MaintainerStartAttempt { .. }))
+        })
+    }
+
+    fn heal(&mut self, sim: &mut turmoil::Sim<'_>, now_ms: u64) {
+        self.pending.clear();
+        for (fault, node) in std::mem::take(&mut self.active) {
+            self.end(sim, &fault, node, now_ms);
+        }
+        self.record(now_ms, HARNESS_HOST, HarnessEvent::HealPhase);
+    }
+
+    fn start(&self, sim: &mut turmoil::Sim<'_>, fault: &Fault, node: usize, now_ms: u64) {
+        let host = node_name(node);
+        match fault.kind {
+            FaultKind::Partition { .. } => {
+                sim.partition(host.as_str(), DB_HOST);
+                self.record(
+                    now_ms,
+                    &host,
+                    HarnessEvent::Partition {
+                        peer: DB_HOST.into(),
+                    },
+                );
+            }
+            FaultKind::Bounce { .. } => {
+                sim.crash(host.as_str());
+                self.record(now_ms, &host, HarnessEvent::Crash);
+            }
+            FaultKind::HookFault {
+                delay_ms, fail_pct, ..
+            } => {
+                self.hooks.set(&host, delay_ms, fail_pct);
+                self.record(
+                    now_ms,
+                    &host,
+                    HarnessEvent::HookFault { delay_ms, fail_pct },
+                );
+            }
+        }
+    }
+
+    fn end(&self, sim: &mut turmoil::Sim<'_>, fault: &Fault, node: usize, now_ms: u64) {
+        let host = node_name(node);
+        match fault.kind {
+            FaultKind::Partition { .. } => {
+                sim.repair(host.as_str(), DB_HOST);
+                self.record(
+                    now_ms,
+                    &host,
+                    HarnessEvent::Repair {
+                        peer: DB_HOST.into(),
+                    },
+                );
+            }
+            // The restarted node records its own boot.
+            FaultKind::Bounce { .. } => sim.bounce(host.as_str()),
+            FaultKind::HookFault { .. } => {
+                self.hooks.clear(&host);
+                self.record(now_ms, &host, HarnessEvent::HookHealed);
+            }
+        }
+    }
+}
