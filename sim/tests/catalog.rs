@@ -1,0 +1,82 @@
+//! `cargo test -p sim`: every scenario of the catalog over its default seed set
+//! (`SIM_SEED=<n>` runs exactly that seed, `SIM_SEEDS=<n>` sweeps `0..n`, and
+//! `SIM_SCENARIO=<name>` narrows to one scenario). Every seed runs twice and the two
+//! trace hashes must agree. Scenarios run in parallel, one thread each; a run
+//! never leaves its thread, so each stays deterministic.
+
+use sim::runner::{self, report, RunSpec};
+
+fn failures_of(scenario: scenarios::Scenario) -> Vec<String> {
+    let seeds = sim::seeds::from_env(scenario.default_seeds).unwrap_or_else(|e| panic!("{e}"));
+    let mut failures = Vec::new();
+    let (mut runs, mut hashes) = (0u64, 0u64);
+    for seed in seeds {
+        let spec = RunSpec {
+            scenario: scenario.clone(),
+            seed,
+            plant: None,
+        };
+        match runner::run_checked(&spec) {
+            Ok(result) if result.passed() => {
+                runs += 1;
+                hashes ^= result.trace_hash;
+            }
+            Ok(result) => failures.push(report(&result)),
+            Err(e) => failures.push(format!(
+                "scenario {} seed {seed}: {e}\n  replay: {}\n",
+                scenario.name,
+                runner::replay_command(&spec)
+            )),
+        }
+    }
+    eprintln!(
+        "{}: {runs} seeds held, each run twice (xor of trace hashes {hashes:016x})",
+        scenario.name
+    );
+    failures
+}
+
+#[test]
+fn every_scenario_holds_its_invariants_on_its_default_seeds_deterministically() {
+    let only = std::env::var("SIM_SCENARIO").ok();
+    let catalog: Vec<_> = scenarios::all()
+        .into_iter()
+        .filter(|s| only.as_ref().is_none_or(|o| *o == s.name))
+        .collect();
+    assert!(
+        !catalog.is_empty(),
+        "SIM_SCENARIO={only:?} matches no scenario; valid: {:?}",
+        scenarios::all()
+            .iter()
+            .map(|s| s.name.clone())
+            .collect::<Vec<_>>()
+    );
+    let failures: Vec<String> = std::thread::scope(|scope| {
+        let handles: Vec<_> = catalog
+            .into_iter()
+            .map(|s| scope.spawn(move || failures_of(s)))
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| vec!["a scenario thread panicked".into()])
+            })
+            .collect()
+    });
+    assert!(failures.is_empty(), "\n{}", failures.join("\n"));
+}
+
+#[test]
+fn every_invariant_a_scenario_names_has_a_checker() {
+    let known = sim::checkers::names();
+    for s in scenarios::all() {
+        for name in &s.invariants {
+            assert!(
+                known.contains(&name.as_str()),
+                "scenario {} names unknown invariant {name}; known: {known:?}",
+                s.name
+            );
+        }
+    }
+}
