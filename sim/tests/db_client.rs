@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use keel::clock::{Clock as _, SharedClock};
+use keel::clock::SharedClock;
 use keel::storage::{LeaseStore, MemStorage, StorageError, Term};
 use sim::clock::{SimClock, EPOCH_UNIX_MS};
 use sim::db::{self, RemoteStorage, DB_HOST, DB_PORT};

@@ -115,7 +115,7 @@ pub(crate) fn last_each(
             history
                 .iter()
                 .rev()
-                .find(|r| r.host == host && node_event(r).is_some_and(|e| p(e)))
+                .find(|r| r.host == host && node_event(r).is_some_and(p))
         })
         .collect();
     hits.sort_by_key(|r| r.seq);
@@ -167,11 +167,9 @@ pub(crate) fn tenures(history: &[Record]) -> Vec<Tenure> {
                     close(&mut done, host, prev, r, false);
                 }
             }
-            Ev::Node(Event::TermLost { term, .. }) => {
-                if open.get(host).is_some_and(|(t, _)| t == term) {
-                    let prev = open.remove(host).unwrap_or((*term, r.seq));
-                    close(&mut done, host, prev, r, false);
-                }
+            Ev::Node(Event::TermLost { term, .. }) if open.get(host).is_some_and(|(t, _)| t == term) => {
+                let prev = open.remove(host).unwrap_or((*term, r.seq));
+                close(&mut done, host, prev, r, false);
             }
             Ev::Harness(HarnessEvent::Crash | HarnessEvent::NodeBoot { .. }) => {
                 if let Some(prev) = open.remove(host) {
