@@ -23,11 +23,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run seeds 0..N (from --start) of a scenario, each twice to check determinism.
+    /// Run seeds 0..N (from --start) of a scenario (all scenarios when none is
+    /// named), each twice to check determinism.
     Sweep {
-        /// Scenario name.
+        /// Scenario name; every scenario of the catalog when omitted.
         #[arg(long, value_parser = parse_scenario)]
-        scenario: Scenario,
+        scenario: Option<Scenario>,
         /// How many seeds.
         #[arg(long, default_value_t = 64)]
         seeds: u64,
@@ -75,7 +76,11 @@ fn main() -> ExitCode {
             start,
             plant,
             fail_fast,
-        } => sweep(scenario, start, seeds, plant, fail_fast),
+        } => {
+            let chosen = scenario.map_or_else(scenarios::all, |s| vec![s]);
+            let codes = chosen.into_iter().map(|s| sweep(s, start, seeds, plant, fail_fast));
+            codes.max().unwrap_or(0)
+        }
         Command::Replay {
             scenario,
             seed,
