@@ -191,18 +191,18 @@ pub fn run_checked(spec: &RunSpec) -> Result<RunResult, SimError> {
     if first.trace_hash == second.trace_hash {
         return Ok(first);
     }
-    let index = first
-        .history
-        .iter()
-        .zip(&second.history)
-        .take_while(|(a, b)| a == b)
-        .count();
+    Err(divergence(&first.history, &second.history))
+}
+
+/// The first event at which two histories of one seed differ, with both versions.
+pub fn divergence(first: &[Record], second: &[Record]) -> SimError {
+    let index = first.iter().zip(second).take_while(|(a, b)| a == b).count();
     let show = |h: &[Record]| h.get(index).map_or("<end>".to_owned(), Record::to_json);
-    Err(SimError::NonDeterministic {
+    SimError::NonDeterministic {
         index,
-        first: show(&first.history),
-        second: show(&second.history),
-    })
+        first: show(first),
+        second: show(second),
+    }
 }
 
 fn node_name(index: usize) -> String {
@@ -429,5 +429,56 @@ impl Driver {
                 self.record(now_ms, &host, HarnessEvent::HookHealed);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use keel::storage::Term;
+
+    fn history(events: &[(u64, &str, u64)]) -> Vec<Record> {
+        let h = History::new();
+        for (at, host, term) in events {
+            h.push_at(*at, host, Ev::Node(Event::TermWon { term: Term(*term) }));
+        }
+        h.snapshot()
+    }
+
+    #[test]
+    fn divergence_names_the_first_differing_event_with_both_versions() {
+        let a = history(&[(1, "n1", 1), (2, "n2", 2), (3, "n1", 3)]);
+        let b = history(&[(1, "n1", 1), (2, "n3", 2)]);
+        let SimError::NonDeterministic {
+            index,
+            first,
+            second,
+        } = divergence(&a, &b)
+        else {
+            panic!("kind")
+        };
+        assert_eq!(index, 1);
+        assert!(
+            first.contains("\"n2\"") && second.contains("\"n3\""),
+            "{first} / {second}"
+        );
+        let SimError::NonDeterministic { index, second, .. } = divergence(&a, &a[..2]) else {
+            panic!("kind")
+        };
+        assert_eq!((index, second.as_str()), (2, "<end>"));
+    }
+
+    #[test]
+    fn a_seed_replays_to_the_same_trace_hash() {
+        let spec = RunSpec {
+            scenario: scenarios::by_name("leadership_flap").expect("scenario"),
+            seed: 5,
+            plant: None,
+        };
+        let a = run_once(&spec).expect("run");
+        let b = run_once(&spec).expect("run");
+        assert_eq!(a.trace_hash, b.trace_hash);
+        let other = run_once(&RunSpec { seed: 6, ..spec }).expect("run");
+        assert_ne!(a.trace_hash, other.trace_hash, "the seed matters");
     }
 }
