@@ -9,7 +9,11 @@
 use std::path::{Path, PathBuf};
 
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
-    let mut entries: Vec<_> = std::fs::read_dir(dir).expect("readable").filter_map(Result::ok).map(|e| e.path()).collect();
+    let mut entries: Vec<_> = std::fs::read_dir(dir)
+        .expect("readable")
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .collect();
     entries.sort();
     for path in entries {
         if path.is_dir() {
@@ -42,5 +46,8 @@ fn every_select_in_keel_and_sim_is_biased() {
             }
         }
     }
-    assert!(offenders.is_empty(), "select! without `biased;`: {offenders:?}");
+    assert!(
+        offenders.is_empty(),
+        "select! without `biased;`: {offenders:?}"
+    );
 }
