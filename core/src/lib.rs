@@ -43,3 +43,5 @@ pub mod net;
 pub mod planted;
 pub mod shutdown;
 pub mod storage;
+#[cfg(test)]
+mod test_support;

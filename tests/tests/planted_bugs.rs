@@ -22,7 +22,8 @@ fn spec(scenario: &str, seed: u64, plant: Option<Bug>) -> RunSpec {
 fn first_detection(bug: Bug, scenario: &str, invariant: &str) -> RunResult {
     for seed in 0..SEEDS_MAX {
         // Every seed runs twice: detection must be deterministic too.
-        let result = runner::run_checked(&spec(scenario, seed, Some(bug))).expect("deterministic run");
+        let result =
+            runner::run_checked(&spec(scenario, seed, Some(bug))).expect("deterministic run");
         if result.violations.iter().any(|v| v.invariant == invariant) {
             return result;
         }

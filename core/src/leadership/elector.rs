@@ -98,12 +98,16 @@ impl ElectorConfig {
         if self.holder.is_empty() {
             return err("holder", "must not be empty");
         }
-        if self.renew_interval.is_zero() || self.acquire_interval.is_zero() {
-            return err("renew_interval", "intervals must be positive");
+        if self.renew_interval.is_zero() {
+            return err("renew_interval", "must be positive");
+        }
+        if self.acquire_interval.is_zero() {
+            return err("acquire_interval", "must be positive");
         }
         // The trust window must leave room for at least one renewal attempt,
         // or a leader would step down before it ever tried to renew.
-        if self.lease_ttl <= self.safety_margin + self.renew_interval {
+        let needed = self.safety_margin.checked_add(self.renew_interval);
+        if needed.is_none_or(|needed| self.lease_ttl <= needed) {
             return err("lease_ttl", "must exceed safety_margin + renew_interval");
         }
         Ok(())
@@ -285,18 +289,22 @@ impl Elector {
                 cfg.lease_ttl,
                 self.clock.now(),
             );
+            let trusted_until = started + cfg.lease_ttl - cfg.safety_margin;
+            // A reply later than the trust window is useless, so the call is
+            // bounded by it, whatever the storage's own timeouts are.
             let granted = tokio::select! {
                 biased;
                 () = shutdown.wait() => return None,
                 r = attempt => r,
+                () = self.sleep_until(trusted_until) => Ok(None),
             };
             if let Ok(Some(lease)) = granted {
-                let trusted_until = started + cfg.lease_ttl - cfg.safety_margin;
-                // A reply that took longer than the trust window is useless: the
-                // grant may already be someone else's. Try again for a new term.
                 if self.clock.monotonic() < trusted_until {
                     return Some((lease.term, trusted_until));
                 }
+                // Granted too late to trust: give the term back (term-scoped, so
+                // harmless if it moved on) rather than make peers wait out the TTL.
+                self.resign_in_storage(lease.term).await;
             }
             tokio::select! {
                 biased;
@@ -346,6 +354,10 @@ impl Elector {
             );
             let renewed = tokio::select! {
                 biased;
+                () = shutdown.wait() => {
+                    self.resign_in_storage(term).await;
+                    return StepDown::Shutdown;
+                }
                 () = self.sleep_until(trusted_until) => return StepDown::TrustWindowExpired,
                 r = renew => r,
             };
@@ -370,12 +382,394 @@ impl Elector {
         // whether or not storage hears about it.
         self.set(Leadership::Follower, None);
         let cfg = &self.cfg;
-        let accepted = matches!(
-            self.storage
-                .resign(&cfg.lease_name, &cfg.holder, term)
-                .await,
-            Ok(true)
-        );
+        // Bounded: a resign is a courtesy that shortens the handover; the lease
+        // expires on its own, and shutdown must not hang on an unanswered call.
+        let resign = self.storage.resign(&cfg.lease_name, &cfg.holder, term);
+        let accepted = tokio::select! {
+            biased;
+            r = resign => matches!(r, Ok(true)),
+            () = self.clock.sleep(cfg.renew_interval) => false,
+        };
         self.emit(Event::Resigned { term, accepted });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::Clock;
+    use crate::storage::MemStorage;
+    use crate::test_support::{FlakyStorage, Recorder, TestClock, WAIT_MAX};
+
+    const LEASE: &str = "maintainer";
+
+    /// One elector with its own view of the shared storage and its own events.
+    struct Node {
+        elector: Arc<Elector>,
+        storage: Arc<FlakyStorage>,
+        events: Arc<Recorder>,
+    }
+
+    fn node(holder: &str, mem: &Arc<MemStorage>, clock: &Arc<TestClock>) -> Node {
+        let storage = FlakyStorage::new(mem.clone());
+        let events = Recorder::new();
+        let elector = Elector::new(
+            ElectorConfig::new(LEASE, holder),
+            storage.clone(),
+            clock.clone(),
+            events.clone(),
+        )
+        .expect("default config is valid");
+        Node {
+            elector,
+            storage,
+            events,
+        }
+    }
+
+    fn spawn(elector: &Arc<Elector>, shutdown: &ShutdownToken) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(elector.clone().run(shutdown.clone()))
+    }
+
+    /// Wait (at most `WAIT_MAX` of test time) until `elector`'s leadership matches.
+    async fn wait_leadership(
+        elector: &Elector,
+        what: &str,
+        pred: impl Fn(Leadership) -> bool,
+    ) -> Leadership {
+        let mut rx = elector.subscribe();
+        let seen = tokio::time::timeout(WAIT_MAX, async {
+            loop {
+                let now = *rx.borrow_and_update();
+                if pred(now) {
+                    return now;
+                }
+                rx.changed().await.expect("the elector owns the sender");
+            }
+        })
+        .await;
+        seen.unwrap_or_else(|_| panic!("{} never became {what}", elector.holder()))
+    }
+
+    fn is_leader(l: Leadership) -> bool {
+        matches!(l, Leadership::Leader(_))
+    }
+
+    /// `[won, lost)` intervals of every term a node led, from its events; a term
+    /// still led at the end runs to `end`.
+    fn leader_intervals(events: &Recorder, end: Instant) -> Vec<(Term, Instant, Instant)> {
+        let mut out = Vec::new();
+        let mut open: Option<(Term, Instant)> = None;
+        for (at, e) in events.timed() {
+            match e {
+                Event::TermWon { term } => {
+                    assert!(open.is_none(), "won {term} while leading {open:?}");
+                    open = Some((term, at));
+                }
+                Event::TermLost { term, .. } => {
+                    let (won, since) = open.take().expect("lost a term never won");
+                    assert_eq!(won, term, "lost a term other than the one led");
+                    out.push((term, since, at));
+                }
+                _ => {}
+            }
+        }
+        if let Some((term, since)) = open {
+            out.push((term, since, end));
+        }
+        out
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_single_elector_wins_term_1_renews_it_and_holds_it() {
+        let mem = Arc::new(MemStorage::new());
+        let clock = TestClock::new();
+        let a = node("a", &mem, &clock);
+        let shutdown = ShutdownToken::new();
+        let run = spawn(&a.elector, &shutdown);
+
+        let led = wait_leadership(&a.elector, "leader", is_leader).await;
+        assert_eq!(led, Leadership::Leader(Term(1)));
+        assert!(a.elector.holds(Term(1)));
+        assert!(!a.elector.holds(Term(2)), "holds only the term it won");
+        let (_, won_at, _) = a
+            .events
+            .wait_for("TermWon", |e| matches!(e, Event::TermWon { .. }))
+            .await;
+
+        let (_, renewed_at, _) = a
+            .events
+            .wait_for("TermRenewed{T1}", |e| {
+                *e == Event::TermRenewed { term: Term(1) }
+            })
+            .await;
+        let cfg = ElectorConfig::new(LEASE, "a");
+        assert!(
+            renewed_at - won_at <= cfg.renew_interval,
+            "first renewal after {:?}, interval {:?}",
+            renewed_at - won_at,
+            cfg.renew_interval
+        );
+
+        // Well past the first TTL: only renewals can have kept it.
+        clock.sleep(cfg.lease_ttl * 2).await;
+        assert!(a.elector.holds(Term(1)));
+        assert_eq!(*a.elector.subscribe().borrow(), Leadership::Leader(Term(1)));
+        let renewals = a
+            .events
+            .events()
+            .iter()
+            .filter(|e| **e == Event::TermRenewed { term: Term(1) })
+            .count();
+        assert!(renewals >= 9, "only {renewals} renewals in ~10 s");
+        assert!(
+            a.events
+                .find(|e| matches!(e, Event::TermLost { .. }))
+                .is_none(),
+            "{:#?}",
+            a.events.events()
+        );
+        let lease = mem.lease(LEASE).expect("granted");
+        assert_eq!(lease.term, Term(1));
+        assert_eq!(lease.holder.as_deref(), Some("a"));
+        assert!(lease.is_live(clock.now()), "renewals keep the lease live");
+
+        shutdown.trigger();
+        run.await.expect("elector run did not panic");
+        assert!(!a.elector.holds(Term(1)));
+        assert_eq!(
+            mem.lease(LEASE).expect("row").holder,
+            None,
+            "shutdown resigns"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn two_electors_lead_one_at_a_time_and_a_partitioned_leader_steps_down_within_its_trust_window(
+    ) {
+        let mem = Arc::new(MemStorage::new());
+        let clock = TestClock::new();
+        let a = node("a", &mem, &clock);
+        let b = node("b", &mem, &clock);
+        let cfg = ElectorConfig::new(LEASE, "a");
+        let shutdown = ShutdownToken::new();
+
+        let run_a = spawn(&a.elector, &shutdown);
+        wait_leadership(&a.elector, "leader", is_leader).await;
+        let run_b = spawn(&b.elector, &shutdown);
+
+        // Sample both beliefs every 10 ms for the whole test.
+        let stop_sampling = ShutdownToken::new();
+        let sampler = {
+            let (ea, eb, stop) = (a.elector.clone(), b.elector.clone(), stop_sampling.clone());
+            tokio::spawn(async move {
+                let mut both = Vec::new();
+                loop {
+                    let (la, lb) = (*ea.subscribe().borrow(), *eb.subscribe().borrow());
+                    if is_leader(la) && is_leader(lb) {
+                        both.push((Instant::now(), la, lb));
+                    }
+                    tokio::select! {
+                        biased;
+                        () = stop.wait() => return both,
+                        () = tokio::time::sleep(Duration::from_millis(10)) => {}
+                    }
+                }
+            })
+        };
+
+        // Off the renewal grid (renewals land on whole seconds).
+        clock.sleep(Duration::from_millis(3_500)).await;
+        assert_eq!(*a.elector.subscribe().borrow(), Leadership::Leader(Term(1)));
+        assert_eq!(*b.elector.subscribe().borrow(), Leadership::Follower);
+        assert!(
+            b.events.events().is_empty(),
+            "b never won: {:#?}",
+            b.events.events()
+        );
+
+        let failed_at = Instant::now();
+        a.storage.set_failing(true);
+        let (_, lost_at, lost) = a
+            .events
+            .wait_for("TermLost", |e| matches!(e, Event::TermLost { .. }))
+            .await;
+        assert_eq!(
+            lost,
+            Event::TermLost {
+                term: Term(1),
+                reason: "trust_window_expired".to_owned()
+            }
+        );
+        // With a storage that answers at once, a renewal is emitted at the instant
+        // its attempt started; the acquire likewise at TermWon.
+        let last_ok_attempt = a
+            .events
+            .timed()
+            .into_iter()
+            .filter(|(_, e)| {
+                matches!(e, Event::TermWon { term } | Event::TermRenewed { term } if *term == Term(1))
+            })
+            .map(|(at, _)| at)
+            .max()
+            .expect("won T1");
+        assert!(last_ok_attempt <= failed_at);
+        let window_end = last_ok_attempt + cfg.lease_ttl - cfg.safety_margin;
+        assert!(
+            lost_at <= window_end,
+            "stepped down {:?} after the trust window closed",
+            lost_at - window_end
+        );
+        assert!(
+            lost_at > failed_at,
+            "stepped down before storage failed or while it still answered"
+        );
+        assert!(!a.elector.holds(Term(1)));
+
+        let (_, b_won_at, b_won) = b
+            .events
+            .wait_for("TermWon", |e| matches!(e, Event::TermWon { .. }))
+            .await;
+        let Event::TermWon { term: b_term } = b_won else {
+            unreachable!("matched TermWon")
+        };
+        assert!(b_term > Term(1), "b won {b_term}, not above T1");
+        assert!(b_won_at >= lost_at, "b won before a stepped down");
+        assert_eq!(*b.elector.subscribe().borrow(), Leadership::Leader(b_term));
+        assert!(b.elector.holds(b_term));
+
+        // b keeps it; a, still partitioned, never wins again.
+        clock.sleep(cfg.lease_ttl * 2).await;
+        assert!(b.elector.holds(b_term));
+        assert_eq!(*a.elector.subscribe().borrow(), Leadership::Follower);
+
+        stop_sampling.trigger();
+        let both = sampler.await.expect("sampler did not panic");
+        assert!(both.is_empty(), "both led at once: {both:?}");
+        let end = Instant::now();
+        for (ta, a_from, a_to) in leader_intervals(&a.events, end) {
+            for (tb, b_from, b_to) in leader_intervals(&b.events, end) {
+                assert!(
+                    a_to <= b_from || b_to <= a_from,
+                    "a led {ta} and b led {tb} at the same time"
+                );
+            }
+        }
+
+        shutdown.trigger();
+        run_a.await.expect("a did not panic");
+        run_b.await.expect("b did not panic");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn request_resign_is_ignored_for_a_term_not_held_and_honoured_for_the_held_term() {
+        let mem = Arc::new(MemStorage::new());
+        let clock = TestClock::new();
+        let a = node("a", &mem, &clock);
+        let cfg = ElectorConfig::new(LEASE, "a");
+        let shutdown = ShutdownToken::new();
+        let run = spawn(&a.elector, &shutdown);
+        wait_leadership(&a.elector, "leader", is_leader).await;
+
+        a.elector.request_resign(Term(0));
+        a.elector.request_resign(Term(7));
+        clock.sleep(Duration::from_millis(2_500)).await;
+        assert!(
+            a.events
+                .find(|e| matches!(e, Event::Resigned { .. }))
+                .is_none(),
+            "{:#?}",
+            a.events.events()
+        );
+        assert!(a
+            .events
+            .find(|e| matches!(e, Event::TermLost { .. }))
+            .is_none());
+        assert_eq!(*a.elector.subscribe().borrow(), Leadership::Leader(Term(1)));
+        assert!(a.elector.holds(Term(1)));
+        assert_eq!(mem.lease(LEASE).expect("row").holder.as_deref(), Some("a"));
+
+        a.elector.request_resign(Term(1));
+        let (lost_idx, lost_at, lost) = a
+            .events
+            .wait_for("TermLost", |e| matches!(e, Event::TermLost { .. }))
+            .await;
+        assert_eq!(
+            lost,
+            Event::TermLost {
+                term: Term(1),
+                reason: "resigned".to_owned()
+            }
+        );
+        let (resigned_idx, _, resigned) = a
+            .events
+            .find(|e| matches!(e, Event::Resigned { .. }))
+            .expect("Resigned emitted");
+        assert_eq!(
+            resigned,
+            Event::Resigned {
+                term: Term(1),
+                accepted: true
+            }
+        );
+        assert!(resigned_idx < lost_idx, "Resigned before TermLost");
+        let lease = mem.lease(LEASE).expect("row kept");
+        assert_eq!(lease.term, Term(1));
+        assert_eq!(lease.holder, None);
+        assert_eq!(*a.elector.subscribe().borrow(), Leadership::Follower);
+        assert!(!a.elector.holds(Term(1)));
+
+        // It stays out for the cooldown, then contends again for a new term.
+        let (_, rewon_at, rewon) = a
+            .events
+            .wait_for("TermWon{T2}", |e| *e == Event::TermWon { term: Term(2) })
+            .await;
+        assert_eq!(rewon, Event::TermWon { term: Term(2) });
+        assert!(rewon_at - lost_at >= cfg.resign_cooldown);
+
+        shutdown.trigger();
+        run.await.expect("elector run did not panic");
+    }
+
+    #[test]
+    fn validate_rejects_a_lease_ttl_not_above_safety_margin_plus_renew_interval() {
+        let mut cfg = ElectorConfig::new(LEASE, "a");
+        cfg.validate().expect("defaults are valid");
+
+        cfg.lease_ttl = cfg.safety_margin + cfg.renew_interval;
+        let err = cfg.validate().expect_err("ttl == margin + interval");
+        assert_eq!(err.field, "lease_ttl");
+        assert!(err.to_string().contains("lease_ttl"), "{err}");
+
+        cfg.lease_ttl = cfg.safety_margin;
+        assert_eq!(cfg.validate().expect_err("ttl < margin").field, "lease_ttl");
+
+        let err = Elector::new(
+            cfg.clone(),
+            Arc::new(MemStorage::new()),
+            Arc::new(crate::clock::SystemClock::new()),
+            Arc::new(crate::events::NoopObserver),
+        )
+        .expect_err("the elector validates too");
+        assert_eq!(err.field, "lease_ttl");
+
+        cfg.lease_ttl = cfg.safety_margin + cfg.renew_interval + Duration::from_millis(1);
+        cfg.validate().expect("just above the bound");
+    }
+
+    #[test]
+    fn validate_names_acquire_interval_when_it_is_zero() {
+        let mut cfg = ElectorConfig::new(LEASE, "a");
+        cfg.acquire_interval = Duration::ZERO;
+        let err = cfg.validate().expect_err("zero acquire interval");
+        assert_eq!(err.field, "acquire_interval");
+    }
+
+    #[test]
+    fn validate_rejects_rather_than_panics_on_an_overflowing_safety_margin() {
+        let mut cfg = ElectorConfig::new(LEASE, "a");
+        cfg.safety_margin = Duration::MAX;
+        let err = cfg.validate().expect_err("a margin no TTL can exceed");
+        assert_eq!(err.field, "lease_ttl");
     }
 }

@@ -51,6 +51,10 @@ impl MaintainerConfig {
     /// Upper bound on attempts: past this, a broken start hook would keep a node
     /// leading without maintenance for hours.
     pub const START_ATTEMPTS_LIMIT: u32 = 16;
+    /// Upper bound on any one wait: a leader that waits longer than this to start
+    /// its maintenance is better off resigning, and the bound keeps
+    /// [`give_up_bound`](Self::give_up_bound) far from overflow.
+    pub const DURATION_LIMIT: Duration = Duration::from_secs(3600);
     /// Per-attempt timeout default.
     pub const START_ATTEMPT_TIMEOUT_DEFAULT: Duration = Duration::from_secs(10);
 
@@ -81,14 +85,21 @@ impl MaintainerConfig {
         if !(1..=Self::START_ATTEMPTS_LIMIT).contains(&self.start_attempts_max) {
             return err("start_attempts_max", "must be in 1..=16");
         }
-        if self.start_attempt_timeout.is_zero() {
-            return err("start_attempt_timeout", "must be positive");
+        if self.start_attempt_timeout.is_zero() || self.start_attempt_timeout > Self::DURATION_LIMIT
+        {
+            return err(
+                "start_attempt_timeout",
+                "must be positive and at most an hour",
+            );
         }
         if !(0.0..=1.0).contains(&self.backoff.jitter_ratio) {
             return err("backoff.jitter_ratio", "must be in 0..=1");
         }
         if self.backoff.base.is_zero() || self.backoff.max < self.backoff.base {
             return err("backoff", "base must be positive and at most max");
+        }
+        if self.backoff.max > Self::DURATION_LIMIT {
+            return err("backoff.max", "must be at most an hour");
         }
         Ok(())
     }
@@ -317,5 +328,407 @@ impl Maintainer {
             r = all => r,
             () = self.clock.sleep(self.cfg.start_attempt_timeout) => Err(ServiceError::Timeout),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::Clock;
+    use crate::leadership::ElectorConfig;
+    use crate::storage::MemStorage;
+    use crate::test_support::{FlakyStorage, Recorder, ScriptedService, Step, TestClock};
+    use tokio::time::Instant;
+
+    const LEASE: &str = "maintainer";
+
+    /// One node: an elector and a maintainer on a partitionable storage.
+    struct Node {
+        elector: Arc<Elector>,
+        maintainer: Arc<Maintainer>,
+        storage: Arc<FlakyStorage>,
+        mem: Arc<MemStorage>,
+        clock: Arc<TestClock>,
+        events: Arc<Recorder>,
+        shutdown: ShutdownToken,
+        tasks: TaskRegistry,
+    }
+
+    /// Defaults without jitter, so backoff delays are exactly 1 s, 2 s, 4 s, ...
+    fn no_jitter() -> MaintainerConfig {
+        let mut cfg = MaintainerConfig::new(7);
+        cfg.backoff.jitter_ratio = 0.0;
+        cfg
+    }
+
+    fn start_node(cfg: MaintainerConfig, service: &Arc<ScriptedService>) -> Node {
+        let mem = Arc::new(MemStorage::new());
+        let storage = FlakyStorage::new(mem.clone());
+        let clock = TestClock::new();
+        let events = Recorder::new();
+        let elector = Elector::new(
+            ElectorConfig::new(LEASE, "a"),
+            storage.clone(),
+            clock.clone(),
+            events.clone(),
+        )
+        .expect("default elector config is valid");
+        let services: Vec<Arc<dyn Service>> = vec![service.clone()];
+        let maintainer = Maintainer::new(
+            cfg,
+            elector.clone(),
+            services,
+            storage.clone(),
+            clock.clone(),
+            events.clone(),
+        )
+        .expect("maintainer config is valid");
+        let shutdown = ShutdownToken::new();
+        let tasks = TaskRegistry::new(shutdown.clone());
+        tasks.spawn("elector", elector.clone().run(shutdown.clone()));
+        tasks.spawn(
+            "maintainer",
+            maintainer.clone().run(shutdown.clone(), tasks.clone()),
+        );
+        Node {
+            elector,
+            maintainer,
+            storage,
+            mem,
+            clock,
+            events,
+            shutdown,
+            tasks,
+        }
+    }
+
+    impl Node {
+        /// Shut down and require every tracked task to end cleanly (a panic in a
+        /// tracked task is caught, so only this join reports it).
+        async fn stop(self) {
+            self.shutdown.trigger();
+            let report = self
+                .tasks
+                .join_all(self.clock.as_ref(), Duration::from_secs(120))
+                .await;
+            assert!(report.is_clean(), "{report:?}");
+            assert_eq!(self.maintainer.running_term(), None, "stopped at shutdown");
+        }
+
+        fn index_of(&self, what: &str, pred: impl Fn(&Event) -> bool) -> usize {
+            self.events
+                .find(pred)
+                .unwrap_or_else(|| panic!("no {what}: {:#?}", self.events.events()))
+                .0
+        }
+
+        fn cross_term_stops(&self) -> Vec<Event> {
+            self.events
+                .events()
+                .into_iter()
+                .filter(|e| {
+                    matches!(e, Event::MaintainerStopped { asked_by, affected } if asked_by != affected)
+                })
+                .collect()
+        }
+    }
+
+    fn is_term_lost(e: &Event) -> bool {
+        matches!(e, Event::TermLost { .. })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn on_winning_a_term_the_services_start_and_running_term_is_some() {
+        let service = ScriptedService::new([], Step::Succeed);
+        let node = start_node(no_jitter(), &service);
+
+        let (started_idx, _, _) = node
+            .events
+            .wait_for("MaintainerStarted", |e| {
+                matches!(e, Event::MaintainerStarted { .. })
+            })
+            .await;
+        assert_eq!(
+            node.events.events()[started_idx],
+            Event::MaintainerStarted { term: Term(1) }
+        );
+        assert_eq!(node.maintainer.running_term(), Some(Term(1)));
+        let won = node.index_of("TermWon{T1}", |e| *e == Event::TermWon { term: Term(1) });
+        let attempt = node.index_of("attempt 1", |e| {
+            *e == Event::MaintainerStartAttempt {
+                term: Term(1),
+                attempt: 1,
+            }
+        });
+        assert!(won < attempt && attempt < started_idx);
+        let terms: Vec<Term> = service.calls().into_iter().map(|(_, t)| t).collect();
+        assert_eq!(terms, [Term(1)], "started once, for T1");
+
+        // Still running a while later, one start only.
+        node.clock.sleep(Duration::from_secs(10)).await;
+        assert_eq!(node.maintainer.running_term(), Some(Term(1)));
+        assert!(node.elector.holds(Term(1)));
+        assert_eq!(service.calls().len(), 1);
+        node.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failing_start_is_retried_with_exponential_backoff_then_the_term_is_resigned() {
+        let mut cfg = no_jitter();
+        cfg.start_attempts_max = 4;
+        let service = ScriptedService::new([], Step::Fail);
+        let node = start_node(cfg, &service);
+
+        let (lost_idx, _, lost) = node.events.wait_for("TermLost", is_term_lost).await;
+        assert_eq!(
+            lost,
+            Event::TermLost {
+                term: Term(1),
+                reason: "resigned".to_owned()
+            },
+            "the first loss is the resignation: {:#?}",
+            node.events.events()
+        );
+
+        let timed = node.events.timed();
+        let attempts: Vec<(Instant, u32)> = timed
+            .iter()
+            .filter_map(|(at, e)| match e {
+                Event::MaintainerStartAttempt { term, attempt } if *term == Term(1) => {
+                    Some((*at, *attempt))
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            attempts.iter().map(|(_, n)| *n).collect::<Vec<_>>(),
+            [1, 2, 3, 4]
+        );
+        let gaps: Vec<Duration> = attempts.windows(2).map(|w| w[1].0 - w[0].0).collect();
+        for (gap, want) in gaps.iter().zip([1, 2, 4].map(Duration::from_secs)) {
+            let off = gap.abs_diff(want);
+            assert!(off <= Duration::from_millis(10), "gaps {gaps:?}");
+        }
+        for attempt in 1..=4 {
+            node.index_of("start failed", |e| {
+                matches!(e, Event::MaintainerStartFailed { term, attempt: a, .. } if *term == Term(1) && *a == attempt)
+            });
+        }
+
+        let last_failed = node.index_of("attempt 4 failed", |e| {
+            matches!(e, Event::MaintainerStartFailed { attempt: 4, .. })
+        });
+        let exhausted = node.index_of("exhausted", |e| {
+            *e == Event::MaintainerRetriesExhausted { term: Term(1) }
+        });
+        let requested = node.index_of("ResignRequested", |e| {
+            *e == Event::ResignRequested { term: Term(1) }
+        });
+        let resigned = node.index_of("Resigned", |e| {
+            *e == Event::Resigned {
+                term: Term(1),
+                accepted: true,
+            }
+        });
+        assert!(
+            last_failed < exhausted
+                && exhausted < requested
+                && requested < resigned
+                && resigned < lost_idx,
+            "{:#?}",
+            node.events.events()
+        );
+        assert_eq!(
+            timed[exhausted].0, attempts[3].0,
+            "gave up right after the last failure"
+        );
+        assert!(!node.elector.holds(Term(1)));
+        assert_eq!(node.maintainer.running_term(), None);
+        let lease = node.mem.lease(LEASE).expect("row kept");
+        assert_eq!((lease.term, lease.holder), (Term(1), None));
+        node.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn losing_the_term_cancels_the_retries_and_nothing_is_resigned_after() {
+        let mut cfg = no_jitter();
+        cfg.start_attempts_max = 5;
+        let service = ScriptedService::new([], Step::Fail);
+        let node = start_node(cfg, &service);
+
+        node.events
+            .wait_for("attempt 1 failed", |e| {
+                matches!(e, Event::MaintainerStartFailed { attempt: 1, .. })
+            })
+            .await;
+        node.storage.set_failing(true);
+        let (lost_idx, lost_at, lost) = node.events.wait_for("TermLost", is_term_lost).await;
+        assert_eq!(
+            lost,
+            Event::TermLost {
+                term: Term(1),
+                reason: "trust_window_expired".to_owned()
+            }
+        );
+        // Uncancelled, attempt 5 would come 1+2+4+8 = 15 s after attempt 1; wait
+        // well past that.
+        node.clock.sleep(Duration::from_secs(30)).await;
+
+        let timed = node.events.timed();
+        let after: Vec<&Event> = timed[lost_idx + 1..].iter().map(|(_, e)| e).collect();
+        assert!(
+            !after.iter().any(|e| matches!(
+                e,
+                Event::ResignRequested { .. }
+                    | Event::Resigned { .. }
+                    | Event::MaintainerStartAttempt { .. }
+                    | Event::MaintainerRetriesExhausted { .. }
+            )),
+            "after the loss: {after:#?}"
+        );
+        assert!(
+            node.events
+                .find(|e| matches!(e, Event::ResignRequested { .. }))
+                .is_none(),
+            "{:#?}",
+            node.events.events()
+        );
+        assert!(service.calls().iter().all(|(at, _)| *at < lost_at));
+        assert_eq!(node.maintainer.running_term(), None);
+        node.stop().await;
+    }
+
+    /// Term T1's first start sleeps 20 s and then fails, ignoring cancellation. The
+    /// node loses T1 to a partition at 4 s, wins T2 at 5 s and installs T2's
+    /// services; then the stale T1 attempt returns its error. Returns the node at
+    /// 5 s after that, with T2 won.
+    async fn stale_start_after_a_newer_term_started(cfg: MaintainerConfig) -> (Node, Term) {
+        let mut cfg = cfg;
+        cfg.start_attempt_timeout = Duration::from_secs(60);
+        let stale = Duration::from_secs(20);
+        let service = ScriptedService::new([Step::SleepThenFail(stale)], Step::Succeed);
+        let node = start_node(cfg, &service);
+
+        node.events
+            .wait_for("attempt for T1", |e| {
+                *e == Event::MaintainerStartAttempt {
+                    term: Term(1),
+                    attempt: 1,
+                }
+            })
+            .await;
+        node.storage.set_failing(true);
+        node.events.wait_for("TermLost", is_term_lost).await;
+        node.storage.set_failing(false);
+        let (_, _, won) = node
+            .events
+            .wait_for(
+                "a second TermWon",
+                |e| matches!(e, Event::TermWon { term } if *term > Term(1)),
+            )
+            .await;
+        let Event::TermWon { term: newer } = won else {
+            unreachable!("matched TermWon")
+        };
+        node.events
+            .wait_for("MaintainerStarted{newer}", |e| {
+                *e == Event::MaintainerStarted { term: newer }
+            })
+            .await;
+        assert_eq!(node.maintainer.running_term(), Some(newer));
+        assert!(
+            node.events
+                .find(
+                    |e| matches!(e, Event::MaintainerStartFailed { term, .. } if *term == Term(1))
+                )
+                .is_none(),
+            "the scenario needs T1's attempt still in flight when {newer} starts"
+        );
+
+        let (_, failed_at, _) = node
+            .events
+            .wait_for("T1's stale failure", |e| {
+                matches!(e, Event::MaintainerStartFailed { term, attempt: 1, .. } if *term == Term(1))
+            })
+            .await;
+        let first_call = service.calls()[0];
+        assert_eq!(first_call.1, Term(1));
+        assert_eq!(failed_at - first_call.0, stale);
+        node.clock.sleep(Duration::from_secs(5)).await;
+        (node, newer)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stale_start_attempt_failing_after_a_newer_term_started_does_not_stop_it() {
+        let (node, newer) = stale_start_after_a_newer_term_started(no_jitter()).await;
+        assert!(
+            node.cross_term_stops().is_empty(),
+            "{:#?}",
+            node.events.events()
+        );
+        assert_eq!(node.maintainer.running_term(), Some(newer));
+        assert!(node.elector.holds(newer));
+        assert!(
+            node.events
+                .find(|e| matches!(e, Event::ResignRequested { .. }))
+                .is_none(),
+            "{:#?}",
+            node.events.events()
+        );
+        node.stop().await;
+    }
+
+    #[cfg(feature = "planted-bugs")]
+    #[tokio::test(start_paused = true)]
+    async fn planted_cross_term_stop_lets_a_stale_start_attempt_stop_the_newer_term() {
+        use crate::planted::{Bug, PlantedBugs};
+        let mut cfg = no_jitter();
+        cfg.plants = PlantedBugs::only(Bug::CrossTermStop);
+        let (node, newer) = stale_start_after_a_newer_term_started(cfg).await;
+        assert_eq!(
+            node.cross_term_stops(),
+            [Event::MaintainerStopped {
+                asked_by: Term(1),
+                affected: newer
+            }]
+        );
+        assert_eq!(
+            node.maintainer.running_term(),
+            None,
+            "the newer term's services are gone"
+        );
+        assert!(node.elector.holds(newer), "while the node still leads it");
+        node.stop().await;
+    }
+
+    #[test]
+    fn validate_rejects_zero_start_attempts_naming_the_field() {
+        let mut cfg = MaintainerConfig::new(1);
+        cfg.validate().expect("defaults are valid");
+        cfg.start_attempts_max = 0;
+        let err = cfg.validate().expect_err("zero attempts");
+        assert_eq!(err.field, "start_attempts_max");
+        assert!(err.to_string().contains("start_attempts_max"), "{err}");
+
+        let elector = Elector::new(
+            ElectorConfig::new(LEASE, "a"),
+            Arc::new(MemStorage::new()),
+            Arc::new(crate::clock::SystemClock::new()),
+            Arc::new(crate::events::NoopObserver),
+        )
+        .expect("default elector config is valid");
+        let err = Maintainer::new(
+            cfg.clone(),
+            elector,
+            Vec::new(),
+            Arc::new(MemStorage::new()),
+            Arc::new(crate::clock::SystemClock::new()),
+            Arc::new(crate::events::NoopObserver),
+        )
+        .expect_err("the maintainer validates too");
+        assert_eq!(err.field, "start_attempts_max");
+
+        cfg.start_attempts_max = 1;
+        cfg.validate().expect("one attempt is enough");
     }
 }

@@ -6,7 +6,10 @@
 //! failed start (a service's start hook errors or times out, storage fails) is
 //! retried with exponential backoff and jitter; when the attempts run out, the
 //! maintainer resigns `T`, but only if this node still holds `T`, so another node
-//! can try. Losing `T` cancels `T`'s start.
+//! can try. Losing `T` cancels `T`'s start: no further attempt begins, and the
+//! token of the attempt in flight is triggered. A start hook that ignores its token
+//! runs on until it returns or the attempt times out; whatever it returns then can
+//! only affect `T`.
 //!
 //! **Nothing done for term `T` can touch another term's services.** Source document
 //! 002 shows the failure: a stale retry of an old term "resets" the shared

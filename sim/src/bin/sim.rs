@@ -78,7 +78,9 @@ fn main() -> ExitCode {
             fail_fast,
         } => {
             let chosen = scenario.map_or_else(scenarios::all, |s| vec![s]);
-            let codes = chosen.into_iter().map(|s| sweep(s, start, seeds, plant, fail_fast));
+            let codes = chosen
+                .into_iter()
+                .map(|s| sweep(s, start, seeds, plant, fail_fast));
             codes.max().unwrap_or(0)
         }
         Command::Replay {

@@ -167,7 +167,9 @@ pub(crate) fn tenures(history: &[Record]) -> Vec<Tenure> {
                     close(&mut done, host, prev, r, false);
                 }
             }
-            Ev::Node(Event::TermLost { term, .. }) if open.get(host).is_some_and(|(t, _)| t == term) => {
+            Ev::Node(Event::TermLost { term, .. })
+                if open.get(host).is_some_and(|(t, _)| t == term) =>
+            {
                 let prev = open.remove(host).unwrap_or((*term, r.seq));
                 close(&mut done, host, prev, r, false);
             }
