@@ -79,6 +79,13 @@ pub enum Event {
         /// The term given up on.
         term: Term,
     },
+    /// A tracked task panicked. Reported when it happens, not only at shutdown.
+    TaskPanicked {
+        /// The task's name.
+        task: String,
+        /// The panic message.
+        message: String,
+    },
 }
 
 /// Receives every [`Event`] of a runtime.

@@ -5,7 +5,9 @@
 //! [`TaskRegistry::join_all`] waits for them **at most** the deadline: tasks that
 //! finish are reported as finished, tasks that panicked are reported with their
 //! panic message (a panic is never dropped), and tasks still running at the
-//! deadline are aborted and reported by name.
+//! deadline are aborted and reported by name. A registry built
+//! [`with_observer`](TaskRegistry::with_observer) also reports each panic the
+//! moment it happens, as an [`Event::TaskPanicked`].
 //!
 //! ```
 //! use std::time::Duration;
@@ -34,6 +36,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
+use crate::events::{emit, Event, SharedObserver};
 
 /// A cloneable shutdown signal. Children are triggered with their parent.
 #[derive(Clone, Debug, Default)]
@@ -94,6 +97,8 @@ struct Tracked {
 pub struct TaskRegistry {
     token: ShutdownToken,
     tasks: Arc<Mutex<Vec<Tracked>>>,
+    /// Where a panic is reported the moment it happens, with the node's name.
+    observer: Option<(SharedObserver, String)>,
 }
 
 impl std::fmt::Debug for TaskRegistry {
@@ -110,6 +115,24 @@ impl TaskRegistry {
         Self {
             token,
             tasks: Arc::default(),
+            observer: None,
+        }
+    }
+
+    /// Report every panic to `observer` as [`Event::TaskPanicked`] when it
+    /// happens, so a panic in a task nobody joins yet is still seen.
+    pub fn with_observer(mut self, observer: SharedObserver, node: impl Into<String>) -> Self {
+        self.observer = Some((observer, node.into()));
+        self
+    }
+
+    /// A separate registry for tasks that stop with `token`, reporting panics
+    /// where this one does.
+    pub fn child(&self, token: ShutdownToken) -> TaskRegistry {
+        TaskRegistry {
+            token,
+            tasks: Arc::default(),
+            observer: self.observer.clone(),
         }
     }
 
@@ -129,7 +152,19 @@ impl TaskRegistry {
         F: Future<Output = ()> + Send + 'static,
     {
         let name = name.into();
-        let handle = tokio::spawn(CatchUnwind(Box::pin(fut)));
+        let observer = self.observer.clone();
+        let task = name.clone();
+        let handle = tokio::spawn(async move {
+            let panicked = CatchUnwind(Box::pin(fut)).await;
+            if let (Some(message), Some((observer, node))) = (&panicked, &observer) {
+                let event = Event::TaskPanicked {
+                    task,
+                    message: message.clone(),
+                };
+                emit(observer.as_ref(), node, event);
+            }
+            panicked
+        });
         self.tasks().push(Tracked { name, handle });
     }
 
@@ -242,6 +277,34 @@ mod tests {
         assert_eq!(report.aborted, vec!["stubborn".to_owned()]);
         assert!(!report.is_clean());
         assert!(tasks.is_empty());
+    }
+
+    #[derive(Default)]
+    struct Seen(std::sync::Mutex<Vec<Event>>);
+
+    impl crate::events::Observer for Seen {
+        fn record(&self, event: &Event) {
+            self.0.lock().expect("lock").push(event.clone());
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_panic_is_reported_when_it_happens_by_children_too() {
+        let seen = Arc::new(Seen::default());
+        let tasks = TaskRegistry::new(ShutdownToken::new()).with_observer(seen.clone(), "n1");
+        let child = tasks.child(ShutdownToken::new());
+        child.spawn("service_loop", async { panic!("bad tick") });
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        let events = seen.0.lock().expect("lock").clone();
+        assert_eq!(
+            events,
+            vec![Event::TaskPanicked {
+                task: "service_loop".into(),
+                message: "bad tick".into()
+            }]
+        );
+        assert!(tasks.is_empty(), "children track their own tasks");
+        assert_eq!(child.len(), 1);
     }
 
     #[tokio::test(start_paused = true)]

@@ -180,10 +180,11 @@ pub async fn node_main(setup: NodeSetup) -> turmoil::Result {
         }),
         Arc::new(MaintenanceHeartbeat::default()),
     ];
+    let observer_for_tasks: keel::events::SharedObserver = observer.clone();
     let maintainer = Maintainer::new(mcfg, elector.clone(), services, storage, clock, observer)?;
 
     let shutdown = ShutdownToken::new();
-    let tasks = TaskRegistry::new(shutdown.clone());
+    let tasks = TaskRegistry::new(shutdown.clone()).with_observer(observer_for_tasks, name);
     tasks.spawn("elector", elector.run(shutdown.clone()));
     tasks.spawn(
         "maintainer",

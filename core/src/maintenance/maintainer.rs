@@ -236,8 +236,9 @@ impl Maintainer {
         let start_cancel = shutdown.child();
         let this = self.clone();
         let cancel = start_cancel.clone();
+        let parent = tasks.clone();
         tasks.spawn(format!("maintainer_start_{}", term.0), async move {
-            this.start_with_retries(term, cancel).await;
+            this.start_with_retries(term, cancel, &parent).await;
         });
         Current { term, start_cancel }
     }
@@ -251,7 +252,7 @@ impl Maintainer {
 
     /// Start the services for `term`, retrying with backoff; resign `term` when
     /// every attempt failed and this node still holds it.
-    async fn start_with_retries(&self, term: Term, cancel: ShutdownToken) {
+    async fn start_with_retries(&self, term: Term, cancel: ShutdownToken, tasks: &TaskRegistry) {
         // Planted `stale_resign` (002): the retry loop runs where it cannot hear of
         // the term's loss, so it keeps retrying after the term is gone.
         let cancel = if crate::is_planted!(self.cfg.plants, StaleResign) {
@@ -266,7 +267,7 @@ impl Maintainer {
                 return;
             }
             self.emit(Event::MaintainerStartAttempt { term, attempt });
-            let services = TermServices::new(term, cancel.child());
+            let services = TermServices::new(term, tasks.child(cancel.child()));
             match self.start_once(&services).await {
                 Ok(()) => {
                     handle.install(services);

@@ -68,9 +68,9 @@ pub struct TermServices {
 }
 
 impl TermServices {
-    /// An empty set for `term`, stopping with `token`.
-    pub fn new(term: Term, token: ShutdownToken) -> Self {
-        let tasks = TaskRegistry::new(token.clone());
+    /// An empty set for `term`; its loops go into `tasks` and stop with its token.
+    pub fn new(term: Term, tasks: TaskRegistry) -> Self {
+        let token = tasks.token().clone();
         Self { term, token, tasks }
     }
 

@@ -8,6 +8,7 @@
 mod maintainer_liveness;
 mod no_cross_term_teardown;
 mod no_stale_resign;
+mod no_task_panics;
 mod one_leader_per_term;
 
 use std::collections::BTreeMap;
@@ -21,6 +22,7 @@ use crate::history::{Ev, HarnessEvent, Record};
 pub use maintainer_liveness::MaintainerLiveness;
 pub use no_cross_term_teardown::NoCrossTermTeardown;
 pub use no_stale_resign::NoStaleResign;
+pub use no_task_panics::NoTaskPanics;
 pub use one_leader_per_term::OneLeaderPerTerm;
 
 /// Bounds a checker needs, derived from the runtime settings of the run.
@@ -81,6 +83,7 @@ pub fn all() -> Vec<Box<dyn Checker>> {
         Box::new(NoCrossTermTeardown),
         Box::new(NoStaleResign),
         Box::new(MaintainerLiveness),
+        Box::new(NoTaskPanics),
     ]
 }
 
