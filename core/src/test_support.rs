@@ -33,18 +33,18 @@ impl TestClock {
     /// A clock starting at [`BASE`] now. Call inside the runtime.
     pub(crate) fn new() -> Arc<Self> {
         Arc::new(Self {
-            start: Instant::now(),
+            start: Instant::now(), // determinism-ok: tokio Instant, simulated
         })
     }
 }
 
 impl Clock for TestClock {
     fn now(&self) -> Timestamp {
-        BASE.plus(Instant::now().duration_since(self.start))
+        BASE.plus(Instant::now().duration_since(self.start)) // determinism-ok: tokio Instant, simulated
     }
 
     fn monotonic(&self) -> Instant {
-        Instant::now()
+        Instant::now() // determinism-ok: tokio Instant, simulated
     }
 
     fn sleep(&self, d: Duration) -> Sleep {
@@ -199,7 +199,7 @@ impl Recorder {
 
 impl Observer for Recorder {
     fn record(&self, event: &Event) {
-        self.lock().push((Instant::now(), event.clone()));
+        self.lock().push((Instant::now(), event.clone())); // determinism-ok: tokio Instant, simulated
         self.count.send_modify(|n| *n += 1);
     }
 }
@@ -249,7 +249,7 @@ impl Service for ScriptedService {
         self.calls
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .push((Instant::now(), ctx.term));
+            .push((Instant::now(), ctx.term)); // determinism-ok: tokio Instant, simulated
         let step = self
             .script
             .lock()

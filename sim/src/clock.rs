@@ -39,7 +39,7 @@ impl Clock for SimClock {
     }
 
     fn monotonic(&self) -> Instant {
-        Instant::now()
+        Instant::now() // determinism-ok: tokio Instant, simulated
     }
 
     fn sleep(&self, d: Duration) -> Sleep {

@@ -234,7 +234,7 @@ impl RemoteStorage {
         let body = serde_json::to_vec(&req).map_err(|e| StorageError::Backend(e.to_string()))?;
         // One request at a time per connection. The stream is taken out of the slot
         // for the exchange and put back only after a complete one: if the caller
-        // drops this future mid-exchange (a select! deadline), the stream goes with
+        // drops this future mid-exchange (a `select` deadline), the stream goes with
         // it, and no later request can read this request's late reply.
         let mut slot = self.conn.lock().await;
         let mut stream = match slot.take() {

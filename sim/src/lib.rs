@@ -17,7 +17,7 @@
 
 #![warn(missing_docs)]
 
-// Without tokio_unstable, turmoil cannot seed tokio's per-host RNG (select! order)
+// Without tokio_unstable, turmoil cannot seed tokio's per-host RNG (the branch order of select)
 // and panics in spawned tasks are swallowed: the simulator would silently stop
 // being deterministic. The workspace's .cargo/config.toml sets it; an explicit
 // RUSTFLAGS replaces that list and must carry it too.

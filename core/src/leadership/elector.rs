@@ -567,7 +567,7 @@ mod tests {
                 loop {
                     let (la, lb) = (*ea.subscribe().borrow(), *eb.subscribe().borrow());
                     if is_leader(la) && is_leader(lb) {
-                        both.push((Instant::now(), la, lb));
+                        both.push((Instant::now(), la, lb)); // determinism-ok: tokio Instant, simulated
                     }
                     tokio::select! {
                         biased;
@@ -588,7 +588,7 @@ mod tests {
             b.events.events()
         );
 
-        let failed_at = Instant::now();
+        let failed_at = Instant::now(); // determinism-ok: tokio Instant, simulated
         a.storage.set_failing(true);
         let (_, lost_at, lost) = a
             .events
@@ -646,7 +646,7 @@ mod tests {
         stop_sampling.trigger();
         let both = sampler.await.expect("sampler did not panic");
         assert!(both.is_empty(), "both led at once: {both:?}");
-        let end = Instant::now();
+        let end = Instant::now(); // determinism-ok: tokio Instant, simulated
         for (ta, a_from, a_to) in leader_intervals(&a.events, end) {
             for (tb, b_from, b_to) in leader_intervals(&b.events, end) {
                 assert!(
