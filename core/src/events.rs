@@ -86,6 +86,21 @@ pub enum Event {
         /// The panic message.
         message: String,
     },
+    /// A watcher loop starts a tick. Emitted before the tick's work, so the
+    /// spacing between these events is the loop's real pacing (`no_tick_burst`).
+    LoopTick {
+        /// The loop's name.
+        name: String,
+        /// The loop's period, in milliseconds.
+        period_ms: u64,
+    },
+    /// A watcher loop ended, as the watcher saw it while draining its loops.
+    LoopEnded {
+        /// The loop's name.
+        name: String,
+        /// `shutdown`, `error: <reason>`, `panic: <message>` or `cancelled`.
+        outcome: String,
+    },
 }
 
 /// Receives every [`Event`] of a runtime.

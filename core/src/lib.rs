@@ -8,6 +8,8 @@
 //!   RNG, spawns a thread, or opens a socket.
 //! * [`shutdown`]: [`shutdown::ShutdownToken`] and [`shutdown::TaskRegistry`], named
 //!   tracked tasks joined with one deadline.
+//! * [`watcher`]: the [`watcher::Watcher`], which runs named periodic loops, stops
+//!   them all when the first one ends, and returns the first error or panic.
 //! * [`leadership`]: the [`leadership::Elector`], a lease with strictly increasing
 //!   terms and a trust window.
 //! * [`maintenance`]: the [`maintenance::Maintainer`], which starts the leader's
@@ -45,3 +47,4 @@ pub mod shutdown;
 pub mod storage;
 #[cfg(test)]
 mod test_support;
+pub mod watcher;

@@ -22,17 +22,33 @@ pub enum Bug {
     /// whatever is running, even when a newer term started it. Caught by
     /// `no_cross_term_teardown`.
     CrossTermStop,
+    /// 000: the watcher discards a loop's panic or error, as `let _ =
+    /// try_join!(..)` did: no `LoopEnded` report, the siblings are not stopped,
+    /// and `run` returns `Ok` once the others shut down. Caught by
+    /// `panics_surfaced`.
+    SwallowedPanic,
+    /// 000: the watcher's intervals use `MissedTickBehavior::Burst`, so after a
+    /// slow round every missed tick fires back to back. Caught by
+    /// `no_tick_burst`.
+    BurstTicks,
 }
 
 impl Bug {
     /// Every planted bug, in a fixed order.
-    pub const ALL: [Bug; 2] = [Bug::StaleResign, Bug::CrossTermStop];
+    pub const ALL: [Bug; 4] = [
+        Bug::StaleResign,
+        Bug::CrossTermStop,
+        Bug::SwallowedPanic,
+        Bug::BurstTicks,
+    ];
 
     /// The bug's name as the CLI spells it.
     pub fn name(self) -> &'static str {
         match self {
             Bug::StaleResign => "stale_resign",
             Bug::CrossTermStop => "cross_term_stop",
+            Bug::SwallowedPanic => "swallowed_panic",
+            Bug::BurstTicks => "burst_ticks",
         }
     }
 }
@@ -95,6 +111,8 @@ mod tests {
             assert_eq!(bug.name().parse::<Bug>(), Ok(bug));
         }
         let err = "nope".parse::<Bug>().expect_err("unknown");
-        assert!(err.to_string().contains("stale_resign, cross_term_stop"));
+        assert!(err
+            .to_string()
+            .contains("stale_resign, cross_term_stop, swallowed_panic, burst_ticks"));
     }
 }

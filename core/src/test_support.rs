@@ -14,7 +14,8 @@ use tokio::time::Instant;
 use crate::clock::{Clock, Sleep, Timestamp};
 use crate::events::{Event, Observer};
 use crate::maintenance::{Service, ServiceCtx, ServiceError};
-use crate::storage::{Lease, LeaseStore, MemStorage, StorageError, StorageResult, Term};
+use crate::storage::ops::{self, Op, Remote, Reply, Transport};
+use crate::storage::{MemStorage, StorageError, StorageResult, Term};
 
 /// The wall time every [`TestClock`] starts at (2024-01-01T00:00:00Z).
 pub(crate) const BASE: Timestamp = Timestamp(1_704_067_200_000);
@@ -52,82 +53,39 @@ impl Clock for TestClock {
     }
 }
 
-/// A [`LeaseStore`] over a shared [`MemStorage`] that can be switched to fail
-/// every call with [`StorageError::Unavailable`], as if partitioned away.
+/// Storage over a shared [`MemStorage`] that can be switched to fail every call
+/// with [`StorageError::Unavailable`], as if partitioned away.
+pub(crate) type FlakyStorage = Remote<Flaky>;
+
+/// The transport behind [`FlakyStorage`].
 #[derive(Debug)]
-pub(crate) struct FlakyStorage {
+pub(crate) struct Flaky {
     inner: Arc<MemStorage>,
     failing: AtomicBool,
 }
 
-impl FlakyStorage {
+#[async_trait]
+impl Transport for Flaky {
+    async fn call(&self, op: Op) -> StorageResult<Reply> {
+        if self.failing.load(Ordering::SeqCst) {
+            return Err(StorageError::Unavailable("test partition".to_owned()));
+        }
+        Ok(ops::apply(self.inner.as_ref(), op).await)
+    }
+}
+
+impl Remote<Flaky> {
     /// A healthy view of `inner`.
     pub(crate) fn new(inner: Arc<MemStorage>) -> Arc<Self> {
-        Arc::new(Self {
+        Arc::new(Remote(Flaky {
             inner,
             failing: AtomicBool::new(false),
-        })
+        }))
     }
 
     /// Fail (`true`) or serve (`false`) every call from now on.
     pub(crate) fn set_failing(&self, failing: bool) {
-        self.failing.store(failing, Ordering::SeqCst);
-    }
-
-    fn check(&self) -> StorageResult<()> {
-        if self.failing.load(Ordering::SeqCst) {
-            return Err(StorageError::Unavailable("test partition".to_owned()));
-        }
-        Ok(())
-    }
-}
-
-#[async_trait]
-impl LeaseStore for FlakyStorage {
-    async fn try_acquire(
-        &self,
-        name: &str,
-        holder: &str,
-        ttl: Duration,
-        now: Timestamp,
-    ) -> StorageResult<Option<Lease>> {
-        self.check()?;
-        self.inner.try_acquire(name, holder, ttl, now).await
-    }
-
-    async fn renew(
-        &self,
-        name: &str,
-        holder: &str,
-        term: Term,
-        ttl: Duration,
-        now: Timestamp,
-    ) -> StorageResult<bool> {
-        self.check()?;
-        self.inner.renew(name, holder, term, ttl, now).await
-    }
-
-    async fn resign(&self, name: &str, holder: &str, term: Term) -> StorageResult<bool> {
-        self.check()?;
-        self.inner.resign(name, holder, term).await
-    }
-
-    async fn get_lease(&self, name: &str) -> StorageResult<Option<Lease>> {
-        self.check()?;
-        self.inner.get_lease(name).await
-    }
-
-    async fn maintenance_heartbeat(
-        &self,
-        name: &str,
-        holder: &str,
-        term: Term,
-        now: Timestamp,
-    ) -> StorageResult<bool> {
-        self.check()?;
-        self.inner
-            .maintenance_heartbeat(name, holder, term, now)
-            .await
+        self.0.failing.store(failing, Ordering::SeqCst);
     }
 }
 

@@ -5,21 +5,21 @@
 //! applied. The wire format is a 4-byte big-endian length followed by a JSON body;
 //! one request is in flight per connection.
 //!
-//! [`RemoteStorage`] is keel's [`LeaseStore`] on the client side. Its error mapping
-//! is the point of the exercise: a request that could not be sent is
-//! [`StorageError::Unavailable`]; once bytes left, any failure (timeout, reset,
-//! lost reply) is [`StorageError::Ambiguous`], because the database may have
-//! applied it.
+//! [`RemoteStorage`] is keel's storage on the client side: keel's
+//! [`ops::Remote`] over the [`Wire`] transport. Its error mapping is the point of
+//! the exercise: a request that could not be sent is [`StorageError::Unavailable`];
+//! once bytes left, any failure (timeout, reset, lost reply) is
+//! [`StorageError::Ambiguous`], because the database may have applied it.
 
 use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use keel::clock::{SharedClock, Timestamp};
+use keel::clock::SharedClock;
 use keel::net::{BoxStream, Network};
-use keel::storage::{Lease, LeaseStore, MemStorage, StorageError, StorageResult, Term};
-use serde::{Deserialize, Serialize};
+use keel::storage::ops::{self, Op, Remote, Reply, Transport};
+use keel::storage::{MemStorage, StorageError, StorageResult};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Mutex;
 
@@ -32,53 +32,6 @@ pub const DB_PORT: u16 = 7000;
 /// Largest frame either side accepts: far above any lease message, small enough
 /// that a corrupt length cannot make a host allocate gigabytes.
 pub const FRAME_BYTES_MAX: u32 = 1 << 20;
-
-/// One storage call on the wire. Fields mirror the [`LeaseStore`] method arguments.
-#[allow(missing_docs)]
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub enum Request {
-    /// [`LeaseStore::try_acquire`].
-    TryAcquire {
-        name: String,
-        holder: String,
-        ttl_ms: u64,
-        now: Timestamp,
-    },
-    /// [`LeaseStore::renew`].
-    Renew {
-        name: String,
-        holder: String,
-        term: Term,
-        ttl_ms: u64,
-        now: Timestamp,
-    },
-    /// [`LeaseStore::resign`].
-    Resign {
-        name: String,
-        holder: String,
-        term: Term,
-    },
-    /// [`LeaseStore::get_lease`].
-    GetLease { name: String },
-    /// [`LeaseStore::maintenance_heartbeat`].
-    Heartbeat {
-        name: String,
-        holder: String,
-        term: Term,
-        now: Timestamp,
-    },
-}
-
-/// The answer to a [`Request`].
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub enum Response {
-    /// A lease, or none.
-    Lease(Option<Lease>),
-    /// A yes/no answer.
-    Bool(bool),
-    /// Storage refused the call.
-    Err(StorageError),
-}
 
 async fn write_frame(stream: &mut BoxStream, body: &[u8]) -> io::Result<()> {
     let len = u32::try_from(body.len()).map_err(|_| io::Error::other("frame too large"))?;
@@ -102,72 +55,26 @@ async fn read_frame(stream: &mut BoxStream) -> io::Result<Vec<u8>> {
     Ok(body)
 }
 
-/// Apply one request to the model and record what it changed.
-async fn apply(store: &MemStorage, history: &History, req: Request) -> Response {
-    let record = |ev: DbEvent| history.push(DB_HOST, Ev::Db(ev));
-    match req {
-        Request::TryAcquire {
-            name,
-            holder,
-            ttl_ms,
-            now,
-        } => {
-            match store
-                .try_acquire(&name, &holder, Duration::from_millis(ttl_ms), now)
-                .await
-            {
-                Ok(lease) => {
-                    if let Some(l) = &lease {
-                        record(DbEvent::LeaseGranted {
-                            holder,
-                            term: l.term,
-                        });
-                    }
-                    Response::Lease(lease)
-                }
-                Err(e) => Response::Err(e),
+/// Record what `op` changed in the database, judged by its reply.
+fn record(history: &History, op: &Op, reply: &Reply) {
+    let event = match (op, reply) {
+        (Op::TryAcquire { holder, .. }, Reply::Lease(Some(lease))) => DbEvent::LeaseGranted {
+            holder: holder.clone(),
+            term: lease.term,
+        },
+        (Op::Resign { holder, term, .. }, Reply::Bool(true)) => DbEvent::ResignApplied {
+            holder: holder.clone(),
+            term: *term,
+        },
+        (Op::MaintenanceHeartbeat { holder, term, .. }, Reply::Bool(true)) => {
+            DbEvent::HeartbeatAccepted {
+                holder: holder.clone(),
+                term: *term,
             }
         }
-        Request::Renew {
-            name,
-            holder,
-            term,
-            ttl_ms,
-            now,
-        } => {
-            let r = store
-                .renew(&name, &holder, term, Duration::from_millis(ttl_ms), now)
-                .await;
-            r.map_or_else(Response::Err, Response::Bool)
-        }
-        Request::Resign { name, holder, term } => match store.resign(&name, &holder, term).await {
-            Ok(applied) => {
-                if applied {
-                    record(DbEvent::ResignApplied { holder, term });
-                }
-                Response::Bool(applied)
-            }
-            Err(e) => Response::Err(e),
-        },
-        Request::GetLease { name } => store
-            .get_lease(&name)
-            .await
-            .map_or_else(Response::Err, Response::Lease),
-        Request::Heartbeat {
-            name,
-            holder,
-            term,
-            now,
-        } => match store.maintenance_heartbeat(&name, &holder, term, now).await {
-            Ok(accepted) => {
-                if accepted {
-                    record(DbEvent::HeartbeatAccepted { holder, term });
-                }
-                Response::Bool(accepted)
-            }
-            Err(e) => Response::Err(e),
-        },
-    }
+        _ => return,
+    };
+    history.push(DB_HOST, Ev::Db(event));
 }
 
 /// Serve `store` on `DB_PORT` until the host stops.
@@ -185,11 +92,15 @@ pub async fn serve(
             // A connection ends when the peer goes away or sends garbage; either way
             // the node's client sees a broken stream and reconnects.
             while let Ok(body) = read_frame(&mut stream).await {
-                let response = match serde_json::from_slice::<Request>(&body) {
-                    Ok(req) => apply(&store, &history, req).await,
-                    Err(e) => Response::Err(StorageError::Backend(format!("bad request: {e}"))),
+                let reply = match serde_json::from_slice::<Op>(&body) {
+                    Ok(op) => {
+                        let reply = ops::apply(store.as_ref(), op.clone()).await;
+                        record(&history, &op, &reply);
+                        reply
+                    }
+                    Err(e) => Reply::Err(StorageError::Backend(format!("bad request: {e}"))),
                 };
-                let Ok(bytes) = serde_json::to_vec(&response) else {
+                let Ok(bytes) = serde_json::to_vec(&reply) else {
                     return;
                 };
                 if write_frame(&mut stream, &bytes).await.is_err() {
@@ -200,9 +111,31 @@ pub async fn serve(
     }
 }
 
+/// How long a request may wait for its reply before the outcome is ambiguous.
+pub const REQUEST_TIMEOUT_DEFAULT: Duration = Duration::from_secs(1);
+
 /// keel storage on the far side of the simulated network. See the
 /// [module docs](self).
-pub struct RemoteStorage {
+pub type RemoteStorage = Remote<Wire>;
+
+/// A [`RemoteStorage`] for the database host at `addr`.
+pub fn remote_storage(
+    net: Arc<dyn Network>,
+    addr: String,
+    clock: SharedClock,
+    request_timeout: Duration,
+) -> RemoteStorage {
+    Remote(Wire {
+        net,
+        addr,
+        clock,
+        request_timeout,
+        conn: Mutex::new(None),
+    })
+}
+
+/// The transport: one framed JSON request and reply at a time per connection.
+pub struct Wire {
     net: Arc<dyn Network>,
     addr: String,
     clock: SharedClock,
@@ -210,28 +143,10 @@ pub struct RemoteStorage {
     conn: Mutex<Option<BoxStream>>,
 }
 
-impl RemoteStorage {
-    /// How long a request may wait for its reply before the outcome is ambiguous.
-    pub const REQUEST_TIMEOUT_DEFAULT: Duration = Duration::from_secs(1);
-
-    /// A client for the database host at `addr`.
-    pub fn new(
-        net: Arc<dyn Network>,
-        addr: String,
-        clock: SharedClock,
-        request_timeout: Duration,
-    ) -> Self {
-        Self {
-            net,
-            addr,
-            clock,
-            request_timeout,
-            conn: Mutex::new(None),
-        }
-    }
-
-    async fn call(&self, req: Request) -> StorageResult<Response> {
-        let body = serde_json::to_vec(&req).map_err(|e| StorageError::Backend(e.to_string()))?;
+#[async_trait]
+impl Transport for Wire {
+    async fn call(&self, op: Op) -> StorageResult<Reply> {
+        let body = serde_json::to_vec(&op).map_err(|e| StorageError::Backend(e.to_string()))?;
         // One request at a time per connection. The stream is taken out of the slot
         // for the exchange and put back only after a complete one: if the caller
         // drops this future mid-exchange (a `select` deadline), the stream goes with
@@ -259,105 +174,16 @@ impl RemoteStorage {
             r = exchange => r.map_err(|e| e.to_string()),
             () = self.clock.sleep(self.request_timeout) => Err("reply timed out".to_owned()),
         };
-        let parsed = reply.and_then(|bytes| {
-            serde_json::from_slice::<Response>(&bytes).map_err(|e| e.to_string())
-        });
-        match parsed {
-            Ok(response) => {
+        match reply
+            .and_then(|bytes| serde_json::from_slice::<Reply>(&bytes).map_err(|e| e.to_string()))
+        {
+            Ok(reply) => {
                 *slot = Some(stream);
-                match response {
-                    Response::Err(e) => Err(e),
-                    response => Ok(response),
-                }
+                Ok(reply)
             }
             // The request may have been applied, and the stream may still carry its
             // late reply, so the stream is dropped rather than reused.
             Err(why) => Err(StorageError::Ambiguous(why)),
         }
-    }
-
-    async fn call_bool(&self, req: Request) -> StorageResult<bool> {
-        match self.call(req).await? {
-            Response::Bool(b) => Ok(b),
-            other => Err(StorageError::Backend(format!("unexpected reply {other:?}"))),
-        }
-    }
-
-    async fn call_lease(&self, req: Request) -> StorageResult<Option<Lease>> {
-        match self.call(req).await? {
-            Response::Lease(l) => Ok(l),
-            other => Err(StorageError::Backend(format!("unexpected reply {other:?}"))),
-        }
-    }
-}
-
-fn ms(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
-#[async_trait]
-impl LeaseStore for RemoteStorage {
-    async fn try_acquire(
-        &self,
-        name: &str,
-        holder: &str,
-        ttl: Duration,
-        now: Timestamp,
-    ) -> StorageResult<Option<Lease>> {
-        let req = Request::TryAcquire {
-            name: name.into(),
-            holder: holder.into(),
-            ttl_ms: ms(ttl),
-            now,
-        };
-        self.call_lease(req).await
-    }
-
-    async fn renew(
-        &self,
-        name: &str,
-        holder: &str,
-        term: Term,
-        ttl: Duration,
-        now: Timestamp,
-    ) -> StorageResult<bool> {
-        let req = Request::Renew {
-            name: name.into(),
-            holder: holder.into(),
-            term,
-            ttl_ms: ms(ttl),
-            now,
-        };
-        self.call_bool(req).await
-    }
-
-    async fn resign(&self, name: &str, holder: &str, term: Term) -> StorageResult<bool> {
-        self.call_bool(Request::Resign {
-            name: name.into(),
-            holder: holder.into(),
-            term,
-        })
-        .await
-    }
-
-    async fn get_lease(&self, name: &str) -> StorageResult<Option<Lease>> {
-        self.call_lease(Request::GetLease { name: name.into() })
-            .await
-    }
-
-    async fn maintenance_heartbeat(
-        &self,
-        name: &str,
-        holder: &str,
-        term: Term,
-        now: Timestamp,
-    ) -> StorageResult<bool> {
-        let req = Request::Heartbeat {
-            name: name.into(),
-            holder: holder.into(),
-            term,
-            now,
-        };
-        self.call_bool(req).await
     }
 }

@@ -19,7 +19,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::clock::SimClock;
-use crate::db::{RemoteStorage, DB_HOST, DB_PORT};
+use crate::db::{remote_storage, DB_HOST, DB_PORT, REQUEST_TIMEOUT_DEFAULT};
 use crate::history::{Ev, HarnessEvent, History, HostObserver};
 use crate::net::TurmoilNetwork;
 
@@ -49,7 +49,7 @@ impl Timing {
         Self {
             elector: ElectorConfig::new(LEASE_NAME, "node"),
             maintainer,
-            request_timeout: RemoteStorage::REQUEST_TIMEOUT_DEFAULT,
+            request_timeout: REQUEST_TIMEOUT_DEFAULT,
         }
     }
 }
@@ -155,7 +155,7 @@ pub async fn node_main(setup: NodeSetup) -> turmoil::Result {
     );
     let clock: SharedClock = Arc::new(SimClock::new(setup.skew_ms));
     let addr = format!("{DB_HOST}:{DB_PORT}");
-    let remote = RemoteStorage::new(
+    let remote = remote_storage(
         Arc::new(TurmoilNetwork),
         addr,
         clock.clone(),

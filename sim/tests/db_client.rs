@@ -6,7 +6,7 @@ use std::time::Duration;
 use keel::clock::SharedClock;
 use keel::storage::{LeaseStore, MemStorage, StorageError, Term};
 use sim::clock::{SimClock, EPOCH_UNIX_MS};
-use sim::db::{self, RemoteStorage, DB_HOST, DB_PORT};
+use sim::db::{self, remote_storage, RemoteStorage, DB_HOST, DB_PORT};
 use sim::history::History;
 use sim::net::TurmoilNetwork;
 
@@ -31,7 +31,7 @@ fn client() -> (RemoteStorage, SharedClock) {
     let clock: SharedClock = Arc::new(SimClock::new(0));
     let addr = format!("{DB_HOST}:{DB_PORT}");
     (
-        RemoteStorage::new(
+        remote_storage(
             Arc::new(TurmoilNetwork),
             addr,
             clock.clone(),

@@ -21,8 +21,9 @@ pub struct MemStorage {
 }
 
 #[derive(Debug, Default)]
-struct State {
-    leases: BTreeMap<String, Lease>,
+pub(super) struct State {
+    pub(super) leases: BTreeMap<String, Lease>,
+    pub(super) jobs: super::mem_jobs::Jobs,
 }
 
 impl MemStorage {
@@ -31,7 +32,7 @@ impl MemStorage {
         Self::default()
     }
 
-    fn state(&self) -> MutexGuard<'_, State> {
+    pub(super) fn state(&self) -> MutexGuard<'_, State> {
         // A panic while holding this lock is a bug in the model itself; the data is
         // plain values, so continuing with it is no less correct than the panic was.
         self.state

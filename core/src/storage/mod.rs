@@ -19,7 +19,10 @@
 //! renew or resign a newer one; [`LeaseStore::maintenance_heartbeat`] is the fenced
 //! write a leader's maintenance makes, accepted only for the current term.
 
+pub mod job;
 mod mem;
+mod mem_jobs;
+pub mod ops;
 
 use std::fmt;
 use std::sync::Arc;
@@ -30,6 +33,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::clock::Timestamp;
 
+pub use job::{
+    CancelResult, Claim, EffectResult, EnqueueOutcome, EnqueueRequest, Finalize, FinalizeResult,
+    HeartbeatStatus, Job, JobId, JobState, QueueConfig, StateCounts,
+};
 pub use mem::MemStorage;
 
 /// A leadership term. Strictly increasing per lease; the fencing token of leadership.
@@ -135,10 +142,126 @@ pub trait LeaseStore: Send + Sync {
     ) -> StorageResult<bool>;
 }
 
-/// Everything durable. Blanket-implemented for any type with every store.
-pub trait Storage: LeaseStore {}
+/// What firing a periodic job's slot did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PeriodicOutcome {
+    /// The slot fired now: this job was inserted.
+    Fired(JobId),
+    /// The slot fired before (on this or another leader); nothing changed.
+    AlreadyFired(JobId),
+    /// The caller's term is not the current one; nothing changed.
+    StaleTerm,
+}
 
-impl<T: LeaseStore> Storage for T {}
+/// Jobs: enqueue, claim, heartbeat, finalize, and the maintenance sweeps. Every
+/// call that acts for a claim carries its [`Claim`] (the fencing token) and the
+/// claimant, and storage refuses it once the row moved on.
+#[async_trait]
+pub trait JobStore: Send + Sync {
+    /// Insert a job, or return the existing one with the same unique key.
+    async fn enqueue(&self, req: EnqueueRequest, now: Timestamp) -> StorageResult<EnqueueOutcome>;
+
+    /// Insert many jobs at once: all are validated before any is inserted.
+    async fn enqueue_batch(
+        &self,
+        reqs: Vec<EnqueueRequest>,
+        now: Timestamp,
+    ) -> StorageResult<Vec<EnqueueOutcome>>;
+
+    /// Claim up to `limit` due jobs of `queue` for `owner`: by priority, then due
+    /// time, then id. Each claim increments the job's attempt. A paused queue
+    /// hands out nothing.
+    async fn claim(
+        &self,
+        queue: &str,
+        owner: &str,
+        limit: u32,
+        now: Timestamp,
+    ) -> StorageResult<Vec<Job>>;
+
+    /// Refresh a live claim; says whether to go on, stop for a cancel, or stop
+    /// because the claim is gone.
+    async fn heartbeat(
+        &self,
+        claim: Claim,
+        owner: &str,
+        now: Timestamp,
+    ) -> StorageResult<HeartbeatStatus>;
+
+    /// Record how an attempt ended. Idempotent for the same claim; a no-op for a
+    /// stale one.
+    async fn finalize(
+        &self,
+        claim: Claim,
+        owner: &str,
+        outcome: Finalize,
+        now: Timestamp,
+    ) -> StorageResult<FinalizeResult>;
+
+    /// Write `value` under `key` for the job, once: only while `claim` is live,
+    /// and only if no earlier attempt wrote that key.
+    async fn apply_effect(
+        &self,
+        claim: Claim,
+        owner: &str,
+        key: &str,
+        value: serde_json::Value,
+    ) -> StorageResult<EffectResult>;
+
+    /// A fenced effect's value, if written.
+    async fn get_effect(&self, job: JobId, key: &str) -> StorageResult<Option<serde_json::Value>>;
+
+    /// Cancel a job: at once if it is not running, through its worker's next
+    /// heartbeat if it is. A finished job keeps its outcome.
+    async fn request_cancel(&self, job: JobId, now: Timestamp) -> StorageResult<CancelResult>;
+
+    /// Running jobs whose heartbeat is older than `stale_before` go back to
+    /// retryable (due now), or to discarded when their attempts are spent. Returns
+    /// the claims that were revoked.
+    async fn rescue_stale(
+        &self,
+        stale_before: Timestamp,
+        now: Timestamp,
+    ) -> StorageResult<Vec<Claim>>;
+
+    /// Scheduled and retryable jobs that are due become available. Returns how many.
+    async fn promote_due(&self, now: Timestamp) -> StorageResult<u64>;
+
+    /// Delete up to `limit` finished jobs that finished before `finished_before`.
+    async fn cleanup(&self, finished_before: Timestamp, limit: u32) -> StorageResult<u64>;
+
+    /// One job.
+    async fn get_job(&self, job: JobId) -> StorageResult<Option<Job>>;
+
+    /// How many jobs are in each state.
+    async fn count_by_state(&self) -> StorageResult<StateCounts>;
+
+    /// Create or replace a queue's settings.
+    async fn set_queue(&self, config: QueueConfig) -> StorageResult<()>;
+
+    /// A queue's settings, if set.
+    async fn get_queue(&self, name: &str) -> StorageResult<Option<QueueConfig>>;
+
+    /// Fire slot `slot` of periodic schedule `name`: insert `req` unless the slot
+    /// fired before, and only while `term` of `lease` is `holder`'s (fenced by the
+    /// leader's term, so two leaders cannot both fire it).
+    #[allow(clippy::too_many_arguments)]
+    async fn fire_periodic(
+        &self,
+        name: &str,
+        slot: Timestamp,
+        lease: &str,
+        holder: &str,
+        term: Term,
+        req: EnqueueRequest,
+        now: Timestamp,
+    ) -> StorageResult<PeriodicOutcome>;
+}
+
+/// Everything durable. Blanket-implemented for any type with every store.
+pub trait Storage: LeaseStore + JobStore {}
+
+impl<T: LeaseStore + JobStore> Storage for T {}
 
 /// A shared storage handle.
 pub type SharedStorage = Arc<dyn Storage>;

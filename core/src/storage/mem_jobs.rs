@@ -1,0 +1,805 @@
+//! The job half of [`MemStorage`]: the reference model of the job state machine.
+//!
+//! Every rule of the model lives in the synchronous methods of [`Jobs`]; the
+//! async trait methods only lock and delegate, so the model reads top to bottom.
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+
+use super::job::{validate_name, ERRORS_KEPT_MAX};
+use super::{
+    CancelResult, Claim, EffectResult, EnqueueOutcome, EnqueueRequest, Finalize, FinalizeResult,
+    HeartbeatStatus, Job, JobId, JobState, JobStore, MemStorage, PeriodicOutcome, QueueConfig,
+    StateCounts, StorageResult, Term,
+};
+use crate::clock::Timestamp;
+
+/// All job tables.
+#[derive(Debug, Default)]
+pub(super) struct Jobs {
+    next_id: u64,
+    rows: BTreeMap<JobId, Job>,
+    unique: BTreeMap<String, JobId>,
+    effects: BTreeMap<(JobId, String), serde_json::Value>,
+    queues: BTreeMap<String, QueueConfig>,
+    periodic: BTreeMap<(String, Timestamp), JobId>,
+}
+
+fn push_error(job: &mut Job, error: String) {
+    job.errors.push(error);
+    if job.errors.len() > ERRORS_KEPT_MAX {
+        job.errors.remove(0);
+    }
+}
+
+impl Jobs {
+    fn insert(&mut self, req: EnqueueRequest, now: Timestamp) -> EnqueueOutcome {
+        if let Some(id) = req.unique_key.as_ref().and_then(|k| self.unique.get(k)) {
+            return EnqueueOutcome::Duplicate(*id);
+        }
+        self.next_id += 1;
+        let id = JobId(self.next_id);
+        let scheduled_at = req.scheduled_at.unwrap_or(now);
+        let state = if scheduled_at <= now {
+            JobState::Available
+        } else {
+            JobState::Scheduled
+        };
+        if let Some(key) = &req.unique_key {
+            self.unique.insert(key.clone(), id);
+        }
+        let job = Job {
+            id,
+            kind: req.kind,
+            queue: req.queue,
+            payload: req.payload,
+            priority: req.priority,
+            state,
+            attempt: 0,
+            max_attempts: req.max_attempts,
+            scheduled_at,
+            created_at: now,
+            owner: None,
+            heartbeat_at: None,
+            cancel_requested: false,
+            finalized_at: None,
+            finalized_attempt: None,
+            errors: Vec::new(),
+            unique_key: req.unique_key,
+        };
+        self.rows.insert(id, job);
+        EnqueueOutcome::Inserted(id)
+    }
+
+    fn claim(&mut self, queue: &str, owner: &str, limit: u32, now: Timestamp) -> Vec<Job> {
+        if self.queues.get(queue).is_some_and(|q| q.paused) {
+            return Vec::new();
+        }
+        let mut due: Vec<(u8, Timestamp, JobId)> = self
+            .rows
+            .values()
+            .filter(|j| j.queue == queue && j.state == JobState::Available && j.scheduled_at <= now)
+            .map(|j| (j.priority, j.scheduled_at, j.id))
+            .collect();
+        due.sort_unstable();
+        due.truncate(limit as usize);
+        let mut claimed = Vec::with_capacity(due.len());
+        for (_, _, id) in due {
+            let Some(job) = self.rows.get_mut(&id) else {
+                continue;
+            };
+            job.state = JobState::Running;
+            job.attempt += 1;
+            job.owner = Some(owner.to_owned());
+            job.heartbeat_at = Some(now);
+            job.cancel_requested = false;
+            claimed.push(job.clone());
+        }
+        claimed
+    }
+
+    /// The row, if `claim` is its live claim held by `owner`.
+    fn live(&mut self, claim: Claim, owner: &str) -> Option<&mut Job> {
+        self.rows.get_mut(&claim.job).filter(|j| {
+            j.state == JobState::Running
+                && j.attempt == claim.attempt
+                && j.owner.as_deref() == Some(owner)
+        })
+    }
+
+    fn heartbeat(&mut self, claim: Claim, owner: &str, now: Timestamp) -> HeartbeatStatus {
+        match self.live(claim, owner) {
+            Some(job) => {
+                job.heartbeat_at = Some(now);
+                if job.cancel_requested {
+                    HeartbeatStatus::CancelRequested
+                } else {
+                    HeartbeatStatus::Alive
+                }
+            }
+            None => HeartbeatStatus::Lost,
+        }
+    }
+
+    fn finalize(
+        &mut self,
+        claim: Claim,
+        owner: &str,
+        outcome: Finalize,
+        now: Timestamp,
+    ) -> FinalizeResult {
+        let Some(job) = self.live(claim, owner) else {
+            let done_before =
+                self.rows.get(&claim.job).and_then(|j| j.finalized_attempt) == Some(claim.attempt);
+            return if done_before {
+                FinalizeResult::AlreadyFinalized
+            } else {
+                FinalizeResult::Stale
+            };
+        };
+        job.owner = None;
+        job.heartbeat_at = None;
+        job.finalized_attempt = Some(claim.attempt);
+        let (state, at) = match outcome {
+            Finalize::Completed => (JobState::Completed, None),
+            Finalize::Retry { error, at } => {
+                push_error(job, error);
+                (JobState::Retryable, Some(at))
+            }
+            Finalize::Discard { error } => {
+                push_error(job, error);
+                (JobState::Discarded, None)
+            }
+            Finalize::Snooze { until } => {
+                // A snooze does not spend an attempt: the next claim's increment is
+                // given back through the budget.
+                job.max_attempts += 1;
+                (JobState::Scheduled, Some(until))
+            }
+            Finalize::Cancel { reason } => {
+                push_error(job, reason);
+                (JobState::Cancelled, None)
+            }
+        };
+        job.state = state;
+        match at {
+            Some(at) => job.scheduled_at = at,
+            None => job.finalized_at = Some(now),
+        }
+        assert_eq!(
+            state.is_terminal(),
+            job.finalized_at.is_some(),
+            "terminal iff finalized"
+        );
+        FinalizeResult::Applied
+    }
+
+    fn apply_effect(
+        &mut self,
+        claim: Claim,
+        owner: &str,
+        key: &str,
+        value: serde_json::Value,
+    ) -> EffectResult {
+        if self.live(claim, owner).is_none() {
+            return EffectResult::NotOwner;
+        }
+        let slot = (claim.job, key.to_owned());
+        if self.effects.contains_key(&slot) {
+            return EffectResult::AlreadyApplied;
+        }
+        self.effects.insert(slot, value);
+        EffectResult::Applied
+    }
+
+    fn request_cancel(&mut self, id: JobId, now: Timestamp) -> CancelResult {
+        let Some(job) = self.rows.get_mut(&id) else {
+            return CancelResult::NotFound;
+        };
+        match job.state {
+            s if s.is_terminal() => CancelResult::AlreadyFinished,
+            JobState::Running => {
+                job.cancel_requested = true;
+                CancelResult::Requested
+            }
+            _ => {
+                job.state = JobState::Cancelled;
+                job.finalized_at = Some(now);
+                CancelResult::Cancelled
+            }
+        }
+    }
+
+    fn rescue_stale(&mut self, stale_before: Timestamp, now: Timestamp) -> Vec<Claim> {
+        let mut revoked = Vec::new();
+        for job in self.rows.values_mut() {
+            let stale =
+                job.state == JobState::Running && job.heartbeat_at.is_none_or(|h| h < stale_before);
+            if !stale {
+                continue;
+            }
+            revoked.push(Claim {
+                job: job.id,
+                attempt: job.attempt,
+            });
+            push_error(job, format!("attempt {} lost its worker", job.attempt));
+            job.owner = None;
+            job.heartbeat_at = None;
+            if job.attempt >= job.max_attempts {
+                job.state = JobState::Discarded;
+                job.finalized_at = Some(now);
+            } else {
+                job.state = JobState::Retryable;
+                job.scheduled_at = now;
+            }
+        }
+        revoked
+    }
+
+    fn promote_due(&mut self, now: Timestamp) -> u64 {
+        let mut promoted = 0;
+        for job in self.rows.values_mut() {
+            let waiting = matches!(job.state, JobState::Scheduled | JobState::Retryable);
+            if waiting && job.scheduled_at <= now {
+                job.state = JobState::Available;
+                promoted += 1;
+            }
+        }
+        promoted
+    }
+
+    fn cleanup(&mut self, finished_before: Timestamp, limit: u32) -> u64 {
+        let doomed: Vec<JobId> = self
+            .rows
+            .values()
+            .filter(|j| {
+                j.state.is_terminal() && j.finalized_at.is_some_and(|f| f < finished_before)
+            })
+            .map(|j| j.id)
+            .take(limit as usize)
+            .collect();
+        for id in &doomed {
+            if let Some(job) = self.rows.remove(id) {
+                if let Some(key) = job.unique_key {
+                    self.unique.remove(&key);
+                }
+            }
+            let keys: Vec<_> = self
+                .effects
+                .range((*id, String::new())..)
+                .take_while(|((j, _), _)| j == id)
+                .map(|(k, _)| k.clone())
+                .collect();
+            for k in keys {
+                self.effects.remove(&k);
+            }
+        }
+        doomed.len() as u64
+    }
+
+    fn counts(&self) -> StateCounts {
+        let mut counts = StateCounts::default();
+        for job in self.rows.values() {
+            *counts.0.entry(job.state).or_default() += 1;
+        }
+        counts
+    }
+}
+
+#[async_trait]
+impl JobStore for MemStorage {
+    async fn enqueue(&self, req: EnqueueRequest, now: Timestamp) -> StorageResult<EnqueueOutcome> {
+        req.validate()?;
+        Ok(self.state().jobs.insert(req, now))
+    }
+
+    async fn enqueue_batch(
+        &self,
+        reqs: Vec<EnqueueRequest>,
+        now: Timestamp,
+    ) -> StorageResult<Vec<EnqueueOutcome>> {
+        for req in &reqs {
+            req.validate()?;
+        }
+        let mut state = self.state();
+        Ok(reqs
+            .into_iter()
+            .map(|r| state.jobs.insert(r, now))
+            .collect())
+    }
+
+    async fn claim(
+        &self,
+        queue: &str,
+        owner: &str,
+        limit: u32,
+        now: Timestamp,
+    ) -> StorageResult<Vec<Job>> {
+        validate_name("queue", queue)?;
+        super::validate_holder(owner)?;
+        Ok(self.state().jobs.claim(queue, owner, limit, now))
+    }
+
+    async fn heartbeat(
+        &self,
+        claim: Claim,
+        owner: &str,
+        now: Timestamp,
+    ) -> StorageResult<HeartbeatStatus> {
+        Ok(self.state().jobs.heartbeat(claim, owner, now))
+    }
+
+    async fn finalize(
+        &self,
+        claim: Claim,
+        owner: &str,
+        outcome: Finalize,
+        now: Timestamp,
+    ) -> StorageResult<FinalizeResult> {
+        Ok(self.state().jobs.finalize(claim, owner, outcome, now))
+    }
+
+    async fn apply_effect(
+        &self,
+        claim: Claim,
+        owner: &str,
+        key: &str,
+        value: serde_json::Value,
+    ) -> StorageResult<EffectResult> {
+        validate_name("effect key", key)?;
+        Ok(self.state().jobs.apply_effect(claim, owner, key, value))
+    }
+
+    async fn get_effect(&self, job: JobId, key: &str) -> StorageResult<Option<serde_json::Value>> {
+        Ok(self
+            .state()
+            .jobs
+            .effects
+            .get(&(job, key.to_owned()))
+            .cloned())
+    }
+
+    async fn request_cancel(&self, job: JobId, now: Timestamp) -> StorageResult<CancelResult> {
+        Ok(self.state().jobs.request_cancel(job, now))
+    }
+
+    async fn rescue_stale(
+        &self,
+        stale_before: Timestamp,
+        now: Timestamp,
+    ) -> StorageResult<Vec<Claim>> {
+        Ok(self.state().jobs.rescue_stale(stale_before, now))
+    }
+
+    async fn promote_due(&self, now: Timestamp) -> StorageResult<u64> {
+        Ok(self.state().jobs.promote_due(now))
+    }
+
+    async fn cleanup(&self, finished_before: Timestamp, limit: u32) -> StorageResult<u64> {
+        Ok(self.state().jobs.cleanup(finished_before, limit))
+    }
+
+    async fn get_job(&self, job: JobId) -> StorageResult<Option<Job>> {
+        Ok(self.state().jobs.rows.get(&job).cloned())
+    }
+
+    async fn count_by_state(&self) -> StorageResult<StateCounts> {
+        Ok(self.state().jobs.counts())
+    }
+
+    async fn set_queue(&self, config: QueueConfig) -> StorageResult<()> {
+        validate_name("queue", &config.name)?;
+        self.state().jobs.queues.insert(config.name.clone(), config);
+        Ok(())
+    }
+
+    async fn get_queue(&self, name: &str) -> StorageResult<Option<QueueConfig>> {
+        Ok(self.state().jobs.queues.get(name).cloned())
+    }
+
+    async fn fire_periodic(
+        &self,
+        name: &str,
+        slot: Timestamp,
+        lease: &str,
+        holder: &str,
+        term: Term,
+        req: EnqueueRequest,
+        now: Timestamp,
+    ) -> StorageResult<PeriodicOutcome> {
+        validate_name("periodic name", name)?;
+        req.validate()?;
+        let mut state = self.state();
+        let current = state
+            .leases
+            .get(lease)
+            .is_some_and(|l| l.term == term && l.holder.as_deref() == Some(holder));
+        if !current {
+            return Ok(PeriodicOutcome::StaleTerm);
+        }
+        let key = (name.to_owned(), slot);
+        if let Some(id) = state.jobs.periodic.get(&key) {
+            return Ok(PeriodicOutcome::AlreadyFired(*id));
+        }
+        let id = state.jobs.insert(req, now).id();
+        state.jobs.periodic.insert(key, id);
+        Ok(PeriodicOutcome::Fired(id))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::job::PAYLOAD_BYTES_MAX;
+    use crate::storage::{LeaseStore, StorageError};
+    use serde_json::json;
+    use std::time::Duration;
+
+    const T0: Timestamp = Timestamp(1_000_000);
+
+    fn at(ms: i64) -> Timestamp {
+        Timestamp(T0.0 + ms)
+    }
+
+    fn block<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime")
+            .block_on(f)
+    }
+
+    fn req() -> EnqueueRequest {
+        EnqueueRequest::new("email", json!({"to": "a@b"})).queue("mail")
+    }
+
+    async fn claim_one(s: &MemStorage, owner: &str, now: Timestamp) -> Job {
+        let jobs = s.claim("mail", owner, 1, now).await.expect("claim");
+        assert_eq!(jobs.len(), 1, "one job claimed");
+        jobs.into_iter().next().expect("one")
+    }
+
+    fn claim_of(job: &Job) -> Claim {
+        Claim {
+            job: job.id,
+            attempt: job.attempt,
+        }
+    }
+
+    #[test]
+    fn claims_go_by_priority_then_due_time_then_id_and_skip_paused_queues() {
+        let s = MemStorage::new();
+        block(async {
+            let late = s.enqueue(req().priority(5), at(10)).await.expect("ok").id();
+            let early = s.enqueue(req().priority(5), at(0)).await.expect("ok").id();
+            let urgent = s.enqueue(req().priority(1), at(20)).await.expect("ok").id();
+            let future = s
+                .enqueue(req().priority(0).scheduled_at(at(1_000)), at(0))
+                .await
+                .expect("ok")
+                .id();
+            let got: Vec<JobId> = s
+                .claim("mail", "w", 10, at(30))
+                .await
+                .expect("ok")
+                .iter()
+                .map(|j| j.id)
+                .collect();
+            assert_eq!(
+                got,
+                vec![urgent, early, late],
+                "the scheduled job is not due"
+            );
+            assert_eq!(
+                s.get_job(future).await.expect("ok").map(|j| j.state),
+                Some(JobState::Scheduled)
+            );
+            s.set_queue(QueueConfig {
+                name: "mail".into(),
+                workers: 1,
+                paused: true,
+            })
+            .await
+            .expect("ok");
+            assert_eq!(s.promote_due(at(1_000)).await.expect("ok"), 1);
+            assert!(
+                s.claim("mail", "w", 10, at(1_000))
+                    .await
+                    .expect("ok")
+                    .is_empty(),
+                "paused"
+            );
+        });
+    }
+
+    #[test]
+    fn a_unique_key_answers_with_the_existing_job() {
+        let s = MemStorage::new();
+        block(async {
+            let first = s
+                .enqueue(req().unique_key("welcome:42"), T0)
+                .await
+                .expect("ok");
+            let again = s
+                .enqueue(req().unique_key("welcome:42"), T0)
+                .await
+                .expect("ok");
+            assert!(matches!(first, EnqueueOutcome::Inserted(_)));
+            assert_eq!(again, EnqueueOutcome::Duplicate(first.id()));
+        });
+    }
+
+    #[test]
+    fn the_attempt_fences_heartbeat_finalize_and_effects_after_a_rescue() {
+        let s = MemStorage::new();
+        block(async {
+            s.enqueue(req().max_attempts(3), T0).await.expect("ok");
+            let first = claim_one(&s, "w1", at(0)).await;
+            let old = claim_of(&first);
+            assert_eq!(
+                s.apply_effect(old, "w1", "sent", json!(1))
+                    .await
+                    .expect("ok"),
+                EffectResult::Applied
+            );
+            // w1 goes silent; the rescuer revokes its claim and w2 takes the job.
+            assert_eq!(
+                s.rescue_stale(at(60_000), at(60_000)).await.expect("ok"),
+                vec![old]
+            );
+            assert_eq!(
+                s.promote_due(at(60_000)).await.expect("ok"),
+                1,
+                "rescued jobs are due at once"
+            );
+            let second = claim_one(&s, "w2", at(60_000)).await;
+            assert_eq!(second.attempt, 2);
+            let new = claim_of(&second);
+            assert_eq!(
+                s.heartbeat(old, "w1", at(60_001)).await.expect("ok"),
+                HeartbeatStatus::Lost
+            );
+            assert_eq!(
+                s.finalize(old, "w1", Finalize::Completed, at(60_001))
+                    .await
+                    .expect("ok"),
+                FinalizeResult::Stale
+            );
+            assert_eq!(
+                s.apply_effect(old, "w1", "sent", json!(1))
+                    .await
+                    .expect("ok"),
+                EffectResult::NotOwner
+            );
+            assert_eq!(
+                s.apply_effect(new, "w2", "sent", json!(2))
+                    .await
+                    .expect("ok"),
+                EffectResult::AlreadyApplied
+            );
+            assert_eq!(
+                s.get_effect(new.job, "sent").await.expect("ok"),
+                Some(json!(1)),
+                "written exactly once"
+            );
+            assert_eq!(
+                s.heartbeat(new, "w2", at(60_002)).await.expect("ok"),
+                HeartbeatStatus::Alive
+            );
+            assert_eq!(
+                s.finalize(new, "w2", Finalize::Completed, at(60_003))
+                    .await
+                    .expect("ok"),
+                FinalizeResult::Applied
+            );
+            assert_eq!(
+                s.finalize(new, "w2", Finalize::Completed, at(60_004))
+                    .await
+                    .expect("ok"),
+                FinalizeResult::AlreadyFinalized
+            );
+            let done = s.get_job(new.job).await.expect("ok").expect("row");
+            assert_eq!(
+                (done.state, done.finalized_at),
+                (JobState::Completed, Some(at(60_003)))
+            );
+        });
+    }
+
+    #[test]
+    fn retries_snoozes_and_exhausted_rescues_follow_the_state_machine() {
+        let s = MemStorage::new();
+        block(async {
+            let id = s.enqueue(req().max_attempts(2), T0).await.expect("ok").id();
+            let a1 = claim_of(&claim_one(&s, "w", at(0)).await);
+            let retry = Finalize::Retry {
+                error: "boom".into(),
+                at: at(5_000),
+            };
+            assert_eq!(
+                s.finalize(a1, "w", retry, at(1)).await.expect("ok"),
+                FinalizeResult::Applied
+            );
+            assert!(
+                s.claim("mail", "w", 1, at(4_999))
+                    .await
+                    .expect("ok")
+                    .is_empty(),
+                "not due yet"
+            );
+            assert_eq!(s.promote_due(at(5_000)).await.expect("ok"), 1);
+            let a2 = claim_of(&claim_one(&s, "w", at(5_000)).await);
+            let snooze = Finalize::Snooze { until: at(6_000) };
+            assert_eq!(
+                s.finalize(a2, "w", snooze, at(5_001)).await.expect("ok"),
+                FinalizeResult::Applied
+            );
+            assert_eq!(
+                s.get_job(id).await.expect("ok").map(|j| j.max_attempts),
+                Some(3),
+                "a snooze spends no attempt"
+            );
+            s.promote_due(at(6_000)).await.expect("ok");
+            let a3 = claim_of(&claim_one(&s, "w", at(6_000)).await);
+            assert_eq!(a3.attempt, 3);
+            // The worker dies on its last attempt: the rescuer discards the job.
+            assert_eq!(
+                s.rescue_stale(at(70_000), at(70_000)).await.expect("ok"),
+                vec![a3]
+            );
+            let job = s.get_job(id).await.expect("ok").expect("row");
+            assert_eq!(job.state, JobState::Discarded);
+            assert_eq!(job.errors.first().map(String::as_str), Some("boom"));
+        });
+    }
+
+    #[test]
+    fn cancel_is_immediate_when_idle_requested_when_running_and_never_rewrites_an_outcome() {
+        let s = MemStorage::new();
+        block(async {
+            let idle = s
+                .enqueue(req().scheduled_at(at(9_000)), T0)
+                .await
+                .expect("ok")
+                .id();
+            assert_eq!(
+                s.request_cancel(idle, at(1)).await.expect("ok"),
+                CancelResult::Cancelled
+            );
+            let busy = s.enqueue(req(), T0).await.expect("ok").id();
+            let c = claim_of(&claim_one(&s, "w", at(2)).await);
+            assert_eq!(c.job, busy);
+            assert_eq!(
+                s.request_cancel(busy, at(3)).await.expect("ok"),
+                CancelResult::Requested
+            );
+            assert_eq!(
+                s.heartbeat(c, "w", at(4)).await.expect("ok"),
+                HeartbeatStatus::CancelRequested
+            );
+            assert_eq!(
+                s.finalize(c, "w", Finalize::Completed, at(5))
+                    .await
+                    .expect("ok"),
+                FinalizeResult::Applied
+            );
+            assert_eq!(
+                s.request_cancel(busy, at(6)).await.expect("ok"),
+                CancelResult::AlreadyFinished
+            );
+            assert_eq!(
+                s.get_job(busy).await.expect("ok").map(|j| j.state),
+                Some(JobState::Completed)
+            );
+            assert_eq!(
+                s.request_cancel(JobId(999), at(7)).await.expect("ok"),
+                CancelResult::NotFound
+            );
+        });
+    }
+
+    #[test]
+    fn cleanup_removes_only_old_finished_jobs_and_frees_their_unique_keys() {
+        let s = MemStorage::new();
+        block(async {
+            let id = s.enqueue(req().unique_key("k"), T0).await.expect("ok").id();
+            s.enqueue(req(), T0).await.expect("ok");
+            let c = claim_of(&claim_one(&s, "w", at(0)).await);
+            assert_eq!(c.job, id);
+            s.finalize(c, "w", Finalize::Completed, at(10))
+                .await
+                .expect("ok");
+            assert_eq!(
+                s.cleanup(at(10), 100).await.expect("ok"),
+                0,
+                "not older than the horizon"
+            );
+            assert_eq!(s.cleanup(at(11), 100).await.expect("ok"), 1);
+            let counts = s.count_by_state().await.expect("ok");
+            assert_eq!(
+                (counts.get(JobState::Available), counts.unfinished()),
+                (1, 1)
+            );
+            assert!(matches!(
+                s.enqueue(req().unique_key("k"), at(12)).await.expect("ok"),
+                EnqueueOutcome::Inserted(_)
+            ));
+        });
+    }
+
+    #[test]
+    fn a_periodic_slot_fires_once_and_only_for_the_current_term() {
+        let s = MemStorage::new();
+        block(async {
+            let lease = s
+                .try_acquire("maintainer", "n1", Duration::from_secs(5), T0)
+                .await
+                .expect("ok")
+                .expect("granted");
+            let fire = |holder: &'static str, term| {
+                s.fire_periodic("digest", at(60_000), "maintainer", holder, term, req(), T0)
+            };
+            let fired = fire("n1", lease.term).await.expect("ok");
+            let PeriodicOutcome::Fired(id) = fired else {
+                panic!("fired: {fired:?}")
+            };
+            assert_eq!(
+                fire("n1", lease.term).await.expect("ok"),
+                PeriodicOutcome::AlreadyFired(id)
+            );
+            assert_eq!(
+                fire("n2", lease.term).await.expect("ok"),
+                PeriodicOutcome::StaleTerm
+            );
+            assert_eq!(
+                fire("n1", Term(lease.term.0 - 1)).await.expect("ok"),
+                PeriodicOutcome::StaleTerm
+            );
+        });
+    }
+
+    #[test]
+    fn bad_input_names_the_field_and_a_bad_batch_inserts_nothing() {
+        let s = MemStorage::new();
+        let field = |e: StorageError| match e {
+            StorageError::Invalid { field, .. } => field,
+            other => panic!("not a validation error: {other}"),
+        };
+        block(async {
+            assert_eq!(
+                field(s.enqueue(req().queue(""), T0).await.expect_err("empty")),
+                "queue"
+            );
+            assert_eq!(
+                field(s.enqueue(req().queue("a b"), T0).await.expect_err("space")),
+                "queue"
+            );
+            assert_eq!(
+                field(
+                    s.enqueue(req().max_attempts(0), T0)
+                        .await
+                        .expect_err("zero")
+                ),
+                "max_attempts"
+            );
+            assert_eq!(
+                field(s.enqueue(req().priority(10), T0).await.expect_err("ten")),
+                "priority"
+            );
+            let big = EnqueueRequest::new("k", json!("x".repeat(PAYLOAD_BYTES_MAX)));
+            assert_eq!(field(s.enqueue(big, T0).await.expect_err("big")), "payload");
+            let batch = vec![req(), req().queue("")];
+            assert_eq!(
+                field(s.enqueue_batch(batch, T0).await.expect_err("bad item")),
+                "queue"
+            );
+            assert_eq!(
+                s.count_by_state().await.expect("ok").unfinished(),
+                0,
+                "nothing inserted"
+            );
+            let ok = s.enqueue_batch(vec![req(), req()], T0).await.expect("ok");
+            assert_eq!(ok.len(), 2);
+        });
+    }
+}
