@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::storage::Term;
+use crate::storage::{JobId, JobState, Term};
 
 /// A state change worth recording. Terms are the terms as the node saw them.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -100,6 +100,96 @@ pub enum Event {
         name: String,
         /// `shutdown`, `error: <reason>`, `panic: <message>` or `cancelled`.
         outcome: String,
+    },
+    /// This node enqueued a job (storage answered).
+    JobEnqueued {
+        /// The job.
+        job: JobId,
+        /// `false` when a unique key matched an existing job.
+        inserted: bool,
+    },
+    /// A worker on this node claimed attempt `attempt` of `job`.
+    JobClaimed {
+        /// The job.
+        job: JobId,
+        /// The attempt (the fencing token).
+        attempt: u32,
+    },
+    /// A handler began running attempt `attempt` of `job`.
+    HandlerStarted {
+        /// The job.
+        job: JobId,
+        /// The attempt.
+        attempt: u32,
+    },
+    /// The worker asked a running handler to stop (its token was triggered).
+    HandlerCancelRequested {
+        /// The job.
+        job: JobId,
+        /// The attempt.
+        attempt: u32,
+        /// `cancel_requested`, `claim_lost`, `claim_untrusted` or `shutdown`.
+        reason: String,
+    },
+    /// A handler stopped running: it returned, panicked, or was dropped.
+    HandlerEnded {
+        /// The job.
+        job: JobId,
+        /// The attempt.
+        attempt: u32,
+        /// `completed`, `failed: ..`, `panicked: ..`, `snoozed`, `cancelled`,
+        /// `discarded: ..` or `aborted` (dropped by the worker).
+        outcome: String,
+    },
+    /// A worker's heartbeat for a claim came back `Lost`.
+    ClaimLost {
+        /// The job.
+        job: JobId,
+        /// The attempt whose claim is gone.
+        attempt: u32,
+    },
+    /// The worker reported the attempt's end to storage.
+    JobFinalized {
+        /// The job.
+        job: JobId,
+        /// The attempt.
+        attempt: u32,
+        /// The state asked for.
+        state: JobState,
+        /// `applied`, `already_finalized`, `stale`, or `error: ..` (unknown).
+        result: String,
+    },
+    /// The rescuer revoked a stale claim.
+    JobRescued {
+        /// The job.
+        job: JobId,
+        /// The revoked attempt.
+        attempt: u32,
+    },
+    /// The periodic enqueuer fired slot `slot_ms` of schedule `name`.
+    PeriodicFired {
+        /// The schedule.
+        name: String,
+        /// The slot (wall-clock ms).
+        slot_ms: i64,
+        /// The leader's term that fired it.
+        term: Term,
+        /// The job inserted, or the one an earlier firing inserted.
+        job: JobId,
+        /// `true` when this call inserted it.
+        inserted: bool,
+    },
+    /// Graceful shutdown of a runtime began.
+    ShutdownBegan {
+        /// The deadline, in milliseconds.
+        deadline_ms: u64,
+    },
+    /// Graceful shutdown returned.
+    ShutdownEnded {
+        /// Tasks that outlived the deadline and were aborted, by name.
+        aborted: Vec<String>,
+        /// Jobs whose handlers were aborted and whose claims were released.
+        released: Vec<JobId>,
     },
 }
 

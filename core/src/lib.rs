@@ -38,6 +38,7 @@ pub(crate) use is_planted;
 pub mod backoff;
 pub mod clock;
 pub mod events;
+pub mod jobs;
 pub mod leadership;
 pub mod maintenance;
 pub mod net;

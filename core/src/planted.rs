@@ -31,15 +31,33 @@ pub enum Bug {
     /// slow round every missed tick fires back to back. Caught by
     /// `no_tick_burst`.
     BurstTicks,
+    /// 001: graceful shutdown waits for every task however long it takes,
+    /// ignoring its deadline. Caught by `bounded_shutdown`.
+    IgnoredShutdownDeadline,
+    /// 003 (H1): a worker finalizes with the job's current claim read back from
+    /// storage instead of its own, so a reaped worker clobbers the new claimant.
+    /// Caught by `no_double_execution`.
+    FinalizeWithoutOwnerGuard,
+    /// 003 (M1): a worker whose heartbeat says the claim is lost keeps its
+    /// handler running. Caught by `no_double_execution`.
+    HeartbeatIgnoresLostClaim,
+    /// 003 (M2): a cancel that lands while the handler completes rewrites the
+    /// finished job as cancelled. Caught by `exactly_once_effects` through the
+    /// retry it invites (and by the job's recorded outcome).
+    LateCancelRewritesOutcome,
 }
 
 impl Bug {
     /// Every planted bug, in a fixed order.
-    pub const ALL: [Bug; 4] = [
+    pub const ALL: [Bug; 8] = [
         Bug::StaleResign,
         Bug::CrossTermStop,
         Bug::SwallowedPanic,
         Bug::BurstTicks,
+        Bug::IgnoredShutdownDeadline,
+        Bug::FinalizeWithoutOwnerGuard,
+        Bug::HeartbeatIgnoresLostClaim,
+        Bug::LateCancelRewritesOutcome,
     ];
 
     /// The bug's name as the CLI spells it.
@@ -49,6 +67,10 @@ impl Bug {
             Bug::CrossTermStop => "cross_term_stop",
             Bug::SwallowedPanic => "swallowed_panic",
             Bug::BurstTicks => "burst_ticks",
+            Bug::IgnoredShutdownDeadline => "ignored_shutdown_deadline",
+            Bug::FinalizeWithoutOwnerGuard => "finalize_without_owner_guard",
+            Bug::HeartbeatIgnoresLostClaim => "heartbeat_ignores_lost_claim",
+            Bug::LateCancelRewritesOutcome => "late_cancel_rewrites_outcome",
         }
     }
 }
@@ -113,6 +135,6 @@ mod tests {
         let err = "nope".parse::<Bug>().expect_err("unknown");
         assert!(err
             .to_string()
-            .contains("stale_resign, cross_term_stop, swallowed_panic, burst_ticks"));
+            .contains("stale_resign, cross_term_stop, swallowed_panic, burst_ticks, ignored_shutdown_deadline"));
     }
 }

@@ -249,6 +249,26 @@ impl<F: Future<Output = ()>> Future for CatchUnwind<F> {
     }
 }
 
+/// Run `fut`, turning a panic during any of its polls into `Err(message)`.
+pub async fn catch_panic<F: Future>(fut: F) -> Result<F::Output, String> {
+    CatchPanic(Box::pin(fut)).await
+}
+
+struct CatchPanic<F>(Pin<Box<F>>);
+
+impl<F: Future> Future for CatchPanic<F> {
+    type Output = Result<F::Output, String>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let inner = self.0.as_mut();
+        match std::panic::catch_unwind(AssertUnwindSafe(|| inner.poll(cx))) {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(v)) => Poll::Ready(Ok(v)),
+            Err(payload) => Poll::Ready(Err(panic_message(payload))),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

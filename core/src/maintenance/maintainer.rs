@@ -317,6 +317,7 @@ impl Maintainer {
             tasks: services.tasks().clone(),
             clock: self.clock.clone(),
             storage: self.storage.clone(),
+            observer: self.observer.clone(),
         };
         let all = async {
             for service in &self.services {

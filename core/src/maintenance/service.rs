@@ -46,6 +46,8 @@ pub struct ServiceCtx {
     pub clock: SharedClock,
     /// Storage.
     pub storage: SharedStorage,
+    /// Where the service reports what it did.
+    pub observer: SharedObserver,
 }
 
 /// A maintenance service run by the leader. See the [module docs](super).

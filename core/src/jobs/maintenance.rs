@@ -1,0 +1,230 @@
+//! The leader's job maintenance: rescuer, scheduler, cleaner, periodic enqueuer.
+//!
+//! Each is a [`Service`] the [`Maintainer`](crate::maintenance::Maintainer) starts
+//! for the term it won; each runs one loop on an interval with
+//! `MissedTickBehavior::Skip` (a slow round is not followed by a burst), spawned
+//! into the term's task registry so it stops with the term.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::time::MissedTickBehavior;
+
+use crate::clock::Timestamp;
+use crate::events::{emit, Event};
+use crate::maintenance::{Service, ServiceCtx, ServiceError};
+use crate::storage::{EnqueueRequest, PeriodicOutcome};
+
+/// Run `tick` every `period` until the term's token triggers.
+fn spawn_loop<F, Fut>(ctx: &ServiceCtx, name: &str, period: Duration, mut tick: F)
+where
+    F: FnMut(ServiceCtx) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send,
+{
+    let ctx = ctx.clone();
+    ctx.tasks.clone().spawn(name.to_owned(), async move {
+        let mut interval = ctx.clock.interval(period, MissedTickBehavior::Skip);
+        loop {
+            tokio::select! {
+                biased;
+                () = ctx.token.wait() => return,
+                _ = interval.tick() => tick(ctx.clone()).await,
+            }
+        }
+    });
+}
+
+fn minus(now: Timestamp, d: Duration) -> Timestamp {
+    Timestamp(
+        now.0
+            .saturating_sub(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+    )
+}
+
+/// Revokes claims whose heartbeat is older than `stale_threshold`.
+#[derive(Clone, Debug)]
+pub struct Rescuer {
+    /// How often it runs.
+    pub interval: Duration,
+    /// Claims older than this are revoked.
+    pub stale_threshold: Duration,
+}
+
+#[async_trait]
+impl Service for Rescuer {
+    fn name(&self) -> &str {
+        "rescuer"
+    }
+
+    async fn start(&self, ctx: &ServiceCtx) -> Result<(), ServiceError> {
+        let stale = self.stale_threshold;
+        spawn_loop(ctx, "rescuer", self.interval, move |ctx| async move {
+            let now = ctx.clock.now();
+            if let Ok(claims) = ctx.storage.rescue_stale(minus(now, stale), now).await {
+                for c in claims {
+                    emit(
+                        ctx.observer.as_ref(),
+                        &ctx.holder,
+                        Event::JobRescued {
+                            job: c.job,
+                            attempt: c.attempt,
+                        },
+                    );
+                }
+            }
+        });
+        Ok(())
+    }
+}
+
+/// Makes due scheduled and retryable jobs available.
+#[derive(Clone, Debug)]
+pub struct Scheduler {
+    /// How often it runs.
+    pub interval: Duration,
+}
+
+#[async_trait]
+impl Service for Scheduler {
+    fn name(&self) -> &str {
+        "scheduler"
+    }
+
+    async fn start(&self, ctx: &ServiceCtx) -> Result<(), ServiceError> {
+        spawn_loop(ctx, "scheduler", self.interval, |ctx| async move {
+            let _promoted = ctx.storage.promote_due(ctx.clock.now()).await;
+        });
+        Ok(())
+    }
+}
+
+/// Deletes finished jobs older than the retention.
+#[derive(Clone, Debug)]
+pub struct Cleaner {
+    /// How often it runs.
+    pub interval: Duration,
+    /// How long finished jobs are kept.
+    pub retention: Duration,
+    /// Jobs deleted per pass.
+    pub batch: u32,
+}
+
+#[async_trait]
+impl Service for Cleaner {
+    fn name(&self) -> &str {
+        "cleaner"
+    }
+
+    async fn start(&self, ctx: &ServiceCtx) -> Result<(), ServiceError> {
+        let (retention, batch) = (self.retention, self.batch);
+        spawn_loop(ctx, "cleaner", self.interval, move |ctx| async move {
+            let _deleted = ctx
+                .storage
+                .cleanup(minus(ctx.clock.now(), retention), batch)
+                .await;
+        });
+        Ok(())
+    }
+}
+
+/// A job enqueued once per slot of a fixed period, cluster-wide.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PeriodicJob {
+    /// The schedule's name.
+    pub name: String,
+    /// Slots are the multiples of this period since the Unix epoch.
+    pub every: Duration,
+    /// What each slot enqueues.
+    pub request: EnqueueRequest,
+}
+
+impl PeriodicJob {
+    /// The slot `now` falls in.
+    pub fn slot(&self, now: Timestamp) -> Timestamp {
+        let every_ms = i64::try_from(self.every.as_millis())
+            .unwrap_or(i64::MAX)
+            .max(1);
+        Timestamp(now.0.div_euclid(every_ms) * every_ms)
+    }
+}
+
+/// Fires each periodic schedule's current slot, fenced by the leader's term.
+#[derive(Clone, Debug)]
+pub struct PeriodicEnqueuer {
+    /// How often it looks for a new slot.
+    pub interval: Duration,
+    /// The schedules.
+    pub jobs: Arc<Vec<PeriodicJob>>,
+}
+
+#[async_trait]
+impl Service for PeriodicEnqueuer {
+    fn name(&self) -> &str {
+        "periodic_enqueuer"
+    }
+
+    async fn start(&self, ctx: &ServiceCtx) -> Result<(), ServiceError> {
+        let jobs = self.jobs.clone();
+        spawn_loop(ctx, "periodic_enqueuer", self.interval, move |ctx| {
+            let jobs = jobs.clone();
+            async move {
+                for job in jobs.iter() {
+                    fire(&ctx, job).await;
+                }
+            }
+        });
+        Ok(())
+    }
+}
+
+async fn fire(ctx: &ServiceCtx, job: &PeriodicJob) {
+    let now = ctx.clock.now();
+    let slot = job.slot(now);
+    let fired = ctx
+        .storage
+        .fire_periodic(
+            &job.name,
+            slot,
+            &ctx.lease_name,
+            &ctx.holder,
+            ctx.term,
+            job.request.clone(),
+            now,
+        )
+        .await;
+    let (id, inserted) = match fired {
+        Ok(PeriodicOutcome::Fired(id)) => (id, true),
+        Ok(PeriodicOutcome::AlreadyFired(id)) => (id, false),
+        Ok(PeriodicOutcome::StaleTerm) | Err(_) => return,
+    };
+    let event = Event::PeriodicFired {
+        name: job.name.clone(),
+        slot_ms: slot.0,
+        term: ctx.term,
+        job: id,
+        inserted,
+    };
+    // Only report slots this leader inserted or first saw, not every re-check.
+    if inserted {
+        emit(ctx.observer.as_ref(), &ctx.holder, event);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_are_multiples_of_the_period() {
+        let job = PeriodicJob {
+            name: "digest".into(),
+            every: Duration::from_secs(60),
+            request: EnqueueRequest::new("d", serde_json::json!({})),
+        };
+        assert_eq!(job.slot(Timestamp(125_000)), Timestamp(120_000));
+        assert_eq!(job.slot(Timestamp(120_000)), Timestamp(120_000));
+        assert_eq!(job.slot(Timestamp(-1)), Timestamp(-60_000));
+    }
+}

@@ -1,0 +1,26 @@
+//! The job runtime: queues, workers, retries, cancel, and the leader's
+//! maintenance services.
+//!
+//! * [`Runtime`]: build with handlers, queues and periodic jobs, then
+//!   [`start`](Runtime::start); the [`RuntimeHandle`] enqueues, cancels, pauses
+//!   and shuts down.
+//! * Workers claim one job at a time, run its [`Handler`] under heartbeats, and
+//!   finalize with the claim's attempt as fencing token (see `worker.rs`).
+//! * On the elected leader, the maintainer runs the [`Rescuer`], [`Scheduler`],
+//!   [`Cleaner`] and [`PeriodicEnqueuer`].
+
+mod config;
+mod handler;
+mod maintenance;
+mod runtime;
+mod worker;
+
+pub use config::{JobsConfig, JobsConfigError, QueueSpec, WORKERS_PER_QUEUE_MAX};
+pub use handler::{Handler, HandlerRegistry, JobCtx, Outcome};
+pub use maintenance::{Cleaner, PeriodicEnqueuer, PeriodicJob, Rescuer, Scheduler};
+pub use runtime::{
+    Runtime, RuntimeBuilder, RuntimeError, RuntimeHandle, ShutdownReport, MAINTENANCE_LEASE,
+};
+
+#[cfg(test)]
+mod tests;

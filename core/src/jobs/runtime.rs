@@ -1,0 +1,542 @@
+//! `Runtime`: everything a service embeds, wired together.
+//!
+//! ```text
+//!  Runtime::builder(node, storage, clock) ─ .queue() .handler() .periodic() ─ build()
+//!     └─ start() ─▶ RuntimeHandle
+//!          ├─ one supervisor per queue: scales workers to the queue's size
+//!          ├─ elector + maintainer: on the leader, rescuer, scheduler, cleaner,
+//!          │   periodic enqueuer and the fenced maintenance heartbeat
+//!          └─ shutdown(deadline): stop claiming, let handlers finish, abort what
+//!             outlasts the deadline, give aborted jobs back at once
+//! ```
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use tokio::sync::Notify;
+use tokio::time::MissedTickBehavior;
+
+use super::config::{JobsConfig, JobsConfigError, QueueSpec, WORKERS_PER_QUEUE_MAX};
+use super::handler::{Handler, HandlerRegistry};
+use super::maintenance::{Cleaner, PeriodicEnqueuer, PeriodicJob, Rescuer, Scheduler};
+use super::worker::{worker_loop, WorkerShared};
+use crate::clock::SharedClock;
+use crate::events::{emit, Event, NoopObserver, SharedObserver};
+use crate::leadership::{Elector, ElectorConfig, ElectorConfigError};
+use crate::maintenance::{
+    Maintainer, MaintainerConfig, MaintainerConfigError, MaintenanceHeartbeat, Service,
+};
+#[cfg(feature = "planted-bugs")]
+use crate::planted::PlantedBugs;
+use crate::shutdown::{JoinReport, ShutdownToken, TaskRegistry};
+use crate::storage::job::validate_name;
+use crate::storage::{
+    CancelResult, EnqueueOutcome, EnqueueRequest, Finalize, JobId, QueueConfig, SharedStorage,
+    StorageError,
+};
+
+/// The lease the runtime's nodes elect their maintenance leader with.
+pub const MAINTENANCE_LEASE: &str = "keel.maintenance";
+
+/// Why a runtime could not be built or an operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// A setting is invalid.
+    #[error("invalid runtime config: {field}: {reason}")]
+    Config {
+        /// The field.
+        field: String,
+        /// Why.
+        reason: String,
+    },
+    /// Storage failed.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+impl From<JobsConfigError> for RuntimeError {
+    fn from(e: JobsConfigError) -> Self {
+        RuntimeError::Config {
+            field: e.field.to_owned(),
+            reason: e.reason,
+        }
+    }
+}
+
+impl From<ElectorConfigError> for RuntimeError {
+    fn from(e: ElectorConfigError) -> Self {
+        RuntimeError::Config {
+            field: format!("elector.{}", e.field),
+            reason: e.reason,
+        }
+    }
+}
+
+impl From<MaintainerConfigError> for RuntimeError {
+    fn from(e: MaintainerConfigError) -> Self {
+        RuntimeError::Config {
+            field: format!("maintainer.{}", e.field),
+            reason: e.reason,
+        }
+    }
+}
+
+/// Builds a [`Runtime`].
+pub struct RuntimeBuilder {
+    node: String,
+    storage: SharedStorage,
+    clock: SharedClock,
+    observer: SharedObserver,
+    queues: Vec<QueueSpec>,
+    handlers: HandlerRegistry,
+    periodic: Vec<PeriodicJob>,
+    jobs: JobsConfig,
+    elector: ElectorConfig,
+    maintainer: MaintainerConfig,
+    #[cfg(feature = "planted-bugs")]
+    plants: PlantedBugs,
+}
+
+impl RuntimeBuilder {
+    /// Work on `queue` with `workers` workers (unless storage's queue config says otherwise).
+    pub fn queue(mut self, name: impl Into<String>, workers: u32) -> Self {
+        self.queues.push(QueueSpec {
+            name: name.into(),
+            workers,
+        });
+        self
+    }
+
+    /// Run jobs of `kind` with `handler`.
+    pub fn handler(mut self, kind: impl Into<String>, handler: impl Handler) -> Self {
+        self.handlers.register(kind, handler);
+        self
+    }
+
+    /// Enqueue `request` once per `every`, cluster-wide, from the leader.
+    pub fn periodic(
+        mut self,
+        name: impl Into<String>,
+        every: Duration,
+        request: EnqueueRequest,
+    ) -> Self {
+        self.periodic.push(PeriodicJob {
+            name: name.into(),
+            every,
+            request,
+        });
+        self
+    }
+
+    /// Report every state change to `observer` (it also goes to `tracing`).
+    pub fn observer(mut self, observer: SharedObserver) -> Self {
+        self.observer = observer;
+        self
+    }
+
+    /// Worker and maintenance timing.
+    pub fn jobs_config(mut self, cfg: JobsConfig) -> Self {
+        self.jobs = cfg;
+        self
+    }
+
+    /// Leader election timing (lease name and holder are the runtime's).
+    pub fn elector_config(mut self, cfg: ElectorConfig) -> Self {
+        self.elector = cfg;
+        self
+    }
+
+    /// Maintenance start retries.
+    pub fn maintainer_config(mut self, cfg: MaintainerConfig) -> Self {
+        self.maintainer = cfg;
+        self
+    }
+
+    /// Seed for retry jitter; production passes entropy, the simulator its seed.
+    pub fn rng_seed(mut self, seed: u64) -> Self {
+        self.maintainer.rng_seed = seed;
+        self
+    }
+
+    /// Switch on planted bugs (simulator only).
+    #[cfg(feature = "planted-bugs")]
+    pub fn plants(mut self, plants: PlantedBugs) -> Self {
+        self.plants = plants;
+        self
+    }
+
+    /// Check everything and build.
+    pub fn build(mut self) -> Result<Runtime, RuntimeError> {
+        validate_name("node", &self.node)?;
+        self.jobs.validate()?;
+        let mut seen = std::collections::BTreeSet::new();
+        for q in &self.queues {
+            validate_name("queue", &q.name)?;
+            if !seen.insert(q.name.clone()) {
+                return Err(RuntimeError::Config {
+                    field: "queue".into(),
+                    reason: format!("{} listed twice", q.name),
+                });
+            }
+            if q.workers > WORKERS_PER_QUEUE_MAX {
+                let reason = format!(
+                    "{} asks for {} workers; at most {WORKERS_PER_QUEUE_MAX}",
+                    q.name, q.workers
+                );
+                return Err(RuntimeError::Config {
+                    field: "queue.workers".into(),
+                    reason,
+                });
+            }
+        }
+        for p in &self.periodic {
+            validate_name("periodic name", &p.name)?;
+            p.request.validate()?;
+            if p.every < Duration::from_secs(1) {
+                return Err(RuntimeError::Config {
+                    field: "periodic.every".into(),
+                    reason: format!("{} must be at least 1s", p.name),
+                });
+            }
+        }
+        self.elector.lease_name = MAINTENANCE_LEASE.to_owned();
+        self.elector.holder = self.node.clone();
+        #[cfg(feature = "planted-bugs")]
+        {
+            self.elector.plants = self.plants.clone();
+            self.maintainer.plants = self.plants.clone();
+        }
+        self.elector.validate()?;
+        self.maintainer.validate()?;
+        Ok(Runtime(self))
+    }
+}
+
+/// A configured runtime; [`start`](Runtime::start) it.
+pub struct Runtime(RuntimeBuilder);
+
+impl Runtime {
+    /// Start building a runtime for `node` (unique in the cluster).
+    pub fn builder(
+        node: impl Into<String>,
+        storage: SharedStorage,
+        clock: SharedClock,
+    ) -> RuntimeBuilder {
+        RuntimeBuilder {
+            node: node.into(),
+            storage,
+            clock,
+            observer: Arc::new(NoopObserver),
+            queues: Vec::new(),
+            handlers: HandlerRegistry::new(),
+            periodic: Vec::new(),
+            jobs: JobsConfig::default(),
+            elector: ElectorConfig::new(MAINTENANCE_LEASE, "node"),
+            maintainer: MaintainerConfig::new(0),
+            #[cfg(feature = "planted-bugs")]
+            plants: PlantedBugs::none(),
+        }
+    }
+
+    /// Spawn supervisors, the elector and the maintainer. Needs a tokio runtime.
+    pub fn start(self) -> Result<RuntimeHandle, RuntimeError> {
+        let b = self.0;
+        let token = ShutdownToken::new();
+        let tasks =
+            TaskRegistry::new(token.clone()).with_observer(b.observer.clone(), b.node.clone());
+        let shared = Arc::new(WorkerShared {
+            node: b.node.clone(),
+            cfg: b.jobs.clone(),
+            storage: b.storage.clone(),
+            clock: b.clock.clone(),
+            observer: b.observer.clone(),
+            handlers: b.handlers.clone(),
+            running: Mutex::new(BTreeMap::new()),
+            rng: Mutex::new(ChaCha8Rng::seed_from_u64(
+                b.maintainer.rng_seed ^ 0x6a6f_6273,
+            )),
+            wake: Notify::new(),
+            #[cfg(feature = "planted-bugs")]
+            plants: b.plants.clone(),
+        });
+        for spec in &b.queues {
+            let (shared, spec, stop, registry) =
+                (shared.clone(), spec.clone(), token.clone(), tasks.clone());
+            tasks.spawn(
+                format!("supervisor/{}", spec.name),
+                supervise_queue(shared, spec, stop, registry),
+            );
+        }
+        let elector = Elector::new(
+            b.elector.clone(),
+            b.storage.clone(),
+            b.clock.clone(),
+            b.observer.clone(),
+        )?;
+        let services = maintenance_services(&b.jobs, &b.periodic);
+        let maintainer = Maintainer::new(
+            b.maintainer.clone(),
+            elector.clone(),
+            services,
+            b.storage.clone(),
+            b.clock.clone(),
+            b.observer.clone(),
+        )?;
+        tasks.spawn("elector", elector.run(token.clone()));
+        tasks.spawn("maintainer", maintainer.run(token.clone(), tasks.clone()));
+        Ok(RuntimeHandle {
+            shared,
+            token,
+            tasks,
+            queues: b.queues,
+            #[cfg(feature = "planted-bugs")]
+            plants: b.plants,
+        })
+    }
+}
+
+fn maintenance_services(cfg: &JobsConfig, periodic: &[PeriodicJob]) -> Vec<Arc<dyn Service>> {
+    let every = cfg.maintenance_interval;
+    let mut services: Vec<Arc<dyn Service>> = vec![
+        Arc::new(MaintenanceHeartbeat::new(every)),
+        Arc::new(Rescuer {
+            interval: every,
+            stale_threshold: cfg.stale_threshold,
+        }),
+        Arc::new(Scheduler { interval: every }),
+        Arc::new(Cleaner {
+            interval: every * 60,
+            retention: cfg.retention,
+            batch: cfg.cleanup_batch,
+        }),
+    ];
+    if !periodic.is_empty() {
+        services.push(Arc::new(PeriodicEnqueuer {
+            interval: every,
+            jobs: Arc::new(periodic.to_vec()),
+        }));
+    }
+    services
+}
+
+/// Match the number of workers of one queue to its configured size.
+async fn supervise_queue(
+    shared: Arc<WorkerShared>,
+    spec: QueueSpec,
+    stop: ShutdownToken,
+    tasks: TaskRegistry,
+) {
+    let mut workers: Vec<ShutdownToken> = Vec::new();
+    let mut tick = shared
+        .clock
+        .interval(shared.cfg.supervisor_interval, MissedTickBehavior::Skip);
+    loop {
+        tokio::select! {
+            biased;
+            () = stop.wait() => return,
+            _ = tick.tick() => {}
+        }
+        let target = match shared.storage.get_queue(&spec.name).await {
+            Ok(Some(q)) if q.paused => 0,
+            Ok(Some(q)) => q.workers.min(WORKERS_PER_QUEUE_MAX),
+            Ok(None) => spec.workers,
+            Err(_) => continue,
+        } as usize;
+        while workers.len() > target {
+            if let Some(retire) = workers.pop() {
+                retire.trigger();
+            }
+        }
+        while workers.len() < target {
+            let slot = u32::try_from(workers.len()).unwrap_or(u32::MAX);
+            let retire = ShutdownToken::new();
+            let run = worker_loop(
+                shared.clone(),
+                spec.name.clone(),
+                slot,
+                retire.clone(),
+                stop.clone(),
+            );
+            tasks.spawn(format!("worker/{}/{slot}", spec.name), run);
+            workers.push(retire);
+        }
+    }
+}
+
+/// What [`RuntimeHandle::shutdown`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShutdownReport {
+    /// How the tracked tasks ended.
+    pub tasks: JoinReport,
+    /// Jobs whose handlers were aborted; their claims were given back.
+    pub released: Vec<JobId>,
+}
+
+/// A running runtime.
+pub struct RuntimeHandle {
+    shared: Arc<WorkerShared>,
+    token: ShutdownToken,
+    tasks: TaskRegistry,
+    queues: Vec<QueueSpec>,
+    #[cfg(feature = "planted-bugs")]
+    plants: PlantedBugs,
+}
+
+impl RuntimeHandle {
+    /// Enqueue a job; wakes this node's idle workers.
+    pub async fn enqueue(&self, req: EnqueueRequest) -> Result<EnqueueOutcome, RuntimeError> {
+        let outcome = self
+            .shared
+            .storage
+            .enqueue(req, self.shared.clock.now())
+            .await?;
+        self.enqueued(outcome);
+        Ok(outcome)
+    }
+
+    /// Enqueue many jobs; all are validated before any is inserted.
+    pub async fn enqueue_batch(
+        &self,
+        reqs: Vec<EnqueueRequest>,
+    ) -> Result<Vec<EnqueueOutcome>, RuntimeError> {
+        let outcomes = self
+            .shared
+            .storage
+            .enqueue_batch(reqs, self.shared.clock.now())
+            .await?;
+        outcomes.iter().for_each(|o| self.enqueued(*o));
+        Ok(outcomes)
+    }
+
+    fn enqueued(&self, outcome: EnqueueOutcome) {
+        let inserted = matches!(outcome, EnqueueOutcome::Inserted(_));
+        emit(
+            self.shared.observer.as_ref(),
+            &self.shared.node,
+            Event::JobEnqueued {
+                job: outcome.id(),
+                inserted,
+            },
+        );
+        self.shared.wake.notify_waiters();
+    }
+
+    /// Cancel a job from any node: recorded in storage, and if it runs here its
+    /// handler is told at once; elsewhere its worker hears at the next heartbeat.
+    pub async fn cancel(&self, job: JobId) -> Result<CancelResult, RuntimeError> {
+        let result = self
+            .shared
+            .storage
+            .request_cancel(job, self.shared.clock.now())
+            .await?;
+        if result == CancelResult::Requested {
+            if let Some(running) = self.shared.running().get(&job) {
+                running.user_cancel.store(true, Ordering::SeqCst);
+                running.cancel.trigger();
+            }
+        }
+        Ok(result)
+    }
+
+    /// Stop handing out `queue`'s jobs, cluster-wide.
+    pub async fn pause(&self, queue: &str) -> Result<(), RuntimeError> {
+        self.set_paused(queue, true).await
+    }
+
+    /// Hand out `queue`'s jobs again.
+    pub async fn resume(&self, queue: &str) -> Result<(), RuntimeError> {
+        self.set_paused(queue, false).await
+    }
+
+    async fn set_paused(&self, queue: &str, paused: bool) -> Result<(), RuntimeError> {
+        validate_name("queue", queue)?;
+        let storage = &self.shared.storage;
+        let workers = match storage.get_queue(queue).await? {
+            Some(q) => q.workers,
+            None => self
+                .queues
+                .iter()
+                .find(|q| q.name == queue)
+                .map_or(1, |q| q.workers),
+        };
+        storage
+            .set_queue(QueueConfig {
+                name: queue.to_owned(),
+                workers,
+                paused,
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Jobs running on this node now.
+    pub fn running_jobs(&self) -> Vec<JobId> {
+        self.shared.running().keys().copied().collect()
+    }
+
+    /// Stop claiming, let running handlers finish, and after `deadline` abort what
+    /// is left and give those jobs back (without spending their attempt) so
+    /// another node can take them at once. Returns within the deadline plus one
+    /// heartbeat interval.
+    pub async fn shutdown(self, deadline: Duration) -> ShutdownReport {
+        let shared = &self.shared;
+        let deadline_ms = u64::try_from(deadline.as_millis()).unwrap_or(u64::MAX);
+        emit(
+            shared.observer.as_ref(),
+            &shared.node,
+            Event::ShutdownBegan { deadline_ms },
+        );
+        self.token.trigger();
+        let wait = if crate::is_planted!(self.plants, IgnoredShutdownDeadline) {
+            Duration::from_secs(86_400)
+        } else {
+            deadline
+        };
+        let tasks = self.tasks.join_all(shared.clock.as_ref(), wait).await;
+        let released = self.release_aborted().await;
+        let aborted = tasks.aborted.clone();
+        emit(
+            shared.observer.as_ref(),
+            &shared.node,
+            Event::ShutdownEnded {
+                aborted,
+                released: released.clone(),
+            },
+        );
+        ShutdownReport { tasks, released }
+    }
+
+    /// Give back the claims of handlers that were aborted, within one heartbeat
+    /// interval; what is not given back in time the rescuer recovers.
+    async fn release_aborted(&self) -> Vec<JobId> {
+        let shared = &self.shared;
+        let left: Vec<_> = std::mem::take(&mut *shared.running())
+            .into_values()
+            .collect();
+        let release = async {
+            let mut released = Vec::new();
+            for running in left {
+                let fin = Finalize::Snooze {
+                    until: shared.clock.now(),
+                };
+                let ok = shared
+                    .storage
+                    .finalize(running.claim, &running.owner, fin, shared.clock.now())
+                    .await;
+                if ok.is_ok() {
+                    released.push(running.claim.job);
+                }
+            }
+            released
+        };
+        tokio::select! {
+            biased;
+            r = release => r,
+            () = shared.clock.sleep(shared.cfg.heartbeat_interval) => Vec::new(),
+        }
+    }
+}

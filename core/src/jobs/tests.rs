@@ -1,0 +1,408 @@
+//! The job runtime end to end on `MemStorage` and paused tokio time.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+
+use super::*;
+use crate::clock::Clock;
+use crate::storage::{
+    CancelResult, EnqueueRequest, JobId, JobState, JobStore, MemStorage, SharedStorage,
+};
+use crate::test_support::{Recorder, TestClock, WAIT_MAX};
+
+struct Fixture {
+    store: Arc<MemStorage>,
+    recorder: Arc<Recorder>,
+    clock: Arc<TestClock>,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        Self {
+            store: Arc::new(MemStorage::new()),
+            recorder: Recorder::new(),
+            clock: TestClock::new(),
+        }
+    }
+
+    fn builder(&self, node: &str) -> RuntimeBuilder {
+        let storage: SharedStorage = self.store.clone();
+        Runtime::builder(node, storage, self.clock.clone())
+            .observer(self.recorder.clone())
+            .rng_seed(7)
+    }
+
+    async fn state(&self, job: JobId) -> JobState {
+        self.store
+            .get_job(job)
+            .await
+            .expect("ok")
+            .expect("row")
+            .state
+    }
+
+    /// Wait until `job` reaches a terminal state; its state.
+    async fn finished(&self, job: JobId) -> JobState {
+        let deadline = self.clock.monotonic() + WAIT_MAX;
+        loop {
+            let state = self.state(job).await;
+            if state.is_terminal() {
+                return state;
+            }
+            assert!(self.clock.monotonic() < deadline, "{job} still {state:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+fn job(kind: &str) -> EnqueueRequest {
+    EnqueueRequest::new(kind, json!({}))
+}
+
+#[tokio::test(start_paused = true)]
+async fn jobs_run_once_and_complete_and_shutdown_is_clean() {
+    let f = Fixture::new();
+    let runs = Arc::new(AtomicU32::new(0));
+    let counter = runs.clone();
+    let rt = f
+        .builder("n1")
+        .queue("default", 2)
+        .handler("count", move |_ctx, _p| {
+            let counter = counter.clone();
+            async move {
+                counter.fetch_add(1, Ordering::SeqCst);
+                Outcome::Completed
+            }
+        })
+        .build()
+        .expect("valid")
+        .start()
+        .expect("started");
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        ids.push(rt.enqueue(job("count")).await.expect("enqueued").id());
+    }
+    for id in &ids {
+        assert_eq!(f.finished(*id).await, JobState::Completed);
+    }
+    assert_eq!(runs.load(Ordering::SeqCst), 5);
+    let report = rt.shutdown(Duration::from_secs(5)).await;
+    assert!(report.tasks.is_clean(), "{report:?}");
+    assert!(report.released.is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failing_job_is_retried_with_backoff_then_discarded_with_its_errors() {
+    let f = Fixture::new();
+    let rt = f
+        .builder("n1")
+        .queue("default", 1)
+        .handler("flaky", |ctx: JobCtx, _p| async move {
+            Outcome::Failed(format!("boom {}", ctx.attempt))
+        })
+        .build()
+        .expect("valid")
+        .start()
+        .expect("started");
+    let id = rt
+        .enqueue(job("flaky").max_attempts(3))
+        .await
+        .expect("ok")
+        .id();
+    assert_eq!(f.finished(id).await, JobState::Discarded);
+    let row = f.store.get_job(id).await.expect("ok").expect("row");
+    assert_eq!(row.attempt, 3);
+    assert_eq!(row.errors, vec!["boom 1", "boom 2", "boom 3"]);
+    let starts: Vec<_> = f
+        .recorder
+        .timed()
+        .into_iter()
+        .filter(|(_, e)| matches!(e, crate::events::Event::HandlerStarted { .. }))
+        .map(|(t, _)| t)
+        .collect();
+    assert_eq!(starts.len(), 3);
+    assert!(
+        starts[1] - starts[0] >= Duration::from_secs(1),
+        "backoff after attempt 1"
+    );
+    assert!(
+        starts[2] - starts[1] >= Duration::from_secs(2),
+        "backoff doubles"
+    );
+    rt.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_handler_panic_is_a_failed_attempt_and_the_worker_survives() {
+    let f = Fixture::new();
+    let rt = f
+        .builder("n1")
+        .queue("default", 1)
+        .handler("bad", |_ctx, _p| async move {
+            panic!("handler exploded");
+        })
+        .handler("good", |_ctx, _p| async move { Outcome::Completed })
+        .build()
+        .expect("valid")
+        .start()
+        .expect("started");
+    let bad = rt
+        .enqueue(job("bad").max_attempts(1))
+        .await
+        .expect("ok")
+        .id();
+    let good = rt.enqueue(job("good")).await.expect("ok").id();
+    assert_eq!(f.finished(bad).await, JobState::Discarded);
+    assert_eq!(f.finished(good).await, JobState::Completed);
+    let row = f.store.get_job(bad).await.expect("ok").expect("row");
+    assert_eq!(row.errors, vec!["panicked: handler exploded"]);
+    let report = rt.shutdown(Duration::from_secs(5)).await;
+    assert!(
+        report.tasks.is_clean(),
+        "the panic never reached the task: {report:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_snooze_runs_again_later_without_spending_an_attempt() {
+    let f = Fixture::new();
+    let rt = f
+        .builder("n1")
+        .queue("default", 1)
+        .handler("nap", |ctx: JobCtx, _p| async move {
+            if ctx.attempt == 1 {
+                Outcome::Snooze(Duration::from_secs(3))
+            } else {
+                Outcome::Completed
+            }
+        })
+        .build()
+        .expect("valid")
+        .start()
+        .expect("started");
+    let id = rt
+        .enqueue(job("nap").max_attempts(1))
+        .await
+        .expect("ok")
+        .id();
+    assert_eq!(
+        f.finished(id).await,
+        JobState::Completed,
+        "one attempt allowed, yet it ran twice"
+    );
+    rt.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn cancel_stops_a_running_handler_and_never_rewrites_a_finished_job() {
+    let f = Fixture::new();
+    let rt = f
+        .builder("n1")
+        .queue("default", 2)
+        .handler("long", |ctx: JobCtx, _p| async move {
+            ctx.cancel.wait().await;
+            Outcome::Failed("stopped".into())
+        })
+        .handler("quick", |_ctx, _p| async move { Outcome::Completed })
+        .build()
+        .expect("valid")
+        .start()
+        .expect("started");
+    let long = rt.enqueue(job("long")).await.expect("ok").id();
+    f.recorder
+        .wait_for(
+            "long started",
+            |e| matches!(e, crate::events::Event::HandlerStarted { job, .. } if *job == long),
+        )
+        .await;
+    assert_eq!(rt.cancel(long).await.expect("ok"), CancelResult::Requested);
+    assert_eq!(f.finished(long).await, JobState::Cancelled);
+    let quick = rt.enqueue(job("quick")).await.expect("ok").id();
+    assert_eq!(f.finished(quick).await, JobState::Completed);
+    assert_eq!(
+        rt.cancel(quick).await.expect("ok"),
+        CancelResult::AlreadyFinished
+    );
+    assert_eq!(f.state(quick).await, JobState::Completed);
+    rt.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_worker_that_loses_its_claim_drops_the_handler_and_finalizes_nothing() {
+    let f = Fixture::new();
+    let rt = f
+        .builder("n1")
+        .queue("default", 1)
+        .handler("stuck", |_ctx, _p| async move {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            Outcome::Completed
+        })
+        .build()
+        .expect("valid")
+        .start()
+        .expect("started");
+    let id = rt
+        .enqueue(job("stuck").max_attempts(1))
+        .await
+        .expect("ok")
+        .id();
+    f.recorder
+        .wait_for("started", |e| {
+            matches!(e, crate::events::Event::HandlerStarted { .. })
+        })
+        .await;
+    // Another node's rescuer revokes the claim (as if this worker had stalled).
+    let later = f.clock.now().plus(Duration::from_secs(60));
+    assert_eq!(
+        f.store
+            .rescue_stale(later, f.clock.now())
+            .await
+            .expect("ok")
+            .len(),
+        1
+    );
+    f.recorder.wait_for("drop", |e| matches!(e, crate::events::Event::HandlerEnded { outcome, .. } if outcome == "aborted")).await;
+    assert!(f
+        .recorder
+        .find(|e| matches!(e, crate::events::Event::ClaimLost { .. }))
+        .is_some());
+    assert!(f
+        .recorder
+        .find(|e| matches!(e, crate::events::Event::JobFinalized { .. }))
+        .is_none());
+    assert_eq!(
+        f.state(id).await,
+        JobState::Discarded,
+        "the rescuer's verdict stands"
+    );
+    rt.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_keeps_its_deadline_and_gives_stubborn_jobs_back() {
+    let f = Fixture::new();
+    let rt = f
+        .builder("n1")
+        .queue("default", 1)
+        .handler("stubborn", |_ctx, _p| async move {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            Outcome::Completed
+        })
+        .build()
+        .expect("valid")
+        .start()
+        .expect("started");
+    let id = rt
+        .enqueue(job("stubborn").max_attempts(1))
+        .await
+        .expect("ok")
+        .id();
+    f.recorder
+        .wait_for("started", |e| {
+            matches!(e, crate::events::Event::HandlerStarted { .. })
+        })
+        .await;
+    let began = f.clock.monotonic();
+    let report = rt.shutdown(Duration::from_secs(2)).await;
+    assert!(
+        f.clock.monotonic() - began <= Duration::from_secs(3),
+        "deadline plus one heartbeat interval"
+    );
+    assert_eq!(report.released, vec![id]);
+    assert!(
+        report
+            .tasks
+            .aborted
+            .iter()
+            .any(|t| t.starts_with("worker/")),
+        "{report:?}"
+    );
+    let row = f.store.get_job(id).await.expect("ok").expect("row");
+    assert_eq!(row.state, JobState::Scheduled, "given back, due now");
+    assert_eq!(row.max_attempts, 2, "without spending its attempt");
+}
+
+#[tokio::test(start_paused = true)]
+async fn fenced_effects_apply_once_across_attempts() {
+    let f = Fixture::new();
+    let rt = f
+        .builder("n1")
+        .queue("default", 1)
+        .handler("pay", |ctx: JobCtx, _p| async move {
+            let _ = ctx.effect("charge", json!(ctx.attempt)).await;
+            if ctx.attempt < 3 {
+                Outcome::Failed("crashed after paying".into())
+            } else {
+                Outcome::Completed
+            }
+        })
+        .build()
+        .expect("valid")
+        .start()
+        .expect("started");
+    let id = rt.enqueue(job("pay")).await.expect("ok").id();
+    assert_eq!(f.finished(id).await, JobState::Completed);
+    assert_eq!(
+        f.store.get_effect(id, "charge").await.expect("ok"),
+        Some(json!(1)),
+        "written by attempt 1 only"
+    );
+    rt.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_leader_fires_each_periodic_slot_once_and_paused_queues_wait() {
+    let f = Fixture::new();
+    let rt = f
+        .builder("n1")
+        .queue("default", 1)
+        .handler("tick", |_ctx, _p| async move { Outcome::Completed })
+        .periodic("every10s", Duration::from_secs(10), job("tick"))
+        .build()
+        .expect("valid")
+        .start()
+        .expect("started");
+    rt.pause("default").await.expect("paused");
+    tokio::time::sleep(Duration::from_secs(35)).await;
+    let fired: Vec<_> = f
+        .recorder
+        .events()
+        .into_iter()
+        .filter(|e| matches!(e, crate::events::Event::PeriodicFired { .. }))
+        .collect();
+    assert!(
+        (3..=5).contains(&fired.len()),
+        "one per 10s slot: {fired:?}"
+    );
+    let counts = f.store.count_by_state().await.expect("ok");
+    assert_eq!(counts.get(JobState::Completed), 0, "paused");
+    rt.resume("default").await.expect("resumed");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let counts = f.store.count_by_state().await.expect("ok");
+    assert!(counts.get(JobState::Completed) >= 3, "{counts:?}");
+    rt.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn bad_builder_input_names_the_field() {
+    let f = Fixture::new();
+    let err = |b: RuntimeBuilder| match b.build() {
+        Err(RuntimeError::Config { field, .. }) => field,
+        Err(RuntimeError::Storage(crate::storage::StorageError::Invalid { field, .. })) => field,
+        Err(other) => panic!("{other}"),
+        Ok(_) => panic!("accepted"),
+    };
+    assert_eq!(err(f.builder("n1").queue("a b", 1)), "queue");
+    assert_eq!(err(f.builder("n1").queue("q", 1).queue("q", 2)), "queue");
+    assert_eq!(err(f.builder("n1").queue("q", 100_000)), "queue.workers");
+    assert_eq!(err(f.builder("")), "node");
+    assert_eq!(
+        err(f
+            .builder("n1")
+            .periodic("p", Duration::from_millis(10), job("k"))),
+        "periodic.every"
+    );
+}

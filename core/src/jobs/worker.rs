@@ -1,0 +1,418 @@
+//! The worker: claim one job, run its handler under heartbeats, finalize.
+//!
+//! While a handler runs, the worker heartbeats its claim every
+//! `heartbeat_interval` and reacts to what it hears:
+//!
+//! * `CancelRequested`: trigger the handler's token; drop it after `cancel_grace`.
+//! * `Lost` (the rescuer or another worker took the job): drop the handler at
+//!   once; the claim is someone else's, and finalizing would be refused anyway.
+//! * no successful heartbeat for `claim_trust`: this worker can no longer be sure
+//!   it holds the job, so it stops the handler before the rescuer's
+//!   `stale_threshold` can hand the job to another worker. That is what keeps two
+//!   attempts of one job from running at once even across a partition.
+//!
+//! A panic in a handler is caught and finalized as a failed attempt.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use rand_chacha::ChaCha8Rng;
+use tokio::sync::Notify;
+use tokio::time::{Instant, MissedTickBehavior};
+
+use super::config::JobsConfig;
+use super::handler::{HandlerRegistry, JobCtx, Outcome};
+use crate::clock::SharedClock;
+use crate::events::{emit, Event, SharedObserver};
+#[cfg(feature = "planted-bugs")]
+use crate::planted::PlantedBugs;
+use crate::shutdown::{catch_panic, ShutdownToken};
+use crate::storage::{
+    Claim, Finalize, FinalizeResult, HeartbeatStatus, Job, JobId, JobState, SharedStorage,
+    StorageError, StorageResult,
+};
+
+/// A job running on this node, for in-process cancel and shutdown release.
+#[derive(Clone, Debug)]
+pub(crate) struct Running {
+    pub(crate) claim: Claim,
+    pub(crate) owner: String,
+    pub(crate) cancel: ShutdownToken,
+    /// Set when the cancel came from a user rather than shutdown.
+    pub(crate) user_cancel: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// What every worker of a runtime shares.
+pub(crate) struct WorkerShared {
+    pub(crate) node: String,
+    pub(crate) cfg: JobsConfig,
+    pub(crate) storage: SharedStorage,
+    pub(crate) clock: SharedClock,
+    pub(crate) observer: SharedObserver,
+    pub(crate) handlers: HandlerRegistry,
+    pub(crate) running: Mutex<BTreeMap<JobId, Running>>,
+    pub(crate) rng: Mutex<ChaCha8Rng>,
+    /// Woken by a local enqueue so idle workers need not wait for their poll.
+    pub(crate) wake: Notify,
+    #[cfg(feature = "planted-bugs")]
+    pub(crate) plants: PlantedBugs,
+}
+
+impl WorkerShared {
+    pub(crate) fn running(&self) -> MutexGuard<'_, BTreeMap<JobId, Running>> {
+        self.running.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn emit(&self, event: Event) {
+        emit(self.observer.as_ref(), &self.node, event);
+    }
+}
+
+/// How supervising a handler ended.
+enum Ended {
+    /// The handler returned (or panicked, as `Err`).
+    Returned(Result<Outcome, String>),
+    /// The worker dropped the handler; nothing is to be finalized.
+    Dropped,
+}
+
+/// One worker: claim, run, finalize, until `retire` (between jobs) or `stop`.
+pub(crate) async fn worker_loop(
+    shared: Arc<WorkerShared>,
+    queue: String,
+    slot: u32,
+    retire: ShutdownToken,
+    stop: ShutdownToken,
+) {
+    let owner = format!("{}/{queue}/{slot}", shared.node);
+    let cfg = &shared.cfg;
+    while !retire.is_triggered() && !stop.is_triggered() {
+        let now = shared.clock.now();
+        let wait = match shared.storage.claim(&queue, &owner, 1, now).await {
+            Ok(jobs) if !jobs.is_empty() => {
+                for job in jobs {
+                    run_job(&shared, &owner, job, &stop).await;
+                }
+                continue;
+            }
+            Ok(_) => cfg.idle_poll,
+            Err(_) => cfg.claim_error_backoff,
+        };
+        tokio::select! {
+            biased;
+            () = stop.wait() => return,
+            () = retire.wait() => return,
+            () = shared.wake.notified() => {}
+            () = shared.clock.sleep(wait) => {}
+        }
+    }
+}
+
+async fn run_job(shared: &Arc<WorkerShared>, owner: &str, job: Job, stop: &ShutdownToken) {
+    let claim = Claim {
+        job: job.id,
+        attempt: job.attempt,
+    };
+    assert!(claim.attempt >= 1, "a claimed job has an attempt");
+    shared.emit(Event::JobClaimed {
+        job: job.id,
+        attempt: job.attempt,
+    });
+    let running = Running {
+        claim,
+        owner: owner.to_owned(),
+        cancel: stop.child(),
+        user_cancel: Arc::default(),
+    };
+    shared.running().insert(job.id, running.clone());
+    let ended = supervise(shared, &running, &job).await;
+    shared.running().remove(&job.id);
+    let Ended::Returned(result) = ended else {
+        return;
+    };
+    let fin = to_finalize(shared, &job, &running, stop, result);
+    finalize(shared, &running, fin).await;
+}
+
+fn end_label(result: &Result<Outcome, String>) -> String {
+    match result {
+        Ok(Outcome::Completed) => "completed".into(),
+        Ok(Outcome::Failed(e)) => format!("failed: {e}"),
+        Ok(Outcome::Snooze(_)) => "snoozed".into(),
+        Ok(Outcome::Cancel(_)) => "cancelled".into(),
+        Ok(Outcome::Discard(e)) => format!("discarded: {e}"),
+        Err(panic) => format!("panicked: {panic}"),
+    }
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// Run the handler while heartbeating its claim. See the [module docs](self).
+async fn supervise(shared: &Arc<WorkerShared>, running: &Running, job: &Job) -> Ended {
+    let Some(handler) = shared.handlers.get(&job.kind) else {
+        return Ended::Returned(Ok(Outcome::Discard(format!(
+            "no handler for kind {:?}",
+            job.kind
+        ))));
+    };
+    let ctx = JobCtx {
+        job: job.id,
+        attempt: job.attempt,
+        kind: job.kind.clone(),
+        queue: job.queue.clone(),
+        cancel: running.cancel.clone(),
+        clock: shared.clock.clone(),
+        owner: running.owner.clone(),
+        storage: shared.storage.clone(),
+    };
+    let (id, attempt) = (job.id, job.attempt);
+    shared.emit(Event::HandlerStarted { job: id, attempt });
+    let payload = job.payload.clone();
+    let mut work: BoxFuture<Result<Outcome, String>> =
+        Box::pin(catch_panic(async move { handler.run(ctx, payload).await }));
+    let mut beat = Beat::new(shared, running);
+    let mut drop_at: Option<Instant> = None;
+    loop {
+        let drop_in = drop_at.map(|t| t.saturating_duration_since(shared.clock.monotonic()));
+        tokio::select! {
+            biased;
+            result = &mut work => {
+                shared.emit(Event::HandlerEnded { job: id, attempt, outcome: end_label(&result) });
+                return Ended::Returned(result);
+            }
+            () = shared.clock.sleep(drop_in.unwrap_or(Duration::MAX)), if drop_in.is_some() => {
+                shared.emit(Event::HandlerEnded { job: id, attempt, outcome: "aborted".into() });
+                return Ended::Dropped;
+            }
+            verdict = beat.next() => match verdict {
+                Verdict::Continue => {}
+                Verdict::Stop { reason, grace } => {
+                    if !running.cancel.is_triggered() {
+                        shared.emit(Event::HandlerCancelRequested { job: id, attempt, reason: reason.into() });
+                        running.cancel.trigger();
+                    }
+                    let at = shared.clock.monotonic() + grace;
+                    drop_at = Some(drop_at.map_or(at, |d| d.min(at)));
+                }
+            },
+        }
+    }
+}
+
+/// What the heartbeat side decided.
+enum Verdict {
+    Continue,
+    Stop {
+        reason: &'static str,
+        grace: Duration,
+    },
+}
+
+/// The heartbeat side of [`supervise`]: one pending heartbeat call at a time.
+struct Beat<'a> {
+    shared: &'a Arc<WorkerShared>,
+    running: &'a Running,
+    interval: tokio::time::Interval,
+    call: Option<BoxFuture<StorageResult<HeartbeatStatus>>>,
+    last_ok: Instant,
+    stopped: bool,
+}
+
+impl<'a> Beat<'a> {
+    fn new(shared: &'a Arc<WorkerShared>, running: &'a Running) -> Self {
+        let mut interval = shared
+            .clock
+            .interval(shared.cfg.heartbeat_interval, MissedTickBehavior::Skip);
+        interval.reset();
+        let last_ok = shared.clock.monotonic();
+        Self {
+            shared,
+            running,
+            interval,
+            call: None,
+            last_ok,
+            stopped: false,
+        }
+    }
+
+    async fn next(&mut self) -> Verdict {
+        if self.call.is_none() {
+            self.interval.tick().await;
+            let (storage, claim, owner) = (
+                self.shared.storage.clone(),
+                self.running.claim,
+                self.running.owner.clone(),
+            );
+            let now = self.shared.clock.now();
+            self.call = Some(Box::pin(async move {
+                storage.heartbeat(claim, &owner, now).await
+            }));
+        }
+        // Once stopping, only the call is awaited: the trust deadline has done its
+        // job, and re-arming an expired one would spin.
+        let trust_ends = self.last_ok + self.shared.cfg.claim_trust;
+        let left = if self.stopped {
+            Duration::MAX
+        } else {
+            trust_ends.saturating_duration_since(self.shared.clock.monotonic())
+        };
+        let call = self.call.as_mut().map(|c| c.as_mut());
+        let heard = tokio::select! {
+            biased;
+            r = async { match call { Some(c) => c.await, None => Err(StorageError::Unavailable("no call".into())) } } => Some(r),
+            () = self.shared.clock.sleep(left) => None,
+        };
+        let Some(heard) = heard else {
+            return self.stop("claim_untrusted", self.shared.cfg.cancel_grace);
+        };
+        self.call = None;
+        self.judge(heard)
+    }
+
+    fn judge(&mut self, heard: StorageResult<HeartbeatStatus>) -> Verdict {
+        let cfg = &self.shared.cfg;
+        match heard {
+            Ok(HeartbeatStatus::Alive) => {
+                self.last_ok = self.shared.clock.monotonic();
+                Verdict::Continue
+            }
+            Ok(HeartbeatStatus::CancelRequested) => {
+                self.last_ok = self.shared.clock.monotonic();
+                self.running
+                    .user_cancel
+                    .store(true, std::sync::atomic::Ordering::SeqCst);
+                self.stop("cancel_requested", cfg.cancel_grace)
+            }
+            Ok(HeartbeatStatus::Lost) => {
+                let claim = self.running.claim;
+                self.shared.emit(Event::ClaimLost {
+                    job: claim.job,
+                    attempt: claim.attempt,
+                });
+                if crate::is_planted!(self.shared.plants, HeartbeatIgnoresLostClaim) {
+                    self.last_ok = self.shared.clock.monotonic();
+                    return Verdict::Continue;
+                }
+                self.stop("claim_lost", Duration::ZERO)
+            }
+            Err(_) if self.shared.clock.monotonic() >= self.last_ok + cfg.claim_trust => {
+                self.stop("claim_untrusted", cfg.cancel_grace)
+            }
+            Err(_) => Verdict::Continue,
+        }
+    }
+
+    fn stop(&mut self, reason: &'static str, grace: Duration) -> Verdict {
+        if self.stopped && reason != "claim_lost" {
+            // Already stopping: keep heartbeating (the handler may still finish
+            // inside its grace) without extending anything.
+            return Verdict::Continue;
+        }
+        self.stopped = true;
+        Verdict::Stop { reason, grace }
+    }
+}
+
+/// Turn a handler's result into what storage records.
+fn to_finalize(
+    shared: &WorkerShared,
+    job: &Job,
+    running: &Running,
+    stop: &ShutdownToken,
+    result: Result<Outcome, String>,
+) -> Finalize {
+    let now = shared.clock.now();
+    let user_cancel = running
+        .user_cancel
+        .load(std::sync::atomic::Ordering::SeqCst);
+    let outcome = result.unwrap_or_else(|panic| Outcome::Failed(format!("panicked: {panic}")));
+    // A cancel that arrives after the work completed does not rewrite it: the
+    // work happened (source document 003, M2).
+    let rewrite = user_cancel
+        && (outcome != Outcome::Completed
+            || crate::is_planted!(shared.plants, LateCancelRewritesOutcome));
+    if rewrite {
+        return Finalize::Cancel {
+            reason: "cancelled by request".into(),
+        };
+    }
+    // Stopped by shutdown and did not finish: give the job back without spending
+    // the attempt, so another node takes it at once.
+    if stop.is_triggered() && outcome != Outcome::Completed {
+        return Finalize::Snooze { until: now };
+    }
+    match outcome {
+        Outcome::Completed => Finalize::Completed,
+        Outcome::Failed(error) if job.attempt >= job.max_attempts => Finalize::Discard { error },
+        Outcome::Failed(error) => {
+            let mut rng = shared.rng.lock().unwrap_or_else(|p| p.into_inner());
+            let delay = shared.cfg.retry.delay(job.attempt, &mut *rng);
+            Finalize::Retry {
+                error,
+                at: now.plus(delay),
+            }
+        }
+        Outcome::Snooze(d) => Finalize::Snooze { until: now.plus(d) },
+        Outcome::Cancel(reason) => Finalize::Cancel { reason },
+        Outcome::Discard(error) => Finalize::Discard { error },
+    }
+}
+
+fn target_state(fin: &Finalize) -> JobState {
+    match fin {
+        Finalize::Completed => JobState::Completed,
+        Finalize::Retry { .. } => JobState::Retryable,
+        Finalize::Discard { .. } => JobState::Discarded,
+        Finalize::Snooze { .. } => JobState::Scheduled,
+        Finalize::Cancel { .. } => JobState::Cancelled,
+    }
+}
+
+/// Report the attempt's end, retrying calls whose outcome is unknown: finalize is
+/// idempotent for the same claim, so a retry after a lost reply is safe.
+pub(crate) async fn finalize(shared: &WorkerShared, running: &Running, fin: Finalize) {
+    let (mut claim, mut owner) = (running.claim, running.owner.clone());
+    if crate::is_planted!(shared.plants, FinalizeWithoutOwnerGuard) {
+        // Planted: act on whatever claim the row holds now, not on our own.
+        if let Ok(Some(row)) = shared.storage.get_job(claim.job).await {
+            claim.attempt = row.attempt;
+            owner = row.owner.unwrap_or(owner);
+        }
+    }
+    let state = target_state(&fin);
+    let mut result = "error: no attempt".to_owned();
+    for _ in 0..shared.cfg.finalize_attempts_max {
+        match shared
+            .storage
+            .finalize(claim, &owner, fin.clone(), shared.clock.now())
+            .await
+        {
+            Ok(r) => {
+                result = match r {
+                    FinalizeResult::Applied => "applied",
+                    FinalizeResult::AlreadyFinalized => "already_finalized",
+                    FinalizeResult::Stale => "stale",
+                }
+                .to_owned();
+                break;
+            }
+            Err(e @ (StorageError::Ambiguous(_) | StorageError::Unavailable(_))) => {
+                result = format!("error: {e}");
+                shared.clock.sleep(shared.cfg.finalize_retry_delay).await;
+            }
+            Err(e) => {
+                result = format!("error: {e}");
+                break;
+            }
+        }
+    }
+    shared.emit(Event::JobFinalized {
+        job: claim.job,
+        attempt: running.claim.attempt,
+        state,
+        result,
+    });
+}
