@@ -1,5 +1,5 @@
-//! The software of one simulated node: keel's real elector and maintainer, wired
-//! to the simulated clock, the database host, and the history.
+//! The software of one simulated node: keel's real runtime (elector, maintainer,
+//! workers), wired to the simulated clock, the database host, and the history.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -8,12 +8,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use keel::clock::SharedClock;
-use keel::leadership::{Elector, ElectorConfig};
-use keel::maintenance::{
-    Maintainer, MaintainerConfig, MaintenanceHeartbeat, Service, ServiceCtx, ServiceError,
-};
+use keel::jobs::{JobsConfig, Runtime, MAINTENANCE_LEASE};
+use keel::leadership::ElectorConfig;
+use keel::maintenance::{MaintainerConfig, Service, ServiceCtx, ServiceError};
 use keel::planted::PlantedBugs;
-use keel::shutdown::{ShutdownToken, TaskRegistry};
 use keel::storage::SharedStorage;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -24,7 +22,7 @@ use crate::history::{Ev, HarnessEvent, History, HostObserver};
 use crate::net::TurmoilNetwork;
 
 /// The lease the nodes contend for.
-pub const LEASE_NAME: &str = "maintainer";
+pub const LEASE_NAME: &str = MAINTENANCE_LEASE;
 
 /// Runtime settings every node of a run uses. Derived checker bounds come from
 /// here too, so the checkers and the runtime can never disagree.
@@ -34,6 +32,8 @@ pub struct Timing {
     pub elector: ElectorConfig,
     /// Maintainer settings (seed is filled in per node and boot).
     pub maintainer: MaintainerConfig,
+    /// Worker and job maintenance settings.
+    pub jobs: JobsConfig,
     /// Storage request timeout.
     pub request_timeout: Duration,
 }
@@ -49,6 +49,7 @@ impl Timing {
         Self {
             elector: ElectorConfig::new(LEASE_NAME, "node"),
             maintainer,
+            jobs: JobsConfig::default(),
             request_timeout: REQUEST_TIMEOUT_DEFAULT,
         }
     }
@@ -146,52 +147,38 @@ pub struct NodeSetup {
 pub async fn node_main(setup: NodeSetup) -> turmoil::Result {
     let boot = setup.boots.fetch_add(1, Ordering::SeqCst) + 1;
     let name = setup.name.as_str();
-    setup.history.push(
-        name,
-        Ev::Harness(HarnessEvent::NodeBoot {
-            boot,
-            skew_ms: setup.skew_ms,
-        }),
-    );
+    let skew_ms = setup.skew_ms;
+    setup
+        .history
+        .push(name, Ev::Harness(HarnessEvent::NodeBoot { boot, skew_ms }));
     let clock: SharedClock = Arc::new(SimClock::new(setup.skew_ms));
     let addr = format!("{DB_HOST}:{DB_PORT}");
-    let remote = remote_storage(
-        Arc::new(TurmoilNetwork),
+    let net = Arc::new(TurmoilNetwork);
+    let storage: SharedStorage = Arc::new(remote_storage(
+        net,
         addr,
         clock.clone(),
         setup.timing.request_timeout,
-    );
-    let storage: SharedStorage = Arc::new(remote);
+    ));
     let observer = Arc::new(HostObserver::new(name, setup.history.clone()));
-
-    let mut ecfg = setup.timing.elector.clone();
-    ecfg.holder = name.to_owned();
-    ecfg.plants = setup.plants.clone();
-    let elector = Elector::new(ecfg, storage.clone(), clock.clone(), observer.clone())?;
-
-    let mut mcfg = setup.timing.maintainer.clone();
-    mcfg.rng_seed = setup.seed ^ (u64::from(boot) << 32) ^ fnv(name);
-    mcfg.plants = setup.plants.clone();
-    let services: Vec<Arc<dyn Service>> = vec![
-        Arc::new(FlakyStartHook {
-            host: name.to_owned(),
-            faults: setup.hooks.clone(),
-            rng: Mutex::new(ChaCha8Rng::seed_from_u64(mcfg.rng_seed.rotate_left(17))),
-        }),
-        Arc::new(MaintenanceHeartbeat::default()),
-    ];
-    let observer_for_tasks: keel::events::SharedObserver = observer.clone();
-    let maintainer = Maintainer::new(mcfg, elector.clone(), services, storage, clock, observer)?;
-
-    let shutdown = ShutdownToken::new();
-    let tasks = TaskRegistry::new(shutdown.clone()).with_observer(observer_for_tasks, name);
-    tasks.spawn("elector", elector.run(shutdown.clone()));
-    tasks.spawn(
-        "maintainer",
-        maintainer.run(shutdown.clone(), tasks.clone()),
-    );
+    let rng_seed = setup.seed ^ (u64::from(boot) << 32) ^ fnv(name);
+    let hook = FlakyStartHook {
+        host: name.to_owned(),
+        faults: setup.hooks.clone(),
+        rng: Mutex::new(ChaCha8Rng::seed_from_u64(rng_seed.rotate_left(17))),
+    };
+    let runtime = Runtime::builder(name, storage, clock)
+        .observer(observer)
+        .elector_config(setup.timing.elector.clone())
+        .maintainer_config(setup.timing.maintainer.clone())
+        .jobs_config(setup.timing.jobs.clone())
+        .rng_seed(rng_seed)
+        .plants(setup.plants.clone())
+        .service(Arc::new(hook))
+        .build()?;
+    let _handle = runtime.start()?;
     // The node runs until turmoil crashes it or the run ends.
-    shutdown.wait().await;
+    std::future::pending::<()>().await;
     Ok(())
 }
 

@@ -94,6 +94,7 @@ pub struct RuntimeBuilder {
     queues: Vec<QueueSpec>,
     handlers: HandlerRegistry,
     periodic: Vec<PeriodicJob>,
+    services: Vec<Arc<dyn Service>>,
     jobs: JobsConfig,
     elector: ElectorConfig,
     maintainer: MaintainerConfig,
@@ -129,6 +130,14 @@ impl RuntimeBuilder {
             every,
             request,
         });
+        self
+    }
+
+    /// Run `service` on the leader too, for each term. Added services start
+    /// before the built-in ones (a failing start hook fails the attempt before
+    /// anything else starts) and share their retries and term fencing.
+    pub fn service(mut self, service: Arc<dyn Service>) -> Self {
+        self.services.push(service);
         self
     }
 
@@ -234,6 +243,7 @@ impl Runtime {
             queues: Vec::new(),
             handlers: HandlerRegistry::new(),
             periodic: Vec::new(),
+            services: Vec::new(),
             jobs: JobsConfig::default(),
             elector: ElectorConfig::new(MAINTENANCE_LEASE, "node"),
             maintainer: MaintainerConfig::new(0),
@@ -277,7 +287,8 @@ impl Runtime {
             b.clock.clone(),
             b.observer.clone(),
         )?;
-        let services = maintenance_services(&b.jobs, &b.periodic);
+        let mut services = b.services.clone();
+        services.extend(maintenance_services(&b.jobs, &b.periodic));
         let maintainer = Maintainer::new(
             b.maintainer.clone(),
             elector.clone(),
