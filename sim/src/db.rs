@@ -19,7 +19,10 @@ use async_trait::async_trait;
 use keel::clock::SharedClock;
 use keel::net::{BoxStream, Network};
 use keel::storage::ops::{self, Op, Remote, Reply, Transport};
-use keel::storage::{MemStorage, StorageError, StorageResult};
+use keel::storage::{
+    CancelResult, EffectResult, EnqueueOutcome, Finalize, FinalizeResult, JobState, MemStorage,
+    PeriodicOutcome, StorageError, StorageResult,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Mutex;
 
@@ -57,24 +60,91 @@ async fn read_frame(stream: &mut BoxStream) -> io::Result<Vec<u8>> {
 
 /// Record what `op` changed in the database, judged by its reply.
 fn record(history: &History, op: &Op, reply: &Reply) {
-    let event = match (op, reply) {
-        (Op::TryAcquire { holder, .. }, Reply::Lease(Some(lease))) => DbEvent::LeaseGranted {
+    let events = match (op, reply) {
+        (Op::TryAcquire { holder, .. }, Reply::Lease(Some(lease))) => vec![DbEvent::LeaseGranted {
             holder: holder.clone(),
             term: lease.term,
-        },
-        (Op::Resign { holder, term, .. }, Reply::Bool(true)) => DbEvent::ResignApplied {
+        }],
+        (Op::Resign { holder, term, .. }, Reply::Bool(true)) => vec![DbEvent::ResignApplied {
             holder: holder.clone(),
             term: *term,
-        },
+        }],
         (Op::MaintenanceHeartbeat { holder, term, .. }, Reply::Bool(true)) => {
-            DbEvent::HeartbeatAccepted {
+            vec![DbEvent::HeartbeatAccepted {
                 holder: holder.clone(),
                 term: *term,
-            }
+            }]
         }
-        _ => return,
+        _ => job_events(op, reply),
     };
-    history.push(DB_HOST, Ev::Db(event));
+    for event in events {
+        history.push(DB_HOST, Ev::Db(event));
+    }
+}
+
+/// The job-table changes `op` made, judged by its reply; part of [`record`].
+fn job_events(op: &Op, reply: &Reply) -> Vec<DbEvent> {
+    let inserted = |o: &EnqueueOutcome| match o {
+        EnqueueOutcome::Inserted(job) => Some(DbEvent::JobInserted { job: *job }),
+        EnqueueOutcome::Duplicate(_) => None,
+    };
+    match (op, reply) {
+        (Op::Enqueue { .. }, Reply::Enqueued(o)) => inserted(o).into_iter().collect(),
+        (Op::EnqueueBatch { .. }, Reply::EnqueuedBatch(os)) => {
+            os.iter().filter_map(inserted).collect()
+        }
+        (Op::Claim { owner, .. }, Reply::Jobs(jobs)) => jobs
+            .iter()
+            .map(|j| DbEvent::ClaimApplied {
+                job: j.id,
+                attempt: j.attempt,
+                owner: owner.clone(),
+            })
+            .collect(),
+        (Op::Finalize { claim, outcome, .. }, Reply::Finalized(FinalizeResult::Applied)) => {
+            vec![DbEvent::FinalizeApplied {
+                job: claim.job,
+                attempt: claim.attempt,
+                state: finalized_state(outcome),
+            }]
+        }
+        (Op::ApplyEffect { claim, key, .. }, Reply::Effect(EffectResult::Applied)) => {
+            vec![DbEvent::EffectApplied {
+                job: claim.job,
+                attempt: claim.attempt,
+                key: key.clone(),
+            }]
+        }
+        (Op::RescueStale { .. }, Reply::Claims(claims)) => claims
+            .iter()
+            .map(|c| DbEvent::RescueApplied {
+                job: c.job,
+                attempt: c.attempt,
+            })
+            .collect(),
+        (Op::RequestCancel { job, .. }, Reply::Cancel(CancelResult::Cancelled)) => {
+            vec![DbEvent::CancelApplied { job: *job }]
+        }
+        (Op::FirePeriodic { name, slot, .. }, Reply::Periodic(PeriodicOutcome::Fired(job))) => {
+            vec![DbEvent::PeriodicInserted {
+                name: name.clone(),
+                slot_ms: slot.0,
+                job: *job,
+            }]
+        }
+        _ => Vec::new(),
+    }
+}
+
+/// The state an applied finalize moves its job to.
+fn finalized_state(outcome: &Finalize) -> JobState {
+    match outcome {
+        Finalize::Completed => JobState::Completed,
+        Finalize::Retry { .. } => JobState::Retryable,
+        Finalize::Discard { .. } => JobState::Discarded,
+        Finalize::Snooze { .. } => JobState::Scheduled,
+        Finalize::Cancel { .. } => JobState::Cancelled,
+    }
 }
 
 /// Serve `store` on `DB_PORT` until the host stops.
@@ -185,5 +255,70 @@ impl Transport for Wire {
             // late reply, so the stream is dropped rather than reused.
             Err(why) => Err(StorageError::Ambiguous(why)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use keel::clock::Timestamp;
+    use keel::storage::{Claim, EnqueueRequest, JobId};
+
+    use super::*;
+
+    fn recorded(op: &Op, reply: &Reply) -> Vec<Ev> {
+        let history = History::new();
+        record(&history, op, reply);
+        history.snapshot().into_iter().map(|r| r.ev).collect()
+    }
+
+    #[test]
+    fn applied_job_changes_are_recorded_and_refusals_are_not() {
+        let now = Timestamp(0);
+        let claim = Claim {
+            job: JobId(4),
+            attempt: 2,
+        };
+        let finalize = |outcome| Op::Finalize {
+            claim,
+            owner: "n1".into(),
+            outcome,
+            now,
+        };
+        let retry = finalize(Finalize::Retry {
+            error: "e".into(),
+            at: now,
+        });
+        assert_eq!(
+            recorded(&retry, &Reply::Finalized(FinalizeResult::Applied)),
+            vec![Ev::Db(DbEvent::FinalizeApplied {
+                job: JobId(4),
+                attempt: 2,
+                state: JobState::Retryable,
+            })]
+        );
+        assert!(recorded(&retry, &Reply::Finalized(FinalizeResult::Stale)).is_empty());
+        let batch = Op::EnqueueBatch {
+            reqs: vec![EnqueueRequest::new("k", serde_json::Value::Null); 2],
+            now,
+        };
+        let outcomes = vec![
+            EnqueueOutcome::Duplicate(JobId(1)),
+            EnqueueOutcome::Inserted(JobId(7)),
+        ];
+        assert_eq!(
+            recorded(&batch, &Reply::EnqueuedBatch(outcomes)),
+            vec![Ev::Db(DbEvent::JobInserted { job: JobId(7) })]
+        );
+        let rescue = Op::RescueStale {
+            stale_before: now,
+            now,
+        };
+        assert_eq!(
+            recorded(&rescue, &Reply::Claims(vec![claim])),
+            vec![Ev::Db(DbEvent::RescueApplied {
+                job: JobId(4),
+                attempt: 2,
+            })]
+        );
     }
 }

@@ -9,7 +9,7 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use keel::events::{Event, Observer};
-use keel::storage::Term;
+use keel::storage::{JobId, JobState, Term};
 use serde::{Deserialize, Serialize};
 
 /// What the database host applied.
@@ -37,6 +37,77 @@ pub enum DbEvent {
         /// The term it wrote for.
         term: Term,
     },
+    /// An enqueue inserted a new job (not a unique-key duplicate).
+    JobInserted {
+        /// The new job.
+        job: JobId,
+    },
+    /// A claim moved `job` to running as attempt `attempt`, owned by `owner`.
+    ClaimApplied {
+        /// The job.
+        job: JobId,
+        /// The attempt the claim made (the fencing token).
+        attempt: u32,
+        /// The claiming worker.
+        owner: String,
+    },
+    /// A finalize of `(job, attempt)` was applied; the job is now in `state`.
+    FinalizeApplied {
+        /// The job.
+        job: JobId,
+        /// The attempt finalized.
+        attempt: u32,
+        /// The state the job moved to.
+        state: JobState,
+    },
+    /// A fenced effect was written (the first write of `key` for `job`).
+    EffectApplied {
+        /// The job.
+        job: JobId,
+        /// The attempt that wrote it.
+        attempt: u32,
+        /// The effect's key.
+        key: String,
+    },
+    /// The rescuer revoked the stale claim `(job, attempt)`.
+    RescueApplied {
+        /// The job.
+        job: JobId,
+        /// The revoked attempt.
+        attempt: u32,
+    },
+    /// A cancel moved a job that was not running straight to cancelled.
+    CancelApplied {
+        /// The job.
+        job: JobId,
+    },
+    /// A periodic firing inserted `job` for slot `slot_ms` of schedule `name`.
+    PeriodicInserted {
+        /// The schedule.
+        name: String,
+        /// The slot (wall-clock ms).
+        slot_ms: i64,
+        /// The job inserted.
+        job: JobId,
+    },
+}
+
+impl DbEvent {
+    /// The job this event concerns, if any.
+    pub fn job(&self) -> Option<JobId> {
+        match self {
+            DbEvent::LeaseGranted { .. }
+            | DbEvent::ResignApplied { .. }
+            | DbEvent::HeartbeatAccepted { .. } => None,
+            DbEvent::JobInserted { job }
+            | DbEvent::ClaimApplied { job, .. }
+            | DbEvent::FinalizeApplied { job, .. }
+            | DbEvent::EffectApplied { job, .. }
+            | DbEvent::RescueApplied { job, .. }
+            | DbEvent::CancelApplied { job }
+            | DbEvent::PeriodicInserted { job, .. } => Some(*job),
+        }
+    }
 }
 
 /// What the harness did to the world.
@@ -73,6 +144,25 @@ pub enum HarnessEvent {
     HookHealed,
     /// Faults stopped; liveness must converge from here.
     HealPhase,
+    /// A simulated handler running attempt `attempt` of `job` on this host is
+    /// about to panic on purpose (recorded just before the panic).
+    HandlerPanicInjected {
+        /// The job.
+        job: JobId,
+        /// The attempt.
+        attempt: u32,
+    },
+    /// A simulated loop `name` on this host is about to panic on purpose
+    /// (recorded just before the panic).
+    LoopPanicInjected {
+        /// The loop's name.
+        name: String,
+    },
+    /// At the end of the run, these jobs were not in a terminal state.
+    JobsUnfinished {
+        /// The unfinished jobs, by id.
+        jobs: Vec<JobId>,
+    },
     /// The run ended.
     End,
 }
@@ -217,5 +307,41 @@ mod tests {
         assert_eq!(back, records[1]);
         assert_eq!(trace_hash(&records), trace_hash(&h.snapshot()));
         assert_ne!(trace_hash(&records), trace_hash(&records[..1]));
+    }
+
+    #[test]
+    fn job_records_round_trip_as_their_own_kind() {
+        let events = [
+            Ev::Db(DbEvent::FinalizeApplied {
+                job: JobId(2),
+                attempt: 3,
+                state: JobState::Discarded,
+            }),
+            Ev::Db(DbEvent::PeriodicInserted {
+                name: "report".into(),
+                slot_ms: -5,
+                job: JobId(4),
+            }),
+            Ev::Harness(HarnessEvent::JobsUnfinished {
+                jobs: vec![JobId(1), JobId(9)],
+            }),
+            Ev::Harness(HarnessEvent::HandlerPanicInjected {
+                job: JobId(1),
+                attempt: 1,
+            }),
+        ];
+        let h = History::new();
+        for ev in events {
+            h.push_at(1, "n1", ev);
+        }
+        let records = h.snapshot();
+        assert_eq!(
+            records[0].to_json(),
+            r#"{"seq":0,"at_ms":1,"host":"n1","event":"finalize_applied","job":2,"attempt":3,"state":"discarded"}"#
+        );
+        for r in &records {
+            let back: Record = serde_json::from_str(&r.to_json()).expect("parses");
+            assert_eq!(&back, r);
+        }
     }
 }

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use keel::events::Event;
+use keel::jobs::JobsConfig;
 use keel::planted::{Bug, PlantedBugs};
 use keel::shutdown::panic_message;
 use keel::storage::MemStorage;
@@ -133,6 +134,31 @@ pub fn report(result: &RunResult) -> String {
     out
 }
 
+/// Once a job can be claimed again after the faults, how long the workers get to
+/// run its remaining attempts (handler time plus retry backoff), in milliseconds.
+pub const JOBS_DRAIN_MS: u64 = 15_000;
+
+/// The job runtime's bounds: `(tick_grace_ms, heal_converge_ms)`.
+///
+/// From the nodes' own [`JobsConfig`] (in [`Timing`]). Shutdown returns within its deadline plus one tick of the slowest
+/// job-runtime loop (heartbeat, supervisor, maintenance), plus one simulation
+/// [`TICK`] of history resolution. After the heal phase, a leader runs its
+/// maintainer within `converge_bound_ms`; its rescuer then revokes claims left
+/// stale by the faults (`stale_threshold` plus one maintenance round), an idle
+/// worker polls for them (`idle_poll`), and they run to the end
+/// ([`JOBS_DRAIN_MS`]).
+fn job_bounds(jobs: &JobsConfig, converge_bound_ms: u64) -> (u64, u64) {
+    let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    let slowest_loop = jobs
+        .heartbeat_interval
+        .max(jobs.supervisor_interval)
+        .max(jobs.maintenance_interval);
+    let tick_grace_ms = ms(slowest_loop + TICK);
+    let rescued = jobs.stale_threshold + jobs.maintenance_interval + jobs.idle_poll;
+    let heal_converge_ms = converge_bound_ms + ms(rescued) + JOBS_DRAIN_MS;
+    (tick_grace_ms, heal_converge_ms)
+}
+
 /// The bounds the checkers use, derived from the runtime's own settings.
 pub fn check_ctx(timing: &Timing, scenario: &Scenario, end_at_ms: u64) -> CheckCtx {
     let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
@@ -148,12 +174,16 @@ pub fn check_ctx(timing: &Timing, scenario: &Scenario, end_at_ms: u64) -> CheckC
         + backoff_step_max
             .min(m.backoff.max)
             .mul_f64(1.0 + m.backoff.jitter_ratio);
+    let converge_bound_ms = ms(converge) + 3 * slack_ms;
+    let (tick_grace_ms, heal_converge_ms) = job_bounds(&timing.jobs, converge_bound_ms);
     CheckCtx {
         heal_at_ms: scenario.duration_s * 1000,
         end_at_ms,
         give_up_bound_ms: ms(m.give_up_bound()) + slack_ms,
         stop_grace_ms: ms(timing.request_timeout) + slack_ms,
-        converge_bound_ms: ms(converge) + 3 * slack_ms,
+        converge_bound_ms,
+        tick_grace_ms,
+        heal_converge_ms,
     }
 }
 
@@ -274,6 +304,12 @@ fn simulate(spec: &RunSpec) -> Result<RunResult, SimError> {
         sim.step().map_err(|e| SimError::Sim(e.to_string()))?;
     }
     let end_at = u64::try_from(sim.elapsed().as_millis()).unwrap_or(u64::MAX);
+    let jobs = driver.store.unfinished_jobs();
+    history.push_at(
+        end_at,
+        HARNESS_HOST,
+        Ev::Harness(HarnessEvent::JobsUnfinished { jobs }),
+    );
     history.push_at(end_at, HARNESS_HOST, Ev::Harness(HarnessEvent::End));
     let records = history.snapshot();
     let ctx = check_ctx(&timing, scenario, end_at);
@@ -443,6 +479,19 @@ mod tests {
             h.push_at(*at, host, Ev::Node(Event::TermWon { term: Term(*term) }));
         }
         h.snapshot()
+    }
+
+    #[test]
+    fn job_bounds_give_one_loop_tick_of_grace_and_fit_the_catalog_heal_phase() {
+        let scenario = scenarios::by_name("leadership_flap").expect("scenario");
+        let heal_ms = scenario.heal_s * 1000;
+        let ctx = check_ctx(&Timing::standard(), &scenario, 0);
+        assert_eq!(ctx.tick_grace_ms, 1_010, "1 s loops plus one 10 ms step");
+        assert!(ctx.heal_converge_ms > ctx.converge_bound_ms);
+        assert!(
+            ctx.heal_converge_ms <= heal_ms,
+            "no_lost_jobs must be able to fire in a {heal_ms}ms heal: {ctx:?}"
+        );
     }
 
     #[test]

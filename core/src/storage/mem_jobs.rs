@@ -287,6 +287,20 @@ impl Jobs {
     }
 }
 
+impl MemStorage {
+    /// Ids of every job not in a terminal state, read synchronously (the
+    /// simulator's harness checks this at the end of a run).
+    pub fn unfinished_jobs(&self) -> Vec<JobId> {
+        self.state()
+            .jobs
+            .rows
+            .values()
+            .filter(|j| !j.state.is_terminal())
+            .map(|j| j.id)
+            .collect()
+    }
+}
+
 #[async_trait]
 impl JobStore for MemStorage {
     async fn enqueue(&self, req: EnqueueRequest, now: Timestamp) -> StorageResult<EnqueueOutcome> {

@@ -5,11 +5,18 @@
 //! so a report shows the cause rather than the whole log. Every checker has a unit
 //! test that feeds it a violating history and sees it fire.
 
+mod bounded_shutdown;
+mod exactly_once_effects;
 mod maintainer_liveness;
 mod no_cross_term_teardown;
+mod no_double_execution;
+mod no_lost_jobs;
 mod no_stale_resign;
 mod no_task_panics;
+mod no_tick_burst;
 mod one_leader_per_term;
+mod panics_surfaced;
+mod periodic_once;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -19,11 +26,18 @@ use keel::storage::Term;
 
 use crate::history::{Ev, HarnessEvent, Record};
 
+pub use bounded_shutdown::BoundedShutdown;
+pub use exactly_once_effects::ExactlyOnceEffects;
 pub use maintainer_liveness::MaintainerLiveness;
 pub use no_cross_term_teardown::NoCrossTermTeardown;
+pub use no_double_execution::NoDoubleExecution;
+pub use no_lost_jobs::NoLostJobs;
 pub use no_stale_resign::NoStaleResign;
 pub use no_task_panics::NoTaskPanics;
+pub use no_tick_burst::NoTickBurst;
 pub use one_leader_per_term::OneLeaderPerTerm;
+pub use panics_surfaced::PanicsSurfaced;
+pub use periodic_once::PeriodicOnce;
 
 /// Bounds a checker needs, derived from the runtime settings of the run.
 #[derive(Clone, Debug)]
@@ -39,6 +53,11 @@ pub struct CheckCtx {
     pub stop_grace_ms: u64,
     /// After faults stop, a maintainer must run within this bound.
     pub converge_bound_ms: u64,
+    /// How long past its deadline a graceful shutdown may take to return: one
+    /// tick of the slowest loop it stops.
+    pub tick_grace_ms: u64,
+    /// A heal phase at least this long must leave no job unfinished.
+    pub heal_converge_ms: u64,
 }
 
 /// A broken invariant, with the records that show it.
@@ -84,6 +103,13 @@ pub fn all() -> Vec<Box<dyn Checker>> {
         Box::new(NoStaleResign),
         Box::new(MaintainerLiveness),
         Box::new(NoTaskPanics),
+        Box::new(NoDoubleExecution),
+        Box::new(ExactlyOnceEffects),
+        Box::new(NoLostJobs),
+        Box::new(PanicsSurfaced),
+        Box::new(NoTickBurst),
+        Box::new(BoundedShutdown),
+        Box::new(PeriodicOnce),
     ]
 }
 
@@ -233,6 +259,8 @@ pub(crate) mod test_support {
             give_up_bound_ms: 30_000,
             stop_grace_ms: 2_000,
             converge_bound_ms: 20_000,
+            tick_grace_ms: 1_000,
+            heal_converge_ms: 40_000,
         }
     }
 
