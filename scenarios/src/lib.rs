@@ -3,7 +3,8 @@
 //! A scenario is a TOML file in `catalog/`: how many nodes, how long the fault
 //! phase and the heal phase run, which faults at which rates, and which invariants
 //! must hold. The simulator reads scenarios and knows nothing about any one of
-//! them; adding a scenario is adding a file here and a line to [`CATALOG`].
+//! them; adding a scenario is adding a file to `catalog/` ([`CATALOG`] is
+//! generated from the directory at build time).
 //!
 //! ```
 //! let s = scenarios::by_name("leadership_flap").expect("in the catalog");
@@ -15,17 +16,8 @@
 
 use serde::Deserialize;
 
-/// Every scenario's source, by file.
-pub const CATALOG: &[(&str, &str)] = &[
-    (
-        "leadership_flap.toml",
-        include_str!("../catalog/leadership_flap.toml"),
-    ),
-    (
-        "stale_retries.toml",
-        include_str!("../catalog/stale_retries.toml"),
-    ),
-];
+/// Every scenario's source, by file name, sorted.
+pub const CATALOG: &[(&str, &str)] = include!(concat!(env!("OUT_DIR"), "/catalog.rs"));
 
 /// Largest node count a scenario may ask for: the simulator steps every host on
 /// every tick, and past this a run stops being quick.
@@ -51,6 +43,58 @@ pub struct Scenario {
     pub invariants: Vec<String>,
     /// Fault rates.
     pub faults: Faults,
+    /// Jobs to run, if the scenario runs any.
+    #[serde(default)]
+    pub workload: Option<Workload>,
+}
+
+/// The jobs a scenario runs: how many, when, and how their handlers behave.
+/// Percentages are of all jobs and are drawn per job from the seed.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Workload {
+    /// Jobs enqueued during the fault phase.
+    pub jobs: u32,
+    /// Jobs are enqueued at times spread over this many seconds from the start.
+    pub enqueue_window_s: u64,
+    /// Workers per node on the one queue.
+    pub workers: u32,
+    /// Attempts per job.
+    pub max_attempts: u32,
+    /// Share enqueued twice under one unique key.
+    #[serde(default)]
+    pub unique_pct: u32,
+    /// Share scheduled 1 to 10 s ahead.
+    #[serde(default)]
+    pub scheduled_pct: u32,
+    /// Share whose handler fails its first one or two attempts.
+    #[serde(default)]
+    pub fail_pct: u32,
+    /// Share whose handler panics on its first attempt.
+    #[serde(default)]
+    pub panic_pct: u32,
+    /// Share whose handler runs slowly (`slow_ms`).
+    #[serde(default)]
+    pub slow_pct: u32,
+    /// How long a slow handler runs, `[min, max]` ms.
+    #[serde(default = "slow_default")]
+    pub slow_ms: [u64; 2],
+    /// Share whose handler hangs until cancelled (the workload cancels them).
+    #[serde(default)]
+    pub hang_pct: u32,
+    /// Share of the other jobs the workload also cancels at a random moment.
+    #[serde(default)]
+    pub cancel_pct: u32,
+    /// Share that writes a fenced effect.
+    #[serde(default)]
+    pub effect_pct: u32,
+    /// Periodic schedules: `[name, every_s]`.
+    #[serde(default)]
+    pub periodic: Vec<(String, u64)>,
+}
+
+fn slow_default() -> [u64; 2] {
+    [1000, 5000]
 }
 
 /// Fault rates and shapes. Rates are per minute of the fault phase; ranges are
@@ -155,6 +199,9 @@ impl Scenario {
         if self.default_seeds == 0 {
             return bad("default_seeds", "must be positive".into());
         }
+        if let Some(w) = &self.workload {
+            w.validate().or_else(|(field, reason)| bad(field, reason))?;
+        }
         let f = &self.faults;
         for (field, [lo, hi]) in [
             ("faults.partition_ms", f.partition_ms),
@@ -193,6 +240,50 @@ impl Scenario {
             if !(0.0..=600.0).contains(&rate) {
                 return bad(field, format!("must be in 0..=600, got {rate}"));
             }
+        }
+        Ok(())
+    }
+}
+
+impl Workload {
+    fn validate(&self) -> Result<(), (&'static str, String)> {
+        if self.workers == 0 || self.workers > 64 {
+            return Err((
+                "workload.workers",
+                format!("must be 1..=64, got {}", self.workers),
+            ));
+        }
+        if !(1..=100).contains(&self.max_attempts) {
+            return Err((
+                "workload.max_attempts",
+                format!("must be 1..=100, got {}", self.max_attempts),
+            ));
+        }
+        let behaviours = self.fail_pct + self.panic_pct + self.slow_pct + self.hang_pct;
+        if behaviours > 100 {
+            return Err((
+                "workload",
+                format!("fail+panic+slow+hang is {behaviours}%, over 100%"),
+            ));
+        }
+        for (field, pct) in [
+            ("workload.unique_pct", self.unique_pct),
+            ("workload.scheduled_pct", self.scheduled_pct),
+            ("workload.cancel_pct", self.cancel_pct),
+            ("workload.effect_pct", self.effect_pct),
+        ] {
+            if pct > 100 {
+                return Err((field, format!("must be 0..=100, got {pct}")));
+            }
+        }
+        if self.slow_ms[0] > self.slow_ms[1] {
+            return Err(("workload.slow_ms", "min exceeds max".into()));
+        }
+        if let Some((name, _)) = self.periodic.iter().find(|(_, every)| *every == 0) {
+            return Err((
+                "workload.periodic",
+                format!("{name}: every_s must be positive"),
+            ));
         }
         Ok(())
     }
@@ -247,17 +338,21 @@ mod tests {
 
     #[test]
     fn bad_scenarios_name_the_field() {
-        let text = CATALOG[0].1.replace("nodes = 3", "nodes = 0");
+        let flap = CATALOG
+            .iter()
+            .find(|(f, _)| *f == "leadership_flap.toml")
+            .expect("in catalog")
+            .1;
+        let text = flap.replace("nodes = 3", "nodes = 0");
         let err = Scenario::parse("x.toml", &text).expect_err("zero nodes");
         assert!(err.to_string().contains("nodes"), "{err}");
-        let text = CATALOG[0]
-            .1
-            .replace("partition_ms = [500, 7000]", "partition_ms = [7000, 500]");
+        let text = flap.replace("partition_ms = [500, 7000]", "partition_ms = [7000, 500]");
         let err = Scenario::parse("x.toml", &text).expect_err("inverted range");
         assert!(err.to_string().contains("faults.partition_ms"), "{err}");
         let err = by_name("nope").expect_err("unknown");
         assert!(
-            err.to_string().contains("leadership_flap, stale_retries"),
+            err.to_string()
+                .contains("crash_restart, leadership_flap, stale_retries"),
             "{err}"
         );
     }

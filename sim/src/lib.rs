@@ -13,6 +13,8 @@
 //! * [`faults`]: the fault plan, drawn from the seed before the run.
 //! * [`history`]: the recorded events; [`checkers`]: one invariant each.
 //! * [`seeds`]: which seeds a test run covers (`SIM_SEED`, `SIM_SEEDS`).
+//! * [`workload`]: the jobs a run enqueues and cancels, and the handler that
+//!   runs them with seed-chosen behaviour.
 //! * `src/bin/sim.rs`: the `sim` command line (`sweep`, `replay`).
 
 #![warn(missing_docs)]
@@ -35,3 +37,4 @@ pub mod net;
 pub mod node;
 pub mod runner;
 pub mod seeds;
+pub mod workload;

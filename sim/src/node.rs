@@ -12,14 +12,16 @@ use keel::jobs::{JobsConfig, Runtime, MAINTENANCE_LEASE};
 use keel::leadership::ElectorConfig;
 use keel::maintenance::{MaintainerConfig, Service, ServiceCtx, ServiceError};
 use keel::planted::PlantedBugs;
-use keel::storage::SharedStorage;
+use keel::storage::{EnqueueRequest, SharedStorage};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use scenarios::Workload;
 
 use crate::clock::SimClock;
 use crate::db::{remote_storage, DB_HOST, DB_PORT, REQUEST_TIMEOUT_DEFAULT};
 use crate::history::{Ev, HarnessEvent, History, HostObserver};
 use crate::net::TurmoilNetwork;
+use crate::workload::{self, SimHandler};
 
 /// The lease the nodes contend for.
 pub const LEASE_NAME: &str = MAINTENANCE_LEASE;
@@ -141,6 +143,8 @@ pub struct NodeSetup {
     pub hooks: HookFaults,
     /// How often this host has booted.
     pub boots: Arc<AtomicU32>,
+    /// The scenario's jobs, if any: the node then works the workload queue.
+    pub workload: Option<Workload>,
 }
 
 /// One boot of a node: runs until the host is crashed or the run ends.
@@ -167,16 +171,35 @@ pub async fn node_main(setup: NodeSetup) -> turmoil::Result {
         faults: setup.hooks.clone(),
         rng: Mutex::new(ChaCha8Rng::seed_from_u64(rng_seed.rotate_left(17))),
     };
-    let runtime = Runtime::builder(name, storage, clock)
+    let mut builder = Runtime::builder(name, storage, clock)
         .observer(observer)
         .elector_config(setup.timing.elector.clone())
         .maintainer_config(setup.timing.maintainer.clone())
         .jobs_config(setup.timing.jobs.clone())
         .rng_seed(rng_seed)
         .plants(setup.plants.clone())
-        .service(Arc::new(hook))
-        .build()?;
-    let _handle = runtime.start()?;
+        .service(Arc::new(hook));
+    if let Some(w) = &setup.workload {
+        let handler = SimHandler {
+            host: name.to_owned(),
+            history: setup.history.clone(),
+        };
+        builder = builder
+            .queue(workload::QUEUE, w.workers)
+            .handler(workload::KIND, handler);
+        for (schedule, every_s) in &w.periodic {
+            let req = EnqueueRequest::new(
+                workload::KIND,
+                serde_json::json!({ "b": "ok", "periodic": schedule }),
+            );
+            builder = builder.periodic(
+                schedule.clone(),
+                Duration::from_secs(*every_s),
+                req.queue(workload::QUEUE),
+            );
+        }
+    }
+    let _handle = builder.build()?.start()?;
     // The node runs until turmoil crashes it or the run ends.
     std::future::pending::<()>().await;
     Ok(())

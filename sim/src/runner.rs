@@ -26,6 +26,7 @@ use crate::faults::{Fault, FaultKind, FaultPlan, Target};
 use crate::history::{trace_hash, Ev, HarnessEvent, History, Record};
 use crate::net::TurmoilNetwork;
 use crate::node::{node_main, HookFaults, NodeSetup, Timing, LEASE_NAME};
+use crate::workload::{client_main, WorkloadPlan, CLIENT_HOST};
 
 /// Simulated time per step. Leases and heartbeats run on seconds, so 10 ms
 /// resolves every race the runtime has while keeping a 100 s run cheap.
@@ -277,8 +278,13 @@ fn simulate(spec: &RunSpec) -> Result<RunResult, SimError> {
             history: history.clone(),
             hooks: hooks.clone(),
             boots: Arc::new(AtomicU32::new(0)),
+            workload: scenario.workload.clone(),
         };
         sim.host(node_name(i), move || node_main(setup.clone()));
+    }
+    if let Some(w) = &scenario.workload {
+        let plan = WorkloadPlan::generate(w, spec.seed);
+        sim.client(CLIENT_HOST, client_main(plan, history.clone()));
     }
     let mut driver = Driver {
         pending: plan.faults.iter().cloned().collect(),

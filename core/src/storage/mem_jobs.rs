@@ -93,7 +93,6 @@ impl Jobs {
             job.attempt += 1;
             job.owner = Some(owner.to_owned());
             job.heartbeat_at = Some(now);
-            job.cancel_requested = false;
             claimed.push(job.clone());
         }
         claimed
@@ -162,6 +161,13 @@ impl Jobs {
                 (JobState::Cancelled, None)
             }
         };
+        // A job someone asked to cancel never runs again: an attempt that ends
+        // without finishing the work ends the job as cancelled.
+        let (state, at) = if job.cancel_requested && at.is_some() {
+            (JobState::Cancelled, None)
+        } else {
+            (state, at)
+        };
         job.state = state;
         match at {
             Some(at) => job.scheduled_at = at,
@@ -226,7 +232,14 @@ impl Jobs {
             push_error(job, format!("attempt {} lost its worker", job.attempt));
             job.owner = None;
             job.heartbeat_at = None;
-            if job.attempt >= job.max_attempts {
+            if job.cancel_requested {
+                // Its worker is gone and a cancel was asked for: honour the cancel
+                // rather than run it again (found by the simulator: the request
+                // used to be forgotten across a rescue, and a hanging job never
+                // ended).
+                job.state = JobState::Cancelled;
+                job.finalized_at = Some(now);
+            } else if job.attempt >= job.max_attempts {
                 job.state = JobState::Discarded;
                 job.finalized_at = Some(now);
             } else {
@@ -708,6 +721,37 @@ mod tests {
             assert_eq!(
                 s.request_cancel(JobId(999), at(7)).await.expect("ok"),
                 CancelResult::NotFound
+            );
+        });
+    }
+
+    #[test]
+    fn a_cancel_requested_while_running_survives_a_rescue_and_a_failed_attempt() {
+        let s = MemStorage::new();
+        block(async {
+            let rescued = s.enqueue(req(), T0).await.expect("ok").id();
+            let c = claim_of(&claim_one(&s, "w", at(0)).await);
+            assert_eq!(
+                s.request_cancel(rescued, at(1)).await.expect("ok"),
+                CancelResult::Requested
+            );
+            s.rescue_stale(at(60_000), at(60_000)).await.expect("ok");
+            assert_eq!(
+                s.get_job(c.job).await.expect("ok").map(|j| j.state),
+                Some(JobState::Cancelled)
+            );
+            let failed = s.enqueue(req(), T0).await.expect("ok").id();
+            let c = claim_of(&claim_one(&s, "w", at(60_001)).await);
+            assert_eq!(c.job, failed);
+            s.request_cancel(failed, at(60_002)).await.expect("ok");
+            let retry = Finalize::Retry {
+                error: "boom".into(),
+                at: at(61_000),
+            };
+            s.finalize(c, "w", retry, at(60_003)).await.expect("ok");
+            assert_eq!(
+                s.get_job(failed).await.expect("ok").map(|j| j.state),
+                Some(JobState::Cancelled)
             );
         });
     }

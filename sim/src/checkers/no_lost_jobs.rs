@@ -23,6 +23,10 @@ const NAME: &str = "no_lost_jobs";
 const NAMED_MAX: usize = 5;
 /// Jobs whose records are attached as witnesses.
 const WITNESSED_MAX: usize = 3;
+/// A job inserted this close to the end of the run (periodic jobs keep firing
+/// while healing) has not had its bounded time to run yet: one idle poll plus
+/// the drain allowance of the heal bound.
+pub const FRESH_JOB_MS: u64 = crate::runner::JOBS_DRAIN_MS + 5_000;
 
 impl Checker for NoLostJobs {
     fn name(&self) -> &'static str {
@@ -37,13 +41,31 @@ impl Checker for NoLostJobs {
         history
             .iter()
             .filter_map(|r| match &r.ev {
-                Ev::Harness(HarnessEvent::JobsUnfinished { jobs }) if !jobs.is_empty() => {
-                    Some(violation(history, r, jobs, healed_for))
+                Ev::Harness(HarnessEvent::JobsUnfinished { jobs }) => {
+                    let overdue = overdue(&history[..r.seq], jobs, r.at_ms);
+                    (!overdue.is_empty()).then(|| violation(history, r, &overdue, healed_for))
                 }
                 _ => None,
             })
             .collect()
     }
+}
+
+/// The jobs of `jobs` inserted more than [`FRESH_JOB_MS`] before `end_ms`.
+fn overdue(history: &[Record], jobs: &[JobId], end_ms: u64) -> Vec<JobId> {
+    let inserted_at =
+        |job: JobId| {
+            history.iter().find_map(|r| match &r.ev {
+                Ev::Db(
+                    DbEvent::JobInserted { job: j } | DbEvent::PeriodicInserted { job: j, .. },
+                ) if *j == job => Some(r.at_ms),
+                _ => None,
+            })
+        };
+    jobs.iter()
+        .copied()
+        .filter(|job| inserted_at(*job).is_none_or(|at| at + FRESH_JOB_MS <= end_ms))
+        .collect()
 }
 
 fn violation(history: &[Record], at: &Record, jobs: &[JobId], healed_for: u64) -> Violation {
@@ -174,5 +196,18 @@ mod tests {
         short.heal_converge_ms = 50_001;
         assert!(NoLostJobs.check(&h.0, &short).is_empty());
         assert_eq!(NoLostJobs.check(&h.0, &ctx(100_000)).len(), 1);
+    }
+
+    #[test]
+    fn a_job_inserted_too_close_to_the_end_has_not_had_its_time_yet() {
+        let end = 100_000;
+        let h = H::new()
+            .db(end - FRESH_JOB_MS + 1, DbEvent::JobInserted { job: JobId(1) })
+            .harness(end, "sim", unfinished(&[1]));
+        assert!(NoLostJobs.check(&h.0, &ctx(end)).is_empty());
+        let h = H::new()
+            .db(end - FRESH_JOB_MS, DbEvent::JobInserted { job: JobId(1) })
+            .harness(end, "sim", unfinished(&[1]));
+        assert_eq!(NoLostJobs.check(&h.0, &ctx(end)).len(), 1);
     }
 }
