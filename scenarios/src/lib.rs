@@ -131,6 +131,15 @@ pub struct Faults {
     /// drawn per window (100: every call fails).
     #[serde(default = "always")]
     pub hook_fail_pct: [u64; 2],
+    /// Forward jumps of one node's wall clock (stepped back when they end).
+    #[serde(default)]
+    pub clock_jumps_per_min: f64,
+    /// How far a clock jumps.
+    #[serde(default)]
+    pub clock_jump_ms: [u64; 2],
+    /// How long a jumped clock stays ahead.
+    #[serde(default)]
+    pub clock_jump_dur_ms: [u64; 2],
 }
 
 fn always() -> [u64; 2] {
@@ -209,6 +218,8 @@ impl Scenario {
             ("faults.hook_fault_window_ms", f.hook_fault_window_ms),
             ("faults.hook_delay_ms", f.hook_delay_ms),
             ("faults.hook_fail_pct", f.hook_fail_pct),
+            ("faults.clock_jump_ms", f.clock_jump_ms),
+            ("faults.clock_jump_dur_ms", f.clock_jump_dur_ms),
         ] {
             if lo > hi {
                 return bad(field, format!("min {lo} exceeds max {hi}"));
@@ -236,6 +247,7 @@ impl Scenario {
             ("faults.partitions_per_min", f.partitions_per_min),
             ("faults.bounces_per_min", f.bounces_per_min),
             ("faults.hook_faults_per_min", f.hook_faults_per_min),
+            ("faults.clock_jumps_per_min", f.clock_jumps_per_min),
         ] {
             if !(0.0..=600.0).contains(&rate) {
                 return bad(field, format!("must be in 0..=600, got {rate}"));

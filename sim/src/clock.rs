@@ -5,6 +5,8 @@
 //! simulated elapsed time plus a skew drawn from the seed. Monotonic time and
 //! sleeps are tokio's, which turmoil drives from the seed's tick.
 
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use keel::clock::{Clock, Sleep, Timestamp};
@@ -15,14 +17,19 @@ use tokio::time::Instant;
 pub const EPOCH_UNIX_MS: i64 = 1_767_225_600_000;
 
 /// The simulated clock of one host. See the [module docs](self).
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct SimClock {
-    skew_ms: i64,
+    skew_ms: Arc<AtomicI64>,
 }
 
 impl SimClock {
     /// A clock that runs `skew_ms` ahead (negative: behind) of true simulated time.
     pub fn new(skew_ms: i64) -> Self {
+        Self::shared(Arc::new(AtomicI64::new(skew_ms)))
+    }
+
+    /// A clock whose skew the harness can change while it runs (clock jumps).
+    pub fn shared(skew_ms: Arc<AtomicI64>) -> Self {
         Self { skew_ms }
     }
 
@@ -35,7 +42,7 @@ impl SimClock {
 impl Clock for SimClock {
     fn now(&self) -> Timestamp {
         let elapsed_ms = i64::try_from(turmoil::elapsed().as_millis()).unwrap_or(i64::MAX);
-        Timestamp(EPOCH_UNIX_MS + elapsed_ms + self.skew_ms)
+        Timestamp(EPOCH_UNIX_MS + elapsed_ms + self.skew_ms.load(Ordering::SeqCst))
     }
 
     fn monotonic(&self) -> Instant {

@@ -27,6 +27,13 @@ pub enum FaultKind {
         /// How long it stays down.
         down_ms: u64,
     },
+    /// The node's wall clock jumps `jump_ms` ahead, and back `dur_ms` later.
+    ClockJump {
+        /// How far.
+        jump_ms: i64,
+        /// For how long.
+        dur_ms: u64,
+    },
     /// For `window_ms`, `fail_pct` percent of the node's start hook calls fail
     /// after `delay_ms`.
     HookFault {
@@ -83,6 +90,7 @@ impl Fault {
                 FaultKind::Partition { dur_ms } => dur_ms,
                 FaultKind::Bounce { down_ms } => down_ms,
                 FaultKind::HookFault { window_ms, .. } => window_ms,
+                FaultKind::ClockJump { dur_ms, .. } => dur_ms,
             }
     }
 }
@@ -95,6 +103,13 @@ impl fmt::Display for Fault {
                 write!(f, "{} partition {node} {dur_ms}ms", self.at_ms)
             }
             FaultKind::Bounce { down_ms } => write!(f, "{} bounce {node} {down_ms}ms", self.at_ms),
+            FaultKind::ClockJump { jump_ms, dur_ms } => {
+                write!(
+                    f,
+                    "{} clock_jump {node} {jump_ms}ms for {dur_ms}ms",
+                    self.at_ms
+                )
+            }
             FaultKind::HookFault {
                 window_ms,
                 delay_ms,
@@ -134,18 +149,19 @@ impl FaultPlan {
         let skews_ms = (0..nodes).map(|_| rng.random_range(-skew..=skew)).collect();
         // Per target (each node, then "leader", then "starting") and kind: when the last fault of
         // that kind ends.
-        let mut busy_until = vec![[0u64; 3]; nodes + 2];
+        let mut busy_until = vec![[0u64; 4]; nodes + 2];
         let mut faults = Vec::new();
         for second in 0..scenario.duration_s {
             for (kind, rate) in [
                 f.partitions_per_min,
                 f.bounces_per_min,
                 f.hook_faults_per_min,
+                f.clock_jumps_per_min,
             ]
             .into_iter()
             .enumerate()
             {
-                if !rng.random_bool((rate / 60.0).clamp(0.0, 1.0)) {
+                if rate <= 0.0 || !rng.random_bool((rate / 60.0).clamp(0.0, 1.0)) {
                     continue;
                 }
                 let at_ms = second * 1000 + rng.random_range(0..1000);
@@ -170,6 +186,10 @@ impl FaultPlan {
                     },
                     1 => FaultKind::Bounce {
                         down_ms: draw(&mut rng, f.down_ms),
+                    },
+                    3 => FaultKind::ClockJump {
+                        jump_ms: i64::try_from(draw(&mut rng, f.clock_jump_ms)).unwrap_or(i64::MAX),
+                        dur_ms: draw(&mut rng, f.clock_jump_dur_ms),
                     },
                     _ => FaultKind::HookFault {
                         window_ms: draw(&mut rng, f.hook_fault_window_ms),

@@ -142,6 +142,11 @@ pub enum HarnessEvent {
     },
     /// Start hooks on this host work again.
     HookHealed,
+    /// This host's wall clock jumped by `jump_ms` (negative: back).
+    ClockJump {
+        /// The jump.
+        jump_ms: i64,
+    },
     /// Faults stopped; liveness must converge from here.
     HealPhase,
     /// A simulated handler running attempt `attempt` of `job` on this host is

@@ -2,7 +2,7 @@
 //! workers), wired to the simulated clock, the database host, and the history.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -131,8 +131,8 @@ pub struct NodeSetup {
     pub name: String,
     /// Run seed.
     pub seed: u64,
-    /// Wall-clock skew.
-    pub skew_ms: i64,
+    /// Wall-clock skew, shared with the harness so it can make the clock jump.
+    pub skew_ms: Arc<AtomicI64>,
     /// Planted bugs.
     pub plants: PlantedBugs,
     /// Runtime settings.
@@ -151,11 +151,11 @@ pub struct NodeSetup {
 pub async fn node_main(setup: NodeSetup) -> turmoil::Result {
     let boot = setup.boots.fetch_add(1, Ordering::SeqCst) + 1;
     let name = setup.name.as_str();
-    let skew_ms = setup.skew_ms;
+    let skew_ms = setup.skew_ms.load(Ordering::SeqCst);
     setup
         .history
         .push(name, Ev::Harness(HarnessEvent::NodeBoot { boot, skew_ms }));
-    let clock: SharedClock = Arc::new(SimClock::new(setup.skew_ms));
+    let clock: SharedClock = Arc::new(SimClock::shared(setup.skew_ms.clone()));
     let addr = format!("{DB_HOST}:{DB_PORT}");
     let net = Arc::new(TurmoilNetwork);
     let storage: SharedStorage = Arc::new(remote_storage(

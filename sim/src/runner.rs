@@ -8,7 +8,7 @@
 
 use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::AtomicU32;
+use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -184,6 +184,10 @@ pub fn check_ctx(timing: &Timing, scenario: &Scenario, end_at_ms: u64) -> CheckC
         stop_grace_ms: ms(timing.request_timeout) + slack_ms,
         converge_bound_ms,
         tick_grace_ms,
+        lost_claim_grace_ms: ms(timing.jobs.heartbeat_interval
+            + timing.request_timeout
+            + timing.jobs.cancel_grace)
+            + 2 * ms(TICK),
         heal_converge_ms,
     }
 }
@@ -268,11 +272,16 @@ fn simulate(spec: &RunSpec) -> Result<RunResult, SimError> {
     });
     let hooks = HookFaults::default();
     let plants = spec.plant.map_or_else(PlantedBugs::none, PlantedBugs::only);
-    for (i, skew_ms) in plan.skews_ms.iter().enumerate() {
+    let skews: Vec<Arc<AtomicI64>> = plan
+        .skews_ms
+        .iter()
+        .map(|s| Arc::new(AtomicI64::new(*s)))
+        .collect();
+    for (i, skew) in skews.iter().enumerate() {
         let setup = NodeSetup {
             name: node_name(i),
             seed: spec.seed,
-            skew_ms: *skew_ms,
+            skew_ms: skew.clone(),
             plants: plants.clone(),
             timing: timing.clone(),
             history: history.clone(),
@@ -293,6 +302,7 @@ fn simulate(spec: &RunSpec) -> Result<RunResult, SimError> {
         history: history.clone(),
         store: store_for_harness,
         nodes: plan.skews_ms.len(),
+        skews: skews.clone(),
     };
     let mut healed = false;
     loop {
@@ -338,6 +348,8 @@ struct Driver {
     history: History,
     store: Arc<MemStorage>,
     nodes: usize,
+    /// Each node's clock skew, which clock jumps change.
+    skews: Vec<Arc<AtomicI64>>,
 }
 
 impl Driver {
@@ -438,6 +450,10 @@ impl Driver {
                 sim.crash(host.as_str());
                 self.record(now_ms, &host, HarnessEvent::Crash);
             }
+            FaultKind::ClockJump { jump_ms, .. } => {
+                self.skews[node].fetch_add(jump_ms, Ordering::SeqCst);
+                self.record(now_ms, &host, HarnessEvent::ClockJump { jump_ms });
+            }
             FaultKind::HookFault {
                 delay_ms, fail_pct, ..
             } => {
@@ -466,6 +482,10 @@ impl Driver {
             }
             // The restarted node records its own boot.
             FaultKind::Bounce { .. } => sim.bounce(host.as_str()),
+            FaultKind::ClockJump { jump_ms, .. } => {
+                self.skews[node].fetch_sub(jump_ms, Ordering::SeqCst);
+                self.record(now_ms, &host, HarnessEvent::ClockJump { jump_ms: -jump_ms });
+            }
             FaultKind::HookFault { .. } => {
                 self.hooks.clear(&host);
                 self.record(now_ms, &host, HarnessEvent::HookHealed);

@@ -56,6 +56,9 @@ pub struct CheckCtx {
     /// How long past its deadline a graceful shutdown may take to return: one
     /// tick of the slowest loop it stops.
     pub tick_grace_ms: u64,
+    /// How long a handler may run on after its claim was revoked: the worker
+    /// learns at its next heartbeat (one interval, one request timeout).
+    pub lost_claim_grace_ms: u64,
     /// A heal phase at least this long must leave no job unfinished.
     pub heal_converge_ms: u64,
 }
@@ -260,6 +263,7 @@ pub(crate) mod test_support {
             stop_grace_ms: 2_000,
             converge_bound_ms: 20_000,
             tick_grace_ms: 1_000,
+            lost_claim_grace_ms: 2_000,
             heal_converge_ms: 40_000,
         }
     }

@@ -1,27 +1,26 @@
-//! I1 `no_double_execution`: no job runs on two workers at once, and no job runs
-//! after it reached a terminal state.
+//! I1 `no_double_execution`: no job runs on two workers at once while both hold a
+//! valid claim, no handler outlives its revoked claim by more than the time its
+//! worker needs to hear of it, and no job runs after it reached a terminal state.
 //!
 //! A **handler interval** for `(job, attempt)` on host `h` opens at
 //! `HandlerStarted { job, attempt }` on `h` and closes at the first of: the
 //! `HandlerEnded` of the same `(job, attempt)` on `h`; a `Crash` or `NodeBoot` of
 //! `h`; a `ShutdownEnded` on `h` (shutdown drops the handlers that outlive its
-//! deadline without a `HandlerEnded`; whether anything runs on after it is
-//! `bounded_shutdown`'s concern); the end of the history. A second
-//! `HandlerStarted` of the same `(job, attempt)` on `h` replaces the open one.
-//! Two kinds of violation:
+//! deadline; whether anything runs on after it is `bounded_shutdown`'s concern);
+//! the end of the history.
 //!
-//! * **overlap**: a `HandlerStarted { job, attempt: b }` (on any host) while an
-//!   interval of the same job with a different attempt `a != b` is open. Witnesses:
-//!   the two `HandlerStarted` records, the last `RescueApplied { job, attempt: a }`
-//!   and the last `ClaimApplied { job, attempt: b }` before the second start, if
-//!   present.
-//! * **run after terminal**: a `HandlerStarted { job, .. }` after storage moved
-//!   the job to a terminal state, that is after a `FinalizeApplied` with a terminal
-//!   state or a `CancelApplied` of that job. Witnesses: that terminal record and
-//!   the late start.
+//! A claim `(job, a)` is **revoked** by the first `RescueApplied { job, a }` or
+//! `ClaimApplied { job, b > a }` storage applied. Three kinds of violation:
 //!
-//! Order is history order, the order the single simulation thread observed the
-//! events, which is causal: no time bound is involved.
+//! * **two valid claims**: attempt `b` starts while attempt `a` runs and `a`'s
+//!   claim was never revoked (storage handed out a job twice).
+//! * **outlived its claim**: an interval of `(job, a)` closes (or the run ends)
+//!   more than `lost_claim_grace_ms` after `a`'s claim was revoked. A worker learns
+//!   of a revoked claim at its next heartbeat and must drop the handler then
+//!   (source document 003, M1); a partitioned worker stops on its own before the
+//!   rescuer may revoke it.
+//! * **run after terminal**: a `HandlerStarted { job, .. }` after a terminal
+//!   `FinalizeApplied` or a `CancelApplied` of that job.
 
 use std::collections::BTreeMap;
 
@@ -36,104 +35,157 @@ pub struct NoDoubleExecution;
 
 const NAME: &str = "no_double_execution";
 
-/// An open handler interval: host, attempt, index of its `HandlerStarted`.
-type Open<'a> = (&'a str, u32, usize);
+/// An open handler interval.
+#[derive(Clone, Copy)]
+struct Interval<'a> {
+    host: &'a str,
+    job: JobId,
+    attempt: u32,
+    started: usize,
+}
+
+#[derive(Default)]
+struct Scan<'a> {
+    open: Vec<Interval<'a>>,
+    revoked: BTreeMap<(JobId, u32), &'a Record>,
+    terminal: BTreeMap<JobId, &'a Record>,
+    out: Vec<Violation>,
+}
 
 impl Checker for NoDoubleExecution {
     fn name(&self) -> &'static str {
         NAME
     }
 
-    fn check(&self, history: &[Record], _ctx: &CheckCtx) -> Vec<Violation> {
-        let mut out = Vec::new();
-        let mut open: BTreeMap<JobId, Vec<Open<'_>>> = BTreeMap::new();
-        let mut terminal: BTreeMap<JobId, &Record> = BTreeMap::new();
+    fn check(&self, history: &[Record], ctx: &CheckCtx) -> Vec<Violation> {
+        let mut scan = Scan::default();
         for r in history {
-            let host = r.host.as_str();
-            match &r.ev {
-                Ev::Node(Event::HandlerStarted { job, attempt }) => {
-                    if let Some(end) = terminal.get(job) {
-                        out.push(after_terminal(end, r, *job));
-                    }
-                    let running = open.entry(*job).or_default();
-                    for &(_, a, first) in running.iter().filter(|(_, a, _)| a != attempt) {
-                        out.push(overlap(history, first, r, *job, (a, *attempt)));
-                    }
-                    running.retain(|(h, a, _)| !(*h == host && a == attempt));
-                    running.push((host, *attempt, r.seq));
-                }
-                Ev::Node(Event::HandlerEnded { job, attempt, .. }) => {
-                    if let Some(running) = open.get_mut(job) {
-                        running.retain(|(h, a, _)| !(*h == host && a == attempt));
-                    }
-                }
-                Ev::Harness(HarnessEvent::Crash | HarnessEvent::NodeBoot { .. })
-                | Ev::Node(Event::ShutdownEnded { .. }) => {
-                    for running in open.values_mut() {
-                        running.retain(|(h, _, _)| *h != host);
-                    }
-                }
-                Ev::Db(DbEvent::FinalizeApplied { job, state, .. }) if state.is_terminal() => {
-                    terminal.entry(*job).or_insert(r);
-                }
-                Ev::Db(DbEvent::CancelApplied { job }) => {
-                    terminal.entry(*job).or_insert(r);
-                }
-                _ => {}
+            scan.step(history, ctx, r);
+        }
+        if let Some(last) = history.last() {
+            for i in std::mem::take(&mut scan.open) {
+                scan.close(history, ctx, i, last);
             }
         }
-        out
+        scan.out
     }
 }
 
-/// A start of `job` after `end` made it terminal.
-fn after_terminal(end: &Record, start: &Record, job: JobId) -> Violation {
-    Violation {
-        invariant: NAME,
-        at_ms: start.at_ms,
-        message: format!(
-            "{job} started on {} after it reached a terminal state",
-            start.host
-        ),
-        witnesses: vec![end.clone(), start.clone()],
+impl<'a> Scan<'a> {
+    fn step(&mut self, history: &'a [Record], ctx: &CheckCtx, r: &'a Record) {
+        let host = r.host.as_str();
+        match &r.ev {
+            Ev::Node(Event::HandlerStarted { job, attempt }) => {
+                self.start(history, r, *job, *attempt)
+            }
+            Ev::Node(Event::HandlerEnded { job, attempt, .. }) => {
+                self.close_where(history, ctx, r, |i| {
+                    i.host == host && i.job == *job && i.attempt == *attempt
+                });
+            }
+            Ev::Harness(HarnessEvent::Crash | HarnessEvent::NodeBoot { .. })
+            | Ev::Node(Event::ShutdownEnded { .. }) => {
+                self.close_where(history, ctx, r, |i| i.host == host);
+            }
+            Ev::Db(DbEvent::RescueApplied { job, attempt }) => {
+                self.revoked.entry((*job, *attempt)).or_insert(r);
+            }
+            Ev::Db(DbEvent::ClaimApplied { job, attempt, .. }) => {
+                for a in 1..*attempt {
+                    self.revoked.entry((*job, a)).or_insert(r);
+                }
+            }
+            Ev::Db(DbEvent::FinalizeApplied { job, state, .. }) if state.is_terminal() => {
+                self.terminal.entry(*job).or_insert(r);
+            }
+            Ev::Db(DbEvent::CancelApplied { job }) => {
+                self.terminal.entry(*job).or_insert(r);
+            }
+            _ => {}
+        }
     }
-}
 
-/// Attempt `b` of `job` started (`second`) while attempt `a`, started at index
-/// `first`, still ran.
-fn overlap(
-    history: &[Record],
-    first: usize,
-    second: &Record,
-    job: JobId,
-    (a, b): (u32, u32),
-) -> Violation {
-    let before = &history[..second.seq];
-    let last = |pred: &dyn Fn(&DbEvent) -> bool| {
-        before
+    fn start(&mut self, history: &'a [Record], r: &'a Record, job: JobId, attempt: u32) {
+        if let Some(end) = self.terminal.get(&job) {
+            self.out.push(violation(
+                r,
+                format!(
+                    "{job} started on {} after it reached a terminal state",
+                    r.host
+                ),
+                vec![(*end).clone(), r.clone()],
+            ));
+        }
+        for i in self
+            .open
             .iter()
-            .rev()
-            .find(|r| matches!(&r.ev, Ev::Db(e) if pred(e)))
-    };
-    let rescue = last(
-        &|e| matches!(e, DbEvent::RescueApplied { job: j, attempt } if *j == job && *attempt == a),
-    );
-    let claim = last(
-        &|e| matches!(e, DbEvent::ClaimApplied { job: j, attempt, .. } if *j == job && *attempt == b),
-    );
-    let mut witnesses: Vec<Record> = [Some(&history[first]), rescue, claim, Some(second)]
-        .into_iter()
-        .flatten()
-        .cloned()
-        .collect();
-    witnesses.sort_by_key(|w| w.seq);
+            .filter(|i| i.job == job && i.attempt != attempt)
+        {
+            if !self.revoked.contains_key(&(job, i.attempt)) {
+                let first = &history[i.started];
+                let message = format!("{job} attempt {attempt} started on {} while attempt {} held a valid claim on {}", r.host, i.attempt, first.host);
+                self.out
+                    .push(violation(r, message, vec![first.clone(), r.clone()]));
+            }
+        }
+        self.open
+            .retain(|i| !(i.host == r.host && i.job == job && i.attempt == attempt));
+        self.open.push(Interval {
+            host: r.host.as_str(),
+            job,
+            attempt,
+            started: r.seq,
+        });
+    }
+
+    fn close_where(
+        &mut self,
+        history: &'a [Record],
+        ctx: &CheckCtx,
+        at: &'a Record,
+        pred: impl Fn(&Interval<'a>) -> bool,
+    ) {
+        let (closing, open): (Vec<_>, Vec<_>) = std::mem::take(&mut self.open)
+            .into_iter()
+            .partition(|i| pred(i));
+        self.open = open;
+        for i in closing {
+            self.close(history, ctx, i, at);
+        }
+    }
+
+    fn close(&mut self, history: &'a [Record], ctx: &CheckCtx, i: Interval<'a>, at: &'a Record) {
+        let Some(revoked) = self.revoked.get(&(i.job, i.attempt)) else {
+            return;
+        };
+        if revoked.seq < i.started {
+            return;
+        }
+        let over = at.at_ms.saturating_sub(revoked.at_ms);
+        if over <= ctx.lost_claim_grace_ms {
+            return;
+        }
+        let lost = history[i.started..at.seq].iter().find(|r| {
+            r.host == i.host && matches!(&r.ev, Ev::Node(Event::ClaimLost { job, attempt }) if *job == i.job && *attempt == i.attempt)
+        });
+        let witnesses = [Some(&history[i.started]), Some(*revoked), lost, Some(at)]
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect();
+        let message = format!(
+            "{} attempt {} kept running on {} for {over}ms after its claim was revoked",
+            i.job, i.attempt, i.host
+        );
+        self.out.push(violation(at, message, witnesses));
+    }
+}
+
+fn violation(at: &Record, message: String, witnesses: Vec<Record>) -> Violation {
     Violation {
         invariant: NAME,
-        at_ms: second.at_ms,
-        message: format!(
-            "{job} attempt {b} started on {} while attempt {a} still ran on {}",
-            second.host, history[first].host
-        ),
+        at_ms: at.at_ms,
+        message,
         witnesses,
     }
 }
@@ -144,119 +196,122 @@ mod tests {
     use crate::checkers::test_support::{ctx, H};
     use keel::storage::JobState;
 
-    const J: JobId = JobId(1);
-
-    fn started(attempt: u32) -> Event {
-        Event::HandlerStarted { job: J, attempt }
+    fn started(job: u64, attempt: u32) -> Event {
+        Event::HandlerStarted {
+            job: JobId(job),
+            attempt,
+        }
     }
-    fn ended(attempt: u32) -> Event {
+    fn ended(job: u64, attempt: u32) -> Event {
         Event::HandlerEnded {
-            job: J,
+            job: JobId(job),
             attempt,
             outcome: "completed".into(),
         }
     }
-    fn claimed(attempt: u32, owner: &str) -> DbEvent {
+    fn claim(job: u64, attempt: u32) -> DbEvent {
         DbEvent::ClaimApplied {
-            job: J,
+            job: JobId(job),
             attempt,
-            owner: owner.into(),
+            owner: "w".into(),
         }
     }
-    fn finalized(attempt: u32, state: JobState) -> DbEvent {
-        DbEvent::FinalizeApplied {
-            job: J,
+    fn rescue(job: u64, attempt: u32) -> DbEvent {
+        DbEvent::RescueApplied {
+            job: JobId(job),
             attempt,
-            state,
         }
-    }
-    fn seqs(v: &Violation) -> Vec<usize> {
-        v.witnesses.iter().map(|w| w.seq).collect()
     }
 
     #[test]
-    fn a_retry_after_the_first_attempt_ended_or_its_host_crashed_passes() {
+    fn a_rescued_attempt_dropped_within_the_grace_passes() {
         let h = H::new()
-            .db(1, claimed(1, "n1"))
-            .node(2, "n1", started(1))
-            .node(3, "n1", ended(1))
-            .db(4, finalized(1, JobState::Retryable))
-            .db(5, claimed(2, "n2"))
-            .node(6, "n2", started(2))
-            .harness(7, "n2", HarnessEvent::Crash)
-            .db(8, DbEvent::RescueApplied { job: J, attempt: 2 })
-            .db(9, claimed(3, "n1"))
-            .node(10, "n1", started(3))
-            .node(11, "n1", ended(3))
-            .db(12, finalized(3, JobState::Completed));
-        assert!(NoDoubleExecution.check(&h.0, &ctx(20)).is_empty());
-    }
-
-    #[test]
-    fn a_handler_aborted_by_shutdown_and_given_back_does_not_overlap_its_retry() {
-        let h = H::new()
-            .db(1, claimed(1, "n1"))
-            .node(2, "n1", started(1))
-            .node(3, "n1", Event::ShutdownBegan { deadline_ms: 100 })
-            .db(4, finalized(1, JobState::Scheduled))
+            .db(0, claim(1, 1))
+            .node(10, "n1", started(1, 1))
+            .db(5_000, rescue(1, 1))
+            .db(5_100, claim(1, 2))
+            .node(5_110, "n2", started(1, 2))
             .node(
-                5,
+                6_000,
                 "n1",
-                Event::ShutdownEnded {
-                    aborted: vec!["worker".into()],
-                    released: vec![J],
+                Event::ClaimLost {
+                    job: JobId(1),
+                    attempt: 1,
                 },
             )
-            .db(6, claimed(2, "n2"))
-            .node(7, "n2", started(2));
-        assert!(NoDoubleExecution.check(&h.0, &ctx(20)).is_empty());
+            .node(
+                6_000,
+                "n1",
+                Event::HandlerEnded {
+                    job: JobId(1),
+                    attempt: 1,
+                    outcome: "aborted".into(),
+                },
+            )
+            .node(9_000, "n2", ended(1, 2))
+            .db(
+                9_010,
+                DbEvent::FinalizeApplied {
+                    job: JobId(1),
+                    attempt: 2,
+                    state: JobState::Completed,
+                },
+            );
+        assert!(NoDoubleExecution.check(&h.0, &ctx(20_000)).is_empty());
     }
 
     #[test]
-    fn fires_when_a_rescued_attempt_still_runs_as_the_next_one_starts() {
+    fn fires_when_a_handler_ignores_its_lost_claim() {
         let h = H::new()
-            .db(1, claimed(1, "n1"))
-            .node(2, "n1", started(1))
-            .harness(3, "n1", HarnessEvent::Partition { peer: "db".into() })
-            .db(4, DbEvent::RescueApplied { job: J, attempt: 1 })
-            .db(5, claimed(2, "n2"))
-            .node(6, "n2", started(2))
-            .node(7, "n1", ended(1));
-        let v = NoDoubleExecution.check(&h.0, &ctx(20));
+            .db(0, claim(1, 1))
+            .node(10, "n1", started(1, 1))
+            .db(5_000, rescue(1, 1))
+            .db(5_100, claim(1, 2))
+            .node(5_110, "n2", started(1, 2))
+            .node(
+                6_000,
+                "n1",
+                Event::ClaimLost {
+                    job: JobId(1),
+                    attempt: 1,
+                },
+            )
+            .node(30_000, "n1", ended(1, 1));
+        let v = NoDoubleExecution.check(&h.0, &ctx(40_000));
         assert_eq!(v.len(), 1, "{v:?}");
         assert!(
-            v[0].message
-                .contains("job-1 attempt 2 started on n2 while attempt 1 still ran on n1"),
+            v[0].message.contains("kept running on n1 for 25000ms"),
             "{}",
             v[0]
         );
-        assert_eq!(seqs(&v[0]), vec![1, 3, 4, 5]);
+        let seqs: Vec<usize> = v[0].witnesses.iter().map(|w| w.seq).collect();
+        assert_eq!(seqs, vec![1, 2, 5, 6], "start, revoke, lost, end");
     }
 
     #[test]
-    fn fires_when_a_handler_starts_after_its_job_was_finalized_or_cancelled() {
+    fn fires_on_two_valid_claims_and_on_a_run_after_terminal() {
         let h = H::new()
-            .db(1, claimed(1, "n1"))
-            .node(2, "n1", started(1))
-            .node(3, "n1", ended(1))
-            .db(4, finalized(1, JobState::Completed))
-            .node(5, "n2", started(1))
-            .db(6, DbEvent::CancelApplied { job: JobId(2) })
-            .node(
-                7,
-                "n1",
-                Event::HandlerStarted {
-                    job: JobId(2),
-                    attempt: 1,
-                },
-            );
-        let v = NoDoubleExecution.check(&h.0, &ctx(20));
+            .db(0, claim(1, 1))
+            .node(10, "n1", started(1, 1))
+            .node(20, "n2", started(1, 2))
+            .node(30, "n1", ended(1, 1))
+            .node(40, "n2", ended(1, 2))
+            .db(50, DbEvent::CancelApplied { job: JobId(1) })
+            .node(60, "n3", started(1, 3))
+            .node(70, "n3", ended(1, 3));
+        let v = NoDoubleExecution.check(&h.0, &ctx(100));
         assert_eq!(v.len(), 2, "{v:?}");
-        assert!(v[0]
-            .message
-            .contains("job-1 started on n2 after it reached a terminal state"));
-        assert_eq!(seqs(&v[0]), vec![3, 4]);
-        assert_eq!(seqs(&v[1]), vec![5, 6]);
-        assert!(v[1].message.contains("job-2 started on n1"));
+        assert!(v[0].message.contains("held a valid claim"));
+        assert!(v[1].message.contains("after it reached a terminal state"));
+    }
+
+    #[test]
+    fn a_crash_closes_the_interval() {
+        let h = H::new()
+            .node(10, "n1", started(1, 1))
+            .harness(20, "n1", HarnessEvent::Crash)
+            .db(15_000, rescue(1, 1))
+            .node(15_100, "n2", started(1, 2));
+        assert!(NoDoubleExecution.check(&h.0, &ctx(20_000)).is_empty());
     }
 }

@@ -202,7 +202,10 @@ mod tests {
     fn a_job_inserted_too_close_to_the_end_has_not_had_its_time_yet() {
         let end = 100_000;
         let h = H::new()
-            .db(end - FRESH_JOB_MS + 1, DbEvent::JobInserted { job: JobId(1) })
+            .db(
+                end - FRESH_JOB_MS + 1,
+                DbEvent::JobInserted { job: JobId(1) },
+            )
             .harness(end, "sim", unfinished(&[1]));
         assert!(NoLostJobs.check(&h.0, &ctx(end)).is_empty());
         let h = H::new()
