@@ -531,6 +531,14 @@ impl RuntimeHandle {
         let release = async {
             let mut released = Vec::new();
             for running in left {
+                // The worker task was aborted before it could say so.
+                let (job, attempt) = (running.claim.job, running.claim.attempt);
+                let event = Event::HandlerEnded {
+                    job,
+                    attempt,
+                    outcome: "aborted".into(),
+                };
+                emit(shared.observer.as_ref(), &shared.node, event);
                 let fin = Finalize::Snooze {
                     until: shared.clock.now(),
                 };

@@ -21,6 +21,10 @@
 //!   rescuer may revoke it.
 //! * **run after terminal**: a `HandlerStarted { job, .. }` after a terminal
 //!   `FinalizeApplied` or a `CancelApplied` of that job.
+//! * **finalized under a running handler**: storage applies a finalize of
+//!   `(job, a)` while a handler of `(job, a)` still runs. The owner finalizes only
+//!   after its handler ended, so this is another worker writing over the claim
+//!   (source document 003, H1: a reaped worker clobbering the new claimant).
 
 use std::collections::BTreeMap;
 
@@ -95,8 +99,15 @@ impl<'a> Scan<'a> {
                     self.revoked.entry((*job, a)).or_insert(r);
                 }
             }
-            Ev::Db(DbEvent::FinalizeApplied { job, state, .. }) if state.is_terminal() => {
-                self.terminal.entry(*job).or_insert(r);
+            Ev::Db(DbEvent::FinalizeApplied {
+                job,
+                attempt,
+                state,
+            }) => {
+                self.finalized_under(history, r, *job, *attempt);
+                if state.is_terminal() {
+                    self.terminal.entry(*job).or_insert(r);
+                }
             }
             Ev::Db(DbEvent::CancelApplied { job }) => {
                 self.terminal.entry(*job).or_insert(r);
@@ -136,6 +147,22 @@ impl<'a> Scan<'a> {
             attempt,
             started: r.seq,
         });
+    }
+
+    fn finalized_under(&mut self, history: &'a [Record], r: &'a Record, job: JobId, attempt: u32) {
+        for i in self
+            .open
+            .iter()
+            .filter(|i| i.job == job && i.attempt == attempt)
+        {
+            let first = &history[i.started];
+            let message = format!(
+                "{job} attempt {attempt} was finalized while its handler still ran on {}",
+                i.host
+            );
+            self.out
+                .push(violation(r, message, vec![first.clone(), r.clone()]));
+        }
     }
 
     fn close_where(
@@ -303,6 +330,32 @@ mod tests {
         assert_eq!(v.len(), 2, "{v:?}");
         assert!(v[0].message.contains("held a valid claim"));
         assert!(v[1].message.contains("after it reached a terminal state"));
+    }
+
+    #[test]
+    fn fires_when_an_attempt_is_finalized_while_its_handler_runs() {
+        let done = |attempt| DbEvent::FinalizeApplied {
+            job: JobId(1),
+            attempt,
+            state: JobState::Completed,
+        };
+        let h = H::new()
+            .node(10, "n2", started(1, 2))
+            .db(20, done(2))
+            .node(30, "n2", ended(1, 2));
+        let v = NoDoubleExecution.check(&h.0, &ctx(100));
+        assert_eq!(v.len(), 1, "{v:?}");
+        assert!(v[0]
+            .message
+            .contains("finalized while its handler still ran on n2"));
+        let h = H::new()
+            .node(10, "n2", started(1, 2))
+            .node(20, "n2", ended(1, 2))
+            .db(30, done(2));
+        assert!(
+            NoDoubleExecution.check(&h.0, &ctx(100)).is_empty(),
+            "the owner finalizes after its handler"
+        );
     }
 
     #[test]
