@@ -140,6 +140,21 @@ pub struct Faults {
     /// How long a jumped clock stays ahead.
     #[serde(default)]
     pub clock_jump_dur_ms: [u64; 2],
+    /// Windows in which the database host misbehaves.
+    #[serde(default)]
+    pub storage_faults_per_min: f64,
+    /// How long such a window lasts.
+    #[serde(default)]
+    pub storage_fault_ms: [u64; 2],
+    /// Share of requests affected in a window, in percent.
+    #[serde(default)]
+    pub storage_fault_pct: [u64; 2],
+    /// What a window does, drawn per window: any of `error`, `lost_reply`, `slow`.
+    #[serde(default)]
+    pub storage_fault_modes: Vec<String>,
+    /// Delay of a `slow` window.
+    #[serde(default)]
+    pub slow_storage_ms: [u64; 2],
 }
 
 fn always() -> [u64; 2] {
@@ -220,6 +235,9 @@ impl Scenario {
             ("faults.hook_fail_pct", f.hook_fail_pct),
             ("faults.clock_jump_ms", f.clock_jump_ms),
             ("faults.clock_jump_dur_ms", f.clock_jump_dur_ms),
+            ("faults.storage_fault_ms", f.storage_fault_ms),
+            ("faults.storage_fault_pct", f.storage_fault_pct),
+            ("faults.slow_storage_ms", f.slow_storage_ms),
         ] {
             if lo > hi {
                 return bad(field, format!("min {lo} exceeds max {hi}"));
@@ -237,7 +255,23 @@ impl Scenario {
                 "leader_bias + starting_bias must be at most 1".into(),
             );
         }
-        if f.hook_fail_pct[1] > 100 {
+        if let Some(m) = f
+            .storage_fault_modes
+            .iter()
+            .find(|m| !["error", "lost_reply", "slow"].contains(&m.as_str()))
+        {
+            return bad(
+                "faults.storage_fault_modes",
+                format!("{m:?} is not one of error, lost_reply, slow"),
+            );
+        }
+        if f.storage_faults_per_min > 0.0 && f.storage_fault_modes.is_empty() {
+            return bad(
+                "faults.storage_fault_modes",
+                "must name at least one mode when storage faults are on".into(),
+            );
+        }
+        if f.hook_fail_pct[1] > 100 || f.storage_fault_pct[1] > 100 {
             return bad(
                 "faults.hook_fail_pct",
                 format!("must be at most 100, got {}", f.hook_fail_pct[1]),
@@ -248,6 +282,7 @@ impl Scenario {
             ("faults.bounces_per_min", f.bounces_per_min),
             ("faults.hook_faults_per_min", f.hook_faults_per_min),
             ("faults.clock_jumps_per_min", f.clock_jumps_per_min),
+            ("faults.storage_faults_per_min", f.storage_faults_per_min),
         ] {
             if !(0.0..=600.0).contains(&rate) {
                 return bad(field, format!("must be in 0..=600, got {rate}"));

@@ -23,6 +23,9 @@ use keel::storage::{
     CancelResult, EffectResult, EnqueueOutcome, Finalize, FinalizeResult, JobState, MemStorage,
     PeriodicOutcome, StorageError, StorageResult,
 };
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use std::sync::Mutex as StdMutex;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Mutex;
 
@@ -152,32 +155,120 @@ pub async fn serve(
     net: Arc<dyn Network>,
     store: Arc<MemStorage>,
     history: History,
+    faults: DbFaults,
 ) -> io::Result<()> {
     let mut listener = net.listen(&format!("0.0.0.0:{DB_PORT}")).await?;
     loop {
-        let (mut stream, _peer) = listener.accept().await?;
-        let store = store.clone();
-        let history = history.clone();
-        tokio::spawn(async move {
-            // A connection ends when the peer goes away or sends garbage; either way
-            // the node's client sees a broken stream and reconnects.
-            while let Ok(body) = read_frame(&mut stream).await {
-                let reply = match serde_json::from_slice::<Op>(&body) {
-                    Ok(op) => {
-                        let reply = ops::apply(store.as_ref(), op.clone()).await;
-                        record(&history, &op, &reply);
-                        reply
-                    }
-                    Err(e) => Reply::Err(StorageError::Backend(format!("bad request: {e}"))),
-                };
+        let (stream, _peer) = listener.accept().await?;
+        tokio::spawn(serve_connection(
+            stream,
+            store.clone(),
+            history.clone(),
+            faults.clone(),
+        ));
+    }
+}
+
+/// One connection: read a request, apply it (subject to injected faults), reply.
+/// It ends when the peer goes away or sends garbage, or when a fault drops the
+/// reply; the node's client then sees a broken stream and reconnects.
+async fn serve_connection(
+    mut stream: BoxStream,
+    store: Arc<MemStorage>,
+    history: History,
+    faults: DbFaults,
+) {
+    while let Ok(body) = read_frame(&mut stream).await {
+        let op = match serde_json::from_slice::<Op>(&body) {
+            Ok(op) => op,
+            Err(e) => {
+                let reply = Reply::Err(StorageError::Backend(format!("bad request: {e}")));
                 let Ok(bytes) = serde_json::to_vec(&reply) else {
                     return;
                 };
-                if write_frame(&mut stream, &bytes).await.is_err() {
-                    return;
-                }
+                let _ = write_frame(&mut stream, &bytes).await;
+                return;
             }
-        });
+        };
+        let fault = faults.draw();
+        if let Some(StorageFault::Slow { ms }) = fault {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        }
+        let reply = if fault == Some(StorageFault::Error) {
+            Reply::Err(StorageError::Backend(
+                "injected transient storage error".into(),
+            ))
+        } else {
+            let reply = ops::apply(store.as_ref(), op.clone()).await;
+            record(&history, &op, &reply);
+            reply
+        };
+        if fault == Some(StorageFault::LostReply) {
+            // Applied, but the caller never hears: an ambiguous outcome.
+            return;
+        }
+        let Ok(bytes) = serde_json::to_vec(&reply) else {
+            return;
+        };
+        if write_frame(&mut stream, &bytes).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// What an injected storage fault does to one request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StorageFault {
+    /// Refuse it with a transient error; nothing is applied.
+    Error,
+    /// Apply it, then drop the connection without replying.
+    LostReply,
+    /// Wait `ms` before applying it.
+    Slow {
+        /// The delay.
+        ms: u64,
+    },
+}
+
+/// The database host's fault switch: the harness sets a mode (what happens to
+/// an affected request, and to what share of requests), the server draws per
+/// request from a seeded RNG.
+#[derive(Clone, Debug)]
+pub struct DbFaults(Arc<StdMutex<DbFaultState>>);
+
+#[derive(Debug)]
+struct DbFaultState {
+    mode: Option<(StorageFault, u64)>,
+    rng: ChaCha8Rng,
+}
+
+impl DbFaults {
+    /// No faults, with per-request draws from `seed`.
+    pub fn new(seed: u64) -> Self {
+        Self(Arc::new(StdMutex::new(DbFaultState {
+            mode: None,
+            rng: ChaCha8Rng::seed_from_u64(seed),
+        })))
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, DbFaultState> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// From now on, `pct` percent of requests suffer `fault`.
+    pub fn set(&self, fault: StorageFault, pct: u64) {
+        self.state().mode = Some((fault, pct.min(100)));
+    }
+
+    /// Requests are served normally again.
+    pub fn clear(&self) {
+        self.state().mode = None;
+    }
+
+    fn draw(&self) -> Option<StorageFault> {
+        let mut state = self.state();
+        let (fault, pct) = state.mode?;
+        (state.rng.random_range(0..100) < pct).then_some(fault)
     }
 }
 

@@ -27,6 +27,16 @@ pub enum FaultKind {
         /// How long it stays down.
         down_ms: u64,
     },
+    /// For `dur_ms`, `pct` percent of the database host's requests suffer `fault`
+    /// (the target is ignored: there is one database).
+    Storage {
+        /// What happens to an affected request.
+        fault: crate::db::StorageFault,
+        /// Share affected, in percent.
+        pct: u64,
+        /// For how long.
+        dur_ms: u64,
+    },
     /// The node's wall clock jumps `jump_ms` ahead, and back `dur_ms` later.
     ClockJump {
         /// How far.
@@ -91,6 +101,7 @@ impl Fault {
                 FaultKind::Bounce { down_ms } => down_ms,
                 FaultKind::HookFault { window_ms, .. } => window_ms,
                 FaultKind::ClockJump { dur_ms, .. } => dur_ms,
+                FaultKind::Storage { dur_ms, .. } => dur_ms,
             }
     }
 }
@@ -103,6 +114,9 @@ impl fmt::Display for Fault {
                 write!(f, "{} partition {node} {dur_ms}ms", self.at_ms)
             }
             FaultKind::Bounce { down_ms } => write!(f, "{} bounce {node} {down_ms}ms", self.at_ms),
+            FaultKind::Storage { fault, pct, dur_ms } => {
+                write!(f, "{} storage {fault:?} {pct}% for {dur_ms}ms", self.at_ms)
+            }
             FaultKind::ClockJump { jump_ms, dur_ms } => {
                 write!(
                     f,
@@ -138,6 +152,26 @@ fn draw(rng: &mut ChaCha8Rng, [lo, hi]: [u64; 2]) -> u64 {
     rng.random_range(lo..=hi)
 }
 
+fn storage_fault(rng: &mut ChaCha8Rng, f: &scenarios::Faults) -> FaultKind {
+    use crate::db::StorageFault;
+    let modes = &f.storage_fault_modes;
+    let mode = modes
+        .get(rng.random_range(0..modes.len().max(1)))
+        .map_or("error", String::as_str);
+    let fault = match mode {
+        "lost_reply" => StorageFault::LostReply,
+        "slow" => StorageFault::Slow {
+            ms: draw(rng, f.slow_storage_ms),
+        },
+        _ => StorageFault::Error,
+    };
+    FaultKind::Storage {
+        fault,
+        pct: draw(rng, f.storage_fault_pct),
+        dur_ms: draw(rng, f.storage_fault_ms),
+    }
+}
+
 impl FaultPlan {
     /// The plan for `scenario` under `seed`. Faults of one kind never overlap on
     /// one node, so each has a clear start and end in the history.
@@ -149,7 +183,7 @@ impl FaultPlan {
         let skews_ms = (0..nodes).map(|_| rng.random_range(-skew..=skew)).collect();
         // Per target (each node, then "leader", then "starting") and kind: when the last fault of
         // that kind ends.
-        let mut busy_until = vec![[0u64; 4]; nodes + 2];
+        let mut busy_until = vec![[0u64; 5]; nodes + 2];
         let mut faults = Vec::new();
         for second in 0..scenario.duration_s {
             for (kind, rate) in [
@@ -157,6 +191,7 @@ impl FaultPlan {
                 f.bounces_per_min,
                 f.hook_faults_per_min,
                 f.clock_jumps_per_min,
+                f.storage_faults_per_min,
             ]
             .into_iter()
             .enumerate()
@@ -168,7 +203,9 @@ impl FaultPlan {
                 // Hook faults only matter to a node that is about to start its
                 // maintainer, so they are never aimed at the sitting leader.
                 let aim: f64 = rng.random();
-                let target = if kind == 2 || aim >= f.leader_bias + f.starting_bias {
+                let target = if kind == 4 {
+                    Target::Node(0)
+                } else if kind == 2 || aim >= f.leader_bias + f.starting_bias {
                     Target::Node(rng.random_range(0..nodes))
                 } else if aim < f.leader_bias {
                     Target::Leader
@@ -187,6 +224,7 @@ impl FaultPlan {
                     1 => FaultKind::Bounce {
                         down_ms: draw(&mut rng, f.down_ms),
                     },
+                    4 => storage_fault(&mut rng, f),
                     3 => FaultKind::ClockJump {
                         jump_ms: i64::try_from(draw(&mut rng, f.clock_jump_ms)).unwrap_or(i64::MAX),
                         dur_ms: draw(&mut rng, f.clock_jump_dur_ms),

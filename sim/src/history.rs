@@ -142,6 +142,15 @@ pub enum HarnessEvent {
     },
     /// Start hooks on this host work again.
     HookHealed,
+    /// `pct` percent of storage requests now suffer `fault`.
+    StorageFault {
+        /// `error`, `lost_reply` or `slow:<ms>`.
+        fault: String,
+        /// Share of requests affected, in percent.
+        pct: u64,
+    },
+    /// Storage serves normally again.
+    StorageHealed,
     /// This host's wall clock jumped by `jump_ms` (negative: back).
     ClockJump {
         /// The jump.

@@ -21,7 +21,7 @@ use scenarios::Scenario;
 
 use crate::checkers::{self, CheckCtx, Violation};
 use crate::clock::SimClock;
-use crate::db::{self, DB_HOST};
+use crate::db::{self, DbFaults, StorageFault, DB_HOST};
 use crate::faults::{Fault, FaultKind, FaultPlan, Target};
 use crate::history::{trace_hash, Ev, HarnessEvent, History, Record};
 use crate::net::TurmoilNetwork;
@@ -263,10 +263,12 @@ fn simulate(spec: &RunSpec) -> Result<RunResult, SimError> {
     let store = Arc::new(MemStorage::new());
     let store_for_harness = store.clone();
     let db_history = history.clone();
+    let db_faults = DbFaults::new(spec.seed ^ 0x6462_6661_756c_7473);
+    let faults_for_db = db_faults.clone();
     sim.host(DB_HOST, move || {
-        let (store, history) = (store.clone(), db_history.clone());
+        let (store, history, faults) = (store.clone(), db_history.clone(), faults_for_db.clone());
         async move {
-            db::serve(Arc::new(TurmoilNetwork), store, history).await?;
+            db::serve(Arc::new(TurmoilNetwork), store, history, faults).await?;
             Ok(())
         }
     });
@@ -303,6 +305,7 @@ fn simulate(spec: &RunSpec) -> Result<RunResult, SimError> {
         store: store_for_harness,
         nodes: plan.skews_ms.len(),
         skews: skews.clone(),
+        db_faults,
     };
     let mut healed = false;
     loop {
@@ -350,6 +353,8 @@ struct Driver {
     nodes: usize,
     /// Each node's clock skew, which clock jumps change.
     skews: Vec<Arc<AtomicI64>>,
+    /// The database host's fault switch.
+    db_faults: DbFaults,
 }
 
 impl Driver {
@@ -450,6 +455,15 @@ impl Driver {
                 sim.crash(host.as_str());
                 self.record(now_ms, &host, HarnessEvent::Crash);
             }
+            FaultKind::Storage { fault: f, pct, .. } => {
+                self.db_faults.set(f, pct);
+                let fault = match f {
+                    StorageFault::Error => "error".to_owned(),
+                    StorageFault::LostReply => "lost_reply".to_owned(),
+                    StorageFault::Slow { ms } => format!("slow:{ms}"),
+                };
+                self.record(now_ms, DB_HOST, HarnessEvent::StorageFault { fault, pct });
+            }
             FaultKind::ClockJump { jump_ms, .. } => {
                 self.skews[node].fetch_add(jump_ms, Ordering::SeqCst);
                 self.record(now_ms, &host, HarnessEvent::ClockJump { jump_ms });
@@ -482,6 +496,10 @@ impl Driver {
             }
             // The restarted node records its own boot.
             FaultKind::Bounce { .. } => sim.bounce(host.as_str()),
+            FaultKind::Storage { .. } => {
+                self.db_faults.clear();
+                self.record(now_ms, DB_HOST, HarnessEvent::StorageHealed);
+            }
             FaultKind::ClockJump { jump_ms, .. } => {
                 self.skews[node].fetch_sub(jump_ms, Ordering::SeqCst);
                 self.record(now_ms, &host, HarnessEvent::ClockJump { jump_ms: -jump_ms });

@@ -20,7 +20,13 @@ fn sim_with_db(store: Arc<MemStorage>) -> turmoil::Sim<'static> {
     sim.host(DB_HOST, move || {
         let store = store.clone();
         async move {
-            db::serve(Arc::new(TurmoilNetwork), store, History::new()).await?;
+            db::serve(
+                Arc::new(TurmoilNetwork),
+                store,
+                History::new(),
+                db::DbFaults::new(0),
+            )
+            .await?;
             Ok(())
         }
     });
