@@ -79,6 +79,9 @@ pub struct Workload {
     /// How long a slow handler runs, `[min, max]` ms.
     #[serde(default = "slow_default")]
     pub slow_ms: [u64; 2],
+    /// Share whose handler works `slow_ms` and ignores every request to stop.
+    #[serde(default)]
+    pub stubborn_pct: u32,
     /// Share whose handler hangs until cancelled (the workload cancels them).
     #[serde(default)]
     pub hang_pct: u32,
@@ -155,6 +158,15 @@ pub struct Faults {
     /// Delay of a `slow` window.
     #[serde(default)]
     pub slow_storage_ms: [u64; 2],
+    /// Graceful shutdowns (and restarts) of one node.
+    #[serde(default)]
+    pub shutdowns_per_min: f64,
+    /// The shutdown deadline.
+    #[serde(default)]
+    pub shutdown_deadline_ms: [u64; 2],
+    /// How long the node stays down after its shutdown returned.
+    #[serde(default)]
+    pub shutdown_down_ms: [u64; 2],
 }
 
 fn always() -> [u64; 2] {
@@ -238,6 +250,8 @@ impl Scenario {
             ("faults.storage_fault_ms", f.storage_fault_ms),
             ("faults.storage_fault_pct", f.storage_fault_pct),
             ("faults.slow_storage_ms", f.slow_storage_ms),
+            ("faults.shutdown_deadline_ms", f.shutdown_deadline_ms),
+            ("faults.shutdown_down_ms", f.shutdown_down_ms),
         ] {
             if lo > hi {
                 return bad(field, format!("min {lo} exceeds max {hi}"));
@@ -283,6 +297,7 @@ impl Scenario {
             ("faults.hook_faults_per_min", f.hook_faults_per_min),
             ("faults.clock_jumps_per_min", f.clock_jumps_per_min),
             ("faults.storage_faults_per_min", f.storage_faults_per_min),
+            ("faults.shutdowns_per_min", f.shutdowns_per_min),
         ] {
             if !(0.0..=600.0).contains(&rate) {
                 return bad(field, format!("must be in 0..=600, got {rate}"));
@@ -306,7 +321,8 @@ impl Workload {
                 format!("must be 1..=100, got {}", self.max_attempts),
             ));
         }
-        let behaviours = self.fail_pct + self.panic_pct + self.slow_pct + self.hang_pct;
+        let behaviours =
+            self.fail_pct + self.panic_pct + self.slow_pct + self.hang_pct + self.stubborn_pct;
         if behaviours > 100 {
             return Err((
                 "workload",

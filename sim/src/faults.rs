@@ -37,6 +37,14 @@ pub enum FaultKind {
         /// For how long.
         dur_ms: u64,
     },
+    /// The node shuts its runtime down gracefully within `deadline_ms`, and
+    /// starts it again `down_ms` after that (a deploy).
+    Shutdown {
+        /// The shutdown deadline.
+        deadline_ms: u64,
+        /// Downtime after the shutdown returned.
+        down_ms: u64,
+    },
     /// The node's wall clock jumps `jump_ms` ahead, and back `dur_ms` later.
     ClockJump {
         /// How far.
@@ -102,6 +110,10 @@ impl Fault {
                 FaultKind::HookFault { window_ms, .. } => window_ms,
                 FaultKind::ClockJump { dur_ms, .. } => dur_ms,
                 FaultKind::Storage { dur_ms, .. } => dur_ms,
+                FaultKind::Shutdown {
+                    deadline_ms,
+                    down_ms,
+                } => deadline_ms + down_ms,
             }
     }
 }
@@ -116,6 +128,16 @@ impl fmt::Display for Fault {
             FaultKind::Bounce { down_ms } => write!(f, "{} bounce {node} {down_ms}ms", self.at_ms),
             FaultKind::Storage { fault, pct, dur_ms } => {
                 write!(f, "{} storage {fault:?} {pct}% for {dur_ms}ms", self.at_ms)
+            }
+            FaultKind::Shutdown {
+                deadline_ms,
+                down_ms,
+            } => {
+                write!(
+                    f,
+                    "{} shutdown {node} deadline {deadline_ms}ms down {down_ms}ms",
+                    self.at_ms
+                )
             }
             FaultKind::ClockJump { jump_ms, dur_ms } => {
                 write!(
@@ -183,7 +205,7 @@ impl FaultPlan {
         let skews_ms = (0..nodes).map(|_| rng.random_range(-skew..=skew)).collect();
         // Per target (each node, then "leader", then "starting") and kind: when the last fault of
         // that kind ends.
-        let mut busy_until = vec![[0u64; 5]; nodes + 2];
+        let mut busy_until = vec![[0u64; 6]; nodes + 2];
         let mut faults = Vec::new();
         for second in 0..scenario.duration_s {
             for (kind, rate) in [
@@ -192,6 +214,7 @@ impl FaultPlan {
                 f.hook_faults_per_min,
                 f.clock_jumps_per_min,
                 f.storage_faults_per_min,
+                f.shutdowns_per_min,
             ]
             .into_iter()
             .enumerate()
@@ -225,6 +248,10 @@ impl FaultPlan {
                         down_ms: draw(&mut rng, f.down_ms),
                     },
                     4 => storage_fault(&mut rng, f),
+                    5 => FaultKind::Shutdown {
+                        deadline_ms: draw(&mut rng, f.shutdown_deadline_ms),
+                        down_ms: draw(&mut rng, f.shutdown_down_ms),
+                    },
                     3 => FaultKind::ClockJump {
                         jump_ms: i64::try_from(draw(&mut rng, f.clock_jump_ms)).unwrap_or(i64::MAX),
                         dur_ms: draw(&mut rng, f.clock_jump_dur_ms),

@@ -145,10 +145,56 @@ pub struct NodeSetup {
     pub boots: Arc<AtomicU32>,
     /// The scenario's jobs, if any: the node then works the workload queue.
     pub workload: Option<Workload>,
+    /// Graceful shutdowns the harness asks for.
+    pub shutdowns: ShutdownRequests,
 }
 
 /// One boot of a node: runs until the host is crashed or the run ends.
 pub async fn node_main(setup: NodeSetup) -> turmoil::Result {
+    loop {
+        let handle = start_runtime(&setup)?;
+        // Run until the harness asks for a graceful shutdown (then come back
+        // after the planned downtime, as a deploy would) or turmoil crashes us.
+        let (deadline, down) = loop {
+            if let Some(request) = setup.shutdowns.take(&setup.name) {
+                break request;
+            }
+            tokio::time::sleep(SHUTDOWN_POLL).await;
+        };
+        handle.shutdown(deadline).await;
+        tokio::time::sleep(down).await;
+    }
+}
+
+/// How often a node looks for a shutdown request from the harness.
+const SHUTDOWN_POLL: Duration = Duration::from_millis(50);
+
+/// Graceful shutdowns the harness asks of nodes: `(deadline, downtime)` per host.
+#[derive(Clone, Debug, Default)]
+pub struct ShutdownRequests(Arc<Mutex<BTreeMap<String, (Duration, Duration)>>>);
+
+impl ShutdownRequests {
+    /// Ask `host` to shut down within `deadline` and restart `down` later.
+    pub fn request(&self, host: &str, deadline: Duration, down: Duration) {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(host.to_owned(), (deadline, down));
+    }
+
+    fn take(&self, host: &str) -> Option<(Duration, Duration)> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(host)
+    }
+}
+
+/// One start of keel's runtime on this node (a boot, or a restart after a
+/// graceful shutdown).
+fn start_runtime(
+    setup: &NodeSetup,
+) -> Result<keel::jobs::RuntimeHandle, Box<dyn std::error::Error>> {
     let boot = setup.boots.fetch_add(1, Ordering::SeqCst) + 1;
     let name = setup.name.as_str();
     let skew_ms = setup.skew_ms.load(Ordering::SeqCst);
@@ -199,10 +245,7 @@ pub async fn node_main(setup: NodeSetup) -> turmoil::Result {
             );
         }
     }
-    let _handle = builder.build()?.start()?;
-    // The node runs until turmoil crashes it or the run ends.
-    std::future::pending::<()>().await;
-    Ok(())
+    Ok(builder.build()?.start()?)
 }
 
 fn fnv(s: &str) -> u64 {

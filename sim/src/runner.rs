@@ -25,7 +25,7 @@ use crate::db::{self, DbFaults, StorageFault, DB_HOST};
 use crate::faults::{Fault, FaultKind, FaultPlan, Target};
 use crate::history::{trace_hash, Ev, HarnessEvent, History, Record};
 use crate::net::TurmoilNetwork;
-use crate::node::{node_main, HookFaults, NodeSetup, Timing, LEASE_NAME};
+use crate::node::{node_main, HookFaults, NodeSetup, ShutdownRequests, Timing, LEASE_NAME};
 use crate::workload::{client_main, WorkloadPlan, CLIENT_HOST};
 
 /// Simulated time per step. Leases and heartbeats run on seconds, so 10 ms
@@ -273,6 +273,7 @@ fn simulate(spec: &RunSpec) -> Result<RunResult, SimError> {
         }
     });
     let hooks = HookFaults::default();
+    let shutdowns = ShutdownRequests::default();
     let plants = spec.plant.map_or_else(PlantedBugs::none, PlantedBugs::only);
     let skews: Vec<Arc<AtomicI64>> = plan
         .skews_ms
@@ -290,6 +291,7 @@ fn simulate(spec: &RunSpec) -> Result<RunResult, SimError> {
             hooks: hooks.clone(),
             boots: Arc::new(AtomicU32::new(0)),
             workload: scenario.workload.clone(),
+            shutdowns: shutdowns.clone(),
         };
         sim.host(node_name(i), move || node_main(setup.clone()));
     }
@@ -306,6 +308,7 @@ fn simulate(spec: &RunSpec) -> Result<RunResult, SimError> {
         nodes: plan.skews_ms.len(),
         skews: skews.clone(),
         db_faults,
+        shutdowns,
     };
     let mut healed = false;
     loop {
@@ -355,6 +358,8 @@ struct Driver {
     skews: Vec<Arc<AtomicI64>>,
     /// The database host's fault switch.
     db_faults: DbFaults,
+    /// Graceful shutdowns asked of nodes.
+    shutdowns: ShutdownRequests,
 }
 
 impl Driver {
@@ -464,6 +469,17 @@ impl Driver {
                 };
                 self.record(now_ms, DB_HOST, HarnessEvent::StorageFault { fault, pct });
             }
+            FaultKind::Shutdown {
+                deadline_ms,
+                down_ms,
+            } => {
+                // The node records its own ShutdownBegan/Ended and restart.
+                let (deadline, down) = (
+                    Duration::from_millis(deadline_ms),
+                    Duration::from_millis(down_ms),
+                );
+                self.shutdowns.request(&host, deadline, down);
+            }
             FaultKind::ClockJump { jump_ms, .. } => {
                 self.skews[node].fetch_add(jump_ms, Ordering::SeqCst);
                 self.record(now_ms, &host, HarnessEvent::ClockJump { jump_ms });
@@ -500,6 +516,8 @@ impl Driver {
                 self.db_faults.clear();
                 self.record(now_ms, DB_HOST, HarnessEvent::StorageHealed);
             }
+            // The node restarted itself after its downtime.
+            FaultKind::Shutdown { .. } => {}
             FaultKind::ClockJump { jump_ms, .. } => {
                 self.skews[node].fetch_sub(jump_ms, Ordering::SeqCst);
                 self.record(now_ms, &host, HarnessEvent::ClockJump { jump_ms: -jump_ms });

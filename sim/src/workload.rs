@@ -10,6 +10,7 @@
 //! | `fail:N` | fails attempts 1..=N, then completes |
 //! | `panic:1` | panics on attempt 1 (recorded first), then completes |
 //! | `slow:MS` | works MS ms (stops early if asked), then completes |
+//! | `stubborn:MS` | works MS ms and ignores every request to stop |
 //! | `hang` | waits until cancelled; the workload cancels it |
 
 use std::collections::BTreeMap;
@@ -81,6 +82,10 @@ fn behaviour(w: &Workload, rng: &mut ChaCha8Rng) -> String {
     edge += w.hang_pct;
     if roll < edge {
         return "hang".into();
+    }
+    edge += w.stubborn_pct;
+    if roll < edge {
+        return format!("stubborn:{}", rng.random_range(w.slow_ms[0]..=w.slow_ms[1]));
     }
     "ok".into()
 }
@@ -244,6 +249,11 @@ impl Handler for SimHandler {
                     () = ctx.clock.sleep(Duration::from_millis(n)) => Outcome::Completed,
                 }
             }
+            // Ignores its cancel token: only a deadline's abort can stop it.
+            "stubborn" => {
+                ctx.clock.sleep(Duration::from_millis(n)).await;
+                Outcome::Completed
+            }
             "hang" => {
                 ctx.cancel.wait().await;
                 Outcome::Cancel("hung job cancelled".into())
@@ -271,6 +281,7 @@ mod tests {
             slow_pct: 10,
             slow_ms: [100, 200],
             hang_pct: 10,
+            stubborn_pct: 5,
             cancel_pct: 10,
             effect_pct: 50,
             periodic: vec![],

@@ -95,6 +95,15 @@ fn finalize_without_owner_guard_is_caught_by_no_double_execution_and_replays() {
     );
 }
 
+#[test]
+fn ignored_shutdown_deadline_is_caught_by_bounded_shutdown_and_replays() {
+    assert_caught_replayed_and_clean_without_the_bug(
+        Bug::IgnoredShutdownDeadline,
+        "shutdown_under_load",
+        "bounded_shutdown",
+    );
+}
+
 /// The violation names its witnesses: for a cross-term stop, the stop itself and
 /// the two terms it crossed.
 #[test]
