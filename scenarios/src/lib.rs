@@ -46,6 +46,9 @@ pub struct Scenario {
     /// Jobs to run, if the scenario runs any.
     #[serde(default)]
     pub workload: Option<Workload>,
+    /// Periodic loops each node runs under keel's `Watcher`: `[name, period_ms]`.
+    #[serde(default)]
+    pub loops: Vec<(String, u64)>,
 }
 
 /// The jobs a scenario runs: how many, when, and how their handlers behave.
@@ -158,6 +161,15 @@ pub struct Faults {
     /// Delay of a `slow` window.
     #[serde(default)]
     pub slow_storage_ms: [u64; 2],
+    /// Injected panics in one tick of one node's watcher loop.
+    #[serde(default)]
+    pub loop_panics_per_min: f64,
+    /// Slow ticks: one tick of one node's loop takes `slow_tick_ms`.
+    #[serde(default)]
+    pub slow_ticks_per_min: f64,
+    /// How long a slow tick takes.
+    #[serde(default)]
+    pub slow_tick_ms: [u64; 2],
     /// Graceful shutdowns (and restarts) of one node.
     #[serde(default)]
     pub shutdowns_per_min: f64,
@@ -235,6 +247,13 @@ impl Scenario {
         if self.default_seeds == 0 {
             return bad("default_seeds", "must be positive".into());
         }
+        if let Some((name, _)) = self.loops.iter().find(|(_, period_ms)| *period_ms == 0) {
+            return bad("loops", format!("{name}: period_ms must be positive"));
+        }
+        let loop_faults = self.faults.loop_panics_per_min + self.faults.slow_ticks_per_min;
+        if loop_faults > 0.0 && self.loops.is_empty() {
+            return bad("loops", "loop faults need at least one loop".into());
+        }
         if let Some(w) = &self.workload {
             w.validate().or_else(|(field, reason)| bad(field, reason))?;
         }
@@ -252,6 +271,7 @@ impl Scenario {
             ("faults.slow_storage_ms", f.slow_storage_ms),
             ("faults.shutdown_deadline_ms", f.shutdown_deadline_ms),
             ("faults.shutdown_down_ms", f.shutdown_down_ms),
+            ("faults.slow_tick_ms", f.slow_tick_ms),
         ] {
             if lo > hi {
                 return bad(field, format!("min {lo} exceeds max {hi}"));
@@ -298,6 +318,8 @@ impl Scenario {
             ("faults.clock_jumps_per_min", f.clock_jumps_per_min),
             ("faults.storage_faults_per_min", f.storage_faults_per_min),
             ("faults.shutdowns_per_min", f.shutdowns_per_min),
+            ("faults.loop_panics_per_min", f.loop_panics_per_min),
+            ("faults.slow_ticks_per_min", f.slow_ticks_per_min),
         ] {
             if !(0.0..=600.0).contains(&rate) {
                 return bad(field, format!("must be in 0..=600, got {rate}"));

@@ -37,6 +37,18 @@ pub enum FaultKind {
         /// For how long.
         dur_ms: u64,
     },
+    /// The next tick of loop `index` on the node panics.
+    LoopPanic {
+        /// Which loop (index into the scenario's loops).
+        index: usize,
+    },
+    /// The next tick of loop `index` on the node takes `ms`.
+    SlowTick {
+        /// Which loop.
+        index: usize,
+        /// How long the tick takes.
+        ms: u64,
+    },
     /// The node shuts its runtime down gracefully within `deadline_ms`, and
     /// starts it again `down_ms` after that (a deploy).
     Shutdown {
@@ -114,6 +126,8 @@ impl Fault {
                     deadline_ms,
                     down_ms,
                 } => deadline_ms + down_ms,
+                // One-shot: armed at the start, consumed by the next tick.
+                FaultKind::LoopPanic { .. } | FaultKind::SlowTick { .. } => 0,
             }
     }
 }
@@ -138,6 +152,12 @@ impl fmt::Display for Fault {
                     "{} shutdown {node} deadline {deadline_ms}ms down {down_ms}ms",
                     self.at_ms
                 )
+            }
+            FaultKind::LoopPanic { index } => {
+                write!(f, "{} loop_panic {node} loop {index}", self.at_ms)
+            }
+            FaultKind::SlowTick { index, ms } => {
+                write!(f, "{} slow_tick {node} loop {index} {ms}ms", self.at_ms)
             }
             FaultKind::ClockJump { jump_ms, dur_ms } => {
                 write!(
@@ -205,7 +225,8 @@ impl FaultPlan {
         let skews_ms = (0..nodes).map(|_| rng.random_range(-skew..=skew)).collect();
         // Per target (each node, then "leader", then "starting") and kind: when the last fault of
         // that kind ends.
-        let mut busy_until = vec![[0u64; 6]; nodes + 2];
+        let mut busy_until = vec![[0u64; 8]; nodes + 2];
+        let loops = scenario.loops.len().max(1);
         let mut faults = Vec::new();
         for second in 0..scenario.duration_s {
             for (kind, rate) in [
@@ -215,6 +236,8 @@ impl FaultPlan {
                 f.clock_jumps_per_min,
                 f.storage_faults_per_min,
                 f.shutdowns_per_min,
+                f.loop_panics_per_min,
+                f.slow_ticks_per_min,
             ]
             .into_iter()
             .enumerate()
@@ -248,6 +271,13 @@ impl FaultPlan {
                         down_ms: draw(&mut rng, f.down_ms),
                     },
                     4 => storage_fault(&mut rng, f),
+                    6 => FaultKind::LoopPanic {
+                        index: rng.random_range(0..loops),
+                    },
+                    7 => FaultKind::SlowTick {
+                        index: rng.random_range(0..loops),
+                        ms: draw(&mut rng, f.slow_tick_ms),
+                    },
                     5 => FaultKind::Shutdown {
                         deadline_ms: draw(&mut rng, f.shutdown_deadline_ms),
                         down_ms: draw(&mut rng, f.shutdown_down_ms),

@@ -12,7 +12,9 @@ use keel::jobs::{JobsConfig, Runtime, MAINTENANCE_LEASE};
 use keel::leadership::ElectorConfig;
 use keel::maintenance::{MaintainerConfig, Service, ServiceCtx, ServiceError};
 use keel::planted::PlantedBugs;
+use keel::shutdown::ShutdownToken;
 use keel::storage::{EnqueueRequest, SharedStorage};
+use keel::watcher::Watcher;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use scenarios::Workload;
@@ -147,12 +149,19 @@ pub struct NodeSetup {
     pub workload: Option<Workload>,
     /// Graceful shutdowns the harness asks for.
     pub shutdowns: ShutdownRequests,
+    /// The scenario's watcher loops, `[name, period_ms]`.
+    pub loops: Vec<(String, u64)>,
+    /// Faults armed for those loops.
+    pub loop_faults: LoopFaults,
 }
 
 /// One boot of a node: runs until the host is crashed or the run ends.
 pub async fn node_main(setup: NodeSetup) -> turmoil::Result {
     loop {
         let handle = start_runtime(&setup)?;
+        let loops_token = ShutdownToken::new();
+        let loops = (!setup.loops.is_empty())
+            .then(|| tokio::spawn(run_loops(setup.clone(), loops_token.clone())));
         // Run until the harness asks for a graceful shutdown (then come back
         // after the planned downtime, as a deploy would) or turmoil crashes us.
         let (deadline, down) = loop {
@@ -161,8 +170,120 @@ pub async fn node_main(setup: NodeSetup) -> turmoil::Result {
             }
             tokio::time::sleep(SHUTDOWN_POLL).await;
         };
+        loops_token.trigger();
+        if let Some(task) = loops {
+            task.abort();
+        }
         handle.shutdown(deadline).await;
         tokio::time::sleep(down).await;
+    }
+}
+
+/// After a watcher ended on an error or panic, wait this long and start it again,
+/// as a service's supervisor would.
+const WATCHER_RESTART_DELAY: Duration = Duration::from_secs(1);
+
+/// The scenario's periodic loops under keel's `Watcher`, restarted after failures.
+async fn run_loops(setup: NodeSetup, token: ShutdownToken) {
+    let clock: SharedClock = Arc::new(SimClock::shared(setup.skew_ms.clone()));
+    let observer: keel::events::SharedObserver =
+        Arc::new(HostObserver::new(&setup.name, setup.history.clone()));
+    while !token.is_triggered() {
+        let mut watcher = Watcher::new(clock.clone(), token.child())
+            .with_observer(observer.clone(), setup.name.clone())
+            .with_plants(setup.plants.clone());
+        for (index, (name, period_ms)) in setup.loops.iter().enumerate() {
+            let tick = loop_tick(&setup, index, name);
+            if watcher
+                .add_loop(name.clone(), Duration::from_millis(*period_ms), tick)
+                .is_err()
+            {
+                return;
+            }
+        }
+        let _ = watcher.run().await;
+        tokio::select! {
+            biased;
+            () = token.wait() => return,
+            () = tokio::time::sleep(WATCHER_RESTART_DELAY) => {}
+        }
+    }
+}
+
+/// One tick of loop `index`: does nothing, unless the harness armed a fault.
+fn loop_tick(
+    setup: &NodeSetup,
+    index: usize,
+    name: &str,
+) -> impl FnMut() -> futures_tick::Tick + Send + 'static {
+    let (faults, history, host, name) = (
+        setup.loop_faults.clone(),
+        setup.history.clone(),
+        setup.name.clone(),
+        name.to_owned(),
+    );
+    move || {
+        let fault = faults.take(&host, index);
+        let (history, host, name) = (history.clone(), host.clone(), name.clone());
+        Box::pin(async move {
+            match fault {
+                Some(LoopFault::Panic) => {
+                    history.push(
+                        &host,
+                        Ev::Harness(HarnessEvent::LoopPanicInjected { name: name.clone() }),
+                    );
+                    panic!("injected panic in loop {name}");
+                }
+                Some(LoopFault::Slow { ms }) => tokio::time::sleep(Duration::from_millis(ms)).await,
+                None => {}
+            }
+            Ok(())
+        })
+    }
+}
+
+mod futures_tick {
+    /// The future one loop tick returns.
+    pub(super) type Tick = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<(), keel::watcher::LoopError>> + Send>,
+    >;
+}
+
+/// A fault armed for the next tick of one loop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LoopFault {
+    /// The tick panics.
+    Panic,
+    /// The tick takes `ms`.
+    Slow {
+        /// How long.
+        ms: u64,
+    },
+}
+
+/// Loop faults the harness arms, per host and loop index; each fires once.
+#[derive(Clone, Debug, Default)]
+pub struct LoopFaults(Arc<Mutex<BTreeMap<(String, usize), LoopFault>>>);
+
+impl LoopFaults {
+    /// Arm `fault` for the next tick of loop `index` on `host`.
+    pub fn arm(&self, host: &str, index: usize, fault: LoopFault) {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert((host.to_owned(), index), fault);
+    }
+
+    /// Disarm everything (the heal phase).
+    pub fn clear(&self) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+
+    fn take(&self, host: &str, index: usize) -> Option<LoopFault> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&(host.to_owned(), index))
     }
 }
 

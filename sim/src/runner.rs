@@ -25,7 +25,9 @@ use crate::db::{self, DbFaults, StorageFault, DB_HOST};
 use crate::faults::{Fault, FaultKind, FaultPlan, Target};
 use crate::history::{trace_hash, Ev, HarnessEvent, History, Record};
 use crate::net::TurmoilNetwork;
-use crate::node::{node_main, HookFaults, NodeSetup, ShutdownRequests, Timing, LEASE_NAME};
+use crate::node::{
+    node_main, HookFaults, LoopFault, LoopFaults, NodeSetup, ShutdownRequests, Timing, LEASE_NAME,
+};
 use crate::workload::{client_main, WorkloadPlan, CLIENT_HOST};
 
 /// Simulated time per step. Leases and heartbeats run on seconds, so 10 ms
@@ -274,6 +276,7 @@ fn simulate(spec: &RunSpec) -> Result<RunResult, SimError> {
     });
     let hooks = HookFaults::default();
     let shutdowns = ShutdownRequests::default();
+    let loop_faults = LoopFaults::default();
     let plants = spec.plant.map_or_else(PlantedBugs::none, PlantedBugs::only);
     let skews: Vec<Arc<AtomicI64>> = plan
         .skews_ms
@@ -292,6 +295,8 @@ fn simulate(spec: &RunSpec) -> Result<RunResult, SimError> {
             boots: Arc::new(AtomicU32::new(0)),
             workload: scenario.workload.clone(),
             shutdowns: shutdowns.clone(),
+            loops: scenario.loops.clone(),
+            loop_faults: loop_faults.clone(),
         };
         sim.host(node_name(i), move || node_main(setup.clone()));
     }
@@ -309,6 +314,7 @@ fn simulate(spec: &RunSpec) -> Result<RunResult, SimError> {
         skews: skews.clone(),
         db_faults,
         shutdowns,
+        loop_faults,
     };
     let mut healed = false;
     loop {
@@ -360,6 +366,8 @@ struct Driver {
     db_faults: DbFaults,
     /// Graceful shutdowns asked of nodes.
     shutdowns: ShutdownRequests,
+    /// One-shot faults armed for watcher loops.
+    loop_faults: LoopFaults,
 }
 
 impl Driver {
@@ -440,6 +448,7 @@ impl Driver {
         for (fault, node) in std::mem::take(&mut self.active) {
             self.end(sim, &fault, node, now_ms);
         }
+        self.loop_faults.clear();
         self.record(now_ms, HARNESS_HOST, HarnessEvent::HealPhase);
     }
 
@@ -480,6 +489,10 @@ impl Driver {
                 );
                 self.shutdowns.request(&host, deadline, down);
             }
+            FaultKind::LoopPanic { index } => self.loop_faults.arm(&host, index, LoopFault::Panic),
+            FaultKind::SlowTick { index, ms } => {
+                self.loop_faults.arm(&host, index, LoopFault::Slow { ms })
+            }
             FaultKind::ClockJump { jump_ms, .. } => {
                 self.skews[node].fetch_add(jump_ms, Ordering::SeqCst);
                 self.record(now_ms, &host, HarnessEvent::ClockJump { jump_ms });
@@ -518,6 +531,7 @@ impl Driver {
             }
             // The node restarted itself after its downtime.
             FaultKind::Shutdown { .. } => {}
+            FaultKind::LoopPanic { .. } | FaultKind::SlowTick { .. } => {}
             FaultKind::ClockJump { jump_ms, .. } => {
                 self.skews[node].fetch_sub(jump_ms, Ordering::SeqCst);
                 self.record(now_ms, &host, HarnessEvent::ClockJump { jump_ms: -jump_ms });

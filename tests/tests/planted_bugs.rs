@@ -104,6 +104,24 @@ fn ignored_shutdown_deadline_is_caught_by_bounded_shutdown_and_replays() {
     );
 }
 
+#[test]
+fn swallowed_panic_is_caught_by_panics_surfaced_and_replays() {
+    assert_caught_replayed_and_clean_without_the_bug(
+        Bug::SwallowedPanic,
+        "panicking_tasks",
+        "panics_surfaced",
+    );
+}
+
+#[test]
+fn burst_ticks_is_caught_by_no_tick_burst_and_replays() {
+    assert_caught_replayed_and_clean_without_the_bug(
+        Bug::BurstTicks,
+        "slow_ticks",
+        "no_tick_burst",
+    );
+}
+
 /// The violation names its witnesses: for a cross-term stop, the stop itself and
 /// the two terms it crossed.
 #[test]
