@@ -42,8 +42,7 @@ pub enum Bug {
     /// handler running. Caught by `no_double_execution`.
     HeartbeatIgnoresLostClaim,
     /// 003 (M2): a cancel that lands while the handler completes rewrites the
-    /// finished job as cancelled. Caught by `exactly_once_effects` through the
-    /// retry it invites (and by the job's recorded outcome).
+    /// finished job as cancelled. Caught by `finished_work_stands`.
     LateCancelRewritesOutcome,
 }
 

@@ -122,6 +122,15 @@ fn burst_ticks_is_caught_by_no_tick_burst_and_replays() {
     );
 }
 
+#[test]
+fn late_cancel_rewrites_outcome_is_caught_by_finished_work_stands_and_replays() {
+    assert_caught_replayed_and_clean_without_the_bug(
+        Bug::LateCancelRewritesOutcome,
+        "shutdown_under_load",
+        "finished_work_stands",
+    );
+}
+
 /// The violation names its witnesses: for a cross-term stop, the stop itself and
 /// the two terms it crossed.
 #[test]

@@ -7,6 +7,7 @@
 
 mod bounded_shutdown;
 mod exactly_once_effects;
+mod finished_work_stands;
 mod maintainer_liveness;
 mod no_cross_term_teardown;
 mod no_double_execution;
@@ -28,6 +29,7 @@ use crate::history::{Ev, HarnessEvent, Record};
 
 pub use bounded_shutdown::BoundedShutdown;
 pub use exactly_once_effects::ExactlyOnceEffects;
+pub use finished_work_stands::FinishedWorkStands;
 pub use maintainer_liveness::MaintainerLiveness;
 pub use no_cross_term_teardown::NoCrossTermTeardown;
 pub use no_double_execution::NoDoubleExecution;
@@ -113,6 +115,7 @@ pub fn all() -> Vec<Box<dyn Checker>> {
         Box::new(NoTickBurst),
         Box::new(BoundedShutdown),
         Box::new(PeriodicOnce),
+        Box::new(FinishedWorkStands),
     ]
 }
 
