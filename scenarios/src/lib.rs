@@ -46,6 +46,10 @@ pub struct Scenario {
     /// Jobs to run, if the scenario runs any.
     #[serde(default)]
     pub workload: Option<Workload>,
+    /// Swarm testing: each seed switches fault kinds on or off and draws their
+    /// rates, up to the rates given here.
+    #[serde(default)]
+    pub swarm: bool,
     /// Periodic loops each node runs under keel's `Watcher`: `[name, period_ms]`.
     #[serde(default)]
     pub loops: Vec<(String, u64)>,

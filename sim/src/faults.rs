@@ -194,6 +194,35 @@ fn draw(rng: &mut ChaCha8Rng, [lo, hi]: [u64; 2]) -> u64 {
     rng.random_range(lo..=hi)
 }
 
+/// Each fault kind's rate per minute. In a swarm scenario every seed draws its
+/// own mix, as swarm testing does: each kind is switched off with probability
+/// one half, and otherwise runs at a random share of the scenario's rate, so
+/// some seeds see one kind of fault alone and others see many at once.
+fn swarm_rates(scenario: &Scenario, rng: &mut ChaCha8Rng) -> [f64; 8] {
+    let f = &scenario.faults;
+    let mut rates = [
+        f.partitions_per_min,
+        f.bounces_per_min,
+        f.hook_faults_per_min,
+        f.clock_jumps_per_min,
+        f.storage_faults_per_min,
+        f.shutdowns_per_min,
+        f.loop_panics_per_min,
+        f.slow_ticks_per_min,
+    ];
+    if scenario.swarm {
+        for rate in &mut rates {
+            let on = rng.random_bool(0.5);
+            *rate = if on {
+                *rate * rng.random_range(0.2..=1.0)
+            } else {
+                0.0
+            };
+        }
+    }
+    rates
+}
+
 fn storage_fault(rng: &mut ChaCha8Rng, f: &scenarios::Faults) -> FaultKind {
     use crate::db::StorageFault;
     let modes = &f.storage_fault_modes;
@@ -221,6 +250,7 @@ impl FaultPlan {
         let mut rng = ChaCha8Rng::seed_from_u64(seed ^ PLAN_SALT);
         let nodes = scenario.nodes as usize;
         let f = &scenario.faults;
+        let rates = swarm_rates(scenario, &mut rng);
         let skew = i64::try_from(f.skew_ms_max).unwrap_or(i64::MAX);
         let skews_ms = (0..nodes).map(|_| rng.random_range(-skew..=skew)).collect();
         // Per target (each node, then "leader", then "starting") and kind: when the last fault of
@@ -229,19 +259,7 @@ impl FaultPlan {
         let loops = scenario.loops.len().max(1);
         let mut faults = Vec::new();
         for second in 0..scenario.duration_s {
-            for (kind, rate) in [
-                f.partitions_per_min,
-                f.bounces_per_min,
-                f.hook_faults_per_min,
-                f.clock_jumps_per_min,
-                f.storage_faults_per_min,
-                f.shutdowns_per_min,
-                f.loop_panics_per_min,
-                f.slow_ticks_per_min,
-            ]
-            .into_iter()
-            .enumerate()
-            {
+            for (kind, rate) in rates.iter().copied().enumerate() {
                 if rate <= 0.0 || !rng.random_bool((rate / 60.0).clamp(0.0, 1.0)) {
                     continue;
                 }

@@ -110,7 +110,10 @@ impl WorkloadPlan {
                 ));
             }
             let unique = rng.random_range(0..100) < w.unique_pct;
-            if unique {
+            if unique || b == "hang" {
+                // A hanging job ends only through its planned cancel, which names
+                // the job the enqueue returned; a unique key keeps an enqueue retried
+                // after a lost reply from leaving an uncancelled twin behind.
                 req.unique_key = Some(format!("u{i}"));
             }
             let key = i as usize;
