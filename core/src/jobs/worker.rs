@@ -22,6 +22,7 @@ use std::time::Duration;
 use rand_chacha::ChaCha8Rng;
 use tokio::sync::Notify;
 use tokio::time::{Instant, MissedTickBehavior};
+use tracing::Instrument;
 
 use super::config::JobsConfig;
 use super::handler::{HandlerRegistry, JobCtx, Outcome};
@@ -128,13 +129,18 @@ async fn run_job(shared: &Arc<WorkerShared>, owner: &str, job: Job, stop: &Shutd
         user_cancel: Arc::default(),
     };
     shared.running().insert(job.id, running.clone());
-    let ended = supervise(shared, &running, &job).await;
+    // Every event of this attempt (worker, handler, storage client) carries the
+    // job, attempt, queue and node.
+    let span = tracing::info_span!("job", job = %job.id, attempt = job.attempt, queue = %job.queue, node = %shared.node);
+    let ended = supervise(shared, &running, &job)
+        .instrument(span.clone())
+        .await;
     shared.running().remove(&job.id);
     let Ended::Returned(result) = ended else {
         return;
     };
     let fin = to_finalize(shared, &job, &running, stop, result);
-    finalize(shared, &running, fin).await;
+    finalize(shared, &running, fin).instrument(span).await;
 }
 
 fn end_label(result: &Result<Outcome, String>) -> String {

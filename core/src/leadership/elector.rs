@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use crate::clock::SharedClock;
 use crate::events::{emit, Event, SharedObserver};
@@ -248,6 +249,12 @@ impl Elector {
     ///
     /// If called twice on the same elector.
     pub async fn run(self: Arc<Self>, shutdown: ShutdownToken) {
+        let span =
+            tracing::info_span!("elector", node = %self.cfg.holder, lease = %self.cfg.lease_name);
+        self.clone().contend(shutdown).instrument(span).await;
+    }
+
+    async fn contend(self: Arc<Self>, shutdown: ShutdownToken) {
         let taken = self
             .resign_rx
             .lock()
