@@ -101,6 +101,9 @@ pub struct Workload {
     /// Periodic schedules: `[name, every_s]`.
     #[serde(default)]
     pub periodic: Vec<(String, u64)>,
+    /// Cron schedules: `[name, expression]` (with seconds, UTC).
+    #[serde(default)]
+    pub cron: Vec<(String, String)>,
 }
 
 fn slow_default() -> [u64; 2] {

@@ -365,6 +365,13 @@ fn start_runtime(
                 req.queue(workload::QUEUE),
             );
         }
+        for (schedule, expr) in &w.cron {
+            let req = EnqueueRequest::new(
+                workload::KIND,
+                serde_json::json!({ "b": "ok", "periodic": schedule }),
+            );
+            builder = builder.cron(schedule.clone(), expr, req.queue(workload::QUEUE));
+        }
     }
     Ok(builder.build()?.start()?)
 }

@@ -288,6 +288,7 @@ mod tests {
             cancel_pct: 10,
             effect_pct: 50,
             periodic: vec![],
+            cron: vec![],
         };
         let a = WorkloadPlan::generate(&w, 3);
         assert_eq!(a, WorkloadPlan::generate(&w, 3));

@@ -129,24 +129,50 @@ impl Service for Cleaner {
     }
 }
 
-/// A job enqueued once per slot of a fixed period, cluster-wide.
+/// When a periodic job's slots fall.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Schedule {
+    /// Every multiple of this period since the Unix epoch.
+    Every(Duration),
+    /// The fire times of a cron expression (with seconds: `sec min hour day
+    /// month weekday [year]`), in UTC.
+    Cron(Box<cron::Schedule>),
+}
+
+/// How far back a cron slot may still fire: a slot whose leader was gone for
+/// longer than this (a long failover) is skipped rather than fired late.
+pub const CRON_CATCH_UP: Duration = Duration::from_secs(60);
+
+/// A job enqueued once per slot of its schedule, cluster-wide.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PeriodicJob {
     /// The schedule's name.
     pub name: String,
-    /// Slots are the multiples of this period since the Unix epoch.
-    pub every: Duration,
+    /// When its slots fall.
+    pub schedule: Schedule,
     /// What each slot enqueues.
     pub request: EnqueueRequest,
 }
 
 impl PeriodicJob {
-    /// The slot `now` falls in.
-    pub fn slot(&self, now: Timestamp) -> Timestamp {
-        let every_ms = i64::try_from(self.every.as_millis())
-            .unwrap_or(i64::MAX)
-            .max(1);
-        Timestamp(now.0.div_euclid(every_ms) * every_ms)
+    /// The latest slot at or before `now`, if one is due: for `Every`, the slot
+    /// `now` falls in; for `Cron`, the latest fire time within [`CRON_CATCH_UP`].
+    pub fn slot(&self, now: Timestamp) -> Option<Timestamp> {
+        match &self.schedule {
+            Schedule::Every(every) => {
+                let every_ms = i64::try_from(every.as_millis()).unwrap_or(i64::MAX).max(1);
+                Some(Timestamp(now.0.div_euclid(every_ms) * every_ms))
+            }
+            Schedule::Cron(cron) => {
+                let catch_up_ms = i64::try_from(CRON_CATCH_UP.as_millis()).unwrap_or(i64::MAX);
+                let from =
+                    chrono::DateTime::from_timestamp_millis(now.0.saturating_sub(catch_up_ms))?;
+                cron.after(&from)
+                    .map(|t| Timestamp(t.timestamp_millis()))
+                    .take_while(|t| *t <= now)
+                    .last()
+            }
+        }
     }
 }
 
@@ -181,7 +207,7 @@ impl Service for PeriodicEnqueuer {
 
 async fn fire(ctx: &ServiceCtx, job: &PeriodicJob) {
     let now = ctx.clock.now();
-    let slot = job.slot(now);
+    let Some(slot) = job.slot(now) else { return };
     let fired = ctx
         .storage
         .fire_periodic(
@@ -216,15 +242,41 @@ async fn fire(ctx: &ServiceCtx, job: &PeriodicJob) {
 mod tests {
     use super::*;
 
+    fn job(schedule: Schedule) -> PeriodicJob {
+        PeriodicJob {
+            name: "digest".into(),
+            schedule,
+            request: EnqueueRequest::new("d", serde_json::json!({})),
+        }
+    }
+
     #[test]
     fn slots_are_multiples_of_the_period() {
-        let job = PeriodicJob {
-            name: "digest".into(),
-            every: Duration::from_secs(60),
-            request: EnqueueRequest::new("d", serde_json::json!({})),
+        let job = job(Schedule::Every(Duration::from_secs(60)));
+        assert_eq!(job.slot(Timestamp(125_000)), Some(Timestamp(120_000)));
+        assert_eq!(job.slot(Timestamp(120_000)), Some(Timestamp(120_000)));
+        assert_eq!(job.slot(Timestamp(-1)), Some(Timestamp(-60_000)));
+    }
+
+    #[test]
+    fn cron_slots_are_the_latest_fire_time_within_the_catch_up_window() {
+        let every_10s: cron::Schedule = "*/10 * * * * *".parse().expect("valid cron");
+        let job = job(Schedule::Cron(Box::new(every_10s)));
+        assert_eq!(job.slot(Timestamp(125_000)), Some(Timestamp(120_000)));
+        assert_eq!(job.slot(Timestamp(130_000)), Some(Timestamp(130_000)));
+        let hourly: cron::Schedule = "0 0 * * * *".parse().expect("valid cron");
+        let job = super::PeriodicJob {
+            schedule: Schedule::Cron(Box::new(hourly)),
+            ..job
         };
-        assert_eq!(job.slot(Timestamp(125_000)), Timestamp(120_000));
-        assert_eq!(job.slot(Timestamp(120_000)), Timestamp(120_000));
-        assert_eq!(job.slot(Timestamp(-1)), Timestamp(-60_000));
+        assert_eq!(
+            job.slot(Timestamp(3_600_000 + 30_000)),
+            Some(Timestamp(3_600_000))
+        );
+        assert_eq!(
+            job.slot(Timestamp(3_600_000 + 61_000)),
+            None,
+            "too late to catch up"
+        );
     }
 }

@@ -17,7 +17,9 @@ mod worker;
 
 pub use config::{JobsConfig, JobsConfigError, QueueSpec, WORKERS_PER_QUEUE_MAX};
 pub use handler::{Handler, HandlerRegistry, JobCtx, Outcome};
-pub use maintenance::{Cleaner, PeriodicEnqueuer, PeriodicJob, Rescuer, Scheduler};
+pub use maintenance::{
+    Cleaner, PeriodicEnqueuer, PeriodicJob, Rescuer, Schedule, Scheduler, CRON_CATCH_UP,
+};
 pub use runtime::{
     Runtime, RuntimeBuilder, RuntimeError, RuntimeHandle, ShutdownReport, MAINTENANCE_LEASE,
 };

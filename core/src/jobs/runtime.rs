@@ -22,7 +22,7 @@ use tokio::time::MissedTickBehavior;
 
 use super::config::{JobsConfig, JobsConfigError, QueueSpec, WORKERS_PER_QUEUE_MAX};
 use super::handler::{Handler, HandlerRegistry};
-use super::maintenance::{Cleaner, PeriodicEnqueuer, PeriodicJob, Rescuer, Scheduler};
+use super::maintenance::{Cleaner, PeriodicEnqueuer, PeriodicJob, Rescuer, Schedule, Scheduler};
 use super::worker::{worker_loop, WorkerShared};
 use crate::clock::SharedClock;
 use crate::events::{emit, Event, NoopObserver, SharedObserver};
@@ -95,6 +95,7 @@ pub struct RuntimeBuilder {
     handlers: HandlerRegistry,
     periodic: Vec<PeriodicJob>,
     services: Vec<Arc<dyn Service>>,
+    bad_cron: Vec<String>,
     jobs: JobsConfig,
     elector: ElectorConfig,
     maintainer: MaintainerConfig,
@@ -127,9 +128,29 @@ impl RuntimeBuilder {
     ) -> Self {
         self.periodic.push(PeriodicJob {
             name: name.into(),
-            every,
+            schedule: Schedule::Every(every),
             request,
         });
+        self
+    }
+
+    /// Enqueue `request` at each fire time of the cron expression `expr` (UTC,
+    /// with seconds: `"0 */5 * * * *"` is every five minutes), once per fire time
+    /// cluster-wide, from the leader. A bad expression fails [`build`](Self::build)
+    /// with field `periodic.cron`.
+    pub fn cron(mut self, name: impl Into<String>, expr: &str, request: EnqueueRequest) -> Self {
+        let name = name.into();
+        match expr.parse::<cron::Schedule>() {
+            Ok(schedule) => {
+                let schedule = Schedule::Cron(Box::new(schedule));
+                self.periodic.push(PeriodicJob {
+                    name,
+                    schedule,
+                    request,
+                });
+            }
+            Err(e) => self.bad_cron.push(format!("{name}: {expr:?}: {e}")),
+        }
         self
     }
 
@@ -202,10 +223,18 @@ impl RuntimeBuilder {
                 });
             }
         }
+        if let Some(bad) = self.bad_cron.first() {
+            return Err(RuntimeError::Config {
+                field: "periodic.cron".into(),
+                reason: bad.clone(),
+            });
+        }
         for p in &self.periodic {
             validate_name("periodic name", &p.name)?;
             p.request.validate()?;
-            if p.every < Duration::from_secs(1) {
+            let too_often =
+                matches!(p.schedule, Schedule::Every(every) if every < Duration::from_secs(1));
+            if too_often {
                 return Err(RuntimeError::Config {
                     field: "periodic.every".into(),
                     reason: format!("{} must be at least 1s", p.name),
@@ -244,6 +273,7 @@ impl Runtime {
             handlers: HandlerRegistry::new(),
             periodic: Vec::new(),
             services: Vec::new(),
+            bad_cron: Vec::new(),
             jobs: JobsConfig::default(),
             elector: ElectorConfig::new(MAINTENANCE_LEASE, "node"),
             maintainer: MaintainerConfig::new(0),

@@ -387,6 +387,43 @@ async fn the_leader_fires_each_periodic_slot_once_and_paused_queues_wait() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_cron_schedule_fires_each_fire_time_once() {
+    let f = Fixture::new();
+    let rt = f
+        .builder("n1")
+        .queue("default", 1)
+        .handler("tick", |_ctx, _p| async move { Outcome::Completed })
+        .cron("every5s", "*/5 * * * * *", job("tick"))
+        .build()
+        .expect("valid")
+        .start()
+        .expect("started");
+    tokio::time::sleep(Duration::from_secs(21)).await;
+    let slots: Vec<i64> = f
+        .recorder
+        .events()
+        .into_iter()
+        .filter_map(|e| match e {
+            crate::events::Event::PeriodicFired { slot_ms, .. } => Some(slot_ms),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        (4..=5).contains(&slots.len()),
+        "one per 5 s fire time: {slots:?}"
+    );
+    assert!(
+        slots.iter().all(|s| s % 5_000 == 0),
+        "on the fire times: {slots:?}"
+    );
+    assert!(
+        slots.windows(2).all(|w| w[0] < w[1]),
+        "each once: {slots:?}"
+    );
+    rt.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(start_paused = true)]
 async fn bad_builder_input_names_the_field() {
     let f = Fixture::new();
     let err = |b: RuntimeBuilder| match b.build() {
@@ -404,5 +441,9 @@ async fn bad_builder_input_names_the_field() {
             .builder("n1")
             .periodic("p", Duration::from_millis(10), job("k"))),
         "periodic.every"
+    );
+    assert_eq!(
+        err(f.builder("n1").cron("c", "every tuesday", job("k"))),
+        "periodic.cron"
     );
 }
