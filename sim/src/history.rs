@@ -284,16 +284,22 @@ impl Observer for HostObserver {
 /// Hand-rolled rather than `DefaultHasher`, whose output may change between Rust
 /// releases, so recorded hashes stay comparable.
 pub fn trace_hash(records: &[Record]) -> u64 {
-    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    records.iter().fold(FNV_OFFSET, |hash, r| {
+        let hash = fnv1a(hash, r.to_json().as_bytes());
+        fnv1a(hash, b"\n")
+    })
+}
+
+/// FNV-1a's starting state.
+pub const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+
+/// Continue an FNV-1a hash from `hash` over `bytes`; chaining calls hashes the
+/// concatenation.
+pub fn fnv1a(hash: u64, bytes: &[u8]) -> u64 {
     const PRIME: u64 = 0x0100_0000_01b3;
-    let mut hash = OFFSET;
-    for r in records {
-        for b in r.to_json().bytes().chain(std::iter::once(b'\n')) {
-            hash ^= u64::from(b);
-            hash = hash.wrapping_mul(PRIME);
-        }
-    }
-    hash
+    bytes
+        .iter()
+        .fold(hash, |h, b| (h ^ u64::from(*b)).wrapping_mul(PRIME))
 }
 
 #[cfg(test)]

@@ -21,7 +21,7 @@ use scenarios::Workload;
 
 use crate::clock::SimClock;
 use crate::db::{remote_storage, DB_HOST, DB_PORT, REQUEST_TIMEOUT_DEFAULT};
-use crate::history::{Ev, HarnessEvent, History, HostObserver};
+use crate::history::{fnv1a, Ev, HarnessEvent, History, HostObserver, FNV_OFFSET};
 use crate::net::TurmoilNetwork;
 use crate::workload::{self, SimHandler};
 
@@ -332,7 +332,7 @@ fn start_runtime(
         setup.timing.request_timeout,
     ));
     let observer = Arc::new(HostObserver::new(name, setup.history.clone()));
-    let rng_seed = setup.seed ^ (u64::from(boot) << 32) ^ fnv(name);
+    let rng_seed = setup.seed ^ (u64::from(boot) << 32) ^ fnv1a(FNV_OFFSET, name.as_bytes());
     let hook = FlakyStartHook {
         host: name.to_owned(),
         faults: setup.hooks.clone(),
@@ -374,10 +374,4 @@ fn start_runtime(
         }
     }
     Ok(builder.build()?.start()?)
-}
-
-fn fnv(s: &str) -> u64 {
-    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
 }
