@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use async_trait::async_trait;
 
-use super::job::{validate_name, ERRORS_KEPT_MAX};
+use super::job::validate_name;
 use super::{
     CancelResult, Claim, EffectResult, EnqueueOutcome, EnqueueRequest, Finalize, FinalizeResult,
     HeartbeatStatus, Job, JobId, JobState, JobStore, MemStorage, PeriodicOutcome, QueueConfig,
@@ -26,13 +26,6 @@ pub(super) struct Jobs {
     periodic: BTreeMap<(String, Timestamp), JobId>,
 }
 
-fn push_error(job: &mut Job, error: String) {
-    job.errors.push(error);
-    if job.errors.len() > ERRORS_KEPT_MAX {
-        job.errors.remove(0);
-    }
-}
-
 impl Jobs {
     fn insert(&mut self, req: EnqueueRequest, now: Timestamp) -> EnqueueOutcome {
         if let Some(id) = req.unique_key.as_ref().and_then(|k| self.unique.get(k)) {
@@ -40,35 +33,10 @@ impl Jobs {
         }
         self.next_id += 1;
         let id = JobId(self.next_id);
-        let scheduled_at = req.scheduled_at.unwrap_or(now);
-        let state = if scheduled_at <= now {
-            JobState::Available
-        } else {
-            JobState::Scheduled
-        };
         if let Some(key) = &req.unique_key {
             self.unique.insert(key.clone(), id);
         }
-        let job = Job {
-            id,
-            kind: req.kind,
-            queue: req.queue,
-            payload: req.payload,
-            priority: req.priority,
-            state,
-            attempt: 0,
-            max_attempts: req.max_attempts,
-            scheduled_at,
-            created_at: now,
-            owner: None,
-            heartbeat_at: None,
-            cancel_requested: false,
-            finalized_at: None,
-            finalized_attempt: None,
-            errors: Vec::new(),
-            unique_key: req.unique_key,
-        };
-        self.rows.insert(id, job);
+        self.rows.insert(id, Job::from_request(id, req, now));
         EnqueueOutcome::Inserted(id)
     }
 
@@ -79,7 +47,7 @@ impl Jobs {
         let mut due: Vec<(u8, Timestamp, JobId)> = self
             .rows
             .values()
-            .filter(|j| j.queue == queue && j.state == JobState::Available && j.scheduled_at <= now)
+            .filter(|j| j.is_claimable(queue, now))
             .map(|j| (j.priority, j.scheduled_at, j.id))
             .collect();
         due.sort_unstable();
@@ -89,34 +57,15 @@ impl Jobs {
             let Some(job) = self.rows.get_mut(&id) else {
                 continue;
             };
-            job.state = JobState::Running;
-            job.attempt += 1;
-            job.owner = Some(owner.to_owned());
-            job.heartbeat_at = Some(now);
+            job.claim_for(owner, now);
             claimed.push(job.clone());
         }
         claimed
     }
 
-    /// The row, if `claim` is its live claim held by `owner`.
-    fn live(&mut self, claim: Claim, owner: &str) -> Option<&mut Job> {
-        self.rows.get_mut(&claim.job).filter(|j| {
-            j.state == JobState::Running
-                && j.attempt == claim.attempt
-                && j.owner.as_deref() == Some(owner)
-        })
-    }
-
     fn heartbeat(&mut self, claim: Claim, owner: &str, now: Timestamp) -> HeartbeatStatus {
-        match self.live(claim, owner) {
-            Some(job) => {
-                job.heartbeat_at = Some(now);
-                if job.cancel_requested {
-                    HeartbeatStatus::CancelRequested
-                } else {
-                    HeartbeatStatus::Alive
-                }
-            }
+        match self.rows.get_mut(&claim.job) {
+            Some(job) => job.beat(claim, owner, now),
             None => HeartbeatStatus::Lost,
         }
     }
@@ -128,57 +77,10 @@ impl Jobs {
         outcome: Finalize,
         now: Timestamp,
     ) -> FinalizeResult {
-        let Some(job) = self.live(claim, owner) else {
-            let done_before =
-                self.rows.get(&claim.job).and_then(|j| j.finalized_attempt) == Some(claim.attempt);
-            return if done_before {
-                FinalizeResult::AlreadyFinalized
-            } else {
-                FinalizeResult::Stale
-            };
-        };
-        job.owner = None;
-        job.heartbeat_at = None;
-        job.finalized_attempt = Some(claim.attempt);
-        let (state, at) = match outcome {
-            Finalize::Completed => (JobState::Completed, None),
-            Finalize::Retry { error, at } => {
-                push_error(job, error);
-                (JobState::Retryable, Some(at))
-            }
-            Finalize::Discard { error } => {
-                push_error(job, error);
-                (JobState::Discarded, None)
-            }
-            Finalize::Snooze { until } => {
-                // A snooze does not spend an attempt: the next claim's increment is
-                // given back through the budget.
-                job.max_attempts += 1;
-                (JobState::Scheduled, Some(until))
-            }
-            Finalize::Cancel { reason } => {
-                push_error(job, reason);
-                (JobState::Cancelled, None)
-            }
-        };
-        // A job someone asked to cancel never runs again: an attempt that ends
-        // without finishing the work ends the job as cancelled.
-        let (state, at) = if job.cancel_requested && at.is_some() {
-            (JobState::Cancelled, None)
-        } else {
-            (state, at)
-        };
-        job.state = state;
-        match at {
-            Some(at) => job.scheduled_at = at,
-            None => job.finalized_at = Some(now),
+        match self.rows.get_mut(&claim.job) {
+            Some(job) => job.finalize_with(claim, owner, outcome, now),
+            None => FinalizeResult::Stale,
         }
-        assert_eq!(
-            state.is_terminal(),
-            job.finalized_at.is_some(),
-            "terminal iff finalized"
-        );
-        FinalizeResult::Applied
     }
 
     fn apply_effect(
@@ -188,7 +90,11 @@ impl Jobs {
         key: &str,
         value: serde_json::Value,
     ) -> EffectResult {
-        if self.live(claim, owner).is_none() {
+        if !self
+            .rows
+            .get(&claim.job)
+            .is_some_and(|j| j.is_live_claim(claim, owner))
+        {
             return EffectResult::NotOwner;
         }
         let slot = (claim.job, key.to_owned());
@@ -200,64 +106,25 @@ impl Jobs {
     }
 
     fn request_cancel(&mut self, id: JobId, now: Timestamp) -> CancelResult {
-        let Some(job) = self.rows.get_mut(&id) else {
-            return CancelResult::NotFound;
-        };
-        match job.state {
-            s if s.is_terminal() => CancelResult::AlreadyFinished,
-            JobState::Running => {
-                job.cancel_requested = true;
-                CancelResult::Requested
-            }
-            _ => {
-                job.state = JobState::Cancelled;
-                job.finalized_at = Some(now);
-                CancelResult::Cancelled
-            }
+        match self.rows.get_mut(&id) {
+            Some(job) => job.cancel_at(now),
+            None => CancelResult::NotFound,
         }
     }
 
     fn rescue_stale(&mut self, stale_before: Timestamp, now: Timestamp) -> Vec<Claim> {
-        let mut revoked = Vec::new();
-        for job in self.rows.values_mut() {
-            let stale =
-                job.state == JobState::Running && job.heartbeat_at.is_none_or(|h| h < stale_before);
-            if !stale {
-                continue;
-            }
-            revoked.push(Claim {
-                job: job.id,
-                attempt: job.attempt,
-            });
-            push_error(job, format!("attempt {} lost its worker", job.attempt));
-            job.owner = None;
-            job.heartbeat_at = None;
-            if job.cancel_requested {
-                // Its worker is gone and a cancel was asked for: honour the cancel
-                // rather than run it again (found by the simulator: the request
-                // used to be forgotten across a rescue, and a hanging job never
-                // ended).
-                job.state = JobState::Cancelled;
-                job.finalized_at = Some(now);
-            } else if job.attempt >= job.max_attempts {
-                job.state = JobState::Discarded;
-                job.finalized_at = Some(now);
-            } else {
-                job.state = JobState::Retryable;
-                job.scheduled_at = now;
-            }
-        }
-        revoked
+        self.rows
+            .values_mut()
+            .filter(|j| j.is_stale(stale_before))
+            .map(|j| j.rescue(now))
+            .collect()
     }
 
     fn promote_due(&mut self, now: Timestamp) -> u64 {
         let mut promoted = 0;
-        for job in self.rows.values_mut() {
-            let waiting = matches!(job.state, JobState::Scheduled | JobState::Retryable);
-            if waiting && job.scheduled_at <= now {
-                job.state = JobState::Available;
-                promoted += 1;
-            }
+        for job in self.rows.values_mut().filter(|j| j.is_due(now)) {
+            job.state = JobState::Available;
+            promoted += 1;
         }
         promoted
     }
@@ -266,9 +133,7 @@ impl Jobs {
         let doomed: Vec<JobId> = self
             .rows
             .values()
-            .filter(|j| {
-                j.state.is_terminal() && j.finalized_at.is_some_and(|f| f < finished_before)
-            })
+            .filter(|j| j.is_expired(finished_before))
             .map(|j| j.id)
             .take(limit as usize)
             .collect();
@@ -413,6 +278,12 @@ impl JobStore for MemStorage {
 
     async fn count_by_state(&self) -> StorageResult<StateCounts> {
         Ok(self.state().jobs.counts())
+    }
+
+    async fn list_unfinished(&self, limit: u32) -> StorageResult<Vec<JobId>> {
+        let mut ids = self.unfinished_jobs();
+        ids.truncate(limit as usize);
+        Ok(ids)
     }
 
     async fn set_queue(&self, config: QueueConfig) -> StorageResult<()> {

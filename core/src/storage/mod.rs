@@ -23,6 +23,7 @@ pub mod job;
 mod mem;
 mod mem_jobs;
 pub mod ops;
+mod rules;
 
 use std::fmt;
 use std::sync::Arc;
@@ -236,6 +237,16 @@ pub trait JobStore: Send + Sync {
     /// How many jobs are in each state.
     async fn count_by_state(&self) -> StorageResult<StateCounts>;
 
+    /// Ids of up to `limit` jobs not in a terminal state, by id.
+    async fn list_unfinished(&self, limit: u32) -> StorageResult<Vec<JobId>>;
+
+    /// A signal storage raises when jobs were enqueued elsewhere (another process
+    /// or machine), so idle workers can claim at once instead of at their next
+    /// poll. `None`: this engine has no such signal and workers only poll.
+    fn enqueue_signal(&self) -> Option<Arc<tokio::sync::Notify>> {
+        None
+    }
+
     /// Create or replace a queue's settings.
     async fn set_queue(&self, config: QueueConfig) -> StorageResult<()>;
 
@@ -256,6 +267,71 @@ pub trait JobStore: Send + Sync {
         req: EnqueueRequest,
         now: Timestamp,
     ) -> StorageResult<PeriodicOutcome>;
+}
+
+/// Why a storage engine could not be opened. Each variant names what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The connection URL or path is malformed.
+    #[error("invalid {what}: {reason}")]
+    InvalidConfig {
+        /// Which setting (`"url"`, `"path"`, `"schema"`, ...).
+        what: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The database could not be reached or opened.
+    #[error("cannot open {target}: {reason}")]
+    Unreachable {
+        /// The file or server, as the caller named it (passwords removed).
+        target: String,
+        /// The engine's own explanation.
+        reason: String,
+    },
+    /// Another process holds a lock on the database for longer than the busy timeout.
+    #[error("{target} is locked by another process: {reason}")]
+    Locked {
+        /// The database file.
+        target: String,
+        /// The engine's own explanation.
+        reason: String,
+    },
+    /// The database can be read but not written.
+    #[error("{target} is read-only: {reason}")]
+    ReadOnly {
+        /// The database file.
+        target: String,
+        /// The engine's own explanation.
+        reason: String,
+    },
+    /// The database holds tables that are not Keel's, or is not a database at all.
+    #[error("{target} is not a Keel database: {reason}")]
+    NotKeel {
+        /// The database file or schema.
+        target: String,
+        /// What was found instead.
+        reason: String,
+    },
+    /// The database was migrated by a newer Keel than this one.
+    #[error(
+        "{target} has schema version {found}; this Keel supports up to {supported}: upgrade Keel"
+    )]
+    SchemaTooNew {
+        /// The database file or schema.
+        target: String,
+        /// The version found.
+        found: i64,
+        /// The newest version this library knows.
+        supported: i64,
+    },
+    /// The engine failed while migrating or checking the schema.
+    #[error("storage error opening {target}: {reason}")]
+    Backend {
+        /// The database file or schema.
+        target: String,
+        /// The engine's own explanation.
+        reason: String,
+    },
 }
 
 /// Everything durable. Blanket-implemented for any type with every store.

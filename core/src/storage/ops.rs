@@ -109,6 +109,9 @@ pub enum Op {
         job: JobId,
     },
     CountByState,
+    ListUnfinished {
+        limit: u32,
+    },
     SetQueue {
         config: QueueConfig,
     },
@@ -144,6 +147,7 @@ pub enum Reply {
     EffectValue(Option<serde_json::Value>),
     Cancel(CancelResult),
     Claims(Vec<Claim>),
+    Ids(Vec<JobId>),
     Counts(StateCounts),
     Queue(Option<QueueConfig>),
     Periodic(PeriodicOutcome),
@@ -245,6 +249,7 @@ pub async fn apply(store: &dyn Storage, op: Op) -> Reply {
             .await
             .map(|j| Reply::Job(j.map(Box::new))),
         Op::CountByState => store.count_by_state().await.map(Reply::Counts),
+        Op::ListUnfinished { limit } => store.list_unfinished(limit).await.map(Reply::Ids),
         Op::SetQueue { config } => store.set_queue(config).await.map(Reply::Unit),
         Op::GetQueue { name } => store.get_queue(&name).await.map(Reply::Queue),
         Op::FirePeriodic {
@@ -494,6 +499,10 @@ impl<T: Transport> JobStore for Remote<T> {
 
     async fn count_by_state(&self) -> StorageResult<StateCounts> {
         expect_reply!(self, Op::CountByState, Counts)
+    }
+
+    async fn list_unfinished(&self, limit: u32) -> StorageResult<Vec<JobId>> {
+        expect_reply!(self, Op::ListUnfinished { limit }, Ids)
     }
 
     async fn set_queue(&self, config: QueueConfig) -> StorageResult<()> {
