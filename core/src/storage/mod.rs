@@ -23,6 +23,7 @@ pub mod job;
 mod mem;
 mod mem_jobs;
 pub mod ops;
+pub mod sqlite;
 mod rules;
 
 use std::fmt;
@@ -39,6 +40,7 @@ pub use job::{
     HeartbeatStatus, Job, JobId, JobState, QueueConfig, StateCounts,
 };
 pub use mem::MemStorage;
+pub use sqlite::{SqliteEngine, SqliteOptions, SqliteStorage};
 
 /// A leadership term. Strictly increasing per lease; the fencing token of leadership.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -341,6 +343,19 @@ impl<T: LeaseStore + JobStore> Storage for T {}
 
 /// A shared storage handle.
 pub type SharedStorage = Arc<dyn Storage>;
+
+/// The output of `future` if it completes without waiting, else `None`.
+///
+/// For engines whose calls never wait ([`MemStorage`], [`SqliteEngine`]): the
+/// simulator's harness and the SQLite thread use this to call them synchronously.
+pub fn poll_ready<F: std::future::Future>(future: F) -> Option<F::Output> {
+    let future = std::pin::pin!(future);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match future.poll(&mut cx) {
+        std::task::Poll::Ready(value) => Some(value),
+        std::task::Poll::Pending => None,
+    }
+}
 
 /// Validate a lease name: the same rule for every engine.
 pub(crate) fn validate_lease_name(name: &str) -> StorageResult<()> {

@@ -1,0 +1,337 @@
+//! SQLite storage: the embedded default, one file, bundled SQLite.
+//!
+//! Two types over one SQL core:
+//!
+//! * [`SqliteEngine`] is the core: synchronous and deterministic. Its trait
+//!   methods never wait; each runs one transaction on the calling thread and
+//!   returns. The simulator serves it (in memory) from its database host, so the
+//!   SQL that production runs is the SQL the simulator beats on.
+//! * [`SqliteStorage`] is what a service embeds: the same engine on a thread of
+//!   its own, so queries never block the async worker threads.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), keel::storage::OpenError> {
+//! use keel::storage::SqliteStorage;
+//! let storage = SqliteStorage::open("jobs.db").await?;
+//! # Ok(()) }
+//! ```
+//!
+//! # Files, locks and durability
+//!
+//! The file is in WAL mode, so readers never wait for the writer. Every change
+//! takes the write lock up front (`BEGIN IMMEDIATE`), so two processes on one
+//! file never deadlock upgrading a read lock; a process that cannot get the lock
+//! within the busy timeout gets [`StorageError::Unavailable`] (nothing was
+//! applied), and its caller retries. Several processes may share one file.
+//!
+//! Time never comes from SQLite: every query that compares with "now" binds the
+//! caller's [`Timestamp`](crate::clock::Timestamp).
+
+mod schema;
+mod store;
+#[cfg(test)]
+mod tests;
+
+use std::path::{Path, PathBuf};
+use std::sync::{mpsc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rusqlite::{Connection, ErrorCode, OpenFlags, TransactionBehavior};
+
+use super::ops::{Op, Remote, Reply, Transport};
+use super::{poll_ready, OpenError, StorageError, StorageResult};
+
+pub use schema::SCHEMA_VERSION;
+
+/// How long a call waits for another process's write lock before giving up.
+pub const BUSY_TIMEOUT_DEFAULT: Duration = Duration::from_secs(5);
+
+/// How hard SQLite works to keep a commit across a power loss.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Durability {
+    /// Sync the log on every commit: an acknowledged enqueue survives a power
+    /// loss. The default.
+    #[default]
+    Full,
+    /// Sync at checkpoints only: survives a process crash, may lose the last
+    /// commits on power loss. Faster.
+    Normal,
+}
+
+/// Settings for opening a SQLite database.
+#[derive(Clone, Debug)]
+pub struct SqliteOptions {
+    busy_timeout: Duration,
+    durability: Durability,
+}
+
+impl Default for SqliteOptions {
+    fn default() -> Self {
+        Self {
+            busy_timeout: BUSY_TIMEOUT_DEFAULT,
+            durability: Durability::Full,
+        }
+    }
+}
+
+impl SqliteOptions {
+    /// Wait up to `timeout` for another process's lock.
+    pub fn busy_timeout(mut self, timeout: Duration) -> Self {
+        self.busy_timeout = timeout;
+        self
+    }
+
+    /// Choose the commit durability.
+    pub fn durability(mut self, durability: Durability) -> Self {
+        self.durability = durability;
+        self
+    }
+}
+
+/// The synchronous SQL core. See the [module docs](self).
+#[derive(Debug)]
+pub struct SqliteEngine {
+    conn: Mutex<Connection>,
+}
+
+impl SqliteEngine {
+    /// Open (creating if absent) the database at `path` and migrate it.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, OpenError> {
+        Self::open_with(path, SqliteOptions::default())
+    }
+
+    /// [`open`](Self::open) with settings.
+    pub fn open_with(path: impl AsRef<Path>, options: SqliteOptions) -> Result<Self, OpenError> {
+        let path = path.as_ref();
+        let target = path.display().to_string();
+        if target.is_empty() {
+            return Err(OpenError::InvalidConfig {
+                what: "path",
+                reason: "empty; name a database file".into(),
+            });
+        }
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_URI
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(path, flags).map_err(|e| OpenError::Unreachable {
+            target: target.clone(),
+            reason: e.to_string(),
+        })?;
+        Self::prepare(conn, &target, &options, true)
+    }
+
+    /// A private in-memory database (for the simulator and tests).
+    pub fn in_memory() -> Result<Self, OpenError> {
+        let conn = Connection::open_in_memory().map_err(|e| OpenError::Backend {
+            target: ":memory:".into(),
+            reason: e.to_string(),
+        })?;
+        Self::prepare(conn, ":memory:", &SqliteOptions::default(), false)
+    }
+
+    fn prepare(
+        mut conn: Connection,
+        target: &str,
+        options: &SqliteOptions,
+        file: bool,
+    ) -> Result<Self, OpenError> {
+        let fail = |e: rusqlite::Error| open_error(target, e);
+        if conn.is_readonly(rusqlite::MAIN_DB).map_err(fail)? {
+            return Err(OpenError::ReadOnly {
+                target: target.into(),
+                reason: "opened read-only; Keel writes to its database".into(),
+            });
+        }
+        conn.busy_timeout(options.busy_timeout).map_err(fail)?;
+        schema::check_and_migrate(&mut conn, target)?;
+        if file {
+            let mode: String = conn
+                .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+                .map_err(fail)?;
+            if !mode.eq_ignore_ascii_case("wal") {
+                return Err(OpenError::Backend {
+                    target: target.into(),
+                    reason: format!("cannot switch to WAL mode (got {mode})"),
+                });
+            }
+        }
+        let sync = match options.durability {
+            Durability::Full => "FULL",
+            Durability::Normal => "NORMAL",
+        };
+        conn.execute_batch(&format!("PRAGMA synchronous = {sync}; PRAGMA foreign_keys = ON;"))
+            .map_err(fail)?;
+        Ok(Self {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn conn(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock leaves no half-applied change behind:
+        // the open transaction rolls back when its guard drops.
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Run `f` in a write transaction (taking the write lock up front) and
+    /// commit; any error rolls back, so nothing is half applied.
+    fn write<T>(
+        &self,
+        f: impl FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<T>,
+    ) -> StorageResult<T> {
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(storage_error)?;
+        let value = f(&tx).map_err(storage_error)?;
+        tx.commit().map_err(storage_error)?;
+        Ok(value)
+    }
+
+    /// Run `f` on a consistent snapshot.
+    fn read<T>(
+        &self,
+        f: impl FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<T>,
+    ) -> StorageResult<T> {
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Deferred)
+            .map_err(storage_error)?;
+        let value = f(&tx).map_err(storage_error)?;
+        tx.finish().map_err(storage_error)?;
+        Ok(value)
+    }
+
+    /// Apply one storage call, synchronously.
+    pub fn execute(&self, op: Op) -> Reply {
+        poll_ready(super::ops::apply(self, op)).unwrap_or_else(|| {
+            Reply::Err(StorageError::Backend(
+                "the SQLite engine waited; its calls must complete at once".into(),
+            ))
+        })
+    }
+}
+
+/// A storage engine error as the caller sees it. Busy means another process held
+/// the write lock past the timeout: the transaction never started, so nothing
+/// was applied and the call is safe to retry.
+fn storage_error(e: rusqlite::Error) -> StorageError {
+    match e.sqlite_error_code() {
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => {
+            StorageError::Unavailable(format!("database is locked by another process: {e}"))
+        }
+        _ => StorageError::Backend(e.to_string()),
+    }
+}
+
+fn open_error(target: &str, e: rusqlite::Error) -> OpenError {
+    let target = target.to_owned();
+    let reason = e.to_string();
+    match e.sqlite_error_code() {
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => {
+            OpenError::Locked { target, reason }
+        }
+        Some(ErrorCode::ReadOnly) => OpenError::ReadOnly { target, reason },
+        Some(ErrorCode::NotADatabase) => OpenError::NotKeel { target, reason },
+        Some(ErrorCode::CannotOpen | ErrorCode::PermissionDenied) => {
+            OpenError::Unreachable { target, reason }
+        }
+        _ => OpenError::Backend { target, reason },
+    }
+}
+
+/// SQLite storage for services: the [`SqliteEngine`] on a thread of its own.
+///
+/// Every call is sent to that thread and answered there, so a slow disk never
+/// stalls the async runtime. Dropping the last handle closes the database.
+pub type SqliteStorage = Remote<SqliteThread>;
+
+/// The thread a [`SqliteStorage`] sends its calls to.
+#[derive(Debug)]
+pub struct SqliteThread {
+    calls: Mutex<mpsc::Sender<Call>>,
+    path: PathBuf,
+}
+
+type Call = (Op, tokio::sync::oneshot::Sender<Reply>);
+
+impl Remote<SqliteThread> {
+    /// Open (creating if absent) the database at `path` and migrate it.
+    pub async fn open(path: impl AsRef<Path>) -> Result<SqliteStorage, OpenError> {
+        Self::open_with(path, SqliteOptions::default()).await
+    }
+
+    /// [`open`](Self::open) with settings.
+    pub async fn open_with(
+        path: impl AsRef<Path>,
+        options: SqliteOptions,
+    ) -> Result<SqliteStorage, OpenError> {
+        let path = path.as_ref().to_path_buf();
+        let (opened_tx, opened_rx) = tokio::sync::oneshot::channel();
+        let (calls_tx, calls_rx) = mpsc::channel::<Call>();
+        let thread_path = path.clone();
+        // The one thread that owns the connection: SQLite serialises writers
+        // anyway, and one owner means no connection is ever shared.
+        #[allow(clippy::disallowed_methods)]
+        let spawned = std::thread::Builder::new()
+            .name("keel-sqlite".into())
+            .spawn(move || {
+                let engine = match SqliteEngine::open_with(&thread_path, options) {
+                    Ok(engine) => {
+                        let _ = opened_tx.send(Ok(()));
+                        engine
+                    }
+                    Err(e) => {
+                        let _ = opened_tx.send(Err(e));
+                        return;
+                    }
+                };
+                while let Ok((op, reply)) = calls_rx.recv() {
+                    // The caller may have given up (a timeout); the call still
+                    // ran, exactly as a lost reply on a network would.
+                    let _ = reply.send(engine.execute(op));
+                }
+            });
+        if let Err(e) = spawned {
+            return Err(OpenError::Backend {
+                target: path.display().to_string(),
+                reason: format!("cannot start the SQLite thread: {e}"),
+            });
+        }
+        match opened_rx.await {
+            Ok(Ok(())) => Ok(Remote(SqliteThread {
+                calls: Mutex::new(calls_tx),
+                path,
+            })),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(OpenError::Backend {
+                target: path.display().to_string(),
+                reason: "the SQLite thread stopped while opening".into(),
+            }),
+        }
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.0.path
+    }
+}
+
+#[async_trait]
+impl Transport for SqliteThread {
+    async fn call(&self, op: Op) -> StorageResult<Reply> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let sent = self
+            .calls
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .send((op, tx));
+        if sent.is_err() {
+            return Err(StorageError::Unavailable("the SQLite thread has stopped".into()));
+        }
+        rx.await.map_err(|_| {
+            StorageError::Ambiguous("the SQLite thread stopped during the call".into())
+        })
+    }
+}

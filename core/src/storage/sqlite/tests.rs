@@ -1,0 +1,168 @@
+//! The SQLite engine's own concerns: files, locks, schema versions, the thread.
+//! Its job and lease semantics are held to the model by the conformance suite
+//! and the model-based property test in `tests/`.
+
+use std::time::Duration;
+
+use rusqlite::Connection;
+use serde_json::json;
+
+use super::*;
+use crate::clock::Timestamp;
+use crate::storage::{EnqueueRequest, JobState, JobStore, LeaseStore, OpenError};
+
+const T0: Timestamp = Timestamp(1_000_000);
+
+fn block<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime")
+        .block_on(f)
+}
+
+fn dir() -> tempfile::TempDir {
+    tempfile::tempdir().expect("temp dir")
+}
+
+#[test]
+fn a_file_keeps_jobs_and_leases_across_reopen_and_migrates_once() {
+    let dir = dir();
+    let path = dir.path().join("keel.db");
+    {
+        let engine = SqliteEngine::open(&path).expect("open");
+        let id = poll_ready(engine.enqueue(EnqueueRequest::new("email", json!({"to": 1})), T0))
+            .expect("ready")
+            .expect("enqueue")
+            .id();
+        assert_eq!(id.0, 1);
+        poll_ready(engine.try_acquire("m", "a", Duration::from_secs(5), T0))
+            .expect("ready")
+            .expect("acquire");
+    }
+    let engine = SqliteEngine::open(&path).expect("reopen");
+    let job = poll_ready(engine.get_job(crate::storage::JobId(1)))
+        .expect("ready")
+        .expect("get")
+        .expect("kept");
+    assert_eq!((job.kind.as_str(), job.state), ("email", JobState::Available));
+    let lease = poll_ready(engine.get_lease("m")).expect("ready").expect("get");
+    assert_eq!(lease.map(|l| l.term.0), Some(1));
+    let conn = Connection::open(&path).expect("raw");
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .expect("mode");
+    assert_eq!(mode, "wal");
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .expect("version");
+    assert_eq!(version, SCHEMA_VERSION);
+}
+
+#[test]
+fn a_newer_schema_is_refused_with_both_versions() {
+    let dir = dir();
+    let path = dir.path().join("keel.db");
+    drop(SqliteEngine::open(&path).expect("open"));
+    Connection::open(&path)
+        .expect("raw")
+        .execute_batch(&format!("PRAGMA user_version = {}", SCHEMA_VERSION + 1))
+        .expect("bump");
+    let err = SqliteEngine::open(&path).expect_err("too new");
+    assert!(
+        matches!(err, OpenError::SchemaTooNew { found, supported, .. }
+            if found == SCHEMA_VERSION + 1 && supported == SCHEMA_VERSION),
+        "{err}"
+    );
+    assert!(err.to_string().contains("upgrade Keel"), "{err}");
+}
+
+#[test]
+fn another_applications_database_is_refused_and_left_alone() {
+    let dir = dir();
+    let theirs = dir.path().join("app.db");
+    Connection::open(&theirs)
+        .expect("raw")
+        .execute_batch("CREATE TABLE users (id INTEGER PRIMARY KEY)")
+        .expect("their table");
+    let err = SqliteEngine::open(&theirs).expect_err("not keel");
+    assert!(matches!(err, OpenError::NotKeel { .. }), "{err}");
+    let tables: i64 = Connection::open(&theirs)
+        .expect("raw")
+        .query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get(0))
+        .expect("count");
+    assert_eq!(tables, 1, "nothing was added to their database");
+
+    let text = dir.path().join("notes.txt");
+    std::fs::write(&text, "this is not a database, just a text file long enough to have a header")
+        .expect("write");
+    let err = SqliteEngine::open(&text).expect_err("not a database");
+    assert!(matches!(err, OpenError::NotKeel { .. }), "{err}");
+}
+
+#[test]
+fn a_read_only_or_unopenable_path_says_so() {
+    let dir = dir();
+    let path = dir.path().join("keel.db");
+    drop(SqliteEngine::open(&path).expect("create"));
+    let uri = format!("file:{}?mode=ro", path.display());
+    let err = SqliteEngine::open(&uri).expect_err("read-only");
+    assert!(matches!(err, OpenError::ReadOnly { .. }), "{err}");
+
+    let missing = dir.path().join("no/such/dir/keel.db");
+    let err = SqliteEngine::open(&missing).expect_err("no directory");
+    assert!(matches!(err, OpenError::Unreachable { .. }), "{err}");
+    assert!(err.to_string().contains("no/such/dir"), "names the path: {err}");
+
+    let err = SqliteEngine::open("").expect_err("empty");
+    assert!(matches!(err, OpenError::InvalidConfig { what: "path", .. }), "{err}");
+}
+
+#[test]
+fn a_database_another_process_keeps_locked_fails_open_then_calls_wait_or_fail_cleanly() {
+    let dir = dir();
+    let path = dir.path().join("keel.db");
+    let quick = SqliteOptions::default().busy_timeout(Duration::from_millis(50));
+    let engine = SqliteEngine::open_with(&path, quick.clone()).expect("open");
+    let mut other = Connection::open(&path).expect("raw");
+    let holder = other
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Exclusive)
+        .expect("lock");
+    let err = SqliteEngine::open_with(&path, quick).expect_err("locked");
+    assert!(matches!(err, OpenError::Locked { .. }), "{err}");
+    let err = poll_ready(engine.enqueue(EnqueueRequest::new("k", json!(1)), T0))
+        .expect("ready")
+        .expect_err("busy");
+    assert!(
+        matches!(err, crate::storage::StorageError::Unavailable(_)),
+        "busy is retryable and applied nothing: {err}"
+    );
+    holder.rollback().expect("release");
+    let ok = poll_ready(engine.enqueue(EnqueueRequest::new("k", json!(1)), T0)).expect("ready");
+    assert_eq!(ok.expect("enqueue").id().0, 1, "the busy call used no id");
+}
+
+#[test]
+fn the_storage_thread_answers_calls_and_reports_open_errors() {
+    let dir = dir();
+    let path = dir.path().join("keel.db");
+    block(async {
+        let storage = SqliteStorage::open(&path).await.expect("open");
+        assert_eq!(storage.path(), path.as_path());
+        let id = storage
+            .enqueue(EnqueueRequest::new("email", json!(null)), T0)
+            .await
+            .expect("enqueue")
+            .id();
+        let jobs = storage.claim("default", "w", 5, T0).await.expect("claim");
+        assert_eq!(jobs.iter().map(|j| j.id).collect::<Vec<_>>(), vec![id]);
+        let err = storage
+            .enqueue(EnqueueRequest::new("email", json!(null)).queue("no spaces"), T0)
+            .await
+            .expect_err("invalid");
+        assert!(err.to_string().contains("queue"), "{err}");
+        let err = SqliteStorage::open(dir.path().join("missing/x.db"))
+            .await
+            .expect_err("no dir");
+        assert!(matches!(err, OpenError::Unreachable { .. }), "{err}");
+    });
+}
