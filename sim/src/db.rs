@@ -1,4 +1,4 @@
-//! The database host: `MemStorage` served to the nodes over the network seam.
+//! The database host: a storage engine (`MemStorage` or `SqliteEngine`) served to the nodes over the network seam.
 //!
 //! Nodes talk to storage the way a production service talks to its database: over
 //! a byte stream that can stall, break, or lose a reply after the request was
@@ -20,8 +20,8 @@ use keel::clock::SharedClock;
 use keel::net::{BoxStream, Network};
 use keel::storage::ops::{self, Op, Remote, Reply, Transport};
 use keel::storage::{
-    CancelResult, EffectResult, EnqueueOutcome, Finalize, FinalizeResult, JobState, MemStorage,
-    PeriodicOutcome, StorageError, StorageResult,
+    CancelResult, EffectResult, EnqueueOutcome, Finalize, FinalizeResult, JobState,
+    PeriodicOutcome, Storage, StorageError, StorageResult,
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -153,7 +153,7 @@ fn finalized_state(outcome: &Finalize) -> JobState {
 /// Serve `store` on `DB_PORT` until the host stops.
 pub async fn serve(
     net: Arc<dyn Network>,
-    store: Arc<MemStorage>,
+    store: Arc<dyn Storage>,
     history: History,
     faults: DbFaults,
 ) -> io::Result<()> {
@@ -174,7 +174,7 @@ pub async fn serve(
 /// reply; the node's client then sees a broken stream and reconnects.
 async fn serve_connection(
     mut stream: BoxStream,
-    store: Arc<MemStorage>,
+    store: Arc<dyn Storage>,
     history: History,
     faults: DbFaults,
 ) {

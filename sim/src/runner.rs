@@ -16,7 +16,7 @@ use keel::events::Event;
 use keel::jobs::JobsConfig;
 use keel::planted::{Bug, PlantedBugs};
 use keel::shutdown::panic_message;
-use keel::storage::MemStorage;
+use keel::storage::{poll_ready, MemStorage, SqliteEngine, Storage};
 use scenarios::Scenario;
 
 use crate::checkers::{self, CheckCtx, Violation};
@@ -45,6 +45,54 @@ pub struct RunSpec {
     pub seed: u64,
     /// The planted bug switched on, if any.
     pub plant: Option<Bug>,
+    /// Which engine the database host serves.
+    pub storage: StorageKind,
+}
+
+/// The storage engine behind the simulated database host.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum StorageKind {
+    /// [`MemStorage`], the reference model.
+    #[default]
+    Mem,
+    /// [`SqliteEngine`] in memory: the SQL production runs.
+    Sqlite,
+}
+
+impl StorageKind {
+    /// Every engine the simulator can serve.
+    pub const ALL: [StorageKind; 2] = [StorageKind::Mem, StorageKind::Sqlite];
+
+    /// A fresh, empty store of this kind.
+    pub fn open(self) -> Result<Arc<dyn Storage>, SimError> {
+        Ok(match self {
+            StorageKind::Mem => Arc::new(MemStorage::new()),
+            StorageKind::Sqlite => Arc::new(
+                SqliteEngine::in_memory().map_err(|e| SimError::Sim(format!("sqlite: {e}")))?,
+            ),
+        })
+    }
+}
+
+impl std::fmt::Display for StorageKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            StorageKind::Mem => "mem",
+            StorageKind::Sqlite => "sqlite",
+        })
+    }
+}
+
+impl std::str::FromStr for StorageKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "mem" => Ok(StorageKind::Mem),
+            "sqlite" => Ok(StorageKind::Sqlite),
+            other => Err(format!("unknown storage {other:?}; use mem or sqlite")),
+        }
+    }
 }
 
 /// What one run did.
@@ -106,8 +154,12 @@ pub fn replay_command(spec: &RunSpec) -> String {
         .plant
         .map(|b| format!(" --plant {b}"))
         .unwrap_or_default();
+    let storage = match spec.storage {
+        StorageKind::Mem => String::new(),
+        other => format!(" --storage {other}"),
+    };
     format!(
-        "cargo run -p sim -- replay --scenario {} --seed {}{plant}",
+        "cargo run -p sim -- replay --scenario {} --seed {}{plant}{storage}",
         spec.scenario.name, spec.seed
     )
 }
@@ -262,7 +314,7 @@ fn simulate(spec: &RunSpec) -> Result<RunResult, SimError> {
         .enable_random_order()
         .build();
     let history = History::new();
-    let store = Arc::new(MemStorage::new());
+    let store = spec.storage.open()?;
     let store_for_harness = store.clone();
     let db_history = history.clone();
     let db_faults = DbFaults::new(spec.seed ^ 0x6462_6661_756c_7473);
@@ -332,7 +384,9 @@ fn simulate(spec: &RunSpec) -> Result<RunResult, SimError> {
         sim.step().map_err(|e| SimError::Sim(e.to_string()))?;
     }
     let end_at = u64::try_from(sim.elapsed().as_millis()).unwrap_or(u64::MAX);
-    let jobs = driver.store.unfinished_jobs();
+    let jobs = poll_ready(driver.store.list_unfinished(u32::MAX))
+        .ok_or_else(|| SimError::Sim("the database engine waited".into()))?
+        .map_err(|e| SimError::Sim(format!("listing unfinished jobs: {e}")))?;
     history.push_at(
         end_at,
         HARNESS_HOST,
@@ -358,7 +412,7 @@ struct Driver {
     active: Vec<(Fault, usize)>,
     hooks: HookFaults,
     history: History,
-    store: Arc<MemStorage>,
+    store: Arc<dyn Storage>,
     nodes: usize,
     /// Each node's clock skew, which clock jumps change.
     skews: Vec<Arc<AtomicI64>>,
@@ -412,7 +466,11 @@ impl Driver {
     /// The node holding a live lease, by the database's state.
     fn leader(&self, now_ms: u64) -> Option<usize> {
         let now = keel::clock::Timestamp(crate::clock::EPOCH_UNIX_MS + i64::try_from(now_ms).ok()?);
-        let lease = self.store.lease(LEASE_NAME).filter(|l| l.is_live(now))?;
+        // Both engines answer at once; `None` here would only skip aiming a fault.
+        let lease = poll_ready(self.store.get_lease(LEASE_NAME))?.ok()??;
+        if !lease.is_live(now) {
+            return None;
+        }
         let holder = lease.holder?;
         (0..self.nodes).find(|i| node_name(*i) == holder)
     }
@@ -599,6 +657,7 @@ mod tests {
             scenario: scenarios::by_name("leadership_flap").expect("scenario"),
             seed: 5,
             plant: None,
+            storage: StorageKind::Mem,
         };
         let a = run_once(&spec).expect("run");
         let b = run_once(&spec).expect("run");

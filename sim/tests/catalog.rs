@@ -1,13 +1,23 @@
 //! `cargo test -p sim`: every scenario of the catalog over its default seed set
 //! (`SIM_SEED=<n>` runs exactly that seed, `SIM_SEEDS=<n>` sweeps `0..n`, and
-//! `SIM_SCENARIO=<name>` narrows to one scenario). Every seed runs twice and the two
-//! trace hashes must agree. Scenarios run in parallel, one thread each; a run
-//! never leaves its thread, so each stays deterministic.
+//! `SIM_SCENARIO=<name>` narrows to one scenario), once with the database host on
+//! `MemStorage` and once on the SQLite engine (`SIM_STORAGE=mem|sqlite` narrows to
+//! one). Every seed runs twice and the two trace hashes must agree. Runs go in
+//! parallel, one thread per scenario and engine; a run never leaves its thread, so
+//! each stays deterministic.
 
-use sim::runner::{self, report, RunSpec};
+use sim::runner::{self, report, RunSpec, StorageKind};
 
-fn failures_of(scenario: scenarios::Scenario) -> Vec<String> {
-    let seeds = sim::seeds::from_env(scenario.default_seeds).unwrap_or_else(|e| panic!("{e}"));
+/// Seeds per scenario on SQLite when no seed is chosen: the SQL engine is held to
+/// the model by the conformance suite, so here it needs breadth, not depth.
+const SQLITE_SEEDS_DEFAULT: u64 = 16;
+
+fn failures_of(scenario: scenarios::Scenario, storage: StorageKind) -> Vec<String> {
+    let default = match storage {
+        StorageKind::Mem => scenario.default_seeds,
+        StorageKind::Sqlite => scenario.default_seeds.min(SQLITE_SEEDS_DEFAULT),
+    };
+    let seeds = sim::seeds::from_env(default).unwrap_or_else(|e| panic!("{e}"));
     let mut failures = Vec::new();
     let (mut runs, mut hashes) = (0u64, 0u64);
     for seed in seeds {
@@ -15,6 +25,7 @@ fn failures_of(scenario: scenarios::Scenario) -> Vec<String> {
             scenario: scenario.clone(),
             seed,
             plant: None,
+            storage,
         };
         match runner::run_checked(&spec) {
             Ok(result) if result.passed() => {
@@ -30,7 +41,7 @@ fn failures_of(scenario: scenarios::Scenario) -> Vec<String> {
         }
     }
     eprintln!(
-        "{}: {runs} seeds held, each run twice (xor of trace hashes {hashes:016x})",
+        "{} ({storage}): {runs} seeds held, each run twice (xor of trace hashes {hashes:016x})",
         scenario.name
     );
     failures
@@ -51,10 +62,17 @@ fn every_scenario_holds_its_invariants_on_its_default_seeds_deterministically() 
             .map(|s| s.name.clone())
             .collect::<Vec<_>>()
     );
+    let engines: Vec<StorageKind> = match std::env::var("SIM_STORAGE") {
+        Ok(name) => vec![name
+            .parse()
+            .unwrap_or_else(|e: String| panic!("SIM_STORAGE: {e}"))],
+        Err(_) => StorageKind::ALL.to_vec(),
+    };
     let failures: Vec<String> = std::thread::scope(|scope| {
         let handles: Vec<_> = catalog
             .into_iter()
-            .map(|s| scope.spawn(move || failures_of(s)))
+            .flat_map(|s| engines.iter().map(move |k| (s.clone(), *k)))
+            .map(|(s, k)| scope.spawn(move || failures_of(s, k)))
             .collect();
         handles
             .into_iter()

@@ -17,6 +17,7 @@ fn spec(scenario: &str, seed: u64, plant: Option<Bug>) -> RunSpec {
         scenario: scenarios::by_name(scenario).expect("scenario in catalog"),
         seed,
         plant,
+        storage: Default::default(),
     }
 }
 

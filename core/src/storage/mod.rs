@@ -23,8 +23,8 @@ pub mod job;
 mod mem;
 mod mem_jobs;
 pub mod ops;
-pub mod sqlite;
 mod rules;
+pub mod sqlite;
 
 use std::fmt;
 use std::sync::Arc;

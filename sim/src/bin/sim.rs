@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use keel::planted::Bug;
 use scenarios::Scenario;
-use sim::runner::{self, report, RunSpec, SimError};
+use sim::runner::{self, report, RunSpec, SimError, StorageKind};
 
 const EXIT_VIOLATION: u8 = 3;
 const EXIT_NONDETERMINISM: u8 = 4;
@@ -41,6 +41,9 @@ enum Command {
         /// Stop at the first failing seed.
         #[arg(long)]
         fail_fast: bool,
+        /// The engine the database host serves: mem (the model) or sqlite.
+        #[arg(long, default_value = "mem")]
+        storage: StorageKind,
     },
     /// Run one seed, print its fault plan and verdict, optionally write its trace.
     Replay {
@@ -56,6 +59,9 @@ enum Command {
         /// Write the history as JSON lines to this file.
         #[arg(long)]
         trace: Option<std::path::PathBuf>,
+        /// The engine the database host serves: mem (the model) or sqlite.
+        #[arg(long, default_value = "mem")]
+        storage: StorageKind,
     },
 }
 
@@ -76,11 +82,12 @@ fn main() -> ExitCode {
             start,
             plant,
             fail_fast,
+            storage,
         } => {
             let chosen = scenario.map_or_else(scenarios::all, |s| vec![s]);
             let codes = chosen
                 .into_iter()
-                .map(|s| sweep(s, start, seeds, plant, fail_fast));
+                .map(|s| sweep(s, start, seeds, plant, fail_fast, storage));
             codes.max().unwrap_or(0)
         }
         Command::Replay {
@@ -88,11 +95,13 @@ fn main() -> ExitCode {
             seed,
             plant,
             trace,
+            storage,
         } => replay(
             RunSpec {
                 scenario,
                 seed,
                 plant,
+                storage,
             },
             trace,
         ),
@@ -107,7 +116,14 @@ fn sim_error_code(e: &SimError) -> u8 {
     }
 }
 
-fn sweep(scenario: Scenario, start: u64, count: u64, plant: Option<Bug>, fail_fast: bool) -> u8 {
+fn sweep(
+    scenario: Scenario,
+    start: u64,
+    count: u64,
+    plant: Option<Bug>,
+    fail_fast: bool,
+    storage: StorageKind,
+) -> u8 {
     let name = scenario.name.clone();
     let mut failed = 0u64;
     let mut worst = 0u8;
@@ -116,6 +132,7 @@ fn sweep(scenario: Scenario, start: u64, count: u64, plant: Option<Bug>, fail_fa
             scenario: scenario.clone(),
             seed,
             plant,
+            storage,
         };
         match runner::run_checked(&spec) {
             Ok(result) if result.passed() => {}
@@ -137,7 +154,7 @@ fn sweep(scenario: Scenario, start: u64, count: u64, plant: Option<Bug>, fail_fa
             break;
         }
     }
-    println!("{name}: {count} seeds from {start}, {failed} failed");
+    println!("{name} ({storage}): {count} seeds from {start}, {failed} failed");
     worst
 }
 

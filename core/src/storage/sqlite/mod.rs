@@ -115,10 +115,11 @@ impl SqliteEngine {
             | OpenFlags::SQLITE_OPEN_CREATE
             | OpenFlags::SQLITE_OPEN_URI
             | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        let conn = Connection::open_with_flags(path, flags).map_err(|e| OpenError::Unreachable {
-            target: target.clone(),
-            reason: e.to_string(),
-        })?;
+        let conn =
+            Connection::open_with_flags(path, flags).map_err(|e| OpenError::Unreachable {
+                target: target.clone(),
+                reason: e.to_string(),
+            })?;
         Self::prepare(conn, &target, &options, true)
     }
 
@@ -161,8 +162,10 @@ impl SqliteEngine {
             Durability::Full => "FULL",
             Durability::Normal => "NORMAL",
         };
-        conn.execute_batch(&format!("PRAGMA synchronous = {sync}; PRAGMA foreign_keys = ON;"))
-            .map_err(fail)?;
+        conn.execute_batch(&format!(
+            "PRAGMA synchronous = {sync}; PRAGMA foreign_keys = ON;"
+        ))
+        .map_err(fail)?;
         Ok(Self {
             conn: Mutex::new(conn),
         })
@@ -328,7 +331,9 @@ impl Transport for SqliteThread {
             .unwrap_or_else(|p| p.into_inner())
             .send((op, tx));
         if sent.is_err() {
-            return Err(StorageError::Unavailable("the SQLite thread has stopped".into()));
+            return Err(StorageError::Unavailable(
+                "the SQLite thread has stopped".into(),
+            ));
         }
         rx.await.map_err(|_| {
             StorageError::Ambiguous("the SQLite thread stopped during the call".into())

@@ -22,11 +22,7 @@ const JOB_COLUMNS: &str = "id, kind, queue, payload, priority, state, attempt, m
 
 /// A value the database holds that this library could not have written.
 fn corrupt(column: usize, what: String) -> rusqlite::Error {
-    rusqlite::Error::FromSqlConversionFailure(
-        column,
-        rusqlite::types::Type::Text,
-        what.into(),
-    )
+    rusqlite::Error::FromSqlConversionFailure(column, rusqlite::types::Type::Text, what.into())
 }
 
 fn json_column<T: serde::de::DeserializeOwned>(row: &Row<'_>, i: usize) -> rusqlite::Result<T> {
@@ -62,7 +58,11 @@ fn job_from_row(row: &Row<'_>) -> rusqlite::Result<Job> {
     })
 }
 
-fn jobs_where(tx: &Transaction<'_>, filter: &str, args: impl rusqlite::Params) -> rusqlite::Result<Vec<Job>> {
+fn jobs_where(
+    tx: &Transaction<'_>,
+    filter: &str,
+    args: impl rusqlite::Params,
+) -> rusqlite::Result<Vec<Job>> {
     let sql = format!("SELECT {JOB_COLUMNS} FROM keel_jobs WHERE {filter}");
     let mut stmt = tx.prepare_cached(&sql)?;
     let rows = stmt.query_map(args, job_from_row)?;
@@ -97,7 +97,11 @@ fn store(tx: &Transaction<'_>, job: &Job) -> rusqlite::Result<()> {
     Ok(())
 }
 
-fn insert(tx: &Transaction<'_>, req: EnqueueRequest, now: Timestamp) -> rusqlite::Result<EnqueueOutcome> {
+fn insert(
+    tx: &Transaction<'_>,
+    req: EnqueueRequest,
+    now: Timestamp,
+) -> rusqlite::Result<EnqueueOutcome> {
     if let Some(key) = &req.unique_key {
         let existing: Option<u64> = tx
             .prepare_cached("SELECT id FROM keel_jobs WHERE unique_key = ?1")?
@@ -126,8 +130,8 @@ fn insert(tx: &Transaction<'_>, req: EnqueueRequest, now: Timestamp) -> rusqlite
         job.created_at.0,
         job.unique_key,
     ])?;
-    let id = u64::try_from(tx.last_insert_rowid())
-        .map_err(|_| corrupt(0, "negative job id".into()))?;
+    let id =
+        u64::try_from(tx.last_insert_rowid()).map_err(|_| corrupt(0, "negative job id".into()))?;
     Ok(EnqueueOutcome::Inserted(JobId(id)))
 }
 
@@ -437,8 +441,8 @@ impl JobStore for SqliteEngine {
             let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, u64>(1)?)))?;
             for row in rows {
                 let (state, n) = row?;
-                let state =
-                    JobState::parse(&state).ok_or_else(|| corrupt(0, format!("state {state:?}")))?;
+                let state = JobState::parse(&state)
+                    .ok_or_else(|| corrupt(0, format!("state {state:?}")))?;
                 counts.0.insert(state, n);
             }
             Ok(counts)
@@ -507,8 +511,10 @@ impl JobStore for SqliteEngine {
                 return Ok(PeriodicOutcome::AlreadyFired(JobId(id)));
             }
             let id = insert(tx, req, now)?.id();
-            tx.prepare_cached("INSERT INTO keel_periodic (name, slot, job_id) VALUES (?1, ?2, ?3)")?
-                .execute(params![name, slot.0, id.0])?;
+            tx.prepare_cached(
+                "INSERT INTO keel_periodic (name, slot, job_id) VALUES (?1, ?2, ?3)",
+            )?
+            .execute(params![name, slot.0, id.0])?;
             Ok(PeriodicOutcome::Fired(id))
         })
     }

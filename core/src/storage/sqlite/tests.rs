@@ -44,8 +44,13 @@ fn a_file_keeps_jobs_and_leases_across_reopen_and_migrates_once() {
         .expect("ready")
         .expect("get")
         .expect("kept");
-    assert_eq!((job.kind.as_str(), job.state), ("email", JobState::Available));
-    let lease = poll_ready(engine.get_lease("m")).expect("ready").expect("get");
+    assert_eq!(
+        (job.kind.as_str(), job.state),
+        ("email", JobState::Available)
+    );
+    let lease = poll_ready(engine.get_lease("m"))
+        .expect("ready")
+        .expect("get");
     assert_eq!(lease.map(|l| l.term.0), Some(1));
     let conn = Connection::open(&path).expect("raw");
     let mode: String = conn
@@ -93,8 +98,11 @@ fn another_applications_database_is_refused_and_left_alone() {
     assert_eq!(tables, 1, "nothing was added to their database");
 
     let text = dir.path().join("notes.txt");
-    std::fs::write(&text, "this is not a database, just a text file long enough to have a header")
-        .expect("write");
+    std::fs::write(
+        &text,
+        "this is not a database, just a text file long enough to have a header",
+    )
+    .expect("write");
     let err = SqliteEngine::open(&text).expect_err("not a database");
     assert!(matches!(err, OpenError::NotKeel { .. }), "{err}");
 }
@@ -111,10 +119,16 @@ fn a_read_only_or_unopenable_path_says_so() {
     let missing = dir.path().join("no/such/dir/keel.db");
     let err = SqliteEngine::open(&missing).expect_err("no directory");
     assert!(matches!(err, OpenError::Unreachable { .. }), "{err}");
-    assert!(err.to_string().contains("no/such/dir"), "names the path: {err}");
+    assert!(
+        err.to_string().contains("no/such/dir"),
+        "names the path: {err}"
+    );
 
     let err = SqliteEngine::open("").expect_err("empty");
-    assert!(matches!(err, OpenError::InvalidConfig { what: "path", .. }), "{err}");
+    assert!(
+        matches!(err, OpenError::InvalidConfig { what: "path", .. }),
+        "{err}"
+    );
 }
 
 #[test]
@@ -156,7 +170,10 @@ fn the_storage_thread_answers_calls_and_reports_open_errors() {
         let jobs = storage.claim("default", "w", 5, T0).await.expect("claim");
         assert_eq!(jobs.iter().map(|j| j.id).collect::<Vec<_>>(), vec![id]);
         let err = storage
-            .enqueue(EnqueueRequest::new("email", json!(null)).queue("no spaces"), T0)
+            .enqueue(
+                EnqueueRequest::new("email", json!(null)).queue("no spaces"),
+                T0,
+            )
             .await
             .expect_err("invalid");
         assert!(err.to_string().contains("queue"), "{err}");
