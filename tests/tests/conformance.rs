@@ -556,6 +556,12 @@ async fn claim_goes_by_priority_then_due_time_then_id(s: Store) -> Outcome {
     enqueue(&s, req().priority(0).queue("other"), at(0)).await?; // 6: other queue
     assert_eq!(ids_claimed(&s, "mail", 10, at(30)).await?, vec![3, 2, 4, 1]);
     assert_eq!(ids_claimed(&s, "other", 10, at(30)).await?, vec![6]);
+    // The due time is when it became due, not when it was enqueued: 7 was
+    // enqueued first but is due after 8.
+    enqueue(&s, req().scheduled_at(at(100)), at(40)).await?; // 7
+    enqueue(&s, req(), at(60)).await?; // 8
+    assert_eq!(s.promote_due(at(200)).await?, 1);
+    assert_eq!(ids_claimed(&s, "mail", 10, at(200)).await?, vec![8, 7]);
     assert_eq!(
         ids_claimed(&s, "nowhere", 10, at(30)).await?,
         Vec::<u64>::new()
