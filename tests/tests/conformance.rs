@@ -1,0 +1,1558 @@
+//! The storage conformance suite: every operation and every state transition of
+//! the storage seam, run against every engine in [`engines::EngineKind::ALL`].
+//!
+//! `MemStorage` is the model, so these cases pin its semantics; a real engine
+//! conforms when it passes them all. Trials are named `engine::case`, e.g.
+//! `mem::finalize_is_idempotent`; an engine that cannot run here is listed with
+//! its trials ignored, never passed. Each case gets a fresh, empty store and a
+//! fresh current-thread runtime.
+
+mod engines;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use engines::EngineKind;
+use keel::clock::Timestamp;
+use keel::storage::job::{
+    ATTEMPTS_MAX, ERRORS_KEPT_MAX, NAME_LEN_MAX, PAYLOAD_BYTES_MAX, UNIQUE_KEY_LEN_MAX,
+};
+use keel::storage::{
+    CancelResult, Claim, EffectResult, EnqueueOutcome, EnqueueRequest, Finalize, FinalizeResult,
+    HeartbeatStatus, Job, JobId, JobState, Lease, PeriodicOutcome, QueueConfig, SharedStorage,
+    StateCounts, StorageError, StorageResult, Term,
+};
+use libtest_mimic::{Arguments, Failed};
+use serde_json::json;
+
+type Store = SharedStorage;
+/// Storage errors fail a case through `?`; wrong answers fail it by panicking.
+type Outcome = Result<(), Failed>;
+type CaseFn = Arc<dyn Fn(Store) -> Pin<Box<dyn Future<Output = Outcome>>> + Send + Sync>;
+
+struct Case {
+    name: &'static str,
+    run: CaseFn,
+}
+
+fn case<F, Fut>(name: &'static str, f: F) -> Case
+where
+    F: Fn(Store) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Outcome> + 'static,
+{
+    Case {
+        name,
+        run: Arc::new(move |s| Box::pin(f(s))),
+    }
+}
+
+macro_rules! cases {
+    ($($f:ident),* $(,)?) => {
+        vec![$(case(stringify!($f), $f)),*]
+    };
+}
+
+fn cases() -> Vec<Case> {
+    cases![
+        // Leases.
+        lease_every_grant_starts_a_new_term,
+        lease_is_refused_while_live_and_taken_over_once_expired,
+        lease_renew_extends_and_never_shortens,
+        lease_stale_term_cannot_renew_or_resign,
+        lease_resign_keeps_the_term_counter,
+        lease_maintenance_heartbeat_is_fenced,
+        lease_names_are_independent,
+        // Enqueue.
+        enqueue_assigns_ids_in_order_and_keeps_the_request,
+        enqueue_future_is_scheduled_past_or_now_is_available,
+        enqueue_unique_key_answers_with_the_existing_job,
+        enqueue_batch_inserts_in_order,
+        enqueue_batch_is_all_or_nothing,
+        enqueue_batch_with_duplicate_keys,
+        // Claim.
+        claim_goes_by_priority_then_due_time_then_id,
+        claim_takes_at_most_limit,
+        claim_skips_a_paused_queue_until_unpaused,
+        claim_leaves_jobs_that_are_not_available,
+        claim_starts_a_new_attempt,
+        // Heartbeat.
+        heartbeat_alive_refreshes_the_claim,
+        heartbeat_reports_cancel_requested,
+        heartbeat_is_lost_for_a_stale_claim,
+        // Finalize.
+        finalize_completed_ends_the_job,
+        finalize_retry_records_the_error_and_waits,
+        finalize_discard_ends_the_job,
+        finalize_snooze_gives_back_an_attempt,
+        finalize_cancel_ends_the_job,
+        finalize_is_idempotent,
+        finalize_is_stale_for_a_lost_claim,
+        finalize_after_cancel_request_never_runs_again,
+        finalize_keeps_the_newest_errors,
+        // Fenced effects.
+        effect_is_written_once_across_attempts,
+        effect_is_refused_to_a_stale_claim,
+        // Cancel.
+        cancel_ends_an_idle_job_at_once,
+        cancel_of_a_running_job_is_requested,
+        cancel_request_survives_a_rescue,
+        // Maintenance sweeps.
+        rescue_returns_stale_claims_by_id_and_makes_them_due,
+        rescue_discards_a_job_whose_attempts_are_spent,
+        promote_due_counts_due_jobs,
+        cleanup_deletes_old_finished_jobs_by_id_up_to_limit,
+        cleanup_frees_unique_keys_and_effects_and_never_reuses_ids,
+        cleanup_keeps_a_periodic_slot_fired,
+        // Reads and settings.
+        list_unfinished_by_id_up_to_limit,
+        count_by_state_counts_every_state,
+        queue_settings_round_trip,
+        // Periodic.
+        fire_periodic_fires_each_slot_once_for_the_current_term,
+        // Validation.
+        validation_of_enqueue_names_the_field,
+        validation_of_leases_names_the_field,
+        validation_of_claims_effects_periodics_and_queues_names_the_field,
+    ]
+}
+
+fn main() {
+    let args = Arguments::from_args();
+    engines::note_unavailable("conformance");
+    let mut trials = Vec::new();
+    for kind in EngineKind::ALL {
+        for Case { name, run } in cases() {
+            trials.push(engines::trial(kind, name, move || {
+                engines::block_on(async move {
+                    let store = kind.open(&format!("{}::{name}", kind.name())).await?;
+                    run(store).await
+                })
+            }));
+        }
+    }
+    libtest_mimic::run(&args, trials).exit();
+}
+
+// ---------------------------------------------------------------- helpers
+
+const T0: Timestamp = Timestamp(1_700_000_000_000);
+const TTL: Duration = Duration::from_secs(10);
+
+fn at(ms: i64) -> Timestamp {
+    Timestamp(T0.0 + ms)
+}
+
+fn req() -> EnqueueRequest {
+    EnqueueRequest::new("email", json!({"to": "a@b"})).queue("mail")
+}
+
+fn claim_of(job: &Job) -> Claim {
+    Claim {
+        job: job.id,
+        attempt: job.attempt,
+    }
+}
+
+/// The row `req` becomes when enqueued at `now` as job `id`, written out field
+/// by field so the suite does not lean on the model's own constructor.
+fn fresh(id: u64, req: &EnqueueRequest, now: Timestamp) -> Job {
+    let scheduled_at = req.scheduled_at.unwrap_or(now);
+    Job {
+        id: JobId(id),
+        kind: req.kind.clone(),
+        queue: req.queue.clone(),
+        payload: req.payload.clone(),
+        priority: req.priority,
+        state: if scheduled_at > now {
+            JobState::Scheduled
+        } else {
+            JobState::Available
+        },
+        attempt: 0,
+        max_attempts: req.max_attempts,
+        scheduled_at,
+        created_at: now,
+        owner: None,
+        heartbeat_at: None,
+        cancel_requested: false,
+        finalized_at: None,
+        finalized_attempt: None,
+        errors: Vec::new(),
+        unique_key: req.unique_key.clone(),
+    }
+}
+
+/// Job `id`, which must exist; checks the invariant every row keeps.
+async fn job(s: &Store, id: JobId) -> StorageResult<Job> {
+    let job = s
+        .get_job(id)
+        .await?
+        .unwrap_or_else(|| panic!("{id} exists"));
+    assert_eq!(
+        job.state.is_terminal(),
+        job.finalized_at.is_some(),
+        "finalized_at is set iff the state is terminal: {job:?}"
+    );
+    Ok(job)
+}
+
+async fn enqueue(s: &Store, req: EnqueueRequest, now: Timestamp) -> StorageResult<JobId> {
+    match s.enqueue(req, now).await? {
+        EnqueueOutcome::Inserted(id) => Ok(id),
+        dup => panic!("expected a new job, got {dup:?}"),
+    }
+}
+
+async fn claim_one(s: &Store, owner: &str, now: Timestamp) -> StorageResult<Job> {
+    let mut jobs = s.claim("mail", owner, 1, now).await?;
+    assert_eq!(jobs.len(), 1, "one job claimed: {jobs:?}");
+    Ok(jobs.remove(0))
+}
+
+async fn ids_claimed(
+    s: &Store,
+    queue: &str,
+    limit: u32,
+    now: Timestamp,
+) -> StorageResult<Vec<u64>> {
+    Ok(s.claim(queue, "w", limit, now)
+        .await?
+        .iter()
+        .map(|j| j.id.0)
+        .collect())
+}
+
+/// The field a validation error names; panics on anything else.
+fn field<T: std::fmt::Debug>(result: StorageResult<T>) -> String {
+    match result {
+        Err(StorageError::Invalid { field, .. }) => field,
+        other => panic!("expected a validation error, got {other:?}"),
+    }
+}
+
+fn counts(pairs: &[(JobState, u64)]) -> StateCounts {
+    StateCounts(pairs.iter().copied().collect())
+}
+
+fn retry(error: &str, at: Timestamp) -> Finalize {
+    Finalize::Retry {
+        error: error.into(),
+        at,
+    }
+}
+
+// ---------------------------------------------------------------- leases
+
+async fn lease_every_grant_starts_a_new_term(s: Store) -> Outcome {
+    let first = s.try_acquire("m", "a", TTL, T0).await?;
+    let expected = Lease {
+        name: "m".into(),
+        term: Term(1),
+        holder: Some("a".into()),
+        expires_at: at(10_000),
+    };
+    assert_eq!(first, Some(expected));
+    // The same holder acquiring again still gets a fresh term.
+    let again = s.try_acquire("m", "a", TTL, at(5_000)).await?;
+    let expected = Lease {
+        name: "m".into(),
+        term: Term(2),
+        holder: Some("a".into()),
+        expires_at: at(15_000),
+    };
+    assert_eq!(again, Some(expected.clone()));
+    assert_eq!(s.get_lease("m").await?, Some(expected));
+    // The old term is fenced off even for its own holder.
+    assert!(!s.renew("m", "a", Term(1), TTL, at(6_000)).await?);
+    assert!(
+        !s.maintenance_heartbeat("m", "a", Term(1), at(6_000))
+            .await?
+    );
+    assert!(
+        s.maintenance_heartbeat("m", "a", Term(2), at(6_000))
+            .await?
+    );
+    Ok(())
+}
+
+async fn lease_is_refused_while_live_and_taken_over_once_expired(s: Store) -> Outcome {
+    let a = s.try_acquire("m", "a", TTL, T0).await?;
+    assert_eq!(s.try_acquire("m", "b", TTL, at(9_999)).await?, None);
+    assert_eq!(s.get_lease("m").await?, a, "a refusal changes nothing");
+    // Expiry is exclusive: at `expires_at` the grant has lapsed.
+    let b = s.try_acquire("m", "b", TTL, at(10_000)).await?;
+    let expected = Lease {
+        name: "m".into(),
+        term: Term(2),
+        holder: Some("b".into()),
+        expires_at: at(20_000),
+    };
+    assert_eq!(b, Some(expected.clone()));
+    assert_eq!(s.try_acquire("m", "a", TTL, at(10_001)).await?, None);
+    assert!(!s.renew("m", "a", Term(1), TTL, at(10_002)).await?);
+    assert_eq!(s.get_lease("m").await?, Some(expected));
+    Ok(())
+}
+
+async fn lease_renew_extends_and_never_shortens(s: Store) -> Outcome {
+    s.try_acquire("m", "a", TTL, at(10_000)).await?;
+    assert!(s.renew("m", "a", Term(1), TTL, at(15_000)).await?);
+    let expires = |l: Option<Lease>| l.map(|l| l.expires_at);
+    assert_eq!(expires(s.get_lease("m").await?), Some(at(25_000)));
+    // A renewal from a clock running behind, or with a shorter ttl, keeps the
+    // later expiry already promised.
+    assert!(s.renew("m", "a", Term(1), TTL, at(1_000)).await?);
+    assert!(
+        s.renew("m", "a", Term(1), Duration::ZERO, at(24_000))
+            .await?
+    );
+    assert_eq!(expires(s.get_lease("m").await?), Some(at(25_000)));
+    // The holder of the current term may renew even after expiry while no one
+    // else took the lease.
+    assert!(s.renew("m", "a", Term(1), TTL, at(30_000)).await?);
+    assert_eq!(expires(s.get_lease("m").await?), Some(at(40_000)));
+    assert!(!s.renew("m", "b", Term(1), TTL, at(30_000)).await?);
+    assert!(!s.renew("absent", "a", Term(1), TTL, at(30_000)).await?);
+    assert_eq!(s.get_lease("absent").await?, None, "renew creates nothing");
+    Ok(())
+}
+
+async fn lease_stale_term_cannot_renew_or_resign(s: Store) -> Outcome {
+    s.try_acquire("m", "a", TTL, T0).await?;
+    let b = s.try_acquire("m", "b", TTL, at(20_000)).await?;
+    assert!(!s.renew("m", "a", Term(1), TTL, at(21_000)).await?);
+    assert!(!s.resign("m", "a", Term(1)).await?);
+    assert!(!s.resign("m", "b", Term(1)).await?, "b never held term 1");
+    assert!(!s.renew("m", "a", Term(2), TTL, at(21_000)).await?);
+    assert!(
+        !s.resign("m", "a", Term(2)).await?,
+        "a does not hold term 2"
+    );
+    assert!(
+        !s.resign("m", "b", Term(3)).await?,
+        "term 3 was never granted"
+    );
+    assert_eq!(s.get_lease("m").await?, b, "refusals change nothing");
+    Ok(())
+}
+
+async fn lease_resign_keeps_the_term_counter(s: Store) -> Outcome {
+    s.try_acquire("m", "a", TTL, T0).await?;
+    assert!(s.resign("m", "a", Term(1)).await?);
+    let resigned = Lease {
+        name: "m".into(),
+        term: Term(1),
+        holder: None,
+        expires_at: at(10_000),
+    };
+    assert_eq!(s.get_lease("m").await?, Some(resigned.clone()));
+    assert!(!s.resign("m", "a", Term(1)).await?, "already resigned");
+    assert!(!s.renew("m", "a", Term(1), TTL, at(1)).await?);
+    assert!(!s.maintenance_heartbeat("m", "a", Term(1), at(1)).await?);
+    assert_eq!(s.get_lease("m").await?, Some(resigned));
+    // A resigned lease is free at once, under the next term.
+    let b = s.try_acquire("m", "b", TTL, at(1)).await?;
+    assert_eq!(
+        b.map(|l| (l.term, l.holder)),
+        Some((Term(2), Some("b".into())))
+    );
+    Ok(())
+}
+
+async fn lease_maintenance_heartbeat_is_fenced(s: Store) -> Outcome {
+    let granted = s.try_acquire("m", "a", TTL, T0).await?;
+    assert!(s.maintenance_heartbeat("m", "a", Term(1), at(1)).await?);
+    assert!(!s.maintenance_heartbeat("m", "b", Term(1), at(1)).await?);
+    assert!(!s.maintenance_heartbeat("m", "a", Term(2), at(1)).await?);
+    assert!(
+        !s.maintenance_heartbeat("absent", "a", Term(1), at(1))
+            .await?
+    );
+    assert_eq!(s.get_lease("m").await?, granted, "it writes no lease");
+    s.try_acquire("m", "a", TTL, at(2)).await?;
+    assert!(!s.maintenance_heartbeat("m", "a", Term(1), at(3)).await?);
+    assert!(s.maintenance_heartbeat("m", "a", Term(2), at(3)).await?);
+    Ok(())
+}
+
+async fn lease_names_are_independent(s: Store) -> Outcome {
+    assert_eq!(s.get_lease("m").await?, None);
+    s.try_acquire("m", "a", TTL, T0).await?;
+    let n = s.try_acquire("n", "b", TTL, T0).await?;
+    assert_eq!(
+        n.map(|l| (l.term, l.holder)),
+        Some((Term(1), Some("b".into())))
+    );
+    assert!(!s.maintenance_heartbeat("n", "a", Term(1), T0).await?);
+    assert!(s.maintenance_heartbeat("m", "a", Term(1), T0).await?);
+    Ok(())
+}
+
+// ---------------------------------------------------------------- enqueue
+
+async fn enqueue_assigns_ids_in_order_and_keeps_the_request(s: Store) -> Outcome {
+    let first = EnqueueRequest::new("email", json!({"to": "a@b", "n": [1, 2], "ok": true}))
+        .queue("mail")
+        .priority(3)
+        .max_attempts(7)
+        .unique_key("welcome:1");
+    let second = EnqueueRequest::new("report", json!(null));
+    let third = req().scheduled_at(at(500));
+    assert_eq!(
+        s.enqueue(first.clone(), T0).await?,
+        EnqueueOutcome::Inserted(JobId(1))
+    );
+    assert_eq!(
+        s.enqueue(second.clone(), at(1)).await?,
+        EnqueueOutcome::Inserted(JobId(2))
+    );
+    assert_eq!(
+        s.enqueue(third.clone(), at(2)).await?,
+        EnqueueOutcome::Inserted(JobId(3))
+    );
+    let expected = Job {
+        id: JobId(1),
+        kind: "email".into(),
+        queue: "mail".into(),
+        payload: json!({"to": "a@b", "n": [1, 2], "ok": true}),
+        priority: 3,
+        state: JobState::Available,
+        attempt: 0,
+        max_attempts: 7,
+        scheduled_at: T0,
+        created_at: T0,
+        owner: None,
+        heartbeat_at: None,
+        cancel_requested: false,
+        finalized_at: None,
+        finalized_attempt: None,
+        errors: Vec::new(),
+        unique_key: Some("welcome:1".into()),
+    };
+    assert_eq!(job(&s, JobId(1)).await?, expected);
+    assert_eq!(job(&s, JobId(2)).await?, fresh(2, &second, at(1)));
+    assert_eq!(job(&s, JobId(3)).await?, fresh(3, &third, at(2)));
+    assert_eq!(s.get_job(JobId(4)).await?, None);
+    assert_eq!(s.get_job(JobId(0)).await?, None);
+    Ok(())
+}
+
+async fn enqueue_future_is_scheduled_past_or_now_is_available(s: Store) -> Outcome {
+    let future = req().scheduled_at(at(5_000));
+    let past = req().scheduled_at(at(-5_000));
+    let now = req().scheduled_at(T0);
+    for r in [&future, &past, &now] {
+        enqueue(&s, r.clone(), T0).await?;
+    }
+    assert_eq!(job(&s, JobId(1)).await?.state, JobState::Scheduled);
+    assert_eq!(
+        job(&s, JobId(2)).await?,
+        fresh(2, &past, T0),
+        "keeps its time"
+    );
+    assert_eq!(job(&s, JobId(3)).await?.state, JobState::Available);
+    assert_eq!(
+        s.count_by_state().await?,
+        counts(&[(JobState::Scheduled, 1), (JobState::Available, 2)])
+    );
+    // Earlier due time first, whatever the id.
+    assert_eq!(ids_claimed(&s, "mail", 10, T0).await?, vec![2, 3]);
+    Ok(())
+}
+
+async fn enqueue_unique_key_answers_with_the_existing_job(s: Store) -> Outcome {
+    let first = req().unique_key("k");
+    enqueue(&s, first.clone(), T0).await?;
+    let other_payload = EnqueueRequest::new("other", json!(2)).unique_key("k");
+    assert_eq!(
+        s.enqueue(other_payload, at(1)).await?,
+        EnqueueOutcome::Duplicate(JobId(1))
+    );
+    assert_eq!(job(&s, JobId(1)).await?, fresh(1, &first, T0), "unchanged");
+    // A duplicate consumes no id.
+    assert_eq!(enqueue(&s, req().unique_key("k2"), at(2)).await?, JobId(2));
+    // Finished jobs keep their key until cleaned up.
+    let c = claim_of(&claim_one(&s, "w", at(3)).await?);
+    s.finalize(c, "w", Finalize::Completed, at(4)).await?;
+    assert_eq!(
+        s.enqueue(req().unique_key("k"), at(5)).await?,
+        EnqueueOutcome::Duplicate(JobId(1))
+    );
+    assert_eq!(s.count_by_state().await?.0.values().sum::<u64>(), 2);
+    Ok(())
+}
+
+async fn enqueue_batch_inserts_in_order(s: Store) -> Outcome {
+    assert_eq!(s.enqueue_batch(Vec::new(), T0).await?, Vec::new());
+    let reqs = vec![
+        req(),
+        EnqueueRequest::new("b", json!(1)).priority(0),
+        req().scheduled_at(at(100)),
+    ];
+    let out = s.enqueue_batch(reqs.clone(), T0).await?;
+    assert_eq!(
+        out,
+        vec![
+            EnqueueOutcome::Inserted(JobId(1)),
+            EnqueueOutcome::Inserted(JobId(2)),
+            EnqueueOutcome::Inserted(JobId(3)),
+        ]
+    );
+    for (i, r) in reqs.iter().enumerate() {
+        let id = i as u64 + 1;
+        assert_eq!(job(&s, JobId(id)).await?, fresh(id, r, T0));
+    }
+    Ok(())
+}
+
+async fn enqueue_batch_is_all_or_nothing(s: Store) -> Outcome {
+    enqueue(&s, req(), T0).await?;
+    let bad = vec![req(), req().unique_key("k"), req().priority(10)];
+    assert_eq!(field(s.enqueue_batch(bad, at(1)).await), "priority");
+    assert_eq!(
+        s.count_by_state().await?,
+        counts(&[(JobState::Available, 1)]),
+        "nothing of the bad batch was inserted"
+    );
+    // Neither its key nor its ids were taken.
+    assert_eq!(enqueue(&s, req().unique_key("k"), at(2)).await?, JobId(2));
+    Ok(())
+}
+
+async fn enqueue_batch_with_duplicate_keys(s: Store) -> Outcome {
+    enqueue(&s, req().unique_key("a"), T0).await?;
+    let batch = vec![
+        req().unique_key("b"),
+        req().unique_key("b"),
+        req().unique_key("a"),
+        req(),
+    ];
+    assert_eq!(
+        s.enqueue_batch(batch, at(1)).await?,
+        vec![
+            EnqueueOutcome::Inserted(JobId(2)),
+            EnqueueOutcome::Duplicate(JobId(2)),
+            EnqueueOutcome::Duplicate(JobId(1)),
+            EnqueueOutcome::Inserted(JobId(3)),
+        ]
+    );
+    assert_eq!(
+        s.list_unfinished(10).await?,
+        vec![JobId(1), JobId(2), JobId(3)]
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------- claim
+
+async fn claim_goes_by_priority_then_due_time_then_id(s: Store) -> Outcome {
+    enqueue(&s, req().priority(5), at(10)).await?; // 1
+    enqueue(&s, req().priority(5), at(0)).await?; // 2
+    enqueue(&s, req().priority(1), at(20)).await?; // 3
+    enqueue(&s, req().priority(5), at(0)).await?; // 4: ties with 2 on time
+    enqueue(&s, req().priority(0).scheduled_at(at(1_000)), at(0)).await?; // 5: not due
+    enqueue(&s, req().priority(0).queue("other"), at(0)).await?; // 6: other queue
+    assert_eq!(ids_claimed(&s, "mail", 10, at(30)).await?, vec![3, 2, 4, 1]);
+    assert_eq!(ids_claimed(&s, "other", 10, at(30)).await?, vec![6]);
+    // The due time is when it became due, not when it was enqueued: 7 was
+    // enqueued first but is due after 8.
+    enqueue(&s, req().scheduled_at(at(100)), at(40)).await?; // 7
+    enqueue(&s, req(), at(60)).await?; // 8
+    assert_eq!(s.promote_due(at(200)).await?, 1);
+    assert_eq!(ids_claimed(&s, "mail", 10, at(200)).await?, vec![8, 7]);
+    assert_eq!(
+        ids_claimed(&s, "nowhere", 10, at(30)).await?,
+        Vec::<u64>::new()
+    );
+    Ok(())
+}
+
+async fn claim_takes_at_most_limit(s: Store) -> Outcome {
+    for _ in 0..3 {
+        enqueue(&s, req(), T0).await?;
+    }
+    assert_eq!(ids_claimed(&s, "mail", 0, T0).await?, Vec::<u64>::new());
+    assert_eq!(ids_claimed(&s, "mail", 2, T0).await?, vec![1, 2]);
+    assert_eq!(ids_claimed(&s, "mail", 5, T0).await?, vec![3]);
+    assert_eq!(ids_claimed(&s, "mail", 5, T0).await?, Vec::<u64>::new());
+    Ok(())
+}
+
+async fn claim_skips_a_paused_queue_until_unpaused(s: Store) -> Outcome {
+    enqueue(&s, req(), T0).await?;
+    enqueue(&s, req().queue("other"), T0).await?;
+    let mut config = QueueConfig {
+        name: "mail".into(),
+        workers: 2,
+        paused: true,
+    };
+    s.set_queue(config.clone()).await?;
+    assert_eq!(ids_claimed(&s, "mail", 10, at(1)).await?, Vec::<u64>::new());
+    assert_eq!(job(&s, JobId(1)).await?.attempt, 0, "untouched");
+    assert_eq!(ids_claimed(&s, "other", 10, at(1)).await?, vec![2]);
+    config.paused = false;
+    s.set_queue(config).await?;
+    assert_eq!(ids_claimed(&s, "mail", 10, at(2)).await?, vec![1]);
+    Ok(())
+}
+
+async fn claim_leaves_jobs_that_are_not_available(s: Store) -> Outcome {
+    enqueue(&s, req().scheduled_at(at(1_000)), T0).await?;
+    // Only promotion makes a scheduled job available, even once it is due.
+    assert_eq!(
+        ids_claimed(&s, "mail", 10, at(2_000)).await?,
+        Vec::<u64>::new()
+    );
+    assert_eq!(s.promote_due(at(2_000)).await?, 1);
+    let c = claim_of(&claim_one(&s, "w", at(2_000)).await?);
+    assert_eq!(
+        ids_claimed(&s, "mail", 10, at(2_001)).await?,
+        Vec::<u64>::new()
+    );
+    s.finalize(c, "w", retry("boom", at(2_500)), at(2_002))
+        .await?;
+    assert_eq!(
+        ids_claimed(&s, "mail", 10, at(3_000)).await?,
+        Vec::<u64>::new()
+    );
+    assert_eq!(s.promote_due(at(3_000)).await?, 1);
+    assert_eq!(ids_claimed(&s, "mail", 10, at(3_000)).await?, vec![1]);
+    Ok(())
+}
+
+async fn claim_starts_a_new_attempt(s: Store) -> Outcome {
+    let r = req().max_attempts(3);
+    enqueue(&s, r.clone(), T0).await?;
+    let claimed = claim_one(&s, "w1", at(7)).await?;
+    let expected = Job {
+        state: JobState::Running,
+        attempt: 1,
+        owner: Some("w1".into()),
+        heartbeat_at: Some(at(7)),
+        ..fresh(1, &r, T0)
+    };
+    assert_eq!(claimed, expected);
+    assert_eq!(job(&s, JobId(1)).await?, expected);
+    s.finalize(claim_of(&claimed), "w1", retry("boom", at(8)), at(8))
+        .await?;
+    s.promote_due(at(8)).await?;
+    let second = claim_one(&s, "w2", at(9)).await?;
+    let expected = Job {
+        state: JobState::Running,
+        attempt: 2,
+        owner: Some("w2".into()),
+        heartbeat_at: Some(at(9)),
+        scheduled_at: at(8),
+        finalized_attempt: Some(1),
+        errors: vec!["boom".into()],
+        ..fresh(1, &r, T0)
+    };
+    assert_eq!(second, expected);
+    Ok(())
+}
+
+// ---------------------------------------------------------------- heartbeat
+
+async fn heartbeat_alive_refreshes_the_claim(s: Store) -> Outcome {
+    enqueue(&s, req(), T0).await?;
+    let claimed = claim_one(&s, "w", at(0)).await?;
+    let c = claim_of(&claimed);
+    assert_eq!(s.heartbeat(c, "w", at(5)).await?, HeartbeatStatus::Alive);
+    let expected = Job {
+        heartbeat_at: Some(at(5)),
+        ..claimed
+    };
+    assert_eq!(job(&s, c.job).await?, expected);
+    // The fresh heartbeat keeps the rescuer away.
+    assert_eq!(s.rescue_stale(at(3), at(6)).await?, Vec::new());
+    assert_eq!(job(&s, c.job).await?, expected);
+    Ok(())
+}
+
+async fn heartbeat_reports_cancel_requested(s: Store) -> Outcome {
+    enqueue(&s, req(), T0).await?;
+    let c = claim_of(&claim_one(&s, "w", at(0)).await?);
+    assert_eq!(
+        s.request_cancel(c.job, at(1)).await?,
+        CancelResult::Requested
+    );
+    assert_eq!(
+        s.heartbeat(c, "w", at(2)).await?,
+        HeartbeatStatus::CancelRequested
+    );
+    let j = job(&s, c.job).await?;
+    assert_eq!(
+        (j.state, j.cancel_requested, j.heartbeat_at),
+        (JobState::Running, true, Some(at(2)))
+    );
+    Ok(())
+}
+
+async fn heartbeat_is_lost_for_a_stale_claim(s: Store) -> Outcome {
+    enqueue(&s, req().max_attempts(5), T0).await?;
+    let claimed = claim_one(&s, "w1", at(0)).await?;
+    let c = claim_of(&claimed);
+    let lost = HeartbeatStatus::Lost;
+    assert_eq!(s.heartbeat(c, "w2", at(1)).await?, lost, "wrong owner");
+    let ahead = Claim { attempt: 2, ..c };
+    let behind = Claim { attempt: 0, ..c };
+    assert_eq!(s.heartbeat(ahead, "w1", at(1)).await?, lost);
+    assert_eq!(s.heartbeat(behind, "w1", at(1)).await?, lost);
+    let missing = Claim {
+        job: JobId(99),
+        attempt: 1,
+    };
+    assert_eq!(s.heartbeat(missing, "w1", at(1)).await?, lost);
+    assert_eq!(
+        job(&s, c.job).await?,
+        claimed,
+        "refused beats change nothing"
+    );
+    // Rescued and claimed again: the old claim is lost, the new one alive.
+    s.rescue_stale(at(60_000), at(60_000)).await?;
+    assert_eq!(s.heartbeat(c, "w1", at(60_001)).await?, lost);
+    s.promote_due(at(60_000)).await?;
+    let c2 = claim_of(&claim_one(&s, "w2", at(60_002)).await?);
+    assert_eq!(s.heartbeat(c, "w1", at(60_003)).await?, lost);
+    assert_eq!(
+        s.heartbeat(c2, "w2", at(60_003)).await?,
+        HeartbeatStatus::Alive
+    );
+    s.finalize(c2, "w2", Finalize::Completed, at(60_004))
+        .await?;
+    assert_eq!(s.heartbeat(c2, "w2", at(60_005)).await?, lost, "finished");
+    Ok(())
+}
+
+// ---------------------------------------------------------------- finalize
+
+/// One claimed job of `req`, enqueued at T0 and claimed by `w` at `at(0)`.
+async fn running(s: &Store, r: &EnqueueRequest) -> StorageResult<Job> {
+    enqueue(s, r.clone(), T0).await?;
+    claim_one(s, "w", at(0)).await
+}
+
+async fn finalize_completed_ends_the_job(s: Store) -> Outcome {
+    let claimed = running(&s, &req()).await?;
+    let c = claim_of(&claimed);
+    assert_eq!(
+        s.finalize(c, "w", Finalize::Completed, at(5)).await?,
+        FinalizeResult::Applied
+    );
+    let expected = Job {
+        state: JobState::Completed,
+        owner: None,
+        heartbeat_at: None,
+        finalized_at: Some(at(5)),
+        finalized_attempt: Some(1),
+        ..claimed
+    };
+    assert_eq!(job(&s, c.job).await?, expected);
+    Ok(())
+}
+
+async fn finalize_retry_records_the_error_and_waits(s: Store) -> Outcome {
+    let claimed = running(&s, &req()).await?;
+    let c = claim_of(&claimed);
+    assert_eq!(
+        s.finalize(c, "w", retry("boom", at(5_000)), at(5)).await?,
+        FinalizeResult::Applied
+    );
+    let expected = Job {
+        state: JobState::Retryable,
+        owner: None,
+        heartbeat_at: None,
+        scheduled_at: at(5_000),
+        finalized_attempt: Some(1),
+        errors: vec!["boom".into()],
+        ..claimed
+    };
+    assert_eq!(job(&s, c.job).await?, expected);
+    assert_eq!(s.promote_due(at(4_999)).await?, 0);
+    assert_eq!(s.promote_due(at(5_000)).await?, 1);
+    let again = claim_one(&s, "w", at(5_001)).await?;
+    assert_eq!((again.attempt, again.errors), (2, vec!["boom".to_owned()]));
+    Ok(())
+}
+
+async fn finalize_discard_ends_the_job(s: Store) -> Outcome {
+    let claimed = running(&s, &req()).await?;
+    let c = claim_of(&claimed);
+    let discard = Finalize::Discard {
+        error: "bad input".into(),
+    };
+    assert_eq!(
+        s.finalize(c, "w", discard, at(5)).await?,
+        FinalizeResult::Applied
+    );
+    let expected = Job {
+        state: JobState::Discarded,
+        owner: None,
+        heartbeat_at: None,
+        finalized_at: Some(at(5)),
+        finalized_attempt: Some(1),
+        errors: vec!["bad input".into()],
+        ..claimed
+    };
+    assert_eq!(job(&s, c.job).await?, expected);
+    Ok(())
+}
+
+async fn finalize_snooze_gives_back_an_attempt(s: Store) -> Outcome {
+    let claimed = running(&s, &req().max_attempts(1)).await?;
+    let c = claim_of(&claimed);
+    let snooze = Finalize::Snooze { until: at(500) };
+    assert_eq!(
+        s.finalize(c, "w", snooze, at(5)).await?,
+        FinalizeResult::Applied
+    );
+    let expected = Job {
+        state: JobState::Scheduled,
+        owner: None,
+        heartbeat_at: None,
+        scheduled_at: at(500),
+        max_attempts: 2,
+        finalized_attempt: Some(1),
+        ..claimed
+    };
+    assert_eq!(job(&s, c.job).await?, expected);
+    assert_eq!(s.promote_due(at(500)).await?, 1);
+    let second = claim_one(&s, "w", at(500)).await?;
+    assert_eq!(second.attempt, 2);
+    // The given-back attempt was the last: a lost worker now discards it.
+    s.rescue_stale(at(60_000), at(60_000)).await?;
+    assert_eq!(job(&s, c.job).await?.state, JobState::Discarded);
+    Ok(())
+}
+
+async fn finalize_cancel_ends_the_job(s: Store) -> Outcome {
+    let claimed = running(&s, &req()).await?;
+    let c = claim_of(&claimed);
+    let cancel = Finalize::Cancel {
+        reason: "operator said stop".into(),
+    };
+    assert_eq!(
+        s.finalize(c, "w", cancel, at(5)).await?,
+        FinalizeResult::Applied
+    );
+    let expected = Job {
+        state: JobState::Cancelled,
+        owner: None,
+        heartbeat_at: None,
+        finalized_at: Some(at(5)),
+        finalized_attempt: Some(1),
+        errors: vec!["operator said stop".into()],
+        ..claimed
+    };
+    assert_eq!(job(&s, c.job).await?, expected);
+    Ok(())
+}
+
+async fn finalize_is_idempotent(s: Store) -> Outcome {
+    let c = claim_of(&running(&s, &req()).await?);
+    assert_eq!(
+        s.finalize(c, "w", Finalize::Completed, at(5)).await?,
+        FinalizeResult::Applied
+    );
+    let done = job(&s, c.job).await?;
+    let again = FinalizeResult::AlreadyFinalized;
+    assert_eq!(s.finalize(c, "w", Finalize::Completed, at(6)).await?, again);
+    let discard = Finalize::Discard { error: "x".into() };
+    assert_eq!(s.finalize(c, "w", discard, at(7)).await?, again);
+    assert_eq!(job(&s, c.job).await?, done, "retries change nothing");
+    // A retried finalize of an attempt that was retried is still answered as
+    // such while the next attempt runs.
+    let c = claim_of(&running(&s, &req()).await?);
+    s.finalize(c, "w", retry("boom", at(10)), at(8)).await?;
+    assert_eq!(
+        s.finalize(c, "w", retry("boom", at(10)), at(9)).await?,
+        again
+    );
+    s.promote_due(at(10)).await?;
+    let c2 = claim_of(&claim_one(&s, "w", at(10)).await?);
+    assert_eq!(c2.attempt, 2);
+    let running = job(&s, c.job).await?;
+    assert_eq!(
+        s.finalize(c, "w", Finalize::Completed, at(11)).await?,
+        again
+    );
+    assert_eq!(job(&s, c.job).await?, running);
+    Ok(())
+}
+
+async fn finalize_is_stale_for_a_lost_claim(s: Store) -> Outcome {
+    let claimed = running(&s, &req()).await?;
+    let c = claim_of(&claimed);
+    let stale = FinalizeResult::Stale;
+    assert_eq!(s.finalize(c, "x", Finalize::Completed, at(1)).await?, stale);
+    let ahead = Claim { attempt: 2, ..c };
+    assert_eq!(
+        s.finalize(ahead, "w", Finalize::Completed, at(1)).await?,
+        stale
+    );
+    let missing = Claim {
+        job: JobId(99),
+        attempt: 1,
+    };
+    assert_eq!(
+        s.finalize(missing, "w", Finalize::Completed, at(1)).await?,
+        stale
+    );
+    assert_eq!(job(&s, c.job).await?, claimed, "nothing changed");
+    s.rescue_stale(at(60_000), at(60_000)).await?;
+    let rescued = job(&s, c.job).await?;
+    assert_eq!(rescued.state, JobState::Retryable);
+    assert_eq!(
+        s.finalize(c, "w", Finalize::Completed, at(60_001)).await?,
+        stale
+    );
+    assert_eq!(job(&s, c.job).await?, rescued, "nothing changed");
+    Ok(())
+}
+
+async fn finalize_after_cancel_request_never_runs_again(s: Store) -> Outcome {
+    // Each outcome on its own job, cancel requested while it ran.
+    let outcomes = [
+        (retry("boom", at(9_000)), JobState::Cancelled, Some(at(5))),
+        (
+            Finalize::Snooze { until: at(9_000) },
+            JobState::Cancelled,
+            Some(at(5)),
+        ),
+        (Finalize::Completed, JobState::Completed, Some(at(5))),
+        (
+            Finalize::Discard { error: "d".into() },
+            JobState::Discarded,
+            Some(at(5)),
+        ),
+    ];
+    for (i, (outcome, state, finalized_at)) in outcomes.into_iter().enumerate() {
+        let claimed = running(&s, &req()).await?;
+        assert_eq!(claimed.id, JobId(i as u64 + 1));
+        let c = claim_of(&claimed);
+        s.request_cancel(c.job, at(1)).await?;
+        assert_eq!(
+            s.finalize(c, "w", outcome.clone(), at(5)).await?,
+            FinalizeResult::Applied
+        );
+        let j = job(&s, c.job).await?;
+        assert_eq!(
+            (j.state, j.finalized_at, j.scheduled_at, j.owner),
+            (state, finalized_at, T0, None),
+            "{outcome:?}: the job keeps its old due time"
+        );
+    }
+    // The snooze still gave its attempt back before the cancel took over.
+    assert_eq!(job(&s, JobId(2)).await?.max_attempts, 6);
+    assert_eq!(job(&s, JobId(1)).await?.errors, vec!["boom".to_owned()]);
+    Ok(())
+}
+
+async fn finalize_keeps_the_newest_errors(s: Store) -> Outcome {
+    let rounds = ERRORS_KEPT_MAX as i64 + 2;
+    enqueue(&s, req().max_attempts(ATTEMPTS_MAX), T0).await?;
+    for i in 1..=rounds {
+        s.promote_due(at(i)).await?;
+        let c = claim_of(&claim_one(&s, "w", at(i)).await?);
+        s.finalize(c, "w", retry(&format!("e{i}"), at(i + 1)), at(i))
+            .await?;
+    }
+    let kept: Vec<String> = (3..=rounds).map(|i| format!("e{i}")).collect();
+    assert_eq!(kept.len(), ERRORS_KEPT_MAX);
+    assert_eq!(job(&s, JobId(1)).await?.errors, kept, "newest last");
+    Ok(())
+}
+
+// ---------------------------------------------------------------- effects
+
+async fn effect_is_written_once_across_attempts(s: Store) -> Outcome {
+    let c1 = claim_of(&running(&s, &req()).await?);
+    assert_eq!(
+        s.apply_effect(c1, "w", "sent", json!({"n": 1})).await?,
+        EffectResult::Applied
+    );
+    assert_eq!(
+        s.apply_effect(c1, "w", "sent", json!(9)).await?,
+        EffectResult::AlreadyApplied
+    );
+    assert_eq!(
+        s.apply_effect(c1, "w", "logged", json!("x")).await?,
+        EffectResult::Applied
+    );
+    s.finalize(c1, "w", retry("boom", at(1)), at(1)).await?;
+    s.promote_due(at(1)).await?;
+    let c2 = claim_of(&claim_one(&s, "w2", at(2)).await?);
+    assert_eq!(
+        s.apply_effect(c2, "w2", "sent", json!(2)).await?,
+        EffectResult::AlreadyApplied
+    );
+    assert_eq!(s.get_effect(c1.job, "sent").await?, Some(json!({"n": 1})));
+    assert_eq!(s.get_effect(c1.job, "logged").await?, Some(json!("x")));
+    assert_eq!(s.get_effect(c1.job, "other").await?, None);
+    assert_eq!(s.get_effect(JobId(99), "sent").await?, None);
+    // Keys are per job.
+    let c3 = claim_of(&running(&s, &req()).await?);
+    assert_eq!(
+        s.apply_effect(c3, "w", "sent", json!(3)).await?,
+        EffectResult::Applied
+    );
+    assert_eq!(s.get_effect(c3.job, "sent").await?, Some(json!(3)));
+    Ok(())
+}
+
+async fn effect_is_refused_to_a_stale_claim(s: Store) -> Outcome {
+    let c = claim_of(&running(&s, &req()).await?);
+    let refused = EffectResult::NotOwner;
+    assert_eq!(s.apply_effect(c, "x", "a", json!(1)).await?, refused);
+    let missing = Claim {
+        job: JobId(99),
+        attempt: 1,
+    };
+    assert_eq!(s.apply_effect(missing, "w", "a", json!(1)).await?, refused);
+    s.rescue_stale(at(60_000), at(60_000)).await?;
+    assert_eq!(s.apply_effect(c, "w", "b", json!(1)).await?, refused);
+    let c2 = claim_of(&running(&s, &req()).await?);
+    s.finalize(c2, "w", Finalize::Completed, at(60_001)).await?;
+    assert_eq!(s.apply_effect(c2, "w", "c", json!(1)).await?, refused);
+    for (id, key) in [(c.job, "a"), (c.job, "b"), (c2.job, "c")] {
+        assert_eq!(s.get_effect(id, key).await?, None, "{id} {key}");
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------- cancel
+
+async fn cancel_ends_an_idle_job_at_once(s: Store) -> Outcome {
+    enqueue(&s, req(), T0).await?; // 1: available
+    enqueue(&s, req().scheduled_at(at(9_000)), T0).await?; // 2: scheduled
+    let c = claim_of(&claim_one(&s, "w", at(0)).await?); // claims 1
+    s.finalize(c, "w", retry("boom", at(9_000)), at(1)).await?; // 1: retryable
+    enqueue(&s, req(), at(2)).await?; // 3: available
+    for id in [1, 2, 3] {
+        let before = job(&s, JobId(id)).await?;
+        assert_eq!(
+            s.request_cancel(JobId(id), at(10)).await?,
+            CancelResult::Cancelled
+        );
+        let expected = Job {
+            state: JobState::Cancelled,
+            finalized_at: Some(at(10)),
+            ..before
+        };
+        assert_eq!(job(&s, JobId(id)).await?, expected);
+        assert_eq!(
+            s.request_cancel(JobId(id), at(11)).await?,
+            CancelResult::AlreadyFinished
+        );
+    }
+    s.promote_due(at(10_000)).await?;
+    assert_eq!(
+        ids_claimed(&s, "mail", 10, at(10_000)).await?,
+        Vec::<u64>::new()
+    );
+    Ok(())
+}
+
+async fn cancel_of_a_running_job_is_requested(s: Store) -> Outcome {
+    let claimed = running(&s, &req()).await?;
+    let c = claim_of(&claimed);
+    assert_eq!(
+        s.request_cancel(c.job, at(1)).await?,
+        CancelResult::Requested
+    );
+    let expected = Job {
+        cancel_requested: true,
+        ..claimed
+    };
+    assert_eq!(job(&s, c.job).await?, expected);
+    assert_eq!(
+        s.request_cancel(c.job, at(2)).await?,
+        CancelResult::Requested
+    );
+    // The attempt finished the work anyway: the outcome stands.
+    s.finalize(c, "w", Finalize::Completed, at(3)).await?;
+    assert_eq!(
+        s.request_cancel(c.job, at(4)).await?,
+        CancelResult::AlreadyFinished
+    );
+    let done = job(&s, c.job).await?;
+    assert_eq!(
+        (done.state, done.finalized_at),
+        (JobState::Completed, Some(at(3)))
+    );
+    let c2 = claim_of(&running(&s, &req()).await?);
+    let discard = Finalize::Discard { error: "d".into() };
+    s.finalize(c2, "w", discard, at(5)).await?;
+    assert_eq!(
+        s.request_cancel(c2.job, at(6)).await?,
+        CancelResult::AlreadyFinished
+    );
+    assert_eq!(job(&s, c2.job).await?.state, JobState::Discarded);
+    assert_eq!(
+        s.request_cancel(JobId(99), at(7)).await?,
+        CancelResult::NotFound
+    );
+    assert_eq!(s.get_job(JobId(99)).await?, None);
+    Ok(())
+}
+
+async fn cancel_request_survives_a_rescue(s: Store) -> Outcome {
+    let claimed = running(&s, &req()).await?;
+    let c = claim_of(&claimed);
+    s.request_cancel(c.job, at(1)).await?;
+    assert_eq!(s.rescue_stale(at(60_000), at(60_001)).await?, vec![c]);
+    let expected = Job {
+        state: JobState::Cancelled,
+        owner: None,
+        heartbeat_at: None,
+        cancel_requested: true,
+        finalized_at: Some(at(60_001)),
+        errors: vec!["attempt 1 lost its worker".into()],
+        ..claimed
+    };
+    assert_eq!(job(&s, c.job).await?, expected);
+    Ok(())
+}
+
+// ---------------------------------------------------------------- sweeps
+
+async fn rescue_returns_stale_claims_by_id_and_makes_them_due(s: Store) -> Outcome {
+    for _ in 0..4 {
+        enqueue(&s, req().max_attempts(3), T0).await?;
+    }
+    enqueue(&s, req().scheduled_at(at(1)), T0).await?; // 5: never claimed
+    let claimed = s.claim("mail", "w", 4, at(0)).await?;
+    assert_eq!(claimed.len(), 4);
+    s.heartbeat(claim_of(&claimed[1]), "w", at(50_000)).await?;
+    // A heartbeat exactly at the horizon is not stale.
+    s.heartbeat(claim_of(&claimed[3]), "w", at(30_000)).await?;
+    let revoked = s.rescue_stale(at(30_000), at(60_000)).await?;
+    assert_eq!(revoked, vec![claim_of(&claimed[0]), claim_of(&claimed[2])]);
+    let expected = Job {
+        state: JobState::Retryable,
+        owner: None,
+        heartbeat_at: None,
+        scheduled_at: at(60_000),
+        errors: vec!["attempt 1 lost its worker".into()],
+        ..claimed[0].clone()
+    };
+    assert_eq!(job(&s, JobId(1)).await?, expected);
+    assert_eq!(job(&s, JobId(2)).await?.state, JobState::Running);
+    assert_eq!(job(&s, JobId(4)).await?.state, JobState::Running);
+    assert_eq!(job(&s, JobId(5)).await?.state, JobState::Scheduled);
+    assert_eq!(s.rescue_stale(at(30_000), at(60_000)).await?, Vec::new());
+    // Due at once: the next promotion makes both rescued jobs available (and
+    // the scheduled one, due long ago).
+    assert_eq!(s.promote_due(at(60_000)).await?, 3);
+    Ok(())
+}
+
+async fn rescue_discards_a_job_whose_attempts_are_spent(s: Store) -> Outcome {
+    let claimed = running(&s, &req().max_attempts(1)).await?;
+    let c = claim_of(&claimed);
+    assert_eq!(s.rescue_stale(at(60_000), at(60_001)).await?, vec![c]);
+    let expected = Job {
+        state: JobState::Discarded,
+        owner: None,
+        heartbeat_at: None,
+        finalized_at: Some(at(60_001)),
+        errors: vec!["attempt 1 lost its worker".into()],
+        ..claimed
+    };
+    assert_eq!(job(&s, c.job).await?, expected);
+    Ok(())
+}
+
+async fn promote_due_counts_due_jobs(s: Store) -> Outcome {
+    assert_eq!(s.promote_due(T0).await?, 0, "empty store");
+    enqueue(&s, req().scheduled_at(at(100)), T0).await?; // 1
+    enqueue(&s, req().scheduled_at(at(200)), T0).await?; // 2
+    enqueue(&s, req(), T0).await?; // 3: claimed, then retryable at 150
+    let c = claim_of(&s.claim("mail", "w", 1, T0).await?[0]);
+    assert_eq!(c.job, JobId(3));
+    s.finalize(c, "w", retry("boom", at(150)), at(1)).await?;
+    enqueue(&s, req(), T0).await?; // 4: available already
+    assert_eq!(s.promote_due(at(99)).await?, 0);
+    assert_eq!(s.promote_due(at(150)).await?, 2);
+    assert_eq!(s.promote_due(at(150)).await?, 0);
+    assert_eq!(job(&s, JobId(2)).await?.state, JobState::Scheduled);
+    assert_eq!(s.promote_due(at(1_000)).await?, 1);
+    assert_eq!(
+        s.count_by_state().await?,
+        counts(&[(JobState::Available, 4)])
+    );
+    Ok(())
+}
+
+async fn cleanup_deletes_old_finished_jobs_by_id_up_to_limit(s: Store) -> Outcome {
+    for _ in 0..3 {
+        enqueue(&s, req(), T0).await?;
+    }
+    // Finished out of id order: 3, then 1, then 2.
+    s.request_cancel(JobId(3), at(10)).await?;
+    let c = claim_of(&claim_one(&s, "w", at(11)).await?);
+    s.finalize(c, "w", Finalize::Discard { error: "d".into() }, at(20))
+        .await?;
+    let c = claim_of(&claim_one(&s, "w", at(21)).await?);
+    s.finalize(c, "w", Finalize::Completed, at(30)).await?;
+    assert_eq!(
+        (
+            job(&s, JobId(1)).await?.state,
+            job(&s, JobId(2)).await?.state
+        ),
+        (JobState::Discarded, JobState::Completed)
+    );
+    // Unfinished jobs in every other state stay whatever their age.
+    enqueue(&s, req(), T0).await?; // 4: available
+    enqueue(&s, req().scheduled_at(at(9_000)), T0).await?; // 5: scheduled
+    enqueue(&s, req().queue("q2"), T0).await?; // 6: running
+    s.claim("q2", "w", 1, at(0)).await?;
+    enqueue(&s, req().queue("q3"), T0).await?; // 7: retryable
+    let c = claim_of(&s.claim("q3", "w", 1, at(0)).await?[0]);
+    s.finalize(c, "w", retry("boom", at(9_000)), at(1)).await?;
+    assert_eq!(s.cleanup(at(10), 100).await?, 0, "the horizon is exclusive");
+    assert_eq!(s.cleanup(at(1_000), 0).await?, 0);
+    assert_eq!(s.cleanup(at(1_000), 1).await?, 1);
+    assert_eq!(s.get_job(JobId(1)).await?, None, "lowest id first");
+    assert_eq!(s.cleanup(at(25), 100).await?, 1, "only 3 is old enough");
+    assert_eq!(s.get_job(JobId(3)).await?, None);
+    assert_eq!(s.cleanup(at(1_000), 100).await?, 1);
+    assert_eq!(s.cleanup(at(1_000), 100).await?, 0);
+    assert_eq!(
+        s.count_by_state().await?,
+        counts(&[
+            (JobState::Scheduled, 1),
+            (JobState::Available, 1),
+            (JobState::Running, 1),
+            (JobState::Retryable, 1),
+        ])
+    );
+    Ok(())
+}
+
+async fn cleanup_frees_unique_keys_and_effects_and_never_reuses_ids(s: Store) -> Outcome {
+    enqueue(&s, req(), T0).await?;
+    enqueue(&s, req().unique_key("k"), T0).await?;
+    let c1 = claim_of(&claim_one(&s, "w", at(0)).await?);
+    s.finalize(c1, "w", Finalize::Completed, at(1)).await?;
+    let c2 = claim_of(&claim_one(&s, "w", at(2)).await?);
+    assert_eq!(c2.job, JobId(2));
+    s.apply_effect(c2, "w", "sent", json!(1)).await?;
+    s.apply_effect(c2, "w", "logged", json!(2)).await?;
+    s.finalize(c2, "w", Finalize::Completed, at(3)).await?;
+    assert_eq!(s.cleanup(at(100), 100).await?, 2);
+    assert_eq!(s.get_effect(JobId(2), "sent").await?, None);
+    assert_eq!(s.get_effect(JobId(2), "logged").await?, None);
+    assert_eq!(s.count_by_state().await?, StateCounts::default());
+    // The key is free again; the new job gets a new id, never a deleted one's.
+    assert_eq!(
+        s.enqueue(req().unique_key("k"), at(101)).await?,
+        EnqueueOutcome::Inserted(JobId(3))
+    );
+    // The new job starts with no effects.
+    let c3 = claim_of(&claim_one(&s, "w", at(102)).await?);
+    assert_eq!(
+        s.apply_effect(c3, "w", "sent", json!(3)).await?,
+        EffectResult::Applied
+    );
+    Ok(())
+}
+
+async fn cleanup_keeps_a_periodic_slot_fired(s: Store) -> Outcome {
+    let lease = s
+        .try_acquire("maintainer", "n1", TTL, T0)
+        .await?
+        .expect("granted");
+    let fire = || {
+        s.fire_periodic(
+            "digest",
+            at(60_000),
+            "maintainer",
+            "n1",
+            lease.term,
+            req(),
+            T0,
+        )
+    };
+    assert_eq!(fire().await?, PeriodicOutcome::Fired(JobId(1)));
+    let c = claim_of(&claim_one(&s, "w", at(1)).await?);
+    s.finalize(c, "w", Finalize::Completed, at(2)).await?;
+    assert_eq!(s.cleanup(at(100), 100).await?, 1);
+    assert_eq!(s.get_job(JobId(1)).await?, None);
+    assert_eq!(
+        fire().await?,
+        PeriodicOutcome::AlreadyFired(JobId(1)),
+        "a slot fires once, even after its job is gone"
+    );
+    assert_eq!(s.count_by_state().await?, StateCounts::default());
+    Ok(())
+}
+
+// ---------------------------------------------------------------- reads
+
+async fn list_unfinished_by_id_up_to_limit(s: Store) -> Outcome {
+    assert_eq!(s.list_unfinished(10).await?, Vec::new());
+    enqueue(&s, req(), T0).await?; // 1: claimed and completed
+    enqueue(&s, req().queue("q2"), T0).await?; // 2: available
+    enqueue(&s, req().scheduled_at(at(9_000)), T0).await?; // 3: scheduled
+    enqueue(&s, req(), T0).await?; // 4: running
+    enqueue(&s, req().queue("q2"), T0).await?; // 5: cancelled
+    let c = claim_of(&claim_one(&s, "w", at(0)).await?);
+    s.finalize(c, "w", Finalize::Completed, at(1)).await?;
+    claim_one(&s, "w", at(2)).await?;
+    s.request_cancel(JobId(5), at(3)).await?;
+    let ids = |v: &[u64]| v.iter().map(|&i| JobId(i)).collect::<Vec<_>>();
+    assert_eq!(s.list_unfinished(10).await?, ids(&[2, 3, 4]));
+    assert_eq!(s.list_unfinished(2).await?, ids(&[2, 3]));
+    assert_eq!(s.list_unfinished(0).await?, Vec::new());
+    Ok(())
+}
+
+async fn count_by_state_counts_every_state(s: Store) -> Outcome {
+    assert_eq!(s.count_by_state().await?, StateCounts::default());
+    // One job per queue, so each claim takes the one meant.
+    let queues = [
+        "sched", "avail", "run", "retry", "done", "cancel", "discard",
+    ];
+    for q in queues {
+        let r = req().queue(q);
+        let r = if q == "sched" {
+            r.scheduled_at(at(9_000))
+        } else {
+            r
+        };
+        enqueue(&s, r, T0).await?;
+    }
+    let take = |q: &'static str| {
+        let s = s.clone();
+        async move { Ok::<_, StorageError>(claim_of(&s.claim(q, "w", 1, at(0)).await?[0])) }
+    };
+    take("run").await?;
+    let c = take("retry").await?;
+    s.finalize(c, "w", retry("boom", at(9_000)), at(1)).await?;
+    let c = take("done").await?;
+    s.finalize(c, "w", Finalize::Completed, at(1)).await?;
+    s.request_cancel(JobId(6), at(1)).await?;
+    let c = take("discard").await?;
+    s.finalize(c, "w", Finalize::Discard { error: "d".into() }, at(1))
+        .await?;
+    let all = counts(&[
+        (JobState::Scheduled, 1),
+        (JobState::Available, 1),
+        (JobState::Running, 1),
+        (JobState::Retryable, 1),
+        (JobState::Completed, 1),
+        (JobState::Cancelled, 1),
+        (JobState::Discarded, 1),
+    ]);
+    assert_eq!(s.count_by_state().await?, all);
+    assert_eq!(all.unfinished(), 4);
+    Ok(())
+}
+
+async fn queue_settings_round_trip(s: Store) -> Outcome {
+    assert_eq!(s.get_queue("mail").await?, None);
+    let config = QueueConfig {
+        name: "mail".into(),
+        workers: 3,
+        paused: false,
+    };
+    s.set_queue(config.clone()).await?;
+    assert_eq!(s.get_queue("mail").await?, Some(config));
+    let replaced = QueueConfig {
+        name: "mail".into(),
+        workers: 5,
+        paused: true,
+    };
+    s.set_queue(replaced.clone()).await?;
+    assert_eq!(s.get_queue("mail").await?, Some(replaced));
+    assert_eq!(s.get_queue("other").await?, None);
+    Ok(())
+}
+
+// ---------------------------------------------------------------- periodic
+
+async fn fire_periodic_fires_each_slot_once_for_the_current_term(s: Store) -> Outcome {
+    s.try_acquire("maintainer", "a", TTL, T0).await?;
+    let slot = at(60_000);
+    let fire = |name: &'static str, slot, holder: &'static str, term, r| {
+        s.fire_periodic(name, slot, "maintainer", holder, Term(term), r, T0)
+    };
+    let digest = EnqueueRequest::new("digest", json!({"slot": 1})).queue("cron");
+    assert_eq!(
+        fire("digest", slot, "a", 1, digest.clone()).await?,
+        PeriodicOutcome::Fired(JobId(1))
+    );
+    assert_eq!(job(&s, JobId(1)).await?, fresh(1, &digest, T0));
+    assert_eq!(
+        fire("digest", slot, "a", 1, req()).await?,
+        PeriodicOutcome::AlreadyFired(JobId(1))
+    );
+    assert_eq!(
+        fire("digest", at(120_000), "a", 1, req()).await?,
+        PeriodicOutcome::Fired(JobId(2))
+    );
+    assert_eq!(
+        fire("report", slot, "a", 1, req()).await?,
+        PeriodicOutcome::Fired(JobId(3))
+    );
+    // Fenced by holder and by term, checked before the slot.
+    let stale = PeriodicOutcome::StaleTerm;
+    assert_eq!(fire("digest", slot, "b", 1, req()).await?, stale);
+    assert_eq!(fire("digest", slot, "a", 2, req()).await?, stale);
+    assert_eq!(fire("digest", slot, "a", 0, req()).await?, stale);
+    assert_eq!(fire("new", slot, "b", 1, req()).await?, stale);
+    let no_lease = s
+        .fire_periodic("new", slot, "absent", "a", Term(1), req(), T0)
+        .await?;
+    assert_eq!(no_lease, stale);
+    s.resign("maintainer", "a", Term(1)).await?;
+    assert_eq!(fire("new", slot, "a", 1, req()).await?, stale, "resigned");
+    s.try_acquire("maintainer", "b", TTL, at(1)).await?;
+    assert_eq!(fire("new", slot, "a", 1, req()).await?, stale);
+    assert_eq!(
+        fire("new", slot, "b", 2, req()).await?,
+        PeriodicOutcome::Fired(JobId(4))
+    );
+    // A slot whose job's unique key is taken fires as the existing job.
+    enqueue(&s, req().unique_key("once"), at(2)).await?; // 5
+    assert_eq!(
+        fire("keyed", slot, "b", 2, req().unique_key("once")).await?,
+        PeriodicOutcome::Fired(JobId(5))
+    );
+    assert_eq!(
+        fire("keyed", slot, "b", 2, req()).await?,
+        PeriodicOutcome::AlreadyFired(JobId(5))
+    );
+    assert_eq!(s.list_unfinished(100).await?.len(), 5);
+    Ok(())
+}
+
+// ---------------------------------------------------------------- validation
+
+async fn validation_of_enqueue_names_the_field(s: Store) -> Outcome {
+    s.try_acquire("m", "a", TTL, T0).await?;
+    let long = |n: usize| "q".repeat(n);
+    let bad = [
+        (req().queue(""), "queue"),
+        (req().queue("a b"), "queue"),
+        (req().queue("mail/x"), "queue"),
+        (req().queue(long(NAME_LEN_MAX + 1)), "queue"),
+        (EnqueueRequest::new("", json!(1)), "kind"),
+        (EnqueueRequest::new("k\u{e9}", json!(1)), "kind"),
+        (
+            EnqueueRequest::new(long(NAME_LEN_MAX + 1), json!(1)),
+            "kind",
+        ),
+        (req().priority(EnqueueRequest::PRIORITY_MAX + 1), "priority"),
+        (req().max_attempts(0), "max_attempts"),
+        (req().max_attempts(ATTEMPTS_MAX + 1), "max_attempts"),
+        (req().unique_key(""), "unique_key"),
+        (req().unique_key(long(UNIQUE_KEY_LEN_MAX + 1)), "unique_key"),
+        (
+            EnqueueRequest::new("k", json!("x".repeat(PAYLOAD_BYTES_MAX))),
+            "payload",
+        ),
+    ];
+    for (i, (r, expected)) in bad.into_iter().enumerate() {
+        let what = format!("bad request {i}");
+        assert_eq!(field(s.enqueue(r.clone(), T0).await), expected, "{what}");
+        assert_eq!(
+            field(s.enqueue_batch(vec![req(), r.clone()], T0).await),
+            expected,
+            "batch: {what}"
+        );
+        let fired = s.fire_periodic("p", T0, "m", "a", Term(1), r, T0).await;
+        assert_eq!(field(fired), expected, "periodic: {what}");
+    }
+    assert_eq!(s.count_by_state().await?, StateCounts::default());
+    assert_eq!(s.list_unfinished(10).await?, Vec::new());
+    // The limits themselves are accepted, and the ids start at 1: the refused
+    // requests consumed none.
+    let edge = [
+        req().queue(long(NAME_LEN_MAX)),
+        EnqueueRequest::new(long(NAME_LEN_MAX), json!(1)).queue("q.-_:Z9"),
+        req().priority(EnqueueRequest::PRIORITY_MAX),
+        req().max_attempts(ATTEMPTS_MAX),
+        req().max_attempts(1).unique_key(long(UNIQUE_KEY_LEN_MAX)),
+        // Serialized with its quotes, exactly the limit.
+        EnqueueRequest::new("k", json!("x".repeat(PAYLOAD_BYTES_MAX - 2))),
+    ];
+    for (i, r) in edge.into_iter().enumerate() {
+        let id = i as u64 + 1;
+        assert_eq!(enqueue(&s, r.clone(), T0).await?, JobId(id));
+        assert_eq!(job(&s, JobId(id)).await?, fresh(id, &r, T0));
+    }
+    let fired = s
+        .fire_periodic("p", T0, "m", "a", Term(1), req(), T0)
+        .await?;
+    assert_eq!(fired, PeriodicOutcome::Fired(JobId(7)));
+    Ok(())
+}
+
+async fn validation_of_leases_names_the_field(s: Store) -> Outcome {
+    let long = "n".repeat(129);
+    for (name, holder, expected) in [
+        ("", "a", "lease name"),
+        (long.as_str(), "a", "lease name"),
+        ("m", "", "holder"),
+        ("m", long.as_str(), "holder"),
+    ] {
+        let t = Term(1);
+        assert_eq!(field(s.try_acquire(name, holder, TTL, T0).await), expected);
+        assert_eq!(field(s.renew(name, holder, t, TTL, T0).await), expected);
+        assert_eq!(field(s.resign(name, holder, t).await), expected);
+        assert_eq!(
+            field(s.maintenance_heartbeat(name, holder, t, T0).await),
+            expected
+        );
+    }
+    assert_eq!(field(s.get_lease("").await), "lease name");
+    assert_eq!(field(s.get_lease(&long).await), "lease name");
+    assert_eq!(s.get_lease("m").await?, None, "nothing granted");
+    let edge = "n".repeat(128);
+    let granted = s.try_acquire(&edge, &edge, TTL, T0).await?;
+    assert_eq!(granted.map(|l| l.term), Some(Term(1)));
+    Ok(())
+}
+
+async fn validation_of_claims_effects_periodics_and_queues_names_the_field(s: Store) -> Outcome {
+    enqueue(&s, req(), T0).await?;
+    assert_eq!(field(s.claim("", "w", 1, T0).await), "queue");
+    assert_eq!(field(s.claim("a b", "w", 1, T0).await), "queue");
+    assert_eq!(field(s.claim("mail", "", 1, T0).await), "holder");
+    assert_eq!(
+        job(&s, JobId(1)).await?.state,
+        JobState::Available,
+        "not claimed"
+    );
+    let c = claim_of(&claim_one(&s, "w", T0).await?);
+    assert_eq!(
+        field(s.apply_effect(c, "w", "", json!(1)).await),
+        "effect key"
+    );
+    assert_eq!(
+        field(s.apply_effect(c, "w", "a b", json!(1)).await),
+        "effect key"
+    );
+    assert_eq!(s.get_effect(c.job, "").await?, None);
+    assert_eq!(s.get_effect(c.job, "a b").await?, None);
+    s.try_acquire("m", "a", TTL, T0).await?;
+    for name in ["", "a b"] {
+        let fired = s
+            .fire_periodic(name, T0, "m", "a", Term(1), req(), T0)
+            .await;
+        assert_eq!(field(fired), "periodic name");
+    }
+    let bad_queue = QueueConfig {
+        name: "".into(),
+        workers: 1,
+        paused: true,
+    };
+    assert_eq!(field(s.set_queue(bad_queue).await), "queue");
+    assert_eq!(s.get_queue("").await?, None);
+    assert_eq!(s.count_by_state().await?, counts(&[(JobState::Running, 1)]));
+    Ok(())
+}

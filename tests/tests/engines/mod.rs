@@ -1,0 +1,155 @@
+//! The one list of storage engines the conformance suite and the model test run
+//! against. Both test binaries build their trials from [`EngineKind::ALL`], so an
+//! engine is added (or made runnable) here and nowhere else.
+//!
+//! An engine that cannot run here (not wired yet, or its server is not
+//! configured) still gets its trials, marked ignored, so the run lists them by
+//! name as ignored and never as passed.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use keel::storage::{MemStorage, SharedStorage};
+use libtest_mimic::{Failed, Trial};
+
+/// The environment variable naming the PostgreSQL server the tests may use.
+pub const PG_URL_ENV: &str = "KEEL_PG_URL";
+
+/// Every storage engine under test.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EngineKind {
+    /// The reference model itself: the suite must pass on it by definition.
+    Mem,
+    /// `SqliteEngine::in_memory()`.
+    Sqlite,
+    /// `SqliteStorage::open(path)` on a fresh file.
+    SqliteFile,
+    /// `PostgresStorage` on a fresh schema of the server at `KEEL_PG_URL`.
+    Postgres,
+}
+
+impl EngineKind {
+    /// Every engine, in the order their trials are listed.
+    pub const ALL: [EngineKind; 4] = [
+        EngineKind::Mem,
+        EngineKind::Sqlite,
+        EngineKind::SqliteFile,
+        EngineKind::Postgres,
+    ];
+
+    /// The trial name prefix: `mem::finalize_is_idempotent`.
+    pub fn name(self) -> &'static str {
+        match self {
+            EngineKind::Mem => "mem",
+            EngineKind::Sqlite => "sqlite",
+            EngineKind::SqliteFile => "sqlite_file",
+            EngineKind::Postgres => "postgres",
+        }
+    }
+
+    /// Why this engine cannot run here, or `None` when it can.
+    pub fn unavailable(self) -> Option<String> {
+        match self {
+            EngineKind::Mem => None,
+            // ENGINES: return None once the arm in `open` is wired.
+            EngineKind::Sqlite | EngineKind::SqliteFile => Some(NOT_WIRED.to_owned()),
+            EngineKind::Postgres => match std::env::var(PG_URL_ENV) {
+                Err(_) => Some(format!("{PG_URL_ENV} is unset")),
+                // ENGINES: replace with `Ok(_) => None` once the arm in `open` is wired.
+                Ok(_) => Some(NOT_WIRED.to_owned()),
+            },
+        }
+    }
+
+    /// Proptest cases the model test runs against this engine; each case opens
+    /// a fresh store, so the server engines get fewer.
+    #[allow(dead_code)] // Only the model test uses it.
+    pub fn model_cases(self) -> u32 {
+        match self {
+            EngineKind::Mem | EngineKind::Sqlite | EngineKind::SqliteFile => 256,
+            EngineKind::Postgres => 24,
+        }
+    }
+
+    /// A fresh, empty store for the test called `test` (unique per process, so
+    /// an engine may derive a file name or schema from it).
+    pub async fn open(self, test: &str) -> Result<SharedStorage, String> {
+        let _ = test;
+        match self {
+            EngineKind::Mem => Ok(Arc::new(MemStorage::new())),
+            // ENGINES: the lead wires the real engines here, e.g.
+            //
+            // EngineKind::Sqlite => keel::storage::SqliteEngine::in_memory()
+            //     .map(|e| Arc::new(e) as SharedStorage)
+            //     .map_err(|e| e.to_string()),
+            // EngineKind::SqliteFile => {
+            //     let dir = std::env::temp_dir()
+            //         .join(format!("keel-tests-{}", std::process::id()));
+            //     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+            //     let path = dir.join(format!("{}.db", sanitize(test)));
+            //     let _ = std::fs::remove_file(&path);
+            //     keel::storage::SqliteStorage::open(&path)
+            //         .await
+            //         .map(|s| Arc::new(s) as SharedStorage)
+            //         .map_err(|e| e.to_string())
+            // }
+            // EngineKind::Postgres => {
+            //     let url = std::env::var(PG_URL_ENV).map_err(|e| e.to_string())?;
+            //     // Postgres folds identifiers to 63 bytes: keep a unique tail.
+            //     let schema = format!("kt_{}_{}", std::process::id(), sanitize(test));
+            //     let schema: String = schema.chars().take(63).collect();
+            //     let options = keel::storage::PostgresOptions::default().schema(schema);
+            //     keel::storage::PostgresStorage::connect_with(&url, options)
+            //         .await
+            //         .map(|s| Arc::new(s) as SharedStorage)
+            //         .map_err(|e| e.to_string())
+            // }
+            //
+            // (`sanitize`: map every char not [a-z0-9_] to '_'; keep test names
+            // short enough, or hash them, for the 63-byte schema limit.)
+            EngineKind::Sqlite | EngineKind::SqliteFile | EngineKind::Postgres => {
+                Err(NOT_WIRED.to_owned())
+            }
+        }
+    }
+}
+
+const NOT_WIRED: &str = "engine not wired into tests/tests/engines/mod.rs yet";
+
+/// Print one line per engine that cannot run, saying why its trials are ignored.
+pub fn note_unavailable(binary: &str) {
+    for kind in EngineKind::ALL {
+        if let Some(why) = kind.unavailable() {
+            eprintln!("{binary}: {}::* ignored: {why}", kind.name());
+        }
+    }
+}
+
+/// A trial `engine::case`, ignored when the engine cannot run here. Run with
+/// `--include-ignored` anyway, it fails saying why instead of passing.
+pub fn trial(
+    kind: EngineKind,
+    case: &str,
+    run: impl FnOnce() -> Result<(), Failed> + Send + 'static,
+) -> Trial {
+    let unavailable = kind.unavailable();
+    let ignored = unavailable.is_some();
+    Trial::test(
+        format!("{}::{case}", kind.name()),
+        move || match unavailable {
+            Some(why) => Err(format!("{} cannot run here: {why}", kind.name()).into()),
+            None => run(),
+        },
+    )
+    .with_ignored_flag(ignored)
+}
+
+/// Run `fut` to completion on a fresh current-thread runtime (one per trial, so
+/// trials share nothing).
+pub fn block_on<F: Future>(fut: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a current-thread runtime builds")
+        .block_on(fut)
+}
