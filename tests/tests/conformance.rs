@@ -132,7 +132,9 @@ fn main() {
             }));
         }
     }
-    libtest_mimic::run(&args, trials).exit();
+    let conclusion = libtest_mimic::run(&args, trials);
+    engines::cleanup();
+    conclusion.exit();
 }
 
 // ---------------------------------------------------------------- helpers

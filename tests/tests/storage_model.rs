@@ -39,7 +39,9 @@ fn main() {
         "harness::catches_a_heartbeat_that_ignores_the_owner",
         catches_a_wrong_engine,
     ));
-    libtest_mimic::run(&args, trials).exit();
+    let conclusion = libtest_mimic::run(&args, trials);
+    engines::cleanup();
+    conclusion.exit();
 }
 
 // ---------------------------------------------------------------- the check

@@ -7,6 +7,7 @@
 //! name as ignored and never as passed.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use keel::storage::{MemStorage, SharedStorage};
@@ -52,7 +53,7 @@ impl EngineKind {
         match self {
             EngineKind::Mem => None,
             // ENGINES: return None once the arm in `open` is wired.
-            EngineKind::Sqlite | EngineKind::SqliteFile => Some(NOT_WIRED.to_owned()),
+            EngineKind::Sqlite | EngineKind::SqliteFile => None,
             EngineKind::Postgres => match std::env::var(PG_URL_ENV) {
                 Err(_) => Some(format!("{PG_URL_ENV} is unset")),
                 // ENGINES: replace with `Ok(_) => None` once the arm in `open` is wired.
@@ -74,44 +75,38 @@ impl EngineKind {
     /// A fresh, empty store for the test called `test` (unique per process, so
     /// an engine may derive a file name or schema from it).
     pub async fn open(self, test: &str) -> Result<SharedStorage, String> {
-        let _ = test;
+        let _ = test; // Names the PostgreSQL schema once that engine is wired.
         match self {
             EngineKind::Mem => Ok(Arc::new(MemStorage::new())),
-            // ENGINES: the lead wires the real engines here, e.g.
-            //
-            // EngineKind::Sqlite => keel::storage::SqliteEngine::in_memory()
-            //     .map(|e| Arc::new(e) as SharedStorage)
-            //     .map_err(|e| e.to_string()),
-            // EngineKind::SqliteFile => {
-            //     let dir = std::env::temp_dir()
-            //         .join(format!("keel-tests-{}", std::process::id()));
-            //     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-            //     let path = dir.join(format!("{}.db", sanitize(test)));
-            //     let _ = std::fs::remove_file(&path);
-            //     keel::storage::SqliteStorage::open(&path)
-            //         .await
-            //         .map(|s| Arc::new(s) as SharedStorage)
-            //         .map_err(|e| e.to_string())
-            // }
-            // EngineKind::Postgres => {
-            //     let url = std::env::var(PG_URL_ENV).map_err(|e| e.to_string())?;
-            //     // Postgres folds identifiers to 63 bytes: keep a unique tail.
-            //     let schema = format!("kt_{}_{}", std::process::id(), sanitize(test));
-            //     let schema: String = schema.chars().take(63).collect();
-            //     let options = keel::storage::PostgresOptions::default().schema(schema);
-            //     keel::storage::PostgresStorage::connect_with(&url, options)
-            //         .await
-            //         .map(|s| Arc::new(s) as SharedStorage)
-            //         .map_err(|e| e.to_string())
-            // }
-            //
-            // (`sanitize`: map every char not [a-z0-9_] to '_'; keep test names
-            // short enough, or hash them, for the 63-byte schema limit.)
-            EngineKind::Sqlite | EngineKind::SqliteFile | EngineKind::Postgres => {
-                Err(NOT_WIRED.to_owned())
+            EngineKind::Sqlite => keel::storage::SqliteEngine::in_memory()
+                .map(|e| Arc::new(e) as SharedStorage)
+                .map_err(|e| e.to_string()),
+            EngineKind::SqliteFile => {
+                let dir = scratch_dir();
+                std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+                // A new file per open: the model test opens thousands.
+                let n = FILES.fetch_add(1, Ordering::Relaxed);
+                let path = dir.join(format!("{n}.db"));
+                keel::storage::SqliteStorage::open(&path)
+                    .await
+                    .map(|s| Arc::new(s) as SharedStorage)
+                    .map_err(|e| e.to_string())
             }
+            EngineKind::Postgres => Err(NOT_WIRED.to_owned()),
         }
     }
+}
+
+static FILES: AtomicU64 = AtomicU64::new(0);
+
+/// Where this process keeps its SQLite files.
+fn scratch_dir() -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("keel-tests-{}", std::process::id()))
+}
+
+/// Remove this process's SQLite files; call once every trial has run.
+pub fn cleanup() {
+    let _ = std::fs::remove_dir_all(scratch_dir());
 }
 
 const NOT_WIRED: &str = "engine not wired into tests/tests/engines/mod.rs yet";
