@@ -798,7 +798,27 @@ async fn an_enqueue_elsewhere_raises_the_signal() {
             .await
             .expect("signalled");
     }
+    let listen = format!("LISTEN \"{}\"", listening.channel);
     drop(listening);
+    let admin = admin(&url).await;
+    let stopped = async {
+        loop {
+            let rows = admin
+                .query(
+                    "SELECT 1 FROM pg_stat_activity WHERE query = $1",
+                    &[&listen],
+                )
+                .await
+                .expect("activity");
+            if rows.is_empty() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), stopped)
+        .await
+        .expect("dropping the storage stops its listener");
     quiet.drop_schema().await.expect("drop");
 }
 
@@ -842,4 +862,48 @@ async fn concurrent_claimers_never_share_a_job() {
     let counts = s.count_by_state().await.expect("ok");
     assert_eq!(counts.get(JobState::Running), JOBS as u64);
     s.drop_schema().await.expect("drop");
+}
+
+#[tokio::test]
+async fn the_listener_reconnects_when_its_connection_is_killed() {
+    let test = "listener_reconnect";
+    let Some(quiet) = fresh(test).await else {
+        return;
+    };
+    let Some(url) = pg_url(test) else { return };
+    let options = PostgresOptions::new().schema(quiet.schema());
+    let listening = PostgresStorage::connect_with(&url, options)
+        .await
+        .expect("connect");
+    let signal = listening.enqueue_signal().expect("listening");
+    let killed = admin(&url)
+        .await
+        .query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query = $1",
+            &[&format!("LISTEN \"{}\"", listening.channel)],
+        )
+        .await
+        .expect("terminate");
+    assert_eq!(killed.len(), 1, "found the listener's backend");
+    // Enqueue until the reconnected listener hears one: the first few may land
+    // while it is away (the wake-up after reconnecting covers those too).
+    let heard = async {
+        loop {
+            let notified = signal.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            quiet.enqueue(req(), T0).await.expect("ok");
+            if tokio::time::timeout(Duration::from_millis(200), notified)
+                .await
+                .is_ok()
+            {
+                return;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), heard)
+        .await
+        .expect("the listener came back");
+    drop(listening);
+    quiet.drop_schema().await.expect("drop");
 }
