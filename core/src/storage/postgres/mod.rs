@@ -2,7 +2,7 @@
 //!
 //! * One schema per Keel deployment ([`PostgresOptions::schema`]); every pooled
 //!   connection sets its `search_path` to it, so SQL names no schema.
-//! * [`schema`]: versioned migrations, applied on connect under an advisory lock.
+//! * `schema`: versioned migrations, applied on connect under an advisory lock.
 //! * `leases` and `jobs`: the trait impls. Single-row job transitions lock the row
 //!   (`FOR UPDATE`), apply the model's own rules from `rules.rs`, and write the row
 //!   back in the same transaction, so the fencing check and the guarded write

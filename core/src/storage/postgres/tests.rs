@@ -907,3 +907,15 @@ async fn the_listener_reconnects_when_its_connection_is_killed() {
     drop(listening);
     quiet.drop_schema().await.expect("drop");
 }
+
+#[tokio::test]
+async fn a_mixed_case_schema_keeps_its_case() {
+    let test = "MixedCase";
+    let Some(s) = fresh(test).await else {
+        return;
+    };
+    assert!(s.schema().starts_with("keel_test_MixedCase_"));
+    let id = s.enqueue(req(), T0).await.expect("ok").id();
+    assert_eq!(s.get_job(id).await.expect("ok").map(|j| j.id), Some(id));
+    s.drop_schema().await.expect("drop");
+}
