@@ -5,6 +5,7 @@
 //!
 //! * [`MemStorage`]: the reference model. Deterministic, in memory; the simulator
 //!   serves it from its database host and every other engine is held to it.
+//! * [`PostgresStorage`]: PostgreSQL, for several machines sharing one database.
 //!
 //! Every operation that compares with "now" takes the time from the caller's
 //! [`Clock`](crate::clock::Clock), so the simulator decides it and storage never
@@ -23,6 +24,7 @@ pub mod job;
 mod mem;
 mod mem_jobs;
 pub mod ops;
+mod postgres;
 mod rules;
 pub mod sqlite;
 
@@ -40,6 +42,7 @@ pub use job::{
     HeartbeatStatus, Job, JobId, JobState, QueueConfig, StateCounts,
 };
 pub use mem::MemStorage;
+pub use postgres::{PostgresOptions, PostgresStorage};
 pub use sqlite::{SqliteEngine, SqliteOptions, SqliteStorage};
 
 /// A leadership term. Strictly increasing per lease; the fencing token of leadership.

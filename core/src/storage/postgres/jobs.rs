@@ -1,0 +1,452 @@
+//! [`JobStore`] for [`PostgresStorage`]: find and lock rows in SQL, change them
+//! with the model's rules (`rules.rs`), write them back in the same transaction.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use deadpool_postgres::Transaction;
+
+use super::leases::{holds, lock_lease};
+use super::rows::{
+    job_from_row, job_id, json_of, lock_job, notify, read_rows, select_jobs, sql_id, write_job,
+    write_jobs, JobInserter, JOB_COLUMNS,
+};
+use super::{read, transact, Fail, PostgresStorage};
+use crate::clock::Timestamp;
+use crate::storage::job::validate_name;
+use crate::storage::{
+    validate_holder, CancelResult, Claim, EffectResult, EnqueueOutcome, EnqueueRequest, Finalize,
+    FinalizeResult, HeartbeatStatus, Job, JobId, JobStore, PeriodicOutcome, QueueConfig,
+    StateCounts, StorageResult, Term,
+};
+
+/// `WHERE` clause of terminal states; the same list as `JobState::is_terminal`.
+const TERMINAL: &str = "('completed', 'cancelled', 'discarded')";
+
+async fn enqueue_tx(
+    tx: &Transaction<'_>,
+    channel: &str,
+    reqs: &[EnqueueRequest],
+    now: Timestamp,
+) -> Result<Vec<EnqueueOutcome>, Fail> {
+    let mut inserter = JobInserter::lock(tx).await?;
+    let mut outcomes = Vec::with_capacity(reqs.len());
+    for req in reqs {
+        outcomes.push(inserter.insert(tx, req.clone(), now).await?);
+    }
+    inserter.finish(tx).await?;
+    notify(tx, channel, reqs.iter().map(|r| r.queue.as_str())).await?;
+    Ok(outcomes)
+}
+
+async fn claim_tx(
+    tx: &Transaction<'_>,
+    queue: &str,
+    owner: &str,
+    limit: u32,
+    now: Timestamp,
+) -> Result<Vec<Job>, Fail> {
+    // SKIP LOCKED: concurrent claimers each take different rows instead of
+    // queueing behind one another's locks.
+    let sql = format!(
+        "SELECT {JOB_COLUMNS} FROM keel_jobs \
+         WHERE queue = $1 AND state = 'available' AND scheduled_at <= $2 \
+         AND NOT EXISTS (SELECT 1 FROM keel_queues WHERE name = $1 AND paused) \
+         ORDER BY priority, scheduled_at, id LIMIT $3 FOR UPDATE OF keel_jobs SKIP LOCKED"
+    );
+    let mut jobs = select_jobs(tx, &sql, &[&queue, &now.0, &i64::from(limit)]).await?;
+    for job in &mut jobs {
+        assert!(
+            job.is_claimable(queue, now),
+            "the query selects claimable rows"
+        );
+        job.claim_for(owner, now);
+    }
+    write_jobs(tx, &jobs).await?;
+    jobs.sort_unstable_by_key(|j| (j.priority, j.scheduled_at, j.id));
+    Ok(jobs)
+}
+
+async fn apply_effect_tx(
+    tx: &Transaction<'_>,
+    claim: Claim,
+    owner: &str,
+    key: &str,
+    value: &str,
+) -> Result<EffectResult, Fail> {
+    let Some(id) = sql_id(claim.job) else {
+        return Ok(EffectResult::NotOwner);
+    };
+    // A share lock keeps the claim live until the effect commits: rescue and
+    // finalize need the row exclusively.
+    let sql = format!("SELECT {JOB_COLUMNS} FROM keel_jobs WHERE id = $1 FOR SHARE");
+    let live = select_jobs(tx, &sql, &[&id])
+        .await?
+        .first()
+        .is_some_and(|j| j.is_live_claim(claim, owner));
+    if !live {
+        return Ok(EffectResult::NotOwner);
+    }
+    let statement = tx
+        .prepare_cached(
+            "INSERT INTO keel_effects (job_id, key, value) VALUES ($1, $2, $3) \
+             ON CONFLICT (job_id, key) DO NOTHING",
+        )
+        .await?;
+    let inserted = tx.execute(&statement, &[&id, &key, &value]).await?;
+    Ok(if inserted == 1 {
+        EffectResult::Applied
+    } else {
+        EffectResult::AlreadyApplied
+    })
+}
+
+async fn rescue_tx(
+    tx: &Transaction<'_>,
+    channel: &str,
+    stale_before: Timestamp,
+    now: Timestamp,
+) -> Result<Vec<Claim>, Fail> {
+    let sql = format!(
+        "SELECT {JOB_COLUMNS} FROM keel_jobs WHERE state = 'running' \
+         AND (heartbeat_at IS NULL OR heartbeat_at < $1) ORDER BY id FOR UPDATE"
+    );
+    let mut jobs: Vec<Job> = select_jobs(tx, &sql, &[&stale_before.0])
+        .await?
+        .into_iter()
+        .filter(|j| j.is_stale(stale_before))
+        .collect();
+    let claims: Vec<Claim> = jobs.iter_mut().map(|j| j.rescue(now)).collect();
+    write_jobs(tx, &jobs).await?;
+    notify(tx, channel, jobs.iter().map(|j| j.queue.as_str())).await?;
+    Ok(claims)
+}
+
+async fn promote_tx(tx: &Transaction<'_>, channel: &str, now: Timestamp) -> Result<u64, Fail> {
+    // The set-based form of `Job::is_due` and its transition to available.
+    let statement = tx
+        .prepare_cached(
+            "WITH promoted AS (UPDATE keel_jobs SET state = 'available' \
+             WHERE state IN ('scheduled', 'retryable') AND scheduled_at <= $1 RETURNING queue) \
+             SELECT queue, count(*) FROM promoted GROUP BY queue",
+        )
+        .await?;
+    let rows = tx.query(&statement, &[&now.0]).await?;
+    let mut promoted = 0u64;
+    let mut queues = Vec::with_capacity(rows.len());
+    for row in &rows {
+        queues.push(row.try_get::<_, String>(0)?);
+        let count: i64 = row.try_get(1)?;
+        promoted += u64::try_from(count).map_err(|_| Fail::Corrupt("negative count".into()))?;
+    }
+    notify(tx, channel, queues.iter().map(String::as_str)).await?;
+    Ok(promoted)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn fire_periodic_tx(
+    tx: &Transaction<'_>,
+    channel: &str,
+    name: &str,
+    slot: Timestamp,
+    lease: &str,
+    holder: &str,
+    term: Term,
+    req: &EnqueueRequest,
+    now: Timestamp,
+) -> Result<PeriodicOutcome, Fail> {
+    // The lease row stays locked until commit, so the term cannot move on (and a
+    // second firing of this slot waits) between this check and the insert.
+    if !holds(lock_lease(tx, lease).await?.as_ref(), holder, term) {
+        return Ok(PeriodicOutcome::StaleTerm);
+    }
+    let statement = tx
+        .prepare_cached("SELECT job_id FROM keel_periodic WHERE name = $1 AND slot = $2")
+        .await?;
+    if let Some(row) = tx.query_opt(&statement, &[&name, &slot.0]).await? {
+        return Ok(PeriodicOutcome::AlreadyFired(job_id(row.try_get(0)?)?));
+    }
+    let mut inserter = JobInserter::lock(tx).await?;
+    let id = inserter.insert(tx, req.clone(), now).await?.id();
+    inserter.finish(tx).await?;
+    let sql_job = sql_id(id).ok_or_else(|| Fail::Corrupt(format!("{id} out of range")))?;
+    let statement = tx
+        .prepare_cached("INSERT INTO keel_periodic (name, slot, job_id) VALUES ($1, $2, $3)")
+        .await?;
+    tx.execute(&statement, &[&name, &slot.0, &sql_job]).await?;
+    notify(tx, channel, [req.queue.as_str()]).await?;
+    Ok(PeriodicOutcome::Fired(id))
+}
+
+#[async_trait]
+impl JobStore for PostgresStorage {
+    async fn enqueue(&self, req: EnqueueRequest, now: Timestamp) -> StorageResult<EnqueueOutcome> {
+        req.validate()?;
+        let reqs = [req];
+        let outcomes = transact!(self, |tx| enqueue_tx(&tx, &self.channel, &reqs, now)
+            .await?)?;
+        Ok(outcomes
+            .into_iter()
+            .next()
+            .expect("one outcome per request"))
+    }
+
+    async fn enqueue_batch(
+        &self,
+        reqs: Vec<EnqueueRequest>,
+        now: Timestamp,
+    ) -> StorageResult<Vec<EnqueueOutcome>> {
+        for req in &reqs {
+            req.validate()?;
+        }
+        if reqs.is_empty() {
+            return Ok(Vec::new());
+        }
+        transact!(self, |tx| enqueue_tx(&tx, &self.channel, &reqs, now)
+            .await?)
+    }
+
+    async fn claim(
+        &self,
+        queue: &str,
+        owner: &str,
+        limit: u32,
+        now: Timestamp,
+    ) -> StorageResult<Vec<Job>> {
+        validate_name("queue", queue)?;
+        validate_holder(owner)?;
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        transact!(self, |tx| claim_tx(&tx, queue, owner, limit, now).await?)
+    }
+
+    async fn heartbeat(
+        &self,
+        claim: Claim,
+        owner: &str,
+        now: Timestamp,
+    ) -> StorageResult<HeartbeatStatus> {
+        transact!(self, |tx| match lock_job(&tx, claim.job).await? {
+            Some(mut job) => {
+                let status = job.beat(claim, owner, now);
+                if status != HeartbeatStatus::Lost {
+                    write_job(&tx, &job).await?;
+                }
+                status
+            }
+            None => HeartbeatStatus::Lost,
+        })
+    }
+
+    async fn finalize(
+        &self,
+        claim: Claim,
+        owner: &str,
+        outcome: Finalize,
+        now: Timestamp,
+    ) -> StorageResult<FinalizeResult> {
+        transact!(self, |tx| match lock_job(&tx, claim.job).await? {
+            Some(mut job) => {
+                let result = job.finalize_with(claim, owner, outcome.clone(), now);
+                if result == FinalizeResult::Applied {
+                    write_job(&tx, &job).await?;
+                }
+                result
+            }
+            None => FinalizeResult::Stale,
+        })
+    }
+
+    async fn apply_effect(
+        &self,
+        claim: Claim,
+        owner: &str,
+        key: &str,
+        value: serde_json::Value,
+    ) -> StorageResult<EffectResult> {
+        validate_name("effect key", key)?;
+        let value = serde_json::to_string(&value).expect("JSON values serialize");
+        transact!(self, |tx| apply_effect_tx(&tx, claim, owner, key, &value)
+            .await?)
+    }
+
+    async fn get_effect(&self, job: JobId, key: &str) -> StorageResult<Option<serde_json::Value>> {
+        // Stored keys are validated names: an id or key no row can hold finds nothing
+        // (and a NUL, which TEXT refuses, never reaches the server).
+        let Some(id) = sql_id(job).filter(|_| !key.contains('\0')) else {
+            return Ok(None);
+        };
+        read!(self, |client| {
+            let rows = read_rows(
+                &client,
+                "SELECT value FROM keel_effects WHERE job_id = $1 AND key = $2",
+                &[&id, &key],
+            )
+            .await?;
+            match rows.first() {
+                Some(row) => Some(json_of("effect value", row.try_get(0)?)?),
+                None => None,
+            }
+        })
+    }
+
+    async fn request_cancel(&self, job: JobId, now: Timestamp) -> StorageResult<CancelResult> {
+        transact!(self, |tx| match lock_job(&tx, job).await? {
+            Some(mut row) => {
+                let result = row.cancel_at(now);
+                if result != CancelResult::AlreadyFinished {
+                    write_job(&tx, &row).await?;
+                }
+                result
+            }
+            None => CancelResult::NotFound,
+        })
+    }
+
+    async fn rescue_stale(
+        &self,
+        stale_before: Timestamp,
+        now: Timestamp,
+    ) -> StorageResult<Vec<Claim>> {
+        transact!(self, |tx| rescue_tx(&tx, &self.channel, stale_before, now)
+            .await?)
+    }
+
+    async fn promote_due(&self, now: Timestamp) -> StorageResult<u64> {
+        transact!(self, |tx| promote_tx(&tx, &self.channel, now).await?)
+    }
+
+    async fn cleanup(&self, finished_before: Timestamp, limit: u32) -> StorageResult<u64> {
+        // Effects go with their job (ON DELETE CASCADE); periodic slots stay.
+        let sql = format!(
+            "DELETE FROM keel_jobs WHERE id IN (SELECT id FROM keel_jobs \
+             WHERE state IN {TERMINAL} AND finalized_at < $1 ORDER BY id LIMIT $2 FOR UPDATE)"
+        );
+        transact!(self, |tx| {
+            let statement = tx.prepare_cached(&sql).await?;
+            tx.execute(&statement, &[&finished_before.0, &i64::from(limit)])
+                .await?
+        })
+    }
+
+    async fn get_job(&self, job: JobId) -> StorageResult<Option<Job>> {
+        let Some(id) = sql_id(job) else {
+            return Ok(None);
+        };
+        let sql = format!("SELECT {JOB_COLUMNS} FROM keel_jobs WHERE id = $1");
+        read!(self, |client| {
+            match read_rows(&client, &sql, &[&id]).await?.first() {
+                Some(row) => Some(job_from_row(row)?),
+                None => None,
+            }
+        })
+    }
+
+    async fn count_by_state(&self) -> StorageResult<StateCounts> {
+        read!(self, |client| {
+            let rows = read_rows(
+                &client,
+                "SELECT state, count(*) FROM keel_jobs GROUP BY state",
+                &[],
+            )
+            .await?;
+            let mut counts = StateCounts::default();
+            for row in &rows {
+                let state = super::rows::parse_state(row.try_get(0)?)?;
+                let count: i64 = row.try_get(1)?;
+                let count =
+                    u64::try_from(count).map_err(|_| Fail::Corrupt("negative count".into()))?;
+                counts.0.insert(state, count);
+            }
+            counts
+        })
+    }
+
+    async fn list_unfinished(&self, limit: u32) -> StorageResult<Vec<JobId>> {
+        let sql =
+            format!("SELECT id FROM keel_jobs WHERE state NOT IN {TERMINAL} ORDER BY id LIMIT $1");
+        read!(self, |client| {
+            read_rows(&client, &sql, &[&i64::from(limit)])
+                .await?
+                .iter()
+                .map(|row| job_id(row.try_get(0)?))
+                .collect::<Result<Vec<_>, Fail>>()?
+        })
+    }
+
+    fn enqueue_signal(&self) -> Option<Arc<tokio::sync::Notify>> {
+        self.signal.clone()
+    }
+
+    async fn set_queue(&self, config: QueueConfig) -> StorageResult<()> {
+        validate_name("queue", &config.name)?;
+        transact!(self, |tx| {
+            let statement = tx
+                .prepare_cached(
+                    "INSERT INTO keel_queues (name, workers, paused) VALUES ($1, $2, $3) \
+                     ON CONFLICT (name) DO UPDATE \
+                     SET workers = EXCLUDED.workers, paused = EXCLUDED.paused",
+                )
+                .await?;
+            tx.execute(
+                &statement,
+                &[&config.name, &i64::from(config.workers), &config.paused],
+            )
+            .await?;
+        })
+    }
+
+    async fn get_queue(&self, name: &str) -> StorageResult<Option<QueueConfig>> {
+        // Stored names are validated: one with a NUL (which TEXT refuses) is unknown.
+        if name.contains('\0') {
+            return Ok(None);
+        }
+        read!(self, |client| {
+            let rows = read_rows(
+                &client,
+                "SELECT workers, paused FROM keel_queues WHERE name = $1",
+                &[&name],
+            )
+            .await?;
+            match rows.first() {
+                Some(row) => {
+                    let workers: i64 = row.try_get(0)?;
+                    Some(QueueConfig {
+                        name: name.to_owned(),
+                        workers: u32::try_from(workers)
+                            .map_err(|_| Fail::Corrupt(format!("workers {workers}")))?,
+                        paused: row.try_get(1)?,
+                    })
+                }
+                None => None,
+            }
+        })
+    }
+
+    async fn fire_periodic(
+        &self,
+        name: &str,
+        slot: Timestamp,
+        lease: &str,
+        holder: &str,
+        term: Term,
+        req: EnqueueRequest,
+        now: Timestamp,
+    ) -> StorageResult<PeriodicOutcome> {
+        validate_name("periodic name", name)?;
+        req.validate()?;
+        transact!(self, |tx| fire_periodic_tx(
+            &tx,
+            &self.channel,
+            name,
+            slot,
+            lease,
+            holder,
+            term,
+            &req,
+            now
+        )
+        .await?)
+    }
+}
