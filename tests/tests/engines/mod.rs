@@ -56,8 +56,7 @@ impl EngineKind {
             EngineKind::Sqlite | EngineKind::SqliteFile => None,
             EngineKind::Postgres => match std::env::var(PG_URL_ENV) {
                 Err(_) => Some(format!("{PG_URL_ENV} is unset")),
-                // ENGINES: replace with `Ok(_) => None` once the arm in `open` is wired.
-                Ok(_) => Some(NOT_WIRED.to_owned()),
+                Ok(_) => None,
             },
         }
     }
@@ -75,7 +74,7 @@ impl EngineKind {
     /// A fresh, empty store for the test called `test` (unique per process, so
     /// an engine may derive a file name or schema from it).
     pub async fn open(self, test: &str) -> Result<SharedStorage, String> {
-        let _ = test; // Names the PostgreSQL schema once that engine is wired.
+        let _ = test;
         match self {
             EngineKind::Mem => Ok(Arc::new(MemStorage::new())),
             EngineKind::Sqlite => keel::storage::SqliteEngine::in_memory()
@@ -92,7 +91,24 @@ impl EngineKind {
                     .map(|s| Arc::new(s) as SharedStorage)
                     .map_err(|e| e.to_string())
             }
-            EngineKind::Postgres => Err(NOT_WIRED.to_owned()),
+            EngineKind::Postgres => {
+                let url = std::env::var(PG_URL_ENV).map_err(|e| e.to_string())?;
+                // One schema per open, so runs and cases never see each other;
+                // PostgreSQL names are at most 63 bytes, so a counter, not the name.
+                let n = FILES.fetch_add(1, Ordering::Relaxed);
+                let schema = format!("keel_t{}_{n}", std::process::id());
+                let options = keel::storage::PostgresOptions::default()
+                    .pool_size(2)
+                    .listen(false);
+                SCHEMAS
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(schema.clone());
+                keel::storage::PostgresStorage::connect_with(&url, options.schema(schema))
+                    .await
+                    .map(|s| Arc::new(s) as SharedStorage)
+                    .map_err(|e| e.to_string())
+            }
         }
     }
 }
@@ -104,12 +120,34 @@ fn scratch_dir() -> std::path::PathBuf {
     std::env::temp_dir().join(format!("keel-tests-{}", std::process::id()))
 }
 
-/// Remove this process's SQLite files; call once every trial has run.
+/// Every PostgreSQL schema this process made, to be dropped at the end. (The
+/// stores themselves die with their trial's runtime.)
+static SCHEMAS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// Remove this process's SQLite files and PostgreSQL schemas; call once every
+/// trial has run.
 pub fn cleanup() {
     let _ = std::fs::remove_dir_all(scratch_dir());
+    let schemas = std::mem::take(&mut *SCHEMAS.lock().unwrap_or_else(|p| p.into_inner()));
+    let Ok(url) = std::env::var(PG_URL_ENV) else {
+        return;
+    };
+    block_on(async {
+        for schema in schemas {
+            let options = keel::storage::PostgresOptions::default()
+                .schema(schema.clone())
+                .pool_size(1)
+                .listen(false);
+            let dropped = match keel::storage::PostgresStorage::connect_with(&url, options).await {
+                Ok(store) => store.drop_schema().await.map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            if let Err(e) = dropped {
+                eprintln!("cannot drop schema {schema}: {e}");
+            }
+        }
+    });
 }
-
-const NOT_WIRED: &str = "engine not wired into tests/tests/engines/mod.rs yet";
 
 /// Print one line per engine that cannot run, saying why its trials are ignored.
 pub fn note_unavailable(binary: &str) {
