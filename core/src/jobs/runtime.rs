@@ -299,7 +299,12 @@ impl Runtime {
             rng: Mutex::new(ChaCha8Rng::seed_from_u64(
                 b.maintainer.rng_seed ^ 0x6a6f_6273,
             )),
-            wake: Notify::new(),
+            // Storage that hears of other processes' enqueues (PostgreSQL's
+            // LISTEN) wakes the same workers a local enqueue does.
+            wake: b
+                .storage
+                .enqueue_signal()
+                .unwrap_or_else(|| Arc::new(Notify::new())),
             #[cfg(feature = "planted-bugs")]
             plants: b.plants.clone(),
         });

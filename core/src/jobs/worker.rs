@@ -56,8 +56,9 @@ pub(crate) struct WorkerShared {
     pub(crate) handlers: HandlerRegistry,
     pub(crate) running: Mutex<BTreeMap<JobId, Running>>,
     pub(crate) rng: Mutex<ChaCha8Rng>,
-    /// Woken by a local enqueue so idle workers need not wait for their poll.
-    pub(crate) wake: Notify,
+    /// Woken by a local enqueue, or by storage's enqueue signal, so idle workers
+    /// need not wait for their poll.
+    pub(crate) wake: Arc<Notify>,
     #[cfg(feature = "planted-bugs")]
     pub(crate) plants: PlantedBugs,
 }

@@ -919,3 +919,54 @@ async fn a_mixed_case_schema_keeps_its_case() {
     assert_eq!(s.get_job(id).await.expect("ok").map(|j| j.id), Some(id));
     s.drop_schema().await.expect("drop");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_worker_wakes_at_once_for_a_job_another_process_enqueued() {
+    use crate::clock::{Clock, SystemClock};
+    use crate::jobs::{JobsConfig, Outcome, Runtime};
+    let test = "runtime_wake";
+    let Some(producer) = fresh(test).await else {
+        return;
+    };
+    let Some(url) = pg_url(test) else { return };
+    let options = PostgresOptions::new().schema(producer.schema());
+    let consumer = PostgresStorage::connect_with(&url, options)
+        .await
+        .expect("connect");
+    // A poll this long would fail the test's deadline: only the signal can wake it.
+    let idle_poll = Duration::from_secs(60);
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
+    let runtime = Runtime::builder(
+        "consumer",
+        std::sync::Arc::new(consumer),
+        std::sync::Arc::new(SystemClock),
+    )
+    .queue("mail", 1)
+    .handler("email", move |_ctx, _payload| {
+        let done = done_tx.clone();
+        async move {
+            let _ = done.send(());
+            Outcome::Completed
+        }
+    })
+    .jobs_config(JobsConfig {
+        idle_poll,
+        ..JobsConfig::default()
+    })
+    .build()
+    .expect("build")
+    .start()
+    .expect("start");
+    // Let the worker find the queue empty and go idle.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    producer
+        .enqueue(req(), SystemClock.now())
+        .await
+        .expect("enqueue");
+    tokio::time::timeout(Duration::from_secs(5), done_rx.recv())
+        .await
+        .expect("woken by NOTIFY, not by the 60 s poll")
+        .expect("handler ran");
+    runtime.shutdown(Duration::from_secs(5)).await;
+    producer.drop_schema().await.expect("drop");
+}
