@@ -76,6 +76,29 @@ impl JobCtx {
     }
 }
 
+/// Decode a handler's payload into `T`.
+///
+/// A payload of the wrong shape will not get better on retry, so the error is
+/// [`Outcome::Discard`], naming the type and the offending field:
+///
+/// ```
+/// # use keel::jobs::{decode_payload, Outcome};
+/// #[derive(serde::Deserialize)]
+/// struct Email { to: String }
+/// let err = decode_payload::<Email>(serde_json::json!({"from": "x"})).err();
+/// assert!(matches!(err, Some(Outcome::Discard(m)) if m.contains("missing field `to`")));
+/// ```
+pub fn decode_payload<T: serde::de::DeserializeOwned>(
+    payload: serde_json::Value,
+) -> Result<T, Outcome> {
+    serde_json::from_value(payload).map_err(|e| {
+        Outcome::Discard(format!(
+            "payload is not a {}: {e}",
+            std::any::type_name::<T>()
+        ))
+    })
+}
+
 /// The code that runs jobs of one kind.
 #[async_trait]
 pub trait Handler: Send + Sync + 'static {

@@ -16,7 +16,7 @@ mod runtime;
 mod worker;
 
 pub use config::{JobsConfig, JobsConfigError, QueueSpec, WORKERS_PER_QUEUE_MAX};
-pub use handler::{Handler, HandlerRegistry, JobCtx, Outcome};
+pub use handler::{decode_payload, Handler, HandlerRegistry, JobCtx, Outcome};
 pub use maintenance::{
     Cleaner, PeriodicEnqueuer, PeriodicJob, Rescuer, Schedule, Scheduler, CRON_CATCH_UP,
 };

@@ -144,6 +144,31 @@ impl EnqueueRequest {
         }
     }
 
+    /// A job of `kind` whose payload is the JSON text `json` (a request body, a
+    /// message from elsewhere).
+    ///
+    /// # Errors
+    ///
+    /// [`StorageError::Invalid`] on field `payload` when `json` is not JSON,
+    /// saying where it stops being JSON.
+    pub fn from_json(kind: impl Into<String>, json: &str) -> StorageResult<Self> {
+        let payload =
+            serde_json::from_str(json).map_err(|e| invalid("payload", format!("not JSON: {e}")))?;
+        Ok(Self::new(kind, payload))
+    }
+
+    /// A job of `kind` whose payload is `value`, serialized to JSON.
+    ///
+    /// # Errors
+    ///
+    /// [`StorageError::Invalid`] on field `payload` when `value` has no JSON form
+    /// (a map with non-string keys, a failing `Serialize` impl).
+    pub fn typed<T: Serialize + ?Sized>(kind: impl Into<String>, value: &T) -> StorageResult<Self> {
+        let payload = serde_json::to_value(value)
+            .map_err(|e| invalid("payload", format!("has no JSON form: {e}")))?;
+        Ok(Self::new(kind, payload))
+    }
+
     /// Put it on `queue`.
     pub fn queue(mut self, queue: impl Into<String>) -> Self {
         self.queue = queue.into();
@@ -405,5 +430,47 @@ impl StateCounts {
             .filter(|(s, _)| !s.is_terminal())
             .map(|(_, n)| n)
             .sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn field(e: StorageError) -> String {
+        match e {
+            StorageError::Invalid { field, reason } => format!("{field}: {reason}"),
+            other => panic!("not a validation error: {other}"),
+        }
+    }
+
+    #[test]
+    fn a_payload_that_is_not_json_is_refused_naming_the_field_and_the_place() {
+        let err = EnqueueRequest::from_json("email", "{\"to\": ").expect_err("cut short");
+        let msg = field(err);
+        assert!(msg.starts_with("payload: not JSON"), "{msg}");
+        assert!(msg.contains("line 1"), "says where: {msg}");
+        let ok = EnqueueRequest::from_json("email", "{\"to\": \"a@b\"}").expect("json");
+        assert_eq!(ok.payload, serde_json::json!({"to": "a@b"}));
+    }
+
+    #[test]
+    fn a_value_without_a_json_form_is_refused() {
+        let mut map = std::collections::BTreeMap::new();
+        map.insert((1u8, 2u8), "tuple keys have no JSON form");
+        let msg = field(EnqueueRequest::typed("k", &map).expect_err("no json"));
+        assert!(msg.starts_with("payload: has no JSON form"), "{msg}");
+        let ok = EnqueueRequest::typed("k", &[1, 2]).expect("json");
+        assert_eq!(ok.payload, serde_json::json!([1, 2]));
+    }
+
+    #[test]
+    fn names_must_be_non_empty_short_and_plain() {
+        assert!(field(validate_name("queue", "").expect_err("empty")).contains("1..=128"));
+        let long = "q".repeat(NAME_LEN_MAX + 1);
+        assert!(field(validate_name("queue", &long).expect_err("long")).starts_with("queue"));
+        let msg = field(validate_name("queue", "mail/urgent").expect_err("slash"));
+        assert!(msg.contains("'/'"), "names the character: {msg}");
+        assert!(validate_name("queue", "mail.urgent:2").is_ok());
     }
 }
