@@ -15,28 +15,11 @@ pub(super) const JOB_COLUMNS: &str = "id, kind, queue, payload, priority, state,
 
 /// The SQL spelling of each state (the `CHECK` in the migration lists the same).
 pub(super) fn state_name(state: JobState) -> &'static str {
-    match state {
-        JobState::Scheduled => "scheduled",
-        JobState::Available => "available",
-        JobState::Running => "running",
-        JobState::Retryable => "retryable",
-        JobState::Completed => "completed",
-        JobState::Cancelled => "cancelled",
-        JobState::Discarded => "discarded",
-    }
+    state.as_str()
 }
 
 pub(super) fn parse_state(name: &str) -> Result<JobState, Fail> {
-    Ok(match name {
-        "scheduled" => JobState::Scheduled,
-        "available" => JobState::Available,
-        "running" => JobState::Running,
-        "retryable" => JobState::Retryable,
-        "completed" => JobState::Completed,
-        "cancelled" => JobState::Cancelled,
-        "discarded" => JobState::Discarded,
-        other => return Err(Fail::Corrupt(format!("unknown job state {other:?}"))),
-    })
+    JobState::parse(name).ok_or_else(|| Fail::Corrupt(format!("unknown job state {name:?}")))
 }
 
 /// A job id as SQL stores it; `None` for ids no row can have.
