@@ -447,3 +447,80 @@ async fn bad_builder_input_names_the_field() {
         "periodic.cron"
     );
 }
+
+/// Serves a `MemStorage`, but the first heartbeat's reply takes `first` and
+/// every later heartbeat never comes back (a stalled connection).
+struct SlowBeats {
+    store: Arc<MemStorage>,
+    first: Duration,
+    beats: AtomicU32,
+}
+
+#[async_trait::async_trait]
+impl crate::storage::ops::Transport for SlowBeats {
+    async fn call(
+        &self,
+        op: crate::storage::ops::Op,
+    ) -> crate::storage::StorageResult<crate::storage::ops::Reply> {
+        if matches!(op, crate::storage::ops::Op::Heartbeat { .. }) {
+            let delay = match self.beats.fetch_add(1, Ordering::SeqCst) {
+                0 => self.first,
+                _ => Duration::from_secs(3600),
+            };
+            tokio::time::sleep(delay).await;
+        }
+        Ok(crate::storage::ops::apply(self.store.as_ref(), op).await)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_heartbeat_reply_does_not_extend_trust_past_the_rescue() {
+    // Storage records a heartbeat at the time it was sent, so the worker's
+    // trust must be anchored there too; anchored at the (late) reply, the
+    // handler would outlive the moment the rescuer may hand the job on.
+    let f = Fixture::new();
+    let cfg = JobsConfig::default();
+    let slow = crate::storage::ops::Remote(SlowBeats {
+        store: f.store.clone(),
+        first: cfg.claim_trust - cfg.heartbeat_interval - Duration::from_millis(100),
+        beats: AtomicU32::new(0),
+    });
+    let storage: SharedStorage = Arc::new(slow);
+    let rt = Runtime::builder("n1", storage, f.clock.clone())
+        .observer(f.recorder.clone())
+        .rng_seed(7)
+        .queue("default", 1)
+        .handler("stuck", |_ctx, _p| async move {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            Outcome::Completed
+        })
+        .build()
+        .expect("valid")
+        .start()
+        .expect("started");
+    rt.enqueue(job("stuck")).await.expect("ok");
+    f.recorder
+        .wait_for("started", |e| {
+            matches!(e, crate::events::Event::HandlerStarted { .. })
+        })
+        .await;
+    // Just past the stale threshold since the last heartbeat storage recorded
+    // (the first one, sent one interval after the start).
+    tokio::time::sleep(cfg.heartbeat_interval + cfg.stale_threshold + Duration::from_millis(200))
+        .await;
+    let threshold = i64::try_from(cfg.stale_threshold.as_millis()).expect("small");
+    let stale_before = crate::clock::Timestamp(f.clock.now().0 - threshold);
+    let revoked = f
+        .store
+        .rescue_stale(stale_before, f.clock.now())
+        .await
+        .expect("ok");
+    assert_eq!(revoked.len(), 1, "storage sees the claim as stale");
+    assert!(
+        f.recorder
+            .find(|e| matches!(e, crate::events::Event::HandlerEnded { .. }))
+            .is_some(),
+        "the rescuer may hand the job on now, so its handler must be gone already"
+    );
+    rt.shutdown(Duration::from_secs(1)).await;
+}

@@ -224,6 +224,9 @@ struct Beat<'a> {
     running: &'a Running,
     interval: tokio::time::Interval,
     call: Option<BoxFuture<StorageResult<HeartbeatStatus>>>,
+    /// When the pending call was sent: storage records the heartbeat at that
+    /// time, so a successful reply renews trust from there, not from its arrival.
+    sent: Instant,
     last_ok: Instant,
     stopped: bool,
 }
@@ -240,6 +243,7 @@ impl<'a> Beat<'a> {
             running,
             interval,
             call: None,
+            sent: last_ok,
             last_ok,
             stopped: false,
         }
@@ -254,6 +258,7 @@ impl<'a> Beat<'a> {
                 self.running.owner.clone(),
             );
             let now = self.shared.clock.now();
+            self.sent = self.shared.clock.monotonic();
             self.call = Some(Box::pin(async move {
                 storage.heartbeat(claim, &owner, now).await
             }));
@@ -283,11 +288,11 @@ impl<'a> Beat<'a> {
         let cfg = &self.shared.cfg;
         match heard {
             Ok(HeartbeatStatus::Alive) => {
-                self.last_ok = self.shared.clock.monotonic();
+                self.last_ok = self.sent;
                 Verdict::Continue
             }
             Ok(HeartbeatStatus::CancelRequested) => {
-                self.last_ok = self.shared.clock.monotonic();
+                self.last_ok = self.sent;
                 self.running
                     .user_cancel
                     .store(true, std::sync::atomic::Ordering::SeqCst);
