@@ -207,11 +207,11 @@ impl Model {
                         }
                         terms.insert(host.to_owned(), (term.0, at, r.seq));
                     }
-                    Event::TermLost { term, reason } => {
-                        if terms.get(host).is_some_and(|t| t.0 == term.0) {
-                            if let Some(prev) = terms.remove(host) {
-                                m.terms.push(term_span(host, prev, at, reason));
-                            }
+                    Event::TermLost { term, reason }
+                        if terms.get(host).is_some_and(|t| t.0 == term.0) =>
+                    {
+                        if let Some(prev) = terms.remove(host) {
+                            m.terms.push(term_span(host, prev, at, reason));
                         }
                     }
                     Event::MaintainerStarted { term } => {
@@ -865,7 +865,7 @@ pub fn render(meta: &Meta, history: &[Record], violations: &[Violation]) -> Stri
         );
     }
     p.push_str("</tbody></table></section>");
-    let _ = write!(p, "<script>{SCRIPT}</script></body></html>\n");
+    let _ = writeln!(p, "<script>{SCRIPT}</script></body></html>");
     p
 }
 
