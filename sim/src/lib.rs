@@ -13,9 +13,11 @@
 //! * [`faults`]: the fault plan, drawn from the seed before the run.
 //! * [`history`]: the recorded events; [`checkers`]: one invariant each.
 //! * [`seeds`]: which seeds a test run covers (`SIM_SEED`, `SIM_SEEDS`).
+//! * [`explain`]: one run as a self-contained HTML page (timeline, violation,
+//!   event table) for `sim explain`.
 //! * [`workload`]: the jobs a run enqueues and cancels, and the handler that
 //!   runs them with seed-chosen behaviour.
-//! * `src/bin/sim.rs`: the `sim` command line (`sweep`, `replay`).
+//! * `src/bin/sim.rs`: the `sim` command line (`sweep`, `replay`, `explain`).
 
 #![warn(missing_docs)]
 
@@ -31,6 +33,7 @@ compile_error!(
 pub mod checkers;
 pub mod clock;
 pub mod db;
+pub mod explain;
 pub mod faults;
 pub mod history;
 pub mod net;

@@ -1,4 +1,5 @@
-//! The `sim` command line: sweep seeds of a scenario, or replay one seed.
+//! The `sim` command line: sweep seeds of a scenario, replay one seed, or
+//! explain one seed as an HTML page.
 //!
 //! Exit codes: 0 every invariant held, 2 usage error, 3 an invariant was
 //! violated, 4 non-determinism detected (or the simulation itself failed).
@@ -63,6 +64,25 @@ enum Command {
         #[arg(long, default_value = "mem")]
         storage: StorageKind,
     },
+    /// Run one seed and write its history as one self-contained HTML page: a
+    /// timeline per host, the violation's witnesses, a searchable event table.
+    Explain {
+        /// Scenario name.
+        #[arg(long, value_parser = parse_scenario)]
+        scenario: Scenario,
+        /// The seed.
+        #[arg(long)]
+        seed: u64,
+        /// Switch on a planted bug.
+        #[arg(long, value_parser = parse_bug)]
+        plant: Option<Bug>,
+        /// The engine the database host serves: mem (the model) or sqlite.
+        #[arg(long, default_value = "mem")]
+        storage: StorageKind,
+        /// Where to write the page.
+        #[arg(long)]
+        html: std::path::PathBuf,
+    },
 }
 
 fn parse_scenario(s: &str) -> Result<Scenario, String> {
@@ -104,6 +124,21 @@ fn main() -> ExitCode {
                 storage,
             },
             trace,
+        ),
+        Command::Explain {
+            scenario,
+            seed,
+            plant,
+            storage,
+            html,
+        } => explain(
+            &RunSpec {
+                scenario,
+                seed,
+                plant,
+                storage,
+            },
+            &html,
         ),
     };
     ExitCode::from(code)
@@ -184,6 +219,33 @@ fn replay(spec: RunSpec, trace: Option<std::path::PathBuf>) -> u8 {
             path.display()
         );
     }
+    if result.passed() {
+        println!(
+            "all invariants held; {} events, trace hash {:016x}",
+            result.history.len(),
+            result.trace_hash
+        );
+        0
+    } else {
+        print!("{}", report(&result));
+        EXIT_VIOLATION
+    }
+}
+
+/// Like `replay` (same run, same exit codes), but the output is a page.
+fn explain(spec: &RunSpec, path: &std::path::Path) -> u8 {
+    let result = match runner::run_checked(spec) {
+        Ok(r) => r,
+        Err(e) => {
+            println!("{e}");
+            return sim_error_code(&e);
+        }
+    };
+    if let Err(e) = std::fs::write(path, sim::explain::render_html(&result)) {
+        eprintln!("cannot write {}: {e}", path.display());
+        return 2;
+    }
+    println!("explain: {}", path.display());
     if result.passed() {
         println!(
             "all invariants held; {} events, trace hash {:016x}",
