@@ -12,6 +12,9 @@
 //! * [`clock`], [`net`]: keel's seams on simulated time and turmoil TCP.
 //! * [`faults`]: the fault plan, drawn from the seed before the run.
 //! * [`history`]: the recorded events; [`checkers`]: one invariant each.
+//! * [`corpus`]: replay files (`sweep --failures`, `replay --from`, the
+//!   regression corpus in `scenarios/regressions/`).
+//! * [`pool`]: runs seeds on worker threads, results in seed order.
 //! * [`seeds`]: which seeds a test run covers (`SIM_SEED`, `SIM_SEEDS`).
 //! * [`workload`]: the jobs a run enqueues and cancels, and the handler that
 //!   runs them with seed-chosen behaviour.
@@ -30,11 +33,13 @@ compile_error!(
 
 pub mod checkers;
 pub mod clock;
+pub mod corpus;
 pub mod db;
 pub mod faults;
 pub mod history;
 pub mod net;
 pub mod node;
+pub mod pool;
 pub mod runner;
 pub mod seeds;
 pub mod workload;
