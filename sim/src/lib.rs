@@ -12,6 +12,9 @@
 //! * [`clock`], [`net`]: keel's seams on simulated time and turmoil TCP.
 //! * [`faults`]: the fault plan, drawn from the seed before the run.
 //! * [`history`]: the recorded events; [`checkers`]: one invariant each.
+//! * [`corpus`]: replay files (`sweep --failures`, `replay --from`, the
+//!   regression corpus in `scenarios/regressions/`).
+//! * [`pool`]: runs seeds on worker threads, results in seed order.
 //! * [`seeds`]: which seeds a test run covers (`SIM_SEED`, `SIM_SEEDS`).
 //! * [`explain`]: one run as a self-contained HTML page (timeline, violation,
 //!   event table) for `sim explain`.
@@ -32,12 +35,14 @@ compile_error!(
 
 pub mod checkers;
 pub mod clock;
+pub mod corpus;
 pub mod db;
 pub mod explain;
 pub mod faults;
 pub mod history;
 pub mod net;
 pub mod node;
+pub mod pool;
 pub mod runner;
 pub mod seeds;
 pub mod workload;

@@ -146,6 +146,11 @@ impl RunResult {
     pub fn passed(&self) -> bool {
         self.violations.is_empty()
     }
+
+    /// Simulated time the run covered, in milliseconds: the `End` record's time.
+    pub fn simulated_ms(&self) -> u64 {
+        self.history.last().map_or(0, |r| r.at_ms)
+    }
 }
 
 /// The one-line command that replays `spec`.

@@ -89,3 +89,78 @@ fn a_violation_exits_3_with_the_invariant_and_a_replay_command() {
     );
     assert!(text.contains("--plant stale_resign"), "{text}");
 }
+
+fn temp(name: &str) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("keel-sim-cli-{}-{name}", std::process::id()))
+}
+
+#[test]
+fn a_parallel_sweep_exits_0_and_prints_the_summary_table() {
+    let (code, text) = sim(&[
+        "sweep",
+        "--scenario",
+        "leadership_flap",
+        "--seeds",
+        "3",
+        "--jobs",
+        "2",
+    ]);
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains("scenario") && text.contains("nondet") && text.contains("sim-s/s"),
+        "table header: {text}"
+    );
+    let row = text
+        .lines()
+        .find(|l| l.starts_with("leadership_flap"))
+        .unwrap_or_else(|| panic!("a row for the scenario: {text}"));
+    let cells: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(cells[1..6], ["mem", "3", "3", "0", "0"], "{row}");
+}
+
+#[test]
+fn failures_file_round_trips_through_replay_from() {
+    let path = temp("failures.txt");
+    let file = path.to_str().expect("utf8");
+    let (code, text) = sim(&[
+        "sweep",
+        "--scenario",
+        "stale_retries",
+        "--seeds",
+        "3",
+        "--plant",
+        "stale_resign",
+        "--jobs",
+        "2",
+        "--failures",
+        file,
+    ]);
+    assert_eq!(code, 3, "{text}");
+    assert!(text.contains(file), "prints the path: {text}");
+    let written = std::fs::read_to_string(&path).expect("failures written");
+    assert!(
+        written.contains("scenario=stale_retries seed=0 storage=mem plant=stale_resign"),
+        "{written}"
+    );
+    let (code, text) = sim(&["replay", "--from", file]);
+    let _ = std::fs::remove_file(&path);
+    assert_eq!(code, 3, "{text}");
+    assert!(
+        text.contains("invariant no_stale_resign violated") && text.contains("FAILED"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_malformed_replay_file_exits_2_naming_the_line_and_field() {
+    let path = temp("malformed.txt");
+    std::fs::write(
+        &path,
+        "# ok so far\nscenario=stale_retries seed=1\nscenario=stale_retries seed=x\n",
+    )
+    .expect("write");
+    let (code, text) = sim(&["replay", "--from", path.to_str().expect("utf8")]);
+    let _ = std::fs::remove_file(&path);
+    assert_eq!(code, 2, "{text}");
+    assert!(text.contains("line 3: seed"), "{text}");
+}

@@ -3,15 +3,25 @@
 //!
 //! Exit codes: 0 every invariant held, 2 usage error, 3 an invariant was
 //! violated, 4 non-determinism detected (or the simulation itself failed).
+//! `sweep` runs whole seeds on a worker pool and reports in seed order, so its
+//! output does not depend on --jobs.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
+use std::num::NonZeroUsize;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use keel::planted::Bug;
 use scenarios::Scenario;
+use sim::corpus::{self, ReplaySpec};
+use sim::pool;
 use sim::runner::{self, report, RunSpec, SimError, StorageKind};
 
+const EXIT_USAGE: u8 = 2;
 const EXIT_VIOLATION: u8 = 3;
 const EXIT_NONDETERMINISM: u8 = 4;
 
@@ -25,7 +35,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run seeds 0..N (from --start) of a scenario (all scenarios when none is
-    /// named), each twice to check determinism.
+    /// named), each twice to check determinism, on --jobs threads.
     Sweep {
         /// Scenario name; every scenario of the catalog when omitted.
         #[arg(long, value_parser = parse_scenario)]
@@ -39,30 +49,44 @@ enum Command {
         /// Switch on a planted bug.
         #[arg(long, value_parser = parse_bug)]
         plant: Option<Bug>,
-        /// Stop at the first failing seed.
+        /// Stop starting seeds at the first failure (seeds already running finish).
         #[arg(long)]
         fail_fast: bool,
         /// The engine the database host serves: mem (the model) or sqlite.
         #[arg(long, default_value = "mem")]
         storage: StorageKind,
+        /// Worker threads; each seed runs whole on one. Default: every core.
+        #[arg(long)]
+        jobs: Option<NonZeroUsize>,
+        /// Write every failing run to this file, one replay line each
+        /// (`sim replay --from FILE` reruns them).
+        #[arg(long)]
+        failures: Option<PathBuf>,
     },
-    /// Run one seed, print its fault plan and verdict, optionally write its trace.
+    /// Run one seed, print its fault plan and verdict, optionally write its trace;
+    /// or, with --from, rerun every line of a replay file.
     Replay {
         /// Scenario name.
-        #[arg(long, value_parser = parse_scenario)]
-        scenario: Scenario,
+        #[arg(long, value_parser = parse_scenario, required_unless_present = "from")]
+        scenario: Option<Scenario>,
         /// The seed.
-        #[arg(long)]
-        seed: u64,
+        #[arg(long, required_unless_present = "from")]
+        seed: Option<u64>,
         /// Switch on a planted bug.
         #[arg(long, value_parser = parse_bug)]
         plant: Option<Bug>,
         /// Write the history as JSON lines to this file.
         #[arg(long)]
-        trace: Option<std::path::PathBuf>,
+        trace: Option<PathBuf>,
         /// The engine the database host serves: mem (the model) or sqlite.
         #[arg(long, default_value = "mem")]
         storage: StorageKind,
+        /// Rerun every line of this replay file (as `sweep --failures` writes).
+        #[arg(long, conflicts_with_all = ["scenario", "seed", "plant", "trace", "storage"])]
+        from: Option<PathBuf>,
+        /// Worker threads for --from. Default: every core.
+        #[arg(long, requires = "from")]
+        jobs: Option<NonZeroUsize>,
     },
     /// Run one seed and write its history as one self-contained HTML page: a
     /// timeline per host, the violation's witnesses, a searchable event table.
@@ -103,19 +127,35 @@ fn main() -> ExitCode {
             plant,
             fail_fast,
             storage,
+            jobs,
+            failures,
         } => {
             let chosen = scenario.map_or_else(scenarios::all, |s| vec![s]);
-            let codes = chosen
-                .into_iter()
-                .map(|s| sweep(s, start, seeds, plant, fail_fast, storage));
-            codes.max().unwrap_or(0)
+            let specs: Vec<RunSpec> = chosen
+                .iter()
+                .flat_map(|s| {
+                    (start..start.saturating_add(seeds)).map(move |seed| RunSpec {
+                        scenario: s.clone(),
+                        seed,
+                        plant,
+                        storage,
+                    })
+                })
+                .collect();
+            sweep(&specs, jobs_or_cores(jobs), fail_fast, failures.as_deref())
         }
         Command::Replay {
-            scenario,
-            seed,
+            from: Some(path),
+            jobs,
+            ..
+        } => replay_from(&path, jobs_or_cores(jobs)),
+        Command::Replay {
+            scenario: Some(scenario),
+            seed: Some(seed),
             plant,
             trace,
             storage,
+            ..
         } => replay(
             RunSpec {
                 scenario,
@@ -140,60 +180,306 @@ fn main() -> ExitCode {
             },
             &html,
         ),
+        Command::Replay { .. } => {
+            eprintln!("replay needs --scenario and --seed, or --from FILE");
+            EXIT_USAGE
+        }
     };
     ExitCode::from(code)
 }
 
+fn jobs_or_cores(jobs: Option<NonZeroUsize>) -> NonZeroUsize {
+    jobs.or_else(|| std::thread::available_parallelism().ok())
+        .unwrap_or(NonZeroUsize::MIN)
+}
+
 fn sim_error_code(e: &SimError) -> u8 {
     match e {
-        SimError::UnknownInvariant { .. } => 2,
+        SimError::UnknownInvariant { .. } => EXIT_USAGE,
         _ => EXIT_NONDETERMINISM,
     }
 }
 
-fn sweep(
-    scenario: Scenario,
-    start: u64,
-    count: u64,
-    plant: Option<Bug>,
-    fail_fast: bool,
-    storage: StorageKind,
-) -> u8 {
-    let name = scenario.name.clone();
-    let mut failed = 0u64;
-    let mut worst = 0u8;
-    for seed in start..start.saturating_add(count) {
-        let spec = RunSpec {
-            scenario: scenario.clone(),
-            seed,
-            plant,
-            storage,
-        };
-        match runner::run_checked(&spec) {
-            Ok(result) if result.passed() => {}
-            Ok(result) => {
-                failed += 1;
-                worst = worst.max(EXIT_VIOLATION);
-                print!("{}", report(&result));
-            }
-            Err(e) => {
-                failed += 1;
-                worst = worst.max(sim_error_code(&e));
-                println!(
-                    "scenario {name} seed {seed}: {e}\n  replay: {}",
-                    runner::replay_command(&spec)
-                );
-            }
-        }
-        if fail_fast && failed > 0 {
-            break;
+/// The CLI's own wall clock, for progress and speed only: it never reaches a
+/// simulation.
+#[allow(clippy::disallowed_methods)] // wall time of the tool itself, outside every simulated host
+fn wall_now() -> Instant {
+    Instant::now()
+}
+
+/// What one seed did, small enough to send back from its worker.
+struct Outcome {
+    /// The failure report, or `None` when every invariant held.
+    failure: Option<String>,
+    /// Exit code this seed calls for.
+    code: u8,
+    /// Whether both runs of the seed diverged.
+    nondeterministic: bool,
+    /// Simulated milliseconds covered by both runs.
+    sim_ms: u64,
+    /// Wall time the worker spent on the seed.
+    wall: Duration,
+}
+
+fn run_seed(spec: &RunSpec) -> Outcome {
+    let began = wall_now();
+    let (failure, code, nondeterministic, sim_ms) = match runner::run_checked(spec) {
+        // Both runs covered the same simulated span.
+        Ok(r) if r.passed() => (None, 0, false, 2 * r.simulated_ms()),
+        Ok(r) => (
+            Some(report(&r)),
+            EXIT_VIOLATION,
+            false,
+            2 * r.simulated_ms(),
+        ),
+        Err(e) => (
+            Some(format!(
+                "scenario {} seed {}: {e}\n  replay: {}\n",
+                spec.scenario.name,
+                spec.seed,
+                runner::replay_command(spec)
+            )),
+            sim_error_code(&e),
+            matches!(e, SimError::NonDeterministic { .. }),
+            0,
+        ),
+    };
+    Outcome {
+        failure,
+        code,
+        nondeterministic,
+        sim_ms,
+        wall: began.elapsed(),
+    }
+}
+
+/// One row of the summary table.
+#[derive(Default)]
+struct Tally {
+    seeds: u64,
+    passed: u64,
+    failed: u64,
+    nondeterministic: u64,
+    sim_ms: u64,
+    wall: Duration,
+}
+
+impl Tally {
+    fn add(&mut self, o: &Outcome) {
+        self.seeds += 1;
+        self.sim_ms += o.sim_ms;
+        self.wall += o.wall;
+        match (&o.failure, o.nondeterministic) {
+            (None, _) => self.passed += 1,
+            (Some(_), true) => self.nondeterministic += 1,
+            (Some(_), false) => self.failed += 1,
         }
     }
-    println!("{name} ({storage}): {count} seeds from {start}, {failed} failed");
+}
+
+/// Simulated seconds per wall second.
+fn speed(sim_ms: u64, wall: Duration) -> f64 {
+    let wall_ms = wall.as_secs_f64() * 1000.0;
+    if wall_ms > 0.0 {
+        sim_ms as f64 / wall_ms
+    } else {
+        0.0
+    }
+}
+
+/// The progress bar on stderr, drawn only when both streams are a terminal so
+/// piped or logged output stays clean.
+fn progress_bar(total: usize) -> ProgressBar {
+    let target = if std::io::stdout().is_terminal() && std::io::stderr().is_terminal() {
+        ProgressDrawTarget::stderr()
+    } else {
+        ProgressDrawTarget::hidden()
+    };
+    let bar = ProgressBar::with_draw_target(Some(total as u64), target);
+    if let Ok(style) =
+        ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} seeds {msg}")
+    {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar
+}
+
+fn sweep(specs: &[RunSpec], jobs: NonZeroUsize, fail_fast: bool, failures: Option<&Path>) -> u8 {
+    let bar = progress_bar(specs.len());
+    let began = wall_now();
+    let stop = AtomicBool::new(false);
+    let (mut failed, mut done_sim_ms) = (0u64, 0u64);
+    let mut worst = 0u8;
+    // Per (scenario, storage), in the order they first appear.
+    let mut tallies: Vec<((String, StorageKind), Tally)> = Vec::new();
+    let mut failing: Vec<(usize, String)> = Vec::new();
+    pool::ordered(
+        specs,
+        jobs,
+        &stop,
+        run_seed,
+        |o| {
+            bar.inc(1);
+            done_sim_ms += o.sim_ms;
+            if o.failure.is_some() {
+                failed += 1;
+                if fail_fast {
+                    stop.store(true, Ordering::SeqCst);
+                }
+            }
+            bar.set_message(format!(
+                "{failed} failed, {:.0} sim-s/s",
+                speed(done_sim_ms, began.elapsed())
+            ));
+        },
+        |i, o| {
+            let spec = &specs[i];
+            let key = (spec.scenario.name.clone(), spec.storage);
+            match tallies.iter_mut().find(|(k, _)| *k == key) {
+                Some((_, t)) => t.add(&o),
+                None => {
+                    let mut t = Tally::default();
+                    t.add(&o);
+                    tallies.push((key, t));
+                }
+            }
+            worst = worst.max(o.code);
+            if let Some(text) = o.failure {
+                let first = text.lines().next().unwrap_or_default().to_owned();
+                failing.push((i, first));
+                bar.suspend(|| print!("{text}"));
+            }
+        },
+    );
+    bar.finish_and_clear();
+    let wall = began.elapsed();
+    print_summary(&tallies, wall, jobs);
+    if let Some(path) = failures {
+        if let Err(e) = write_failures(path, specs, &failing) {
+            eprintln!("cannot write failures to {}: {e}", path.display());
+            return worst.max(EXIT_USAGE);
+        }
+        println!(
+            "failures: {} written to {} (rerun: sim replay --from {})",
+            failing.len(),
+            path.display(),
+            path.display()
+        );
+    }
     worst
 }
 
-fn replay(spec: RunSpec, trace: Option<std::path::PathBuf>) -> u8 {
+fn print_summary(tallies: &[((String, StorageKind), Tally)], wall: Duration, jobs: NonZeroUsize) {
+    println!(
+        "{:<22} {:<7} {:>6} {:>7} {:>7} {:>7} {:>10}",
+        "scenario", "storage", "seeds", "passed", "failed", "nondet", "sim-s/s"
+    );
+    let mut total = Tally::default();
+    for ((name, storage), t) in tallies {
+        println!(
+            "{name:<22} {storage:<7} {:>6} {:>7} {:>7} {:>7} {:>10.1}",
+            t.seeds,
+            t.passed,
+            t.failed,
+            t.nondeterministic,
+            speed(t.sim_ms, t.wall)
+        );
+        total.seeds += t.seeds;
+        total.passed += t.passed;
+        total.failed += t.failed;
+        total.nondeterministic += t.nondeterministic;
+        total.sim_ms += t.sim_ms;
+    }
+    println!(
+        "{:<22} {:<7} {:>6} {:>7} {:>7} {:>7} {:>10.1}",
+        "total",
+        "",
+        total.seeds,
+        total.passed,
+        total.failed,
+        total.nondeterministic,
+        speed(total.sim_ms, wall)
+    );
+    println!(
+        "sim-s/s: simulated seconds (both runs of each seed) per wall second; per scenario on \
+         one thread, in total on {jobs} thread(s) over {:.1}s",
+        wall.as_secs_f64()
+    );
+}
+
+fn write_failures(
+    path: &Path,
+    specs: &[RunSpec],
+    failing: &[(usize, String)],
+) -> std::io::Result<()> {
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
+    writeln!(
+        out,
+        "# failing runs of a sim sweep; rerun: sim replay --from {}",
+        path.display()
+    )?;
+    for (i, why) in failing {
+        writeln!(out, "# {why}")?;
+        writeln!(out, "{}", corpus::line_for(&specs[*i]))?;
+    }
+    out.flush()
+}
+
+/// Rerun every line of a replay file; the worst exit code of its lines.
+fn replay_from(path: &Path, jobs: NonZeroUsize) -> u8 {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("cannot read {}: {e}", path.display());
+            return EXIT_USAGE;
+        }
+    };
+    let lines = match corpus::parse(&text) {
+        Ok(lines) => lines,
+        Err(e) => {
+            eprintln!("{}: {e}", path.display());
+            return EXIT_USAGE;
+        }
+    };
+    let mut worst = 0u8;
+    let mut broken = 0usize;
+    pool::ordered(
+        &lines,
+        jobs,
+        &AtomicBool::new(false),
+        |l: &ReplaySpec| {
+            let outcome = runner::run_checked(&l.spec);
+            let code = match &outcome {
+                Err(e) => sim_error_code(e),
+                Ok(_) => EXIT_VIOLATION,
+            };
+            (l.judge(&outcome), code)
+        },
+        |_| {},
+        |i, (verdict, code)| {
+            let l = &lines[i];
+            let head = format!(
+                "{}:{}: {} expect={}",
+                path.display(),
+                l.line,
+                corpus::line_for(&l.spec),
+                l.expect
+            );
+            match verdict {
+                Ok(()) => println!("{head}: ok"),
+                Err(why) => {
+                    broken += 1;
+                    worst = worst.max(code);
+                    print!("{head}: FAILED\n{why}");
+                }
+            }
+        },
+    );
+    println!("{} line(s) rerun, {broken} failed", lines.len());
+    worst
+}
+
+fn replay(spec: RunSpec, trace: Option<PathBuf>) -> u8 {
     println!(
         "SEED={} scenario={} plant={}",
         spec.seed,
@@ -233,7 +519,7 @@ fn replay(spec: RunSpec, trace: Option<std::path::PathBuf>) -> u8 {
 }
 
 /// Like `replay` (same run, same exit codes), but the output is a page.
-fn explain(spec: &RunSpec, path: &std::path::Path) -> u8 {
+fn explain(spec: &RunSpec, path: &Path) -> u8 {
     let result = match runner::run_checked(spec) {
         Ok(r) => r,
         Err(e) => {
@@ -259,7 +545,7 @@ fn explain(spec: &RunSpec, path: &std::path::Path) -> u8 {
     }
 }
 
-fn write_trace(path: &std::path::Path, history: &[sim::history::Record]) -> std::io::Result<()> {
+fn write_trace(path: &Path, history: &[sim::history::Record]) -> std::io::Result<()> {
     let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
     for r in history {
         writeln!(out, "{}", r.to_json())?;
