@@ -184,7 +184,13 @@ pub fn report(result: &RunResult) -> String {
         result.violations.len()
     );
     for v in &result.violations {
-        out.push_str(&format!("  {v}"));
+        // A liveness failure means the run did not converge, not that it did
+        // something wrong: say which, so the reader looks at the heal phase.
+        let kind = match crate::checkers::property_of(v.invariant) {
+            crate::checkers::Property::Safety => "safety",
+            crate::checkers::Property::Liveness => "liveness",
+        };
+        out.push_str(&format!("  [{kind}] {v}"));
     }
     out.push_str(&format!(
         "  trace hash {:016x}\n  replay: {}\n",

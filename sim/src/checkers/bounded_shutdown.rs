@@ -31,6 +31,10 @@ impl Checker for BoundedShutdown {
         NAME
     }
 
+    fn property(&self) -> super::Property {
+        super::Property::Liveness
+    }
+
     fn check(&self, history: &[Record], ctx: &CheckCtx) -> Vec<Violation> {
         history
             .iter()

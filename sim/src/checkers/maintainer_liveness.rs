@@ -54,6 +54,10 @@ impl Checker for MaintainerLiveness {
         NAME
     }
 
+    fn property(&self) -> super::Property {
+        super::Property::Liveness
+    }
+
     fn check(&self, history: &[Record], ctx: &CheckCtx) -> Vec<Violation> {
         let mut out = Vec::new();
         let all = tenures(history);

@@ -92,10 +92,25 @@ impl fmt::Display for Violation {
     }
 }
 
+/// What kind of promise an invariant is, as VOPR splits them: safety ("never"),
+/// checked through the fault phase, or liveness ("eventually"), which must
+/// converge within a bound once faults stop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Property {
+    /// Something bad never happens, faults or not.
+    Safety,
+    /// Something good happens within a bound, above all once faults stop.
+    Liveness,
+}
+
 /// One invariant over a history.
 pub trait Checker: Send + Sync {
     /// The invariant's name, as scenarios list it.
     fn name(&self) -> &'static str;
+    /// Safety or liveness; reports say which.
+    fn property(&self) -> Property {
+        Property::Safety
+    }
     /// Every violation in `history`.
     fn check(&self, history: &[Record], ctx: &CheckCtx) -> Vec<Violation>;
 }
@@ -122,6 +137,11 @@ pub fn all() -> Vec<Box<dyn Checker>> {
 /// The checker called `name`.
 pub fn by_name(name: &str) -> Option<Box<dyn Checker>> {
     all().into_iter().find(|c| c.name() == name)
+}
+
+/// Whether `invariant` is a safety or a liveness property (`Safety` if unknown).
+pub fn property_of(invariant: &str) -> Property {
+    by_name(invariant).map_or(Property::Safety, |c| c.property())
 }
 
 /// Names of every checker.
@@ -279,5 +299,25 @@ pub(crate) mod test_support {
             term: Term(t),
             reason: "trust_window_expired".into(),
         }
+    }
+}
+
+#[cfg(test)]
+mod property_tests {
+    use super::*;
+
+    #[test]
+    fn convergence_checkers_are_liveness_and_the_rest_safety() {
+        let liveness: Vec<&str> = all()
+            .iter()
+            .filter(|c| c.property() == Property::Liveness)
+            .map(|c| c.name())
+            .collect();
+        assert_eq!(
+            liveness,
+            vec!["maintainer_liveness", "no_lost_jobs", "bounded_shutdown"]
+        );
+        assert_eq!(property_of("one_leader_per_term"), Property::Safety);
+        assert_eq!(property_of("no_lost_jobs"), Property::Liveness);
     }
 }

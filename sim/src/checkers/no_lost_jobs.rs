@@ -33,6 +33,10 @@ impl Checker for NoLostJobs {
         NAME
     }
 
+    fn property(&self) -> super::Property {
+        super::Property::Liveness
+    }
+
     fn check(&self, history: &[Record], ctx: &CheckCtx) -> Vec<Violation> {
         let healed_for = ctx.end_at_ms.saturating_sub(ctx.heal_at_ms);
         if healed_for < ctx.heal_converge_ms {
