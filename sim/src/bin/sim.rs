@@ -204,7 +204,7 @@ fn sim_error_code(e: &SimError) -> u8 {
 /// simulation.
 #[allow(clippy::disallowed_methods)] // wall time of the tool itself, outside every simulated host
 fn wall_now() -> Instant {
-    Instant::now()
+    Instant::now() // determinism-ok: progress display only, never read by a simulation
 }
 
 /// What one seed did, small enough to send back from its worker.
