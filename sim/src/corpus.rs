@@ -72,7 +72,7 @@ pub fn parse(text: &str) -> Result<Vec<ReplaySpec>, CorpusError> {
     Ok(out)
 }
 
-fn parse_line(line: usize, content: &str) -> Result<ReplaySpec, CorpusError> {
+pub(crate) fn parse_line(line: usize, content: &str) -> Result<ReplaySpec, CorpusError> {
     let err = |field: &str, reason: String| CorpusError {
         line,
         field: field.to_owned(),
@@ -123,6 +123,7 @@ fn parse_line(line: usize, content: &str) -> Result<ReplaySpec, CorpusError> {
             seed,
             plant,
             storage: storage.unwrap_or_default(),
+            script: None,
         },
         expect: expect.unwrap_or(Expect::Pass),
     })
@@ -221,6 +222,7 @@ mod tests {
             seed: 41,
             plant: Some(Bug::BurstTicks),
             storage: StorageKind::Sqlite,
+            script: None,
         };
         let back = parse(&line_for(&spec)).expect("parses");
         assert_eq!(back.len(), 1);

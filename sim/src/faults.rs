@@ -10,6 +10,8 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use scenarios::Scenario;
 
+use crate::db::StorageFault;
+
 /// Salt that separates the plan's random stream from turmoil's, which uses the
 /// seed directly.
 const PLAN_SALT: u64 = 0x6b65_656c_706c_616e;
@@ -141,7 +143,12 @@ impl fmt::Display for Fault {
             }
             FaultKind::Bounce { down_ms } => write!(f, "{} bounce {node} {down_ms}ms", self.at_ms),
             FaultKind::Storage { fault, pct, dur_ms } => {
-                write!(f, "{} storage {fault:?} {pct}% for {dur_ms}ms", self.at_ms)
+                let mode = match fault {
+                    StorageFault::Error => "error".to_owned(),
+                    StorageFault::LostReply => "lost_reply".to_owned(),
+                    StorageFault::Slow { ms } => format!("slow:{ms}ms"),
+                };
+                write!(f, "{} storage {mode} {pct}% for {dur_ms}ms", self.at_ms)
             }
             FaultKind::Shutdown {
                 deadline_ms,
@@ -224,7 +231,6 @@ fn swarm_rates(scenario: &Scenario, rng: &mut ChaCha8Rng) -> [f64; 8] {
 }
 
 fn storage_fault(rng: &mut ChaCha8Rng, f: &scenarios::Faults) -> FaultKind {
-    use crate::db::StorageFault;
     let modes = &f.storage_fault_modes;
     let mode = modes
         .get(rng.random_range(0..modes.len().max(1)))
@@ -339,6 +345,246 @@ impl fmt::Display for FaultPlan {
     }
 }
 
+/// One line of a fault script: a node's clock skew, or a fault.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PlanLine {
+    /// `0 skew nI Xms`: node `I`'s wall clock runs `X` ms off for the whole run.
+    Skew {
+        /// Node index (0-based; `n1` is 0).
+        node: usize,
+        /// The skew.
+        ms: i64,
+    },
+    /// A fault, in the form [`Fault`]'s `Display` writes.
+    Fault(Fault),
+}
+
+/// The words of one plan line, read front to back; errors name the field.
+struct Words<'a> {
+    words: std::str::SplitWhitespace<'a>,
+}
+
+impl<'a> Words<'a> {
+    fn next(&mut self, field: &str) -> Result<&'a str, String> {
+        self.words.next().ok_or_else(|| format!("{field}: missing"))
+    }
+
+    fn literal(&mut self, word: &str) -> Result<(), String> {
+        match self.next(word)? {
+            w if w == word => Ok(()),
+            w => Err(format!("expected {word:?}, found {w:?}")),
+        }
+    }
+
+    fn number<T: std::str::FromStr>(&mut self, field: &str, unit: &str) -> Result<T, String> {
+        let word = self.next(field)?;
+        word.strip_suffix(unit)
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(|| format!("{field}: {word:?} is not a number followed by {unit:?}"))
+    }
+
+    fn ms(&mut self, field: &str) -> Result<u64, String> {
+        self.number(field, "ms")
+    }
+
+    fn target(&mut self) -> Result<Target, String> {
+        let word = self.next("target")?;
+        parse_target(word).ok_or_else(|| {
+            format!("target: {word:?} is not a node (n1, n2, ...), leader or starting")
+        })
+    }
+
+    fn end(mut self) -> Result<(), String> {
+        match self.words.next() {
+            None => Ok(()),
+            Some(w) => Err(format!("unexpected {w:?} at the end of the line")),
+        }
+    }
+}
+
+fn parse_target(word: &str) -> Option<Target> {
+    match word {
+        "leader" => Some(Target::Leader),
+        "starting" => Some(Target::Starting),
+        _ => {
+            let n: usize = word.strip_prefix('n')?.parse().ok()?;
+            n.checked_sub(1).map(Target::Node)
+        }
+    }
+}
+
+fn parse_storage_mode(word: &str) -> Result<StorageFault, String> {
+    match word {
+        "error" => Ok(StorageFault::Error),
+        "lost_reply" => Ok(StorageFault::LostReply),
+        _ => word
+            .strip_prefix("slow:")
+            .and_then(|ms| ms.strip_suffix("ms"))
+            .and_then(|ms| ms.parse().ok())
+            .map(|ms| StorageFault::Slow { ms })
+            .ok_or_else(|| {
+                format!("storage mode: {word:?} is not error, lost_reply or slow:<n>ms")
+            }),
+    }
+}
+
+impl std::str::FromStr for PlanLine {
+    type Err = String;
+
+    /// Parse one line as [`FaultPlan`]'s `Display` writes it, so a printed plan
+    /// reads back unchanged.
+    fn from_str(line: &str) -> Result<Self, String> {
+        let mut w = Words {
+            words: line.split_whitespace(),
+        };
+        let at = w.next("time")?;
+        let at_ms: u64 = at
+            .parse()
+            .map_err(|_| format!("time: {at:?} is not a whole number of simulated ms"))?;
+        let kind_word = w.next("fault")?;
+        if kind_word == "skew" {
+            let Target::Node(node) = w.target()? else {
+                return Err("target: a skew belongs to one node (n1, n2, ...)".into());
+            };
+            let ms = w.number("skew", "ms")?;
+            w.end()?;
+            return Ok(PlanLine::Skew { node, ms });
+        }
+        let (target, kind) = match kind_word {
+            "partition" => (
+                w.target()?,
+                FaultKind::Partition {
+                    dur_ms: w.ms("duration")?,
+                },
+            ),
+            "bounce" => (
+                w.target()?,
+                FaultKind::Bounce {
+                    down_ms: w.ms("downtime")?,
+                },
+            ),
+            "storage" => {
+                let fault = parse_storage_mode(w.next("storage mode")?)?;
+                let pct = w.number("share", "%")?;
+                w.literal("for")?;
+                let dur_ms = w.ms("duration")?;
+                (Target::Node(0), FaultKind::Storage { fault, pct, dur_ms })
+            }
+            "shutdown" => {
+                let target = w.target()?;
+                w.literal("deadline")?;
+                let deadline_ms = w.ms("deadline")?;
+                w.literal("down")?;
+                let down_ms = w.ms("downtime")?;
+                (
+                    target,
+                    FaultKind::Shutdown {
+                        deadline_ms,
+                        down_ms,
+                    },
+                )
+            }
+            "loop_panic" => {
+                let target = w.target()?;
+                w.literal("loop")?;
+                (
+                    target,
+                    FaultKind::LoopPanic {
+                        index: w.number("loop", "")?,
+                    },
+                )
+            }
+            "slow_tick" => {
+                let target = w.target()?;
+                w.literal("loop")?;
+                let index = w.number("loop", "")?;
+                (
+                    target,
+                    FaultKind::SlowTick {
+                        index,
+                        ms: w.ms("tick length")?,
+                    },
+                )
+            }
+            "clock_jump" => {
+                let target = w.target()?;
+                let jump_ms = w.number("jump", "ms")?;
+                w.literal("for")?;
+                (
+                    target,
+                    FaultKind::ClockJump {
+                        jump_ms,
+                        dur_ms: w.ms("duration")?,
+                    },
+                )
+            }
+            "hook_fault" => {
+                let target = w.target()?;
+                let window_ms = w.ms("window")?;
+                w.literal("delay")?;
+                let delay_ms = w.ms("delay")?;
+                w.literal("fail")?;
+                let fail_pct = w.number("fail share", "%")?;
+                (
+                    target,
+                    FaultKind::HookFault {
+                        window_ms,
+                        delay_ms,
+                        fail_pct,
+                    },
+                )
+            }
+            other => {
+                return Err(format!(
+                    "fault: unknown kind {other:?}; valid: skew, partition, bounce, storage, \
+                     shutdown, loop_panic, slow_tick, clock_jump, hook_fault"
+                ))
+            }
+        };
+        w.end()?;
+        Ok(PlanLine::Fault(Fault {
+            at_ms,
+            target,
+            kind,
+        }))
+    }
+}
+
+impl FaultPlan {
+    /// Assemble a plan from parsed lines for `nodes` nodes (skews not given are
+    /// zero). Faults are put in time order; a skew or fixed target past the last
+    /// node is an error naming it.
+    pub fn from_lines(nodes: usize, lines: Vec<PlanLine>) -> Result<FaultPlan, String> {
+        let mut plan = FaultPlan {
+            skews_ms: vec![0; nodes],
+            faults: Vec::new(),
+        };
+        for line in lines {
+            match line {
+                PlanLine::Skew { node, ms } => {
+                    let slot = plan.skews_ms.get_mut(node).ok_or_else(|| {
+                        format!("skew: n{} is past the last node n{nodes}", node + 1)
+                    })?;
+                    *slot = ms;
+                }
+                PlanLine::Fault(fault) => {
+                    if let Target::Node(i) = fault.target {
+                        if i >= nodes && !matches!(fault.kind, FaultKind::Storage { .. }) {
+                            return Err(format!(
+                                "target: n{} is past the last node n{nodes}",
+                                i + 1
+                            ));
+                        }
+                    }
+                    plan.faults.push(fault);
+                }
+            }
+        }
+        plan.faults.sort_by_key(|f| (f.at_ms, f.target));
+        Ok(plan)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -350,6 +596,12 @@ mod tests {
         assert_eq!(a, FaultPlan::generate(&s, 9));
         assert_ne!(a, FaultPlan::generate(&s, 10));
         assert!(!a.faults.is_empty());
+        let back: Vec<PlanLine> = a
+            .to_string()
+            .lines()
+            .map(|l| l.parse().unwrap_or_else(|e| panic!("{l}: {e}")))
+            .collect();
+        assert_eq!(FaultPlan::from_lines(a.skews_ms.len(), back), Ok(a.clone()));
         for (i, x) in a.faults.iter().enumerate() {
             for y in &a.faults[i + 1..] {
                 let same = x.target == y.target
@@ -357,5 +609,40 @@ mod tests {
                 assert!(!same || y.at_ms >= x.end_ms(), "{x} overlaps {y}");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod parse_tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_round_trips_through_its_text() {
+        let swarm = scenarios::by_name("swarm").expect("scenario");
+        let mut seen = std::collections::BTreeSet::new();
+        for seed in 0..40 {
+            for fault in FaultPlan::generate(&swarm, seed).faults {
+                let text = fault.to_string();
+                assert_eq!(text.parse(), Ok(PlanLine::Fault(fault.clone())), "{text}");
+                seen.insert(text.split_whitespace().nth(1).map(str::to_owned));
+            }
+        }
+        assert_eq!(seen.len(), 8, "every fault kind drawn: {seen:?}");
+    }
+
+    #[test]
+    fn bad_lines_name_the_field() {
+        let err = |l: &str| l.parse::<PlanLine>().expect_err(l);
+        assert!(err("x partition n1 5ms").starts_with("time:"));
+        assert!(err("10 partition n0 5ms").starts_with("target:"));
+        assert!(err("10 partition n1 5").starts_with("duration:"));
+        assert!(err("10 melt n1").starts_with("fault: unknown kind"));
+        assert!(err("10 storage slow 5% for 1ms").starts_with("storage mode:"));
+        assert!(err("10 bounce n2 5ms extra").contains("unexpected"));
+        assert!(err("0 skew leader 5ms").starts_with("target:"));
+        let fault: PlanLine = "10 partition n3 5ms".parse().expect("parses");
+        assert!(FaultPlan::from_lines(2, vec![fault])
+            .expect_err("n3 of 2")
+            .contains("n3"));
     }
 }

@@ -15,12 +15,14 @@
 //! * [`corpus`]: replay files (`sweep --failures`, `replay --from`, the
 //!   regression corpus in `scenarios/regressions/`).
 //! * [`pool`]: runs seeds on worker threads, results in seed order.
+//! * [`script`]: fault scripts, a run's faults as plain text (`replay --script`);
+//!   [`shrink`]: from a failing run to the smallest script that still fails.
 //! * [`seeds`]: which seeds a test run covers (`SIM_SEED`, `SIM_SEEDS`).
 //! * [`explain`]: one run as a self-contained HTML page (timeline, violation,
 //!   event table) for `sim explain`.
 //! * [`workload`]: the jobs a run enqueues and cancels, and the handler that
 //!   runs them with seed-chosen behaviour.
-//! * `src/bin/sim.rs`: the `sim` command line (`sweep`, `replay`, `explain`).
+//! * `src/bin/sim.rs`: the `sim` command line (`sweep`, `replay`, `shrink`, `explain`).
 
 #![warn(missing_docs)]
 
@@ -44,5 +46,7 @@ pub mod net;
 pub mod node;
 pub mod pool;
 pub mod runner;
+pub mod script;
 pub mod seeds;
+pub mod shrink;
 pub mod workload;

@@ -47,6 +47,9 @@ pub struct RunSpec {
     pub plant: Option<Bug>,
     /// Which engine the database host serves.
     pub storage: StorageKind,
+    /// A fault script to run instead of the plan the seed would draw
+    /// (`sim replay --script`, `sim shrink`). Its skews fix the node count.
+    pub script: Option<Arc<FaultPlan>>,
 }
 
 /// The storage engine behind the simulated database host.
@@ -153,8 +156,12 @@ impl RunResult {
     }
 }
 
-/// The one-line command that replays `spec`.
+/// The one-line command that replays `spec`. A scripted run replays from its
+/// script file, which only the caller knows.
 pub fn replay_command(spec: &RunSpec) -> String {
+    if spec.script.is_some() {
+        return "cargo run -p sim -- replay --script <its script file>".into();
+    }
     let plant = spec
         .plant
         .map(|b| format!(" --plant {b}"))
@@ -311,7 +318,17 @@ fn node_name(index: usize) -> String {
 
 fn simulate(spec: &RunSpec) -> Result<RunResult, SimError> {
     let scenario = &spec.scenario;
-    let plan = FaultPlan::generate(scenario, spec.seed);
+    let plan = match &spec.script {
+        Some(script) if script.skews_ms.len() != scenario.nodes as usize => {
+            return Err(SimError::Sim(format!(
+                "the fault script has skews for {} nodes, the scenario runs {}",
+                script.skews_ms.len(),
+                scenario.nodes
+            )))
+        }
+        Some(script) => FaultPlan::clone(script),
+        None => FaultPlan::generate(scenario, spec.seed),
+    };
     let fault_ms = scenario.duration_s * 1000;
     let end_ms = fault_ms + scenario.heal_s * 1000;
     let timing = Timing::standard();
@@ -669,6 +686,7 @@ mod tests {
             seed: 5,
             plant: None,
             storage: StorageKind::Mem,
+            script: None,
         };
         let a = run_once(&spec).expect("run");
         let b = run_once(&spec).expect("run");

@@ -26,6 +26,7 @@ fn failures_of(scenario: scenarios::Scenario, storage: StorageKind) -> Vec<Strin
             seed,
             plant: None,
             storage,
+            script: None,
         };
         match runner::run_checked(&spec) {
             Ok(result) if result.passed() => {

@@ -18,6 +18,7 @@ fn spec(scenario: &str, seed: u64, plant: Option<Bug>) -> RunSpec {
         seed,
         plant,
         storage: Default::default(),
+        script: None,
     }
 }
 

@@ -1,5 +1,6 @@
-//! The `sim` command line: sweep seeds of a scenario, replay one seed, or
-//! explain one seed as an HTML page.
+//! The `sim` command line: sweep seeds of a scenario, replay one seed (or a
+//! fault script), shrink a failing seed to a minimal script, or explain one seed
+//! as an HTML page.
 //!
 //! Exit codes: 0 every invariant held, 2 usage error, 3 an invariant was
 //! violated, 4 non-determinism detected (or the simulation itself failed).
@@ -20,6 +21,7 @@ use scenarios::Scenario;
 use sim::corpus::{self, ReplaySpec};
 use sim::pool;
 use sim::runner::{self, report, RunSpec, SimError, StorageKind};
+use sim::script::FaultScript;
 
 const EXIT_USAGE: u8 = 2;
 const EXIT_VIOLATION: u8 = 3;
@@ -67,10 +69,10 @@ enum Command {
     /// or, with --from, rerun every line of a replay file.
     Replay {
         /// Scenario name.
-        #[arg(long, value_parser = parse_scenario, required_unless_present = "from")]
+        #[arg(long, value_parser = parse_scenario, required_unless_present_any = ["from", "script"])]
         scenario: Option<Scenario>,
         /// The seed.
-        #[arg(long, required_unless_present = "from")]
+        #[arg(long, required_unless_present_any = ["from", "script"])]
         seed: Option<u64>,
         /// Switch on a planted bug.
         #[arg(long, value_parser = parse_bug)]
@@ -82,11 +84,43 @@ enum Command {
         #[arg(long, default_value = "mem")]
         storage: StorageKind,
         /// Rerun every line of this replay file (as `sweep --failures` writes).
-        #[arg(long, conflicts_with_all = ["scenario", "seed", "plant", "trace", "storage"])]
+        #[arg(long, conflicts_with_all = ["scenario", "seed", "plant", "trace", "storage", "script"])]
         from: Option<PathBuf>,
+        /// Run this fault script (as `sim shrink` writes) instead of the faults a
+        /// seed draws; exits 0 when the run shows what the script expects.
+        #[arg(long, conflicts_with_all = ["scenario", "seed", "plant", "storage"])]
+        script: Option<PathBuf>,
         /// Worker threads for --from. Default: every core.
         #[arg(long, requires = "from")]
         jobs: Option<NonZeroUsize>,
+    },
+    /// Shrink a failing seed to the smallest fault script that still breaks the
+    /// same invariant, and write it to --out (`replay --script` reruns it).
+    Shrink {
+        /// Scenario name.
+        #[arg(long, value_parser = parse_scenario)]
+        scenario: Scenario,
+        /// The failing seed; without it, the first failing seed of 0..--search.
+        #[arg(long)]
+        seed: Option<u64>,
+        /// How many seeds to search for a failing one when --seed is not given.
+        #[arg(long, default_value_t = 200, conflicts_with = "seed")]
+        search: u64,
+        /// Switch on a planted bug.
+        #[arg(long, value_parser = parse_bug)]
+        plant: Option<Bug>,
+        /// The engine the database host serves: mem (the model) or sqlite.
+        #[arg(long, default_value = "mem")]
+        storage: StorageKind,
+        /// The invariant to keep breaking; default: the run's first violation.
+        #[arg(long)]
+        invariant: Option<String>,
+        /// Most runs to spend.
+        #[arg(long, default_value_t = sim::shrink::SHRINK_RUNS_DEFAULT)]
+        budget: u32,
+        /// Where to write the script.
+        #[arg(long)]
+        out: PathBuf,
     },
     /// Run one seed and write its history as one self-contained HTML page: a
     /// timeline per host, the violation's witnesses, a searchable event table.
@@ -119,6 +153,10 @@ fn parse_bug(s: &str) -> Result<Bug, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Handlers and loops panic on purpose, and the runtime catches and records
+    // each panic; a harness panic comes back as SimError::Panic with its message.
+    // The default hook would print a backtrace for every one of them.
+    std::panic::set_hook(Box::new(|_| {}));
     let code = match cli.command {
         Command::Sweep {
             scenario,
@@ -139,6 +177,7 @@ fn main() -> ExitCode {
                         seed,
                         plant,
                         storage,
+                        script: None,
                     })
                 })
                 .collect();
@@ -149,6 +188,42 @@ fn main() -> ExitCode {
             jobs,
             ..
         } => replay_from(&path, jobs_or_cores(jobs)),
+        Command::Replay {
+            script: Some(path),
+            trace,
+            ..
+        } => replay_script(&path, trace),
+        Command::Shrink {
+            scenario,
+            seed,
+            search,
+            plant,
+            storage,
+            invariant,
+            budget,
+            out,
+        } => {
+            let spec = RunSpec {
+                scenario,
+                seed: seed.unwrap_or(0),
+                plant,
+                storage,
+                script: None,
+            };
+            match seed {
+                Some(_) => shrink(&spec, invariant.as_deref(), budget, &out),
+                None => match first_failing(&spec, search, invariant.as_deref()) {
+                    Some(spec) => shrink(&spec, invariant.as_deref(), budget, &out),
+                    None => {
+                        println!(
+                            "no seed of 0..{search} breaks {}",
+                            invariant.as_deref().unwrap_or("any invariant")
+                        );
+                        EXIT_USAGE
+                    }
+                },
+            }
+        }
         Command::Replay {
             scenario: Some(scenario),
             seed: Some(seed),
@@ -162,6 +237,7 @@ fn main() -> ExitCode {
                 seed,
                 plant,
                 storage,
+                script: None,
             },
             trace,
         ),
@@ -177,11 +253,12 @@ fn main() -> ExitCode {
                 seed,
                 plant,
                 storage,
+                script: None,
             },
             &html,
         ),
         Command::Replay { .. } => {
-            eprintln!("replay needs --scenario and --seed, or --from FILE");
+            eprintln!("replay needs --scenario and --seed, --from FILE, or --script FILE");
             EXIT_USAGE
         }
     };
@@ -477,6 +554,153 @@ fn replay_from(path: &Path, jobs: NonZeroUsize) -> u8 {
     );
     println!("{} line(s) rerun, {broken} failed", lines.len());
     worst
+}
+
+/// Run a fault script twice (determinism checked) and judge it by its `expect`.
+fn replay_script(path: &Path, trace: Option<PathBuf>) -> u8 {
+    let script = match std::fs::read_to_string(path)
+        .map_err(|e| e.to_string())
+        .and_then(|t| FaultScript::parse(&t).map_err(|e| e.to_string()))
+    {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{}: {e}", path.display());
+            return EXIT_USAGE;
+        }
+    };
+    let spec = &script.spec;
+    println!(
+        "script {}: scenario={} seed={} plant={} nodes={} faults={} expect={}",
+        path.display(),
+        spec.scenario.name,
+        spec.seed,
+        spec.plant.map_or("none".into(), |b| b.to_string()),
+        spec.scenario.nodes,
+        script.plan().faults.len(),
+        script.expect
+    );
+    let outcome = runner::run_checked(spec);
+    if let (Ok(result), Some(path)) = (&outcome, &trace) {
+        if let Err(e) = write_trace(path, &result.history) {
+            eprintln!("cannot write trace to {}: {e}", path.display());
+            return EXIT_USAGE;
+        }
+    }
+    let verdict = ReplaySpec {
+        line: 1,
+        spec: spec.clone(),
+        expect: script.expect.clone(),
+    }
+    .judge(&outcome);
+    match (verdict, &outcome) {
+        (Ok(()), Ok(result)) => {
+            if !result.passed() {
+                print!(
+                    "{}",
+                    report(result).replace(
+                        &runner::replay_command(spec),
+                        &format!("cargo run -p sim -- replay --script {}", path.display()),
+                    )
+                );
+            }
+            println!("ok: the run shows {}", script.expect);
+            0
+        }
+        (Err(why), Ok(_)) => {
+            print!("FAILED: {why}");
+            EXIT_VIOLATION
+        }
+        (_, Err(e)) => {
+            println!("{e}");
+            sim_error_code(e)
+        }
+    }
+}
+
+/// The first seed of `0..search` whose run breaks `invariant` (any, if `None`),
+/// searched on every core.
+fn first_failing(spec: &RunSpec, search: u64, invariant: Option<&str>) -> Option<RunSpec> {
+    let specs: Vec<RunSpec> = (0..search)
+        .map(|seed| RunSpec {
+            seed,
+            ..spec.clone()
+        })
+        .collect();
+    let stop = AtomicBool::new(false);
+    let mut found = None;
+    pool::ordered(
+        &specs,
+        jobs_or_cores(None),
+        &stop,
+        |s| {
+            runner::run_once(s).is_ok_and(|r| {
+                r.violations
+                    .iter()
+                    .any(|v| invariant.is_none_or(|name| v.invariant == name))
+            })
+        },
+        |fails| {
+            if *fails {
+                stop.store(true, Ordering::SeqCst);
+            }
+        },
+        |i, fails| {
+            if fails && found.is_none() {
+                found = Some(specs[i].clone());
+            }
+        },
+    );
+    if let Some(s) = &found {
+        println!("seed {}: first failing seed of 0..{search}", s.seed);
+    }
+    found
+}
+
+/// Shrink a failing seed, write its script, print the sizes before and after.
+fn shrink(spec: &RunSpec, invariant: Option<&str>, budget: u32, out: &Path) -> u8 {
+    let began = wall_now();
+    let bar = progress_bar(budget as usize);
+    let shrunk = sim::shrink::shrink(spec, invariant, budget, &mut |size| {
+        bar.set_message(size.to_string());
+    });
+    bar.finish_and_clear();
+    let shrunk = match shrunk {
+        Ok(s) => s,
+        Err(e) => {
+            println!("{e}");
+            return match e {
+                sim::shrink::ShrinkError::NoViolation(_) => EXIT_USAGE,
+                sim::shrink::ShrinkError::Sim(e) => sim_error_code(&e),
+            };
+        }
+    };
+    let comment = format!(
+        "shrunk by `sim shrink --scenario {} --seed {}{}` in {} runs\n\
+         before: {}\nafter:  {}",
+        spec.scenario.name,
+        spec.seed,
+        spec.plant
+            .map(|b| format!(" --plant {b}"))
+            .unwrap_or_default(),
+        shrunk.runs,
+        shrunk.before,
+        shrunk.after
+    );
+    if let Err(e) = std::fs::write(out, shrunk.script.render(&comment)) {
+        eprintln!("cannot write {}: {e}", out.display());
+        return EXIT_USAGE;
+    }
+    println!("invariant: {}", shrunk.invariant);
+    println!("before: {}", shrunk.before);
+    println!("after:  {}", shrunk.after);
+    println!(
+        "{} runs in {:.1}s; script: {} (rerun: cargo run -p sim -- replay --script {})",
+        shrunk.runs,
+        began.elapsed().as_secs_f64(),
+        out.display(),
+        out.display()
+    );
+    0
 }
 
 fn replay(spec: RunSpec, trace: Option<PathBuf>) -> u8 {

@@ -1,0 +1,107 @@
+//! `sim shrink` on every planted bug: from the first catalog seed that catches
+//! it to a script of a handful of faults that still breaks the same invariant,
+//! reads back from its text, and replays to the same violation. Prints the
+//! sizes before and after (`cargo test -p sim --test shrink -- --nocapture`).
+
+use std::num::NonZeroUsize;
+use std::sync::atomic::AtomicBool;
+
+use keel::planted::Bug;
+use sim::corpus::Expect;
+use sim::pool;
+use sim::runner::{self, RunSpec};
+use sim::script::FaultScript;
+use sim::shrink::{shrink, SHRINK_RUNS_DEFAULT};
+
+/// "A handful": the most faults a shrunk planted-bug script may keep.
+const FAULTS_MAX: usize = 5;
+
+/// Each planted bug with the scenario, first catching seed and invariant that
+/// tests/tests/planted_bugs.rs finds.
+const BUGS: [(Bug, &str, u64, &str); 8] = [
+    (Bug::StaleResign, "stale_retries", 0, "no_stale_resign"),
+    (
+        Bug::CrossTermStop,
+        "stale_retries",
+        5,
+        "no_cross_term_teardown",
+    ),
+    (
+        Bug::HeartbeatIgnoresLostClaim,
+        "clock_skew",
+        0,
+        "no_double_execution",
+    ),
+    (
+        Bug::FinalizeWithoutOwnerGuard,
+        "clock_skew",
+        0,
+        "no_double_execution",
+    ),
+    (
+        Bug::IgnoredShutdownDeadline,
+        "shutdown_under_load",
+        0,
+        "bounded_shutdown",
+    ),
+    (Bug::SwallowedPanic, "panicking_tasks", 0, "panics_surfaced"),
+    (Bug::BurstTicks, "slow_ticks", 0, "no_tick_burst"),
+    (
+        Bug::LateCancelRewritesOutcome,
+        "shutdown_under_load",
+        2,
+        "finished_work_stands",
+    ),
+];
+
+fn shrink_one((bug, scenario, seed, invariant): &(Bug, &str, u64, &str)) -> Result<String, String> {
+    let spec = RunSpec {
+        scenario: scenarios::by_name(scenario).map_err(|e| e.to_string())?,
+        seed: *seed,
+        plant: Some(*bug),
+        storage: Default::default(),
+        script: None,
+    };
+    let shrunk = shrink(&spec, Some(invariant), SHRINK_RUNS_DEFAULT, &mut |_| {})
+        .map_err(|e| e.to_string())?;
+    let (before, after) = (shrunk.before, shrunk.after);
+    if after.faults > FAULTS_MAX || after.faults > before.faults {
+        return Err(format!("{bug}: shrank {before} to {after}"));
+    }
+    // The script as committed: through its text and back.
+    let text = shrunk.script.render("test");
+    let script = FaultScript::parse(&text).map_err(|e| format!("{bug}: {e}\n{text}"))?;
+    assert_eq!(script.expect, Expect::Violation((*invariant).into()));
+    let replayed = runner::run_checked(&script.spec).map_err(|e| e.to_string())?;
+    if !replayed
+        .violations
+        .iter()
+        .any(|v| v.invariant == *invariant)
+    {
+        return Err(format!(
+            "{bug}: the script no longer breaks {invariant}\n{text}"
+        ));
+    }
+    Ok(format!(
+        "{bug}: {before}\n  -> {after} ({} runs)",
+        shrunk.runs
+    ))
+}
+
+#[test]
+fn every_planted_bug_shrinks_to_a_handful_of_faults() {
+    let jobs = std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN);
+    let mut failures = Vec::new();
+    pool::ordered(
+        &BUGS,
+        jobs,
+        &AtomicBool::new(false),
+        shrink_one,
+        |_| {},
+        |_, outcome| match outcome {
+            Ok(line) => eprintln!("{line}"),
+            Err(why) => failures.push(why),
+        },
+    );
+    assert!(failures.is_empty(), "\n{}", failures.join("\n"));
+}
