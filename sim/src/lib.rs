@@ -17,6 +17,7 @@
 //! * [`pool`]: runs seeds on worker threads, results in seed order.
 //! * [`script`]: fault scripts, a run's faults as plain text (`replay --script`);
 //!   [`shrink`]: from a failing run to the smallest script that still fails.
+//! * [`summary`]: a run as a few counted lines, for the snapshot tests.
 //! * [`seeds`]: which seeds a test run covers (`SIM_SEED`, `SIM_SEEDS`).
 //! * [`explain`]: one run as a self-contained HTML page (timeline, violation,
 //!   event table) for `sim explain`.
@@ -49,4 +50,5 @@ pub mod runner;
 pub mod script;
 pub mod seeds;
 pub mod shrink;
+pub mod summary;
 pub mod workload;
