@@ -1,0 +1,371 @@
+//! `bench-sim`: how fast the simulator runs and how fast it finds bugs, as JSON
+//! lines on stdout for `ci/bench` to tabulate (progress on stderr).
+//!
+//! * per scenario: simulated seconds per wall second on one core, seeds per
+//!   minute on every core (each seed run twice, as `sim sweep` does), peak
+//!   resident memory a simulation adds (Linux `VmHWM`, reset per run), and where one run's wall time goes: turmoil's stepping
+//!   (calibrated with idle hosts), recording the history, hashing it, checking
+//!   it, and the rest, which is keel's runtime under test;
+//! * the headline: `swarm` with 5 nodes and 1000 jobs;
+//! * per planted bug: seeds until first detection in several independent seed
+//!   ranges (median and worst) and the wall time that took on one core.
+//!
+//! `cargo run -p sim --release --bin bench-sim -- [--seeds N] [--ranges N]`
+
+#![allow(clippy::disallowed_methods, clippy::disallowed_types)] // determinism-ok: wall-clock and heap measurement of whole runs, outside every simulated host
+
+use std::num::NonZeroUsize;
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use keel::planted::Bug;
+use serde_json::json;
+use sim::runner::{self, RunSpec, StorageKind, TICK};
+use sim::{history, pool};
+
+/// A field of `/proc/self/status` in bytes (`VmRSS`, `VmHWM`), or 0 without procfs.
+fn proc_status_bytes(field: &str) -> usize {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status.lines().find_map(|l| {
+                let rest = l.strip_prefix(field)?.strip_prefix(':')?;
+                let kib: usize = rest.trim().trim_end_matches(" kB").trim().parse().ok()?;
+                Some(kib * 1024)
+            })
+        })
+        .unwrap_or(0)
+}
+
+/// Resident memory one simulation of `scenario` adds, measured in a fresh child
+/// process: in this one, memory freed by earlier runs is reused and hides the peak.
+fn peak_rss(label: &str) -> usize {
+    let Ok(exe) = std::env::current_exe() else {
+        return 0;
+    };
+    std::process::Command::new(exe)
+        .args(["--peak-of", label])
+        .output()
+        .ok()
+        .and_then(|out| String::from_utf8(out.stdout).ok())
+        .and_then(|text| text.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// The child's side of [`peak_rss`].
+fn print_own_peak(label: &str) -> Result<(), String> {
+    let scenario = if label == HEADLINE {
+        headline()?
+    } else {
+        scenarios::by_name(label).map_err(|e| e.to_string())?
+    };
+    let base = proc_status_bytes("VmRSS");
+    runner::run_once(&spec(scenario, 0, None)).map_err(|e| e.to_string())?;
+    println!("{}", proc_status_bytes("VmHWM").saturating_sub(base));
+    Ok(())
+}
+
+/// The headline run's label: `swarm` on 5 nodes with 1000 jobs.
+const HEADLINE: &str = "swarm-5n-1000j";
+
+#[derive(Parser)]
+#[command(about = "Simulator speed and bug-finding power")]
+struct Args {
+    /// Seeds per scenario for the one-core figures.
+    #[arg(long, default_value_t = 4)]
+    seeds: u64,
+    /// Independent seed ranges per planted bug.
+    #[arg(long, default_value_t = 5)]
+    ranges: u64,
+    /// Most seeds searched per range before a bug counts as missed there.
+    #[arg(long, default_value_t = 200)]
+    search: u64,
+    /// Only these scenarios (comma-separated); default: the whole catalog.
+    #[arg(long, value_delimiter = ',')]
+    scenarios: Vec<String>,
+    /// Skip the planted-bug part.
+    #[arg(long)]
+    no_bugs: bool,
+    /// Internal: run seed 0 of this scenario in this fresh process and print the
+    /// resident memory it added (the parent runs one such child per scenario).
+    #[arg(long, hide = true)]
+    peak_of: Option<String>,
+}
+
+fn wall_now() -> Instant {
+    Instant::now() // determinism-ok: measures whole runs from outside
+}
+
+/// One run, timed, with its heap peak and the harness's own costs.
+struct Timed {
+    wall: Duration,
+    sim_ms: u64,
+    events: usize,
+    hash: Duration,
+    check: Duration,
+}
+
+fn timed_run(spec: &RunSpec) -> Result<Timed, String> {
+    let began = wall_now();
+    let result = runner::run_once(spec).map_err(|e| e.to_string())?;
+    let wall = began.elapsed();
+    // The hash and the checks are part of `wall`; time them again on their own.
+    let t = wall_now();
+    std::hint::black_box(history::trace_hash(&result.history));
+    let hash = t.elapsed();
+    let ctx = runner::check_ctx(
+        &sim::node::Timing::standard(),
+        &spec.scenario,
+        result.simulated_ms(),
+    );
+    let t = wall_now();
+    std::hint::black_box(runner::check(&spec.scenario, &result.history, &ctx).ok());
+    let check = t.elapsed();
+    Ok(Timed {
+        wall,
+        sim_ms: result.simulated_ms(),
+        events: result.history.len(),
+        hash,
+        check,
+    })
+}
+
+/// Wall time turmoil alone takes to step `hosts` idle hosts (each ticking a
+/// 100 ms interval) through `sim_ms` at the runner's tick: the floor under any
+/// run of that shape.
+fn idle_turmoil(hosts: usize, sim_ms: u64) -> Duration {
+    let mut sim = turmoil::Builder::new()
+        .tick_duration(TICK)
+        .simulation_duration(Duration::from_millis(sim_ms) + Duration::from_secs(1))
+        .build();
+    for i in 0..hosts {
+        sim.host(format!("h{i}"), || async {
+            let mut tick = tokio::time::interval(Duration::from_millis(100));
+            loop {
+                tick.tick().await;
+            }
+        });
+    }
+    let began = wall_now();
+    while sim.elapsed() < Duration::from_millis(sim_ms) {
+        if sim.step().is_err() {
+            break;
+        }
+    }
+    began.elapsed()
+}
+
+/// Cost of one history push, measured over many pushes.
+fn push_cost() -> Duration {
+    const PUSHES: u32 = 200_000;
+    let h = history::History::new();
+    let began = wall_now();
+    for i in 0..PUSHES {
+        h.push_at(
+            u64::from(i),
+            "n1",
+            history::Ev::Harness(history::HarnessEvent::HealPhase),
+        );
+    }
+    began.elapsed() / PUSHES
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+fn spec(scenario: scenarios::Scenario, seed: u64, plant: Option<Bug>) -> RunSpec {
+    RunSpec {
+        scenario,
+        seed,
+        plant,
+        storage: StorageKind::Mem,
+        script: None,
+    }
+}
+
+/// The one-core figures of `scenario` over `seeds` seeds, as one JSON line.
+fn one_core(
+    label: &str,
+    scenario: &scenarios::Scenario,
+    seeds: u64,
+    push: Duration,
+) -> Result<serde_json::Value, String> {
+    let mut speeds = Vec::new();
+    let (mut wall, mut sim_ms, mut hash, mut check, mut events) =
+        (Duration::ZERO, 0u64, Duration::ZERO, Duration::ZERO, 0usize);
+    for seed in 0..seeds {
+        let t = timed_run(&spec(scenario.clone(), seed, None))?;
+        speeds.push(t.sim_ms as f64 / t.wall.as_secs_f64() / 1000.0);
+        wall += t.wall;
+        sim_ms += t.sim_ms;
+        hash += t.hash;
+        check += t.check;
+        events += t.events;
+    }
+    // Hosts: the nodes, the database host and, with a workload, the client.
+    let hosts = scenario.nodes as usize + 1 + usize::from(scenario.workload.is_some());
+    let per_run_sim_ms = sim_ms / seeds.max(1);
+    let stepping = idle_turmoil(hosts, per_run_sim_ms) * u32::try_from(seeds).unwrap_or(1);
+    let recording = push * u32::try_from(events).unwrap_or(u32::MAX);
+    let share = |d: Duration| d.as_secs_f64() / wall.as_secs_f64();
+    let harness = stepping + recording + hash + check;
+    let (min, max) = speeds
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(lo, hi), s| (lo.min(*s), hi.max(*s)));
+    let speed = median(&mut speeds);
+    let peak = peak_rss(label);
+    eprintln!(
+        "{label}: {speed:.0}x on one core ({min:.0}..{max:.0}), peak +{:.1} MiB RSS",
+        peak as f64 / 1048576.0
+    );
+    Ok(json!({
+        "metric": "sim_speed", "scenario": label, "seeds": seeds, "hosts": hosts,
+        "median_sim_s_per_wall_s": speed, "min": min, "max": max,
+        "events_per_run": events as u64 / seeds.max(1),
+        "peak_rss_bytes": peak,
+        "share": {
+            "turmoil_stepping": share(stepping), "history_recording": share(recording),
+            "trace_hash": share(hash), "checking": share(check),
+            "harness_total": share(harness), "runtime_under_test": 1.0 - share(harness),
+        },
+    }))
+}
+
+/// Seeds per minute through `run_checked` on every core.
+fn all_cores(label: &str, scenario: &scenarios::Scenario, seeds: u64) -> serde_json::Value {
+    let cores = std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN);
+    let specs: Vec<RunSpec> = (0..seeds)
+        .map(|s| spec(scenario.clone(), 1000 + s, None))
+        .collect();
+    let began = wall_now();
+    pool::ordered(
+        &specs,
+        cores,
+        &AtomicBool::new(false),
+        |s| runner::run_checked(s).is_ok(),
+        |_| {},
+        |_, _| {},
+    );
+    let per_min = seeds as f64 / began.elapsed().as_secs_f64() * 60.0;
+    eprintln!("{label}: {per_min:.0} seeds/min on {cores} cores (each seed twice)");
+    json!({"metric": "seeds_per_minute", "scenario": label, "cores": cores.get(), "seeds": seeds, "seeds_per_minute": per_min})
+}
+
+/// Each planted bug with the scenario and invariant that catch it.
+const BUGS: [(Bug, &str, &str); 8] = [
+    (Bug::StaleResign, "stale_retries", "no_stale_resign"),
+    (
+        Bug::CrossTermStop,
+        "stale_retries",
+        "no_cross_term_teardown",
+    ),
+    (
+        Bug::HeartbeatIgnoresLostClaim,
+        "clock_skew",
+        "no_double_execution",
+    ),
+    (
+        Bug::FinalizeWithoutOwnerGuard,
+        "clock_skew",
+        "no_double_execution",
+    ),
+    (
+        Bug::IgnoredShutdownDeadline,
+        "shutdown_under_load",
+        "bounded_shutdown",
+    ),
+    (Bug::SwallowedPanic, "panicking_tasks", "panics_surfaced"),
+    (Bug::BurstTicks, "slow_ticks", "no_tick_burst"),
+    (
+        Bug::LateCancelRewritesOutcome,
+        "shutdown_under_load",
+        "finished_work_stands",
+    ),
+];
+
+/// Seeds until `bug` is first caught in each of `ranges` seed ranges.
+fn bug_power(
+    (bug, scenario, invariant): (Bug, &str, &str),
+    ranges: u64,
+    search: u64,
+) -> Result<serde_json::Value, String> {
+    let scenario = scenarios::by_name(scenario).map_err(|e| e.to_string())?;
+    let (mut seeds_needed, mut walls, mut missed) = (Vec::new(), Vec::new(), 0u64);
+    for range in 0..ranges {
+        // Ranges far apart, so they share no seed.
+        let start = range * 1_000_000;
+        let began = wall_now();
+        let found = (0..search).find(|i| {
+            runner::run_once(&spec(scenario.clone(), start + i, Some(bug)))
+                .is_ok_and(|r| r.violations.iter().any(|v| v.invariant == invariant))
+        });
+        match found {
+            Some(i) => {
+                seeds_needed.push((i + 1) as f64);
+                walls.push(began.elapsed().as_secs_f64());
+            }
+            None => missed += 1,
+        }
+    }
+    let worst = seeds_needed.iter().copied().fold(0.0, f64::max);
+    let median_seeds = median(&mut seeds_needed.clone());
+    let median_wall = median(&mut walls);
+    eprintln!("{bug}: caught after {median_seeds} seeds (median), {worst} (worst), {median_wall:.2}s; missed in {missed} of {ranges} ranges");
+    Ok(json!({
+        "metric": "bug_power", "bug": bug.to_string(), "scenario": scenario.name, "invariant": invariant,
+        "ranges": ranges, "search": search, "missed_ranges": missed,
+        "seeds_to_detection": seeds_needed, "median_seeds": median_seeds, "worst_seeds": worst,
+        "median_wall_s_to_detection": median_wall,
+    }))
+}
+
+fn headline() -> Result<scenarios::Scenario, String> {
+    let mut swarm = scenarios::by_name("swarm").map_err(|e| e.to_string())?;
+    swarm.nodes = 5;
+    let w = swarm.workload.as_mut().ok_or("swarm has no workload")?;
+    w.jobs = 1000;
+    Ok(swarm)
+}
+
+fn run(args: &Args) -> Result<(), String> {
+    let push = push_cost();
+    let mut catalog = scenarios::all();
+    if !args.scenarios.is_empty() {
+        catalog.retain(|s| args.scenarios.contains(&s.name));
+    }
+    let headline = headline()?;
+    let line = one_core(HEADLINE, &headline, args.seeds, push)?;
+    println!("{line}");
+    let cores = std::thread::available_parallelism().map_or(1, NonZeroUsize::get) as u64;
+    println!("{}", all_cores(HEADLINE, &headline, 2 * cores));
+    for scenario in &catalog {
+        println!("{}", one_core(&scenario.name, scenario, args.seeds, push)?);
+        println!("{}", all_cores(&scenario.name, scenario, 2 * cores));
+    }
+    if !args.no_bugs {
+        for bug in BUGS {
+            println!("{}", bug_power(bug, args.ranges, args.search)?);
+        }
+    }
+    Ok(())
+}
+
+fn main() -> std::process::ExitCode {
+    // Handlers and loops panic on purpose; the runtime records each one.
+    std::panic::set_hook(Box::new(|_| {}));
+    let args = Args::parse();
+    let outcome = match &args.peak_of {
+        Some(label) => print_own_peak(label),
+        None => run(&args),
+    };
+    match outcome {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
