@@ -1,0 +1,497 @@
+//! `bench-report`: turns the JSON lines of `bench-sim`, `bench-runtime` and the
+//! peer benchmarks into one Markdown report: the headline, the machine and
+//! versions, every figure with its median and spread, and each target with
+//! whether it was met, by how much it was missed, and why.
+//!
+//! ```sh
+//! bench-report --machine target/bench/machine.json target/bench/*.jsonl > report.md
+//! ```
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use serde_json::Value;
+
+#[derive(Parser)]
+#[command(about = "Markdown report from benchmark JSON lines")]
+struct Args {
+    /// A JSON object describing the machine and versions (`ci/bench` writes it).
+    #[arg(long)]
+    machine: Option<PathBuf>,
+    /// JSON-lines files from bench-sim, bench-runtime and peers.
+    files: Vec<PathBuf>,
+}
+
+/// Simulated seconds per wall second the headline run must reach.
+const TARGET_SIM_SPEED: f64 = 1000.0;
+/// Seeds to first detection of a planted bug: median and worst.
+const TARGET_BUG_MEDIAN_SEEDS: f64 = 20.0;
+const TARGET_BUG_WORST_SEEDS: f64 = 200.0;
+/// PostgreSQL throughput over the best peer.
+const TARGET_PG_RATIO: f64 = 1.5;
+/// SQLite jobs per second with 4 workers.
+const TARGET_SQLITE_JOBS_PER_S: f64 = 20_000.0;
+/// p99 enqueue-to-start latency on an idle PostgreSQL queue, ms.
+const TARGET_PG_IDLE_P99_MS: f64 = 10.0;
+
+fn f(v: &Value, key: &str) -> f64 {
+    v.get(key).and_then(Value::as_f64).unwrap_or(f64::NAN)
+}
+
+fn s<'a>(v: &'a Value, key: &str) -> &'a str {
+    v.get(key).and_then(Value::as_str).unwrap_or("")
+}
+
+fn pct(x: f64) -> String {
+    format!("{:.0}%", x * 100.0)
+}
+
+fn spread(v: &Value) -> String {
+    format!(
+        "{:.0} ({:.0}..{:.0})",
+        f(v, "median_jobs_per_s"),
+        f(v, "min"),
+        f(v, "max")
+    )
+}
+
+struct Report {
+    lines: Vec<Value>,
+    out: String,
+    targets: Vec<(String, String, String)>,
+}
+
+impl Report {
+    fn of(&self, metric: &str) -> impl Iterator<Item = &Value> {
+        let metric = metric.to_owned();
+        self.lines.iter().filter(move |l| s(l, "metric") == metric)
+    }
+
+    fn target(&mut self, what: &str, measured: String, verdict: String) {
+        self.targets.push((what.to_owned(), measured, verdict));
+    }
+
+    fn simulator(&mut self) {
+        let speeds: Vec<Value> = self.of("sim_speed").cloned().collect();
+        if speeds.is_empty() {
+            return;
+        }
+        let per_min: BTreeMap<String, f64> = self
+            .of("seeds_per_minute")
+            .map(|l| (s(l, "scenario").to_owned(), f(l, "seeds_per_minute")))
+            .collect();
+        let out = &mut self.out;
+        out.push_str("\n## Simulator\n\n");
+        out.push_str(
+            "Simulated seconds per wall second on one core (median, min..max over seeds), \
+                      seeds per minute on every core (each seed run twice, as `sim sweep` does), \
+                      resident memory one simulation adds, and where one run's wall time goes.\n\n",
+        );
+        out.push_str("| scenario | sim-s / wall-s | seeds / min | peak RSS | turmoil stepping | recording | hashing | checking | runtime under test |\n");
+        out.push_str("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
+        for l in &speeds {
+            let share = |k: &str| l.get("share").map_or(f64::NAN, |sh| f(sh, k));
+            let _ = writeln!(
+                out,
+                "| {} | {:.0}x ({:.0}..{:.0}) | {:.0} | {:.1} MiB | {} | {} | {} | {} | {} |",
+                s(l, "scenario"),
+                f(l, "median_sim_s_per_wall_s"),
+                f(l, "min"),
+                f(l, "max"),
+                per_min.get(s(l, "scenario")).copied().unwrap_or(f64::NAN),
+                f(l, "peak_rss_bytes") / 1_048_576.0,
+                pct(share("turmoil_stepping")),
+                pct(share("history_recording")),
+                pct(share("trace_hash")),
+                pct(share("checking")),
+                pct(share("runtime_under_test")),
+            );
+        }
+        if let Some(h) = speeds.iter().find(|l| s(l, "scenario") == "swarm-5n-1000j") {
+            let speed = f(h, "median_sim_s_per_wall_s");
+            let stepping = h
+                .get("share")
+                .map_or(f64::NAN, |sh| f(sh, "turmoil_stepping"));
+            let verdict = if speed >= TARGET_SIM_SPEED {
+                "met".to_owned()
+            } else {
+                format!(
+                    "missed by {:.0}%: turmoil's own stepping of {} hosts at a 10 ms tick takes {} of the wall time before keel runs at all",
+                    (1.0 - speed / TARGET_SIM_SPEED) * 100.0,
+                    h.get("hosts").and_then(Value::as_u64).unwrap_or(0),
+                    pct(stepping)
+                )
+            };
+            self.target(
+                "≥ 1000 sim-s / wall-s, swarm 5 nodes 1000 jobs, one core",
+                format!("{speed:.0}x"),
+                verdict,
+            );
+        }
+    }
+
+    fn bugs(&mut self) {
+        let bugs: Vec<Value> = self.of("bug_power").cloned().collect();
+        if bugs.is_empty() {
+            return;
+        }
+        let out = &mut self.out;
+        out.push_str("\n## Bug-finding power\n\n");
+        out.push_str(
+            "Seeds until each planted bug is first caught, in independent seed ranges \
+                      (one run per seed), and the wall time that took on one core.\n\n",
+        );
+        out.push_str("| planted bug | scenario | invariant | seeds to detection | median | worst | missed ranges | wall to detection (median) |\n");
+        out.push_str("| --- | --- | --- | --- | ---: | ---: | ---: | ---: |\n");
+        let (mut worst_median, mut worst_worst, mut missed) = (0.0f64, 0.0f64, 0u64);
+        for l in &bugs {
+            let seeds: Vec<String> = l
+                .get("seeds_to_detection")
+                .and_then(Value::as_array)
+                .map(|a| {
+                    a.iter()
+                        .map(|x| format!("{}", x.as_f64().unwrap_or(0.0)))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "| `{}` | {} | {} | {} | {} | {} | {} of {} | {:.2} s |",
+                s(l, "bug"),
+                s(l, "scenario"),
+                s(l, "invariant"),
+                seeds.join(", "),
+                f(l, "median_seeds"),
+                f(l, "worst_seeds"),
+                l.get("missed_ranges").and_then(Value::as_u64).unwrap_or(0),
+                l.get("ranges").and_then(Value::as_u64).unwrap_or(0),
+                f(l, "median_wall_s_to_detection"),
+            );
+            worst_median = worst_median.max(f(l, "median_seeds"));
+            worst_worst = worst_worst.max(f(l, "worst_seeds"));
+            missed += l.get("missed_ranges").and_then(Value::as_u64).unwrap_or(0);
+        }
+        let met = worst_median <= TARGET_BUG_MEDIAN_SEEDS
+            && worst_worst <= TARGET_BUG_WORST_SEEDS
+            && missed == 0;
+        self.target(
+            "every planted bug: median ≤ 20 seeds, worst ≤ 200",
+            format!("largest median {worst_median}, worst {worst_worst}, {missed} ranges missed"),
+            if met { "met".into() } else { "missed".into() },
+        );
+    }
+
+    fn runtime(&mut self) {
+        let rows: Vec<Value> = self
+            .of("throughput")
+            .filter(|l| l.get("engine").is_some())
+            .cloned()
+            .collect();
+        if rows.is_empty() {
+            return;
+        }
+        let mut table: BTreeMap<(String, String), BTreeMap<u64, Value>> = BTreeMap::new();
+        for l in &rows {
+            let workers = l.get("workers").and_then(Value::as_u64).unwrap_or(0);
+            table
+                .entry((s(l, "engine").to_owned(), s(l, "feed").to_owned()))
+                .or_default()
+                .insert(workers, l.clone());
+        }
+        let out = &mut self.out;
+        out.push_str("\n## Runtime throughput\n\n");
+        out.push_str("Jobs per second end to end (enqueue, claim, no-op handler, finalize), \
+                      median (min..max) of the runs. `single`: one enqueue call per job while the \
+                      workers run; `batched`: enqueue_batch of 500 while they run; `backlog`: every \
+                      job enqueued first, then the drain timed. CPU is this process's per job (and \
+                      the PostgreSQL server's, where it runs here).\n\n");
+        out.push_str(
+            "| engine | feed | 1 worker | 4 workers | 16 workers | CPU µs / job (4 workers) |\n",
+        );
+        out.push_str("| --- | --- | ---: | ---: | ---: | ---: |\n");
+        for ((engine, feed), by_workers) in &table {
+            let cell = |w: u64| by_workers.get(&w).map_or("–".to_owned(), spread);
+            let cpu = by_workers.get(&4).map_or("–".to_owned(), |l| {
+                let db = f(l, "db_cpu_us_per_job");
+                if db.is_nan() {
+                    format!("{:.0}", f(l, "cpu_us_per_job"))
+                } else {
+                    format!("{:.0} + {:.0} server", f(l, "cpu_us_per_job"), db)
+                }
+            });
+            let _ = writeln!(
+                out,
+                "| {engine} | {feed} | {} | {} | {} | {cpu} |",
+                cell(1),
+                cell(4),
+                cell(16)
+            );
+        }
+        let best_sqlite = rows
+            .iter()
+            .filter(|l| {
+                s(l, "engine") == "sqlite" && l.get("workers").and_then(Value::as_u64) == Some(4)
+            })
+            .map(|l| f(l, "median_jobs_per_s"))
+            .fold(f64::NAN, f64::max);
+        if !best_sqlite.is_nan() {
+            let verdict = if best_sqlite >= TARGET_SQLITE_JOBS_PER_S {
+                "met".to_owned()
+            } else {
+                format!(
+                    "missed by {:.0}%: every job is two SQLite write transactions (claim, finalize) on one writer thread, plus its enqueue",
+                    (1.0 - best_sqlite / TARGET_SQLITE_JOBS_PER_S) * 100.0
+                )
+            };
+            self.target(
+                "SQLite ≥ 20,000 jobs/s, 4 workers (best feed)",
+                format!("{best_sqlite:.0} jobs/s"),
+                verdict,
+            );
+        }
+    }
+
+    fn peers(&mut self) {
+        let peer_rows: Vec<Value> = self
+            .of("throughput")
+            .filter(|l| l.get("peer").is_some())
+            .cloned()
+            .collect();
+        let keel: BTreeMap<u64, f64> = self
+            .of("throughput")
+            .filter(|l| s(l, "engine") == "postgres" && s(l, "feed") == "backlog")
+            .map(|l| {
+                (
+                    l.get("workers").and_then(Value::as_u64).unwrap_or(0),
+                    f(l, "median_jobs_per_s"),
+                )
+            })
+            .collect();
+        if peer_rows.is_empty() || keel.is_empty() {
+            return;
+        }
+        let out = &mut self.out;
+        out.push_str("\n## Keel and its peers on the same PostgreSQL\n\n");
+        out.push_str(
+            "The same no-op workload: a backlog enqueued first, then drained by N \
+                      workers (graphile-worker: `concurrency` N), median (min..max).\n\n",
+        );
+        out.push_str("| peer | workers | peer jobs/s | keel jobs/s | keel / peer |\n");
+        out.push_str("| --- | ---: | ---: | ---: | ---: |\n");
+        let mut best_peer = 0.0f64;
+        let mut ratio_at_best = f64::NAN;
+        for l in &peer_rows {
+            let workers = l.get("workers").and_then(Value::as_u64).unwrap_or(0);
+            let peer = f(l, "median_jobs_per_s");
+            let ours = keel.get(&workers).copied().unwrap_or(f64::NAN);
+            let _ = writeln!(
+                out,
+                "| {} {} | {workers} | {} | {ours:.0} | {:.2}x |",
+                s(l, "peer"),
+                s(l, "version"),
+                spread(l),
+                ours / peer
+            );
+            if peer > best_peer {
+                best_peer = peer;
+            }
+        }
+        let best_keel = keel.values().copied().fold(f64::NAN, f64::max);
+        if best_peer > 0.0 {
+            ratio_at_best = best_keel / best_peer;
+        }
+        let verdict = if ratio_at_best >= TARGET_PG_RATIO {
+            "met".to_owned()
+        } else {
+            format!(
+                "missed by {:.0}%: each keel job is two committed transactions (claim, finalize), each a flush of PostgreSQL's WAL",
+                (1.0 - ratio_at_best / TARGET_PG_RATIO) * 100.0
+            )
+        };
+        self.target(
+            "PostgreSQL ≥ 1.5x the best peer (best worker count each)",
+            format!("{best_keel:.0} vs {best_peer:.0} jobs/s = {ratio_at_best:.2}x"),
+            verdict,
+        );
+    }
+
+    fn latency(&mut self) {
+        let rows: Vec<Value> = self.of("latency").cloned().collect();
+        if rows.is_empty() {
+            return;
+        }
+        let out = &mut self.out;
+        out.push_str("\n## Enqueue-to-start latency\n\n");
+        out.push_str(
+            "Single jobs, 4 workers; `loaded`: while other jobs arrive at the given rate.\n\n",
+        );
+        out.push_str(
+            "| system | queue | p50 ms | p99 ms | samples |\n| --- | --- | ---: | ---: | ---: |\n",
+        );
+        let mut pg_idle_p99 = f64::NAN;
+        for l in &rows {
+            let who = if l.get("peer").is_some() {
+                format!("{} (peer)", s(l, "peer"))
+            } else {
+                format!("keel on {}", s(l, "engine"))
+            };
+            let _ = writeln!(
+                out,
+                "| {who} | {} | {:.2} | {:.2} | {} |",
+                s(l, "queue"),
+                f(l, "p50_ms"),
+                f(l, "p99_ms"),
+                l.get("samples").and_then(Value::as_u64).unwrap_or(0)
+            );
+            if s(l, "engine") == "postgres" && s(l, "queue") == "idle" && l.get("peer").is_none() {
+                pg_idle_p99 = f(l, "p99_ms");
+            }
+        }
+        if !pg_idle_p99.is_nan() {
+            let verdict = if pg_idle_p99 < TARGET_PG_IDLE_P99_MS {
+                "met".to_owned()
+            } else {
+                format!("missed by {:.1} ms", pg_idle_p99 - TARGET_PG_IDLE_P99_MS)
+            };
+            self.target(
+                "p99 enqueue-to-start < 10 ms, idle PostgreSQL queue",
+                format!("{pg_idle_p99:.2} ms"),
+                verdict,
+            );
+        }
+    }
+}
+
+fn machine_section(machine: Option<&Value>) -> String {
+    let Some(m) = machine else {
+        return String::new();
+    };
+    let mut out = String::from("\n## Machine and versions\n\n");
+    if let Some(obj) = m.as_object() {
+        for (k, v) in obj {
+            let text = v.as_str().map_or_else(|| v.to_string(), str::to_owned);
+            let _ = writeln!(out, "- {k}: {text}");
+        }
+    }
+    out
+}
+
+fn run(args: &Args) -> Result<String, String> {
+    let mut lines = Vec::new();
+    for file in &args.files {
+        let text = std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
+        for (i, line) in text.lines().enumerate() {
+            if line.trim().is_empty() {
+                continue;
+            }
+            let v: Value = serde_json::from_str(line)
+                .map_err(|e| format!("{}:{}: not JSON: {e}", file.display(), i + 1))?;
+            lines.push(v);
+        }
+    }
+    let machine: Option<Value> = match &args.machine {
+        Some(p) => Some(
+            std::fs::read_to_string(p)
+                .map_err(|e| format!("{}: {e}", p.display()))
+                .and_then(|t| {
+                    serde_json::from_str(&t).map_err(|e| format!("{}: {e}", p.display()))
+                })?,
+        ),
+        None => None,
+    };
+    let mut r = Report {
+        lines,
+        out: String::new(),
+        targets: Vec::new(),
+    };
+    r.simulator();
+    r.bugs();
+    r.runtime();
+    r.peers();
+    r.latency();
+    let headline = r
+        .of("sim_speed")
+        .find(|l| s(l, "scenario") == "swarm-5n-1000j")
+        .map_or("n/a".to_owned(), |l| {
+            format!("{:.0}x", f(l, "median_sim_s_per_wall_s"))
+        });
+    let mut doc = format!(
+        "# Keel benchmark report\n\nsimulated seconds per wall second (swarm, 5 nodes, 1000 jobs): {headline}\n"
+    );
+    doc.push_str(&machine_section(machine.as_ref()));
+    if !r.targets.is_empty() {
+        doc.push_str("\n## Targets\n\n| target | measured | verdict |\n| --- | --- | --- |\n");
+        for (what, measured, verdict) in &r.targets {
+            let _ = writeln!(doc, "| {what} | {measured} | {verdict} |");
+        }
+    }
+    doc.push_str(&r.out);
+    Ok(doc)
+}
+
+fn main() -> ExitCode {
+    match run(&Args::parse()) {
+        Ok(doc) => {
+            print!("{doc}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(jsonl: &str) -> String {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("in.jsonl");
+        std::fs::write(&path, jsonl).expect("write");
+        run(&Args {
+            machine: None,
+            files: vec![path],
+        })
+        .expect("report")
+    }
+
+    #[test]
+    fn headline_targets_and_ratios() {
+        let doc = report(concat!(
+            r#"{"metric":"sim_speed","scenario":"swarm-5n-1000j","median_sim_s_per_wall_s":650.0,"min":600,"max":700,"hosts":7,"peak_rss_bytes":1048576,"share":{"turmoil_stepping":0.5}}"#,
+            "\n",
+            r#"{"engine":"postgres","metric":"throughput","feed":"backlog","workers":4,"median_jobs_per_s":3000,"min":2900,"max":3100}"#,
+            "\n",
+            r#"{"peer":"graphile-worker","version":"0.16.6","metric":"throughput","workers":4,"median_jobs_per_s":1500,"min":1400,"max":1600}"#,
+            "\n",
+        ));
+        assert!(
+            doc.contains("simulated seconds per wall second (swarm, 5 nodes, 1000 jobs): 650x"),
+            "{doc}"
+        );
+        assert!(doc.contains("missed by 35%"), "{doc}");
+        assert!(
+            doc.contains("| graphile-worker 0.16.6 | 4 | 1500 (1400..1600) | 3000 | 2.00x |"),
+            "{doc}"
+        );
+        assert!(doc.contains("= 2.00x | met |"), "{doc}");
+    }
+
+    #[test]
+    fn a_line_that_is_not_json_is_named() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("bad.jsonl");
+        std::fs::write(&path, "{}\nnope\n").expect("write");
+        let err = run(&Args {
+            machine: None,
+            files: vec![path],
+        })
+        .expect_err("bad line");
+        assert!(err.contains("bad.jsonl:2: not JSON"), "{err}");
+    }
+}
