@@ -433,7 +433,7 @@ pub struct RuntimeHandle {
 }
 
 impl RuntimeHandle {
-    /// Enqueue a job; wakes this node's idle workers.
+    /// Enqueue a job; wakes one of this node's idle workers.
     pub async fn enqueue(&self, req: EnqueueRequest) -> Result<EnqueueOutcome, RuntimeError> {
         let outcome = self
             .shared
@@ -468,7 +468,11 @@ impl RuntimeHandle {
                 inserted,
             },
         );
-        self.shared.wake.notify_waiters();
+        // One idle worker per new job: waking them all would send every idle
+        // worker to claim, and all but one would find nothing.
+        if inserted {
+            self.shared.wake.notify_one();
+        }
     }
 
     /// Cancel a job from any node: recorded in storage, and if it runs here its

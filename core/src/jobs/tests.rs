@@ -524,3 +524,44 @@ async fn a_slow_heartbeat_reply_does_not_extend_trust_past_the_rescue() {
     );
     rt.shutdown(Duration::from_secs(1)).await;
 }
+
+/// One wake-up can stand for many jobs (one PostgreSQL NOTIFY per enqueue
+/// transaction): the worker it wakes passes it on while it finds work, so the
+/// whole backlog runs in parallel instead of waiting for the other workers' polls.
+#[tokio::test(start_paused = true)]
+async fn one_wake_up_spreads_a_backlog_over_every_idle_worker() {
+    let f = Fixture::new();
+    let cfg = JobsConfig {
+        idle_poll: Duration::from_secs(3600),
+        ..JobsConfig::default()
+    };
+    let rt = f
+        .builder("n1")
+        .jobs_config(cfg)
+        .queue("default", 4)
+        .handler("work", |ctx: JobCtx, _p| async move {
+            ctx.clock.sleep(Duration::from_secs(1)).await;
+            Outcome::Completed
+        })
+        .build()
+        .expect("valid")
+        .start()
+        .expect("started");
+    // Let every worker make its first (empty) claim and go to sleep for an hour.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut ids = Vec::new();
+    for _ in 0..7 {
+        // Straight into storage: no wake-up for these.
+        let outcome = f.store.enqueue(job("work"), f.clock.now()).await;
+        ids.push(outcome.expect("enqueued").id());
+    }
+    let began = f.clock.monotonic();
+    ids.push(rt.enqueue(job("work")).await.expect("enqueued").id());
+    for id in &ids {
+        assert_eq!(f.finished(*id).await, JobState::Completed);
+    }
+    // Eight one-second jobs on four workers: two rounds, not eight.
+    let took = f.clock.monotonic() - began;
+    assert!(took < Duration::from_secs(4), "took {took:?}");
+    rt.shutdown(Duration::from_secs(5)).await;
+}

@@ -91,10 +91,19 @@ pub(crate) async fn worker_loop(
 ) {
     let owner = format!("{}/{queue}/{slot}", shared.node);
     let cfg = &shared.cfg;
+    // Whether the last wait ended on a wake-up rather than the poll timer.
+    let mut woken = false;
     while !retire.is_triggered() && !stop.is_triggered() {
         let now = shared.clock.now();
+        let was_woken = std::mem::take(&mut woken);
         let wait = match shared.storage.claim(&queue, &owner, 1, now).await {
             Ok(jobs) if !jobs.is_empty() => {
+                // A wake-up carries no count: one may stand for a whole batch.
+                // Pass it on, so idle workers join one by one while work lasts
+                // and the chain ends at the first worker that finds none.
+                if was_woken {
+                    shared.wake.notify_one();
+                }
                 for job in jobs {
                     run_job(&shared, &owner, job, &stop).await;
                 }
@@ -107,7 +116,7 @@ pub(crate) async fn worker_loop(
             biased;
             () = stop.wait() => return,
             () = retire.wait() => return,
-            () = shared.wake.notified() => {}
+            () = shared.wake.notified() => woken = true,
             () = shared.clock.sleep(wait) => {}
         }
     }

@@ -117,7 +117,9 @@ async fn forward(
             biased;
             () = cancel.cancelled() => return true,
             message = messages.next() => match message {
-                Some(Ok(AsyncMessage::Notification(_))) => notify.notify_waiters(),
+                // One worker per enqueue; a worker that finds work wakes the
+                // next (worker_loop), so a batch still spreads over all of them.
+                Some(Ok(AsyncMessage::Notification(_))) => notify.notify_one(),
                 Some(Ok(_)) => {}
                 Some(Err(e)) => {
                     tracing::warn!(error = %error_chain(&e), "enqueue listener connection failed");
