@@ -43,9 +43,12 @@ struct Args {
     /// Single jobs timed for latency.
     #[arg(long, default_value_t = 300)]
     latency_samples: u64,
-    /// Other jobs per second while the loaded-queue latency samples are taken.
-    #[arg(long, default_value_t = 2_000)]
-    latency_load: u64,
+    /// Other jobs per second while the loaded-queue latency samples are taken;
+    /// default: half the engine's measured backlog throughput with 4 workers, so
+    /// the queue is busy but keeps up (above capacity, latency only measures the
+    /// growing queue).
+    #[arg(long)]
+    latency_load: Option<u64>,
 }
 
 /// A fresh, empty store per run, so no run sees another's jobs.
@@ -120,6 +123,7 @@ async fn run(args: Args) -> Result<(), BenchError> {
             emit(json!({"engine": "postgres", "skipped": "no KEEL_PG_URL"}));
             continue;
         }
+        let mut capacity_4 = 0.0f64;
         for feed in [Feed::Single, Feed::Batched, Feed::Backlog] {
             for &workers in &args.workers {
                 let (mut rates, mut cpu, mut db_cpu) = (Vec::new(), Vec::new(), Vec::new());
@@ -135,6 +139,9 @@ async fn run(args: Args) -> Result<(), BenchError> {
                     db_cpu.push(db.as_secs_f64() * 1e6 / args.jobs as f64);
                 }
                 let (median, min, max) = spread(&rates);
+                if feed == Feed::Backlog && workers == 4 {
+                    capacity_4 = median;
+                }
                 let (cpu_median, _, _) = spread(&cpu);
                 let (db_median, _, _) = spread(&db_cpu);
                 eprintln!(
@@ -150,7 +157,11 @@ async fn run(args: Args) -> Result<(), BenchError> {
                 }));
             }
         }
-        for (queue, load) in [("idle", 0), ("loaded", args.latency_load)] {
+        let load = args
+            .latency_load
+            .unwrap_or((capacity_4 / 2.0) as u64)
+            .max(1);
+        for (queue, load) in [("idle", 0), ("loaded", load)] {
             let (storage, pg) = engines.open(engine).await?;
             let l = latency(storage, 4, args.latency_samples, load).await;
             drop_pg(pg).await;
