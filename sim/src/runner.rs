@@ -335,13 +335,14 @@ pub fn run_once(spec: &RunSpec) -> Result<RunResult, SimError> {
 
 /// Run `spec` once on the work `work` builds (called inside the run, so a panic
 /// while building is the run's panic).
-pub(crate) fn run_once_with(
+pub(crate) fn run_once_with<E: From<SimError>>(
     spec: &RunSpec,
-    work: impl Fn() -> Result<Work, SimError>,
-) -> Result<RunResult, SimError> {
-    match std::panic::catch_unwind(AssertUnwindSafe(|| simulate(spec, &work()?))) {
+    work: impl Fn() -> Result<Work, E>,
+) -> Result<RunResult, E> {
+    let run = || -> Result<RunResult, E> { Ok(simulate(spec, &work()?)?) };
+    match std::panic::catch_unwind(AssertUnwindSafe(run)) {
         Ok(result) => result,
-        Err(payload) => Err(SimError::Panic(panic_message(payload))),
+        Err(payload) => Err(SimError::Panic(panic_message(payload)).into()),
     }
 }
 
@@ -351,16 +352,16 @@ pub fn run_checked(spec: &RunSpec) -> Result<RunResult, SimError> {
 }
 
 /// [`run_checked`] on the work `work` builds, fresh for each of the two runs.
-pub(crate) fn run_checked_with(
+pub(crate) fn run_checked_with<E: From<SimError>>(
     spec: &RunSpec,
-    work: impl Fn() -> Result<Work, SimError>,
-) -> Result<RunResult, SimError> {
+    work: impl Fn() -> Result<Work, E>,
+) -> Result<RunResult, E> {
     let first = run_once_with(spec, &work)?;
     let second = run_once_with(spec, &work)?;
     if first.trace_hash == second.trace_hash {
         return Ok(first);
     }
-    Err(divergence(&first.history, &second.history))
+    Err(divergence(&first.history, &second.history).into())
 }
 
 /// The first event at which two histories of one seed differ, with both versions.
