@@ -23,6 +23,9 @@
 //!   event table) for `sim explain`.
 //! * [`workload`]: the jobs a run enqueues and cancels, and the handler that
 //!   runs them with seed-chosen behaviour.
+//! * [`user`]: simulating your own handlers: [`Simulation`] runs them in place of
+//!   the built-in workload under a scenario's faults and checks your invariants
+//!   ([`Setup`]) next to the built-in ones. Its essentials are re-exported here.
 //! * `src/bin/sim.rs`: the `sim` command line (`sweep`, `replay`, `shrink`, `explain`).
 
 #![warn(missing_docs)]
@@ -51,4 +54,11 @@ pub mod script;
 pub mod seeds;
 pub mod shrink;
 pub mod summary;
+pub mod user;
 pub mod workload;
+
+pub use checkers::{CheckCtx, Checker, Violation};
+pub use history::{DbEvent, Ev, HarnessEvent, Record};
+pub use runner::{RunResult, StorageKind};
+pub use scenarios;
+pub use user::{Setup, Simulation, SimulationError, Sweep};

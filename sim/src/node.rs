@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use keel::clock::SharedClock;
-use keel::jobs::{JobsConfig, Runtime, MAINTENANCE_LEASE};
+use keel::jobs::{Handler, JobCtx, JobsConfig, Outcome, Runtime, MAINTENANCE_LEASE};
 use keel::leadership::ElectorConfig;
 use keel::maintenance::{MaintainerConfig, Service, ServiceCtx, ServiceError};
 use keel::planted::PlantedBugs;
@@ -17,13 +17,11 @@ use keel::storage::{EnqueueRequest, SharedStorage};
 use keel::watcher::Watcher;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use scenarios::Workload;
 
 use crate::clock::SimClock;
 use crate::db::{remote_storage, DB_HOST, DB_PORT, REQUEST_TIMEOUT_DEFAULT};
 use crate::history::{fnv1a, Ev, HarnessEvent, History, HostObserver, FNV_OFFSET};
 use crate::net::TurmoilNetwork;
-use crate::workload::{self, SimHandler};
 
 /// The lease the nodes contend for.
 pub const LEASE_NAME: &str = MAINTENANCE_LEASE;
@@ -56,6 +54,51 @@ impl Timing {
             jobs: JobsConfig::default(),
             request_timeout: REQUEST_TIMEOUT_DEFAULT,
         }
+    }
+}
+
+/// Builds the handler for one job kind on one boot of a node, given the node's
+/// name and the run's history.
+pub type HandlerFactory = Arc<dyn Fn(&str, &History) -> Arc<dyn Handler> + Send + Sync>;
+
+/// What a node's runtime works on: queues with their workers per node, a handler
+/// per job kind, and periodic and cron jobs. The scenario's built-in workload is
+/// one ([`crate::workload::node_jobs`]); a [`crate::user::Simulation`] builds
+/// another from the user's handlers.
+#[derive(Clone, Default)]
+pub struct NodeJobs {
+    /// `(queue, workers per node)`.
+    pub queues: Vec<(String, u32)>,
+    /// `(kind, factory)`: each boot of each node asks the factory for its handler.
+    pub handlers: Vec<(String, HandlerFactory)>,
+    /// `(schedule name, period, request)`, enqueued by the leader once per period.
+    pub periodic: Vec<(String, Duration, EnqueueRequest)>,
+    /// `(schedule name, cron expression, request)`.
+    pub cron: Vec<(String, String, EnqueueRequest)>,
+}
+
+impl std::fmt::Debug for NodeJobs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeJobs")
+            .field("queues", &self.queues)
+            .field(
+                "handlers",
+                &self.handlers.iter().map(|(k, _)| k).collect::<Vec<_>>(),
+            )
+            .field("periodic", &self.periodic)
+            .field("cron", &self.cron)
+            .finish()
+    }
+}
+
+/// A handler a factory handed out, registered with keel's builder (which takes
+/// handlers by value).
+struct SharedHandler(Arc<dyn Handler>);
+
+#[async_trait]
+impl Handler for SharedHandler {
+    async fn run(&self, ctx: JobCtx, payload: serde_json::Value) -> Outcome {
+        self.0.run(ctx, payload).await
     }
 }
 
@@ -145,8 +188,8 @@ pub struct NodeSetup {
     pub hooks: HookFaults,
     /// How often this host has booted.
     pub boots: Arc<AtomicU32>,
-    /// The scenario's jobs, if any: the node then works the workload queue.
-    pub workload: Option<Workload>,
+    /// What the node's runtime works on (nothing if the run has no jobs).
+    pub jobs: NodeJobs,
     /// Graceful shutdowns the harness asks for.
     pub shutdowns: ShutdownRequests,
     /// The scenario's watcher loops, `[name, period_ms]`.
@@ -346,32 +389,18 @@ fn start_runtime(
         .rng_seed(rng_seed)
         .plants(setup.plants.clone())
         .service(Arc::new(hook));
-    if let Some(w) = &setup.workload {
-        let handler = SimHandler {
-            host: name.to_owned(),
-            history: setup.history.clone(),
-        };
-        builder = builder
-            .queue(workload::QUEUE, w.workers)
-            .handler(workload::KIND, handler);
-        for (schedule, every_s) in &w.periodic {
-            let req = EnqueueRequest::new(
-                workload::KIND,
-                serde_json::json!({ "b": "ok", "periodic": schedule }),
-            );
-            builder = builder.periodic(
-                schedule.clone(),
-                Duration::from_secs(*every_s),
-                req.queue(workload::QUEUE),
-            );
-        }
-        for (schedule, expr) in &w.cron {
-            let req = EnqueueRequest::new(
-                workload::KIND,
-                serde_json::json!({ "b": "ok", "periodic": schedule }),
-            );
-            builder = builder.cron(schedule.clone(), expr, req.queue(workload::QUEUE));
-        }
+    let jobs = &setup.jobs;
+    for (queue, workers) in &jobs.queues {
+        builder = builder.queue(queue.clone(), *workers);
+    }
+    for (kind, make) in &jobs.handlers {
+        builder = builder.handler(kind.clone(), SharedHandler(make(name, &setup.history)));
+    }
+    for (schedule, every, req) in &jobs.periodic {
+        builder = builder.periodic(schedule.clone(), *every, req.clone());
+    }
+    for (schedule, expr, req) in &jobs.cron {
+        builder = builder.cron(schedule.clone(), expr, req.clone());
     }
     Ok(builder.build()?.start()?)
 }

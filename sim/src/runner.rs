@@ -19,16 +19,17 @@ use keel::shutdown::panic_message;
 use keel::storage::{poll_ready, MemStorage, SqliteEngine, Storage};
 use scenarios::Scenario;
 
-use crate::checkers::{self, CheckCtx, Violation};
+use crate::checkers::{self, CheckCtx, Checker, Violation};
 use crate::clock::SimClock;
 use crate::db::{self, DbFaults, StorageFault, DB_HOST};
 use crate::faults::{Fault, FaultKind, FaultPlan, Target};
 use crate::history::{trace_hash, Ev, HarnessEvent, History, Record};
 use crate::net::TurmoilNetwork;
 use crate::node::{
-    node_main, HookFaults, LoopFault, LoopFaults, NodeSetup, ShutdownRequests, Timing, LEASE_NAME,
+    node_main, HookFaults, LoopFault, LoopFaults, NodeJobs, NodeSetup, ShutdownRequests, Timing,
+    LEASE_NAME,
 };
-use crate::workload::{client_main, WorkloadPlan, CLIENT_HOST};
+use crate::workload::{self, client_main, WorkloadPlan, CLIENT_HOST};
 
 /// Simulated time per step. Leases and heartbeats run on seconds, so 10 ms
 /// resolves every race the runtime has while keeping a 100 s run cheap.
@@ -179,6 +180,12 @@ pub fn replay_command(spec: &RunSpec) -> String {
 /// A failure report: scenario, seed, each violation with its witnesses, and the
 /// replay command.
 pub fn report(result: &RunResult) -> String {
+    report_with(result, &replay_command(&result.spec))
+}
+
+/// [`report`] with `replay` as the line that replays the run (a user's
+/// [`Simulation`](crate::user::Simulation) is replayed from the user's code).
+pub(crate) fn report_with(result: &RunResult, replay: &str) -> String {
     let spec = &result.spec;
     let plant = spec
         .plant
@@ -200,9 +207,8 @@ pub fn report(result: &RunResult) -> String {
         out.push_str(&format!("  [{kind}] {v}"));
     }
     out.push_str(&format!(
-        "  trace hash {:016x}\n  replay: {}\n",
-        result.trace_hash,
-        replay_command(spec)
+        "  trace hash {:016x}\n  replay: {replay}\n",
+        result.trace_hash
     ));
     out
 }
@@ -270,8 +276,19 @@ pub fn check(
     history: &[Record],
     ctx: &CheckCtx,
 ) -> Result<Vec<Violation>, SimError> {
+    check_named(scenario, &scenario.invariants, history, ctx)
+}
+
+/// Check `history` against the built-in invariants `names` (a scenario's, or the
+/// ones a [`Work`] chose); an unknown name is an error naming `scenario`.
+fn check_named(
+    scenario: &Scenario,
+    names: &[String],
+    history: &[Record],
+    ctx: &CheckCtx,
+) -> Result<Vec<Violation>, SimError> {
     let mut out = Vec::new();
-    for name in &scenario.invariants {
+    for name in names {
         let checker = checkers::by_name(name).ok_or_else(|| SimError::UnknownInvariant {
             scenario: scenario.name.clone(),
             name: name.clone(),
@@ -283,22 +300,68 @@ pub fn check(
     Ok(out)
 }
 
+/// The jobs side of a run: what every node's runtime works on, what the client
+/// host enqueues, and which invariants judge the history. The scenario's own
+/// workload is one ([`Work::builtin`]); a [`Simulation`](crate::user::Simulation)
+/// builds another from the user's handlers, jobs and invariants.
+pub(crate) struct Work {
+    /// Queues, handlers and periodic jobs of every node.
+    pub(crate) nodes: NodeJobs,
+    /// What the client host enqueues and cancels, if anything.
+    pub(crate) client: Option<WorkloadPlan>,
+    /// Built-in invariants to check, by name.
+    pub(crate) invariants: Vec<String>,
+    /// Further invariants, checked after those.
+    pub(crate) extra: Vec<Box<dyn Checker>>,
+}
+
+impl Work {
+    /// The scenario's own workload (if it has one) and invariants, under `seed`.
+    pub(crate) fn builtin(scenario: &Scenario, seed: u64) -> Work {
+        let w = scenario.workload.as_ref();
+        Work {
+            nodes: w.map(workload::node_jobs).unwrap_or_default(),
+            client: w.map(|w| WorkloadPlan::generate(w, seed)),
+            invariants: scenario.invariants.clone(),
+            extra: Vec::new(),
+        }
+    }
+}
+
 /// Run `spec` once.
 pub fn run_once(spec: &RunSpec) -> Result<RunResult, SimError> {
-    match std::panic::catch_unwind(AssertUnwindSafe(|| simulate(spec))) {
+    run_once_with(spec, || Ok(Work::builtin(&spec.scenario, spec.seed)))
+}
+
+/// Run `spec` once on the work `work` builds (called inside the run, so a panic
+/// while building is the run's panic).
+pub(crate) fn run_once_with<E: From<SimError>>(
+    spec: &RunSpec,
+    work: impl Fn() -> Result<Work, E>,
+) -> Result<RunResult, E> {
+    let run = || -> Result<RunResult, E> { Ok(simulate(spec, &work()?)?) };
+    match std::panic::catch_unwind(AssertUnwindSafe(run)) {
         Ok(result) => result,
-        Err(payload) => Err(SimError::Panic(panic_message(payload))),
+        Err(payload) => Err(SimError::Panic(panic_message(payload)).into()),
     }
 }
 
 /// Run `spec` twice and insist both runs recorded the same history.
 pub fn run_checked(spec: &RunSpec) -> Result<RunResult, SimError> {
-    let first = run_once(spec)?;
-    let second = run_once(spec)?;
+    run_checked_with(spec, || Ok(Work::builtin(&spec.scenario, spec.seed)))
+}
+
+/// [`run_checked`] on the work `work` builds, fresh for each of the two runs.
+pub(crate) fn run_checked_with<E: From<SimError>>(
+    spec: &RunSpec,
+    work: impl Fn() -> Result<Work, E>,
+) -> Result<RunResult, E> {
+    let first = run_once_with(spec, &work)?;
+    let second = run_once_with(spec, &work)?;
     if first.trace_hash == second.trace_hash {
         return Ok(first);
     }
-    Err(divergence(&first.history, &second.history))
+    Err(divergence(&first.history, &second.history).into())
 }
 
 /// The first event at which two histories of one seed differ, with both versions.
@@ -316,7 +379,7 @@ fn node_name(index: usize) -> String {
     format!("n{}", index + 1)
 }
 
-fn simulate(spec: &RunSpec) -> Result<RunResult, SimError> {
+fn simulate(spec: &RunSpec, work: &Work) -> Result<RunResult, SimError> {
     let scenario = &spec.scenario;
     let plan = match &spec.script {
         Some(script) if script.skews_ms.len() != scenario.nodes as usize => {
@@ -373,16 +436,15 @@ fn simulate(spec: &RunSpec) -> Result<RunResult, SimError> {
             history: history.clone(),
             hooks: hooks.clone(),
             boots: Arc::new(AtomicU32::new(0)),
-            workload: scenario.workload.clone(),
+            jobs: work.nodes.clone(),
             shutdowns: shutdowns.clone(),
             loops: scenario.loops.clone(),
             loop_faults: loop_faults.clone(),
         };
         sim.host(node_name(i), move || node_main(setup.clone()));
     }
-    if let Some(w) = &scenario.workload {
-        let plan = WorkloadPlan::generate(w, spec.seed);
-        sim.client(CLIENT_HOST, client_main(plan, history.clone()));
+    if let Some(plan) = &work.client {
+        sim.client(CLIENT_HOST, client_main(plan.clone(), history.clone()));
     }
     let mut driver = Driver {
         pending: plan.faults.iter().cloned().collect(),
@@ -423,7 +485,11 @@ fn simulate(spec: &RunSpec) -> Result<RunResult, SimError> {
     history.push_at(end_at, HARNESS_HOST, Ev::Harness(HarnessEvent::End));
     let records = history.snapshot();
     let ctx = check_ctx(&timing, scenario, end_at);
-    let violations = check(scenario, &records, &ctx)?;
+    let mut violations = check_named(scenario, &work.invariants, &records, &ctx)?;
+    for checker in &work.extra {
+        violations.extend(checker.check(&records, &ctx));
+    }
+    violations.sort_by_key(|v| v.at_ms);
     Ok(RunResult {
         spec: spec.clone(),
         plan,

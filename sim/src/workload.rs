@@ -31,6 +31,7 @@ use crate::clock::SimClock;
 use crate::db::{remote_storage, DB_HOST, DB_PORT};
 use crate::history::{Ev, HarnessEvent, History};
 use crate::net::TurmoilNetwork;
+use crate::node::{HandlerFactory, NodeJobs};
 
 /// Salt that separates the workload's random stream from the fault plan's.
 const WORKLOAD_SALT: u64 = 0x776f_726b_6c6f_6164;
@@ -140,6 +141,37 @@ impl WorkloadPlan {
         plan.jobs.sort_by_key(|j| (j.at_ms, j.key));
         plan.cancels.sort_unstable();
         plan
+    }
+}
+
+/// What every node works on for the workload `w`: the one queue, a
+/// [`SimHandler`] per boot, and the scenario's periodic and cron jobs.
+pub fn node_jobs(w: &Workload) -> NodeJobs {
+    let handler: HandlerFactory = Arc::new(|host: &str, history: &History| {
+        Arc::new(SimHandler {
+            host: host.to_owned(),
+            history: history.clone(),
+        }) as Arc<dyn Handler>
+    });
+    let periodic_req = |schedule: &str| {
+        EnqueueRequest::new(KIND, json!({ "b": "ok", "periodic": schedule })).queue(QUEUE)
+    };
+    NodeJobs {
+        queues: vec![(QUEUE.to_owned(), w.workers)],
+        handlers: vec![(KIND.to_owned(), handler)],
+        periodic: w
+            .periodic
+            .iter()
+            .map(|(schedule, every_s)| {
+                let every = Duration::from_secs(*every_s);
+                (schedule.clone(), every, periodic_req(schedule))
+            })
+            .collect(),
+        cron: w
+            .cron
+            .iter()
+            .map(|(schedule, expr)| (schedule.clone(), expr.clone(), periodic_req(schedule)))
+            .collect(),
     }
 }
 
