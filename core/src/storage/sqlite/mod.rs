@@ -33,6 +33,7 @@ mod store;
 mod tests;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -93,6 +94,9 @@ impl SqliteOptions {
 #[derive(Debug)]
 pub struct SqliteEngine {
     conn: Mutex<Connection>,
+    /// Set while [`execute_group`](Self::execute_group) holds one transaction
+    /// open across several calls.
+    grouped: AtomicBool,
 }
 
 impl SqliteEngine {
@@ -168,6 +172,7 @@ impl SqliteEngine {
         .map_err(fail)?;
         Ok(Self {
             conn: Mutex::new(conn),
+            grouped: AtomicBool::new(false),
         })
     }
 
@@ -178,12 +183,17 @@ impl SqliteEngine {
     }
 
     /// Run `f` in a write transaction (taking the write lock up front) and
-    /// commit; any error rolls back, so nothing is half applied.
-    fn write<T>(
-        &self,
-        f: impl FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<T>,
-    ) -> StorageResult<T> {
+    /// commit; any error rolls back, so nothing is half applied. Inside a group
+    /// ([`execute_group`](Self::execute_group)) it is a savepoint of the group's
+    /// transaction instead, rolled back alone on error.
+    fn write<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> StorageResult<T> {
         let mut conn = self.conn();
+        if self.grouped.load(Ordering::SeqCst) {
+            let savepoint = conn.savepoint().map_err(storage_error)?;
+            let value = f(&savepoint).map_err(storage_error)?;
+            savepoint.commit().map_err(storage_error)?;
+            return Ok(value);
+        }
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(storage_error)?;
@@ -192,18 +202,46 @@ impl SqliteEngine {
         Ok(value)
     }
 
-    /// Run `f` on a consistent snapshot.
-    fn read<T>(
-        &self,
-        f: impl FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<T>,
-    ) -> StorageResult<T> {
+    /// Run `f` on a consistent snapshot (inside a group: the group's own).
+    fn read<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> StorageResult<T> {
         let mut conn = self.conn();
+        if self.grouped.load(Ordering::SeqCst) {
+            return f(&conn).map_err(storage_error);
+        }
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Deferred)
             .map_err(storage_error)?;
         let value = f(&tx).map_err(storage_error)?;
         tx.finish().map_err(storage_error)?;
         Ok(value)
+    }
+
+    /// Apply several storage calls in order in one transaction (group commit):
+    /// each call is atomic on its own (a savepoint), and all become durable in
+    /// one commit, so a burst of calls from many workers pays for one log write
+    /// instead of one each. Replies are only handed out after that commit; if it
+    /// fails, every call in the group fails and none was applied.
+    pub fn execute_group(&self, ops: Vec<Op>) -> Vec<Reply> {
+        if ops.len() < 2 {
+            return ops.into_iter().map(|op| self.execute(op)).collect();
+        }
+        if let Err(e) = self.conn().execute_batch("BEGIN IMMEDIATE") {
+            let error = storage_error(e);
+            return ops.iter().map(|_| Reply::Err(error.clone())).collect();
+        }
+        self.grouped.store(true, Ordering::SeqCst);
+        let replies: Vec<Reply> = ops.into_iter().map(|op| self.execute(op)).collect();
+        self.grouped.store(false, Ordering::SeqCst);
+        let conn = self.conn();
+        match conn.execute_batch("COMMIT") {
+            Ok(()) => replies,
+            Err(e) => {
+                // Nothing of the group is applied; say so to every caller.
+                let _ = conn.execute_batch("ROLLBACK");
+                let error = storage_error(e);
+                replies.iter().map(|_| Reply::Err(error.clone())).collect()
+            }
+        }
     }
 
     /// Apply one storage call, synchronously.
@@ -259,6 +297,10 @@ pub struct SqliteThread {
 
 type Call = (Op, tokio::sync::oneshot::Sender<Reply>);
 
+/// Most calls one group commit takes: enough to cover every worker of a busy
+/// node, few enough that the write lock is never held for long.
+const GROUP_CALLS_MAX: usize = 64;
+
 impl Remote<SqliteThread> {
     /// Open (creating if absent) the database at `path` and migrate it.
     pub async fn open(path: impl AsRef<Path>) -> Result<SqliteStorage, OpenError> {
@@ -290,10 +332,22 @@ impl Remote<SqliteThread> {
                         return;
                     }
                 };
-                while let Ok((op, reply)) = calls_rx.recv() {
-                    // The caller may have given up (a timeout); the call still
-                    // ran, exactly as a lost reply on a network would.
-                    let _ = reply.send(engine.execute(op));
+                while let Ok(first) = calls_rx.recv() {
+                    // Whatever else is already queued joins this call's
+                    // transaction: one commit for the burst.
+                    let mut calls = vec![first];
+                    while calls.len() < GROUP_CALLS_MAX {
+                        match calls_rx.try_recv() {
+                            Ok(call) => calls.push(call),
+                            Err(_) => break,
+                        }
+                    }
+                    let (ops, replies): (Vec<Op>, Vec<_>) = calls.into_iter().unzip();
+                    for (reply, result) in replies.into_iter().zip(engine.execute_group(ops)) {
+                        // The caller may have given up (a timeout); the call still
+                        // ran, exactly as a lost reply on a network would.
+                        let _ = reply.send(result);
+                    }
                 }
             });
         if let Err(e) = spawned {

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use rusqlite::{params, OptionalExtension, Row, Transaction};
+use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use super::SqliteEngine;
 use crate::clock::Timestamp;
@@ -59,7 +59,7 @@ fn job_from_row(row: &Row<'_>) -> rusqlite::Result<Job> {
 }
 
 fn jobs_where(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     filter: &str,
     args: impl rusqlite::Params,
 ) -> rusqlite::Result<Vec<Job>> {
@@ -69,12 +69,12 @@ fn jobs_where(
     rows.collect()
 }
 
-fn load(tx: &Transaction<'_>, id: JobId) -> rusqlite::Result<Option<Job>> {
+fn load(tx: &Connection, id: JobId) -> rusqlite::Result<Option<Job>> {
     Ok(jobs_where(tx, "id = ?1", [id.0])?.into_iter().next())
 }
 
 /// Write back every column a transition may change.
-fn store(tx: &Transaction<'_>, job: &Job) -> rusqlite::Result<()> {
+fn store(tx: &Connection, job: &Job) -> rusqlite::Result<()> {
     let mut stmt = tx.prepare_cached(
         "UPDATE keel_jobs SET state = ?2, attempt = ?3, max_attempts = ?4, scheduled_at = ?5, \
          owner = ?6, heartbeat_at = ?7, cancel_requested = ?8, finalized_at = ?9, \
@@ -98,7 +98,7 @@ fn store(tx: &Transaction<'_>, job: &Job) -> rusqlite::Result<()> {
 }
 
 fn insert(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     req: EnqueueRequest,
     now: Timestamp,
 ) -> rusqlite::Result<EnqueueOutcome> {
@@ -135,7 +135,7 @@ fn insert(
     Ok(EnqueueOutcome::Inserted(JobId(id)))
 }
 
-fn lease(tx: &Transaction<'_>, name: &str) -> rusqlite::Result<Option<Lease>> {
+fn lease(tx: &Connection, name: &str) -> rusqlite::Result<Option<Lease>> {
     tx.prepare_cached("SELECT term, holder, expires_at FROM keel_leases WHERE name = ?1")?
         .query_row([name], |r| {
             Ok(Lease {
@@ -148,7 +148,7 @@ fn lease(tx: &Transaction<'_>, name: &str) -> rusqlite::Result<Option<Lease>> {
         .optional()
 }
 
-fn holds(tx: &Transaction<'_>, name: &str, holder: &str, term: Term) -> rusqlite::Result<bool> {
+fn holds(tx: &Connection, name: &str, holder: &str, term: Term) -> rusqlite::Result<bool> {
     Ok(lease(tx, name)?.is_some_and(|l| l.term == term && l.holder.as_deref() == Some(holder)))
 }
 
