@@ -17,6 +17,8 @@
 //! * [`events`]: every state change as data, for `tracing` and for the simulator's
 //!   history.
 //! * [`backoff`]: exponential backoff with seeded jitter.
+//! * [`coverage`]: the [`sometimes!`] markers of rare states and, with the
+//!   `coverage` feature, their per-thread hit counts for the simulator.
 //! * `planted` (feature `planted-bugs` only): known bugs, switchable, so the
 //!   simulator can prove it finds them.
 
@@ -37,6 +39,7 @@ pub(crate) use is_planted;
 
 pub mod backoff;
 pub mod clock;
+pub mod coverage;
 pub mod events;
 pub mod jobs;
 pub mod leadership;

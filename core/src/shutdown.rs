@@ -154,8 +154,15 @@ impl TaskRegistry {
         let name = name.into();
         let observer = self.observer.clone();
         let task = name.clone();
+        #[cfg(feature = "coverage")]
+        let token = self.token.clone();
         let handle = tokio::spawn(async move {
             let panicked = CatchUnwind(Box::pin(fut)).await;
+            #[cfg(feature = "coverage")]
+            crate::sometimes!(
+                panicked.is_some() && token.is_triggered(),
+                "panic_during_shutdown"
+            );
             if let (Some(message), Some((observer, node))) = (&panicked, &observer) {
                 let event = Event::TaskPanicked {
                     task,

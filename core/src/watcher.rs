@@ -66,6 +66,8 @@ use tokio::time::MissedTickBehavior;
 
 use crate::clock::SharedClock;
 use crate::events::{emit, Event, SharedObserver};
+#[cfg(feature = "coverage")]
+use crate::leadership::Elector;
 #[cfg(feature = "planted-bugs")]
 use crate::planted::PlantedBugs;
 use crate::shutdown::{panic_message, CatchUnwind, ShutdownToken};
@@ -220,6 +222,9 @@ struct LoopCtx {
     stop: ShutdownToken,
     missed: MissedTickBehavior,
     sink: Sink,
+    /// The node's elector, when coverage should relate slow ticks to renewals.
+    #[cfg(feature = "coverage")]
+    lease: Option<std::sync::Arc<Elector>>,
 }
 
 /// Supervises named periodic loops. See the [module docs](self).
@@ -231,6 +236,8 @@ pub struct Watcher {
     /// Bugs switched on for the simulator.
     #[cfg(feature = "planted-bugs")]
     plants: PlantedBugs,
+    #[cfg(feature = "coverage")]
+    lease: Option<std::sync::Arc<Elector>>,
 }
 
 impl std::fmt::Debug for Watcher {
@@ -255,7 +262,17 @@ impl Watcher {
             loops: Vec::new(),
             #[cfg(feature = "planted-bugs")]
             plants: PlantedBugs::none(),
+            #[cfg(feature = "coverage")]
+            lease: None,
         }
+    }
+
+    /// Watch `elector`'s renewals, so coverage can tell a slow tick that ran
+    /// across one (`slow_tick_across_renewal`). Changes nothing else.
+    #[cfg(feature = "coverage")]
+    pub fn with_elector(mut self, elector: std::sync::Arc<Elector>) -> Self {
+        self.lease = Some(elector);
+        self
     }
 
     /// Report every tick and every loop's end to `observer`, as `node`.
@@ -315,6 +332,8 @@ impl Watcher {
             stop: self.token.child(),
             missed: missed_tick_behavior(crate::is_planted!(self.plants, BurstTicks)),
             sink: self.sink,
+            #[cfg(feature = "coverage")]
+            lease: self.lease,
         };
         let (mut set, names) = spawn_all(self.loops, &ctx);
         let mut drain = Drain::default();
@@ -323,6 +342,12 @@ impl Watcher {
             if swallow && end.outcome != LoopOutcome::Shutdown {
                 continue; // planted: the failure is dropped on the floor
             }
+            crate::sometimes!(
+                matches!(end.outcome, LoopOutcome::Panicked(_))
+                    && !ctx.stop.is_triggered()
+                    && !set.is_empty(),
+                "loop_panic_stops_siblings"
+            );
             ctx.stop.trigger();
             drain.settle(name, end, &ctx.sink);
         }
@@ -436,9 +461,52 @@ async fn run_loop(mut spec: LoopSpec, ctx: LoopCtx) -> LoopEnd {
             name: spec.name.clone(),
             period_ms,
         });
-        if let Some(outcome) = tick_once(spec.task.as_mut()).await {
+        #[cfg(feature = "coverage")]
+        let before = TickMark::now(&ctx);
+        let ended = tick_once(spec.task.as_mut()).await;
+        #[cfg(feature = "coverage")]
+        before.mark_end(&ctx, spec.period);
+        if let Some(outcome) = ended {
+            crate::sometimes!(
+                matches!(outcome, LoopOutcome::Panicked(_)) && ctx.stop.is_triggered(),
+                "panic_during_shutdown"
+            );
             return LoopEnd { ticks, outcome };
         }
+    }
+}
+
+/// When a tick began and where the node's lease stood, for the coverage marks
+/// of a slow tick.
+#[cfg(feature = "coverage")]
+struct TickMark {
+    began: tokio::time::Instant,
+    lease: Option<(crate::leadership::Leadership, Option<tokio::time::Instant>)>,
+}
+
+#[cfg(feature = "coverage")]
+impl TickMark {
+    fn now(ctx: &LoopCtx) -> Self {
+        Self {
+            began: ctx.clock.monotonic(),
+            lease: ctx.lease.as_ref().map(|e| e.trust()),
+        }
+    }
+
+    /// Mark a tick that outlasted `period`, and one during which the node stayed
+    /// leader of one term and renewed it (its trust window moved on).
+    fn mark_end(self, ctx: &LoopCtx, period: Duration) {
+        use crate::leadership::Leadership;
+        let slow = ctx.clock.monotonic().saturating_duration_since(self.began) > period;
+        crate::sometimes!(slow, "slow_tick_outlasts_period");
+        let after = ctx.lease.as_ref().map(|e| e.trust());
+        let renewed = match (self.lease, after) {
+            (Some((Leadership::Leader(a), Some(t0))), Some((Leadership::Leader(b), Some(t1)))) => {
+                a == b && t1 > t0
+            }
+            _ => false,
+        };
+        crate::sometimes!(slow && renewed, "slow_tick_across_renewal");
     }
 }
 

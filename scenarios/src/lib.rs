@@ -53,6 +53,11 @@ pub struct Scenario {
     /// Periodic loops each node runs under keel's `Watcher`: `[name, period_ms]`.
     #[serde(default)]
     pub loops: Vec<(String, u64)>,
+    /// Rare states (`keel::coverage::STATES`) this scenario exists to reach: a
+    /// scenario whose default seeds never reach one tests nothing of it, and
+    /// `cargo test -p sim` fails.
+    #[serde(default)]
+    pub reach: Vec<String>,
 }
 
 /// The jobs a scenario runs: how many, when, and how their handlers behave.
@@ -264,6 +269,14 @@ impl Scenario {
         if let Some(w) = &self.workload {
             w.validate().or_else(|(field, reason)| bad(field, reason))?;
         }
+        if let Some((i, name)) = self
+            .reach
+            .iter()
+            .enumerate()
+            .find(|(i, name)| self.reach[..*i].contains(name))
+        {
+            return bad("reach", format!("{name:?} is declared twice (entry {i})"));
+        }
         let f = &self.faults;
         for (field, [lo, hi]) in [
             ("faults.partition_ms", f.partition_ms),
@@ -441,6 +454,9 @@ mod tests {
         let text = flap.replace("partition_ms = [500, 7000]", "partition_ms = [7000, 500]");
         let err = Scenario::parse("x.toml", &text).expect_err("inverted range");
         assert!(err.to_string().contains("faults.partition_ms"), "{err}");
+        let text = flap.replace("[faults]", "reach = [\"x\", \"x\"]\n[faults]");
+        let err = Scenario::parse("x.toml", &text).expect_err("a state declared twice");
+        assert!(err.to_string().contains("reach"), "{err}");
         let err = by_name("nope").expect_err("unknown");
         let listed = err.to_string();
         for s in all() {

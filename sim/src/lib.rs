@@ -18,6 +18,8 @@
 //! * [`script`]: fault scripts, a run's faults as plain text (`replay --script`);
 //!   [`shrink`]: from a failing run to the smallest script that still fails.
 //! * [`summary`]: a run as a few counted lines, for the snapshot tests.
+//! * [`coverage`]: how many seeds reached each rare state a scenario declares in
+//!   `reach` (`keel::sometimes!` markers), for `sim sweep` and `cargo test`.
 //! * [`seeds`]: which seeds a test run covers (`SIM_SEED`, `SIM_SEEDS`).
 //! * [`explain`]: one run as a self-contained HTML page (timeline, violation,
 //!   event table) for `sim explain`.
@@ -42,6 +44,7 @@ compile_error!(
 pub mod checkers;
 pub mod clock;
 pub mod corpus;
+pub mod coverage;
 pub mod db;
 pub mod explain;
 pub mod faults;

@@ -9,7 +9,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use keel::clock::SharedClock;
 use keel::jobs::{Handler, JobCtx, JobsConfig, Outcome, Runtime, MAINTENANCE_LEASE};
-use keel::leadership::ElectorConfig;
+use keel::leadership::{Elector, ElectorConfig};
 use keel::maintenance::{MaintainerConfig, Service, ServiceCtx, ServiceError};
 use keel::planted::PlantedBugs;
 use keel::shutdown::ShutdownToken;
@@ -203,8 +203,10 @@ pub async fn node_main(setup: NodeSetup) -> turmoil::Result {
     loop {
         let handle = start_runtime(&setup)?;
         let loops_token = ShutdownToken::new();
-        let loops = (!setup.loops.is_empty())
-            .then(|| tokio::spawn(run_loops(setup.clone(), loops_token.clone())));
+        let loops = (!setup.loops.is_empty()).then(|| {
+            let elector = handle.elector();
+            tokio::spawn(run_loops(setup.clone(), loops_token.clone(), elector))
+        });
         // Run until the harness asks for a graceful shutdown (then come back
         // after the planned downtime, as a deploy would) or turmoil crashes us.
         let (deadline, down) = loop {
@@ -227,14 +229,16 @@ pub async fn node_main(setup: NodeSetup) -> turmoil::Result {
 const WATCHER_RESTART_DELAY: Duration = Duration::from_secs(1);
 
 /// The scenario's periodic loops under keel's `Watcher`, restarted after failures.
-async fn run_loops(setup: NodeSetup, token: ShutdownToken) {
+/// The node's `elector` only lets coverage see renewals during slow ticks.
+async fn run_loops(setup: NodeSetup, token: ShutdownToken, elector: Arc<Elector>) {
     let clock: SharedClock = Arc::new(SimClock::shared(setup.skew_ms.clone()));
     let observer: keel::events::SharedObserver =
         Arc::new(HostObserver::new(&setup.name, setup.history.clone()));
     while !token.is_triggered() {
         let mut watcher = Watcher::new(clock.clone(), token.child())
             .with_observer(observer.clone(), setup.name.clone())
-            .with_plants(setup.plants.clone());
+            .with_plants(setup.plants.clone())
+            .with_elector(elector.clone());
         for (index, (name, period_ms)) in setup.loops.iter().enumerate() {
             let tick = loop_tick(&setup, index, name);
             if watcher

@@ -6,7 +6,7 @@
 //! seed twice and compares trace hashes, so the simulator checks its own
 //! determinism on every seed it reports on.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
 use std::sync::Arc;
@@ -112,6 +112,10 @@ pub struct RunResult {
     pub trace_hash: u64,
     /// Broken invariants.
     pub violations: Vec<Violation>,
+    /// How often each rare state `keel::sometimes!` marks was reached, by state.
+    /// Kept out of the history and the trace hash: it only says what the run
+    /// covered.
+    pub coverage: BTreeMap<String, u64>,
 }
 
 /// A run that could not produce a verdict.
@@ -380,6 +384,7 @@ fn node_name(index: usize) -> String {
 }
 
 fn simulate(spec: &RunSpec, work: &Work) -> Result<RunResult, SimError> {
+    keel::coverage::reset();
     let scenario = &spec.scenario;
     let plan = match &spec.script {
         Some(script) if script.skews_ms.len() != scenario.nodes as usize => {
@@ -496,7 +501,14 @@ fn simulate(spec: &RunSpec, work: &Work) -> Result<RunResult, SimError> {
         trace_hash: trace_hash(&records),
         history: records,
         violations,
+        coverage: coverage_taken(),
     })
+}
+
+/// The coverage this thread counted since the run's reset.
+fn coverage_taken() -> BTreeMap<String, u64> {
+    let taken = keel::coverage::take().into_iter();
+    taken.map(|(state, n)| (state.to_owned(), n)).collect()
 }
 
 /// Applies the fault plan to the simulation between steps.

@@ -5,7 +5,12 @@
 //! one). Every seed runs twice and the two trace hashes must agree. Runs go in
 //! parallel, one thread per scenario and engine; a run never leaves its thread, so
 //! each stays deterministic.
+//!
+//! Coverage: on `MemStorage`'s default seeds, every rare state a scenario declares
+//! in `reach` must be reached by at least one seed. A chosen seed or sweep skips
+//! that requirement: one seed need not reach everything.
 
+use sim::coverage;
 use sim::runner::{self, report, RunSpec, StorageKind};
 
 /// Seeds per scenario on SQLite when no seed is chosen: the SQL engine is held to
@@ -18,8 +23,11 @@ fn failures_of(scenario: scenarios::Scenario, storage: StorageKind) -> Vec<Strin
         StorageKind::Sqlite => scenario.default_seeds.min(SQLITE_SEEDS_DEFAULT),
     };
     let seeds = sim::seeds::from_env(default).unwrap_or_else(|e| panic!("{e}"));
+    let seeds_chosen =
+        std::env::var_os("SIM_SEED").is_some() || std::env::var_os("SIM_SEEDS").is_some();
     let mut failures = Vec::new();
     let (mut runs, mut hashes) = (0u64, 0u64);
+    let mut reached = coverage::Tally::default();
     for seed in seeds {
         let spec = RunSpec {
             scenario: scenario.clone(),
@@ -28,7 +36,11 @@ fn failures_of(scenario: scenarios::Scenario, storage: StorageKind) -> Vec<Strin
             storage,
             script: None,
         };
-        match runner::run_checked(&spec) {
+        let run = runner::run_checked(&spec);
+        if let Ok(result) = &run {
+            reached.add(&result.coverage);
+        }
+        match run {
             Ok(result) if result.passed() => {
                 runs += 1;
                 hashes ^= result.trace_hash;
@@ -41,10 +53,21 @@ fn failures_of(scenario: scenarios::Scenario, storage: StorageKind) -> Vec<Strin
             )),
         }
     }
+    let lines = reached.lines(&scenario).join("\n    ");
     eprintln!(
-        "{} ({storage}): {runs} seeds held, each run twice (xor of trace hashes {hashes:016x})",
+        "{} ({storage}): {runs} seeds held, each run twice (xor of trace hashes {hashes:016x})\n  \
+         coverage, seeds reaching each state:\n    {lines}",
         scenario.name
     );
+    if storage == StorageKind::Mem && !seeds_chosen {
+        for state in reached.unreached(&scenario) {
+            failures.push(format!(
+                "scenario {} declares reach {state:?}, but none of its {} default seeds \
+                 reached it: the scenario does not test what it exists for",
+                scenario.name, reached.seeds
+            ));
+        }
+    }
     failures
 }
 
@@ -96,6 +119,15 @@ fn every_invariant_a_scenario_names_has_a_checker() {
                 "scenario {} names unknown invariant {name}; known: {known:?}",
                 s.name
             );
+        }
+    }
+}
+
+#[test]
+fn every_state_a_scenario_declares_is_a_known_coverage_state() {
+    for s in scenarios::all() {
+        if let Err(e) = coverage::check_reach(&s) {
+            panic!("{e}");
         }
     }
 }

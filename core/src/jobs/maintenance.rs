@@ -223,7 +223,11 @@ async fn fire(ctx: &ServiceCtx, job: &PeriodicJob) {
     let (id, inserted) = match fired {
         Ok(PeriodicOutcome::Fired(id)) => (id, true),
         Ok(PeriodicOutcome::AlreadyFired(id)) => (id, false),
-        Ok(PeriodicOutcome::StaleTerm) | Err(_) => return,
+        Ok(PeriodicOutcome::StaleTerm) => {
+            crate::sometimes!("periodic_fire_stale_term");
+            return;
+        }
+        Err(_) => return,
     };
     let event = Event::PeriodicFired {
         name: job.name.clone(),

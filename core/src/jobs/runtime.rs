@@ -332,7 +332,7 @@ impl Runtime {
             b.clock.clone(),
             b.observer.clone(),
         )?;
-        tasks.spawn("elector", elector.run(token.clone()));
+        tasks.spawn("elector", elector.clone().run(token.clone()));
         tasks.spawn("maintainer", maintainer.run(token.clone(), tasks.clone()));
         Ok(RuntimeHandle {
             shared,
@@ -341,6 +341,8 @@ impl Runtime {
             queues: b.queues,
             #[cfg(feature = "planted-bugs")]
             plants: b.plants,
+            #[cfg(feature = "coverage")]
+            elector,
         })
     }
 }
@@ -430,9 +432,19 @@ pub struct RuntimeHandle {
     queues: Vec<QueueSpec>,
     #[cfg(feature = "planted-bugs")]
     plants: PlantedBugs,
+    #[cfg(feature = "coverage")]
+    elector: Arc<Elector>,
 }
 
 impl RuntimeHandle {
+    /// This node's elector, for coverage marks that relate another component to
+    /// its leadership (a [`Watcher`](crate::watcher::Watcher)'s slow tick across
+    /// a lease renewal).
+    #[cfg(feature = "coverage")]
+    pub fn elector(&self) -> Arc<Elector> {
+        self.elector.clone()
+    }
+
     /// Enqueue a job; wakes one of this node's idle workers.
     pub async fn enqueue(&self, req: EnqueueRequest) -> Result<EnqueueOutcome, RuntimeError> {
         let outcome = self
@@ -567,6 +579,7 @@ impl RuntimeHandle {
         let left: Vec<_> = std::mem::take(&mut *shared.running())
             .into_values()
             .collect();
+        crate::sometimes!(!left.is_empty(), "shutdown_aborts_running_handler");
         let release = async {
             let mut released = Vec::new();
             for running in left {

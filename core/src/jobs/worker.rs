@@ -308,6 +308,7 @@ impl<'a> Beat<'a> {
                 self.stop("cancel_requested", cfg.cancel_grace)
             }
             Ok(HeartbeatStatus::Lost) => {
+                crate::sometimes!("claim_lost_while_running");
                 let claim = self.running.claim;
                 self.shared.emit(Event::ClaimLost {
                     job: claim.job,
@@ -327,6 +328,10 @@ impl<'a> Beat<'a> {
     }
 
     fn stop(&mut self, reason: &'static str, grace: Duration) -> Verdict {
+        crate::sometimes!(
+            reason == "claim_untrusted" && !self.stopped,
+            "claim_untrusted_while_running"
+        );
         if self.stopped && reason != "claim_lost" {
             // Already stopping: keep heartbeating (the handler may still finish
             // inside its grace) without extending anything.
@@ -349,6 +354,10 @@ fn to_finalize(
     let user_cancel = running
         .user_cancel
         .load(std::sync::atomic::Ordering::SeqCst);
+    crate::sometimes!(
+        result.is_err() && stop.is_triggered(),
+        "panic_during_shutdown"
+    );
     let outcome = result.unwrap_or_else(|panic| Outcome::Failed(format!("panicked: {panic}")));
     // A cancel that arrives after the work completed does not rewrite it: the
     // work happened (source document 003, M2).
@@ -405,6 +414,7 @@ pub(crate) async fn finalize(shared: &WorkerShared, running: &Running, fin: Fina
     }
     let state = target_state(&fin);
     let mut result = "error: no attempt".to_owned();
+    let mut ambiguous = false;
     for _ in 0..shared.cfg.finalize_attempts_max {
         match shared
             .storage
@@ -412,6 +422,10 @@ pub(crate) async fn finalize(shared: &WorkerShared, running: &Running, fin: Fina
             .await
         {
             Ok(r) => {
+                crate::sometimes!(
+                    ambiguous && r == FinalizeResult::AlreadyFinalized,
+                    "ambiguous_finalize_already_applied"
+                );
                 result = match r {
                     FinalizeResult::Applied => "applied",
                     FinalizeResult::AlreadyFinalized => "already_finalized",
@@ -421,6 +435,11 @@ pub(crate) async fn finalize(shared: &WorkerShared, running: &Running, fin: Fina
                 break;
             }
             Err(e @ (StorageError::Ambiguous(_) | StorageError::Unavailable(_))) => {
+                crate::sometimes!(
+                    matches!(e, StorageError::Ambiguous(_)),
+                    "ambiguous_finalize"
+                );
+                ambiguous |= matches!(e, StorageError::Ambiguous(_));
                 result = format!("error: {e}");
                 shared.clock.sleep(shared.cfg.finalize_retry_delay).await;
             }

@@ -216,6 +216,14 @@ impl Elector {
                 .is_some_and(|t| self.clock.monotonic() < t)
     }
 
+    /// Leadership and the end of its trust window now: a renewal moves the end
+    /// on within one term, which is how a coverage mark tells that one happened.
+    #[cfg(feature = "coverage")]
+    pub(crate) fn trust(&self) -> (Leadership, Option<Instant>) {
+        let state = self.state();
+        (state.leadership, state.trusted_until)
+    }
+
     /// Ask the elector to resign `term`. It does so only if it still holds exactly
     /// `term` when it handles the request; a request for any other term is dropped.
     pub fn request_resign(&self, term: Term) {
@@ -309,6 +317,7 @@ impl Elector {
                 if self.clock.monotonic() < trusted_until {
                     return Some((lease.term, trusted_until));
                 }
+                crate::sometimes!("grant_too_late_to_trust");
                 // Granted too late to trust: give the term back (term-scoped, so
                 // harmless if it moved on) rather than make peers wait out the TTL.
                 self.resign_in_storage(lease.term).await;
@@ -349,6 +358,7 @@ impl Elector {
                 () = self.sleep_until(next_renew.min(trusted_until)) => {}
             }
             if self.clock.monotonic() >= trusted_until {
+                crate::sometimes!("trust_window_closed_while_leading");
                 return StepDown::TrustWindowExpired;
             }
             let attempt_start = self.clock.monotonic();
@@ -365,7 +375,10 @@ impl Elector {
                     self.resign_in_storage(term).await;
                     return StepDown::Shutdown;
                 }
-                () = self.sleep_until(trusted_until) => return StepDown::TrustWindowExpired,
+                () = self.sleep_until(trusted_until) => {
+                    crate::sometimes!("trust_window_closed_while_leading");
+                    return StepDown::TrustWindowExpired;
+                }
                 r = renew => r,
             };
             match renewed {
@@ -376,7 +389,10 @@ impl Elector {
                     next_renew = attempt_start + cfg.renew_interval;
                     self.emit(Event::TermRenewed { term });
                 }
-                Ok(false) => return StepDown::LeaseMovedOn,
+                Ok(false) => {
+                    crate::sometimes!("renewal_refused_lease_moved_on");
+                    return StepDown::LeaseMovedOn;
+                }
                 // Keep trying while the window is open; a quarter interval keeps a
                 // transient error from costing the lease.
                 Err(_) => next_renew = self.clock.monotonic() + cfg.renew_interval / 4,

@@ -268,7 +268,14 @@ impl Maintainer {
             }
             self.emit(Event::MaintainerStartAttempt { term, attempt });
             let services = TermServices::new(term, tasks.child(cancel.child()));
-            match self.start_once(&services).await {
+            let started = self.start_once(&services).await;
+            // The attempt ran past the end of its term (hooks may ignore
+            // cancellation): what it started must not reach another term.
+            crate::sometimes!(
+                cancel.is_triggered() || self.slot().wanted != Some(term),
+                "stale_retry_after_term_change"
+            );
+            match started {
                 Ok(()) => {
                     handle.install(services);
                     return;

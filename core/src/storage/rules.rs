@@ -98,6 +98,11 @@ impl Job {
                 FinalizeResult::Stale
             };
         }
+        // The cancel came too late to stop the work: the completion stands.
+        crate::sometimes!(
+            self.cancel_requested && outcome == Finalize::Completed,
+            "cancel_races_finish"
+        );
         self.owner = None;
         self.heartbeat_at = None;
         self.finalized_attempt = Some(claim.attempt);

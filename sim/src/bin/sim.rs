@@ -7,6 +7,7 @@
 //! `sweep` runs whole seeds on a worker pool and reports in seed order, so its
 //! output does not depend on --jobs.
 
+use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
 use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
@@ -19,6 +20,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use keel::planted::Bug;
 use scenarios::Scenario;
 use sim::corpus::{self, ReplaySpec};
+use sim::coverage;
 use sim::pool;
 use sim::runner::{self, report, RunSpec, SimError, StorageKind};
 use sim::script::FaultScript;
@@ -296,11 +298,15 @@ struct Outcome {
     sim_ms: u64,
     /// Wall time the worker spent on the seed.
     wall: Duration,
+    /// Rare states the first run reached (empty when the seed gave no run).
+    coverage: BTreeMap<String, u64>,
 }
 
 fn run_seed(spec: &RunSpec) -> Outcome {
     let began = wall_now();
-    let (failure, code, nondeterministic, sim_ms) = match runner::run_checked(spec) {
+    let run = runner::run_checked(spec);
+    let coverage = run.as_ref().map(|r| r.coverage.clone()).unwrap_or_default();
+    let (failure, code, nondeterministic, sim_ms) = match run {
         // Both runs covered the same simulated span.
         Ok(r) if r.passed() => (None, 0, false, 2 * r.simulated_ms()),
         Ok(r) => (
@@ -327,6 +333,7 @@ fn run_seed(spec: &RunSpec) -> Outcome {
         nondeterministic,
         sim_ms,
         wall: began.elapsed(),
+        coverage,
     }
 }
 
@@ -339,6 +346,7 @@ struct Tally {
     nondeterministic: u64,
     sim_ms: u64,
     wall: Duration,
+    coverage: coverage::Tally,
 }
 
 impl Tally {
@@ -346,6 +354,7 @@ impl Tally {
         self.seeds += 1;
         self.sim_ms += o.sim_ms;
         self.wall += o.wall;
+        self.coverage.add(&o.coverage);
         match (&o.failure, o.nondeterministic) {
             (None, _) => self.passed += 1,
             (Some(_), true) => self.nondeterministic += 1,
@@ -382,6 +391,13 @@ fn progress_bar(total: usize) -> ProgressBar {
 }
 
 fn sweep(specs: &[RunSpec], jobs: NonZeroUsize, fail_fast: bool, failures: Option<&Path>) -> u8 {
+    if let Some(e) = specs
+        .iter()
+        .find_map(|s| coverage::check_reach(&s.scenario).err())
+    {
+        eprintln!("{e}");
+        return EXIT_USAGE;
+    }
     let bar = progress_bar(specs.len());
     let began = wall_now();
     let stop = AtomicBool::new(false);
@@ -431,6 +447,7 @@ fn sweep(specs: &[RunSpec], jobs: NonZeroUsize, fail_fast: bool, failures: Optio
     bar.finish_and_clear();
     let wall = began.elapsed();
     print_summary(&tallies, wall, jobs);
+    print_coverage(specs, &tallies);
     if let Some(path) = failures {
         if let Err(e) = write_failures(path, specs, &failing) {
             eprintln!("cannot write failures to {}: {e}", path.display());
@@ -482,6 +499,25 @@ fn print_summary(tallies: &[((String, StorageKind), Tally)], wall: Duration, job
          one thread, in total on {jobs} thread(s) over {:.1}s",
         wall.as_secs_f64()
     );
+}
+
+/// Per scenario and engine, how many seeds reached each rare state: the ones the
+/// scenario declares in `reach` (flagged when none did), then any other.
+fn print_coverage(specs: &[RunSpec], tallies: &[((String, StorageKind), Tally)]) {
+    println!("coverage: seeds that reached each rare state (keel::sometimes!)");
+    for ((name, storage), t) in tallies {
+        let Some(spec) = specs.iter().find(|s| s.scenario.name == *name) else {
+            continue;
+        };
+        println!("  {name} ({storage})");
+        let lines = t.coverage.lines(&spec.scenario);
+        if lines.is_empty() {
+            println!("    (no state declared or reached)");
+        }
+        for line in lines {
+            println!("    {line}");
+        }
+    }
 }
 
 fn write_failures(
