@@ -1,0 +1,174 @@
+// graphile-worker on the same PostgreSQL and the same no-op workload as keel's
+// bench-runtime, so ci/bench can print keel / peer ratios. JSON lines on stdout
+// (the shape bench-report reads), progress on stderr.
+//
+//   KEEL_PG_URL=postgres://postgres@127.0.0.1:5432/test node bench.mjs
+//
+// Settings are graphile-worker's defaults (LISTEN/NOTIFY, one job fetched per
+// worker slot, each completion its own statement), as a user would run it.
+// BENCH_JOBS, BENCH_REPEATS, BENCH_WORKERS (comma list), BENCH_LATENCY_SAMPLES.
+
+import { run, makeWorkerUtils } from "graphile-worker";
+import { createRequire } from "node:module";
+
+const require = createRequire(import.meta.url);
+const VERSION = require("graphile-worker/package.json").version;
+const URL = process.env.KEEL_PG_URL ?? "postgres://postgres@127.0.0.1:5432/test";
+const JOBS = Number(process.env.BENCH_JOBS ?? 10000);
+const REPEATS = Number(process.env.BENCH_REPEATS ?? 3);
+const WORKERS = (process.env.BENCH_WORKERS ?? "1,4,16").split(",").map(Number);
+const SAMPLES = Number(process.env.BENCH_LATENCY_SAMPLES ?? 300);
+const SCHEMA = "graphile_worker_bench";
+const BATCH = 500; // jobs per addJobs call, as keel's ENQUEUE_BATCH
+const TIMEOUT_MS = 300_000;
+
+const log = (...a) => console.error("graphile-worker:", ...a);
+const emit = (o) => console.log(JSON.stringify({ peer: "graphile-worker", version: VERSION, ...o }));
+const logger = new (require("graphile-worker").Logger)(() => (level, message) => {
+  if (level === "error") log(message);
+});
+
+async function freshUtils() {
+  const utils = await makeWorkerUtils({ connectionString: URL, schema: SCHEMA, logger });
+  await utils.withPgClient((c) => c.query(`DROP SCHEMA IF EXISTS ${SCHEMA} CASCADE`));
+  await utils.migrate();
+  return utils;
+}
+
+async function enqueueBacklog(utils, n) {
+  for (let i = 0; i < n; i += BATCH) {
+    const specs = [];
+    for (let j = i; j < Math.min(n, i + BATCH); j++) specs.push({ identifier: "noop", payload: { i: j } });
+    await utils.addJobs(specs);
+  }
+}
+
+function median(xs) {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.floor(s.length / 2)];
+}
+
+function quantile(sorted, q) {
+  return sorted[Math.min(sorted.length - 1, Math.round(q * (sorted.length - 1)))];
+}
+
+/** CPU of every local postgres process, ms (0 without procfs). */
+async function postgresCpuMs() {
+  const fs = await import("node:fs/promises");
+  let ticks = 0;
+  for (const pid of await fs.readdir("/proc").catch(() => [])) {
+    if (!/^\d+$/.test(pid)) continue;
+    const comm = await fs.readFile(`/proc/${pid}/comm`, "utf8").catch(() => "");
+    if (comm.trim() !== "postgres") continue;
+    const stat = await fs.readFile(`/proc/${pid}/stat`, "utf8").catch(() => "");
+    const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    ticks += Number(f[11] ?? 0) + Number(f[12] ?? 0);
+  }
+  return ticks * 10; // USER_HZ = 100
+}
+
+/** Drain a backlog of JOBS no-op jobs with `concurrency` workers; jobs/s. */
+async function drain(concurrency) {
+  const utils = await freshUtils();
+  await enqueueBacklog(utils, JOBS);
+  let done = 0;
+  let finish;
+  const finished = new Promise((r) => (finish = r));
+  const cpu0 = process.cpuUsage();
+  const db0 = await postgresCpuMs();
+  const began = performance.now();
+  const runner = await run({
+    connectionString: URL,
+    schema: SCHEMA,
+    concurrency,
+    noHandleSignals: true,
+    logger,
+    taskList: {
+      noop: async () => {
+        if (++done === JOBS) finish();
+      },
+    },
+  });
+  const timer = setTimeout(() => finish(), TIMEOUT_MS);
+  await finished;
+  clearTimeout(timer);
+  const secs = (performance.now() - began) / 1000;
+  const cpu = process.cpuUsage(cpu0);
+  const db = (await postgresCpuMs()) - db0;
+  await runner.stop();
+  await utils.release();
+  if (done < JOBS) throw new Error(`only ${done} of ${JOBS} jobs finished in ${TIMEOUT_MS} ms`);
+  return { rate: JOBS / secs, cpuUs: (cpu.user + cpu.system) / JOBS, dbUs: (db * 1000) / JOBS };
+}
+
+/** Enqueue-to-start latency of single jobs with 4 workers, ms, sorted. */
+async function latency(loadPerS) {
+  const utils = await freshUtils();
+  const waiting = new Map();
+  const runner = await run({
+    connectionString: URL,
+    schema: SCHEMA,
+    concurrency: 4,
+    noHandleSignals: true,
+    logger,
+    taskList: {
+      noop: async (payload) => {
+        const w = waiting.get(payload.sample);
+        if (w) w(performance.now());
+      },
+    },
+  });
+  let load;
+  if (loadPerS > 0) {
+    const perBatch = Math.max(1, Math.round(loadPerS / 100));
+    load = setInterval(() => {
+      const specs = Array.from({ length: perBatch }, () => ({ identifier: "noop", payload: {} }));
+      utils.addJobs(specs).catch(() => {});
+    }, 10);
+  }
+  const out = [];
+  for (let s = 0; s < SAMPLES; s++) {
+    const started = new Promise((r) => waiting.set(s, r));
+    const sent = performance.now();
+    await utils.addJob("noop", { sample: s });
+    out.push((await started) - sent);
+    waiting.delete(s);
+  }
+  if (load) clearInterval(load);
+  await runner.stop();
+  await utils.release();
+  return out.sort((a, b) => a - b);
+}
+
+async function main() {
+  let capacity4 = 0;
+  for (const w of WORKERS) {
+    const runs = [];
+    for (let r = 0; r < REPEATS; r++) runs.push(await drain(w));
+    const rates = runs.map((x) => x.rate);
+    const m = median(rates);
+    if (w === 4) capacity4 = m;
+    log(`backlog x${w}: ${m.toFixed(0)} jobs/s`);
+    emit({
+      metric: "throughput", feed: "backlog", workers: w, jobs: JOBS,
+      median_jobs_per_s: m, min: Math.min(...rates), max: Math.max(...rates), runs: rates,
+      cpu_us_per_job: median(runs.map((x) => x.cpuUs)), db_cpu_us_per_job: median(runs.map((x) => x.dbUs)),
+    });
+  }
+  for (const [queue, load] of [["idle", 0], ["loaded", Math.max(1, Math.round(capacity4 / 2))]]) {
+    const l = await latency(load);
+    log(`latency ${queue}: p50 ${quantile(l, 0.5).toFixed(2)} ms, p99 ${quantile(l, 0.99).toFixed(2)} ms`);
+    emit({
+      metric: "latency", queue, workers: 4, load_jobs_per_s: load, samples: l.length,
+      p50_ms: quantile(l, 0.5), p99_ms: quantile(l, 0.99), max_ms: l[l.length - 1],
+    });
+  }
+}
+
+main().then(
+  () => process.exit(0),
+  (e) => {
+    log(`failed: ${e.message}`);
+    process.exit(1);
+  },
+);
