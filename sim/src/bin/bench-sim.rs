@@ -254,38 +254,6 @@ fn all_cores(label: &str, scenario: &scenarios::Scenario, seeds: u64) -> serde_j
     json!({"metric": "seeds_per_minute", "scenario": label, "cores": cores.get(), "seeds": seeds, "seeds_per_minute": per_min})
 }
 
-/// Each planted bug with the scenario and invariant that catch it.
-const BUGS: [(Bug, &str, &str); 8] = [
-    (Bug::StaleResign, "stale_retries", "no_stale_resign"),
-    (
-        Bug::CrossTermStop,
-        "stale_retries",
-        "no_cross_term_teardown",
-    ),
-    (
-        Bug::HeartbeatIgnoresLostClaim,
-        "clock_skew",
-        "no_double_execution",
-    ),
-    (
-        Bug::FinalizeWithoutOwnerGuard,
-        "clock_skew",
-        "no_double_execution",
-    ),
-    (
-        Bug::IgnoredShutdownDeadline,
-        "shutdown_under_load",
-        "bounded_shutdown",
-    ),
-    (Bug::SwallowedPanic, "panicking_tasks", "panics_surfaced"),
-    (Bug::BurstTicks, "slow_ticks", "no_tick_burst"),
-    (
-        Bug::LateCancelRewritesOutcome,
-        "shutdown_under_load",
-        "finished_work_stands",
-    ),
-];
-
 /// Seeds until `bug` is first caught in each of `ranges` seed ranges.
 fn bug_power(
     (bug, scenario, invariant): (Bug, &str, &str),
@@ -346,7 +314,7 @@ fn run(args: &Args) -> Result<(), String> {
         println!("{}", all_cores(&scenario.name, scenario, 2 * cores));
     }
     if !args.no_bugs {
-        for bug in BUGS {
+        for bug in sim::checkers::PLANTED_BUG_CATCHERS {
             println!("{}", bug_power(bug, args.ranges, args.search)?);
         }
     }

@@ -765,6 +765,11 @@ fn replay(spec: RunSpec, trace: Option<PathBuf>) -> u8 {
             path.display()
         );
     }
+    print_verdict(&result)
+}
+
+/// Print a run's verdict; its exit code.
+fn print_verdict(result: &runner::RunResult) -> u8 {
     if result.passed() {
         println!(
             "all invariants held; {} events, trace hash {:016x}",
@@ -773,7 +778,7 @@ fn replay(spec: RunSpec, trace: Option<PathBuf>) -> u8 {
         );
         0
     } else {
-        print!("{}", report(&result));
+        print!("{}", report(result));
         EXIT_VIOLATION
     }
 }
@@ -792,17 +797,7 @@ fn explain(spec: &RunSpec, path: &Path) -> u8 {
         return 2;
     }
     println!("explain: {}", path.display());
-    if result.passed() {
-        println!(
-            "all invariants held; {} events, trace hash {:016x}",
-            result.history.len(),
-            result.trace_hash
-        );
-        0
-    } else {
-        print!("{}", report(&result));
-        EXIT_VIOLATION
-    }
+    print_verdict(&result)
 }
 
 fn write_trace(path: &Path, history: &[sim::history::Record]) -> std::io::Result<()> {

@@ -115,6 +115,43 @@ pub trait Checker: Send + Sync {
     fn check(&self, history: &[Record], ctx: &CheckCtx) -> Vec<Violation>;
 }
 
+/// Each planted bug with the scenario and invariant that catch it: the pairs
+/// `tests/tests/planted_bugs.rs` proves, which `bench-sim`, the shrink test and
+/// `ci/shrink-report` measure.
+pub const PLANTED_BUG_CATCHERS: [(keel::planted::Bug, &str, &str); 8] = {
+    use keel::planted::Bug;
+    [
+        (Bug::StaleResign, "stale_retries", "no_stale_resign"),
+        (
+            Bug::CrossTermStop,
+            "stale_retries",
+            "no_cross_term_teardown",
+        ),
+        (
+            Bug::HeartbeatIgnoresLostClaim,
+            "clock_skew",
+            "no_double_execution",
+        ),
+        (
+            Bug::FinalizeWithoutOwnerGuard,
+            "clock_skew",
+            "no_double_execution",
+        ),
+        (
+            Bug::IgnoredShutdownDeadline,
+            "shutdown_under_load",
+            "bounded_shutdown",
+        ),
+        (Bug::SwallowedPanic, "panicking_tasks", "panics_surfaced"),
+        (Bug::BurstTicks, "slow_ticks", "no_tick_burst"),
+        (
+            Bug::LateCancelRewritesOutcome,
+            "shutdown_under_load",
+            "finished_work_stands",
+        ),
+    ]
+};
+
 /// Every checker, in a fixed order.
 pub fn all() -> Vec<Box<dyn Checker>> {
     vec![
