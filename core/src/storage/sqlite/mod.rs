@@ -221,7 +221,10 @@ impl SqliteEngine {
     /// one commit, so a burst of calls from many workers pays for one log write
     /// instead of one each. Replies are only handed out after that commit; if it
     /// fails, every call in the group fails and none was applied.
-    pub fn execute_group(&self, ops: Vec<Op>) -> Vec<Reply> {
+    ///
+    /// Crate-private: while a group runs, every call on this engine joins it, so
+    /// only the storage thread, the engine's one caller, may group.
+    pub(crate) fn execute_group(&self, ops: Vec<Op>) -> Vec<Reply> {
         if ops.len() < 2 {
             return ops.into_iter().map(|op| self.execute(op)).collect();
         }
