@@ -94,6 +94,10 @@ pub struct Workload {
     /// Share whose handler works `slow_ms` and ignores every request to stop.
     #[serde(default)]
     pub stubborn_pct: u32,
+    /// Share whose handler works `slow_ms` and panics if asked to stop: a
+    /// shutdown then meets a panicking handler.
+    #[serde(default)]
+    pub panic_on_stop_pct: u32,
     /// Share whose handler hangs until cancelled (the workload cancels them).
     #[serde(default)]
     pub hang_pct: u32,
@@ -363,12 +367,16 @@ impl Workload {
                 format!("must be 1..=100, got {}", self.max_attempts),
             ));
         }
-        let behaviours =
-            self.fail_pct + self.panic_pct + self.slow_pct + self.hang_pct + self.stubborn_pct;
+        let behaviours = self.fail_pct
+            + self.panic_pct
+            + self.slow_pct
+            + self.hang_pct
+            + self.stubborn_pct
+            + self.panic_on_stop_pct;
         if behaviours > 100 {
             return Err((
                 "workload",
-                format!("fail+panic+slow+hang is {behaviours}%, over 100%"),
+                format!("fail+panic+slow+hang+stubborn+panic_on_stop is {behaviours}%, over 100%"),
             ));
         }
         for (field, pct) in [

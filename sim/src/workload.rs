@@ -12,6 +12,7 @@
 //! | `slow:MS` | works MS ms (stops early if asked), then completes |
 //! | `stubborn:MS` | works MS ms and ignores every request to stop |
 //! | `hang` | waits until cancelled; the workload cancels it |
+//! | `panic_on_stop:MS` | works MS ms; panics if asked to stop first |
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -87,6 +88,13 @@ fn behaviour(w: &Workload, rng: &mut ChaCha8Rng) -> String {
     edge += w.stubborn_pct;
     if roll < edge {
         return format!("stubborn:{}", rng.random_range(w.slow_ms[0]..=w.slow_ms[1]));
+    }
+    edge += w.panic_on_stop_pct;
+    if roll < edge {
+        return format!(
+            "panic_on_stop:{}",
+            rng.random_range(w.slow_ms[0]..=w.slow_ms[1])
+        );
     }
     "ok".into()
 }
@@ -293,6 +301,21 @@ impl Handler for SimHandler {
                 ctx.cancel.wait().await;
                 Outcome::Cancel("hung job cancelled".into())
             }
+            // Works like `slow`, but answers a request to stop with a panic.
+            "panic_on_stop" => {
+                tokio::select! {
+                    biased;
+                    () = ctx.cancel.wait() => {
+                        let injected = HarnessEvent::HandlerPanicInjected {
+                            job: ctx.job,
+                            attempt: ctx.attempt,
+                        };
+                        self.history.push(&self.host, Ev::Harness(injected));
+                        panic!("injected panic on stop in {}", ctx.job);
+                    }
+                    () = ctx.clock.sleep(Duration::from_millis(n)) => Outcome::Completed,
+                }
+            }
             _ => Outcome::Completed,
         }
     }
@@ -317,6 +340,7 @@ mod tests {
             slow_ms: [100, 200],
             hang_pct: 10,
             stubborn_pct: 5,
+            panic_on_stop_pct: 0,
             cancel_pct: 10,
             effect_pct: 50,
             periodic: vec![],
