@@ -1,4 +1,4 @@
-//! `sim shrink` on every planted bug: from the first catalog seed that catches
+//! `sim shrink` on every planted bug: from the first seed that catches
 //! it to a script of a handful of faults that still breaks the same invariant,
 //! reads back from its text, and replays to the same violation. Prints the
 //! sizes before and after (`cargo test -p sim --test shrink -- --nocapture`).
@@ -16,20 +16,30 @@ use sim::shrink::{shrink, SHRINK_RUNS_DEFAULT};
 /// "A handful": the most faults a shrunk planted-bug script may keep.
 const FAULTS_MAX: usize = 5;
 
-/// The first catalog seed that catches `bug` (tests/tests/planted_bugs.rs finds
-/// the same ones).
-fn first_catching_seed(bug: Bug) -> u64 {
-    match bug {
-        Bug::CrossTermStop => 5,
-        Bug::LateCancelRewritesOutcome => 2,
-        _ => 0,
-    }
+/// The most seeds searched for one that catches a bug (the bound
+/// tests/tests/planted_bugs.rs holds every bug to).
+const SEARCH_SEEDS_MAX: u64 = 200;
+
+/// The first seed of `scenario` that breaks `invariant` with `bug` planted.
+fn first_catching_seed(bug: Bug, scenario: &scenarios::Scenario, invariant: &str) -> Option<u64> {
+    (0..SEARCH_SEEDS_MAX).find(|&seed| {
+        let spec = RunSpec {
+            scenario: scenario.clone(),
+            seed,
+            plant: Some(bug),
+            storage: Default::default(),
+            script: None,
+        };
+        runner::run_once(&spec).is_ok_and(|r| r.violations.iter().any(|v| v.invariant == invariant))
+    })
 }
 
 fn shrink_one((bug, scenario, invariant): &(Bug, &str, &str)) -> Result<String, String> {
-    let seed = first_catching_seed(*bug);
+    let scenario = scenarios::by_name(scenario).map_err(|e| e.to_string())?;
+    let seed = first_catching_seed(*bug, &scenario, invariant)
+        .ok_or_else(|| format!("{bug}: no seed of 0..{SEARCH_SEEDS_MAX} breaks {invariant}"))?;
     let spec = RunSpec {
-        scenario: scenarios::by_name(scenario).map_err(|e| e.to_string())?,
+        scenario,
         seed,
         plant: Some(*bug),
         storage: Default::default(),

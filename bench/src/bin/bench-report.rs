@@ -119,9 +119,10 @@ impl Report {
                 "met".to_owned()
             } else {
                 format!(
-                    "missed by {:.0}%: turmoil's own stepping of {} hosts at a 10 ms tick takes {} of the wall time before keel runs at all",
+                    "missed by {:.0}%: turmoil's own stepping of {} hosts at a {} ms tick takes {} of the wall time before keel runs at all",
                     (1.0 - speed / TARGET_SIM_SPEED) * 100.0,
                     h.get("hosts").and_then(Value::as_u64).unwrap_or(0),
+                    h.get("tick_ms").and_then(Value::as_u64).unwrap_or(0),
                     pct(stepping)
                 )
             };

@@ -3,7 +3,7 @@
 //! Every rule of the model lives in the synchronous methods of [`Jobs`]; the
 //! async trait methods only lock and delegate, so the model reads top to bottom.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use async_trait::async_trait;
 
@@ -20,13 +20,43 @@ use crate::clock::Timestamp;
 pub(super) struct Jobs {
     next_id: u64,
     rows: BTreeMap<JobId, Job>,
+    /// The available rows in claim order, so a claim reads its few rows instead
+    /// of scanning every row kept (finished ones stay until cleanup). Kept in
+    /// step with `rows` by [`Jobs::update`], the only way a row changes.
+    ready: BTreeSet<ReadyKey>,
     unique: BTreeMap<String, JobId>,
     effects: BTreeMap<(JobId, String), serde_json::Value>,
     queues: BTreeMap<String, QueueConfig>,
     periodic: BTreeMap<(String, Timestamp), JobId>,
 }
 
+/// A row's place in claim order: queue, then priority, due time and id.
+type ReadyKey = (String, u8, Timestamp, JobId);
+
+/// Where `job` sits in claim order, if it is available at all.
+fn ready_key(job: &Job) -> Option<ReadyKey> {
+    (job.state == JobState::Available)
+        .then(|| (job.queue.clone(), job.priority, job.scheduled_at, job.id))
+}
+
 impl Jobs {
+    /// Applies `change` to row `id` and moves the row within `ready` to match.
+    fn update<R>(&mut self, id: JobId, change: impl FnOnce(&mut Job) -> R) -> Option<R> {
+        let job = self.rows.get_mut(&id)?;
+        let before = ready_key(job);
+        let result = change(job);
+        let after = ready_key(job);
+        if before != after {
+            if let Some(key) = before {
+                self.ready.remove(&key);
+            }
+            if let Some(key) = after {
+                self.ready.insert(key);
+            }
+        }
+        Some(result)
+    }
+
     fn insert(&mut self, req: EnqueueRequest, now: Timestamp) -> EnqueueOutcome {
         if let Some(id) = req.unique_key.as_ref().and_then(|k| self.unique.get(k)) {
             return EnqueueOutcome::Duplicate(*id);
@@ -36,7 +66,9 @@ impl Jobs {
         if let Some(key) = &req.unique_key {
             self.unique.insert(key.clone(), id);
         }
-        self.rows.insert(id, Job::from_request(id, req, now));
+        let job = Job::from_request(id, req, now);
+        self.ready.extend(ready_key(&job));
+        self.rows.insert(id, job);
         EnqueueOutcome::Inserted(id)
     }
 
@@ -44,30 +76,28 @@ impl Jobs {
         if self.queues.get(queue).is_some_and(|q| q.paused) {
             return Vec::new();
         }
-        let mut due: Vec<(u8, Timestamp, JobId)> = self
-            .rows
-            .values()
-            .filter(|j| j.is_claimable(queue, now))
-            .map(|j| (j.priority, j.scheduled_at, j.id))
+        let from: ReadyKey = (queue.to_owned(), 0, Timestamp(i64::MIN), JobId(0));
+        let due: Vec<JobId> = self
+            .ready
+            .range(from..)
+            .take_while(|(q, ..)| q == queue)
+            .filter(|(_, _, at, _)| *at <= now)
+            .take(limit as usize)
+            .map(|(.., id)| *id)
             .collect();
-        due.sort_unstable();
-        due.truncate(limit as usize);
-        let mut claimed = Vec::with_capacity(due.len());
-        for (_, _, id) in due {
-            let Some(job) = self.rows.get_mut(&id) else {
-                continue;
-            };
-            job.claim_for(owner, now);
-            claimed.push(job.clone());
-        }
-        claimed
+        due.into_iter()
+            .filter_map(|id| {
+                self.update(id, |job| {
+                    job.claim_for(owner, now);
+                    job.clone()
+                })
+            })
+            .collect()
     }
 
     fn heartbeat(&mut self, claim: Claim, owner: &str, now: Timestamp) -> HeartbeatStatus {
-        match self.rows.get_mut(&claim.job) {
-            Some(job) => job.beat(claim, owner, now),
-            None => HeartbeatStatus::Lost,
-        }
+        self.update(claim.job, |job| job.beat(claim, owner, now))
+            .unwrap_or(HeartbeatStatus::Lost)
     }
 
     fn finalize(
@@ -77,10 +107,10 @@ impl Jobs {
         outcome: Finalize,
         now: Timestamp,
     ) -> FinalizeResult {
-        match self.rows.get_mut(&claim.job) {
-            Some(job) => job.finalize_with(claim, owner, outcome, now),
-            None => FinalizeResult::Stale,
-        }
+        self.update(claim.job, |job| {
+            job.finalize_with(claim, owner, outcome, now)
+        })
+        .unwrap_or(FinalizeResult::Stale)
     }
 
     fn apply_effect(
@@ -106,27 +136,33 @@ impl Jobs {
     }
 
     fn request_cancel(&mut self, id: JobId, now: Timestamp) -> CancelResult {
-        match self.rows.get_mut(&id) {
-            Some(job) => job.cancel_at(now),
-            None => CancelResult::NotFound,
-        }
+        self.update(id, |job| job.cancel_at(now))
+            .unwrap_or(CancelResult::NotFound)
     }
 
     fn rescue_stale(&mut self, stale_before: Timestamp, now: Timestamp) -> Vec<Claim> {
-        self.rows
-            .values_mut()
-            .filter(|j| j.is_stale(stale_before))
-            .map(|j| j.rescue(now))
+        let stale = self.ids_where(|j| j.is_stale(stale_before));
+        stale
+            .into_iter()
+            .filter_map(|id| self.update(id, |job| job.rescue(now)))
             .collect()
     }
 
     fn promote_due(&mut self, now: Timestamp) -> u64 {
-        let mut promoted = 0;
-        for job in self.rows.values_mut().filter(|j| j.is_due(now)) {
-            job.state = JobState::Available;
-            promoted += 1;
+        let due = self.ids_where(|j| j.is_due(now));
+        for id in &due {
+            self.update(*id, |job| job.state = JobState::Available);
         }
-        promoted
+        due.len() as u64
+    }
+
+    /// Ids of the rows `keep` accepts, in id order.
+    fn ids_where(&self, keep: impl Fn(&Job) -> bool) -> Vec<JobId> {
+        self.rows
+            .values()
+            .filter(|j| keep(j))
+            .map(|j| j.id)
+            .collect()
     }
 
     fn cleanup(&mut self, finished_before: Timestamp, limit: u32) -> u64 {
@@ -361,6 +397,57 @@ mod tests {
         Claim {
             job: job.id,
             attempt: job.attempt,
+        }
+    }
+
+    /// The claim-order index holds exactly the available rows, whatever
+    /// sequence of transitions got them there.
+    #[test]
+    fn the_ready_index_follows_every_transition() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+        let mut jobs = Jobs::default();
+        let mut live: Vec<Job> = Vec::new();
+        for step in 0..2_000i64 {
+            let now = at(step * 10);
+            match rng.random_range(0..7) {
+                0 | 1 => {
+                    let queue = if rng.random_bool(0.5) { "mail" } else { "sms" };
+                    let due = at(step * 10 + rng.random_range(-50..200));
+                    let r = req()
+                        .queue(queue)
+                        .priority(rng.random_range(0..3))
+                        .scheduled_at(due);
+                    jobs.insert(r, now);
+                }
+                2 => live.extend(jobs.claim("mail", "w", rng.random_range(1..4), now)),
+                3 if !live.is_empty() => {
+                    let job = live.swap_remove(rng.random_range(0..live.len()));
+                    let outcome = match rng.random_range(0..3) {
+                        0 => Finalize::Completed,
+                        1 => Finalize::Retry {
+                            error: "e".into(),
+                            at: at(step * 10 + 30),
+                        },
+                        _ => Finalize::Snooze { until: now },
+                    };
+                    jobs.finalize(claim_of(&job), "w", outcome, now);
+                }
+                4 => {
+                    jobs.request_cancel(JobId(rng.random_range(1..=jobs.next_id.max(1))), now);
+                }
+                5 => {
+                    jobs.rescue_stale(at(step * 10 - 100), now);
+                }
+                _ => {
+                    jobs.promote_due(now);
+                }
+            }
+            let scanned: BTreeSet<ReadyKey> = jobs.rows.values().filter_map(ready_key).collect();
+            assert_eq!(
+                jobs.ready, scanned,
+                "index and rows disagree at step {step}"
+            );
         }
     }
 

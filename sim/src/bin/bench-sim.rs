@@ -223,6 +223,7 @@ fn one_core(
     );
     Ok(json!({
         "metric": "sim_speed", "scenario": label, "seeds": seeds, "hosts": hosts,
+        "tick_ms": u64::try_from(TICK.as_millis()).unwrap_or(u64::MAX),
         "median_sim_s_per_wall_s": speed, "min": min, "max": max,
         "events_per_run": events as u64 / seeds.max(1),
         "peak_rss_bytes": peak,
