@@ -48,6 +48,10 @@ pub const STATES: &[(&str, &str)] = &[
         "a worker went a claim_trust without a good heartbeat and stopped its running handler",
     ),
     (
+        "claimed_next_while_stopping",
+        "a finalize claimed the worker's next job just before shutdown, and the worker gave it back unrun",
+    ),
+    (
         "grant_too_late_to_trust",
         "a lease grant arrived after its trust window would have closed; the elector gave the term back",
     ),

@@ -20,7 +20,7 @@ use keel::clock::SharedClock;
 use keel::net::{BoxStream, Network};
 use keel::storage::ops::{self, Op, Remote, Reply, Transport};
 use keel::storage::{
-    CancelResult, EffectResult, EnqueueOutcome, Finalize, FinalizeResult, JobState,
+    CancelResult, Claim, EffectResult, EnqueueOutcome, Finalize, FinalizeResult, Job, JobState,
     PeriodicOutcome, Storage, StorageError, StorageResult,
 };
 use rand::{Rng, SeedableRng};
@@ -96,20 +96,22 @@ fn job_events(op: &Op, reply: &Reply) -> Vec<DbEvent> {
         (Op::EnqueueBatch { .. }, Reply::EnqueuedBatch(os)) => {
             os.iter().filter_map(inserted).collect()
         }
-        (Op::Claim { owner, .. }, Reply::Jobs(jobs)) => jobs
-            .iter()
-            .map(|j| DbEvent::ClaimApplied {
-                job: j.id,
-                attempt: j.attempt,
-                owner: owner.clone(),
-            })
-            .collect(),
-        (Op::Finalize { claim, outcome, .. }, Reply::Finalized(FinalizeResult::Applied)) => {
-            vec![DbEvent::FinalizeApplied {
-                job: claim.job,
-                attempt: claim.attempt,
-                state: finalized_state(outcome),
-            }]
+        (Op::Claim { owner, .. }, Reply::Jobs(jobs)) => claimed(owner, jobs),
+        (Op::Finalize { claim, outcome, .. }, Reply::Finalized(result)) => {
+            finalized(*claim, outcome, *result)
+        }
+        (
+            Op::FinalizeAndClaim {
+                claim,
+                owner,
+                outcome,
+                ..
+            },
+            Reply::FinalizedAndClaimed((result, jobs)),
+        ) => {
+            let mut events = finalized(*claim, outcome, *result);
+            events.extend(claimed(owner, jobs));
+            events
         }
         (Op::ApplyEffect { claim, key, .. }, Reply::Effect(EffectResult::Applied)) => {
             vec![DbEvent::EffectApplied {
@@ -137,6 +139,28 @@ fn job_events(op: &Op, reply: &Reply) -> Vec<DbEvent> {
         }
         _ => Vec::new(),
     }
+}
+
+/// The claims a claim call made.
+fn claimed(owner: &str, jobs: &[Job]) -> Vec<DbEvent> {
+    let claim = |j: &Job| DbEvent::ClaimApplied {
+        job: j.id,
+        attempt: j.attempt,
+        owner: owner.to_owned(),
+    };
+    jobs.iter().map(claim).collect()
+}
+
+/// What a finalize call changed: its job's state, when it applied.
+fn finalized(claim: Claim, outcome: &Finalize, result: FinalizeResult) -> Vec<DbEvent> {
+    if result != FinalizeResult::Applied {
+        return Vec::new();
+    }
+    vec![DbEvent::FinalizeApplied {
+        job: claim.job,
+        attempt: claim.attempt,
+        state: finalized_state(outcome),
+    }]
 }
 
 /// The state an applied finalize moves its job to.

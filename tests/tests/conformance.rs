@@ -91,6 +91,7 @@ fn cases() -> Vec<Case> {
         finalize_is_stale_for_a_lost_claim,
         finalize_after_cancel_request_never_runs_again,
         finalize_keeps_the_newest_errors,
+        finalize_and_claim_finalizes_then_claims_the_next,
         // Fenced effects.
         effect_is_written_once_across_attempts,
         effect_is_refused_to_a_stale_claim,
@@ -881,6 +882,53 @@ async fn finalize_is_idempotent(s: Store) -> Outcome {
         again
     );
     assert_eq!(job(&s, c.job).await?, running);
+    Ok(())
+}
+
+async fn finalize_and_claim_finalizes_then_claims_the_next(s: Store) -> Outcome {
+    let first = running(&s, &req()).await?;
+    let (second, third) = (
+        enqueue(&s, req(), T0).await?,
+        enqueue(&s, req().priority(0), T0).await?,
+    );
+    let (result, next) = s
+        .finalize_and_claim(claim_of(&first), "w", Finalize::Completed, "mail", 1, at(5))
+        .await?;
+    assert_eq!(result, FinalizeResult::Applied);
+    assert_eq!(job(&s, first.id).await?.state, JobState::Completed);
+    let next_ids: Vec<JobId> = next.iter().map(|j| j.id).collect();
+    assert_eq!(next_ids, vec![third], "claimed in claim order");
+    assert_eq!(next, vec![job(&s, third).await?], "the rows as claimed");
+    assert_eq!((next[0].attempt, next[0].owner.as_deref()), (1, Some("w")));
+    // A stale finalize changes nothing, and the claim still goes ahead.
+    let (result, next) = s
+        .finalize_and_claim(claim_of(&first), "x", Finalize::Completed, "mail", 5, at(6))
+        .await?;
+    assert_eq!(result, FinalizeResult::AlreadyFinalized);
+    assert_eq!(next.iter().map(|j| j.id).collect::<Vec<_>>(), vec![second]);
+    // Nothing left to claim: the finalize alone.
+    let (result, next) = s
+        .finalize_and_claim(
+            claim_of(&next[0]),
+            "x",
+            Finalize::Completed,
+            "mail",
+            1,
+            at(7),
+        )
+        .await?;
+    assert_eq!((result, next.len()), (FinalizeResult::Applied, 0));
+    // Bad input names the field and applies nothing.
+    let held = claim_of(&job(&s, third).await?);
+    let bad = s
+        .finalize_and_claim(held, "w", Finalize::Completed, "a b", 1, at(8))
+        .await;
+    assert_eq!(field(bad), "queue");
+    assert_eq!(
+        job(&s, third).await?.state,
+        JobState::Running,
+        "not finalized"
+    );
     Ok(())
 }
 

@@ -161,10 +161,12 @@ enum Step {
         claim: ClaimPick,
         owner: Who,
     },
+    /// With `next`, a finalize that also claims: (queue, limit).
     Finalize {
         claim: ClaimPick,
         owner: Who,
         outcome: OutcomeSpec,
+        next: Option<(usize, u32)>,
     },
     ApplyEffect {
         claim: ClaimPick,
@@ -348,8 +350,8 @@ fn step() -> impl Strategy<Value = Step> {
         6 => (queue(), 0..OWNERS.len(), 1u32..=3)
             .prop_map(|(queue, owner, limit)| Step::Claim { queue, owner, limit }),
         3 => (claim_pick(), who()).prop_map(|(claim, owner)| Step::Heartbeat { claim, owner }),
-        5 => (claim_pick(), who(), outcome())
-            .prop_map(|(claim, owner, outcome)| Step::Finalize { claim, owner, outcome }),
+        5 => (claim_pick(), who(), outcome(), proptest::option::of((queue(), 1u32..=3)))
+            .prop_map(|(claim, owner, outcome, next)| Step::Finalize { claim, owner, outcome, next }),
         3 => (claim_pick(), who(), 0..EFFECT_KEYS.len(), 0u8..4).prop_map(
             |(claim, owner, key, value)| Step::ApplyEffect { claim, owner, key, value }
         ),
@@ -485,6 +487,7 @@ impl Run {
                 claim,
                 owner,
                 outcome,
+                next,
             } => {
                 let (claim, owner) = self.claim(claim, *owner);
                 let outcome = match outcome {
@@ -501,11 +504,21 @@ impl Run {
                         reason: "cancelled".into(),
                     },
                 };
-                Op::Finalize {
-                    claim,
-                    owner,
-                    outcome,
-                    now,
+                match next {
+                    Some((queue, limit)) => Op::FinalizeAndClaim {
+                        claim,
+                        owner,
+                        outcome,
+                        queue: QUEUES[*queue].into(),
+                        limit: *limit,
+                        now,
+                    },
+                    None => Op::Finalize {
+                        claim,
+                        owner,
+                        outcome,
+                        now,
+                    },
                 }
             }
             Step::ApplyEffect {
@@ -621,7 +634,7 @@ impl Run {
     /// Learn claims, terms and job ids from the model's reply.
     fn observe(&mut self, reply: &Reply) {
         match reply {
-            Reply::Jobs(jobs) => {
+            Reply::Jobs(jobs) | Reply::FinalizedAndClaimed((_, jobs)) => {
                 for job in jobs {
                     let claim = Claim {
                         job: job.id,

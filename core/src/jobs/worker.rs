@@ -12,6 +12,12 @@
 //!   attempts of one job from running at once even across a partition.
 //!
 //! A panic in a handler is caught and finalized as a failed attempt.
+//!
+//! A busy worker finalizes a job and claims its next in one storage call
+//! ([`JobStore::finalize_and_claim`](crate::storage::JobStore::finalize_and_claim)),
+//! so a backlog costs one round trip (one SQLite transaction) per job, not two.
+//! A worker that is retiring or stopping only finalizes; a next job claimed just
+//! before a stop is given back unrun, without spending its attempt.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -104,9 +110,7 @@ pub(crate) async fn worker_loop(
                 if was_woken {
                     shared.wake.notify_one();
                 }
-                for job in jobs {
-                    run_job(&shared, &owner, job, &stop).await;
-                }
+                run_jobs(&shared, &owner, &queue, jobs, &retire, &stop).await;
                 continue;
             }
             Ok(_) => cfg.idle_poll,
@@ -122,7 +126,77 @@ pub(crate) async fn worker_loop(
     }
 }
 
-async fn run_job(shared: &Arc<WorkerShared>, owner: &str, job: Job, stop: &ShutdownToken) {
+/// Run `jobs`, and the jobs each one's finalize claims next, until none is left.
+async fn run_jobs(
+    shared: &Arc<WorkerShared>,
+    owner: &str,
+    queue: &str,
+    jobs: Vec<Job>,
+    retire: &ShutdownToken,
+    stop: &ShutdownToken,
+) {
+    let mut pending = std::collections::VecDeque::from(jobs);
+    while let Some(job) = pending.pop_front() {
+        if stop.is_triggered() {
+            // Claimed but not started: hand it straight back.
+            give_back(shared, owner, job).await;
+            continue;
+        }
+        let next = Next {
+            queue,
+            retire,
+            wanted: pending.is_empty(),
+        };
+        pending.extend(run_job(shared, owner, job, stop, next).await);
+    }
+}
+
+/// Whether a job's finalize also claims the worker's next job.
+struct Next<'a> {
+    queue: &'a str,
+    retire: &'a ShutdownToken,
+    /// False while the worker still holds claimed jobs to run.
+    wanted: bool,
+}
+
+impl Next<'_> {
+    /// The queue to claim from, once the job is done, if the worker goes on.
+    fn queue(&self, stop: &ShutdownToken) -> Option<&str> {
+        let goes_on = self.wanted && !self.retire.is_triggered() && !stop.is_triggered();
+        goes_on.then_some(self.queue)
+    }
+}
+
+/// Give back a job claimed for this worker that it will not run (it is
+/// stopping): no attempt is spent, and another node may take it at once.
+async fn give_back(shared: &Arc<WorkerShared>, owner: &str, job: Job) {
+    crate::sometimes!("claimed_next_while_stopping");
+    shared.emit(Event::JobClaimed {
+        job: job.id,
+        attempt: job.attempt,
+    });
+    let running = Running {
+        claim: Claim {
+            job: job.id,
+            attempt: job.attempt,
+        },
+        owner: owner.to_owned(),
+        cancel: ShutdownToken::new(),
+        user_cancel: Arc::default(),
+    };
+    let until = shared.clock.now();
+    finalize(shared, &running, Finalize::Snooze { until }).await;
+}
+
+/// Run one claimed job to its finalize; returns the jobs that finalize claimed
+/// next (see [`Next`]).
+async fn run_job(
+    shared: &Arc<WorkerShared>,
+    owner: &str,
+    job: Job,
+    stop: &ShutdownToken,
+    next: Next<'_>,
+) -> Vec<Job> {
     let claim = Claim {
         job: job.id,
         attempt: job.attempt,
@@ -147,10 +221,12 @@ async fn run_job(shared: &Arc<WorkerShared>, owner: &str, job: Job, stop: &Shutd
         .await;
     shared.running().remove(&job.id);
     let Ended::Returned(result) = ended else {
-        return;
+        return Vec::new();
     };
     let fin = to_finalize(shared, &job, &running, stop, result);
-    finalize(shared, &running, fin).instrument(span).await;
+    finalize_then_claim(shared, &running, fin, next.queue(stop))
+        .instrument(span)
+        .await
 }
 
 fn end_label(result: &Result<Outcome, String>) -> String {
@@ -404,8 +480,25 @@ fn target_state(fin: &Finalize) -> JobState {
 /// Report the attempt's end, retrying calls whose outcome is unknown: finalize is
 /// idempotent for the same claim, so a retry after a lost reply is safe.
 pub(crate) async fn finalize(shared: &WorkerShared, running: &Running, fin: Finalize) {
+    finalize_then_claim(shared, running, fin, None).await;
+}
+
+/// [`finalize`], and with `next_queue` claim the worker's next job of that
+/// queue in the same call; returns what was claimed. Only the first call claims:
+/// a retry after an unknown outcome only finalizes, and jobs a lost reply
+/// claimed go stale and back to the queue through the rescuer, as after any
+/// claim whose reply is lost.
+async fn finalize_then_claim(
+    shared: &WorkerShared,
+    running: &Running,
+    fin: Finalize,
+    mut next_queue: Option<&str>,
+) -> Vec<Job> {
     let (mut claim, mut owner) = (running.claim, running.owner.clone());
+    let mut claimed = Vec::new();
     if crate::is_planted!(shared.plants, FinalizeWithoutOwnerGuard) {
+        // The planted finalize may act as another owner: claim nothing for it.
+        next_queue = None;
         // Planted: act on whatever claim the row holds now, not on our own.
         if let Ok(Some(row)) = shared.storage.get_job(claim.job).await {
             claim.attempt = row.attempt;
@@ -416,11 +509,24 @@ pub(crate) async fn finalize(shared: &WorkerShared, running: &Running, fin: Fina
     let mut result = "error: no attempt".to_owned();
     let mut ambiguous = false;
     for _ in 0..shared.cfg.finalize_attempts_max {
-        match shared
-            .storage
-            .finalize(claim, &owner, fin.clone(), shared.clock.now())
-            .await
-        {
+        let now = shared.clock.now();
+        let call = match next_queue.take() {
+            Some(queue) => shared
+                .storage
+                .finalize_and_claim(claim, &owner, fin.clone(), queue, 1, now)
+                .await
+                .map(|(r, jobs)| {
+                    claimed = jobs;
+                    r
+                }),
+            None => {
+                shared
+                    .storage
+                    .finalize(claim, &owner, fin.clone(), now)
+                    .await
+            }
+        };
+        match call {
             Ok(r) => {
                 crate::sometimes!(
                     ambiguous && r == FinalizeResult::AlreadyFinalized,
@@ -455,4 +561,5 @@ pub(crate) async fn finalize(shared: &WorkerShared, running: &Running, fin: Fina
         state,
         result,
     });
+    claimed
 }

@@ -268,6 +268,22 @@ impl JobStore for MemStorage {
         Ok(self.state().jobs.finalize(claim, owner, outcome, now))
     }
 
+    async fn finalize_and_claim(
+        &self,
+        claim: Claim,
+        owner: &str,
+        outcome: Finalize,
+        queue: &str,
+        limit: u32,
+        now: Timestamp,
+    ) -> StorageResult<(FinalizeResult, Vec<Job>)> {
+        validate_name("queue", queue)?;
+        super::validate_holder(owner)?;
+        let jobs = &mut self.state().jobs;
+        let result = jobs.finalize(claim, owner, outcome, now);
+        Ok((result, jobs.claim(queue, owner, limit, now)))
+    }
+
     async fn apply_effect(
         &self,
         claim: Claim,

@@ -204,6 +204,34 @@ pub trait JobStore: Send + Sync {
         now: Timestamp,
     ) -> StorageResult<FinalizeResult>;
 
+    /// [`finalize`](Self::finalize) `claim`, then [`claim`](Self::claim) up to
+    /// `limit` more jobs of `queue` for `owner`, in one call: a busy worker
+    /// hands back one job and takes its next in a single round trip (and, on
+    /// SQLite, a single transaction) instead of two.
+    ///
+    /// The finalize is what counts: its result is returned even when the claim
+    /// part fails, which then claims nothing. Engines that can, apply both
+    /// atomically; the default makes the two calls in turn.
+    async fn finalize_and_claim(
+        &self,
+        claim: Claim,
+        owner: &str,
+        outcome: Finalize,
+        queue: &str,
+        limit: u32,
+        now: Timestamp,
+    ) -> StorageResult<(FinalizeResult, Vec<Job>)> {
+        // Bad input fails the whole call before anything is applied.
+        job::validate_name("queue", queue)?;
+        validate_holder(owner)?;
+        let result = self.finalize(claim, owner, outcome, now).await?;
+        let next = self
+            .claim(queue, owner, limit, now)
+            .await
+            .unwrap_or_default();
+        Ok((result, next))
+    }
+
     /// Write `value` under `key` for the job, once: only while `claim` is live,
     /// and only if no earlier attempt wrote that key.
     async fn apply_effect(

@@ -80,6 +80,14 @@ pub enum Op {
         outcome: Finalize,
         now: Timestamp,
     },
+    FinalizeAndClaim {
+        claim: Claim,
+        owner: String,
+        outcome: Finalize,
+        queue: String,
+        limit: u32,
+        now: Timestamp,
+    },
     ApplyEffect {
         claim: Claim,
         owner: String,
@@ -143,6 +151,7 @@ pub enum Reply {
     Job(Option<Box<Job>>),
     Heartbeat(HeartbeatStatus),
     Finalized(FinalizeResult),
+    FinalizedAndClaimed((FinalizeResult, Vec<Job>)),
     Effect(EffectResult),
     EffectValue(Option<serde_json::Value>),
     Cancel(CancelResult),
@@ -221,6 +230,17 @@ pub async fn apply(store: &dyn Storage, op: Op) -> Reply {
             .finalize(claim, &owner, outcome, now)
             .await
             .map(Reply::Finalized),
+        Op::FinalizeAndClaim {
+            claim,
+            owner,
+            outcome,
+            queue,
+            limit,
+            now,
+        } => store
+            .finalize_and_claim(claim, &owner, outcome, &queue, limit, now)
+            .await
+            .map(Reply::FinalizedAndClaimed),
         Op::ApplyEffect {
             claim,
             owner,
@@ -433,6 +453,29 @@ impl<T: Transport> JobStore for Remote<T> {
                 now
             },
             Finalized
+        )
+    }
+
+    async fn finalize_and_claim(
+        &self,
+        claim: Claim,
+        owner: &str,
+        outcome: Finalize,
+        queue: &str,
+        limit: u32,
+        now: Timestamp,
+    ) -> StorageResult<(FinalizeResult, Vec<Job>)> {
+        expect_reply!(
+            self,
+            Op::FinalizeAndClaim {
+                claim,
+                owner: owner.into(),
+                outcome,
+                queue: queue.into(),
+                limit,
+                now
+            },
+            FinalizedAndClaimed
         )
     }
 

@@ -97,6 +97,52 @@ fn store(tx: &Connection, job: &Job) -> rusqlite::Result<()> {
     Ok(())
 }
 
+/// Claim up to `limit` due jobs of `queue` for `owner`, inside `tx`.
+fn claim_in(
+    tx: &Connection,
+    queue: &str,
+    owner: &str,
+    limit: u32,
+    now: Timestamp,
+) -> rusqlite::Result<Vec<Job>> {
+    let paused: Option<bool> = tx
+        .prepare_cached("SELECT paused FROM keel_queues WHERE name = ?1")?
+        .query_row([queue], |r| r.get(0))
+        .optional()?;
+    if paused == Some(true) {
+        return Ok(Vec::new());
+    }
+    let mut due = jobs_where(
+        tx,
+        "queue = ?1 AND state = 'available' AND scheduled_at <= ?2 \
+         ORDER BY priority, scheduled_at, id LIMIT ?3",
+        params![queue, now.0, limit],
+    )?;
+    for job in &mut due {
+        job.claim_for(owner, now);
+        store(tx, job)?;
+    }
+    Ok(due)
+}
+
+/// Record how `claim`'s attempt ended, inside `tx`.
+fn finalize_in(
+    tx: &Connection,
+    claim: Claim,
+    owner: &str,
+    outcome: Finalize,
+    now: Timestamp,
+) -> rusqlite::Result<FinalizeResult> {
+    let Some(mut job) = load(tx, claim.job)? else {
+        return Ok(FinalizeResult::Stale);
+    };
+    let result = job.finalize_with(claim, owner, outcome, now);
+    if result == FinalizeResult::Applied {
+        store(tx, &job)?;
+    }
+    Ok(result)
+}
+
 fn insert(
     tx: &Connection,
     req: EnqueueRequest,
@@ -269,26 +315,7 @@ impl JobStore for SqliteEngine {
     ) -> StorageResult<Vec<Job>> {
         validate_name("queue", queue)?;
         validate_holder(owner)?;
-        self.write(|tx| {
-            let paused: Option<bool> = tx
-                .prepare_cached("SELECT paused FROM keel_queues WHERE name = ?1")?
-                .query_row([queue], |r| r.get(0))
-                .optional()?;
-            if paused == Some(true) {
-                return Ok(Vec::new());
-            }
-            let mut due = jobs_where(
-                tx,
-                "queue = ?1 AND state = 'available' AND scheduled_at <= ?2 \
-                 ORDER BY priority, scheduled_at, id LIMIT ?3",
-                params![queue, now.0, limit],
-            )?;
-            for job in &mut due {
-                job.claim_for(owner, now);
-                store(tx, job)?;
-            }
-            Ok(due)
-        })
+        self.write(|tx| claim_in(tx, queue, owner, limit, now))
     }
 
     async fn heartbeat(
@@ -316,15 +343,23 @@ impl JobStore for SqliteEngine {
         outcome: Finalize,
         now: Timestamp,
     ) -> StorageResult<FinalizeResult> {
+        self.write(|tx| finalize_in(tx, claim, owner, outcome, now))
+    }
+
+    async fn finalize_and_claim(
+        &self,
+        claim: Claim,
+        owner: &str,
+        outcome: Finalize,
+        queue: &str,
+        limit: u32,
+        now: Timestamp,
+    ) -> StorageResult<(FinalizeResult, Vec<Job>)> {
+        validate_name("queue", queue)?;
+        validate_holder(owner)?;
         self.write(|tx| {
-            let Some(mut job) = load(tx, claim.job)? else {
-                return Ok(FinalizeResult::Stale);
-            };
-            let result = job.finalize_with(claim, owner, outcome, now);
-            if result == FinalizeResult::Applied {
-                store(tx, &job)?;
-            }
-            Ok(result)
+            let result = finalize_in(tx, claim, owner, outcome, now)?;
+            Ok((result, claim_in(tx, queue, owner, limit, now)?))
         })
     }
 
