@@ -6,6 +6,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use deadpool_postgres::Transaction;
 
+use super::batch::ClaimAsk;
 use super::leases::{holds, lock_lease};
 use super::rows::{
     job_from_row, job_id, json_of, lock_job, notify, read_rows, select_jobs, sql_id, write_job,
@@ -37,91 +38,6 @@ async fn enqueue_tx(
     inserter.finish(tx).await?;
     notify(tx, channel, reqs.iter().map(|r| r.queue.as_str())).await?;
     Ok(outcomes)
-}
-
-/// Claim up to `limit` due jobs in one autocommitted statement: one round trip
-/// and one commit per claim, which is most of a job's cost on PostgreSQL.
-///
-/// The `SET` list is the model's `Job::claim_for` (running, next attempt, owner,
-/// heartbeat now), spelled in SQL so the claim needs no transaction around a
-/// read and a write; the conformance suite holds the two to the same result.
-/// `SKIP LOCKED`: concurrent claimers each take different rows instead of
-/// queueing behind one another's locks.
-async fn claim_statement(
-    client: &deadpool_postgres::Object,
-    queue: &str,
-    owner: &str,
-    limit: u32,
-    now: Timestamp,
-) -> Result<Vec<Job>, Fail> {
-    let returning: Vec<String> = JOB_COLUMNS
-        .split(',')
-        .map(|c| format!("j.{}", c.trim()))
-        .collect();
-    let sql = format!(
-        "WITH due AS (SELECT id FROM keel_jobs \
-         WHERE queue = $1 AND state = 'available' AND scheduled_at <= $2 \
-         AND NOT EXISTS (SELECT 1 FROM keel_queues WHERE name = $1 AND paused) \
-         ORDER BY priority, scheduled_at, id LIMIT $3 FOR UPDATE SKIP LOCKED) \
-         UPDATE keel_jobs j SET state = 'running', attempt = j.attempt + 1, owner = $4, \
-         heartbeat_at = $2 FROM due WHERE j.id = due.id RETURNING {}",
-        returning.join(", ")
-    );
-    let statement = client.prepare_cached(&sql).await?;
-    // Sent and autocommitted: a connection lost now leaves the outcome unknown.
-    let rows = client
-        .query(
-            &statement,
-            &[&queue, &now.0, &i64::from(limit), &owner.as_bytes()],
-        )
-        .await
-        .map_err(Fail::Commit)?;
-    let mut jobs = rows
-        .iter()
-        .map(job_from_row)
-        .collect::<Result<Vec<_>, _>>()?;
-    for job in &jobs {
-        assert!(
-            job.state == crate::storage::JobState::Running && job.owner.as_deref() == Some(owner),
-            "a claimed row is running under its new owner"
-        );
-    }
-    jobs.sort_unstable_by_key(|j| (j.priority, j.scheduled_at, j.id));
-    Ok(jobs)
-}
-
-/// Complete a live claim in one autocommitted statement, the path nearly every
-/// job ends on; `false` when the claim is not live (nothing changed).
-///
-/// The `SET` list is the model's `finalize_with` for `Completed` on a live claim
-/// (owner and heartbeat cleared, the attempt recorded, finished now; a pending
-/// cancel does not matter to completed work); the conformance suite holds the two
-/// to the same result.
-async fn complete_statement(
-    client: &deadpool_postgres::Object,
-    claim: Claim,
-    owner: &str,
-    now: Timestamp,
-) -> Result<bool, Fail> {
-    let Some(id) = sql_id(claim.job) else {
-        return Ok(false);
-    };
-    let statement = client
-        .prepare_cached(
-            "UPDATE keel_jobs SET state = 'completed', owner = NULL, heartbeat_at = NULL, \
-             finalized_attempt = $2, finalized_at = $4 \
-             WHERE id = $1 AND state = 'running' AND attempt = $2 AND owner = $3",
-        )
-        .await?;
-    // Sent and autocommitted: a connection lost now leaves the outcome unknown.
-    let changed = client
-        .execute(
-            &statement,
-            &[&id, &i64::from(claim.attempt), &owner.as_bytes(), &now.0],
-        )
-        .await
-        .map_err(Fail::Commit)?;
-    Ok(changed == 1)
 }
 
 async fn apply_effect_tx(
@@ -275,10 +191,12 @@ impl JobStore for PostgresStorage {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let client = self.client().await?;
-        claim_statement(&client, queue, owner, limit, now)
-            .await
-            .map_err(super::map_error)
+        let ask = ClaimAsk {
+            queue: queue.into(),
+            owner: owner.into(),
+            limit,
+        };
+        self.batcher.call(None, Some(ask), now).await.claimed
     }
 
     async fn heartbeat(
@@ -307,11 +225,8 @@ impl JobStore for PostgresStorage {
         now: Timestamp,
     ) -> StorageResult<FinalizeResult> {
         if outcome == Finalize::Completed {
-            let client = self.client().await?;
-            let done = complete_statement(&client, claim, owner, now)
-                .await
-                .map_err(super::map_error)?;
-            if done {
+            let live = Some((claim, owner.to_owned()));
+            if self.batcher.call(live, None, now).await.completed? {
                 return Ok(FinalizeResult::Applied);
             }
             // Not a live claim: the transaction below tells a repeat from a stale one.
@@ -326,6 +241,41 @@ impl JobStore for PostgresStorage {
             }
             None => FinalizeResult::Stale,
         })
+    }
+
+    async fn finalize_and_claim(
+        &self,
+        claim: Claim,
+        owner: &str,
+        outcome: Finalize,
+        queue: &str,
+        limit: u32,
+        now: Timestamp,
+    ) -> StorageResult<(FinalizeResult, Vec<Job>)> {
+        validate_name("queue", queue)?;
+        validate_holder(owner)?;
+        if outcome != Finalize::Completed || limit == 0 {
+            let result = self.finalize(claim, owner, outcome, now).await?;
+            let next = self
+                .claim(queue, owner, limit, now)
+                .await
+                .unwrap_or_default();
+            return Ok((result, next));
+        }
+        let ask = ClaimAsk {
+            queue: queue.into(),
+            owner: owner.into(),
+            limit,
+        };
+        let live = Some((claim, owner.to_owned()));
+        let answer = self.batcher.call(live, Some(ask), now).await;
+        // A failed claim claimed nothing, or its jobs go back through the rescuer.
+        let next = answer.claimed.unwrap_or_default();
+        if answer.completed? {
+            return Ok((FinalizeResult::Applied, next));
+        }
+        // Not a live claim: finalize tells a repeat from a stale one.
+        Ok((self.finalize(claim, owner, outcome, now).await?, next))
     }
 
     async fn apply_effect(

@@ -16,6 +16,7 @@
 //! are stored as `BYTEA`, because `TEXT` cannot hold the NUL character the model
 //! accepts.
 
+mod batch;
 mod jobs;
 mod leases;
 mod listen;
@@ -140,6 +141,8 @@ pub struct PostgresStorage {
     signal: Option<Arc<tokio::sync::Notify>>,
     /// Stops the listener task when the storage is dropped.
     _listener: Option<DropGuard>,
+    /// Claims and completions, batched (`batch.rs`).
+    batcher: batch::Batcher,
 }
 
 impl std::fmt::Debug for PostgresStorage {
@@ -210,6 +213,7 @@ impl PostgresStorage {
             (None, None)
         };
         Ok(PostgresStorage {
+            batcher: batch::Batcher::start(pool.clone()),
             pool,
             schema: options.schema,
             channel,

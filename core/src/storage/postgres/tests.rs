@@ -10,7 +10,10 @@ use serde_json::json;
 
 use super::*;
 use crate::clock::Timestamp;
-use crate::storage::{EnqueueOutcome, EnqueueRequest, Job, JobState, JobStore, LeaseStore, Term};
+use crate::storage::{
+    Claim, EnqueueOutcome, EnqueueRequest, Finalize, FinalizeResult, Job, JobState, JobStore,
+    LeaseStore, Term,
+};
 
 const T0: Timestamp = Timestamp(1_000_000);
 const TTL: Duration = Duration::from_secs(10);
@@ -415,6 +418,58 @@ async fn concurrent_claimers_never_share_a_job() {
     assert_eq!(all.len(), JOBS, "every job was claimed");
     let counts = s.count_by_state().await.expect("ok");
     assert_eq!(counts.get(JobState::Running), JOBS as u64);
+    s.drop_schema().await.expect("drop");
+}
+
+/// Concurrent workers that complete a job and claim the next in one call go
+/// through shared batches: every completion applies to its own claim, every job
+/// is claimed by one worker and completed once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batched_completions_and_claims_keep_every_call_its_own() {
+    const JOBS: usize = 200;
+    let Some(s) = fresh("batched").await else {
+        return;
+    };
+    let reqs = (0..JOBS).map(|i| req().priority((i % 4) as u8)).collect();
+    s.enqueue_batch(reqs, T0).await.expect("ok");
+    let s = Arc::new(s);
+    let tasks: Vec<_> = (0..12)
+        .map(|w| {
+            let s = s.clone();
+            tokio::spawn(async move {
+                let owner = format!("w{w}");
+                let mut done = Vec::new();
+                let mut held = s.claim("mail", &owner, 1, at(1)).await.expect("claim");
+                while let Some(job) = held.pop() {
+                    assert_eq!(job.owner.as_deref(), Some(owner.as_str()));
+                    let claim = Claim {
+                        job: job.id,
+                        attempt: job.attempt,
+                    };
+                    let (result, next) = s
+                        .finalize_and_claim(claim, &owner, Finalize::Completed, "mail", 1, at(2))
+                        .await
+                        .expect("finalize and claim");
+                    assert_eq!(result, FinalizeResult::Applied);
+                    assert!(next.len() <= 1, "a limit of one: {next:?}");
+                    done.push(job.id);
+                    held = next;
+                }
+                done
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for task in tasks {
+        all.extend(task.await.expect("task"));
+    }
+    all.sort_unstable();
+    let before = all.len();
+    all.dedup();
+    assert_eq!(before, all.len(), "a job was completed twice");
+    assert_eq!(all.len(), JOBS, "every job was completed");
+    let counts = s.count_by_state().await.expect("ok");
+    assert_eq!(counts.get(JobState::Completed), JOBS as u64);
     s.drop_schema().await.expect("drop");
 }
 
