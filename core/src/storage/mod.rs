@@ -221,15 +221,7 @@ pub trait JobStore: Send + Sync {
         limit: u32,
         now: Timestamp,
     ) -> StorageResult<(FinalizeResult, Vec<Job>)> {
-        // Bad input fails the whole call before anything is applied.
-        job::validate_name("queue", queue)?;
-        validate_holder(owner)?;
-        let result = self.finalize(claim, owner, outcome, now).await?;
-        let next = self
-            .claim(queue, owner, limit, now)
-            .await
-            .unwrap_or_default();
-        Ok((result, next))
+        finalize_then_claim(self, claim, owner, outcome, queue, limit, now).await
     }
 
     /// Write `value` under `key` for the job, once: only while `claim` is live,
@@ -398,6 +390,28 @@ pub(crate) fn validate_lease_name(name: &str) -> StorageResult<()> {
         });
     }
     Ok(())
+}
+
+/// [`JobStore::finalize_and_claim`] as two calls in turn: the default, and what
+/// an engine with a faster path falls back to for the other cases.
+pub(crate) async fn finalize_then_claim<S: JobStore + ?Sized>(
+    store: &S,
+    claim: Claim,
+    owner: &str,
+    outcome: Finalize,
+    queue: &str,
+    limit: u32,
+    now: Timestamp,
+) -> StorageResult<(FinalizeResult, Vec<Job>)> {
+    // Bad input fails the whole call before anything is applied.
+    job::validate_name("queue", queue)?;
+    validate_holder(owner)?;
+    let result = store.finalize(claim, owner, outcome, now).await?;
+    let next = store
+        .claim(queue, owner, limit, now)
+        .await
+        .unwrap_or_default();
+    Ok((result, next))
 }
 
 /// Validate a holder id: the same rule for every engine.

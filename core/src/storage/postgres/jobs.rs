@@ -16,9 +16,9 @@ use super::{read, transact, Fail, PostgresStorage};
 use crate::clock::Timestamp;
 use crate::storage::job::validate_name;
 use crate::storage::{
-    validate_holder, CancelResult, Claim, EffectResult, EnqueueOutcome, EnqueueRequest, Finalize,
-    FinalizeResult, HeartbeatStatus, Job, JobId, JobStore, PeriodicOutcome, QueueConfig,
-    StateCounts, StorageResult, Term,
+    finalize_then_claim, validate_holder, CancelResult, Claim, EffectResult, EnqueueOutcome,
+    EnqueueRequest, Finalize, FinalizeResult, HeartbeatStatus, Job, JobId, JobStore,
+    PeriodicOutcome, QueueConfig, StateCounts, StorageResult, Term,
 };
 
 /// `WHERE` clause of terminal states; the same list as `JobState::is_terminal`.
@@ -151,6 +151,30 @@ async fn fire_periodic_tx(
     Ok(PeriodicOutcome::Fired(id))
 }
 
+impl PostgresStorage {
+    /// Finalize through the model's rules on the locked row: what any outcome
+    /// but `Completed`, or a claim that is not live (a repeat or a stale one),
+    /// takes.
+    async fn finalize_by_rules(
+        &self,
+        claim: Claim,
+        owner: &str,
+        outcome: Finalize,
+        now: Timestamp,
+    ) -> StorageResult<FinalizeResult> {
+        transact!(self, |tx| match lock_job(&tx, claim.job).await? {
+            Some(mut job) => {
+                let result = job.finalize_with(claim, owner, outcome.clone(), now);
+                if result == FinalizeResult::Applied {
+                    write_job(&tx, &job).await?;
+                }
+                result
+            }
+            None => FinalizeResult::Stale,
+        })
+    }
+}
+
 #[async_trait]
 impl JobStore for PostgresStorage {
     async fn enqueue(&self, req: EnqueueRequest, now: Timestamp) -> StorageResult<EnqueueOutcome> {
@@ -229,18 +253,9 @@ impl JobStore for PostgresStorage {
             if self.batcher.call(live, None, now).await.completed? {
                 return Ok(FinalizeResult::Applied);
             }
-            // Not a live claim: the transaction below tells a repeat from a stale one.
+            // Not a live claim: the rules tell a repeat from a stale one.
         }
-        transact!(self, |tx| match lock_job(&tx, claim.job).await? {
-            Some(mut job) => {
-                let result = job.finalize_with(claim, owner, outcome.clone(), now);
-                if result == FinalizeResult::Applied {
-                    write_job(&tx, &job).await?;
-                }
-                result
-            }
-            None => FinalizeResult::Stale,
-        })
+        self.finalize_by_rules(claim, owner, outcome, now).await
     }
 
     async fn finalize_and_claim(
@@ -252,16 +267,11 @@ impl JobStore for PostgresStorage {
         limit: u32,
         now: Timestamp,
     ) -> StorageResult<(FinalizeResult, Vec<Job>)> {
+        if outcome != Finalize::Completed || limit == 0 {
+            return finalize_then_claim(self, claim, owner, outcome, queue, limit, now).await;
+        }
         validate_name("queue", queue)?;
         validate_holder(owner)?;
-        if outcome != Finalize::Completed || limit == 0 {
-            let result = self.finalize(claim, owner, outcome, now).await?;
-            let next = self
-                .claim(queue, owner, limit, now)
-                .await
-                .unwrap_or_default();
-            return Ok((result, next));
-        }
         let ask = ClaimAsk {
             queue: queue.into(),
             owner: owner.into(),
@@ -274,8 +284,11 @@ impl JobStore for PostgresStorage {
         if answer.completed? {
             return Ok((FinalizeResult::Applied, next));
         }
-        // Not a live claim: finalize tells a repeat from a stale one.
-        Ok((self.finalize(claim, owner, outcome, now).await?, next))
+        // Not a live claim: the rules tell a repeat from a stale one.
+        Ok((
+            self.finalize_by_rules(claim, owner, outcome, now).await?,
+            next,
+        ))
     }
 
     async fn apply_effect(

@@ -11,8 +11,8 @@ use serde_json::json;
 use super::*;
 use crate::clock::Timestamp;
 use crate::storage::{
-    Claim, EnqueueOutcome, EnqueueRequest, Finalize, FinalizeResult, Job, JobState, JobStore,
-    LeaseStore, Term,
+    Claim, EnqueueOutcome, EnqueueRequest, Finalize, FinalizeResult, Job, JobId, JobState,
+    JobStore, LeaseStore, Term,
 };
 
 const T0: Timestamp = Timestamp(1_000_000);
@@ -379,6 +379,20 @@ async fn an_enqueue_elsewhere_raises_the_signal() {
     quiet.drop_schema().await.expect("drop");
 }
 
+/// The job ids every task returns, sorted; fails if any job shows up twice
+/// (it was `what` by two workers).
+async fn each_once(tasks: Vec<tokio::task::JoinHandle<Vec<JobId>>>, what: &str) -> Vec<JobId> {
+    let mut all = Vec::new();
+    for task in tasks {
+        all.extend(task.await.expect("task"));
+    }
+    all.sort_unstable();
+    let before = all.len();
+    all.dedup();
+    assert_eq!(before, all.len(), "a job was {what} twice");
+    all
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_claimers_never_share_a_job() {
     const JOBS: usize = 120;
@@ -407,14 +421,7 @@ async fn concurrent_claimers_never_share_a_job() {
             })
         })
         .collect();
-    let mut all = Vec::new();
-    for task in tasks {
-        all.extend(task.await.expect("task"));
-    }
-    all.sort_unstable();
-    let before = all.len();
-    all.dedup();
-    assert_eq!(before, all.len(), "a job was claimed twice");
+    let all = each_once(tasks, "claimed").await;
     assert_eq!(all.len(), JOBS, "every job was claimed");
     let counts = s.count_by_state().await.expect("ok");
     assert_eq!(counts.get(JobState::Running), JOBS as u64);
@@ -459,14 +466,7 @@ async fn batched_completions_and_claims_keep_every_call_its_own() {
             })
         })
         .collect();
-    let mut all = Vec::new();
-    for task in tasks {
-        all.extend(task.await.expect("task"));
-    }
-    all.sort_unstable();
-    let before = all.len();
-    all.dedup();
-    assert_eq!(before, all.len(), "a job was completed twice");
+    let all = each_once(tasks, "completed").await;
     assert_eq!(all.len(), JOBS, "every job was completed");
     let counts = s.count_by_state().await.expect("ok");
     assert_eq!(counts.get(JobState::Completed), JOBS as u64);
