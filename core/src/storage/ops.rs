@@ -137,6 +137,22 @@ pub enum Op {
     },
 }
 
+impl Op {
+    /// Whether the call only reads: it changes nothing, so it needs no write
+    /// lock and no commit.
+    pub fn is_read(&self) -> bool {
+        matches!(
+            self,
+            Op::GetLease { .. }
+                | Op::GetEffect { .. }
+                | Op::GetJob { .. }
+                | Op::CountByState
+                | Op::ListUnfinished { .. }
+                | Op::GetQueue { .. }
+        )
+    }
+}
+
 /// The answer to an [`Op`].
 #[allow(missing_docs)]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -255,10 +255,50 @@ fn a_group_answers_like_calls_one_at_a_time() {
     assert_eq!(after(&grouped), after(&one_by_one));
 }
 
+/// Calls that arrive while a group runs join it, up to the cap; the rest wait
+/// for the next group, and every reply comes back beside its own call's tag.
+#[test]
+fn calls_arriving_during_a_group_join_it_up_to_the_cap() {
+    use crate::storage::ops::Reply;
+    let engine = SqliteEngine::in_memory().expect("open");
+    let total = super::GROUP_CALLS_MAX + 10;
+    let mut calls = (0..total).map(|i| {
+        let req = EnqueueRequest::new("k", json!(i));
+        (Op::Enqueue { req, now: T0 }, i)
+    });
+    let first = calls.next().expect("a call");
+    let group = engine.execute_joined(first, || calls.next());
+    let tags: Vec<usize> = group.iter().map(|(tag, _)| *tag).collect();
+    assert_eq!(tags, (0..super::GROUP_CALLS_MAX).collect::<Vec<_>>());
+    assert!(
+        group.iter().all(|(_, r)| matches!(r, Reply::Enqueued(_))),
+        "{group:?}"
+    );
+    let first = calls.next().expect("the rest are still queued");
+    assert_eq!(
+        first.1,
+        super::GROUP_CALLS_MAX,
+        "no call was dropped at the cap"
+    );
+    let rest = engine.execute_joined(first, || calls.next());
+    assert_eq!(rest.len(), 10);
+    let listed = poll_ready(engine.list_unfinished(u32::try_from(total + 1).expect("small")))
+        .expect("ready")
+        .expect("list");
+    assert_eq!(listed.len(), total, "every call applied once");
+}
+
 /// Many workers hammering one SqliteStorage: calls arrive in bursts and are
-/// group-committed; every job still runs its course exactly once.
+/// group-committed; every job still runs its course exactly once, whether the
+/// storage thread polls for calls between groups or sleeps.
 #[test]
 fn concurrent_callers_are_group_committed_and_every_job_finishes_once() {
+    for spin in [super::IDLE_SPIN_DEFAULT, Duration::ZERO] {
+        hammer(SqliteOptions::default().idle_spin(spin));
+    }
+}
+
+fn hammer(options: SqliteOptions) {
     use crate::storage::{Claim, Finalize, FinalizeResult};
     const JOBS: u64 = 400;
     const WORKERS: usize = 16;
@@ -270,7 +310,10 @@ fn concurrent_callers_are_group_committed_and_every_job_finishes_once() {
         .build()
         .expect("runtime");
     rt.block_on(async {
-        let store = std::sync::Arc::new(SqliteStorage::open(&path).await.expect("open"));
+        let store = SqliteStorage::open_with(&path, options)
+            .await
+            .expect("open");
+        let store = std::sync::Arc::new(store);
         let reqs = (0..JOBS)
             .map(|i| EnqueueRequest::new("k", json!(i)))
             .collect();
