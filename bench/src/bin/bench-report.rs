@@ -243,7 +243,7 @@ impl Report {
                 "met".to_owned()
             } else {
                 format!(
-                    "missed by {:.0}%: every job is a write on SQLite's one writer thread (its finalize, which claims the next job in the same call) plus its share of the enqueue; concurrent calls share a commit, so more workers go faster",
+                    "missed by {:.0}%: every job is a write on SQLite's one writer thread (its finalize, which claims the next job in the same call) plus its share of the enqueue; concurrent calls share a commit, so more workers go faster; with few workers the thread also waits between calls (SqliteOptions::idle_spin keeps it polling), so a busy or one-CPU machine lowers this most",
                     (1.0 - best_sqlite / TARGET_SQLITE_JOBS_PER_S) * 100.0
                 )
             };
