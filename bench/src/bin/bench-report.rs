@@ -278,34 +278,59 @@ impl Report {
         out.push_str("\n## Keel and its peers on the same PostgreSQL\n\n");
         out.push_str(
             "The same no-op workload: a backlog enqueued first, then drained by N \
-                      workers (graphile-worker: `concurrency` N), median (min..max).\n\n",
+                      workers (graphile-worker: `concurrency` N), median (min..max). \
+                      Profiles: `defaults`, the peer as installed; `batched`, the batching \
+                      its docs suggest starting from (a local queue of N + 1 jobs locked \
+                      ahead per process, `completeJobBatchDelay: 0`).\n\n",
         );
-        out.push_str("| peer | workers | peer jobs/s | keel jobs/s | keel / peer |\n");
-        out.push_str("| --- | ---: | ---: | ---: | ---: |\n");
-        let mut best_peer = 0.0f64;
-        let mut ratio_at_best = f64::NAN;
+        out.push_str("| peer | profile | workers | peer jobs/s | keel jobs/s | keel / peer |\n");
+        out.push_str("| --- | --- | ---: | ---: | ---: | ---: |\n");
+        // The best peer row overall, and the best on each profile.
+        let mut best: BTreeMap<String, f64> = BTreeMap::new();
+        let mut best_peer = (String::new(), 0.0f64);
         for l in &peer_rows {
             let workers = l.get("workers").and_then(Value::as_u64).unwrap_or(0);
             let peer = f(l, "median_jobs_per_s");
             let ours = keel.get(&workers).copied().unwrap_or(f64::NAN);
+            let profile = l
+                .get("profile")
+                .and_then(Value::as_str)
+                .unwrap_or("defaults");
             let _ = writeln!(
                 out,
-                "| {} {} | {workers} | {} | {ours:.0} | {:.2}x |",
+                "| {} {} | {profile} | {workers} | {} | {ours:.0} | {:.2}x |",
                 s(l, "peer"),
                 s(l, "version"),
                 spread(l),
                 ours / peer
             );
-            if peer > best_peer {
-                best_peer = peer;
+            let slot = best.entry(profile.to_owned()).or_insert(0.0);
+            *slot = slot.max(peer);
+            if peer > best_peer.1 {
+                best_peer = (format!("{} {profile}", s(l, "peer")), peer);
             }
         }
         let best_keel = keel.values().copied().fold(f64::NAN, f64::max);
-        if best_peer > 0.0 {
-            ratio_at_best = best_keel / best_peer;
+        let ratio_at_best = if best_peer.1 > 0.0 {
+            best_keel / best_peer.1
+        } else {
+            f64::NAN
+        };
+        let (who, best_peer) = best_peer;
+        let mut measured =
+            format!("{best_keel:.0} vs {best_peer:.0} jobs/s = {ratio_at_best:.2}x ({who})");
+        for (profile, peer) in &best {
+            if !who.ends_with(&format!(" {profile}")) {
+                let _ = write!(measured, "; {:.2}x vs {profile}", best_keel / peer);
+            }
         }
         let verdict = if ratio_at_best >= TARGET_PG_RATIO {
             "met".to_owned()
+        } else if !who.ends_with(" defaults") {
+            format!(
+                "missed by {:.0}%: the peer's batching fetches and locks jobs ahead per process and batches completions; keel's workers each await their completion (with their next claim, one call) and keel has no mode that takes jobs ahead of its workers",
+                (1.0 - ratio_at_best / TARGET_PG_RATIO) * 100.0
+            )
         } else {
             format!(
                 "missed by {:.0}%: the server's CPU per statement and WAL flush per commit bound it; concurrent claims and completions share statements and commits, so few workers batch little",
@@ -313,8 +338,8 @@ impl Report {
             )
         };
         self.target(
-            "PostgreSQL ≥ 1.5x the best peer (best worker count each)",
-            format!("{best_keel:.0} vs {best_peer:.0} jobs/s = {ratio_at_best:.2}x"),
+            "PostgreSQL ≥ 1.5x the best peer (best worker count and profile each)",
+            measured,
             verdict,
         );
     }
@@ -477,10 +502,31 @@ mod tests {
         );
         assert!(doc.contains("missed by 35%"), "{doc}");
         assert!(
-            doc.contains("| graphile-worker 0.16.6 | 4 | 1500 (1400..1600) | 3000 | 2.00x |"),
+            doc.contains(
+                "| graphile-worker 0.16.6 | defaults | 4 | 1500 (1400..1600) | 3000 | 2.00x |"
+            ),
             "{doc}"
         );
-        assert!(doc.contains("= 2.00x | met |"), "{doc}");
+        assert!(
+            doc.contains("= 2.00x (graphile-worker defaults) | met |"),
+            "{doc}"
+        );
+    }
+
+    #[test]
+    fn the_target_is_judged_against_the_best_profile_of_the_peer() {
+        let doc = report(concat!(
+            r#"{"engine":"postgres","metric":"throughput","feed":"backlog","workers":16,"median_jobs_per_s":8000,"min":7900,"max":8100}"#,
+            "\n",
+            r#"{"peer":"graphile-worker","version":"0.17.3","profile":"defaults","metric":"throughput","workers":16,"median_jobs_per_s":4000,"min":3900,"max":4100}"#,
+            "\n",
+            r#"{"peer":"graphile-worker","version":"0.17.3","profile":"batched","metric":"throughput","workers":16,"median_jobs_per_s":16000,"min":15000,"max":17000}"#,
+            "\n",
+        ));
+        assert!(
+            doc.contains("8000 vs 16000 jobs/s = 0.50x (graphile-worker batched); 2.00x vs defaults | missed by 67%: the peer's batching"),
+            "{doc}"
+        );
     }
 
     #[test]

@@ -4,9 +4,14 @@
 //
 //   KEEL_PG_URL=postgres://postgres@127.0.0.1:5432/test node bench.mjs
 //
-// Settings are graphile-worker's defaults (LISTEN/NOTIFY, one job fetched per
-// worker slot, each completion its own statement), as a user would run it.
-// BENCH_JOBS, BENCH_REPEATS, BENCH_WORKERS (comma list), BENCH_LATENCY_SAMPLES.
+// Two profiles (BENCH_PROFILES, comma list), each row tagged with its own:
+// - `defaults`: graphile-worker as installed (LISTEN/NOTIFY, one job fetched per
+//   worker slot, each completion its own statement, sent without waiting);
+// - `batched`: the batching its performance docs suggest starting from, a
+//   local queue of `concurrency + 1` jobs fetched and locked per process, and
+//   completions batched (`completeJobBatchDelay: 0`).
+// Latency is measured on the defaults. BENCH_JOBS, BENCH_REPEATS,
+// BENCH_WORKERS (comma list), BENCH_LATENCY_SAMPLES.
 
 import { run, makeWorkerUtils } from "graphile-worker";
 import { createRequire } from "node:module";
@@ -18,6 +23,7 @@ const JOBS = Number(process.env.BENCH_JOBS ?? 10000);
 const REPEATS = Number(process.env.BENCH_REPEATS ?? 3);
 const WORKERS = (process.env.BENCH_WORKERS ?? "1,4,16").split(",").map(Number);
 const SAMPLES = Number(process.env.BENCH_LATENCY_SAMPLES ?? 300);
+const PROFILES = (process.env.BENCH_PROFILES ?? "defaults,batched").split(",");
 const SCHEMA = "graphile_worker_bench";
 const BATCH = 500; // jobs per addJobs call, as keel's ENQUEUE_BATCH
 const TIMEOUT_MS = 300_000;
@@ -67,8 +73,20 @@ async function postgresCpuMs() {
   return ticks * 10; // USER_HZ = 100
 }
 
+/** graphile-worker's preset for a profile (see the header). */
+function preset(profile, concurrency) {
+  switch (profile) {
+    case "defaults":
+      return {};
+    case "batched":
+      return { worker: { localQueue: { size: concurrency + 1 }, completeJobBatchDelay: 0 } };
+    default:
+      throw new Error(`unknown profile ${profile}; use defaults or batched`);
+  }
+}
+
 /** Drain a backlog of JOBS no-op jobs with `concurrency` workers; jobs/s. */
-async function drain(concurrency) {
+async function drain(profile, concurrency) {
   const utils = await freshUtils();
   await enqueueBacklog(utils, JOBS);
   let done = 0;
@@ -83,6 +101,7 @@ async function drain(concurrency) {
     concurrency,
     noHandleSignals: true,
     logger,
+    preset: preset(profile, concurrency),
     taskList: {
       noop: async () => {
         if (++done === JOBS) finish();
@@ -142,19 +161,23 @@ async function latency(loadPerS) {
 
 async function main() {
   let capacity4 = 0;
-  for (const w of WORKERS) {
-    const runs = [];
-    for (let r = 0; r < REPEATS; r++) runs.push(await drain(w));
-    const rates = runs.map((x) => x.rate);
-    const m = median(rates);
-    if (w === 4) capacity4 = m;
-    log(`backlog x${w}: ${m.toFixed(0)} jobs/s`);
-    emit({
-      metric: "throughput", feed: "backlog", workers: w, jobs: JOBS,
-      median_jobs_per_s: m, min: Math.min(...rates), max: Math.max(...rates), runs: rates,
-      cpu_us_per_job: median(runs.map((x) => x.cpuUs)), db_cpu_us_per_job: median(runs.map((x) => x.dbUs)),
-    });
+  for (const profile of PROFILES) {
+    preset(profile, 1); // an unknown profile fails before any run
+    for (const w of WORKERS) {
+      const runs = [];
+      for (let r = 0; r < REPEATS; r++) runs.push(await drain(profile, w));
+      const rates = runs.map((x) => x.rate);
+      const m = median(rates);
+      if (w === 4 && profile === "defaults") capacity4 = m;
+      log(`${profile} backlog x${w}: ${m.toFixed(0)} jobs/s`);
+      emit({
+        metric: "throughput", feed: "backlog", profile, workers: w, jobs: JOBS,
+        median_jobs_per_s: m, min: Math.min(...rates), max: Math.max(...rates), runs: rates,
+        cpu_us_per_job: median(runs.map((x) => x.cpuUs)), db_cpu_us_per_job: median(runs.map((x) => x.dbUs)),
+      });
+    }
   }
+  if (capacity4 === 0) capacity4 = 2000; // no defaults row: a moderate load
   for (const [queue, load] of [["idle", 0], ["loaded", Math.max(1, Math.round(capacity4 / 2))]]) {
     const l = await latency(load);
     log(`latency ${queue}: p50 ${quantile(l, 0.5).toFixed(2)} ms, p99 ${quantile(l, 0.99).toFixed(2)} ms`);
