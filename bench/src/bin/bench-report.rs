@@ -287,7 +287,8 @@ impl Report {
         out.push_str("| --- | --- | ---: | ---: | ---: | ---: |\n");
         // The best peer row overall, and the best on each profile.
         let mut best: BTreeMap<String, f64> = BTreeMap::new();
-        let mut best_peer = (String::new(), 0.0f64);
+        // (peer, profile, jobs/s) of the fastest row.
+        let mut best_peer = (String::new(), String::new(), 0.0f64);
         for l in &peer_rows {
             let workers = l.get("workers").and_then(Value::as_u64).unwrap_or(0);
             let peer = f(l, "median_jobs_per_s");
@@ -306,27 +307,28 @@ impl Report {
             );
             let slot = best.entry(profile.to_owned()).or_insert(0.0);
             *slot = slot.max(peer);
-            if peer > best_peer.1 {
-                best_peer = (format!("{} {profile}", s(l, "peer")), peer);
+            if peer > best_peer.2 {
+                best_peer = (s(l, "peer").to_owned(), profile.to_owned(), peer);
             }
         }
         let best_keel = keel.values().copied().fold(f64::NAN, f64::max);
-        let ratio_at_best = if best_peer.1 > 0.0 {
-            best_keel / best_peer.1
+        let ratio_at_best = if best_peer.2 > 0.0 {
+            best_keel / best_peer.2
         } else {
             f64::NAN
         };
-        let (who, best_peer) = best_peer;
-        let mut measured =
-            format!("{best_keel:.0} vs {best_peer:.0} jobs/s = {ratio_at_best:.2}x ({who})");
+        let (who, best_profile, best_peer) = best_peer;
+        let mut measured = format!(
+            "{best_keel:.0} vs {best_peer:.0} jobs/s = {ratio_at_best:.2}x ({who} {best_profile})"
+        );
         for (profile, peer) in &best {
-            if !who.ends_with(&format!(" {profile}")) {
+            if *profile != best_profile {
                 let _ = write!(measured, "; {:.2}x vs {profile}", best_keel / peer);
             }
         }
         let verdict = if ratio_at_best >= TARGET_PG_RATIO {
             "met".to_owned()
-        } else if !who.ends_with(" defaults") {
+        } else if best_profile != "defaults" {
             format!(
                 "missed by {:.0}%: the peer's batching fetches and locks jobs ahead per process and batches completions; keel's workers each await their completion (with their next claim, one call) and keel has no mode that takes jobs ahead of its workers",
                 (1.0 - ratio_at_best / TARGET_PG_RATIO) * 100.0
