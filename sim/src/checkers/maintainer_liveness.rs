@@ -174,4 +174,37 @@ mod tests {
             "{v:?}"
         );
     }
+
+    /// A shutdown that had to abort a partitioned elector (its resign could not
+    /// get through) ends the tenure when it returns: nothing of the node runs
+    /// after that, though no `TermLost` was said.
+    #[test]
+    fn a_returned_shutdown_ends_the_tenure_even_with_its_elector_aborted() {
+        let stop = Event::MaintainerStopped {
+            asked_by: Term(2),
+            affected: Term(2),
+        };
+        let ended = Event::ShutdownEnded {
+            aborted: vec!["elector".into()],
+            released: vec![],
+        };
+        let h = H::new()
+            .node(0, "n1", won(2))
+            .node(100, "n1", started(2))
+            .node(5_000, "n1", stop)
+            .node(5_900, "n1", ended)
+            .harness(
+                9_000,
+                "n1",
+                HarnessEvent::NodeBoot {
+                    boot: 2,
+                    skew_ms: 0,
+                },
+            )
+            .node(9_100, "n1", won(3))
+            .node(9_200, "n1", started(3))
+            .harness(60_000, "n1", HarnessEvent::End);
+        let v = MaintainerLiveness.check(&h.0, &ctx(60_000));
+        assert!(v.is_empty(), "{v:?}");
+    }
 }

@@ -265,7 +265,11 @@ pub(crate) fn tenures(history: &[Record]) -> Vec<Tenure> {
                 let prev = open.remove(host).unwrap_or((*term, r.seq));
                 close(&mut done, host, prev, r, false);
             }
-            Ev::Harness(HarnessEvent::Crash | HarnessEvent::NodeBoot { .. }) => {
+            // A returned shutdown stopped every task of the node, the elector
+            // too (aborted, if it could not resign within the deadline): from
+            // then on the node no more believes it leads than a crashed one.
+            Ev::Harness(HarnessEvent::Crash | HarnessEvent::NodeBoot { .. })
+            | Ev::Node(Event::ShutdownEnded { .. }) => {
                 if let Some(prev) = open.remove(host) {
                     close(&mut done, host, prev, r, false);
                 }
