@@ -48,8 +48,16 @@ pub const STATES: &[(&str, &str)] = &[
         "a worker went a claim_trust without a good heartbeat and stopped its running handler",
     ),
     (
+        "claimed_ahead_lost_unrun",
+        "the rescuer handed on a job while it waited in a worker's hand, and the worker dropped it unrun",
+    ),
+    (
+        "claimed_ahead_renewed",
+        "a job waited in a worker's hand past half its claim_trust, and the worker heartbeat it before starting it",
+    ),
+    (
         "claimed_next_while_stopping",
-        "a finalize claimed the worker's next job just before shutdown, and the worker gave it back unrun",
+        "a worker held a claimed job it had not started when shutdown began, and gave it back unrun",
     ),
     (
         "grant_too_late_to_trust",

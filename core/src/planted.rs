@@ -1,4 +1,5 @@
-//! Known bugs from the source documents, planted behind a switch.
+//! Known bugs from the source documents (and one of keel's own), planted
+//! behind a switch.
 //!
 //! Compiled only with the `planted-bugs` cargo feature, which a user's build never
 //! has. The simulator turns bugs on one at a time at run time to prove that its
@@ -44,11 +45,17 @@ pub enum Bug {
     /// 003 (M2): a cancel that lands while the handler completes rewrites the
     /// finished job as cancelled. Caught by `finished_work_stands`.
     LateCancelRewritesOutcome,
+    /// Keel's own, not from a source document: a worker starts a job it claimed
+    /// ahead as if freshly claimed however long it sat in hand, though no
+    /// heartbeat kept its claim alive, so the rescuer may already have handed it
+    /// to another worker.
+    /// Caught by `no_double_execution`.
+    ClaimAheadIgnoresTrust,
 }
 
 impl Bug {
     /// Every planted bug, in a fixed order.
-    pub const ALL: [Bug; 8] = [
+    pub const ALL: [Bug; 9] = [
         Bug::StaleResign,
         Bug::CrossTermStop,
         Bug::SwallowedPanic,
@@ -57,6 +64,7 @@ impl Bug {
         Bug::FinalizeWithoutOwnerGuard,
         Bug::HeartbeatIgnoresLostClaim,
         Bug::LateCancelRewritesOutcome,
+        Bug::ClaimAheadIgnoresTrust,
     ];
 
     /// The bug's name as the CLI spells it.
@@ -70,6 +78,7 @@ impl Bug {
             Bug::FinalizeWithoutOwnerGuard => "finalize_without_owner_guard",
             Bug::HeartbeatIgnoresLostClaim => "heartbeat_ignores_lost_claim",
             Bug::LateCancelRewritesOutcome => "late_cancel_rewrites_outcome",
+            Bug::ClaimAheadIgnoresTrust => "claim_ahead_ignores_trust",
         }
     }
 }

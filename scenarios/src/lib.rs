@@ -113,6 +113,10 @@ pub struct Workload {
     /// Cron schedules: `[name, expression]` (with seconds, UTC).
     #[serde(default)]
     pub cron: Vec<(String, String)>,
+    /// Jobs each worker claims ahead of the one it runs (keel's
+    /// `JobsConfig::claim_ahead`; 0 claims one at a time).
+    #[serde(default)]
+    pub claim_ahead: u32,
 }
 
 fn slow_default() -> [u64; 2] {

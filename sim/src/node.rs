@@ -55,6 +55,25 @@ impl Timing {
             request_timeout: REQUEST_TIMEOUT_DEFAULT,
         }
     }
+
+    /// The standard settings with the scenario's workload choices applied
+    /// (how many jobs each worker claims ahead); an impossible choice is an
+    /// error naming the scenario's field.
+    pub fn for_scenario(scenario: &scenarios::Scenario) -> Result<Self, String> {
+        let mut timing = Self::standard();
+        if let Some(w) = &scenario.workload {
+            timing.jobs.claim_ahead = w.claim_ahead;
+        }
+        timing.jobs.validate().map_err(|e| {
+            let field = if e.field == "claim_ahead" {
+                "workload.claim_ahead"
+            } else {
+                e.field
+            };
+            format!("scenario {}: {field}: {}", scenario.name, e.reason)
+        })?;
+        Ok(timing)
+    }
 }
 
 /// Builds the handler for one job kind on one boot of a node, given the node's

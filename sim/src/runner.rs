@@ -232,7 +232,10 @@ pub const JOBS_DRAIN_MS: u64 = 15_000;
 /// stale by the faults (`stale_threshold` plus one maintenance round), an idle
 /// worker polls for them (`idle_poll`), and they run to the end
 /// ([`JOBS_DRAIN_MS`]).
-fn job_bounds(jobs: &JobsConfig, converge_bound_ms: u64) -> (u64, u64) {
+///
+/// A worker claiming ahead may hold a job behind `claim_ahead` others, each
+/// running up to the workload's slowest handler (`hand_wait_ms` in all).
+fn job_bounds(jobs: &JobsConfig, converge_bound_ms: u64, hand_wait_ms: u64) -> (u64, u64) {
     let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
     let slowest_loop = jobs
         .heartbeat_interval
@@ -240,7 +243,7 @@ fn job_bounds(jobs: &JobsConfig, converge_bound_ms: u64) -> (u64, u64) {
         .max(jobs.maintenance_interval);
     let tick_grace_ms = ms(slowest_loop + TICK);
     let rescued = jobs.stale_threshold + jobs.maintenance_interval + jobs.idle_poll;
-    let heal_converge_ms = converge_bound_ms + ms(rescued) + JOBS_DRAIN_MS;
+    let heal_converge_ms = converge_bound_ms + ms(rescued) + JOBS_DRAIN_MS + hand_wait_ms;
     (tick_grace_ms, heal_converge_ms)
 }
 
@@ -260,7 +263,10 @@ pub fn check_ctx(timing: &Timing, scenario: &Scenario, end_at_ms: u64) -> CheckC
             .min(m.backoff.max)
             .mul_f64(1.0 + m.backoff.jitter_ratio);
     let converge_bound_ms = ms(converge) + 3 * slack_ms;
-    let (tick_grace_ms, heal_converge_ms) = job_bounds(&timing.jobs, converge_bound_ms);
+    let slowest_handler_ms = scenario.workload.as_ref().map_or(0, |w| w.slow_ms[1]);
+    let hand_wait_ms = u64::from(timing.jobs.claim_ahead) * slowest_handler_ms;
+    let (tick_grace_ms, heal_converge_ms) =
+        job_bounds(&timing.jobs, converge_bound_ms, hand_wait_ms);
     CheckCtx {
         heal_at_ms: scenario.duration_s * 1000,
         end_at_ms,
@@ -401,7 +407,7 @@ fn simulate(spec: &RunSpec, work: &Work) -> Result<RunResult, SimError> {
     };
     let fault_ms = scenario.duration_s * 1000;
     let end_ms = fault_ms + scenario.heal_s * 1000;
-    let timing = Timing::standard();
+    let timing = Timing::for_scenario(scenario).map_err(SimError::Sim)?;
     let mut sim = turmoil::Builder::new()
         .rng_seed(spec.seed)
         .epoch(SimClock::epoch())

@@ -345,6 +345,7 @@ mod tests {
             effect_pct: 50,
             periodic: vec![],
             cron: vec![],
+            claim_ahead: 0,
         };
         let a = WorkloadPlan::generate(&w, 3);
         assert_eq!(a, WorkloadPlan::generate(&w, 3));

@@ -133,6 +133,15 @@ fn late_cancel_rewrites_outcome_is_caught_by_finished_work_stands_and_replays() 
     );
 }
 
+#[test]
+fn claim_ahead_ignores_trust_is_caught_by_no_double_execution_and_replays() {
+    assert_caught_replayed_and_clean_without_the_bug(
+        Bug::ClaimAheadIgnoresTrust,
+        "claim_ahead",
+        "no_double_execution",
+    );
+}
+
 /// The violation names its witnesses: for a cross-term stop, the stop itself and
 /// the two terms it crossed.
 #[test]

@@ -15,7 +15,7 @@ mod maintenance;
 mod runtime;
 mod worker;
 
-pub use config::{JobsConfig, JobsConfigError, QueueSpec, WORKERS_PER_QUEUE_MAX};
+pub use config::{JobsConfig, JobsConfigError, QueueSpec, CLAIM_AHEAD_MAX, WORKERS_PER_QUEUE_MAX};
 pub use handler::{decode_payload, Handler, HandlerRegistry, JobCtx, Outcome};
 pub use maintenance::{
     Cleaner, PeriodicEnqueuer, PeriodicJob, Rescuer, Schedule, Scheduler, CRON_CATCH_UP,

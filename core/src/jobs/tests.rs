@@ -565,3 +565,164 @@ async fn one_wake_up_spreads_a_backlog_over_every_idle_worker() {
     assert!(took < Duration::from_secs(4), "took {took:?}");
     rt.shutdown(Duration::from_secs(5)).await;
 }
+
+/// Storage ten milliseconds away: every call takes a round trip.
+struct Distant(Arc<MemStorage>);
+
+/// One storage round trip of [`Distant`].
+const DISTANT_RTT: Duration = Duration::from_millis(10);
+
+#[async_trait::async_trait]
+impl crate::storage::ops::Transport for Distant {
+    async fn call(
+        &self,
+        op: crate::storage::ops::Op,
+    ) -> crate::storage::StorageResult<crate::storage::ops::Reply> {
+        tokio::time::sleep(DISTANT_RTT).await;
+        Ok(crate::storage::ops::apply(self.0.as_ref(), op).await)
+    }
+}
+
+/// How long one worker with `claim_ahead` takes over 20 no-op jobs on
+/// [`Distant`] storage; every job must run exactly once.
+async fn backlog_time(claim_ahead: u32) -> Duration {
+    let f = Fixture::new();
+    let runs = Arc::new(AtomicU32::new(0));
+    let counter = runs.clone();
+    let mut ids = Vec::new();
+    for _ in 0..20 {
+        let outcome = f.store.enqueue(job("count"), f.clock.now()).await;
+        ids.push(outcome.expect("enqueued").id());
+    }
+    let storage: SharedStorage = Arc::new(crate::storage::ops::Remote(Distant(f.store.clone())));
+    let began = f.clock.monotonic();
+    let rt = Runtime::builder("n1", storage, f.clock.clone())
+        .observer(f.recorder.clone())
+        .rng_seed(7)
+        .jobs_config(JobsConfig {
+            claim_ahead,
+            ..JobsConfig::default()
+        })
+        .queue("default", 1)
+        .handler("count", move |_ctx, _p| {
+            let counter = counter.clone();
+            async move {
+                counter.fetch_add(1, Ordering::SeqCst);
+                Outcome::Completed
+            }
+        })
+        .build()
+        .expect("valid")
+        .start()
+        .expect("started");
+    let mut took = Duration::ZERO;
+    for id in &ids {
+        assert_eq!(f.finished(*id).await, JobState::Completed);
+        took = f
+            .recorder
+            .find(|e| matches!(e, crate::events::Event::JobFinalized { job, .. } if job == id))
+            .map_or(took, |(_, at, _)| took.max(at - began));
+    }
+    assert_eq!(runs.load(Ordering::SeqCst), 20, "each job ran once");
+    let report = rt.shutdown(Duration::from_secs(5)).await;
+    assert!(report.tasks.is_clean(), "{report:?}");
+    took
+}
+
+/// Claiming one job at a time, a worker waits a round trip per job (its
+/// finalize, which carries its next claim). Claiming ahead, the finalizes of a
+/// hand overlap the jobs after them, so a hand costs about one round trip.
+#[tokio::test(start_paused = true)]
+async fn a_worker_claiming_ahead_overlaps_its_finalizes_with_its_next_jobs() {
+    let one_at_a_time = backlog_time(0).await;
+    let ahead = backlog_time(4).await;
+    assert!(one_at_a_time >= DISTANT_RTT * 20, "{one_at_a_time:?}");
+    assert!(ahead <= DISTANT_RTT * 10, "{ahead:?} vs {one_at_a_time:?}");
+}
+
+/// Runs a slow job then a quick one on one worker that claims both in one
+/// hand; `mid_run` acts on storage while the slow one runs. Returns the quick
+/// job's (claims, attempts started).
+async fn hand_of_slow_then_quick(
+    slow: Duration,
+    mid_run: impl AsyncFnOnce(&Fixture),
+) -> (usize, Vec<u32>) {
+    let f = Fixture::new();
+    let first = f.store.enqueue(job("slow"), f.clock.now()).await;
+    let second = f.store.enqueue(job("quick"), f.clock.now()).await;
+    let (first, second) = (first.expect("ok").id(), second.expect("ok").id());
+    let rt = f
+        .builder("n1")
+        .jobs_config(JobsConfig {
+            claim_ahead: 1,
+            ..JobsConfig::default()
+        })
+        .queue("default", 1)
+        .handler("slow", move |ctx: JobCtx, _p| async move {
+            ctx.clock.sleep(slow).await;
+            Outcome::Completed
+        })
+        .handler("quick", |_ctx, _p| async move { Outcome::Completed })
+        .build()
+        .expect("valid")
+        .start()
+        .expect("started");
+    mid_run(&f).await;
+    assert_eq!(f.finished(first).await, JobState::Completed);
+    assert_eq!(f.finished(second).await, JobState::Completed);
+    rt.shutdown(Duration::from_secs(5)).await;
+    let events = f.recorder.events();
+    let claims = events
+        .iter()
+        .filter(|e| matches!(e, crate::events::Event::JobClaimed { job, .. } if *job == second))
+        .count();
+    let starts = events
+        .iter()
+        .filter_map(|e| match e {
+            crate::events::Event::HandlerStarted { job, attempt } if *job == second => {
+                Some(*attempt)
+            }
+            _ => None,
+        })
+        .collect();
+    (claims, starts)
+}
+
+/// A job claimed ahead has no heartbeat of its own until it starts: one that
+/// waited in hand past half its trust is renewed first, then runs on its claim.
+#[tokio::test(start_paused = true)]
+async fn a_job_held_in_hand_past_half_its_trust_is_renewed_before_it_starts() {
+    let cfg = JobsConfig::default();
+    let slow = cfg.claim_trust / 2 + Duration::from_millis(500);
+    let (claims, starts) = hand_of_slow_then_quick(slow, async |_f| {}).await;
+    assert_eq!(
+        (claims, starts),
+        (1, vec![1]),
+        "run once on its first claim"
+    );
+}
+
+/// If the rescuer revoked a job while it waited in hand, the worker does not
+/// start it on the old claim: it runs once, on the claim that came after.
+#[tokio::test(start_paused = true)]
+async fn a_job_rescued_while_in_hand_is_not_started_on_its_old_claim() {
+    let cfg = JobsConfig::default();
+    let slow = cfg.stale_threshold + Duration::from_secs(1);
+    let rescue = async |f: &Fixture| {
+        tokio::time::sleep(cfg.stale_threshold + Duration::from_millis(500)).await;
+        let threshold = i64::try_from(cfg.stale_threshold.as_millis()).expect("small");
+        let stale_before = crate::clock::Timestamp(f.clock.now().0 - threshold);
+        let revoked = f.store.rescue_stale(stale_before, f.clock.now()).await;
+        assert_eq!(
+            revoked.expect("ok").len(),
+            1,
+            "only the job in hand is stale"
+        );
+    };
+    let (claims, starts) = hand_of_slow_then_quick(slow, rescue).await;
+    assert_eq!(starts, vec![2], "never started on the revoked claim");
+    assert_eq!(
+        claims, 1,
+        "the revoked claim was dropped, not reported as run"
+    );
+}

@@ -18,6 +18,22 @@
 //! so a backlog costs one round trip (one SQLite transaction) per job, not two.
 //! A worker that is retiring or stopping only finalizes; a next job claimed just
 //! before a stop is given back unrun, without spending its attempt.
+//!
+//! With [`JobsConfig::claim_ahead`](super::JobsConfig::claim_ahead) `= n`, a
+//! worker claims up to `n + 1` jobs per call and runs them in turn. Only the
+//! running job is heartbeated, so a job waiting in hand lives on the trust its
+//! claim call earned: once half of `claim_trust` (counted from when that call
+//! was sent) is gone, the worker heartbeats it before starting it, and does not
+//! run it if the claim was lost or its cancel requested meanwhile. The
+//! finalizes of all but the last job of a hand go out in the background while
+//! the next job runs, so a storage engine that groups calls commits many jobs
+//! at once; the last one carries the claim of the next hand. For example, with
+//! `claim_ahead = 3` and a backlog of no-op jobs:
+//!
+//! ```text
+//! claim(4) ─► run A ─► run B ─► run C ─► run D ─► finalize D + claim(4) ─► ...
+//!               └─ finalize A   └─ finalize B   └─ finalize C   (in the background)
+//! ```
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -27,6 +43,7 @@ use std::time::Duration;
 
 use rand_chacha::ChaCha8Rng;
 use tokio::sync::Notify;
+use tokio::task::JoinSet;
 use tokio::time::{Instant, MissedTickBehavior};
 use tracing::Instrument;
 
@@ -97,12 +114,14 @@ pub(crate) async fn worker_loop(
 ) {
     let owner = format!("{}/{queue}/{slot}", shared.node);
     let cfg = &shared.cfg;
+    let hand = cfg.claim_ahead + 1;
     // Whether the last wait ended on a wake-up rather than the poll timer.
     let mut woken = false;
     while !retire.is_triggered() && !stop.is_triggered() {
         let now = shared.clock.now();
         let was_woken = std::mem::take(&mut woken);
-        let wait = match shared.storage.claim(&queue, &owner, 1, now).await {
+        let sent = shared.clock.monotonic();
+        let wait = match shared.storage.claim(&queue, &owner, hand, now).await {
             Ok(jobs) if !jobs.is_empty() => {
                 // A wake-up carries no count: one may stand for a whole batch.
                 // Pass it on, so idle workers join one by one while work lasts
@@ -110,7 +129,14 @@ pub(crate) async fn worker_loop(
                 if was_woken {
                     shared.wake.notify_one();
                 }
-                run_jobs(&shared, &owner, &queue, jobs, &retire, &stop).await;
+                let worker = Worker {
+                    shared: &shared,
+                    owner: &owner,
+                    queue: &queue,
+                    retire: &retire,
+                    stop: &stop,
+                };
+                worker.run_jobs(Claimed { jobs, sent }).await;
                 continue;
             }
             Ok(_) => cfg.idle_poll,
@@ -126,51 +152,168 @@ pub(crate) async fn worker_loop(
     }
 }
 
-/// Run `jobs`, and the jobs each one's finalize claims next, until none is left.
-async fn run_jobs(
-    shared: &Arc<WorkerShared>,
-    owner: &str,
-    queue: &str,
+/// Jobs one storage call claimed for this worker, and when that call was sent:
+/// storage stamped their claims' heartbeat then, so their trust runs from there.
+struct Claimed {
     jobs: Vec<Job>,
-    retire: &ShutdownToken,
-    stop: &ShutdownToken,
-) {
-    let mut pending = std::collections::VecDeque::from(jobs);
-    while let Some(job) = pending.pop_front() {
-        if stop.is_triggered() {
-            // Claimed but not started: hand it straight back.
-            give_back(shared, owner, job).await;
-            continue;
-        }
-        let next = Next {
-            queue,
-            retire,
-            wanted: pending.is_empty(),
-        };
-        pending.extend(run_job(shared, owner, job, stop, next).await);
-    }
+    sent: Instant,
 }
 
-/// Whether a job's finalize also claims the worker's next job.
-struct Next<'a> {
+/// One worker's identity and tokens, for the steps of its loop.
+struct Worker<'a> {
+    shared: &'a Arc<WorkerShared>,
+    owner: &'a str,
     queue: &'a str,
     retire: &'a ShutdownToken,
-    /// False while the worker still holds claimed jobs to run.
-    wanted: bool,
+    stop: &'a ShutdownToken,
 }
 
-impl Next<'_> {
-    /// The queue to claim from, once the job is done, if the worker goes on.
-    fn queue(&self, stop: &ShutdownToken) -> Option<&str> {
-        let goes_on = self.wanted && !self.retire.is_triggered() && !stop.is_triggered();
-        goes_on.then_some(self.queue)
+impl Worker<'_> {
+    /// Run `claimed`, and the jobs each finalize claims next, until none is
+    /// left. With `claim_ahead`, finalizes other than the one that claims run
+    /// in the background (at most a hand's worth), and all have ended when
+    /// this returns.
+    async fn run_jobs(&self, claimed: Claimed) {
+        let shared = self.shared;
+        let mut pending: std::collections::VecDeque<(Job, Instant)> = claimed
+            .jobs
+            .into_iter()
+            .map(|j| (j, claimed.sent))
+            .collect();
+        let mut background = JoinSet::new();
+        let background_max = usize::try_from(shared.cfg.claim_ahead + 1).unwrap_or(usize::MAX);
+        while let Some((job, sent)) = pending.pop_front() {
+            while background.try_join_next().is_some() {}
+            if self.stop.is_triggered() {
+                // Claimed but not started: hand it straight back.
+                crate::sometimes!("claimed_next_while_stopping");
+                give_back(shared, self.owner, job).await;
+                continue;
+            }
+            let Some(sent) = self.renew_if_old(&job, sent).await else {
+                continue;
+            };
+            let Some(done) = self.run_job(job, sent).await else {
+                continue;
+            };
+            let wants_next = pending.is_empty() && self.goes_on();
+            if wants_next || shared.cfg.claim_ahead == 0 {
+                let sent = shared.clock.monotonic();
+                let next = wants_next.then_some(self.queue);
+                let jobs = finalize_then_claim(shared, &done.running, done.fin, next)
+                    .instrument(done.span)
+                    .await;
+                pending.extend(jobs.into_iter().map(|j| (j, sent)));
+                continue;
+            }
+            if background.len() >= background_max {
+                background.join_next().await;
+            }
+            let shared = shared.clone();
+            background.spawn(
+                async move { finalize(&shared, &done.running, done.fin).await }
+                    .instrument(done.span),
+            );
+        }
+        while background.join_next().await.is_some() {}
     }
+
+    /// A job that waited in hand has no heartbeat of its own: once half its
+    /// trust is gone, ask storage whether the claim still stands before
+    /// starting it. Returns when the claim's trust now runs from, or `None` if
+    /// the job is not to be run (lost, cancelled, or given back).
+    async fn renew_if_old(&self, job: &Job, sent: Instant) -> Option<Instant> {
+        let shared = self.shared;
+        let age = shared.clock.monotonic().saturating_duration_since(sent);
+        if age < shared.cfg.claim_trust / 2 {
+            return Some(sent);
+        }
+        if crate::is_planted!(shared.plants, ClaimAheadIgnoresTrust) {
+            // Planted: trust the old claim as if it were fresh.
+            return Some(shared.clock.monotonic());
+        }
+        crate::sometimes!("claimed_ahead_renewed");
+        let claim = Claim {
+            job: job.id,
+            attempt: job.attempt,
+        };
+        let (now, renewed) = (shared.clock.now(), shared.clock.monotonic());
+        match shared.storage.heartbeat(claim, self.owner, now).await {
+            Ok(HeartbeatStatus::Alive) => Some(renewed),
+            Ok(HeartbeatStatus::Lost) => {
+                // The rescuer handed it on: it is someone else's to run.
+                crate::sometimes!("claimed_ahead_lost_unrun");
+                None
+            }
+            Ok(HeartbeatStatus::CancelRequested) => {
+                let reason = "cancelled by request".to_owned();
+                settle_unrun(shared, self.owner, job, Finalize::Cancel { reason }).await;
+                None
+            }
+            Err(_) => {
+                let until = shared.clock.now();
+                settle_unrun(shared, self.owner, job, Finalize::Snooze { until }).await;
+                None
+            }
+        }
+    }
+
+    /// Whether the worker takes another job once this one is done.
+    fn goes_on(&self) -> bool {
+        !self.retire.is_triggered() && !self.stop.is_triggered()
+    }
+
+    /// Run one claimed job; returns what to finalize, or `None` if the handler
+    /// was dropped and nothing is to be finalized.
+    async fn run_job(&self, job: Job, sent: Instant) -> Option<Done> {
+        let shared = self.shared;
+        let claim = Claim {
+            job: job.id,
+            attempt: job.attempt,
+        };
+        assert!(claim.attempt >= 1, "a claimed job has an attempt");
+        shared.emit(Event::JobClaimed {
+            job: job.id,
+            attempt: job.attempt,
+        });
+        let running = Running {
+            claim,
+            owner: self.owner.to_owned(),
+            cancel: self.stop.child(),
+            user_cancel: Arc::default(),
+        };
+        shared.running().insert(job.id, running.clone());
+        // Every event of this attempt (worker, handler, storage client) carries the
+        // job, attempt, queue and node.
+        let span = tracing::info_span!("job", job = %job.id, attempt = job.attempt, queue = %job.queue, node = %shared.node);
+        let ended = supervise(shared, &running, &job, sent)
+            .instrument(span.clone())
+            .await;
+        shared.running().remove(&job.id);
+        let Ended::Returned(result) = ended else {
+            return None;
+        };
+        let fin = to_finalize(shared, &job, &running, self.stop, result);
+        Some(Done { running, fin, span })
+    }
+}
+
+/// A job whose handler returned, with what to record for it.
+struct Done {
+    running: Running,
+    fin: Finalize,
+    span: tracing::Span,
 }
 
 /// Give back a job claimed for this worker that it will not run (it is
 /// stopping): no attempt is spent, and another node may take it at once.
 async fn give_back(shared: &Arc<WorkerShared>, owner: &str, job: Job) {
-    crate::sometimes!("claimed_next_while_stopping");
+    let until = shared.clock.now();
+    settle_unrun(shared, owner, &job, Finalize::Snooze { until }).await;
+}
+
+/// Finalize a job claimed for this worker without running it.
+async fn settle_unrun(shared: &Arc<WorkerShared>, owner: &str, job: &Job, fin: Finalize) {
     shared.emit(Event::JobClaimed {
         job: job.id,
         attempt: job.attempt,
@@ -184,49 +327,7 @@ async fn give_back(shared: &Arc<WorkerShared>, owner: &str, job: Job) {
         cancel: ShutdownToken::new(),
         user_cancel: Arc::default(),
     };
-    let until = shared.clock.now();
-    finalize(shared, &running, Finalize::Snooze { until }).await;
-}
-
-/// Run one claimed job to its finalize; returns the jobs that finalize claimed
-/// next (see [`Next`]).
-async fn run_job(
-    shared: &Arc<WorkerShared>,
-    owner: &str,
-    job: Job,
-    stop: &ShutdownToken,
-    next: Next<'_>,
-) -> Vec<Job> {
-    let claim = Claim {
-        job: job.id,
-        attempt: job.attempt,
-    };
-    assert!(claim.attempt >= 1, "a claimed job has an attempt");
-    shared.emit(Event::JobClaimed {
-        job: job.id,
-        attempt: job.attempt,
-    });
-    let running = Running {
-        claim,
-        owner: owner.to_owned(),
-        cancel: stop.child(),
-        user_cancel: Arc::default(),
-    };
-    shared.running().insert(job.id, running.clone());
-    // Every event of this attempt (worker, handler, storage client) carries the
-    // job, attempt, queue and node.
-    let span = tracing::info_span!("job", job = %job.id, attempt = job.attempt, queue = %job.queue, node = %shared.node);
-    let ended = supervise(shared, &running, &job)
-        .instrument(span.clone())
-        .await;
-    shared.running().remove(&job.id);
-    let Ended::Returned(result) = ended else {
-        return Vec::new();
-    };
-    let fin = to_finalize(shared, &job, &running, stop, result);
-    finalize_then_claim(shared, &running, fin, next.queue(stop))
-        .instrument(span)
-        .await
+    finalize(shared, &running, fin).await;
 }
 
 fn end_label(result: &Result<Outcome, String>) -> String {
@@ -243,7 +344,15 @@ fn end_label(result: &Result<Outcome, String>) -> String {
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 /// Run the handler while heartbeating its claim. See the [module docs](self).
-async fn supervise(shared: &Arc<WorkerShared>, running: &Running, job: &Job) -> Ended {
+///
+/// `sent` is when the call that claimed the job was sent: the claim's trust
+/// runs from there, not from when the handler starts.
+async fn supervise(
+    shared: &Arc<WorkerShared>,
+    running: &Running,
+    job: &Job,
+    sent: Instant,
+) -> Ended {
     let Some(handler) = shared.handlers.get(&job.kind) else {
         return Ended::Returned(Ok(Outcome::Discard(format!(
             "no handler for kind {:?}",
@@ -265,7 +374,7 @@ async fn supervise(shared: &Arc<WorkerShared>, running: &Running, job: &Job) -> 
     let payload = job.payload.clone();
     let mut work: BoxFuture<Result<Outcome, String>> =
         Box::pin(catch_panic(async move { handler.run(ctx, payload).await }));
-    let mut beat = Beat::new(shared, running);
+    let mut beat = Beat::new(shared, running, sent);
     let mut drop_at: Option<Instant> = None;
     loop {
         let drop_in = drop_at.map(|t| t.saturating_duration_since(shared.clock.monotonic()));
@@ -317,12 +426,12 @@ struct Beat<'a> {
 }
 
 impl<'a> Beat<'a> {
-    fn new(shared: &'a Arc<WorkerShared>, running: &'a Running) -> Self {
+    fn new(shared: &'a Arc<WorkerShared>, running: &'a Running, claimed: Instant) -> Self {
         let mut interval = shared
             .clock
             .interval(shared.cfg.heartbeat_interval, MissedTickBehavior::Skip);
         interval.reset();
-        let last_ok = shared.clock.monotonic();
+        let last_ok = claimed;
         Self {
             shared,
             running,
@@ -505,6 +614,7 @@ async fn finalize_then_claim(
             owner = row.owner.unwrap_or(owner);
         }
     }
+    let hand = shared.cfg.claim_ahead + 1;
     let state = target_state(&fin);
     let mut result = "error: no attempt".to_owned();
     let mut ambiguous = false;
@@ -513,7 +623,7 @@ async fn finalize_then_claim(
         let call = match next_queue.take() {
             Some(queue) => shared
                 .storage
-                .finalize_and_claim(claim, &owner, fin.clone(), queue, 1, now)
+                .finalize_and_claim(claim, &owner, fin.clone(), queue, hand, now)
                 .await
                 .map(|(r, jobs)| {
                     claimed = jobs;

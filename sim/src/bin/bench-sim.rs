@@ -114,11 +114,8 @@ fn timed_run(spec: &RunSpec) -> Result<Timed, String> {
     let t = wall_now();
     std::hint::black_box(history::trace_hash(&result.history));
     let hash = t.elapsed();
-    let ctx = runner::check_ctx(
-        &sim::node::Timing::standard(),
-        &spec.scenario,
-        result.simulated_ms(),
-    );
+    let timing = sim::node::Timing::for_scenario(&spec.scenario)?;
+    let ctx = runner::check_ctx(&timing, &spec.scenario, result.simulated_ms());
     let t = wall_now();
     std::hint::black_box(runner::check(&spec.scenario, &result.history, &ctx).ok());
     let check = t.elapsed();

@@ -118,7 +118,7 @@ pub trait Checker: Send + Sync {
 /// Each planted bug with the scenario and invariant that catch it: the pairs
 /// `tests/tests/planted_bugs.rs` proves, which `bench-sim`, the shrink test and
 /// `ci/shrink-report` measure.
-pub const PLANTED_BUG_CATCHERS: [(keel::planted::Bug, &str, &str); 8] = {
+pub const PLANTED_BUG_CATCHERS: [(keel::planted::Bug, &str, &str); 9] = {
     use keel::planted::Bug;
     [
         (Bug::StaleResign, "stale_retries", "no_stale_resign"),
@@ -148,6 +148,11 @@ pub const PLANTED_BUG_CATCHERS: [(keel::planted::Bug, &str, &str); 8] = {
             Bug::LateCancelRewritesOutcome,
             "shutdown_under_load",
             "finished_work_stands",
+        ),
+        (
+            Bug::ClaimAheadIgnoresTrust,
+            "claim_ahead",
+            "no_double_execution",
         ),
     ]
 };
