@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use keel::clock::SystemClock;
 use keel::events::{Event, Observer};
-use keel::jobs::{JobCtx, Outcome, Runtime, RuntimeHandle};
+use keel::jobs::{JobCtx, JobsConfig, Outcome, Runtime, RuntimeHandle};
 use keel::storage::{EnqueueRequest, JobState, SharedStorage};
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, Notify};
@@ -112,6 +112,7 @@ struct Bench {
 fn start(
     storage: SharedStorage,
     workers: u32,
+    claim_ahead: u32,
     starts: Option<mpsc::UnboundedSender<(u64, Instant)>>,
 ) -> Result<Bench, BenchError> {
     let finished = Arc::new(Finished {
@@ -128,7 +129,12 @@ fn start(
             Outcome::Completed
         }
     };
+    let cfg = JobsConfig {
+        claim_ahead,
+        ..JobsConfig::default()
+    };
     let handle = Runtime::builder("bench", storage, Arc::new(SystemClock::new()))
+        .jobs_config(cfg)
         .queue(QUEUE, workers)
         .handler(KIND, handler)
         .observer(finished.clone())
@@ -195,9 +201,13 @@ pub struct Throughput {
 /// Run `jobs` no-op jobs through `workers` workers on `storage` (empty), fed as
 /// `feed` says; time from the first enqueue (or, for a backlog, from the start of
 /// the workers) to the last completed finalize.
+///
+/// Each worker claims `claim_ahead` jobs ahead of the one it runs
+/// ([`JobsConfig::claim_ahead`]; 0 is keel's default).
 pub async fn throughput(
     storage: SharedStorage,
     workers: u32,
+    claim_ahead: u32,
     jobs: u64,
     feed: Feed,
 ) -> Result<Throughput, BenchError> {
@@ -206,7 +216,7 @@ pub async fn throughput(
     }
     let cpu0 = cpu_time();
     let began = wall_now();
-    let bench = start(storage, workers, None)?;
+    let bench = start(storage, workers, claim_ahead, None)?;
     bench.finished.target.store(jobs, Ordering::SeqCst);
     if feed != Feed::Backlog {
         enqueue_all(&bench.handle, jobs, feed).await?;
@@ -249,7 +259,7 @@ pub async fn latency(
 ) -> Result<Vec<f64>, BenchError> {
     const SAMPLE_BASE: u64 = 1 << 40;
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let bench = start(storage.clone(), workers, Some(tx))?;
+    let bench = start(storage.clone(), workers, 0, Some(tx))?;
     let load = (load_per_s > 0).then(|| tokio::spawn(background_load(storage, load_per_s)));
     let mut out = Vec::with_capacity(samples as usize);
     for s in 0..samples {
@@ -391,8 +401,11 @@ mod tests {
     async fn every_feed_finishes_its_jobs_on_mem_storage() {
         for feed in [Feed::Single, Feed::Batched, Feed::Backlog] {
             let storage: SharedStorage = Arc::new(keel::storage::MemStorage::new());
-            let t = throughput(storage, 4, 300, feed).await.expect("runs");
+            let t = throughput(storage, 4, 0, 300, feed).await.expect("runs");
             assert!(t.jobs_per_s > 0.0, "{feed:?}");
+            let storage: SharedStorage = Arc::new(keel::storage::MemStorage::new());
+            let t = throughput(storage, 4, 8, 300, feed).await.expect("runs");
+            assert!(t.jobs_per_s > 0.0, "{feed:?} claiming ahead");
         }
         let storage: SharedStorage = Arc::new(keel::storage::MemStorage::new());
         let l = latency(storage, 2, 5, 20).await.expect("runs");

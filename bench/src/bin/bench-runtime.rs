@@ -40,6 +40,10 @@ struct Args {
     /// Worker counts to measure.
     #[arg(long, value_delimiter = ',', default_value = "1,4,16")]
     workers: Vec<u32>,
+    /// Besides keel's defaults, measure the backlog with workers claiming this
+    /// many jobs ahead (`JobsConfig::claim_ahead`; comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "8")]
+    claim_ahead: Vec<u32>,
     /// Single jobs timed for latency.
     #[arg(long, default_value_t = 300)]
     latency_samples: u64,
@@ -124,13 +128,20 @@ async fn run(args: Args) -> Result<(), BenchError> {
             continue;
         }
         let mut capacity_4 = 0.0f64;
-        for feed in [Feed::Single, Feed::Batched, Feed::Backlog] {
+        let mut profiles = vec![(Feed::Single, 0), (Feed::Batched, 0), (Feed::Backlog, 0)];
+        profiles.extend(args.claim_ahead.iter().map(|&n| (Feed::Backlog, n)));
+        for (feed, claim_ahead) in profiles {
+            let profile = if claim_ahead == 0 {
+                "defaults".to_owned()
+            } else {
+                format!("claim-ahead {claim_ahead}")
+            };
             for &workers in &args.workers {
                 let (mut rates, mut cpu, mut db_cpu) = (Vec::new(), Vec::new(), Vec::new());
                 for _ in 0..args.repeats {
                     let (storage, pg) = engines.open(engine).await?;
                     let db0 = keel_bench::postgres_cpu_time();
-                    let t = throughput(storage, workers, args.jobs, feed).await;
+                    let t = throughput(storage, workers, claim_ahead, args.jobs, feed).await;
                     let db = keel_bench::postgres_cpu_time().saturating_sub(db0);
                     drop_pg(pg).await;
                     let t = t?;
@@ -139,17 +150,18 @@ async fn run(args: Args) -> Result<(), BenchError> {
                     db_cpu.push(db.as_secs_f64() * 1e6 / args.jobs as f64);
                 }
                 let (median, min, max) = spread(&rates);
-                if feed == Feed::Backlog && workers == 4 {
+                if feed == Feed::Backlog && workers == 4 && claim_ahead == 0 {
                     capacity_4 = median;
                 }
                 let (cpu_median, _, _) = spread(&cpu);
                 let (db_median, _, _) = spread(&db_cpu);
                 eprintln!(
-                    "{engine} {} x{workers}: {median:.0} jobs/s ({min:.0}..{max:.0})",
+                    "{engine} {} ({profile}) x{workers}: {median:.0} jobs/s ({min:.0}..{max:.0})",
                     feed.name()
                 );
                 emit(json!({
                     "engine": engine, "metric": "throughput", "feed": feed.name(),
+                    "profile": profile, "claim_ahead": claim_ahead,
                     "workers": workers, "jobs": args.jobs, "median_jobs_per_s": median,
                     "min": min, "max": max, "runs": rates,
                     "cpu_us_per_job": cpu_median,

@@ -23,7 +23,10 @@ const JOBS = Number(process.env.BENCH_JOBS ?? 10000);
 const REPEATS = Number(process.env.BENCH_REPEATS ?? 3);
 const WORKERS = (process.env.BENCH_WORKERS ?? "1,4,16").split(",").map(Number);
 const SAMPLES = Number(process.env.BENCH_LATENCY_SAMPLES ?? 300);
-const PROFILES = (process.env.BENCH_PROFILES ?? "defaults,batched").split(",");
+const PROFILES = (process.env.BENCH_PROFILES ?? "defaults,batched,matched,deep").split(",");
+// keel's claim-ahead profile in bench-runtime; `matched` locks as many jobs ahead.
+const CLAIM_AHEAD = Number(process.env.BENCH_CLAIM_AHEAD ?? 8);
+const DEEP_QUEUE = 500;
 const SCHEMA = "graphile_worker_bench";
 const BATCH = 500; // jobs per addJobs call, as keel's ENQUEUE_BATCH
 const TIMEOUT_MS = 300_000;
@@ -80,8 +83,14 @@ function preset(profile, concurrency) {
       return {};
     case "batched":
       return { worker: { localQueue: { size: concurrency + 1 }, completeJobBatchDelay: 0 } };
+    case "matched":
+      return {
+        worker: { localQueue: { size: concurrency * (CLAIM_AHEAD + 1) }, completeJobBatchDelay: 0 },
+      };
+    case "deep":
+      return { worker: { localQueue: { size: DEEP_QUEUE } , completeJobBatchDelay: 0 } };
     default:
-      throw new Error(`unknown profile ${profile}; use defaults or batched`);
+      throw new Error(`unknown profile ${profile}; use defaults, batched, matched or deep`);
   }
 }
 
