@@ -194,6 +194,9 @@ pub struct Throughput {
     pub jobs_per_s: f64,
     /// This process's CPU time per job, in microseconds.
     pub cpu_us_per_job: f64,
+    /// The local PostgreSQL server's CPU time per job over the timed part, in
+    /// microseconds (zero without one): a backlog's preload is not in it.
+    pub db_cpu_us_per_job: f64,
     /// Wall time of the timed part.
     pub wall: Duration,
 }
@@ -214,7 +217,7 @@ pub async fn throughput(
     if feed == Feed::Backlog {
         preload(storage.clone(), jobs).await?;
     }
-    let cpu0 = cpu_time();
+    let (cpu0, db0) = (cpu_time(), postgres_cpu_time());
     let began = wall_now();
     let bench = start(storage, workers, claim_ahead, None)?;
     bench.finished.target.store(jobs, Ordering::SeqCst);
@@ -236,10 +239,12 @@ pub async fn throughput(
         })?;
     let wall = began.elapsed();
     let cpu = cpu_time().saturating_sub(cpu0);
+    let db = postgres_cpu_time().saturating_sub(db0);
     bench.handle.shutdown(Duration::from_secs(5)).await;
     Ok(Throughput {
         jobs_per_s: jobs as f64 / wall.as_secs_f64(),
         cpu_us_per_job: cpu.as_secs_f64() * 1e6 / jobs as f64,
+        db_cpu_us_per_job: db.as_secs_f64() * 1e6 / jobs as f64,
         wall,
     })
 }

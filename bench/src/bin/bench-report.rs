@@ -225,7 +225,7 @@ impl Report {
                       job enqueued first, then the drain timed; `claim-ahead N`: the backlog with \
                       each worker claiming N jobs ahead of the one it runs (`JobsConfig::claim_ahead`; \
                       the other rows use keel's default, 0). CPU is this process's per job (and \
-                      the PostgreSQL server's, where it runs here).\n\n");
+                      the PostgreSQL server's over the same timed part, where it runs here; a backlog's preload is in neither).\n\n");
         out.push_str(
             "| engine | feed | 1 worker | 4 workers | 16 workers | CPU µs / job (4 workers) |\n",
         );

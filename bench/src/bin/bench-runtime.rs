@@ -140,14 +140,12 @@ async fn run(args: Args) -> Result<(), BenchError> {
                 let (mut rates, mut cpu, mut db_cpu) = (Vec::new(), Vec::new(), Vec::new());
                 for _ in 0..args.repeats {
                     let (storage, pg) = engines.open(engine).await?;
-                    let db0 = keel_bench::postgres_cpu_time();
                     let t = throughput(storage, workers, claim_ahead, args.jobs, feed).await;
-                    let db = keel_bench::postgres_cpu_time().saturating_sub(db0);
                     drop_pg(pg).await;
                     let t = t?;
                     rates.push(t.jobs_per_s);
                     cpu.push(t.cpu_us_per_job);
-                    db_cpu.push(db.as_secs_f64() * 1e6 / args.jobs as f64);
+                    db_cpu.push(t.db_cpu_us_per_job);
                 }
                 let (median, min, max) = spread(&rates);
                 if feed == Feed::Backlog && workers == 4 && claim_ahead == 0 {
