@@ -740,6 +740,22 @@ mod tests {
             ctx.heal_converge_ms <= heal_ms,
             "no_lost_jobs must be able to fire in a {heal_ms}ms heal: {ctx:?}"
         );
+        // Every scenario that claims no_lost_jobs heals long enough for it to
+        // fire, with its own claim_ahead and handlers counted.
+        for scenario in scenarios::all() {
+            if !scenario.invariants.iter().any(|i| i == "no_lost_jobs") {
+                continue;
+            }
+            let timing = Timing::for_scenario(&scenario).expect("valid");
+            let ctx = check_ctx(&timing, &scenario, 0);
+            let heal_ms = scenario.heal_s * 1000;
+            assert!(
+                ctx.heal_converge_ms <= heal_ms,
+                "{}: no_lost_jobs needs {}ms of heal, has {heal_ms}",
+                scenario.name,
+                ctx.heal_converge_ms
+            );
+        }
     }
 
     #[test]
