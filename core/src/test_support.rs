@@ -74,18 +74,30 @@ impl Transport for Flaky {
     }
 }
 
-impl Remote<Flaky> {
-    /// A healthy view of `inner`.
-    pub(crate) fn new(inner: Arc<MemStorage>) -> Arc<Self> {
-        Arc::new(Remote(Flaky {
+impl Flaky {
+    /// A healthy transport to `inner`.
+    pub(crate) fn healthy(inner: Arc<MemStorage>) -> Self {
+        Flaky {
             inner,
             failing: AtomicBool::new(false),
-        }))
+        }
     }
 
     /// Fail (`true`) or serve (`false`) every call from now on.
     pub(crate) fn set_failing(&self, failing: bool) {
-        self.0.failing.store(failing, Ordering::SeqCst);
+        self.failing.store(failing, Ordering::SeqCst);
+    }
+}
+
+impl Remote<Flaky> {
+    /// A healthy view of `inner`.
+    pub(crate) fn new(inner: Arc<MemStorage>) -> Arc<Self> {
+        Arc::new(Remote(Flaky::healthy(inner)))
+    }
+
+    /// Fail (`true`) or serve (`false`) every call from now on.
+    pub(crate) fn set_failing(&self, failing: bool) {
+        self.0.set_failing(failing);
     }
 }
 

@@ -49,9 +49,10 @@ pub struct JobsConfig {
     /// time). A worker with jobs in hand runs them in turn and sends each one's
     /// finalize without waiting for it, so one storage transaction carries many
     /// claims and completions: more jobs per second for short handlers, at the
-    /// price of jobs waiting on one worker while another may sit idle. A job
-    /// that waited in hand past half its `claim_trust` costs one heartbeat
-    /// before it starts, to make sure the rescuer has not handed it on.
+    /// price of jobs waiting on one worker while another may sit idle. Held
+    /// jobs are heartbeated while they wait, and one whose trust is half gone
+    /// (storage was unreachable) is renewed before it starts, so the rescuer
+    /// cannot have handed it on.
     pub claim_ahead: u32,
 }
 

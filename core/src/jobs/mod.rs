@@ -4,12 +4,15 @@
 //! * [`Runtime`]: build with handlers, queues and periodic jobs, then
 //!   [`start`](Runtime::start); the [`RuntimeHandle`] enqueues, cancels, pauses
 //!   and shuts down.
-//! * Workers claim one job at a time, run its [`Handler`] under heartbeats, and
-//!   finalize with the claim's attempt as fencing token (see `worker.rs`).
+//! * Workers claim one job at a time (or a hand of them, see
+//!   [`JobsConfig::claim_ahead`] and `hand.rs`), run its [`Handler`] under
+//!   heartbeats, and finalize with the claim's attempt as fencing token (see
+//!   `worker.rs`).
 //! * On the elected leader, the maintainer runs the [`Rescuer`], [`Scheduler`],
 //!   [`Cleaner`] and [`PeriodicEnqueuer`].
 
 mod config;
+mod hand;
 mod handler;
 mod maintenance;
 mod runtime;

@@ -11,7 +11,7 @@ use crate::clock::Clock;
 use crate::storage::{
     CancelResult, EnqueueRequest, JobId, JobState, JobStore, MemStorage, SharedStorage,
 };
-use crate::test_support::{Recorder, TestClock, WAIT_MAX};
+use crate::test_support::{Flaky, Recorder, TestClock, WAIT_MAX};
 
 struct Fixture {
     store: Arc<MemStorage>,
@@ -641,18 +641,23 @@ async fn a_worker_claiming_ahead_overlaps_its_finalizes_with_its_next_jobs() {
 }
 
 /// Runs a slow job then a quick one on one worker that claims both in one
-/// hand; `mid_run` acts on storage while the slow one runs. Returns the quick
+/// hand, through `transport` (which `mid_run` may break while the slow one
+/// runs; the fixture's store stays reachable to the test). Returns the quick
 /// job's (claims, attempts started).
-async fn hand_of_slow_then_quick(
+async fn hand_of_slow_then_quick<T: crate::storage::ops::Transport + 'static>(
     slow: Duration,
-    mid_run: impl AsyncFnOnce(&Fixture),
+    transport: impl FnOnce(Arc<MemStorage>) -> T,
+    mid_run: impl AsyncFnOnce(&Fixture, &T),
 ) -> (usize, Vec<u32>) {
     let f = Fixture::new();
     let first = f.store.enqueue(job("slow"), f.clock.now()).await;
     let second = f.store.enqueue(job("quick"), f.clock.now()).await;
     let (first, second) = (first.expect("ok").id(), second.expect("ok").id());
-    let rt = f
-        .builder("n1")
+    let remote = Arc::new(crate::storage::ops::Remote(transport(f.store.clone())));
+    let storage: SharedStorage = remote.clone();
+    let rt = Runtime::builder("n1", storage, f.clock.clone())
+        .observer(f.recorder.clone())
+        .rng_seed(7)
         .jobs_config(JobsConfig {
             claim_ahead: 1,
             ..JobsConfig::default()
@@ -667,7 +672,7 @@ async fn hand_of_slow_then_quick(
         .expect("valid")
         .start()
         .expect("started");
-    mid_run(&f).await;
+    mid_run(&f, &remote.0).await;
     assert_eq!(f.finished(first).await, JobState::Completed);
     assert_eq!(f.finished(second).await, JobState::Completed);
     rt.shutdown(Duration::from_secs(5)).await;
@@ -688,13 +693,21 @@ async fn hand_of_slow_then_quick(
     (claims, starts)
 }
 
-/// A job claimed ahead has no heartbeat of its own until it starts: one that
-/// waited in hand past half its trust is renewed first, then runs on its claim.
+/// A job waiting in hand is heartbeated like a running one: held longer than
+/// `stale_threshold` behind a slow job, it is not rescued, and runs once on
+/// the claim that took it.
 #[tokio::test(start_paused = true)]
-async fn a_job_held_in_hand_past_half_its_trust_is_renewed_before_it_starts() {
+async fn a_job_held_in_hand_is_kept_alive_and_runs_on_its_claim() {
     let cfg = JobsConfig::default();
-    let slow = cfg.claim_trust / 2 + Duration::from_millis(500);
-    let (claims, starts) = hand_of_slow_then_quick(slow, async |_f| {}).await;
+    let slow = cfg.stale_threshold + Duration::from_secs(1);
+    let rescue = async |f: &Fixture, _: &Flaky| {
+        tokio::time::sleep(cfg.stale_threshold + Duration::from_millis(500)).await;
+        let threshold = i64::try_from(cfg.stale_threshold.as_millis()).expect("small");
+        let stale_before = crate::clock::Timestamp(f.clock.now().0 - threshold);
+        let revoked = f.store.rescue_stale(stale_before, f.clock.now()).await;
+        assert_eq!(revoked.expect("ok"), vec![], "nothing in hand went stale");
+    };
+    let (claims, starts) = hand_of_slow_then_quick(slow, Flaky::healthy, rescue).await;
     assert_eq!(
         (claims, starts),
         (1, vec![1]),
@@ -702,27 +715,77 @@ async fn a_job_held_in_hand_past_half_its_trust_is_renewed_before_it_starts() {
     );
 }
 
-/// If the rescuer revoked a job while it waited in hand, the worker does not
-/// start it on the old claim: it runs once, on the claim that came after.
+/// Cut off from storage, a worker cannot keep its hand alive: the job waiting
+/// there goes stale and the rescuer hands it on. The worker must not start it
+/// on that claim (its renewal fails, so it gives the job back); it runs once,
+/// on the claim that came after.
 #[tokio::test(start_paused = true)]
-async fn a_job_rescued_while_in_hand_is_not_started_on_its_old_claim() {
+async fn a_job_that_went_stale_in_hand_is_not_started_on_its_old_claim() {
     let cfg = JobsConfig::default();
-    let slow = cfg.stale_threshold + Duration::from_secs(1);
-    let rescue = async |f: &Fixture| {
+    let slow = Duration::from_secs(30);
+    let cut_off = async |f: &Fixture, flaky: &Flaky| {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        flaky.set_failing(true);
         tokio::time::sleep(cfg.stale_threshold + Duration::from_millis(500)).await;
         let threshold = i64::try_from(cfg.stale_threshold.as_millis()).expect("small");
         let stale_before = crate::clock::Timestamp(f.clock.now().0 - threshold);
         let revoked = f.store.rescue_stale(stale_before, f.clock.now()).await;
         assert_eq!(
             revoked.expect("ok").len(),
-            1,
-            "only the job in hand is stale"
+            2,
+            "the running job and the held one"
         );
+        flaky.set_failing(false);
     };
-    let (claims, starts) = hand_of_slow_then_quick(slow, rescue).await;
+    let (claims, starts) = hand_of_slow_then_quick(slow, Flaky::healthy, cut_off).await;
+    assert_eq!(starts, vec![2], "never started on the stale claim");
+    assert_eq!(claims, 2, "given back unrun (its first claim), then run");
+}
+
+/// Storage that, while `deaf` is set, fails every heartbeat of one job (the
+/// one waiting in hand) and serves everything else.
+struct DeafToHeldJob {
+    store: Arc<MemStorage>,
+    job: JobId,
+    deaf: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl crate::storage::ops::Transport for DeafToHeldJob {
+    async fn call(
+        &self,
+        op: crate::storage::ops::Op,
+    ) -> crate::storage::StorageResult<crate::storage::ops::Reply> {
+        let theirs = matches!(&op, crate::storage::ops::Op::Heartbeat { claim, .. } if claim.job == self.job);
+        if theirs && self.deaf.load(Ordering::SeqCst) {
+            return Err(crate::storage::StorageError::Unavailable("deaf".into()));
+        }
+        Ok(crate::storage::ops::apply(self.store.as_ref(), op).await)
+    }
+}
+
+/// The rescuer revokes a job in hand whose keeper could not reach storage,
+/// while the worker's running job stays healthy. Once storage hears the
+/// worker again it answers `Lost`, and the worker drops the job unrun: it runs
+/// once, on the claim that came after.
+#[tokio::test(start_paused = true)]
+async fn a_job_lost_while_in_hand_is_dropped_unrun() {
+    let cfg = JobsConfig::default();
+    let slow = cfg.stale_threshold + Duration::from_secs(2);
+    let transport = |store| DeafToHeldJob {
+        store,
+        job: JobId(2),
+        deaf: std::sync::atomic::AtomicBool::new(true),
+    };
+    let rescue = async |f: &Fixture, t: &DeafToHeldJob| {
+        tokio::time::sleep(cfg.stale_threshold + Duration::from_millis(500)).await;
+        let threshold = i64::try_from(cfg.stale_threshold.as_millis()).expect("small");
+        let stale_before = crate::clock::Timestamp(f.clock.now().0 - threshold);
+        let revoked = f.store.rescue_stale(stale_before, f.clock.now()).await;
+        assert_eq!(revoked.expect("ok").len(), 1, "only the job in hand");
+        t.deaf.store(false, Ordering::SeqCst);
+    };
+    let (claims, starts) = hand_of_slow_then_quick(slow, transport, rescue).await;
     assert_eq!(starts, vec![2], "never started on the revoked claim");
-    assert_eq!(
-        claims, 1,
-        "the revoked claim was dropped, not reported as run"
-    );
+    assert_eq!(claims, 1, "dropped without a claim event, then run");
 }

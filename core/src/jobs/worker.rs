@@ -21,10 +21,11 @@
 //!
 //! With [`JobsConfig::claim_ahead`](super::JobsConfig::claim_ahead) `= n`, a
 //! worker claims up to `n + 1` jobs per call and runs them in turn. Only the
-//! running job is heartbeated, so a job waiting in hand lives on the trust its
-//! claim call earned: once half of `claim_trust` (counted from when that call
-//! was sent) is gone, the worker heartbeats it before starting it, and does not
-//! run it if the claim was lost or its cancel requested meanwhile. The
+//! jobs waiting in hand are heartbeated by the hand's keeper (`hand.rs`), each
+//! claim's trust counted from when its last renewing call was sent; a job the
+//! keeper heard was lost or cancelled is not run, and one whose trust is half
+//! gone (the keeper could not reach storage) is heartbeated once more before it
+//! starts. The
 //! finalizes of all but the last job of a hand go out in the background while
 //! the next job runs, so a storage engine that groups calls commits many jobs
 //! at once; the last one carries the claim of the next hand. For example, with
@@ -48,6 +49,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tracing::Instrument;
 
 use super::config::JobsConfig;
+use super::hand::{Hand, Heard, Held};
 use super::handler::{HandlerRegistry, JobCtx, Outcome};
 use crate::clock::SharedClock;
 use crate::events::{emit, Event, SharedObserver};
@@ -175,22 +177,26 @@ impl Worker<'_> {
     /// this returns.
     async fn run_jobs(&self, claimed: Claimed) {
         let shared = self.shared;
-        let mut pending: std::collections::VecDeque<(Job, Instant)> = claimed
-            .jobs
-            .into_iter()
-            .map(|j| (j, claimed.sent))
-            .collect();
+        let hand = Arc::new(Hand::default());
+        hand.hold(&claimed.jobs, claimed.sent);
+        let mut pending = std::collections::VecDeque::from(claimed.jobs);
+        // Dropped (aborting it) when this returns or the worker is aborted.
+        let mut keeper = JoinSet::new();
+        if shared.cfg.claim_ahead > 0 {
+            keeper.spawn(hand.clone().keep(shared.clone(), self.owner.to_owned()));
+        }
         let mut background = JoinSet::new();
         let background_max = usize::try_from(shared.cfg.claim_ahead + 1).unwrap_or(usize::MAX);
-        while let Some((job, sent)) = pending.pop_front() {
+        while let Some(job) = pending.pop_front() {
             while background.try_join_next().is_some() {}
+            let held = hand.take(job.id).expect("every pending job is held");
             if self.stop.is_triggered() {
                 // Claimed but not started: hand it straight back.
                 crate::sometimes!("claimed_next_while_stopping");
                 give_back(shared, self.owner, job).await;
                 continue;
             }
-            let Some(sent) = self.renew_if_old(&job, sent).await else {
+            let Some(sent) = self.renew_if_old(&job, held).await else {
                 continue;
             };
             let Some(done) = self.run_job(job, sent).await else {
@@ -203,7 +209,8 @@ impl Worker<'_> {
                 let jobs = finalize_then_claim(shared, &done.running, done.fin, next)
                     .instrument(done.span)
                     .await;
-                pending.extend(jobs.into_iter().map(|j| (j, sent)));
+                hand.hold(&jobs, sent);
+                pending.extend(jobs);
                 continue;
             }
             if background.len() >= background_max {
@@ -215,33 +222,46 @@ impl Worker<'_> {
                     .instrument(done.span),
             );
         }
+        keeper.abort_all();
         while background.join_next().await.is_some() {}
     }
 
-    /// A job that waited in hand has no heartbeat of its own: once half its
-    /// trust is gone, ask storage whether the claim still stands before
-    /// starting it. Returns when the claim's trust now runs from, or `None` if
-    /// the job is not to be run (lost, cancelled, or given back).
-    async fn renew_if_old(&self, job: &Job, sent: Instant) -> Option<Instant> {
+    /// Settle what the hand's keeper heard of a job before starting it, and
+    /// once half its trust is gone (the keeper could not renew it: storage
+    /// unreachable, or slow), ask storage whether the claim still stands.
+    /// Returns when the claim's trust now runs from, or `None` if the job is
+    /// not to be run (lost, cancelled, or given back).
+    async fn renew_if_old(&self, job: &Job, held: Held) -> Option<Instant> {
         let shared = self.shared;
-        let age = shared.clock.monotonic().saturating_duration_since(sent);
+        match held.heard {
+            Heard::Alive => {}
+            Heard::Lost => {
+                // The rescuer handed it on: it is someone else's to run.
+                crate::sometimes!("claimed_ahead_lost_unrun");
+                return None;
+            }
+            Heard::CancelRequested => {
+                let reason = "cancelled by request".to_owned();
+                settle_unrun(shared, self.owner, job, Finalize::Cancel { reason }).await;
+                return None;
+            }
+        }
+        let age = shared
+            .clock
+            .monotonic()
+            .saturating_duration_since(held.trusted_from);
         if age < shared.cfg.claim_trust / 2 {
-            return Some(sent);
+            return Some(held.trusted_from);
         }
         if crate::is_planted!(shared.plants, ClaimAheadIgnoresTrust) {
             // Planted: trust the old claim as if it were fresh.
             return Some(shared.clock.monotonic());
         }
         crate::sometimes!("claimed_ahead_renewed");
-        let claim = Claim {
-            job: job.id,
-            attempt: job.attempt,
-        };
         let (now, renewed) = (shared.clock.now(), shared.clock.monotonic());
-        match shared.storage.heartbeat(claim, self.owner, now).await {
+        match shared.storage.heartbeat(held.claim, self.owner, now).await {
             Ok(HeartbeatStatus::Alive) => Some(renewed),
             Ok(HeartbeatStatus::Lost) => {
-                // The rescuer handed it on: it is someone else's to run.
                 crate::sometimes!("claimed_ahead_lost_unrun");
                 None
             }

@@ -1,0 +1,118 @@
+//! A worker's hand: the jobs it claimed ahead ([`JobsConfig::claim_ahead`]) and
+//! has not started yet, kept alive by heartbeats while they wait.
+//!
+//! A claim that nobody heartbeats goes stale after `stale_threshold`, and the
+//! rescuer then spends its attempt (on the last attempt, discards the job)
+//! though it never ran. So while jobs wait in hand, [`Hand::keep`] heartbeats
+//! each one every `heartbeat_interval`, as a running job's supervisor does, and
+//! records what storage answered: a fresher trust anchor (when the heartbeat was
+//! sent), or that the claim was lost or its cancel requested. The worker reads
+//! that record when it takes the job out of its hand to start it.
+//!
+//! [`JobsConfig::claim_ahead`]: super::JobsConfig::claim_ahead
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::time::{Instant, MissedTickBehavior};
+
+use super::worker::WorkerShared;
+use crate::storage::{Claim, HeartbeatStatus, Job, JobId};
+
+/// What storage last said of a held claim.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Heard {
+    /// Still ours (or not asked yet).
+    Alive,
+    /// The rescuer or another worker took it: not ours to run.
+    Lost,
+    /// Still ours, and a user asked to cancel it.
+    CancelRequested,
+}
+
+/// One job in hand.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Held {
+    pub(crate) claim: Claim,
+    /// When the last call that renewed this claim (its claim, or a heartbeat
+    /// storage accepted) was sent: storage stamped the claim then.
+    pub(crate) trusted_from: Instant,
+    pub(crate) heard: Heard,
+}
+
+/// The jobs one worker holds, by id.
+#[derive(Debug, Default)]
+pub(crate) struct Hand {
+    held: Mutex<BTreeMap<JobId, Held>>,
+}
+
+impl Hand {
+    fn held(&self) -> MutexGuard<'_, BTreeMap<JobId, Held>> {
+        self.held.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Hold `jobs`, claimed by a call sent at `sent`.
+    pub(crate) fn hold<'a>(&self, jobs: impl IntoIterator<Item = &'a Job>, sent: Instant) {
+        let mut held = self.held();
+        for job in jobs {
+            let claim = Claim {
+                job: job.id,
+                attempt: job.attempt,
+            };
+            let record = Held {
+                claim,
+                trusted_from: sent,
+                heard: Heard::Alive,
+            };
+            held.insert(job.id, record);
+        }
+    }
+
+    /// Take `job` out of the hand, to start it or give it back.
+    pub(crate) fn take(&self, job: JobId) -> Option<Held> {
+        self.held().remove(&job)
+    }
+
+    /// Heartbeat every held claim each `heartbeat_interval`, forever: the worker
+    /// drops this future when its hand is done (it runs in a `JoinSet`, so an
+    /// aborted worker stops it too and the claims go stale as they should).
+    pub(crate) async fn keep(self: Arc<Self>, shared: Arc<WorkerShared>, owner: String) {
+        let mut interval = shared
+            .clock
+            .interval(shared.cfg.heartbeat_interval, MissedTickBehavior::Skip);
+        interval.reset();
+        loop {
+            interval.tick().await;
+            let claims: Vec<Claim> = self
+                .held()
+                .values()
+                .filter(|h| h.heard == Heard::Alive)
+                .map(|h| h.claim)
+                .collect();
+            for claim in claims {
+                let (now, sent) = (shared.clock.now(), shared.clock.monotonic());
+                let heard = shared.storage.heartbeat(claim, &owner, now).await;
+                self.record(claim, sent, heard.ok());
+            }
+        }
+    }
+
+    /// Note what a heartbeat sent at `sent` heard, if the job is still held
+    /// under the same claim.
+    fn record(&self, claim: Claim, sent: Instant, heard: Option<HeartbeatStatus>) {
+        let mut held = self.held();
+        let Some(h) = held.get_mut(&claim.job).filter(|h| h.claim == claim) else {
+            return;
+        };
+        match heard {
+            Some(HeartbeatStatus::Alive) => h.trusted_from = h.trusted_from.max(sent),
+            Some(HeartbeatStatus::CancelRequested) => {
+                h.trusted_from = h.trusted_from.max(sent);
+                h.heard = Heard::CancelRequested;
+            }
+            Some(HeartbeatStatus::Lost) => h.heard = Heard::Lost,
+            // Unknown: the trust already earned keeps ageing.
+            None => {}
+        }
+    }
+}
