@@ -30,6 +30,16 @@ pub(crate) enum Heard {
     CancelRequested,
 }
 
+impl From<HeartbeatStatus> for Heard {
+    fn from(status: HeartbeatStatus) -> Self {
+        match status {
+            HeartbeatStatus::Alive => Heard::Alive,
+            HeartbeatStatus::Lost => Heard::Lost,
+            HeartbeatStatus::CancelRequested => Heard::CancelRequested,
+        }
+    }
+}
+
 /// One job in hand.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Held {
@@ -104,15 +114,14 @@ impl Hand {
         let Some(h) = held.get_mut(&claim.job).filter(|h| h.claim == claim) else {
             return;
         };
-        match heard {
-            Some(HeartbeatStatus::Alive) => h.trusted_from = h.trusted_from.max(sent),
-            Some(HeartbeatStatus::CancelRequested) => {
-                h.trusted_from = h.trusted_from.max(sent);
-                h.heard = Heard::CancelRequested;
-            }
-            Some(HeartbeatStatus::Lost) => h.heard = Heard::Lost,
-            // Unknown: the trust already earned keeps ageing.
-            None => {}
+        // No answer: the trust already earned keeps ageing.
+        let Some(heard) = heard.map(Heard::from) else {
+            return;
+        };
+        if heard != Heard::Lost {
+            // Storage stamped the claim when this heartbeat was sent.
+            h.trusted_from = h.trusted_from.max(sent);
         }
+        h.heard = heard;
     }
 }

@@ -193,7 +193,7 @@ impl Worker<'_> {
             if self.stop.is_triggered() {
                 // Claimed but not started: hand it straight back.
                 crate::sometimes!("claimed_next_while_stopping");
-                give_back(shared, self.owner, job).await;
+                give_back(shared, self.owner, &job).await;
                 continue;
             }
             let Some(sent) = self.renew_if_old(&job, held).await else {
@@ -233,48 +233,50 @@ impl Worker<'_> {
     /// not to be run (lost, cancelled, or given back).
     async fn renew_if_old(&self, job: &Job, held: Held) -> Option<Instant> {
         let shared = self.shared;
-        match held.heard {
-            Heard::Alive => {}
-            Heard::Lost => {
+        let heard = match held.heard {
+            Heard::Alive => match self.fresh_or_renewed(held).await {
+                Ok(trusted_from) => return Some(trusted_from),
+                Err(heard) => heard,
+            },
+            heard => Some(heard),
+        };
+        match heard {
+            Some(Heard::Lost) => {
                 // The rescuer handed it on: it is someone else's to run.
                 crate::sometimes!("claimed_ahead_lost_unrun");
-                return None;
             }
-            Heard::CancelRequested => {
+            Some(Heard::CancelRequested) => {
                 let reason = "cancelled by request".to_owned();
                 settle_unrun(shared, self.owner, job, Finalize::Cancel { reason }).await;
-                return None;
             }
+            // Storage could not say: give it back (if that fails too, the
+            // rescuer recovers it once its claim is stale).
+            Some(Heard::Alive) | None => give_back(shared, self.owner, job).await,
         }
+        None
+    }
+
+    /// The held claim's trust anchor if at least half its trust is left, else
+    /// renewed by a heartbeat; otherwise what storage said (`None`: no answer).
+    async fn fresh_or_renewed(&self, held: Held) -> Result<Instant, Option<Heard>> {
+        let shared = self.shared;
         let age = shared
             .clock
             .monotonic()
             .saturating_duration_since(held.trusted_from);
         if age < shared.cfg.claim_trust / 2 {
-            return Some(held.trusted_from);
+            return Ok(held.trusted_from);
         }
         if crate::is_planted!(shared.plants, ClaimAheadIgnoresTrust) {
             // Planted: trust the old claim as if it were fresh.
-            return Some(shared.clock.monotonic());
+            return Ok(shared.clock.monotonic());
         }
         crate::sometimes!("claimed_ahead_renewed");
         let (now, renewed) = (shared.clock.now(), shared.clock.monotonic());
         match shared.storage.heartbeat(held.claim, self.owner, now).await {
-            Ok(HeartbeatStatus::Alive) => Some(renewed),
-            Ok(HeartbeatStatus::Lost) => {
-                crate::sometimes!("claimed_ahead_lost_unrun");
-                None
-            }
-            Ok(HeartbeatStatus::CancelRequested) => {
-                let reason = "cancelled by request".to_owned();
-                settle_unrun(shared, self.owner, job, Finalize::Cancel { reason }).await;
-                None
-            }
-            Err(_) => {
-                let until = shared.clock.now();
-                settle_unrun(shared, self.owner, job, Finalize::Snooze { until }).await;
-                None
-            }
+            Ok(HeartbeatStatus::Alive) => Ok(renewed),
+            Ok(status) => Err(Some(Heard::from(status))),
+            Err(_) => Err(None),
         }
     }
 
@@ -327,9 +329,9 @@ struct Done {
 
 /// Give back a job claimed for this worker that it will not run (it is
 /// stopping): no attempt is spent, and another node may take it at once.
-async fn give_back(shared: &Arc<WorkerShared>, owner: &str, job: Job) {
+async fn give_back(shared: &Arc<WorkerShared>, owner: &str, job: &Job) {
     let until = shared.clock.now();
-    settle_unrun(shared, owner, &job, Finalize::Snooze { until }).await;
+    settle_unrun(shared, owner, job, Finalize::Snooze { until }).await;
 }
 
 /// Finalize a job claimed for this worker without running it.
