@@ -58,6 +58,17 @@ impl Fixture {
     }
 }
 
+/// A handler that counts its runs in `runs` and completes.
+fn counting(
+    runs: &Arc<AtomicU32>,
+) -> impl Fn(JobCtx, serde_json::Value) -> std::future::Ready<Outcome> + Send + Sync + 'static {
+    let runs = runs.clone();
+    move |_ctx, _p| {
+        runs.fetch_add(1, Ordering::SeqCst);
+        std::future::ready(Outcome::Completed)
+    }
+}
+
 fn job(kind: &str) -> EnqueueRequest {
     EnqueueRequest::new(kind, json!({}))
 }
@@ -66,17 +77,10 @@ fn job(kind: &str) -> EnqueueRequest {
 async fn jobs_run_once_and_complete_and_shutdown_is_clean() {
     let f = Fixture::new();
     let runs = Arc::new(AtomicU32::new(0));
-    let counter = runs.clone();
     let rt = f
         .builder("n1")
         .queue("default", 2)
-        .handler("count", move |_ctx, _p| {
-            let counter = counter.clone();
-            async move {
-                counter.fetch_add(1, Ordering::SeqCst);
-                Outcome::Completed
-            }
-        })
+        .handler("count", counting(&runs))
         .build()
         .expect("valid")
         .start()
@@ -588,7 +592,6 @@ impl crate::storage::ops::Transport for Distant {
 async fn backlog_time(claim_ahead: u32) -> Duration {
     let f = Fixture::new();
     let runs = Arc::new(AtomicU32::new(0));
-    let counter = runs.clone();
     let mut ids = Vec::new();
     for _ in 0..20 {
         let outcome = f.store.enqueue(job("count"), f.clock.now()).await;
@@ -604,13 +607,7 @@ async fn backlog_time(claim_ahead: u32) -> Duration {
             ..JobsConfig::default()
         })
         .queue("default", 1)
-        .handler("count", move |_ctx, _p| {
-            let counter = counter.clone();
-            async move {
-                counter.fetch_add(1, Ordering::SeqCst);
-                Outcome::Completed
-            }
-        })
+        .handler("count", counting(&runs))
         .build()
         .expect("valid")
         .start()
