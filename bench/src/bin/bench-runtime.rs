@@ -53,6 +53,10 @@ struct Args {
     /// growing queue).
     #[arg(long)]
     latency_load: Option<u64>,
+    /// Measure only the claim-ahead backlog profiles (no defaults, no latency):
+    /// a quick A/B run while tuning the hot path.
+    #[arg(long)]
+    only_claim_ahead: bool,
 }
 
 /// A fresh, empty store per run, so no run sees another's jobs.
@@ -128,7 +132,11 @@ async fn run(args: Args) -> Result<(), BenchError> {
             continue;
         }
         let mut capacity_4 = 0.0f64;
-        let mut profiles = vec![(Feed::Single, 0), (Feed::Batched, 0), (Feed::Backlog, 0)];
+        let mut profiles = if args.only_claim_ahead {
+            Vec::new()
+        } else {
+            vec![(Feed::Single, 0), (Feed::Batched, 0), (Feed::Backlog, 0)]
+        };
         profiles.extend(args.claim_ahead.iter().map(|&n| (Feed::Backlog, n)));
         for (feed, claim_ahead) in profiles {
             let profile = if claim_ahead == 0 {
@@ -166,6 +174,9 @@ async fn run(args: Args) -> Result<(), BenchError> {
                     "db_cpu_us_per_job": if engine == "postgres" { Some(db_median) } else { None },
                 }));
             }
+        }
+        if args.only_claim_ahead {
+            continue;
         }
         let load = args
             .latency_load

@@ -14,7 +14,7 @@ use crate::storage::OpenError;
 const VERSION_TABLE: &str = "keel_schema_version";
 
 /// Every migration, oldest first. Append only: a released entry never changes.
-pub(super) const MIGRATIONS: &[&str] = &[V1];
+pub(super) const MIGRATIONS: &[&str] = &[V1, V2];
 
 /// The newest schema version this library knows.
 pub(super) fn version_supported() -> i64 {
@@ -83,6 +83,16 @@ CREATE TABLE keel_periodic (
     job_id BIGINT NOT NULL,
     PRIMARY KEY (name, slot)
 );
+";
+
+/// Unique keys through a partial index. V1's `UNIQUE` column constraint indexed
+/// every row, so each row version of a job without a key (nearly all of them)
+/// added an entry for its NULL key: two of the six index entries a claim and a
+/// completion write. Keys stay unique; lookups by key (`unique_key = $1`) imply
+/// `IS NOT NULL`, so they use this index as they used the old one.
+const V2: &str = "
+ALTER TABLE keel_jobs DROP CONSTRAINT keel_jobs_unique_key_key;
+CREATE UNIQUE INDEX keel_jobs_unique_key ON keel_jobs (unique_key) WHERE unique_key IS NOT NULL;
 ";
 
 /// Create `schema` if missing, check it is Keel's, and apply missing migrations.

@@ -114,6 +114,71 @@ async fn migrations_are_idempotent_even_when_processes_connect_at_once() {
     again.drop_schema().await.expect("drop");
 }
 
+/// A schema left at version 1 (a store made by an older Keel) upgrades on
+/// connect: its jobs and their keys survive, keys stay unique, and rows without
+/// a key no longer enter the unique index.
+#[tokio::test]
+async fn a_version_1_schema_upgrades_and_keeps_unique_keys() {
+    let test = "upgrade_from_v1";
+    let Some(url) = pg_url(test) else { return };
+    let schema = schema_for(test);
+    drop_schema(&url, &schema).await;
+    let pg = admin(&url).await;
+    pg.batch_execute(&format!(
+        "CREATE SCHEMA \"{schema}\"; SET search_path TO \"{schema}\"; \
+         CREATE TABLE keel_schema_version (version BIGINT PRIMARY KEY); \
+         INSERT INTO keel_schema_version VALUES (1); {}",
+        schema::MIGRATIONS[0]
+    ))
+    .await
+    .expect("a version 1 schema");
+    pg.batch_execute(
+        "INSERT INTO keel_jobs VALUES (7, 'email', 'mail', '{}', 0, 'available', 0, 3, \
+         0, 0, NULL, NULL, false, NULL, NULL, '[]', 'k'::bytea); \
+         UPDATE keel_counters SET value = 7 WHERE name = 'job_id'",
+    )
+    .await
+    .expect("a keyed job written by version 1");
+    let options = PostgresOptions::new().schema(&schema).listen(false);
+    let s = PostgresStorage::connect_with(&url, options)
+        .await
+        .expect("upgrade on connect");
+    let old = JobId(7);
+    assert_eq!(
+        s.enqueue(req().unique_key("k"), T0).await.expect("enqueue"),
+        EnqueueOutcome::Duplicate(old),
+        "a key written before the upgrade still dedupes"
+    );
+    let fresh = s.enqueue(req().unique_key("n"), T0).await.expect("enqueue");
+    assert!(matches!(fresh, EnqueueOutcome::Inserted(_)), "{fresh:?}");
+    assert_eq!(
+        s.enqueue(req().unique_key("n"), T0).await.expect("enqueue"),
+        EnqueueOutcome::Duplicate(fresh.id()),
+        "a key written after the upgrade dedupes"
+    );
+    s.enqueue(req(), T0).await.expect("keyless");
+    s.enqueue(req(), T0).await.expect("keyless");
+    let entries: i64 = pg
+        .query_one(&format!("SELECT count(*) FROM \"{schema}\".keel_jobs"), &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(entries, 4, "the old job and three new ones");
+    let def: String = pg
+        .query_one(
+            "SELECT indexdef FROM pg_indexes WHERE schemaname = $1 AND indexname = $2",
+            &[&schema, &"keel_jobs_unique_key"],
+        )
+        .await
+        .expect("the partial unique index")
+        .get(0);
+    assert!(
+        def.contains("UNIQUE") && def.contains("WHERE (unique_key IS NOT NULL)"),
+        "{def}"
+    );
+    s.drop_schema().await.expect("drop");
+}
+
 #[tokio::test]
 async fn a_newer_schema_version_is_refused() {
     let test = "schema_too_new";
