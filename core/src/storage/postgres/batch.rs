@@ -128,7 +128,7 @@ async fn run(pool: Pool, mut rx: mpsc::UnboundedReceiver<Call>) {
 
 /// Run one batch and answer every call in it.
 async fn execute(pool: &Pool, batch: Vec<Call>) {
-    let (completed, claimed) = match transact(pool, &batch).await {
+    let (completed, mut claimed) = match transact(pool, &batch).await {
         Ok((completed, claimed)) => (Ok(completed), Ok(claimed)),
         Err(e) => (Err(e.clone()), Err(e)),
     };
@@ -138,8 +138,8 @@ async fn execute(pool: &Pool, batch: Vec<Call>) {
                 Ok(done) => Ok(done.contains(&i)),
                 Err(e) => Err(e.clone()),
             },
-            claimed: match &claimed {
-                Ok(by_call) => Ok(by_call.get(&i).cloned().unwrap_or_default()),
+            claimed: match &mut claimed {
+                Ok(by_call) => Ok(by_call.remove(&i).unwrap_or_default()),
                 Err(e) => Err(e.clone()),
             },
         };
