@@ -53,6 +53,11 @@ struct Args {
     /// growing queue).
     #[arg(long)]
     latency_load: Option<u64>,
+    /// On PostgreSQL, also measure the backlog with workers claiming this many
+    /// ahead and completions deleting their rows
+    /// (`PostgresOptions::delete_completed`, as the peers do; comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    delete_completed: Vec<u32>,
     /// Measure only the claim-ahead backlog profiles (no defaults, no latency):
     /// a quick A/B run while tuning the hot path.
     #[arg(long)]
@@ -70,6 +75,7 @@ impl Engines {
     async fn open(
         &mut self,
         engine: &str,
+        delete_completed: bool,
     ) -> Result<(SharedStorage, Option<Arc<PostgresStorage>>), BenchError> {
         self.runs += 1;
         let fail = |e: keel::storage::OpenError| BenchError(format!("{engine}: {e}"));
@@ -93,10 +99,12 @@ impl Engines {
                     .as_deref()
                     .ok_or_else(|| BenchError("postgres: no URL".into()))?;
                 let schema = format!("keel_bench_{}_{}", std::process::id(), self.runs);
-                let store =
-                    PostgresStorage::connect_with(url, PostgresOptions::new().schema(schema))
-                        .await
-                        .map_err(fail)?;
+                let options = PostgresOptions::new()
+                    .schema(schema)
+                    .delete_completed(delete_completed);
+                let store = PostgresStorage::connect_with(url, options)
+                    .await
+                    .map_err(fail)?;
                 let store = Arc::new(store);
                 Ok((store.clone(), Some(store)))
             }
@@ -135,19 +143,33 @@ async fn run(args: Args) -> Result<(), BenchError> {
         let mut profiles = if args.only_claim_ahead {
             Vec::new()
         } else {
-            vec![(Feed::Single, 0), (Feed::Batched, 0), (Feed::Backlog, 0)]
+            vec![
+                (Feed::Single, 0, false),
+                (Feed::Batched, 0, false),
+                (Feed::Backlog, 0, false),
+            ]
         };
-        profiles.extend(args.claim_ahead.iter().map(|&n| (Feed::Backlog, n)));
-        for (feed, claim_ahead) in profiles {
-            let profile = if claim_ahead == 0 {
+        profiles.extend(args.claim_ahead.iter().map(|&n| (Feed::Backlog, n, false)));
+        if engine == "postgres" {
+            profiles.extend(
+                args.delete_completed
+                    .iter()
+                    .map(|&n| (Feed::Backlog, n, true)),
+            );
+        }
+        for (feed, claim_ahead, delete_completed) in profiles {
+            let mut profile = if claim_ahead == 0 {
                 "defaults".to_owned()
             } else {
                 format!("claim-ahead {claim_ahead}")
             };
+            if delete_completed {
+                profile.push_str(", delete completed");
+            }
             for &workers in &args.workers {
                 let (mut rates, mut cpu, mut db_cpu) = (Vec::new(), Vec::new(), Vec::new());
                 for _ in 0..args.repeats {
-                    let (storage, pg) = engines.open(engine).await?;
+                    let (storage, pg) = engines.open(engine, delete_completed).await?;
                     let t = throughput(storage, workers, claim_ahead, args.jobs, feed).await;
                     drop_pg(pg).await;
                     let t = t?;
@@ -156,7 +178,7 @@ async fn run(args: Args) -> Result<(), BenchError> {
                     db_cpu.push(t.db_cpu_us_per_job);
                 }
                 let (median, min, max) = spread(&rates);
-                if feed == Feed::Backlog && workers == 4 && claim_ahead == 0 {
+                if feed == Feed::Backlog && workers == 4 && profile == "defaults" {
                     capacity_4 = median;
                 }
                 let (cpu_median, _, _) = spread(&cpu);
@@ -168,6 +190,7 @@ async fn run(args: Args) -> Result<(), BenchError> {
                 emit(json!({
                     "engine": engine, "metric": "throughput", "feed": feed.name(),
                     "profile": profile, "claim_ahead": claim_ahead,
+                    "delete_completed": delete_completed,
                     "workers": workers, "jobs": args.jobs, "median_jobs_per_s": median,
                     "min": min, "max": max, "runs": rates,
                     "cpu_us_per_job": cpu_median,
@@ -183,7 +206,7 @@ async fn run(args: Args) -> Result<(), BenchError> {
             .unwrap_or((capacity_4 / 2.0) as u64)
             .max(1);
         for (queue, load) in [("idle", 0), ("loaded", load)] {
-            let (storage, pg) = engines.open(engine).await?;
+            let (storage, pg) = engines.open(engine, false).await?;
             let l = latency(storage, 4, args.latency_samples, load).await;
             drop_pg(pg).await;
             let l = l?;

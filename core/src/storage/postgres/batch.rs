@@ -59,11 +59,26 @@ pub(super) struct Batcher {
     calls: mpsc::UnboundedSender<Call>,
 }
 
+/// What a completion does to its row (`PostgresOptions::delete_completed`).
+#[derive(Clone, Copy, Debug)]
+enum Completion {
+    /// Mark it completed; cleanup deletes it after the retention.
+    Keep,
+    /// Delete it (its effects go with it, by the foreign key's cascade).
+    Delete,
+}
+
 impl Batcher {
-    /// Start the batcher task on the current tokio runtime.
-    pub(super) fn start(pool: Pool) -> Batcher {
+    /// Start the batcher task on the current tokio runtime; with
+    /// `delete_completed`, completions delete their rows.
+    pub(super) fn start(pool: Pool, delete_completed: bool) -> Batcher {
         let (calls, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(pool, rx));
+        let completion = if delete_completed {
+            Completion::Delete
+        } else {
+            Completion::Keep
+        };
+        tokio::spawn(run(pool, rx, completion));
         Batcher { calls }
     }
 
@@ -102,7 +117,7 @@ const BATCHES_IN_FLIGHT_MAX: usize = 2;
 
 /// The batcher task: whenever a batch slot is free, every call waiting (at least
 /// one) becomes a batch.
-async fn run(pool: Pool, mut rx: mpsc::UnboundedReceiver<Call>) {
+async fn run(pool: Pool, mut rx: mpsc::UnboundedReceiver<Call>, completion: Completion) {
     let slots = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT_MAX));
     loop {
         let Ok(slot) = slots.clone().acquire_owned().await else {
@@ -120,15 +135,15 @@ async fn run(pool: Pool, mut rx: mpsc::UnboundedReceiver<Call>) {
         }
         let pool = pool.clone();
         tokio::spawn(async move {
-            execute(&pool, batch).await;
+            execute(&pool, batch, completion).await;
             drop(slot);
         });
     }
 }
 
 /// Run one batch and answer every call in it.
-async fn execute(pool: &Pool, batch: Vec<Call>) {
-    let (completed, mut claimed) = match transact(pool, &batch).await {
+async fn execute(pool: &Pool, batch: Vec<Call>, completion: Completion) {
+    let (completed, mut claimed) = match transact(pool, &batch, completion).await {
         Ok((completed, claimed)) => (Ok(completed), Ok(claimed)),
         Err(e) => (Err(e.clone()), Err(e)),
     };
@@ -157,6 +172,7 @@ async fn execute(pool: &Pool, batch: Vec<Call>) {
 async fn transact(
     pool: &Pool,
     batch: &[Call],
+    completion: Completion,
 ) -> StorageResult<(BTreeSet<usize>, BTreeMap<usize, Vec<Job>>)> {
     let mut client = pool
         .get()
@@ -170,7 +186,9 @@ async fn transact(
             Fail::Pg(e) => map_error(Fail::Commit(e)),
             other => map_error(other),
         };
-        let completed = complete_all(&client, batch).await.map_err(unknown)?;
+        let completed = complete_all(&client, batch, completion)
+            .await
+            .map_err(unknown)?;
         let claimed = claim_all(&client, batch).await.map_err(unknown)?;
         return Ok((completed, claimed));
     }
@@ -178,7 +196,8 @@ async fn transact(
         .transaction()
         .await
         .map_err(|e| map_error(Fail::Pg(e)))?;
-    let (completed, claimed) = tokio::join!(complete_all(&tx, batch), claim_all(&tx, batch));
+    let (completed, claimed) =
+        tokio::join!(complete_all(&tx, batch, completion), claim_all(&tx, batch));
     let (completed, claimed) = (completed.map_err(map_error)?, claimed.map_err(map_error)?);
     // The outcome of a commit that fails is unknown.
     tx.commit().await.map_err(|e| map_error(Fail::Commit(e)))?;
@@ -195,6 +214,7 @@ async fn transact(
 async fn complete_all<C: GenericClient>(
     client: &C,
     batch: &[Call],
+    completion: Completion,
 ) -> Result<BTreeSet<usize>, Fail> {
     let (mut ids, mut attempts, mut owners, mut ats, mut calls) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
@@ -218,16 +238,7 @@ async fn complete_all<C: GenericClient>(
         return Ok(BTreeSet::new());
     }
     let run = async {
-        let statement = client
-            .prepare_cached(
-                "UPDATE keel_jobs j SET state = 'completed', owner = NULL, heartbeat_at = NULL, \
-                 finalized_attempt = c.attempt, finalized_at = c.at \
-                 FROM unnest($1::bigint[], $2::bigint[], $3::bytea[], $4::bigint[]) \
-                 AS c(id, attempt, owner, at) \
-                 WHERE j.id = c.id AND j.state = 'running' AND j.attempt = c.attempt \
-                 AND j.owner = c.owner RETURNING j.id",
-            )
-            .await?;
+        let statement = client.prepare_cached(completion.sql()).await?;
         let rows = client
             .query(&statement, &[&ids, &attempts, &owners, &ats])
             .await?;
@@ -244,6 +255,37 @@ async fn complete_all<C: GenericClient>(
         .filter(|(id, _)| done.contains(id))
         .map(|(_, i)| i)
         .collect())
+}
+
+impl Completion {
+    /// The completing statement: `$1..$4` are the ids, attempts, owners and
+    /// times of the completions; it returns the ids it applied to. Both forms
+    /// apply only to a live claim (running, same attempt and owner).
+    fn sql(self) -> &'static str {
+        match self {
+            Completion::Keep => {
+                "UPDATE keel_jobs j SET state = 'completed', owner = NULL, heartbeat_at = NULL, \
+                 finalized_attempt = c.attempt, finalized_at = c.at \
+                 FROM unnest($1::bigint[], $2::bigint[], $3::bytea[], $4::bigint[]) \
+                 AS c(id, attempt, owner, at) \
+                 WHERE j.id = c.id AND j.state = 'running' AND j.attempt = c.attempt \
+                 AND j.owner = c.owner RETURNING j.id"
+            }
+            // The job's effects go with it. An effect written by a call racing its
+            // own job's completion (apply_effect holds the row, so the delete waits
+            // for it) commits after this statement's snapshot and is left behind:
+            // a row no job id will name again (ids are never reused).
+            Completion::Delete => {
+                "WITH gone AS (DELETE FROM keel_jobs j \
+                 USING unnest($1::bigint[], $2::bigint[], $3::bytea[], $4::bigint[]) \
+                 AS c(id, attempt, owner, at) \
+                 WHERE j.id = c.id AND j.state = 'running' AND j.attempt = c.attempt \
+                 AND j.owner = c.owner RETURNING j.id), \
+                 effects AS (DELETE FROM keel_effects e USING gone WHERE e.job_id = gone.id) \
+                 SELECT id FROM gone"
+            }
+        }
+    }
 }
 
 /// Claim for every call that asks, one statement per queue; returns each

@@ -351,15 +351,22 @@ impl JobStore for PostgresStorage {
     }
 
     async fn cleanup(&self, finished_before: Timestamp, limit: u32) -> StorageResult<u64> {
-        // Effects go with their job (ON DELETE CASCADE); periodic slots stay.
+        // Effects go with their job; periodic slots stay. A finished job gets no
+        // new effects, so the effects this statement's snapshot sees are all.
         let sql = format!(
-            "DELETE FROM keel_jobs WHERE id IN (SELECT id FROM keel_jobs \
-             WHERE state IN {TERMINAL} AND finalized_at < $1 ORDER BY id LIMIT $2 FOR UPDATE)"
+            "WITH gone AS (DELETE FROM keel_jobs WHERE id IN (SELECT id FROM keel_jobs \
+             WHERE state IN {TERMINAL} AND finalized_at < $1 ORDER BY id LIMIT $2 FOR UPDATE) \
+             RETURNING id), \
+             effects AS (DELETE FROM keel_effects e USING gone WHERE e.job_id = gone.id) \
+             SELECT count(*) FROM gone"
         );
         transact!(self, |tx| {
             let statement = tx.prepare_cached(&sql).await?;
-            tx.execute(&statement, &[&finished_before.0, &i64::from(limit)])
-                .await?
+            let row = tx
+                .query_one(&statement, &[&finished_before.0, &i64::from(limit)])
+                .await?;
+            let count: i64 = row.try_get(0)?;
+            u64::try_from(count).map_err(|_| Fail::Corrupt("negative count".into()))?
         })
     }
 

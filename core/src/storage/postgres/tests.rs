@@ -11,8 +11,8 @@ use serde_json::json;
 use super::*;
 use crate::clock::Timestamp;
 use crate::storage::{
-    Claim, EnqueueOutcome, EnqueueRequest, Finalize, FinalizeResult, Job, JobId, JobState,
-    JobStore, LeaseStore, Term,
+    Claim, EffectResult, EnqueueOutcome, EnqueueRequest, Finalize, FinalizeResult, Job, JobId,
+    JobState, JobStore, LeaseStore, Term,
 };
 
 const T0: Timestamp = Timestamp(1_000_000);
@@ -115,8 +115,8 @@ async fn migrations_are_idempotent_even_when_processes_connect_at_once() {
 }
 
 /// A schema left at version 1 (a store made by an older Keel) upgrades on
-/// connect: its jobs and their keys survive, keys stay unique, and rows without
-/// a key no longer enter the unique index.
+/// connect: its jobs and their keys survive, keys stay unique, rows without a
+/// key no longer enter the unique index (V2), and effects have no foreign key (V3).
 #[tokio::test]
 async fn a_version_1_schema_upgrades_and_keeps_unique_keys() {
     let test = "upgrade_from_v1";
@@ -176,6 +176,16 @@ async fn a_version_1_schema_upgrades_and_keeps_unique_keys() {
         def.contains("UNIQUE") && def.contains("WHERE (unique_key IS NOT NULL)"),
         "{def}"
     );
+    let foreign_keys: i64 = pg
+        .query_one(
+            "SELECT count(*) FROM pg_constraint c JOIN pg_namespace n ON n.oid = c.connamespace \
+             WHERE n.nspname = $1 AND c.contype = 'f'",
+            &[&schema],
+        )
+        .await
+        .expect("constraints")
+        .get(0);
+    assert_eq!(foreign_keys, 0, "V3 dropped the effects' foreign key");
     s.drop_schema().await.expect("drop");
 }
 
@@ -535,6 +545,76 @@ async fn batched_completions_and_claims_keep_every_call_its_own() {
     assert_eq!(all.len(), JOBS, "every job was completed");
     let counts = s.count_by_state().await.expect("ok");
     assert_eq!(counts.get(JobState::Completed), JOBS as u64);
+    s.drop_schema().await.expect("drop");
+}
+
+/// `delete_completed`: a completion deletes the row and its effects, through
+/// both the lone and the combined call; a repeat finds nothing (Stale); only a
+/// live claim's completion deletes; other outcomes keep their rows; a completed
+/// job's unique key is free again.
+#[tokio::test]
+async fn delete_completed_deletes_only_what_a_live_claim_completes() {
+    let test = "delete_completed";
+    let Some(url) = pg_url(test) else { return };
+    let schema = schema_for(test);
+    drop_schema(&url, &schema).await;
+    let options = PostgresOptions::new()
+        .schema(schema)
+        .listen(false)
+        .delete_completed(true);
+    let s = PostgresStorage::connect_with(&url, options)
+        .await
+        .expect("connect");
+    let reqs = vec![req().unique_key("k"), req(), req(), req()];
+    s.enqueue_batch(reqs, T0).await.expect("enqueue");
+    let held = s.claim("mail", "w", 4, at(1)).await.expect("claim");
+    let claims: Vec<Claim> = held
+        .iter()
+        .map(|j| Claim {
+            job: j.id,
+            attempt: j.attempt,
+        })
+        .collect();
+    let [a, b, c, d] = claims[..] else {
+        panic!("four claimed: {held:?}")
+    };
+    let applied = s.apply_effect(a, "w", "sent", json!(1)).await;
+    assert_eq!(applied.expect("effect"), EffectResult::Applied);
+
+    let done = s.finalize(a, "w", Finalize::Completed, at(2)).await;
+    assert_eq!(done.expect("finalize"), FinalizeResult::Applied);
+    assert_eq!(s.get_job(a.job).await.expect("get"), None, "deleted");
+    assert_eq!(s.get_effect(a.job, "sent").await.expect("get"), None);
+    let again = s.finalize(a, "w", Finalize::Completed, at(3)).await;
+    assert_eq!(again.expect("finalize"), FinalizeResult::Stale);
+
+    let (done, next) = s
+        .finalize_and_claim(b, "w", Finalize::Completed, "mail", 1, at(2))
+        .await
+        .expect("finalize and claim");
+    assert_eq!((done, next.len()), (FinalizeResult::Applied, 0));
+    assert_eq!(s.get_job(b.job).await.expect("get"), None, "deleted");
+
+    let other = s.finalize(c, "x", Finalize::Completed, at(2)).await;
+    assert_eq!(other.expect("finalize"), FinalizeResult::Stale, "not x's");
+    let kept = s.get_job(c.job).await.expect("get").map(|j| j.state);
+    assert_eq!(
+        kept,
+        Some(JobState::Running),
+        "another owner deletes nothing"
+    );
+
+    let reason = "no".to_owned();
+    let cancelled = s.finalize(d, "w", Finalize::Cancel { reason }, at(2)).await;
+    assert_eq!(cancelled.expect("finalize"), FinalizeResult::Applied);
+    let kept = s.get_job(d.job).await.expect("get").map(|j| j.state);
+    assert_eq!(kept, Some(JobState::Cancelled), "only completions delete");
+
+    let reused = s.enqueue(req().unique_key("k"), at(3)).await;
+    assert!(
+        matches!(reused.expect("enqueue"), EnqueueOutcome::Inserted(id) if id != a.job),
+        "a completed job's key is free again"
+    );
     s.drop_schema().await.expect("drop");
 }
 
