@@ -11,7 +11,10 @@
 //   local queue of `concurrency + 1` jobs fetched and locked per process, and
 //   completions batched (`completeJobBatchDelay: 0`).
 // Latency is measured on the defaults. BENCH_JOBS, BENCH_REPEATS,
-// BENCH_WORKERS (comma list), BENCH_LATENCY_SAMPLES.
+// BENCH_WORKERS (comma list), BENCH_LATENCY_SAMPLES; BENCH_DEEP_JOBS, the
+// backlog of the `matched` and `deep` profiles (default BENCH_JOBS): at tens of
+// thousands of jobs a second a short backlog drains in a fraction of a second,
+// so start-up and the last stragglers would weigh on the figure.
 
 import { run, makeWorkerUtils } from "graphile-worker";
 import { createRequire } from "node:module";
@@ -20,6 +23,7 @@ const require = createRequire(import.meta.url);
 const VERSION = require("graphile-worker/package.json").version;
 const URL = process.env.KEEL_PG_URL ?? "postgres://postgres@127.0.0.1:5432/test";
 const JOBS = Number(process.env.BENCH_JOBS ?? 10000);
+const DEEP_JOBS = Number(process.env.BENCH_DEEP_JOBS ?? JOBS);
 const REPEATS = Number(process.env.BENCH_REPEATS ?? 3);
 const WORKERS = (process.env.BENCH_WORKERS ?? "1,4,16").split(",").map(Number);
 const SAMPLES = Number(process.env.BENCH_LATENCY_SAMPLES ?? 300);
@@ -94,8 +98,12 @@ function preset(profile, concurrency) {
   }
 }
 
-/** Drain a backlog of JOBS no-op jobs with `concurrency` workers; jobs/s. */
+/** Jobs in one backlog run of `profile`. */
+const jobsOf = (profile) => (profile === "matched" || profile === "deep" ? DEEP_JOBS : JOBS);
+
+/** Drain a backlog of `jobsOf(profile)` no-op jobs with `concurrency` workers; jobs/s. */
 async function drain(profile, concurrency) {
+  const JOBS = jobsOf(profile);
   const utils = await freshUtils();
   await enqueueBacklog(utils, JOBS);
   let done = 0;
@@ -180,7 +188,7 @@ async function main() {
       if (w === 4 && profile === "defaults") capacity4 = m;
       log(`${profile} backlog x${w}: ${m.toFixed(0)} jobs/s`);
       emit({
-        metric: "throughput", feed: "backlog", profile, workers: w, jobs: JOBS,
+        metric: "throughput", feed: "backlog", profile, workers: w, jobs: jobsOf(profile),
         median_jobs_per_s: m, min: Math.min(...rates), max: Math.max(...rates), runs: rates,
         cpu_us_per_job: median(runs.map((x) => x.cpuUs)), db_cpu_us_per_job: median(runs.map((x) => x.dbUs)),
       });

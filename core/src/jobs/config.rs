@@ -69,9 +69,9 @@ pub struct JobsConfigError {
 /// Most workers one node runs for one queue.
 pub const WORKERS_PER_QUEUE_MAX: u32 = 256;
 
-/// Most jobs one worker may claim ahead. Jobs in hand have no heartbeat of
-/// their own and are queued behind each other; past a few dozen, a hand mostly
-/// holds jobs other workers could have run, and each late one costs a renewal.
+/// Most jobs one worker may claim ahead. Jobs in hand wait behind each other
+/// and cost the hand's keeper one heartbeat each per interval; past a few
+/// dozen, a hand mostly holds jobs other workers could have run.
 pub const CLAIM_AHEAD_MAX: u32 = 64;
 
 impl Default for JobsConfig {
