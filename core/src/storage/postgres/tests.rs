@@ -53,10 +53,18 @@ async fn drop_schema(url: &str, schema: &str) {
 
 /// A storage on a fresh schema named after `test`, or `None` to skip.
 async fn fresh(test: &str) -> Option<PostgresStorage> {
+    fresh_with(test, |options| options).await
+}
+
+/// [`fresh`], with `tweak` applied to its options.
+async fn fresh_with(
+    test: &str,
+    tweak: impl FnOnce(PostgresOptions) -> PostgresOptions,
+) -> Option<PostgresStorage> {
     let url = pg_url(test)?;
     let schema = schema_for(test);
     drop_schema(&url, &schema).await;
-    let options = PostgresOptions::new().schema(schema).listen(false);
+    let options = tweak(PostgresOptions::new().schema(schema).listen(false));
     Some(
         PostgresStorage::connect_with(&url, options)
             .await
@@ -554,17 +562,9 @@ async fn batched_completions_and_claims_keep_every_call_its_own() {
 /// job's unique key is free again.
 #[tokio::test]
 async fn delete_completed_deletes_only_what_a_live_claim_completes() {
-    let test = "delete_completed";
-    let Some(url) = pg_url(test) else { return };
-    let schema = schema_for(test);
-    drop_schema(&url, &schema).await;
-    let options = PostgresOptions::new()
-        .schema(schema)
-        .listen(false)
-        .delete_completed(true);
-    let s = PostgresStorage::connect_with(&url, options)
-        .await
-        .expect("connect");
+    let Some(s) = fresh_with("delete_completed", |o| o.delete_completed(true)).await else {
+        return;
+    };
     let reqs = vec![req().unique_key("k"), req(), req(), req()];
     s.enqueue_batch(reqs, T0).await.expect("enqueue");
     let held = s.claim("mail", "w", 4, at(1)).await.expect("claim");
