@@ -64,7 +64,7 @@ pub(super) struct Batcher {
 enum Completion {
     /// Mark it completed; cleanup deletes it after the retention.
     Keep,
-    /// Delete it (its effects go with it, by the foreign key's cascade).
+    /// Delete it, and its effects in the same statement.
     Delete,
 }
 
