@@ -7,7 +7,7 @@
 //! bench-report --machine target/bench/machine.json target/bench/*.jsonl > report.md
 //! ```
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -47,6 +47,28 @@ fn s<'a>(v: &'a Value, key: &str) -> &'a str {
 
 fn pct(x: f64) -> String {
     format!("{:.0}%", x * 100.0)
+}
+
+/// "Jobs per run: 10000 (`a`, `b`); 50000 (`c`)": how long each row's runs were,
+/// from the rows' `jobs`, each count with the labels `label` gives its rows.
+fn jobs_per_run(rows: &[Value], label: impl Fn(&Value) -> String) -> String {
+    let mut by_jobs: BTreeMap<u64, BTreeSet<String>> = BTreeMap::new();
+    for l in rows {
+        if let Some(jobs) = l.get("jobs").and_then(Value::as_u64) {
+            by_jobs.entry(jobs).or_default().insert(label(l));
+        }
+    }
+    let parts: Vec<String> = by_jobs
+        .iter()
+        .map(|(jobs, labels)| {
+            let labels: Vec<String> = labels.iter().map(|l| format!("`{l}`")).collect();
+            format!("{jobs} ({})", labels.join(", "))
+        })
+        .collect();
+    if parts.is_empty() {
+        return String::new();
+    }
+    format!("Jobs per run: {}.", parts.join("; "))
 }
 
 /// What a keel profile that deletes completed rows says (`bench-runtime --delete-completed`).
@@ -228,7 +250,9 @@ impl Report {
                       job enqueued first, then the drain timed; `claim-ahead N`: the backlog with \
                       each worker claiming N jobs ahead of the one it runs (`JobsConfig::claim_ahead`; \
                       the other rows use keel's default, 0). CPU is this process's per job (and \
-                      the PostgreSQL server's over the same timed part, where it runs here; a backlog's preload is in neither).\n\n");
+                      the PostgreSQL server's over the same timed part, where it runs here; a backlog's preload is in neither). ");
+        out.push_str(&jobs_per_run(&rows, feed_label));
+        out.push_str("\n\n");
         out.push_str(
             "| engine | feed | 1 worker | 4 workers | 16 workers | CPU µs / job (4 workers) |\n",
         );
@@ -315,8 +339,10 @@ impl Report {
                       ahead per process, `completeJobBatchDelay: 0`); `matched`, a local queue as \
                       deep as keel's `claim-ahead 8` hand (N × 9 jobs); `deep`, a local queue of \
                       500 jobs per process. Keel's figure is its best backlog profile at that \
-                      worker count, named beside it.\n\n",
+                      worker count, named beside it. ",
         );
+        out.push_str(&jobs_per_run(&peer_rows, |l| profile(l).to_owned()));
+        out.push_str("\n\n");
         out.push_str(
             "| peer | profile | workers | peer jobs/s | keel jobs/s | keel profile | keel / peer |\n",
         );
@@ -603,6 +629,29 @@ mod tests {
         ));
         assert!(
             doc.contains("8000 (keel claim-ahead 64, delete completed) vs 5000 jobs/s = 1.60x (graphile-worker deep); keel keeping completed rows (its default): 6000 jobs/s = 1.20x | met"),
+            "{doc}"
+        );
+    }
+
+    /// Each table says how many jobs its rows' runs drained.
+    #[test]
+    fn the_tables_say_how_many_jobs_each_run_drained() {
+        let doc = report(concat!(
+            r#"{"engine":"postgres","metric":"throughput","feed":"backlog","profile":"defaults","workers":4,"jobs":10000,"median_jobs_per_s":3000,"min":2900,"max":3100}"#,
+            "\n",
+            r#"{"engine":"postgres","metric":"throughput","feed":"backlog","profile":"claim-ahead 64","workers":4,"jobs":50000,"median_jobs_per_s":9000,"min":8800,"max":9100}"#,
+            "\n",
+            r#"{"peer":"graphile-worker","version":"0.17.3","profile":"defaults","metric":"throughput","workers":4,"jobs":10000,"median_jobs_per_s":2000,"min":1900,"max":2100}"#,
+            "\n",
+            r#"{"peer":"graphile-worker","version":"0.17.3","profile":"deep","metric":"throughput","workers":4,"jobs":50000,"median_jobs_per_s":5000,"min":4900,"max":5100}"#,
+            "\n",
+        ));
+        assert!(
+            doc.contains("Jobs per run: 10000 (`backlog`); 50000 (`backlog, claim-ahead 64`)."),
+            "{doc}"
+        );
+        assert!(
+            doc.contains("Jobs per run: 10000 (`defaults`); 50000 (`deep`)."),
             "{doc}"
         );
     }
