@@ -51,6 +51,15 @@ async fn drop_schema(url: &str, schema: &str) {
         .expect("drop schema");
 }
 
+/// The server's URL and an empty schema name for `test` (dropped if an earlier
+/// run left it), or `None` to skip.
+async fn empty_schema(test: &str) -> Option<(String, String)> {
+    let url = pg_url(test)?;
+    let schema = schema_for(test);
+    drop_schema(&url, &schema).await;
+    Some((url, schema))
+}
+
 /// A storage on a fresh schema named after `test`, or `None` to skip.
 async fn fresh(test: &str) -> Option<PostgresStorage> {
     fresh_with(test, |options| options).await
@@ -61,9 +70,7 @@ async fn fresh_with(
     test: &str,
     tweak: impl FnOnce(PostgresOptions) -> PostgresOptions,
 ) -> Option<PostgresStorage> {
-    let url = pg_url(test)?;
-    let schema = schema_for(test);
-    drop_schema(&url, &schema).await;
+    let (url, schema) = empty_schema(test).await?;
     let options = tweak(PostgresOptions::new().schema(schema).listen(false));
     Some(
         PostgresStorage::connect_with(&url, options)
@@ -84,10 +91,9 @@ async fn claim_one(s: &PostgresStorage, owner: &str, now: Timestamp) -> Job {
 
 #[tokio::test]
 async fn migrations_are_idempotent_even_when_processes_connect_at_once() {
-    let test = "migrations_are_idempotent";
-    let Some(url) = pg_url(test) else { return };
-    let schema = schema_for(test);
-    drop_schema(&url, &schema).await;
+    let Some((url, schema)) = empty_schema("migrations_are_idempotent").await else {
+        return;
+    };
     let options = || PostgresOptions::new().schema(&schema).listen(false);
     let (a, b, c) = tokio::join!(
         PostgresStorage::connect_with(&url, options()),
@@ -127,10 +133,9 @@ async fn migrations_are_idempotent_even_when_processes_connect_at_once() {
 /// key no longer enter the unique index (V2), and effects have no foreign key (V3).
 #[tokio::test]
 async fn a_version_1_schema_upgrades_and_keeps_unique_keys() {
-    let test = "upgrade_from_v1";
-    let Some(url) = pg_url(test) else { return };
-    let schema = schema_for(test);
-    drop_schema(&url, &schema).await;
+    let Some((url, schema)) = empty_schema("upgrade_from_v1").await else {
+        return;
+    };
     let pg = admin(&url).await;
     pg.batch_execute(&format!(
         "CREATE SCHEMA \"{schema}\"; SET search_path TO \"{schema}\"; \
