@@ -306,24 +306,21 @@ impl Report {
             .cloned()
             .collect();
         // Keel's best backlog profile at each worker count: (jobs/s, profile);
-        // and its best among those that keep completed rows.
+        // and its best rate among the profiles that keep completed rows.
         let mut keel: BTreeMap<u64, (f64, String)> = BTreeMap::new();
-        let mut keel_keeping: BTreeMap<u64, (f64, String)> = BTreeMap::new();
+        let mut keeping_best = f64::NAN;
         for l in self
             .of("throughput")
             .filter(|l| s(l, "engine") == "postgres" && s(l, "feed") == "backlog")
         {
             let workers = l.get("workers").and_then(Value::as_u64).unwrap_or(0);
             let rate = f(l, "median_jobs_per_s");
-            let mut maps = vec![&mut keel];
-            if !profile(l).contains(DELETES) {
-                maps.push(&mut keel_keeping);
+            let slot = keel.entry(workers).or_insert((f64::NAN, String::new()));
+            if slot.0.is_nan() || rate > slot.0 {
+                *slot = (rate, profile(l).to_owned());
             }
-            for map in maps {
-                let slot = map.entry(workers).or_insert((f64::NAN, String::new()));
-                if slot.0.is_nan() || rate > slot.0 {
-                    *slot = (rate, profile(l).to_owned());
-                }
+            if !profile(l).contains(DELETES) {
+                keeping_best = keeping_best.max(rate);
             }
         }
         if peer_rows.is_empty() || keel.is_empty() {
@@ -395,14 +392,10 @@ impl Report {
         }
         if best_keel_profile.contains(DELETES) {
             // The peers delete completed jobs too; say what keel's default costs.
-            let keeping = keel_keeping
-                .values()
-                .map(|(r, _)| *r)
-                .fold(f64::NAN, f64::max);
             let _ = write!(
                 measured,
-                "; keel keeping completed rows (its default): {keeping:.0} jobs/s = {:.2}x",
-                keeping / best_peer
+                "; keel keeping completed rows (its default): {keeping_best:.0} jobs/s = {:.2}x",
+                keeping_best / best_peer
             );
         }
         let verdict = if ratio_at_best >= TARGET_PG_RATIO {

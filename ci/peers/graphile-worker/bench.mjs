@@ -103,9 +103,9 @@ const jobsOf = (profile) => (profile === "matched" || profile === "deep" ? DEEP_
 
 /** Drain a backlog of `jobsOf(profile)` no-op jobs with `concurrency` workers; jobs/s. */
 async function drain(profile, concurrency) {
-  const JOBS = jobsOf(profile);
+  const jobs = jobsOf(profile);
   const utils = await freshUtils();
-  await enqueueBacklog(utils, JOBS);
+  await enqueueBacklog(utils, jobs);
   let done = 0;
   let finish;
   const finished = new Promise((r) => (finish = r));
@@ -121,7 +121,7 @@ async function drain(profile, concurrency) {
     preset: preset(profile, concurrency),
     taskList: {
       noop: async () => {
-        if (++done === JOBS) finish();
+        if (++done === jobs) finish();
       },
     },
   });
@@ -133,8 +133,8 @@ async function drain(profile, concurrency) {
   const db = (await postgresCpuMs()) - db0;
   await runner.stop();
   await utils.release();
-  if (done < JOBS) throw new Error(`only ${done} of ${JOBS} jobs finished in ${TIMEOUT_MS} ms`);
-  return { rate: JOBS / secs, cpuUs: (cpu.user + cpu.system) / JOBS, dbUs: (db * 1000) / JOBS };
+  if (done < jobs) throw new Error(`only ${done} of ${jobs} jobs finished in ${TIMEOUT_MS} ms`);
+  return { rate: jobs / secs, cpuUs: (cpu.user + cpu.system) / jobs, dbUs: (db * 1000) / jobs };
 }
 
 /** Enqueue-to-start latency of single jobs with 4 workers, ms, sorted. */
