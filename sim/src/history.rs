@@ -255,6 +255,17 @@ impl History {
     pub fn snapshot(&self) -> Vec<Record> {
         self.records().clone()
     }
+
+    /// Reads the records so far in place: a mid-run look need not copy them all.
+    pub fn read<R>(&self, f: impl FnOnce(&[Record]) -> R) -> R {
+        f(&self.records())
+    }
+
+    /// Every record so far, moved out: the end of a run, where a copy would be
+    /// the run's largest allocation. Later pushes start a new, unread history.
+    pub fn take(&self) -> Vec<Record> {
+        std::mem::take(&mut *self.records())
+    }
 }
 
 /// Records one host's keel events into the history.
@@ -284,10 +295,30 @@ impl Observer for HostObserver {
 /// Hand-rolled rather than `DefaultHasher`, whose output may change between Rust
 /// releases, so recorded hashes stay comparable.
 pub fn trace_hash(records: &[Record]) -> u64 {
-    records.iter().fold(FNV_OFFSET, |hash, r| {
-        let hash = fnv1a(hash, r.to_json().as_bytes());
-        fnv1a(hash, b"\n")
-    })
+    let mut hasher = FnvWriter(FNV_OFFSET);
+    for r in records {
+        // Hashing the JSON as it is written, not a String per record; the
+        // bytes are `to_json`'s, so the hash is the same.
+        if serde_json::to_writer(&mut hasher, r).is_err() {
+            hasher.0 = fnv1a(hasher.0, r.to_json().as_bytes());
+        }
+        hasher.0 = fnv1a(hasher.0, b"\n");
+    }
+    hasher.0
+}
+
+/// An `io::Write` that folds the bytes written into an FNV-1a hash.
+struct FnvWriter(u64);
+
+impl std::io::Write for FnvWriter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0 = fnv1a(self.0, bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// FNV-1a's starting state.
@@ -327,6 +358,9 @@ mod tests {
         assert_eq!(back, records[1]);
         assert_eq!(trace_hash(&records), trace_hash(&h.snapshot()));
         assert_ne!(trace_hash(&records), trace_hash(&records[..1]));
+        // The streamed hash is the hash of the JSON lines, as it always was.
+        let lines: String = records.iter().map(|r| r.to_json() + "\n").collect();
+        assert_eq!(trace_hash(&records), fnv1a(FNV_OFFSET, lines.as_bytes()));
     }
 
     #[test]

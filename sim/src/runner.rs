@@ -496,7 +496,7 @@ fn simulate(spec: &RunSpec, work: &Work) -> Result<RunResult, SimError> {
         Ev::Harness(HarnessEvent::JobsUnfinished { jobs }),
     );
     history.push_at(end_at, HARNESS_HOST, Ev::Harness(HarnessEvent::End));
-    let records = history.snapshot();
+    let records = history.take();
     let ctx = check_ctx(&timing, scenario, end_at);
     let mut violations = check_named(scenario, &work.invariants, &records, &ctx)?;
     for checker in &work.extra {
@@ -591,27 +591,28 @@ impl Driver {
 
     /// The first node whose latest start-related event is a start attempt.
     fn starting(&self) -> Option<usize> {
-        let history = self.history.snapshot();
-        (0..self.nodes).find(|i| {
-            let host = node_name(*i);
-            let last = history
-                .iter()
-                .rev()
-                .filter(|r| r.host == host)
-                .find_map(|r| match &r.ev {
-                    Ev::Node(
-                        e @ (Event::MaintainerStartAttempt { .. }
-                        | Event::MaintainerStartFailed { .. }
-                        | Event::MaintainerStarted { .. }),
-                    ) => Some(e.clone()),
-                    Ev::Harness(HarnessEvent::Crash | HarnessEvent::NodeBoot { .. }) => {
-                        Some(Event::MaintainerStarted {
-                            term: keel::storage::Term(0),
-                        })
-                    }
-                    _ => None,
-                });
-            matches!(last, Some(Event::MaintainerStartAttempt { .. }))
+        self.history.read(|history| {
+            (0..self.nodes).find(|i| {
+                let host = node_name(*i);
+                let last = history
+                    .iter()
+                    .rev()
+                    .filter(|r| r.host == host)
+                    .find_map(|r| match &r.ev {
+                        Ev::Node(
+                            e @ (Event::MaintainerStartAttempt { .. }
+                            | Event::MaintainerStartFailed { .. }
+                            | Event::MaintainerStarted { .. }),
+                        ) => Some(e.clone()),
+                        Ev::Harness(HarnessEvent::Crash | HarnessEvent::NodeBoot { .. }) => {
+                            Some(Event::MaintainerStarted {
+                                term: keel::storage::Term(0),
+                            })
+                        }
+                        _ => None,
+                    });
+                matches!(last, Some(Event::MaintainerStartAttempt { .. }))
+            })
         })
     }
 
