@@ -589,29 +589,27 @@ impl Driver {
         (0..self.nodes).find(|i| node_name(*i) == holder)
     }
 
-    /// The first node whose latest start-related event is a start attempt.
+    /// The first node whose latest start-related event is a start attempt (a
+    /// crash or a boot ends any attempt).
     fn starting(&self) -> Option<usize> {
         self.history.read(|history| {
             (0..self.nodes).find(|i| {
                 let host = node_name(*i);
-                let last = history
+                let attempting = history
                     .iter()
                     .rev()
                     .filter(|r| r.host == host)
                     .find_map(|r| match &r.ev {
+                        Ev::Node(Event::MaintainerStartAttempt { .. }) => Some(true),
                         Ev::Node(
-                            e @ (Event::MaintainerStartAttempt { .. }
-                            | Event::MaintainerStartFailed { .. }
-                            | Event::MaintainerStarted { .. }),
-                        ) => Some(e.clone()),
-                        Ev::Harness(HarnessEvent::Crash | HarnessEvent::NodeBoot { .. }) => {
-                            Some(Event::MaintainerStarted {
-                                term: keel::storage::Term(0),
-                            })
+                            Event::MaintainerStartFailed { .. } | Event::MaintainerStarted { .. },
+                        )
+                        | Ev::Harness(HarnessEvent::Crash | HarnessEvent::NodeBoot { .. }) => {
+                            Some(false)
                         }
                         _ => None,
                     });
-                matches!(last, Some(Event::MaintainerStartAttempt { .. }))
+                attempting == Some(true)
             })
         })
     }
