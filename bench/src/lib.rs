@@ -139,7 +139,7 @@ fn start(
         .handler(KIND, handler)
         .observer(finished.clone())
         .build()
-        .and_then(Runtime::start)
+        .and_then(|rt| rt.start())
         .map_err(|e| BenchError(format!("starting keel: {e}")))?;
     Ok(Bench { handle, finished })
 }

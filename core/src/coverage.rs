@@ -80,6 +80,10 @@ pub const STATES: &[(&str, &str)] = &[
         "a leader's renewal was refused because another term had taken the lease",
     ),
     (
+        "resign_request_for_term_not_held",
+        "a resign was asked for a term this node did not hold at that moment, and was dropped",
+    ),
+    (
         "shutdown_aborts_running_handler",
         "a handler outlived the shutdown deadline; its worker was aborted and its claim given back",
     ),
@@ -94,6 +98,10 @@ pub const STATES: &[(&str, &str)] = &[
     (
         "stale_retry_after_term_change",
         "a maintainer start attempt for term T ended after this node stopped wanting T",
+    ),
+    (
+        "start_attempt_outlived_its_run",
+        "a maintainer start attempt finished after its maintainer run was stopped and a new run wanted the same term",
     ),
     (
         "trust_window_closed_while_leading",

@@ -16,6 +16,12 @@ use crate::storage::{JobId, JobState, Term};
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Event {
+    /// The runtime started as a new process incarnation: everything it holds
+    /// (leases, claims) is held as `holder` (`node#incarnation`).
+    RuntimeStarted {
+        /// The holder id of this incarnation.
+        holder: String,
+    },
     /// This node was granted `term`.
     TermWon {
         /// The term won.

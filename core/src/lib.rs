@@ -16,6 +16,8 @@
 //!   services for each term with retries, and the services themselves.
 //! * [`events`]: every state change as data, for `tracing` and for the simulator's
 //!   history.
+//! * [`identity`]: holder ids per process incarnation (`node#incarnation`), so
+//!   two processes under one node name never share a lease or a claim.
 //! * [`backoff`]: exponential backoff with seeded jitter.
 //! * [`coverage`]: the [`sometimes!`] markers of rare states and, with the
 //!   `coverage` feature, their per-thread hit counts for the simulator.
@@ -41,6 +43,7 @@ pub mod backoff;
 pub mod clock;
 pub mod coverage;
 pub mod events;
+pub mod identity;
 pub mod jobs;
 pub mod leadership;
 pub mod maintenance;

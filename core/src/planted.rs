@@ -51,11 +51,17 @@ pub enum Bug {
     /// to another worker.
     /// Caught by `no_double_execution`.
     ClaimAheadIgnoresTrust,
+    /// Keel's own, from River's elector tests: the holder id is the bare node
+    /// name, as it was before incarnations, so a replacement process started
+    /// under the same name (a StatefulSet's `worker-0` while the old one is
+    /// paused) is taken by storage for the old one: each grant evicts the other's
+    /// live term. Caught by `one_leader_per_term`.
+    IncarnationBlindHolder,
 }
 
 impl Bug {
     /// Every planted bug, in a fixed order.
-    pub const ALL: [Bug; 9] = [
+    pub const ALL: [Bug; 10] = [
         Bug::StaleResign,
         Bug::CrossTermStop,
         Bug::SwallowedPanic,
@@ -65,6 +71,7 @@ impl Bug {
         Bug::HeartbeatIgnoresLostClaim,
         Bug::LateCancelRewritesOutcome,
         Bug::ClaimAheadIgnoresTrust,
+        Bug::IncarnationBlindHolder,
     ];
 
     /// The bug's name as the CLI spells it.
@@ -79,6 +86,7 @@ impl Bug {
             Bug::HeartbeatIgnoresLostClaim => "heartbeat_ignores_lost_claim",
             Bug::LateCancelRewritesOutcome => "late_cancel_rewrites_outcome",
             Bug::ClaimAheadIgnoresTrust => "claim_ahead_ignores_trust",
+            Bug::IncarnationBlindHolder => "incarnation_blind_holder",
         }
     }
 }

@@ -62,12 +62,16 @@ pub(crate) type FlakyStorage = Remote<Flaky>;
 pub(crate) struct Flaky {
     inner: Arc<MemStorage>,
     failing: AtomicBool,
+    failing_renewals: AtomicBool,
 }
 
 #[async_trait]
 impl Transport for Flaky {
     async fn call(&self, op: Op) -> StorageResult<Reply> {
-        if self.failing.load(Ordering::SeqCst) {
+        let renewal = matches!(op, Op::Renew { .. } | Op::TryAcquire { .. });
+        if self.failing.load(Ordering::SeqCst)
+            || (renewal && self.failing_renewals.load(Ordering::SeqCst))
+        {
             return Err(StorageError::Unavailable("test partition".to_owned()));
         }
         Ok(ops::apply(self.inner.as_ref(), op).await)
@@ -80,6 +84,7 @@ impl Flaky {
         Flaky {
             inner,
             failing: AtomicBool::new(false),
+            failing_renewals: AtomicBool::new(false),
         }
     }
 
@@ -93,6 +98,12 @@ impl Remote<Flaky> {
     /// A healthy view of `inner`.
     pub(crate) fn new(inner: Arc<MemStorage>) -> Arc<Self> {
         Arc::new(Remote(Flaky::healthy(inner)))
+    }
+
+    /// Fail every lease renewal and acquire from now on, and serve every other
+    /// call (resigns included).
+    pub(crate) fn fail_lease_grants(&self) {
+        self.0.failing_renewals.store(true, Ordering::SeqCst);
     }
 
     /// Fail (`true`) or serve (`false`) every call from now on.
@@ -183,6 +194,10 @@ pub(crate) enum Step {
     Fail,
     /// Sleep for the duration, ignoring the term's token, then return an error.
     SleepThenFail(Duration),
+    /// Sleep for the duration, ignoring the term's token, then spawn a loop into
+    /// the term's tasks that counts [`ScriptedService::ticks`] every 100 ms
+    /// until the term's token stops it.
+    SleepThenTick(Duration),
 }
 
 /// A [`Service`] whose start calls follow a script; when the script runs out,
@@ -192,6 +207,7 @@ pub(crate) struct ScriptedService {
     script: Mutex<VecDeque<Step>>,
     then: Step,
     calls: Mutex<Vec<(Instant, Term)>>,
+    ticks: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl ScriptedService {
@@ -200,7 +216,13 @@ impl ScriptedService {
             script: Mutex::new(script.into_iter().collect()),
             then,
             calls: Mutex::default(),
+            ticks: Arc::default(),
         })
+    }
+
+    /// How often the loops of `SleepThenTick` starts have ticked.
+    pub(crate) fn ticks(&self) -> u64 {
+        self.ticks.load(Ordering::SeqCst)
     }
 
     /// When each start call began, and for which term.
@@ -238,6 +260,22 @@ impl Service for ScriptedService {
             Step::SleepThenFail(d) => {
                 ctx.clock.sleep(d).await;
                 fail()
+            }
+            Step::SleepThenTick(d) => {
+                ctx.clock.sleep(d).await;
+                let (ticks, token, clock) =
+                    (self.ticks.clone(), ctx.token.clone(), ctx.clock.clone());
+                ctx.tasks.spawn("scripted_ticks", async move {
+                    while !token.is_triggered() {
+                        ticks.fetch_add(1, Ordering::SeqCst);
+                        tokio::select! {
+                            biased;
+                            () = token.wait() => return,
+                            () = clock.sleep(Duration::from_millis(100)) => {}
+                        }
+                    }
+                });
+                Ok(())
             }
         }
     }

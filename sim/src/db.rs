@@ -21,7 +21,7 @@ use keel::net::{BoxStream, Network};
 use keel::storage::ops::{self, Op, Remote, Reply, Transport};
 use keel::storage::{
     CancelResult, Claim, EffectResult, EnqueueOutcome, Finalize, FinalizeResult, Job, JobState,
-    PeriodicOutcome, Storage, StorageError, StorageResult,
+    PeriodicOutcome, Storage, StorageError, StorageResult, Term,
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -61,12 +61,24 @@ async fn read_frame(stream: &mut BoxStream) -> io::Result<Vec<u8>> {
     Ok(body)
 }
 
-/// Record what `op` changed in the database, judged by its reply.
-fn record(history: &History, op: &Op, reply: &Reply) {
+/// The term of the live lease an acquire may replace, read just before it is
+/// applied and judged on the acquire's own `now`, as storage judges it.
+async fn live_term_before(store: &dyn Storage, op: &Op) -> Option<Term> {
+    let Op::TryAcquire { name, now, .. } = op else {
+        return None;
+    };
+    let lease = store.get_lease(name).await.ok()??;
+    (lease.holder.is_some() && lease.is_live(*now)).then_some(lease.term)
+}
+
+/// Record what `op` changed in the database, judged by its reply; `evicted` is
+/// the live term an acquire found before it was applied.
+fn record(history: &History, op: &Op, reply: &Reply, evicted: Option<Term>) {
     let events = match (op, reply) {
         (Op::TryAcquire { holder, .. }, Reply::Lease(Some(lease))) => vec![DbEvent::LeaseGranted {
             holder: holder.clone(),
             term: lease.term,
+            evicted,
         }],
         (Op::Resign { holder, term, .. }, Reply::Bool(true)) => vec![DbEvent::ResignApplied {
             holder: holder.clone(),
@@ -223,8 +235,9 @@ async fn serve_connection(
                 "injected transient storage error".into(),
             ))
         } else {
+            let evicted = live_term_before(store.as_ref(), &op).await;
             let reply = ops::apply(store.as_ref(), op.clone()).await;
-            record(&history, &op, &reply);
+            record(&history, &op, &reply, evicted);
             reply
         };
         if fault == Some(StorageFault::LostReply) {
@@ -382,7 +395,7 @@ mod tests {
 
     fn recorded(op: &Op, reply: &Reply) -> Vec<Ev> {
         let history = History::new();
-        record(&history, op, reply);
+        record(&history, op, reply, None);
         history.snapshot().into_iter().map(|r| r.ev).collect()
     }
 

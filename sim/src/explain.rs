@@ -326,7 +326,7 @@ impl Model {
                     _ => {}
                 },
                 Ev::Db(e) => match e {
-                    DbEvent::LeaseGranted { holder, term } => {
+                    DbEvent::LeaseGranted { holder, term, .. } => {
                         mark(
                             "lease",
                             Glyph::Diamond,
@@ -1004,6 +1004,7 @@ mod tests {
                 Ev::Db(DbEvent::LeaseGranted {
                     holder: "n1".into(),
                     term: Term(1),
+                    evicted: None,
                 }),
             ),
             rec(3, 110, "n1", Ev::Node(Event::TermWon { term: Term(1) })),

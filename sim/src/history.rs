@@ -22,6 +22,10 @@ pub enum DbEvent {
         holder: String,
         /// The new term.
         term: Term,
+        /// The term whose lease was still live when this grant replaced it
+        /// (storage re-grants a live lease only to its own holder).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        evicted: Option<Term>,
     },
     /// A resign took effect.
     ResignApplied {
@@ -347,6 +351,7 @@ mod tests {
             Ev::Db(DbEvent::LeaseGranted {
                 holder: "n1".into(),
                 term: Term(3),
+                evicted: None,
             }),
         );
         let records = h.snapshot();

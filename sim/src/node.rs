@@ -410,6 +410,7 @@ fn start_runtime(
         .maintainer_config(setup.timing.maintainer.clone())
         .jobs_config(setup.timing.jobs.clone())
         .rng_seed(rng_seed)
+        .incarnation_seed(rng_seed.rotate_left(29) ^ 0x696e_6361_726e)
         .plants(setup.plants.clone())
         .service(Arc::new(hook));
     let jobs = &setup.jobs;

@@ -586,7 +586,8 @@ impl Driver {
             return None;
         }
         let holder = lease.holder?;
-        (0..self.nodes).find(|i| node_name(*i) == holder)
+        let node = keel::identity::node_of(&holder);
+        (0..self.nodes).find(|i| node_name(*i) == node)
     }
 
     /// The first node whose latest start-related event is a start attempt (a

@@ -11,7 +11,7 @@
 //! ```
 
 use std::collections::BTreeMap;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -26,6 +26,7 @@ use super::maintenance::{Cleaner, PeriodicEnqueuer, PeriodicJob, Rescuer, Schedu
 use super::worker::{worker_loop, WorkerShared};
 use crate::clock::SharedClock;
 use crate::events::{emit, Event, NoopObserver, SharedObserver};
+use crate::identity::{holder_id, Incarnation};
 use crate::leadership::{Elector, ElectorConfig, ElectorConfigError};
 use crate::maintenance::{
     Maintainer, MaintainerConfig, MaintainerConfigError, MaintenanceHeartbeat, Service,
@@ -56,6 +57,10 @@ pub enum RuntimeError {
     /// Storage failed.
     #[error(transparent)]
     Storage(#[from] StorageError),
+    /// [`Runtime::start`] while a handle it returned has not shut down yet: one
+    /// `Runtime` runs one incarnation at a time.
+    #[error("the runtime is already running; shut its handle down before starting it again")]
+    AlreadyRunning,
 }
 
 impl From<JobsConfigError> for RuntimeError {
@@ -99,6 +104,7 @@ pub struct RuntimeBuilder {
     jobs: JobsConfig,
     elector: ElectorConfig,
     maintainer: MaintainerConfig,
+    incarnation_seed: Option<u64>,
     #[cfg(feature = "planted-bugs")]
     plants: PlantedBugs,
 }
@@ -192,6 +198,14 @@ impl RuntimeBuilder {
         self
     }
 
+    /// Draw each start's [`Incarnation`] from an RNG seeded with `seed` instead
+    /// of the operating system (the simulator passes its seed, so holder ids are
+    /// part of the replay). Production leaves this unset.
+    pub fn incarnation_seed(mut self, seed: u64) -> Self {
+        self.incarnation_seed = Some(seed);
+        self
+    }
+
     /// Switch on planted bugs (simulator only).
     #[cfg(feature = "planted-bugs")]
     pub fn plants(mut self, plants: PlantedBugs) -> Self {
@@ -250,12 +264,24 @@ impl RuntimeBuilder {
         }
         self.elector.validate()?;
         self.maintainer.validate()?;
-        Ok(Runtime(self))
+        let incarnations = self.incarnation_seed.map(ChaCha8Rng::seed_from_u64);
+        Ok(Runtime {
+            b: self,
+            live: Arc::new(AtomicBool::new(false)),
+            incarnations: Mutex::new(incarnations),
+        })
     }
 }
 
-/// A configured runtime; [`start`](Runtime::start) it.
-pub struct Runtime(RuntimeBuilder);
+/// A configured runtime; [`start`](Runtime::start) it, as often as you like, one
+/// incarnation at a time.
+pub struct Runtime {
+    b: RuntimeBuilder,
+    /// Set from `start` until the handle it returned has shut down.
+    live: Arc<AtomicBool>,
+    /// Where incarnations come from: a seeded RNG, or the OS when `None`.
+    incarnations: Mutex<Option<ChaCha8Rng>>,
+}
 
 impl Runtime {
     /// Start building a runtime for `node` (unique in the cluster).
@@ -277,19 +303,73 @@ impl Runtime {
             jobs: JobsConfig::default(),
             elector: ElectorConfig::new(MAINTENANCE_LEASE, "node"),
             maintainer: MaintainerConfig::new(0),
+            incarnation_seed: None,
             #[cfg(feature = "planted-bugs")]
             plants: PlantedBugs::none(),
         }
     }
 
-    /// Spawn supervisors, the elector and the maintainer. Needs a tokio runtime.
-    pub fn start(self) -> Result<RuntimeHandle, RuntimeError> {
-        let b = self.0;
+    /// The next start's incarnation.
+    fn incarnation(&self) -> Incarnation {
+        let mut rng = self.incarnations.lock().unwrap_or_else(|p| p.into_inner());
+        match rng.as_mut() {
+            Some(rng) => Incarnation::from_rng(rng),
+            None => Incarnation::from_os(),
+        }
+    }
+
+    /// Spawn supervisors, the elector and the maintainer as a new process
+    /// incarnation: leases and claims are held as `node#incarnation`, so this
+    /// start never shares them with an earlier start of the same node, here or
+    /// on another machine. Needs a tokio runtime.
+    ///
+    /// A runtime can be started again once the handle of its last start has
+    /// shut down; starting it while that handle is live is
+    /// [`RuntimeError::AlreadyRunning`].
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// # use keel::jobs::{Runtime, RuntimeError};
+    /// # async fn demo(rt: Runtime) -> Result<(), RuntimeError> {
+    /// let first = rt.start()?;
+    /// assert!(matches!(rt.start(), Err(RuntimeError::AlreadyRunning)));
+    /// first.shutdown(std::time::Duration::from_secs(5)).await;
+    /// let second = rt.start()?; // a new incarnation of the same node
+    /// # second.shutdown(std::time::Duration::from_secs(5)).await;
+    /// # Ok(()) }
+    /// ```
+    pub fn start(&self) -> Result<RuntimeHandle, RuntimeError> {
+        if self.live.swap(true, Ordering::SeqCst) {
+            return Err(RuntimeError::AlreadyRunning);
+        }
+        let started = self.spawn();
+        if started.is_err() {
+            self.live.store(false, Ordering::SeqCst);
+        }
+        started
+    }
+
+    fn spawn(&self) -> Result<RuntimeHandle, RuntimeError> {
+        let b = &self.b;
+        let incarnation = self.incarnation();
+        // Planted `incarnation_blind_holder`: hold as the bare node name.
+        let holder = if crate::is_planted!(b.plants, IncarnationBlindHolder) {
+            b.node.clone()
+        } else {
+            holder_id(&b.node, incarnation)
+        };
         let token = ShutdownToken::new();
         let tasks =
-            TaskRegistry::new(token.clone()).with_observer(b.observer.clone(), b.node.clone());
+            TaskRegistry::new(token.clone()).with_observer(b.observer.clone(), holder.clone());
+        emit(
+            b.observer.as_ref(),
+            &holder,
+            Event::RuntimeStarted {
+                holder: holder.clone(),
+            },
+        );
         let shared = Arc::new(WorkerShared {
-            node: b.node.clone(),
+            node: holder.clone(),
             cfg: b.jobs.clone(),
             storage: b.storage.clone(),
             clock: b.clock.clone(),
@@ -316,8 +396,10 @@ impl Runtime {
                 supervise_queue(shared, spec, stop, registry),
             );
         }
+        let mut elector_cfg = b.elector.clone();
+        elector_cfg.holder = holder;
         let elector = Elector::new(
-            b.elector.clone(),
+            elector_cfg,
             b.storage.clone(),
             b.clock.clone(),
             b.observer.clone(),
@@ -333,17 +415,52 @@ impl Runtime {
             b.observer.clone(),
         )?;
         tasks.spawn("elector", elector.clone().run(token.clone()));
-        tasks.spawn("maintainer", maintainer.run(token.clone(), tasks.clone()));
+        let maintainer_run = MaintainerRun::spawn(&maintainer, &token, &tasks);
         Ok(RuntimeHandle {
             shared,
             token,
             tasks,
-            queues: b.queues,
+            queues: b.queues.clone(),
+            maintainer,
+            maintainer_run: tokio::sync::Mutex::new(maintainer_run),
+            _live: LiveFlag(self.live.clone()),
             #[cfg(feature = "planted-bugs")]
-            plants: b.plants,
+            plants: b.plants.clone(),
             #[cfg(feature = "coverage")]
             elector,
         })
+    }
+}
+
+/// One `Maintainer::run` inside a runtime: the token that stops it and the
+/// token its task triggers when it has returned.
+struct MaintainerRun {
+    stop: ShutdownToken,
+    done: ShutdownToken,
+}
+
+impl MaintainerRun {
+    fn spawn(maintainer: &Arc<Maintainer>, parent: &ShutdownToken, tasks: &TaskRegistry) -> Self {
+        let (stop, done) = (parent.child(), ShutdownToken::new());
+        let (run, finished) = (
+            maintainer.clone().run(stop.clone(), tasks.clone()),
+            done.clone(),
+        );
+        tasks.spawn("maintainer", async move {
+            run.await;
+            finished.trigger();
+        });
+        Self { stop, done }
+    }
+}
+
+/// Clears [`Runtime`]'s live flag when the handle is gone (shut down or dropped),
+/// so the runtime can start again.
+struct LiveFlag(Arc<AtomicBool>);
+
+impl Drop for LiveFlag {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::SeqCst);
     }
 }
 
@@ -430,6 +547,9 @@ pub struct RuntimeHandle {
     token: ShutdownToken,
     tasks: TaskRegistry,
     queues: Vec<QueueSpec>,
+    maintainer: Arc<Maintainer>,
+    maintainer_run: tokio::sync::Mutex<MaintainerRun>,
+    _live: LiveFlag,
     #[cfg(feature = "planted-bugs")]
     plants: PlantedBugs,
     #[cfg(feature = "coverage")]
@@ -437,6 +557,31 @@ pub struct RuntimeHandle {
 }
 
 impl RuntimeHandle {
+    /// This incarnation's holder id (`node#incarnation`): what its leases and
+    /// claims name in storage.
+    pub fn holder(&self) -> &str {
+        &self.shared.node
+    }
+
+    /// The term whose maintenance services run on this node now, if any.
+    pub fn maintenance_term(&self) -> Option<crate::storage::Term> {
+        self.maintainer.running_term()
+    }
+
+    /// Stop the maintainer and run it again in place (a configuration reload, or
+    /// a supervisor restarting a component), while the elector keeps its term and
+    /// workers keep running. Services of the held term stop and start again;
+    /// start attempts of the stopped run that finish later are discarded.
+    pub async fn restart_maintainer(&self) {
+        let mut run = self.maintainer_run.lock().await;
+        if self.token.is_triggered() {
+            return;
+        }
+        run.stop.trigger();
+        run.done.wait().await;
+        *run = MaintainerRun::spawn(&self.maintainer, &self.token, &self.tasks);
+    }
+
     /// This node's elector, for coverage marks that relate another component to
     /// its leadership (a [`Watcher`](crate::watcher::Watcher)'s slow tick across
     /// a lease renewal).

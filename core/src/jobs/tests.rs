@@ -9,7 +9,7 @@ use serde_json::json;
 use super::*;
 use crate::clock::Clock;
 use crate::storage::{
-    CancelResult, EnqueueRequest, JobId, JobState, JobStore, MemStorage, SharedStorage,
+    CancelResult, EnqueueRequest, JobId, JobState, JobStore, LeaseStore, MemStorage, SharedStorage,
 };
 use crate::test_support::{Flaky, Recorder, TestClock, WAIT_MAX};
 
@@ -785,4 +785,135 @@ async fn a_job_lost_while_in_hand_is_dropped_unrun() {
     let (claims, starts) = hand_of_slow_then_quick(slow, transport, rescue).await;
     assert_eq!(starts, vec![2], "never started on the revoked claim");
     assert_eq!(claims, 1, "dropped without a claim event, then run");
+}
+
+/// The leadership terms each recorder saw won.
+fn terms_won(recorder: &Recorder) -> Vec<crate::storage::Term> {
+    recorder
+        .events()
+        .into_iter()
+        .filter_map(|e| match e {
+            crate::events::Event::TermWon { term } => Some(term),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn two_live_processes_under_one_node_name_never_share_the_lease() {
+    // A StatefulSet starts worker-0 again while the old worker-0 still runs.
+    let f = Fixture::new();
+    let (old_events, new_events) = (Recorder::new(), Recorder::new());
+    let old = f
+        .builder("worker-0")
+        .observer(old_events.clone())
+        .build()
+        .expect("valid")
+        .start()
+        .expect("started");
+    old_events
+        .wait_for("the old process leads", |e| {
+            matches!(e, crate::events::Event::TermWon { .. })
+        })
+        .await;
+    let new = f
+        .builder("worker-0")
+        .observer(new_events.clone())
+        .build()
+        .expect("valid")
+        .start()
+        .expect("started");
+    assert_ne!(old.holder(), new.holder(), "one holder id per incarnation");
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(
+        terms_won(&old_events),
+        [crate::storage::Term(1)],
+        "the old process keeps its term"
+    );
+    assert!(
+        terms_won(&new_events).is_empty(),
+        "the new one never evicts it: {:#?}",
+        new_events.events()
+    );
+    let lease = f.store.lease(MAINTENANCE_LEASE).expect("granted");
+    assert_eq!(lease.holder.as_deref(), Some(old.holder()));
+    old.shutdown(Duration::from_secs(1)).await;
+    new_events
+        .wait_for("the new process takes over", |e| {
+            matches!(e, crate::events::Event::TermWon { .. })
+        })
+        .await;
+    new.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_runtime_starts_again_after_shutdown_as_a_new_incarnation_and_refuses_a_second_live_start(
+) {
+    let f = Fixture::new();
+    let rt = f
+        .builder("n1")
+        .queue("default", 1)
+        .handler("ok", |_ctx, _p| async move { Outcome::Completed })
+        .build()
+        .expect("valid");
+    let first = rt.start().expect("started");
+    assert!(matches!(rt.start(), Err(RuntimeError::AlreadyRunning)));
+    let first_holder = first.holder().to_owned();
+    first.shutdown(Duration::from_secs(1)).await;
+
+    let second = rt.start().expect("starts again");
+    assert_ne!(second.holder(), first_holder);
+    assert!(second.holder().starts_with("n1#"), "{}", second.holder());
+    let id = second.enqueue(job("ok")).await.expect("ok").id();
+    assert_eq!(f.finished(id).await, JobState::Completed);
+    let started: Vec<_> = f
+        .recorder
+        .events()
+        .into_iter()
+        .filter(|e| matches!(e, crate::events::Event::RuntimeStarted { .. }))
+        .collect();
+    assert_eq!(started.len(), 2, "each start is shown: {started:?}");
+    second.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn restarting_the_maintainer_in_place_keeps_the_term_and_runs_its_services_again() {
+    let f = Fixture::new();
+    let rt = f
+        .builder("n1")
+        .build()
+        .expect("valid")
+        .start()
+        .expect("started");
+    f.recorder
+        .wait_for("maintenance runs", |e| {
+            matches!(e, crate::events::Event::MaintainerStarted { .. })
+        })
+        .await;
+    let term = rt.maintenance_term().expect("running");
+    rt.restart_maintainer().await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        rt.maintenance_term(),
+        Some(term),
+        "{:#?}",
+        f.recorder.events()
+    );
+    let started = f
+        .recorder
+        .events()
+        .into_iter()
+        .filter(|e| *e == crate::events::Event::MaintainerStarted { term })
+        .count();
+    assert_eq!(started, 2, "stopped and started again for the same term");
+    // Its heartbeat is written again: storage accepts the term's writes.
+    let now = f.clock.now();
+    let lease = f.store.lease(MAINTENANCE_LEASE).expect("lease");
+    assert!(f
+        .store
+        .maintenance_heartbeat(MAINTENANCE_LEASE, rt.holder(), term, now)
+        .await
+        .expect("ok"));
+    assert_eq!(lease.term, term);
+    rt.shutdown(Duration::from_secs(1)).await;
 }

@@ -438,7 +438,7 @@ enum Verdict {
 struct Beat<'a> {
     shared: &'a Arc<WorkerShared>,
     running: &'a Running,
-    interval: tokio::time::Interval,
+    interval: crate::clock::Interval,
     call: Option<BoxFuture<StorageResult<HeartbeatStatus>>>,
     /// When the pending call was sent: storage records the heartbeat at that
     /// time, so a successful reply renews trust from there, not from its arrival.

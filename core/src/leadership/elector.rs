@@ -120,6 +120,50 @@ struct State {
     trusted_until: Option<Instant>,
 }
 
+/// The resign channel's receiving end, lent to one run at a time: taking it is
+/// how a run proves it is the only one, and dropping it (a run that returned or
+/// was aborted) hands it back so the elector can run again.
+struct ResignInbox {
+    elector: Arc<Elector>,
+    rx: Option<mpsc::UnboundedReceiver<Term>>,
+}
+
+impl ResignInbox {
+    fn take(elector: &Arc<Elector>) -> Option<Self> {
+        let rx = elector
+            .resign_rx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()?;
+        Some(Self {
+            elector: elector.clone(),
+            rx: Some(rx),
+        })
+    }
+
+    fn rx(&mut self) -> &mut mpsc::UnboundedReceiver<Term> {
+        self.rx
+            .as_mut()
+            .expect("the inbox holds its receiver until dropped")
+    }
+}
+
+impl Drop for ResignInbox {
+    fn drop(&mut self) {
+        let Some(mut rx) = self.rx.take() else { return };
+        // Requests made for this run's terms die with it.
+        while rx.try_recv().is_ok() {}
+        let elector = &self.elector;
+        {
+            let mut state = elector.state();
+            state.leadership = Leadership::Follower;
+            state.trusted_until = None;
+        }
+        elector.changes.send_replace(Leadership::Follower);
+        *elector.resign_rx.lock().unwrap_or_else(|p| p.into_inner()) = Some(rx);
+    }
+}
+
 /// Acquires and keeps the leader lease. See the [module docs](super).
 pub struct Elector {
     cfg: ElectorConfig,
@@ -224,9 +268,17 @@ impl Elector {
         (state.leadership, state.trusted_until)
     }
 
-    /// Ask the elector to resign `term`. It does so only if it still holds exactly
-    /// `term` when it handles the request; a request for any other term is dropped.
+    /// Ask the elector to resign `term`. A request for a term this node does not
+    /// hold right now is dropped at once, so it can never resign a term won
+    /// later; a request for the held term is honoured only if the elector still
+    /// holds exactly `term` when it handles it.
     pub fn request_resign(&self, term: Term) {
+        // Planted `stale_resign` (002) keeps the request whatever it names.
+        if !self.holds(term) && !crate::is_planted!(self.cfg.plants, StaleResign) {
+            crate::sometimes!("resign_request_for_term_not_held");
+            tracing::debug!(holder = %self.cfg.holder, %term, "dropping resign of a term not held");
+            return;
+        }
         // The receiver lives as long as `run`; after it returned there is nothing
         // left to resign, so a send error is not a failure.
         let _ = self.resign_tx.send(term);
@@ -253,28 +305,31 @@ impl Elector {
     /// Contend for the lease until `shutdown`. On shutdown a held term is resigned
     /// so a peer can take over without waiting for the TTL.
     ///
-    /// # Panics
-    ///
-    /// If called twice on the same elector.
+    /// An elector can run again after a run returned (or was aborted): it starts
+    /// as a follower. A second `run` while one is in progress is a no-op that
+    /// returns at once, so one elector never contends twice.
     pub async fn run(self: Arc<Self>, shutdown: ShutdownToken) {
         let span =
             tracing::info_span!("elector", node = %self.cfg.holder, lease = %self.cfg.lease_name);
-        self.clone().contend(shutdown).instrument(span).await;
+        let Some(mut resign_rx) = ResignInbox::take(&self) else {
+            tracing::warn!(holder = %self.cfg.holder, "Elector::run while a run is in progress: ignored");
+            return;
+        };
+        self.clone()
+            .contend(shutdown, &mut resign_rx)
+            .instrument(span)
+            .await;
     }
 
-    async fn contend(self: Arc<Self>, shutdown: ShutdownToken) {
-        let taken = self
-            .resign_rx
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
-        let mut resign_rx = taken.expect("Elector::run called twice");
+    async fn contend(self: Arc<Self>, shutdown: ShutdownToken, inbox: &mut ResignInbox) {
+        let resign_rx = inbox.rx();
         while let Some((term, trusted_until)) = self.acquire(&shutdown).await {
+            // A request queued before this term was won names another term (the
+            // request-time check drops unheld ones); never let it reach `lead`.
+            while resign_rx.try_recv().is_ok() {}
             self.set(Leadership::Leader(term), Some(trusted_until));
             self.emit(Event::TermWon { term });
-            let why = self
-                .lead(term, trusted_until, &shutdown, &mut resign_rx)
-                .await;
+            let why = self.lead(term, trusted_until, &shutdown, resign_rx).await;
             self.set(Leadership::Follower, None);
             self.emit(Event::TermLost {
                 term,
@@ -358,8 +413,7 @@ impl Elector {
                 () = self.sleep_until(next_renew.min(trusted_until)) => {}
             }
             if self.clock.monotonic() >= trusted_until {
-                crate::sometimes!("trust_window_closed_while_leading");
-                return StepDown::TrustWindowExpired;
+                return self.trust_window_closed(term).await;
             }
             let attempt_start = self.clock.monotonic();
             let renew = self.storage.renew(
@@ -376,8 +430,7 @@ impl Elector {
                     return StepDown::Shutdown;
                 }
                 () = self.sleep_until(trusted_until) => {
-                    crate::sometimes!("trust_window_closed_while_leading");
-                    return StepDown::TrustWindowExpired;
+                    return self.trust_window_closed(term).await;
                 }
                 r = renew => r,
             };
@@ -398,6 +451,16 @@ impl Elector {
                 Err(_) => next_renew = self.clock.monotonic() + cfg.renew_interval / 4,
             }
         }
+    }
+
+    /// The trust window closed without a renewal: step down, then resign the
+    /// term best-effort. Storage may simply have been slow (or this process
+    /// paused); a resign it hears lets a successor in at once instead of after
+    /// the whole TTL, and being term-scoped it cannot touch a newer term.
+    async fn trust_window_closed(&self, term: Term) -> StepDown {
+        crate::sometimes!("trust_window_closed_while_leading");
+        self.resign_in_storage(term).await;
+        StepDown::TrustWindowExpired
     }
 
     async fn resign_in_storage(&self, term: Term) {
@@ -752,6 +815,110 @@ mod tests {
 
         shutdown.trigger();
         run.await.expect("elector run did not panic");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_resign_request_made_while_not_leader_is_dropped_and_never_resigns_a_term_won_later()
+    {
+        let mem = Arc::new(MemStorage::new());
+        let clock = TestClock::new();
+        let a = node("a", &mem, &clock);
+        // Asked before it ever led: for the very term it will win.
+        a.elector.request_resign(Term(1));
+        let shutdown = ShutdownToken::new();
+        let run = spawn(&a.elector, &shutdown);
+        wait_leadership(&a.elector, "leader", is_leader).await;
+        clock.sleep(Duration::from_secs(3)).await;
+        assert!(a.elector.holds(Term(1)), "{:#?}", a.events.events());
+        assert!(
+            a.events
+                .find(|e| matches!(e, Event::Resigned { .. } | Event::TermLost { .. }))
+                .is_none(),
+            "{:#?}",
+            a.events.events()
+        );
+        shutdown.trigger();
+        run.await.expect("no panic");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_leader_whose_trust_window_closed_resigns_so_its_successor_need_not_wait_out_the_lease(
+    ) {
+        let mem = Arc::new(MemStorage::new());
+        let clock = TestClock::new();
+        let a = node("a", &mem, &clock);
+        let b = node("b", &mem, &clock);
+        let cfg = ElectorConfig::new(LEASE, "a");
+        let shutdown = ShutdownToken::new();
+        let run_a = spawn(&a.elector, &shutdown);
+        wait_leadership(&a.elector, "leader", is_leader).await;
+        let run_b = spawn(&b.elector, &shutdown);
+        // a's renewals and acquires fail (slow or lost on the way); its resign
+        // and everything else are served.
+        a.storage.fail_lease_grants();
+        let (_, lost_at, lost) = a.events.wait_for("TermLost", is_lost).await;
+        assert_eq!(
+            lost,
+            Event::TermLost {
+                term: Term(1),
+                reason: "trust_window_expired".to_owned()
+            }
+        );
+        assert!(
+            a.events
+                .find(|e| *e
+                    == Event::Resigned {
+                        term: Term(1),
+                        accepted: true
+                    })
+                .is_some(),
+            "{:#?}",
+            a.events.events()
+        );
+        let (_, b_won_at, _) = b
+            .events
+            .wait_for("b's TermWon", |e| matches!(e, Event::TermWon { .. }))
+            .await;
+        // Without the resign b would wait for the lease to expire in storage,
+        // a safety margin after the trust window closed.
+        assert!(
+            b_won_at - lost_at <= cfg.acquire_interval,
+            "b won {:?} after a stepped down",
+            b_won_at - lost_at
+        );
+        shutdown.trigger();
+        run_a.await.expect("a did not panic");
+        run_b.await.expect("b did not panic");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_elector_runs_again_after_its_run_returned_and_a_concurrent_second_run_is_a_no_op() {
+        let mem = Arc::new(MemStorage::new());
+        let clock = TestClock::new();
+        let a = node("a", &mem, &clock);
+        let first = ShutdownToken::new();
+        let run = spawn(&a.elector, &first);
+        wait_leadership(&a.elector, "leader", is_leader).await;
+        let again =
+            tokio::time::timeout(Duration::from_secs(1), a.elector.clone().run(first.clone()));
+        again
+            .await
+            .expect("a second concurrent run returns at once");
+        assert!(a.elector.holds(Term(1)), "and leaves the first run alone");
+        first.trigger();
+        run.await.expect("no panic");
+        assert_eq!(*a.elector.subscribe().borrow(), Leadership::Follower);
+
+        let second = ShutdownToken::new();
+        let run = spawn(&a.elector, &second);
+        let led = wait_leadership(&a.elector, "leader again", is_leader).await;
+        assert_eq!(led, Leadership::Leader(Term(2)));
+        second.trigger();
+        run.await.expect("no panic");
+    }
+
+    fn is_lost(e: &Event) -> bool {
+        matches!(e, Event::TermLost { .. })
     }
 
     #[test]

@@ -2,13 +2,14 @@
 //! retries, and resigns the term when they cannot start. See the
 //! [module docs](super).
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use super::service::{Service, ServiceCtx, ServiceError, Slot, TermHandle, TermServices};
+use super::service::{Service, ServiceCtx, ServiceError, Slot, Tenure, TermHandle, TermServices};
 use crate::backoff::Backoff;
 use crate::clock::SharedClock;
 use crate::events::{emit, Event, SharedObserver};
@@ -133,6 +134,10 @@ pub struct Maintainer {
     observer: SharedObserver,
     slot: Arc<Mutex<Slot>>,
     rng: Mutex<ChaCha8Rng>,
+    /// Set while a `run` is in progress: a second one is refused.
+    running: AtomicBool,
+    /// How many runs have started; each run's attempts are bound to its number.
+    runs: AtomicU64,
 }
 
 impl std::fmt::Debug for Maintainer {
@@ -145,8 +150,18 @@ impl std::fmt::Debug for Maintainer {
 
 /// The term the maintainer works for, and the token that cancels its start.
 struct Current {
-    term: Term,
+    tenure: Tenure,
     start_cancel: ShutdownToken,
+}
+
+/// Marks a maintainer as running for as long as one `run` lasts, however it
+/// ends (returned or aborted).
+struct RunGuard<'a>(&'a AtomicBool);
+
+impl Drop for RunGuard<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::SeqCst);
+    }
 }
 
 impl Maintainer {
@@ -171,12 +186,14 @@ impl Maintainer {
             observer,
             slot,
             rng,
+            running: AtomicBool::new(false),
+            runs: AtomicU64::new(0),
         }))
     }
 
     /// The term whose services run now, if any.
     pub fn running_term(&self) -> Option<Term> {
-        self.slot().running.as_ref().map(TermServices::term)
+        self.slot().running.as_ref().map(|(_, s)| s.term())
     }
 
     fn slot(&self) -> MutexGuard<'_, Slot> {
@@ -187,9 +204,9 @@ impl Maintainer {
         emit(self.observer.as_ref(), self.elector.holder(), event);
     }
 
-    fn handle(&self, term: Term) -> TermHandle {
+    fn handle(&self, tenure: Tenure) -> TermHandle {
         TermHandle::new(
-            term,
+            tenure,
             self.elector.holder().to_owned(),
             self.slot.clone(),
             self.observer.clone(),
@@ -197,15 +214,30 @@ impl Maintainer {
     }
 
     /// Follow leadership until `shutdown`; start tasks go into `tasks`.
+    ///
+    /// A maintainer can run again after a run returned: the new run starts the
+    /// services of the term held then, and nothing the stopped run's start
+    /// attempts finish later can be installed, since each attempt is bound to its
+    /// run as well as its term. A second `run` while one is in progress is a
+    /// no-op that returns at once.
     pub async fn run(self: Arc<Self>, shutdown: ShutdownToken, tasks: TaskRegistry) {
+        if self.running.swap(true, Ordering::SeqCst) {
+            tracing::warn!(holder = %self.elector.holder(), "Maintainer::run while a run is in progress: ignored");
+            return;
+        }
+        let _running = RunGuard(&self.running);
+        let run = self.runs.fetch_add(1, Ordering::SeqCst) + 1;
         let mut changes = self.elector.subscribe();
         let mut current: Option<Current> = None;
         loop {
             let leadership = *changes.borrow_and_update();
             match leadership {
-                Leadership::Leader(term) if current.as_ref().map(|c| c.term) != Some(term) => {
+                Leadership::Leader(term)
+                    if current.as_ref().map(|c| c.tenure.term) != Some(term) =>
+                {
                     self.end_term(current.take());
-                    current = Some(self.begin_term(term, &shutdown, &tasks));
+                    let tenure = Tenure { run, term };
+                    current = Some(self.begin_term(tenure, &shutdown, &tasks));
                 }
                 Leadership::Follower if current.is_some() => self.end_term(current.take()),
                 _ => {}
@@ -221,38 +253,57 @@ impl Maintainer {
 
     fn begin_term(
         self: &Arc<Self>,
-        term: Term,
+        tenure: Tenure,
         shutdown: &ShutdownToken,
         tasks: &TaskRegistry,
     ) -> Current {
-        {
+        let stale = {
             let mut slot = self.slot();
-            assert!(
-                slot.running.is_none(),
-                "the previous term's services were stopped"
-            );
-            slot.wanted = Some(term);
+            slot.wanted = Some(tenure);
+            slot.running.take()
+        };
+        // Only one run at a time and every run stops what it installed before it
+        // returns, so nothing can be running here; stop it if it ever is rather
+        // than run two terms' services side by side.
+        debug_assert!(stale.is_none(), "a previous tenure's services still ran");
+        if let Some((_, services)) = stale {
+            services.stop();
         }
         let start_cancel = shutdown.child();
         let this = self.clone();
         let cancel = start_cancel.clone();
         let parent = tasks.clone();
-        tasks.spawn(format!("maintainer_start_{}", term.0), async move {
-            this.start_with_retries(term, cancel, &parent).await;
+        let name = format!("maintainer_start_{}", tenure.term.0);
+        tasks.spawn(name, async move {
+            this.start_with_retries(tenure, cancel, &parent).await;
         });
-        Current { term, start_cancel }
+        Current {
+            tenure,
+            start_cancel,
+        }
     }
 
     fn end_term(&self, current: Option<Current>) {
         let Some(current) = current else { return };
         current.start_cancel.trigger();
-        self.slot().wanted = None;
-        self.handle(current.term).stop();
+        {
+            let mut slot = self.slot();
+            if slot.wanted == Some(current.tenure) {
+                slot.wanted = None;
+            }
+        }
+        self.handle(current.tenure).stop();
     }
 
-    /// Start the services for `term`, retrying with backoff; resign `term` when
-    /// every attempt failed and this node still holds it.
-    async fn start_with_retries(&self, term: Term, cancel: ShutdownToken, tasks: &TaskRegistry) {
+    /// Start the services for `tenure`'s term, retrying with backoff; resign the
+    /// term when every attempt failed and this node still holds it.
+    async fn start_with_retries(
+        &self,
+        tenure: Tenure,
+        cancel: ShutdownToken,
+        tasks: &TaskRegistry,
+    ) {
+        let term = tenure.term;
         // Planted `stale_resign` (002): the retry loop runs where it cannot hear of
         // the term's loss, so it keeps retrying after the term is gone.
         let cancel = if crate::is_planted!(self.cfg.plants, StaleResign) {
@@ -260,7 +311,7 @@ impl Maintainer {
         } else {
             cancel
         };
-        let handle = self.handle(term);
+        let handle = self.handle(tenure);
         let attempts = self.cfg.start_attempts_max;
         for attempt in 1..=attempts {
             if cancel.is_triggered() {
@@ -272,7 +323,7 @@ impl Maintainer {
             // The attempt ran past the end of its term (hooks may ignore
             // cancellation): what it started must not reach another term.
             crate::sometimes!(
-                cancel.is_triggered() || self.slot().wanted != Some(term),
+                cancel.is_triggered() || self.slot().wanted != Some(tenure),
                 "stale_retry_after_term_change"
             );
             match started {
@@ -707,6 +758,109 @@ mod tests {
             "the newer term's services are gone"
         );
         assert!(node.elector.holds(newer), "while the node still leads it");
+        node.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_maintainer_run_again_while_the_stopped_runs_start_is_in_flight_runs_healthy_services(
+    ) {
+        // The stopped run's start takes 3 s; the new run's 5 s. The old attempt
+        // finishes first, after its run was stopped.
+        let service = ScriptedService::new(
+            [
+                Step::SleepThenTick(Duration::from_secs(3)),
+                Step::SleepThenTick(Duration::from_secs(5)),
+            ],
+            Step::Succeed,
+        );
+        let mut cfg = no_jitter();
+        cfg.start_attempt_timeout = Duration::from_secs(60);
+        let mem = Arc::new(MemStorage::new());
+        let storage = FlakyStorage::new(mem);
+        let clock = TestClock::new();
+        let events = Recorder::new();
+        let elector = Elector::new(
+            ElectorConfig::new(LEASE, "a"),
+            storage.clone(),
+            clock.clone(),
+            events.clone(),
+        )
+        .expect("valid");
+        let services: Vec<Arc<dyn Service>> = vec![service.clone()];
+        let maintainer = Maintainer::new(
+            cfg,
+            elector.clone(),
+            services,
+            storage,
+            clock.clone(),
+            events.clone(),
+        )
+        .expect("valid");
+        let shutdown = ShutdownToken::new();
+        let tasks = TaskRegistry::new(shutdown.clone());
+        tasks.spawn("elector", elector.clone().run(shutdown.clone()));
+
+        let first = shutdown.child();
+        let run = tokio::spawn(maintainer.clone().run(first.clone(), tasks.clone()));
+        events
+            .wait_for("attempt 1 for T1", |e| {
+                matches!(e, Event::MaintainerStartAttempt { term: Term(1), .. })
+            })
+            .await;
+        clock.sleep(Duration::from_secs(1)).await;
+        first.trigger();
+        run.await.expect("the stopped run returns");
+        let second = shutdown.child();
+        let run2 = tokio::spawn(maintainer.clone().run(second.clone(), tasks.clone()));
+
+        clock.sleep(Duration::from_secs(10)).await;
+        assert!(elector.holds(Term(1)), "the elector kept its term");
+        assert_eq!(maintainer.running_term(), Some(Term(1)));
+        let before = service.ticks();
+        clock.sleep(Duration::from_secs(2)).await;
+        assert!(
+            service.ticks() >= before + 10,
+            "the running services tick: {before} then {}; {:#?}",
+            service.ticks(),
+            events.events()
+        );
+        second.trigger();
+        run2.await.expect("the second run returns");
+        assert_eq!(maintainer.running_term(), None);
+        shutdown.trigger();
+        let report = tasks
+            .join_all(clock.as_ref(), Duration::from_secs(120))
+            .await;
+        assert!(report.is_clean(), "{report:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_second_concurrent_run_is_a_no_op_and_never_panics() {
+        let service = ScriptedService::new([], Step::Succeed);
+        let node = start_node(no_jitter(), &service);
+        node.events
+            .wait_for("MaintainerStarted{T1}", |e| {
+                *e == Event::MaintainerStarted { term: Term(1) }
+            })
+            .await;
+        let again = tokio::spawn(
+            node.maintainer
+                .clone()
+                .run(node.shutdown.clone(), node.tasks.clone()),
+        );
+        let returned = tokio::time::timeout(Duration::from_secs(1), again).await;
+        returned
+            .expect("the second run returns at once")
+            .expect("and does not panic");
+        node.clock.sleep(Duration::from_secs(3)).await;
+        assert_eq!(node.maintainer.running_term(), Some(Term(1)));
+        let starts = node
+            .events
+            .events()
+            .into_iter()
+            .filter(|e| matches!(e, Event::MaintainerStarted { .. }))
+            .count();
+        assert_eq!(starts, 1, "{:#?}", node.events.events());
         node.stop().await;
     }
 

@@ -98,19 +98,31 @@ impl TermServices {
     }
 }
 
-#[derive(Debug, Default)]
-pub(crate) struct Slot {
-    /// The term the maintainer currently wants running, if any.
-    pub(crate) wanted: Option<Term>,
-    pub(crate) running: Option<TermServices>,
+/// One run of the maintainer working for one term: what a start attempt is
+/// bound to. The run matters as much as the term: a maintainer stopped and run
+/// again inside one term must not accept what the stopped run's attempt starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Tenure {
+    /// Which `Maintainer::run` (counted from 1 per maintainer).
+    pub(crate) run: u64,
+    /// The term.
+    pub(crate) term: Term,
 }
 
-/// The shared maintainer slot, seen through one term. Everything an attempt for
-/// `term` can do to the slot goes through this handle, and the handle only ever
-/// acts on `term`.
+#[derive(Debug, Default)]
+pub(crate) struct Slot {
+    /// The tenure the maintainer currently wants running, if any.
+    pub(crate) wanted: Option<Tenure>,
+    /// What runs, and the tenure that installed it.
+    pub(crate) running: Option<(Tenure, TermServices)>,
+}
+
+/// The shared maintainer slot, seen through one term of one maintainer run.
+/// Everything an attempt for `term` can do to the slot goes through this handle,
+/// and the handle only ever acts on its own term and run.
 #[derive(Clone)]
 pub struct TermHandle {
-    term: Term,
+    tenure: Tenure,
     holder: String,
     slot: Arc<Mutex<Slot>>,
     observer: SharedObserver,
@@ -118,13 +130,13 @@ pub struct TermHandle {
 
 impl TermHandle {
     pub(crate) fn new(
-        term: Term,
+        tenure: Tenure,
         holder: String,
         slot: Arc<Mutex<Slot>>,
         observer: SharedObserver,
     ) -> Self {
         Self {
-            term,
+            tenure,
             holder,
             slot,
             observer,
@@ -137,24 +149,28 @@ impl TermHandle {
 
     /// The term this handle acts for.
     pub fn term(&self) -> Term {
-        self.term
+        self.tenure.term
     }
 
     /// Publish `services` as the running maintainer, if the maintainer still wants
-    /// this term and nothing runs. Otherwise stop them and return `false`.
+    /// this term in this run and nothing runs. Otherwise stop them and return
+    /// `false`.
     pub fn install(&self, services: TermServices) -> bool {
-        assert_eq!(
-            services.term, self.term,
-            "a handle installs only its own term"
-        );
+        let term = self.tenure.term;
+        assert_eq!(services.term, term, "a handle installs only its own term");
         let mut slot = self.slot();
-        if slot.wanted == Some(self.term) && slot.running.is_none() {
-            slot.running = Some(services);
+        let wanted = slot.wanted == Some(self.tenure);
+        crate::sometimes!(
+            !wanted && slot.wanted.is_some_and(|w| w.term == term),
+            "start_attempt_outlived_its_run"
+        );
+        if wanted && slot.running.is_none() {
+            slot.running = Some((self.tenure, services));
             drop(slot);
             emit(
                 self.observer.as_ref(),
                 &self.holder,
-                Event::MaintainerStarted { term: self.term },
+                Event::MaintainerStarted { term },
             );
             return true;
         }
@@ -163,18 +179,24 @@ impl TermHandle {
         false
     }
 
-    /// Stop the running services if, and only if, they belong to this term.
+    /// Stop the running services if, and only if, this term's run installed them.
     pub fn stop(&self) {
         let mut slot = self.slot();
-        if slot.running.as_ref().is_some_and(|r| r.term == self.term) {
-            self.stop_running(slot.running.take());
+        if slot
+            .running
+            .as_ref()
+            .is_some_and(|(t, _)| *t == self.tenure)
+        {
+            let running = slot.running.take().map(|(_, s)| s);
+            drop(slot);
+            self.stop_running(running);
         }
     }
 
     /// Planted `cross_term_stop`: stop whatever runs, whichever term started it.
     #[cfg(feature = "planted-bugs")]
     pub(crate) fn stop_whatever_runs(&self) {
-        let running = self.slot().running.take();
+        let running = self.slot().running.take().map(|(_, s)| s);
         self.stop_running(running);
     }
 
@@ -183,7 +205,7 @@ impl TermHandle {
             let affected = services.term;
             services.stop();
             let event = Event::MaintainerStopped {
-                asked_by: self.term,
+                asked_by: self.tenure.term,
                 affected,
             };
             emit(self.observer.as_ref(), &self.holder, event);

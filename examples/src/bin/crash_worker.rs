@@ -255,7 +255,7 @@ async fn main() -> ExitCode {
         .elector_config(elector_config(&args.node))
         .rng_seed(seed)
         .build()
-        .and_then(Runtime::start);
+        .and_then(|rt| rt.start());
     let runtime = match runtime {
         Ok(runtime) => runtime,
         Err(e) => {

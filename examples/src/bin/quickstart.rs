@@ -77,7 +77,7 @@ async fn main() -> ExitCode {
         .periodic("ops-digest", Duration::from_secs(5), digest)
         .observer(Arc::new(PrintObserver))
         .build()
-        .and_then(Runtime::start);
+        .and_then(|rt| rt.start());
     let runtime = match runtime {
         Ok(runtime) => runtime,
         Err(e) => {
