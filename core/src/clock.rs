@@ -31,7 +31,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tokio::time::{Instant, Interval, MissedTickBehavior};
+use tokio::time::{Instant, MissedTickBehavior};
 
 /// A wall-clock instant: milliseconds since the Unix epoch.
 ///
@@ -77,10 +77,70 @@ pub trait Clock: Send + Sync + 'static {
     ///
     /// The first tick completes immediately, as with [`tokio::time::interval`].
     fn interval(&self, period: Duration, missed: MissedTickBehavior) -> Interval {
+        Interval::new(self.monotonic(), period, missed)
+    }
+}
+
+/// Builds the future a [`Interval`] awaits after each tick before handing it
+/// out; see [`Interval::held`].
+pub type TickHold = Arc<dyn Fn() -> Sleep + Send + Sync>;
+
+/// A periodic ticker from [`Clock::interval`]: tokio's interval, which a
+/// simulated clock can hold back (a frozen process sees no ticks until it
+/// resumes).
+pub struct Interval {
+    inner: tokio::time::Interval,
+    hold: Option<TickHold>,
+}
+
+impl fmt::Debug for Interval {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Interval")
+            .field("period", &self.inner.period())
+            .field("held", &self.hold.is_some())
+            .finish()
+    }
+}
+
+impl Interval {
+    /// Ticks every `period` from `start`, with `missed` for ticks a slow round
+    /// missed. The first tick completes at `start`.
+    ///
+    /// # Panics
+    ///
+    /// If `period` is zero.
+    pub fn new(start: Instant, period: Duration, missed: MissedTickBehavior) -> Self {
         assert!(!period.is_zero(), "an interval period must be positive");
-        let mut interval = tokio::time::interval_at(self.monotonic(), period);
-        interval.set_missed_tick_behavior(missed);
-        interval
+        let mut inner = tokio::time::interval_at(start, period);
+        inner.set_missed_tick_behavior(missed);
+        Self { inner, hold: None }
+    }
+
+    /// The same ticker, but each tick waits for `hold()` before it is handed out.
+    pub fn held(mut self, hold: TickHold) -> Self {
+        self.hold = Some(hold);
+        self
+    }
+
+    /// Wait for the next tick. Cancel-safe as tokio's is, except that a tick
+    /// being held when the call is dropped is skipped.
+    pub async fn tick(&mut self) -> Instant {
+        let at = self.inner.tick().await;
+        if let Some(hold) = &self.hold {
+            hold().await;
+        }
+        at
+    }
+
+    /// Start counting a whole period from now: the next tick is one period
+    /// away (tokio's `Interval::reset`).
+    pub fn reset(&mut self) {
+        self.inner.reset();
+    }
+
+    /// The period between ticks.
+    pub fn period(&self) -> Duration {
+        self.inner.period()
     }
 }
 
