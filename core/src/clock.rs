@@ -127,7 +127,22 @@ impl Interval {
     pub async fn tick(&mut self) -> Instant {
         let at = self.inner.tick().await;
         if let Some(hold) = &self.hold {
+            let held_from = Instant::now(); // determinism-ok: tokio Instant, simulated
             hold().await;
+            // Held past the next tick: to the ticker this one fired late, as a
+            // frozen timer does on waking, so the next comes on the grid after
+            // now rather than at once (which would be a burst). A tick that was
+            // not held keeps the ticker's own missed-tick behaviour.
+            let period = self.inner.period();
+            let now = Instant::now(); // determinism-ok: tokio Instant, simulated
+            let late = now.saturating_duration_since(at);
+            if now > held_from && late >= period {
+                let periods =
+                    u32::try_from(late.as_nanos() / period.as_nanos()).unwrap_or(u32::MAX);
+                if let Some(next) = period.checked_mul(periods.saturating_add(1)) {
+                    self.inner.reset_at(at + next);
+                }
+            }
         }
         at
     }

@@ -64,6 +64,10 @@ pub const STATES: &[(&str, &str)] = &[
         "a lease grant arrived after its trust window would have closed; the elector gave the term back",
     ),
     (
+        "leader_woke_long_after_its_trust_window",
+        "a leader's elector ran again more than a renew interval after its trust window closed (a frozen or starved process), and stepped down",
+    ),
+    (
         "loop_panic_stops_siblings",
         "a watcher loop panicked while sibling loops ran; the watcher stopped them and returned the panic",
     ),

@@ -199,6 +199,37 @@ pub struct Faults {
     /// How long the node stays down after its shutdown returned.
     #[serde(default)]
     pub shutdown_down_ms: [u64; 2],
+    /// Process pauses (SIGSTOP, a VM freeze) per minute: no steps, no timers, no
+    /// replies, then the process resumes with its clocks jumped by the pause.
+    #[serde(default)]
+    pub pauses_per_min: f64,
+    /// How long a pause lasts.
+    #[serde(default)]
+    pub pause_ms: [u64; 2],
+    /// In-place restarts of a live node's maintainer per minute (the elector
+    /// keeps its term; work stays in flight).
+    #[serde(default)]
+    pub maintainer_restarts_per_min: f64,
+    /// In-place restarts of a live node's whole runtime per minute: shut down
+    /// within a deadline and start again at once in the same process, as a new
+    /// incarnation.
+    #[serde(default)]
+    pub runtime_restarts_per_min: f64,
+    /// The shutdown deadline of an in-place runtime restart.
+    #[serde(default)]
+    pub restart_deadline_ms: [u64; 2],
+    /// Replacements per minute: a new process starts under a node's name while
+    /// the old one is paused or partitioned (half each), as a StatefulSet
+    /// starts `worker-0` again; the old one then resumes, and after an overlap
+    /// the replacement is stopped.
+    #[serde(default)]
+    pub replaces_per_min: f64,
+    /// How long the old process stays paused or partitioned.
+    #[serde(default)]
+    pub replace_ms: [u64; 2],
+    /// How long both run after the old one came back.
+    #[serde(default)]
+    pub replace_overlap_ms: [u64; 2],
 }
 
 fn always() -> [u64; 2] {

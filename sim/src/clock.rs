@@ -9,8 +9,10 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use keel::clock::{Clock, Sleep, Timestamp};
-use tokio::time::Instant;
+use keel::clock::{Clock, Interval, Sleep, Timestamp};
+use tokio::time::{Instant, MissedTickBehavior};
+
+use crate::pause::PauseGate;
 
 /// The fixed wall-clock epoch of every run: 2026-01-01T00:00:00Z in Unix ms. A
 /// constant, so a seed's timestamps never depend on when it runs.
@@ -20,6 +22,7 @@ pub const EPOCH_UNIX_MS: i64 = 1_767_225_600_000;
 #[derive(Clone, Debug)]
 pub struct SimClock {
     skew_ms: Arc<AtomicI64>,
+    gate: Option<PauseGate>,
 }
 
 impl SimClock {
@@ -30,7 +33,17 @@ impl SimClock {
 
     /// A clock whose skew the harness can change while it runs (clock jumps).
     pub fn shared(skew_ms: Arc<AtomicI64>) -> Self {
-        Self { skew_ms }
+        Self {
+            skew_ms,
+            gate: None,
+        }
+    }
+
+    /// The same clock on a host that can be frozen: while `gate` is closed no
+    /// sleep completes and no interval ticks (see [`crate::pause`]).
+    pub fn gated(mut self, gate: PauseGate) -> Self {
+        self.gate = Some(gate);
+        self
     }
 
     /// The epoch as a `SystemTime`, for turmoil's builder.
@@ -50,6 +63,20 @@ impl Clock for SimClock {
     }
 
     fn sleep(&self, d: Duration) -> Sleep {
-        Box::pin(tokio::time::sleep(d))
+        let Some(gate) = self.gate.clone() else {
+            return Box::pin(tokio::time::sleep(d));
+        };
+        Box::pin(async move {
+            tokio::time::sleep(d).await;
+            gate.passed().await;
+        })
+    }
+
+    fn interval(&self, period: Duration, missed: MissedTickBehavior) -> Interval {
+        let interval = Interval::new(self.monotonic(), period, missed);
+        match self.gate.clone() {
+            Some(gate) => interval.held(Arc::new(move || gate.passed())),
+            None => interval,
+        }
     }
 }

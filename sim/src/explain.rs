@@ -392,6 +392,22 @@ impl Model {
                     HarnessEvent::Repair { peer } => {
                         close_fault(&mut m, &mut faults, host, &format!("partition {peer}"), at);
                     }
+                    HarnessEvent::Paused => {
+                        let key = (host.to_owned(), "pause".to_owned());
+                        faults.insert(key, (at, r.seq, "pause".into()));
+                        mark("fault pause", Glyph::Bolt, "process frozen".into());
+                    }
+                    HarnessEvent::Resumed => close_fault(&mut m, &mut faults, host, "pause", at),
+                    HarnessEvent::ReplacementStarted { node } => mark(
+                        "fault boot",
+                        Glyph::Up,
+                        format!("replacement process for {node} started"),
+                    ),
+                    HarnessEvent::RestartAsked { what, deadline_ms } => mark(
+                        "fault restart",
+                        Glyph::Up,
+                        format!("restart {what} in place (deadline {deadline_ms} ms)"),
+                    ),
                     HarnessEvent::HookFault { delay_ms, fail_pct } => {
                         faults.insert((host.to_owned(), "hook".into()), (at, r.seq, "hook".into()));
                         mark(

@@ -66,6 +66,34 @@ pub enum FaultKind {
         /// For how long.
         dur_ms: u64,
     },
+    /// Freeze the node's process for `dur_ms` (SIGSTOP/SIGCONT, a VM freeze):
+    /// no timers, no sends, no replies; then it resumes with both clocks
+    /// jumped by the pause.
+    Pause {
+        /// How long.
+        dur_ms: u64,
+    },
+    /// Stop the node's maintainer and run it again in place, while its elector
+    /// keeps its term and its workers keep running.
+    RestartMaintainer,
+    /// Shut the node's runtime down within `deadline_ms` and start the same
+    /// runtime again at once in the same process, as a new incarnation.
+    RestartRuntime {
+        /// The shutdown deadline.
+        deadline_ms: u64,
+    },
+    /// Start a replacement process under the node's name (its own host,
+    /// `nIr`, and its own incarnation) while the old one is paused, or
+    /// partitioned when `partitioned`, for `dur_ms`; both then run for
+    /// `overlap_ms`, and the replacement is crashed.
+    Replace {
+        /// How long the old process is away.
+        dur_ms: u64,
+        /// How long both run once it is back.
+        overlap_ms: u64,
+        /// Partitioned rather than paused.
+        partitioned: bool,
+    },
     /// For `window_ms`, `fail_pct` percent of the node's start hook calls fail
     /// after `delay_ms`.
     HookFault {
@@ -124,6 +152,12 @@ impl Fault {
                 FaultKind::HookFault { window_ms, .. } => window_ms,
                 FaultKind::ClockJump { dur_ms, .. } => dur_ms,
                 FaultKind::Storage { dur_ms, .. } => dur_ms,
+                FaultKind::Pause { dur_ms } => dur_ms,
+                FaultKind::RestartRuntime { deadline_ms } => deadline_ms,
+                FaultKind::RestartMaintainer => 0,
+                FaultKind::Replace {
+                    dur_ms, overlap_ms, ..
+                } => dur_ms + overlap_ms,
                 FaultKind::Shutdown {
                     deadline_ms,
                     down_ms,
@@ -142,6 +176,25 @@ impl fmt::Display for Fault {
                 write!(f, "{} partition {node} {dur_ms}ms", self.at_ms)
             }
             FaultKind::Bounce { down_ms } => write!(f, "{} bounce {node} {down_ms}ms", self.at_ms),
+            FaultKind::Pause { dur_ms } => write!(f, "{} pause {node} {dur_ms}ms", self.at_ms),
+            FaultKind::RestartMaintainer => write!(f, "{} restart_maintainer {node}", self.at_ms),
+            FaultKind::Replace {
+                dur_ms,
+                overlap_ms,
+                partitioned,
+            } => {
+                let away = if partitioned { "partition" } else { "pause" };
+                write!(
+                    f,
+                    "{} replace {node} {away} {dur_ms}ms overlap {overlap_ms}ms",
+                    self.at_ms
+                )
+            }
+            FaultKind::RestartRuntime { deadline_ms } => write!(
+                f,
+                "{} restart_runtime {node} deadline {deadline_ms}ms",
+                self.at_ms
+            ),
             FaultKind::Storage { fault, pct, dur_ms } => {
                 let mode = match fault {
                     StorageFault::Error => "error".to_owned(),
@@ -328,9 +381,90 @@ impl FaultPlan {
                 faults.push(fault);
             }
         }
+        faults.extend(process_faults(scenario, seed));
         faults.sort_by_key(|f| (f.at_ms, f.target));
         FaultPlan { skews_ms, faults }
     }
+}
+
+/// Salt of the process faults' own random stream: drawn apart from the other
+/// kinds, so a scenario without them draws exactly the plan it drew before.
+const PROCESS_SALT: u64 = 0x7061_7573_6573;
+
+/// Pauses and in-place restarts: per second and kind, a draw at the kind's
+/// rate, aimed like the other faults (a fixed node, the leader, a node mid-start).
+fn process_faults(scenario: &Scenario, seed: u64) -> Vec<Fault> {
+    let f = &scenario.faults;
+    let mut rates = [
+        f.pauses_per_min,
+        f.maintainer_restarts_per_min,
+        f.runtime_restarts_per_min,
+        f.replaces_per_min,
+    ];
+    if rates.iter().all(|r| *r <= 0.0) {
+        return Vec::new();
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ PROCESS_SALT);
+    if scenario.swarm {
+        // As `swarm_rates` does for the other kinds, from this stream.
+        for rate in &mut rates {
+            let on = rng.random_bool(0.5);
+            *rate = if on {
+                *rate * rng.random_range(0.2..=1.0)
+            } else {
+                0.0
+            };
+        }
+    }
+    let nodes = scenario.nodes as usize;
+    let mut busy_until = vec![[0u64; 4]; nodes + 2];
+    let mut faults = Vec::new();
+    for second in 0..scenario.duration_s {
+        for (kind, rate) in rates.iter().copied().enumerate() {
+            if rate <= 0.0 || !rng.random_bool((rate / 60.0).clamp(0.0, 1.0)) {
+                continue;
+            }
+            let at_ms = second * 1000 + rng.random_range(0..1000);
+            let aim: f64 = rng.random();
+            let target = if aim < f.leader_bias {
+                Target::Leader
+            } else if aim < f.leader_bias + f.starting_bias {
+                Target::Starting
+            } else {
+                Target::Node(rng.random_range(0..nodes))
+            };
+            let slot = match target {
+                Target::Node(i) => i,
+                Target::Leader => nodes,
+                Target::Starting => nodes + 1,
+            };
+            let kind_value = match kind {
+                0 => FaultKind::Pause {
+                    dur_ms: draw(&mut rng, f.pause_ms),
+                },
+                1 => FaultKind::RestartMaintainer,
+                2 => FaultKind::RestartRuntime {
+                    deadline_ms: draw(&mut rng, f.restart_deadline_ms),
+                },
+                _ => FaultKind::Replace {
+                    dur_ms: draw(&mut rng, f.replace_ms),
+                    overlap_ms: draw(&mut rng, f.replace_overlap_ms),
+                    partitioned: rng.random_bool(0.5),
+                },
+            };
+            if at_ms < busy_until[slot][kind] {
+                continue;
+            }
+            let fault = Fault {
+                at_ms,
+                target,
+                kind: kind_value,
+            };
+            busy_until[slot][kind] = fault.end_ms();
+            faults.push(fault);
+        }
+    }
+    faults
 }
 
 impl fmt::Display for FaultPlan {
@@ -518,6 +652,42 @@ impl std::str::FromStr for PlanLine {
                     },
                 )
             }
+            "pause" => (
+                w.target()?,
+                FaultKind::Pause {
+                    dur_ms: w.ms("duration")?,
+                },
+            ),
+            "restart_maintainer" => (w.target()?, FaultKind::RestartMaintainer),
+            "replace" => {
+                let target = w.target()?;
+                let partitioned = match w.next("away")? {
+                    "pause" => false,
+                    "partition" => true,
+                    other => return Err(format!("away: {other:?} is not pause or partition")),
+                };
+                let dur_ms = w.ms("duration")?;
+                w.literal("overlap")?;
+                let overlap_ms = w.ms("overlap")?;
+                (
+                    target,
+                    FaultKind::Replace {
+                        dur_ms,
+                        overlap_ms,
+                        partitioned,
+                    },
+                )
+            }
+            "restart_runtime" => {
+                let target = w.target()?;
+                w.literal("deadline")?;
+                (
+                    target,
+                    FaultKind::RestartRuntime {
+                        deadline_ms: w.ms("deadline")?,
+                    },
+                )
+            }
             "hook_fault" => {
                 let target = w.target()?;
                 let window_ms = w.ms("window")?;
@@ -537,7 +707,8 @@ impl std::str::FromStr for PlanLine {
             other => {
                 return Err(format!(
                     "fault: unknown kind {other:?}; valid: skew, partition, bounce, storage, \
-                     shutdown, loop_panic, slow_tick, clock_jump, hook_fault"
+                     shutdown, loop_panic, slow_tick, clock_jump, hook_fault, pause, \
+                     restart_maintainer, restart_runtime, replace"
                 ))
             }
         };
@@ -627,7 +798,7 @@ mod parse_tests {
                 seen.insert(text.split_whitespace().nth(1).map(str::to_owned));
             }
         }
-        assert_eq!(seen.len(), 8, "every fault kind drawn: {seen:?}");
+        assert_eq!(seen.len(), 12, "every fault kind drawn: {seen:?}");
     }
 
     #[test]

@@ -146,6 +146,24 @@ pub enum HarnessEvent {
     },
     /// Start hooks on this host work again.
     HookHealed,
+    /// The host's process was frozen (SIGSTOP, a VM freeze).
+    Paused,
+    /// The host's process runs again, its clocks jumped by the pause.
+    Resumed,
+    /// A replacement process for `node` started on this host, under `node`'s
+    /// name.
+    ReplacementStarted {
+        /// The node it replaces.
+        node: String,
+    },
+    /// The harness asked the host to restart `what` in place (`maintainer`, or
+    /// `runtime` within `deadline_ms`).
+    RestartAsked {
+        /// Which component.
+        what: String,
+        /// The shutdown deadline of a runtime restart (0 for the maintainer).
+        deadline_ms: u64,
+    },
     /// `pct` percent of storage requests now suffer `fault`.
     StorageFault {
         /// `error`, `lost_reply` or `slow:<ms>`.

@@ -9,7 +9,8 @@
 //! * [`node`]: one node's software, keel's elector and maintainer wired to the
 //!   simulated seams. [`db`]: the database host serving `MemStorage` over the
 //!   simulated network, and keel's storage client for it.
-//! * [`clock`], [`net`]: keel's seams on simulated time and turmoil TCP.
+//! * [`clock`], [`net`]: keel's seams on simulated time and turmoil TCP;
+//!   [`pause`]: freezing a host's clocks for a process pause.
 //! * [`faults`]: the fault plan, drawn from the seed before the run.
 //! * [`history`]: the recorded events; [`checkers`]: one invariant each.
 //! * [`corpus`]: replay files (`sweep --failures`, `replay --from`, the
@@ -51,6 +52,7 @@ pub mod faults;
 pub mod history;
 pub mod net;
 pub mod node;
+pub mod pause;
 pub mod pool;
 pub mod runner;
 pub mod script;

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use keel::clock::SharedClock;
+use keel::clock::{Clock, SharedClock};
 use keel::jobs::{Handler, JobCtx, JobsConfig, Outcome, Runtime, MAINTENANCE_LEASE};
 use keel::leadership::{Elector, ElectorConfig};
 use keel::maintenance::{MaintainerConfig, Service, ServiceCtx, ServiceError};
@@ -22,6 +22,7 @@ use crate::clock::SimClock;
 use crate::db::{remote_storage, DB_HOST, DB_PORT, REQUEST_TIMEOUT_DEFAULT};
 use crate::history::{fnv1a, Ev, HarnessEvent, History, HostObserver, FNV_OFFSET};
 use crate::net::TurmoilNetwork;
+use crate::pause::PauseGate;
 
 /// The lease the nodes contend for.
 pub const LEASE_NAME: &str = MAINTENANCE_LEASE;
@@ -191,8 +192,12 @@ impl Service for FlakyStartHook {
 /// on every restart. Only `boots` carries over a restart.
 #[derive(Clone, Debug)]
 pub struct NodeSetup {
-    /// Host name (`n1`, `n2`, ...).
+    /// Host name (`n1`, `n2`, ...; a replacement process `n1r`): the label of
+    /// its records and the key of the harness's requests.
     pub name: String,
+    /// The node name keel runs under when it is not the host name: a
+    /// replacement process runs as the node it replaces.
+    pub node: Option<String>,
     /// Run seed.
     pub seed: u64,
     /// Wall-clock skew, shared with the harness so it can make the clock jump.
@@ -215,31 +220,81 @@ pub struct NodeSetup {
     pub loops: Vec<(String, u64)>,
     /// Faults armed for those loops.
     pub loop_faults: LoopFaults,
+    /// This host's freeze switch (process pauses).
+    pub pause: PauseGate,
+    /// In-place restarts the harness asks for.
+    pub restarts: RestartRequests,
+}
+
+/// What to restart in place inside a live node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Restart {
+    /// The maintainer: stopped and run again while the elector keeps its term.
+    Maintainer,
+    /// The whole runtime: shut down within the deadline, started again at once.
+    Runtime {
+        /// The shutdown deadline.
+        deadline: Duration,
+    },
+}
+
+/// In-place restarts the harness asks of nodes, per host; the latest wins.
+#[derive(Clone, Debug, Default)]
+pub struct RestartRequests(Arc<Mutex<BTreeMap<String, Restart>>>);
+
+impl RestartRequests {
+    /// Ask `host` to restart `what` in place.
+    pub fn request(&self, host: &str, what: Restart) {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(host.to_owned(), what);
+    }
+
+    fn take(&self, host: &str) -> Option<Restart> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(host)
+    }
 }
 
 /// One boot of a node: runs until the host is crashed or the run ends.
 pub async fn node_main(setup: NodeSetup) -> turmoil::Result {
+    // A crash ends a pause: the restarted software must not start frozen.
+    setup.pause.resume();
+    let clock = SimClock::shared(setup.skew_ms.clone()).gated(setup.pause.clone());
     loop {
-        let handle = start_runtime(&setup)?;
+        let runtime = build_runtime(&setup)?;
+        let mut handle = runtime.start()?;
         let loops_token = ShutdownToken::new();
         let loops = (!setup.loops.is_empty()).then(|| {
             let elector = handle.elector();
             tokio::spawn(run_loops(setup.clone(), loops_token.clone(), elector))
         });
         // Run until the harness asks for a graceful shutdown (then come back
-        // after the planned downtime, as a deploy would) or turmoil crashes us.
+        // after the planned downtime, as a deploy would) or turmoil crashes us;
+        // in-place restarts keep this process and this runtime.
         let (deadline, down) = loop {
             if let Some(request) = setup.shutdowns.take(&setup.name) {
                 break request;
             }
-            tokio::time::sleep(SHUTDOWN_POLL).await;
+            match setup.restarts.take(&setup.name) {
+                Some(Restart::Maintainer) => handle.restart_maintainer().await,
+                Some(Restart::Runtime { deadline }) => {
+                    handle.shutdown(deadline).await;
+                    handle = runtime.start()?;
+                }
+                None => {}
+            }
+            clock.sleep(SHUTDOWN_POLL).await;
         };
         loops_token.trigger();
         if let Some(task) = loops {
             task.abort();
         }
         handle.shutdown(deadline).await;
-        tokio::time::sleep(down).await;
+        clock.sleep(down).await;
     }
 }
 
@@ -250,7 +305,8 @@ const WATCHER_RESTART_DELAY: Duration = Duration::from_secs(1);
 /// The scenario's periodic loops under keel's `Watcher`, restarted after failures.
 /// The node's `elector` only lets coverage see renewals during slow ticks.
 async fn run_loops(setup: NodeSetup, token: ShutdownToken, elector: Arc<Elector>) {
-    let clock: SharedClock = Arc::new(SimClock::shared(setup.skew_ms.clone()));
+    let clock: SharedClock =
+        Arc::new(SimClock::shared(setup.skew_ms.clone()).gated(setup.pause.clone()));
     let observer: keel::events::SharedObserver =
         Arc::new(HostObserver::new(&setup.name, setup.history.clone()));
     while !token.is_triggered() {
@@ -271,7 +327,7 @@ async fn run_loops(setup: NodeSetup, token: ShutdownToken, elector: Arc<Elector>
         tokio::select! {
             biased;
             () = token.wait() => return,
-            () = tokio::time::sleep(WATCHER_RESTART_DELAY) => {}
+            () = clock.sleep(WATCHER_RESTART_DELAY) => {}
         }
     }
 }
@@ -288,9 +344,11 @@ fn loop_tick(
         setup.name.clone(),
         name.to_owned(),
     );
+    let clock = SimClock::shared(setup.skew_ms.clone()).gated(setup.pause.clone());
     move || {
         let fault = faults.take(&host, index);
         let (history, host, name) = (history.clone(), host.clone(), name.clone());
+        let clock = clock.clone();
         Box::pin(async move {
             match fault {
                 Some(LoopFault::Panic) => {
@@ -300,7 +358,7 @@ fn loop_tick(
                     );
                     panic!("injected panic in loop {name}");
                 }
-                Some(LoopFault::Slow { ms }) => tokio::time::sleep(Duration::from_millis(ms)).await,
+                Some(LoopFault::Slow { ms }) => clock.sleep(Duration::from_millis(ms)).await,
                 None => {}
             }
             Ok(())
@@ -377,18 +435,17 @@ impl ShutdownRequests {
     }
 }
 
-/// One start of keel's runtime on this node (a boot, or a restart after a
-/// graceful shutdown).
-fn start_runtime(
-    setup: &NodeSetup,
-) -> Result<keel::jobs::RuntimeHandle, Box<dyn std::error::Error>> {
+/// Keel's runtime for one boot of this node (a boot, or a restart after a
+/// graceful shutdown); an in-place restart starts the same one again.
+fn build_runtime(setup: &NodeSetup) -> Result<Runtime, Box<dyn std::error::Error>> {
     let boot = setup.boots.fetch_add(1, Ordering::SeqCst) + 1;
     let name = setup.name.as_str();
     let skew_ms = setup.skew_ms.load(Ordering::SeqCst);
     setup
         .history
         .push(name, Ev::Harness(HarnessEvent::NodeBoot { boot, skew_ms }));
-    let clock: SharedClock = Arc::new(SimClock::shared(setup.skew_ms.clone()));
+    let clock: SharedClock =
+        Arc::new(SimClock::shared(setup.skew_ms.clone()).gated(setup.pause.clone()));
     let addr = format!("{DB_HOST}:{DB_PORT}");
     let net = Arc::new(TurmoilNetwork);
     let storage: SharedStorage = Arc::new(remote_storage(
@@ -404,7 +461,8 @@ fn start_runtime(
         faults: setup.hooks.clone(),
         rng: Mutex::new(ChaCha8Rng::seed_from_u64(rng_seed.rotate_left(17))),
     };
-    let mut builder = Runtime::builder(name, storage, clock)
+    let node = setup.node.as_deref().unwrap_or(name);
+    let mut builder = Runtime::builder(node, storage, clock)
         .observer(observer)
         .elector_config(setup.timing.elector.clone())
         .maintainer_config(setup.timing.maintainer.clone())
@@ -426,5 +484,5 @@ fn start_runtime(
     for (schedule, expr, req) in &jobs.cron {
         builder = builder.cron(schedule.clone(), expr, req.clone());
     }
-    Ok(builder.build()?.start()?)
+    Ok(builder.build()?)
 }

@@ -6,7 +6,7 @@
 //! seed twice and compares trace hashes, so the simulator checks its own
 //! determinism on every seed it reports on.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
 use std::sync::Arc;
@@ -26,9 +26,10 @@ use crate::faults::{Fault, FaultKind, FaultPlan, Target};
 use crate::history::{trace_hash, Ev, HarnessEvent, History, Record};
 use crate::net::TurmoilNetwork;
 use crate::node::{
-    node_main, HookFaults, LoopFault, LoopFaults, NodeJobs, NodeSetup, ShutdownRequests, Timing,
-    LEASE_NAME,
+    node_main, HookFaults, LoopFault, LoopFaults, NodeJobs, NodeSetup, Restart, RestartRequests,
+    ShutdownRequests, Timing, LEASE_NAME,
 };
+use crate::pause::PauseGate;
 use crate::workload::{self, client_main, WorkloadPlan, CLIENT_HOST};
 
 /// Simulated time per step. Leases and heartbeats run on seconds and messages
@@ -439,6 +440,9 @@ fn simulate(spec: &RunSpec, work: &Work) -> Result<RunResult, SimError> {
         .iter()
         .map(|s| Arc::new(AtomicI64::new(*s)))
         .collect();
+    let pauses: Vec<PauseGate> = skews.iter().map(|_| PauseGate::default()).collect();
+    let restarts = RestartRequests::default();
+    let mut setups = Vec::new();
     for (i, skew) in skews.iter().enumerate() {
         let setup = NodeSetup {
             name: node_name(i),
@@ -453,7 +457,11 @@ fn simulate(spec: &RunSpec, work: &Work) -> Result<RunResult, SimError> {
             shutdowns: shutdowns.clone(),
             loops: scenario.loops.clone(),
             loop_faults: loop_faults.clone(),
+            pause: pauses[i].clone(),
+            restarts: restarts.clone(),
+            node: None,
         };
+        setups.push(setup.clone());
         sim.host(node_name(i), move || node_main(setup.clone()));
     }
     if let Some(plan) = &work.client {
@@ -470,6 +478,11 @@ fn simulate(spec: &RunSpec, work: &Work) -> Result<RunResult, SimError> {
         db_faults,
         shutdowns,
         loop_faults,
+        pauses,
+        restarts,
+        setups,
+        replacements: BTreeSet::new(),
+        away: Vec::new(),
     };
     let mut healed = false;
     loop {
@@ -519,6 +532,24 @@ fn coverage_taken() -> BTreeMap<String, u64> {
     taken.map(|(state, n)| (state.to_owned(), n)).collect()
 }
 
+/// A pause holds the node's link to the database and freezes its clocks, so it
+/// never overlaps a partition (turmoil's hold and partition of one link do not
+/// compose), a crash, or a shutdown or restart (a frozen process does neither).
+fn process_conflict(a: &FaultKind, b: &FaultKind) -> bool {
+    let pause = |k: &FaultKind| matches!(k, FaultKind::Pause { .. } | FaultKind::Replace { .. });
+    let excluded = |k: &FaultKind| {
+        matches!(
+            k,
+            FaultKind::Partition { .. }
+                | FaultKind::Bounce { .. }
+                | FaultKind::Shutdown { .. }
+                | FaultKind::RestartMaintainer
+                | FaultKind::RestartRuntime { .. }
+        )
+    };
+    (pause(a) && excluded(b)) || (pause(b) && excluded(a))
+}
+
 /// Applies the fault plan to the simulation between steps.
 struct Driver {
     pending: VecDeque<Fault>,
@@ -536,6 +567,22 @@ struct Driver {
     shutdowns: ShutdownRequests,
     /// One-shot faults armed for watcher loops.
     loop_faults: LoopFaults,
+    /// Each node's freeze switch.
+    pauses: Vec<PauseGate>,
+    /// In-place restarts asked of nodes.
+    restarts: RestartRequests,
+    /// Each node's software, to start a replacement process from.
+    setups: Vec<NodeSetup>,
+    /// Nodes whose replacement host was registered already.
+    replacements: BTreeSet<usize>,
+    /// Old processes away while their replacement runs: node, when it comes
+    /// back, whether it was partitioned (else paused).
+    away: Vec<(usize, u64, bool)>,
+}
+
+/// The host a replacement process for node `index` runs on.
+fn replacement_name(index: usize) -> String {
+    format!("{}r", node_name(index))
 }
 
 impl Driver {
@@ -544,6 +591,13 @@ impl Driver {
     }
 
     fn advance(&mut self, sim: &mut turmoil::Sim<'_>, now_ms: u64) {
+        let (back, gone): (Vec<_>, Vec<_>) = std::mem::take(&mut self.away)
+            .into_iter()
+            .partition(|(_, at, _)| *at <= now_ms);
+        self.away = gone;
+        for (node, _, partitioned) in back {
+            self.come_back(sim, node, partitioned, now_ms);
+        }
         let (ended, still): (Vec<_>, Vec<_>) = std::mem::take(&mut self.active)
             .into_iter()
             .partition(|(f, _)| f.end_ms() <= now_ms);
@@ -572,7 +626,9 @@ impl Driver {
             Target::Starting => self.starting().or_else(|| self.leader(now_ms))?,
         };
         let busy = self.active.iter().any(|(f, n)| {
-            *n == node && std::mem::discriminant(&f.kind) == std::mem::discriminant(&fault.kind)
+            *n == node
+                && (std::mem::discriminant(&f.kind) == std::mem::discriminant(&fault.kind)
+                    || process_conflict(&f.kind, &fault.kind))
         });
         (!busy).then_some(node)
     }
@@ -615,6 +671,57 @@ impl Driver {
         })
     }
 
+    /// Freeze node `node` (pause) or cut it off (partition).
+    fn send_away(&self, sim: &mut turmoil::Sim<'_>, node: usize, partitioned: bool, now_ms: u64) {
+        let host = node_name(node);
+        if partitioned {
+            sim.partition(host.as_str(), DB_HOST);
+            let peer = DB_HOST.into();
+            self.record(now_ms, &host, HarnessEvent::Partition { peer });
+        } else {
+            self.pauses[node].pause();
+            sim.hold(host.as_str(), DB_HOST);
+            self.record(now_ms, &host, HarnessEvent::Paused);
+        }
+    }
+
+    /// Undo [`send_away`](Self::send_away).
+    fn come_back(&self, sim: &mut turmoil::Sim<'_>, node: usize, partitioned: bool, now_ms: u64) {
+        let host = node_name(node);
+        if partitioned {
+            sim.repair(host.as_str(), DB_HOST);
+            let peer = DB_HOST.into();
+            self.record(now_ms, &host, HarnessEvent::Repair { peer });
+        } else {
+            sim.release(host.as_str(), DB_HOST);
+            self.pauses[node].resume();
+            self.record(now_ms, &host, HarnessEvent::Resumed);
+        }
+    }
+
+    /// Start a replacement process for `node` on its own host, under the
+    /// node's name. A host is registered once and bounced for later uses.
+    fn start_replacement(&mut self, sim: &mut turmoil::Sim<'_>, node: usize, now_ms: u64) {
+        let host = replacement_name(node);
+        self.record(
+            now_ms,
+            &host,
+            HarnessEvent::ReplacementStarted {
+                node: node_name(node),
+            },
+        );
+        if self.replacements.insert(node) {
+            let mut setup = self.setups[node].clone();
+            setup.node = Some(node_name(node));
+            setup.name = host.clone();
+            setup.boots = Arc::new(AtomicU32::new(0));
+            setup.pause = PauseGate::default();
+            sim.host(host, move || node_main(setup.clone()));
+        } else {
+            sim.bounce(host.as_str());
+        }
+    }
+
     fn heal(&mut self, sim: &mut turmoil::Sim<'_>, now_ms: u64) {
         self.pending.clear();
         for (fault, node) in std::mem::take(&mut self.active) {
@@ -624,9 +731,18 @@ impl Driver {
         self.record(now_ms, HARNESS_HOST, HarnessEvent::HealPhase);
     }
 
-    fn start(&self, sim: &mut turmoil::Sim<'_>, fault: &Fault, node: usize, now_ms: u64) {
+    fn start(&mut self, sim: &mut turmoil::Sim<'_>, fault: &Fault, node: usize, now_ms: u64) {
         let host = node_name(node);
         match fault.kind {
+            FaultKind::Replace {
+                dur_ms,
+                partitioned,
+                ..
+            } => {
+                self.send_away(sim, node, partitioned, now_ms);
+                self.away.push((node, now_ms + dur_ms, partitioned));
+                self.start_replacement(sim, node, now_ms);
+            }
             FaultKind::Partition { .. } => {
                 sim.partition(host.as_str(), DB_HOST);
                 self.record(
@@ -669,6 +785,27 @@ impl Driver {
                 self.skews[node].fetch_add(jump_ms, Ordering::SeqCst);
                 self.record(now_ms, &host, HarnessEvent::ClockJump { jump_ms });
             }
+            FaultKind::Pause { .. } => {
+                self.pauses[node].pause();
+                sim.hold(host.as_str(), DB_HOST);
+                self.record(now_ms, &host, HarnessEvent::Paused);
+            }
+            FaultKind::RestartMaintainer => {
+                self.restarts.request(&host, Restart::Maintainer);
+                let what = "maintainer".to_owned();
+                let ev = HarnessEvent::RestartAsked {
+                    what,
+                    deadline_ms: 0,
+                };
+                self.record(now_ms, &host, ev);
+            }
+            FaultKind::RestartRuntime { deadline_ms } => {
+                let deadline = Duration::from_millis(deadline_ms);
+                self.restarts.request(&host, Restart::Runtime { deadline });
+                let what = "runtime".to_owned();
+                let ev = HarnessEvent::RestartAsked { what, deadline_ms };
+                self.record(now_ms, &host, ev);
+            }
             FaultKind::HookFault {
                 delay_ms, fail_pct, ..
             } => {
@@ -682,9 +819,18 @@ impl Driver {
         }
     }
 
-    fn end(&self, sim: &mut turmoil::Sim<'_>, fault: &Fault, node: usize, now_ms: u64) {
+    fn end(&mut self, sim: &mut turmoil::Sim<'_>, fault: &Fault, node: usize, now_ms: u64) {
         let host = node_name(node);
         match fault.kind {
+            FaultKind::Replace { partitioned, .. } => {
+                if let Some(i) = self.away.iter().position(|(n, _, _)| *n == node) {
+                    self.away.remove(i);
+                    self.come_back(sim, node, partitioned, now_ms);
+                }
+                let replacement = replacement_name(node);
+                sim.crash(replacement.as_str());
+                self.record(now_ms, &replacement, HarnessEvent::Crash);
+            }
             FaultKind::Partition { .. } => {
                 sim.repair(host.as_str(), DB_HOST);
                 self.record(
@@ -708,6 +854,12 @@ impl Driver {
                 self.skews[node].fetch_sub(jump_ms, Ordering::SeqCst);
                 self.record(now_ms, &host, HarnessEvent::ClockJump { jump_ms: -jump_ms });
             }
+            FaultKind::Pause { .. } => {
+                sim.release(host.as_str(), DB_HOST);
+                self.pauses[node].resume();
+                self.record(now_ms, &host, HarnessEvent::Resumed);
+            }
+            FaultKind::RestartMaintainer | FaultKind::RestartRuntime { .. } => {}
             FaultKind::HookFault { .. } => {
                 self.hooks.clear(&host);
                 self.record(now_ms, &host, HarnessEvent::HookHealed);

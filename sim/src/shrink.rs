@@ -368,12 +368,15 @@ fn shortened(fault: &Fault) -> Option<Fault> {
     match &mut f.kind {
         FaultKind::Partition { dur_ms }
         | FaultKind::ClockJump { dur_ms, .. }
-        | FaultKind::Storage { dur_ms, .. } => *dur_ms = half(*dur_ms)?,
+        | FaultKind::Storage { dur_ms, .. }
+        | FaultKind::Pause { dur_ms } => *dur_ms = half(*dur_ms)?,
+        FaultKind::RestartRuntime { deadline_ms } => *deadline_ms = half(*deadline_ms)?,
+        FaultKind::Replace { overlap_ms, .. } => *overlap_ms = half(*overlap_ms)?,
         FaultKind::Bounce { down_ms } => *down_ms = half(*down_ms)?,
         FaultKind::HookFault { window_ms, .. } => *window_ms = half(*window_ms)?,
         FaultKind::Shutdown { down_ms, .. } => *down_ms = half(*down_ms)?,
         FaultKind::SlowTick { ms, .. } => *ms = half(*ms)?,
-        FaultKind::LoopPanic { .. } => return None,
+        FaultKind::LoopPanic { .. } | FaultKind::RestartMaintainer => return None,
     }
     Some(f)
 }

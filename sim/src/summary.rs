@@ -85,6 +85,10 @@ fn fault_name(kind: &FaultKind) -> String {
         FaultKind::Shutdown { .. } => "shutdown",
         FaultKind::ClockJump { .. } => "clock_jump",
         FaultKind::HookFault { .. } => "hook_fault",
+        FaultKind::Pause { .. } => "pause",
+        FaultKind::RestartMaintainer => "restart_maintainer",
+        FaultKind::RestartRuntime { .. } => "restart_runtime",
+        FaultKind::Replace { .. } => "replace",
     }
     .into()
 }

@@ -142,6 +142,32 @@ fn claim_ahead_ignores_trust_is_caught_by_no_double_execution_and_replays() {
     );
 }
 
+#[test]
+fn incarnation_blind_holder_is_caught_by_one_leader_per_term_and_replays() {
+    assert_caught_replayed_and_clean_without_the_bug(
+        Bug::IncarnationBlindHolder,
+        "zombies",
+        "one_leader_per_term",
+    );
+}
+
+/// Swarm, aimed at nothing in particular, finds the shared holder id on its own
+/// seeds: replacements are one of the process faults each swarm seed may draw.
+#[test]
+fn swarm_catches_incarnation_blind_holder_within_500_seeds() {
+    const SWARM_SEEDS_MAX: u64 = 500;
+    let bug = Bug::IncarnationBlindHolder;
+    let caught = (0..SWARM_SEEDS_MAX).find(|seed| {
+        let result = runner::run_once(&spec("swarm", *seed, Some(bug))).expect("run");
+        result
+            .violations
+            .iter()
+            .any(|v| v.invariant == "one_leader_per_term")
+    });
+    let seed = caught.unwrap_or_else(|| panic!("swarm missed {bug} in {SWARM_SEEDS_MAX} seeds"));
+    eprintln!("{bug}: swarm caught it at seed {seed}");
+}
+
 /// The violation names its witnesses: for a cross-term stop, the stop itself and
 /// the two terms it crossed.
 #[test]

@@ -338,6 +338,13 @@ impl Elector {
             if why == StepDown::Shutdown {
                 return;
             }
+            if why == StepDown::TrustWindowExpired {
+                // Storage may only have been slow (or this process frozen): a
+                // resign it hears lets a successor in at once instead of after
+                // the rest of the TTL, and being term-scoped it cannot touch a
+                // newer term. After TermLost, since the belief ended before it.
+                self.resign_in_storage(term).await;
+            }
             if why == StepDown::Resigned {
                 tokio::select! {
                     biased;
@@ -413,7 +420,7 @@ impl Elector {
                 () = self.sleep_until(next_renew.min(trusted_until)) => {}
             }
             if self.clock.monotonic() >= trusted_until {
-                return self.trust_window_closed(term).await;
+                return self.trust_window_closed(trusted_until);
             }
             let attempt_start = self.clock.monotonic();
             let renew = self.storage.renew(
@@ -430,7 +437,7 @@ impl Elector {
                     return StepDown::Shutdown;
                 }
                 () = self.sleep_until(trusted_until) => {
-                    return self.trust_window_closed(term).await;
+                    return self.trust_window_closed(trusted_until);
                 }
                 r = renew => r,
             };
@@ -453,13 +460,17 @@ impl Elector {
         }
     }
 
-    /// The trust window closed without a renewal: step down, then resign the
-    /// term best-effort. Storage may simply have been slow (or this process
-    /// paused); a resign it hears lets a successor in at once instead of after
-    /// the whole TTL, and being term-scoped it cannot touch a newer term.
-    async fn trust_window_closed(&self, term: Term) -> StepDown {
+    /// The trust window closed without a renewal: step down (the caller then
+    /// resigns the term best-effort, see `contend`).
+    fn trust_window_closed(&self, trusted_until: Instant) -> StepDown {
         crate::sometimes!("trust_window_closed_while_leading");
-        self.resign_in_storage(term).await;
+        // Woke a whole renew interval late: the process was frozen (or its
+        // runtime starved) across the window's end, a zombie leader waking.
+        crate::sometimes!(
+            self.clock.monotonic() > trusted_until + self.cfg.renew_interval,
+            "leader_woke_long_after_its_trust_window"
+        );
+        self.set(Leadership::Follower, None);
         StepDown::TrustWindowExpired
     }
 

@@ -12,7 +12,8 @@
 //!   began).
 //!
 //! After a `ShutdownEnded` on `h`, the first `HandlerStarted`, `JobClaimed` or
-//! `LoopTick` on `h` before `h`'s next `Crash` or `NodeBoot` is a violation
+//! `LoopTick` on `h` before `h`'s next `Crash`, `NodeBoot` or `RuntimeStarted`
+//! (an in-place restart) is a violation
 //! (witnesses: the `ShutdownEnded` and that record); later ones in the same
 //! stretch are not reported again.
 
@@ -52,10 +53,13 @@ impl Checker for BoundedShutdown {
     }
 }
 
+/// A crash, a boot, or a runtime started again in place (a new incarnation):
+/// what ends the stretch in which nothing may run after a shutdown.
 fn is_reboot(r: &Record) -> bool {
     matches!(
         r.ev,
         Ev::Harness(HarnessEvent::Crash | HarnessEvent::NodeBoot { .. })
+            | Ev::Node(Event::RuntimeStarted { .. })
     )
 }
 

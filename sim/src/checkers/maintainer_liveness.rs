@@ -36,17 +36,45 @@ fn started_or_resigned(history: &[Record], t: &Tenure, by_ms: u64) -> bool {
     })
 }
 
-/// The record that stopped `t`'s services, if they stopped while `t` lasted.
+/// The record that stopped `t`'s services for good: a stop that no start
+/// attempt for the same term follows within `t` (an in-place restart of the
+/// maintainer stops the services and starts them again).
 fn stopped<'a>(history: &'a [Record], t: &'a Tenure) -> Option<&'a Record> {
-    during(history, t).find_map(|(r, e)| {
-        matches!(e, Event::MaintainerStopped { affected, .. } if *affected == t.term).then_some(r)
-    })
+    let mut last: Option<&Record> = None;
+    for (r, e) in during(history, t) {
+        match e {
+            Event::MaintainerStopped { affected, .. } if *affected == t.term => last = Some(r),
+            Event::MaintainerStartAttempt { term, .. } if *term == t.term => last = None,
+            _ => {}
+        }
+    }
+    last
+}
+
+/// Stops of `t`'s services that a start attempt for the same term followed:
+/// in-place restarts, each of which owes a start or a resign like a new term.
+fn restarts<'a>(history: &'a [Record], t: &'a Tenure) -> Vec<&'a Record> {
+    let mut out = Vec::new();
+    let mut stop: Option<&Record> = None;
+    for (r, e) in during(history, t) {
+        match e {
+            Event::MaintainerStopped { affected, .. } if *affected == t.term => stop = Some(r),
+            Event::MaintainerStartAttempt { term, .. } if *term == t.term => {
+                out.extend(stop.take());
+            }
+            _ => {}
+        }
+    }
+    out
 }
 
 fn running_at_end(history: &[Record], t: &Tenure) -> bool {
-    let started = during(history, t)
-        .any(|(_, e)| matches!(e, Event::MaintainerStarted { term } if *term == t.term));
-    started && stopped(history, t).is_none()
+    let last = during(history, t)
+        .filter(|(_, e)| {
+            matches!(e, Event::MaintainerStarted { term } | Event::MaintainerStopped { affected: term, .. } if *term == t.term)
+        })
+        .last();
+    matches!(last, Some((_, Event::MaintainerStarted { .. })))
 }
 
 impl Checker for MaintainerLiveness {
@@ -74,6 +102,27 @@ impl Checker for MaintainerLiveness {
                     ),
                     witnesses: vec![history[t.won].clone(), history[t.ended].clone()],
                 });
+            }
+            for stop in restarts(history, t) {
+                let by = stop.at_ms + ctx.give_up_bound_ms;
+                let again = during(history, t).any(|(r, e)| {
+                    r.seq > stop.seq
+                        && r.at_ms <= by
+                        && matches!(e, Event::MaintainerStarted { term } | Event::ResignRequested { term } if *term == t.term)
+                });
+                if t.ended_ms >= by && !again {
+                    out.push(Violation {
+                        invariant: NAME,
+                        at_ms: by,
+                        message: format!(
+                            "{} led {} for {}ms after its maintainer restarted without starting it again or resigning",
+                            t.host,
+                            t.term,
+                            t.ended_ms - stop.at_ms
+                        ),
+                        witnesses: vec![history[t.won].clone(), stop.clone(), history[t.ended].clone()],
+                    });
+                }
             }
             if let Some(stop) = stopped(history, t) {
                 let after = t.ended_ms - stop.at_ms;
@@ -128,6 +177,49 @@ mod tests {
 
     fn started(t: u64) -> Event {
         Event::MaintainerStarted { term: Term(t) }
+    }
+
+    fn stopped_ev(t: u64) -> Event {
+        Event::MaintainerStopped {
+            asked_by: Term(t),
+            affected: Term(t),
+        }
+    }
+
+    fn attempt(t: u64) -> Event {
+        Event::MaintainerStartAttempt {
+            term: Term(t),
+            attempt: 1,
+        }
+    }
+
+    #[test]
+    fn a_maintainer_restarted_in_place_that_starts_again_passes() {
+        let h = H::new()
+            .node(0, "n1", won(1))
+            .node(500, "n1", started(1))
+            .node(10_000, "n1", stopped_ev(1))
+            .node(10_000, "n1", attempt(1))
+            .node(16_000, "n1", started(1))
+            .harness(60_000, "n1", HarnessEvent::End);
+        let v = MaintainerLiveness.check(&h.0, &ctx(60_000));
+        assert!(v.is_empty(), "{v:?}");
+    }
+
+    #[test]
+    fn fires_when_a_restarted_maintainer_never_starts_again() {
+        let h = H::new()
+            .node(0, "n1", won(1))
+            .node(500, "n1", started(1))
+            .node(10_000, "n1", stopped_ev(1))
+            .node(10_000, "n1", attempt(1))
+            .harness(200_000, "n1", HarnessEvent::End);
+        let v = MaintainerLiveness.check(&h.0, &ctx(200_000));
+        assert!(
+            v.iter()
+                .any(|v| v.message.contains("after its maintainer restarted")),
+            "{v:?}"
+        );
     }
 
     #[test]

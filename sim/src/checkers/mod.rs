@@ -118,7 +118,7 @@ pub trait Checker: Send + Sync {
 /// Each planted bug with the scenario and invariant that catch it: the pairs
 /// `tests/tests/planted_bugs.rs` proves, which `bench-sim`, the shrink test and
 /// `ci/shrink-report` measure.
-pub const PLANTED_BUG_CATCHERS: [(keel::planted::Bug, &str, &str); 9] = {
+pub const PLANTED_BUG_CATCHERS: [(keel::planted::Bug, &str, &str); 10] = {
     use keel::planted::Bug;
     [
         (Bug::StaleResign, "stale_retries", "no_stale_resign"),
@@ -153,6 +153,11 @@ pub const PLANTED_BUG_CATCHERS: [(keel::planted::Bug, &str, &str); 9] = {
             Bug::ClaimAheadIgnoresTrust,
             "claim_ahead",
             "no_double_execution",
+        ),
+        (
+            Bug::IncarnationBlindHolder,
+            "zombies",
+            "one_leader_per_term",
         ),
     ]
 };
@@ -237,6 +242,30 @@ pub(crate) struct Tenure {
 }
 
 /// Every tenure in `history`, ordered by start.
+/// How long `host`'s process was frozen (between `Paused` and `Resumed`)
+/// within `[from_ms, to_ms]`: time in which it ran nothing, so no bound on how
+/// fast it reacts may count it.
+pub(crate) fn frozen_ms(history: &[Record], host: &str, from_ms: u64, to_ms: u64) -> u64 {
+    let mut total = 0;
+    let mut since: Option<u64> = None;
+    for r in history.iter().filter(|r| r.host == host) {
+        match r.ev {
+            Ev::Harness(HarnessEvent::Paused) => since = Some(r.at_ms),
+            Ev::Harness(HarnessEvent::Resumed | HarnessEvent::Crash) => {
+                if let Some(start) = since.take() {
+                    let (a, b) = (start.max(from_ms), r.at_ms.min(to_ms));
+                    total += b.saturating_sub(a);
+                }
+            }
+            _ => {}
+        }
+    }
+    if let Some(start) = since {
+        total += to_ms.saturating_sub(start.max(from_ms));
+    }
+    total
+}
+
 pub(crate) fn tenures(history: &[Record]) -> Vec<Tenure> {
     let mut open: BTreeMap<&str, (Term, usize)> = BTreeMap::new();
     let mut done = Vec::new();

@@ -15,7 +15,8 @@
 //! * **two valid claims**: attempt `b` starts while attempt `a` runs and `a`'s
 //!   claim was never revoked (storage handed out a job twice).
 //! * **outlived its claim**: an interval of `(job, a)` closes (or the run ends)
-//!   more than `lost_claim_grace_ms` after `a`'s claim was revoked. A worker learns
+//!   more than `lost_claim_grace_ms` after `a`'s claim was revoked, not counting
+//!   time its process was frozen (a paused process runs nothing). A worker learns
 //!   of a revoked claim at its next heartbeat and must drop the handler then
 //!   (source document 003, M1); a partitioned worker stops on its own before the
 //!   rescuer may revoke it.
@@ -188,7 +189,12 @@ impl<'a> Scan<'a> {
         if revoked.seq < i.started {
             return;
         }
-        let over = at.at_ms.saturating_sub(revoked.at_ms);
+        // A frozen process runs nothing: only the time it ran counts.
+        let frozen = super::frozen_ms(history, i.host, revoked.at_ms, at.at_ms);
+        let over = at
+            .at_ms
+            .saturating_sub(revoked.at_ms)
+            .saturating_sub(frozen);
         if over <= ctx.lost_claim_grace_ms {
             return;
         }
@@ -285,6 +291,28 @@ mod tests {
                 },
             );
         assert!(NoDoubleExecution.check(&h.0, &ctx(20_000)).is_empty());
+    }
+
+    #[test]
+    fn a_handler_that_ends_as_its_frozen_process_resumes_passes_and_running_on_after_fires() {
+        // n1 is paused with the handler running; the rescuer revokes the claim
+        // meanwhile; the handler ends the moment n1 resumes: it ran for 0 ms
+        // after the revoke. Ending 5 s after the resume is a violation.
+        let frozen = |end_ms: u64| {
+            H::new()
+                .db(0, claim(1, 1))
+                .node(10, "n1", started(1, 1))
+                .harness(1_000, "n1", HarnessEvent::Paused)
+                .db(5_000, rescue(1, 1))
+                .harness(20_000, "n1", HarnessEvent::Resumed)
+                .node(end_ms, "n1", ended(1, 1))
+        };
+        assert!(NoDoubleExecution
+            .check(&frozen(20_000).0, &ctx(40_000))
+            .is_empty());
+        let v = NoDoubleExecution.check(&frozen(25_000).0, &ctx(40_000));
+        assert_eq!(v.len(), 1, "{v:?}");
+        assert!(v[0].message.contains("for 5000ms"), "{}", v[0]);
     }
 
     #[test]
