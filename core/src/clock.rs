@@ -81,9 +81,9 @@ pub trait Clock: Send + Sync + 'static {
     }
 }
 
-/// Builds the future a [`Interval`] awaits after each tick before handing it
-/// out; see [`Interval::held`].
-pub type TickHold = Arc<dyn Fn() -> Sleep + Send + Sync>;
+/// Asked after each tick of an [`Interval`]: `None` hands the tick out at once,
+/// `Some` is awaited first; see [`Interval::held`].
+pub type TickHold = Arc<dyn Fn() -> Option<Sleep> + Send + Sync>;
 
 /// A periodic ticker from [`Clock::interval`]: tokio's interval, which a
 /// simulated clock can hold back (a frozen process sees no ticks until it
@@ -116,7 +116,8 @@ impl Interval {
         Self { inner, hold: None }
     }
 
-    /// The same ticker, but each tick waits for `hold()` before it is handed out.
+    /// The same ticker, but after each tick `hold()` may hand back a wait to
+    /// finish before the tick is handed out.
     pub fn held(mut self, hold: TickHold) -> Self {
         self.hold = Some(hold);
         self
@@ -126,17 +127,15 @@ impl Interval {
     /// being held when the call is dropped is skipped.
     pub async fn tick(&mut self) -> Instant {
         let at = self.inner.tick().await;
-        if let Some(hold) = &self.hold {
-            let held_from = Instant::now(); // determinism-ok: tokio Instant, simulated
-            hold().await;
+        if let Some(wait) = self.hold.as_ref().and_then(|hold| hold()) {
+            wait.await;
             // Held past the next tick: to the ticker this one fired late, as a
             // frozen timer does on waking, so the next comes on the grid after
             // now rather than at once (which would be a burst). A tick that was
             // not held keeps the ticker's own missed-tick behaviour.
             let period = self.inner.period();
-            let now = Instant::now(); // determinism-ok: tokio Instant, simulated
-            let late = now.saturating_duration_since(at);
-            if now > held_from && late >= period {
+            let late = Instant::now().saturating_duration_since(at); // determinism-ok: tokio Instant, simulated
+            if late >= period {
                 let periods =
                     u32::try_from(late.as_nanos() / period.as_nanos()).unwrap_or(u32::MAX);
                 if let Some(next) = period.checked_mul(periods.saturating_add(1)) {

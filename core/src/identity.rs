@@ -29,13 +29,14 @@ impl Incarnation {
     /// chance that two starts of one node ever collide is about one in four
     /// billion per pair, and the id stays short in traces.
     pub fn from_os() -> Self {
+        // determinism-ok: production only; the simulator seeds incarnations.
         match rand::rngs::OsRng.try_next_u32() {
             Ok(id) => Incarnation(id),
             // No entropy (a sandbox without getrandom): fall back to the wall
             // clock's nanoseconds, which still differ between two starts.
             Err(_) => {
                 #[allow(clippy::disallowed_methods)] // production-only fallback
-                let now = std::time::SystemTime::now();
+                let now = std::time::SystemTime::now(); // determinism-ok: production only, no entropy
                 let nanos = now
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(0, |d| d.subsec_nanos() ^ (d.as_secs() as u32));

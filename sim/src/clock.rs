@@ -68,14 +68,16 @@ impl Clock for SimClock {
         };
         Box::pin(async move {
             tokio::time::sleep(d).await;
-            gate.passed().await;
+            if let Some(resumed) = gate.held() {
+                resumed.await;
+            }
         })
     }
 
     fn interval(&self, period: Duration, missed: MissedTickBehavior) -> Interval {
         let interval = Interval::new(self.monotonic(), period, missed);
         match self.gate.clone() {
-            Some(gate) => interval.held(Arc::new(move || gate.passed())),
+            Some(gate) => interval.held(Arc::new(move || gate.held())),
             None => interval,
         }
     }

@@ -271,16 +271,44 @@ fn swarm_rates(scenario: &Scenario, rng: &mut ChaCha8Rng) -> [f64; 8] {
         f.slow_ticks_per_min,
     ];
     if scenario.swarm {
-        for rate in &mut rates {
-            let on = rng.random_bool(0.5);
-            *rate = if on {
-                *rate * rng.random_range(0.2..=1.0)
-            } else {
-                0.0
-            };
-        }
+        swarm_mix(&mut rates, rng);
     }
     rates
+}
+
+/// Swarm's per-seed mix: each kind off with probability one half, otherwise at
+/// a random share (20% to 100%) of its rate.
+fn swarm_mix(rates: &mut [f64], rng: &mut ChaCha8Rng) {
+    for rate in rates {
+        let on = rng.random_bool(0.5);
+        *rate = if on {
+            *rate * rng.random_range(0.2..=1.0)
+        } else {
+            0.0
+        };
+    }
+}
+
+/// Where a fault goes, given a uniform draw `aim`: the sitting leader, a node
+/// mid-start, or (past both biases) a node drawn at random.
+fn aimed(rng: &mut ChaCha8Rng, f: &scenarios::Faults, nodes: usize, aim: f64) -> Target {
+    if aim >= f.leader_bias + f.starting_bias {
+        Target::Node(rng.random_range(0..nodes))
+    } else if aim < f.leader_bias {
+        Target::Leader
+    } else {
+        Target::Starting
+    }
+}
+
+/// The slot of `target` in a per-target table: each node, then "leader", then
+/// "starting".
+fn target_slot(target: Target, nodes: usize) -> usize {
+    match target {
+        Target::Node(i) => i,
+        Target::Leader => nodes,
+        Target::Starting => nodes + 1,
+    }
 }
 
 fn storage_fault(rng: &mut ChaCha8Rng, f: &scenarios::Faults) -> FaultKind {
@@ -328,18 +356,12 @@ impl FaultPlan {
                 let aim: f64 = rng.random();
                 let target = if kind == 4 {
                     Target::Node(0)
-                } else if kind == 2 || aim >= f.leader_bias + f.starting_bias {
+                } else if kind == 2 {
                     Target::Node(rng.random_range(0..nodes))
-                } else if aim < f.leader_bias {
-                    Target::Leader
                 } else {
-                    Target::Starting
+                    aimed(&mut rng, f, nodes, aim)
                 };
-                let slot = match target {
-                    Target::Node(i) => i,
-                    Target::Leader => nodes,
-                    Target::Starting => nodes + 1,
-                };
+                let slot = target_slot(target, nodes);
                 let kind_value = match kind {
                     0 => FaultKind::Partition {
                         dur_ms: draw(&mut rng, f.partition_ms),
@@ -406,15 +428,7 @@ fn process_faults(scenario: &Scenario, seed: u64) -> Vec<Fault> {
     }
     let mut rng = ChaCha8Rng::seed_from_u64(seed ^ PROCESS_SALT);
     if scenario.swarm {
-        // As `swarm_rates` does for the other kinds, from this stream.
-        for rate in &mut rates {
-            let on = rng.random_bool(0.5);
-            *rate = if on {
-                *rate * rng.random_range(0.2..=1.0)
-            } else {
-                0.0
-            };
-        }
+        swarm_mix(&mut rates, &mut rng);
     }
     let nodes = scenario.nodes as usize;
     let mut busy_until = vec![[0u64; 4]; nodes + 2];
@@ -426,18 +440,8 @@ fn process_faults(scenario: &Scenario, seed: u64) -> Vec<Fault> {
             }
             let at_ms = second * 1000 + rng.random_range(0..1000);
             let aim: f64 = rng.random();
-            let target = if aim < f.leader_bias {
-                Target::Leader
-            } else if aim < f.leader_bias + f.starting_bias {
-                Target::Starting
-            } else {
-                Target::Node(rng.random_range(0..nodes))
-            };
-            let slot = match target {
-                Target::Node(i) => i,
-                Target::Leader => nodes,
-                Target::Starting => nodes + 1,
-            };
+            let target = aimed(&mut rng, f, nodes, aim);
+            let slot = target_slot(target, nodes);
             let kind_value = match kind {
                 0 => FaultKind::Pause {
                     dur_ms: draw(&mut rng, f.pause_ms),

@@ -259,11 +259,18 @@ impl RestartRequests {
     }
 }
 
+impl NodeSetup {
+    /// This host's clock: its skew, frozen while the host is paused.
+    fn clock(&self) -> SimClock {
+        SimClock::shared(self.skew_ms.clone()).gated(self.pause.clone())
+    }
+}
+
 /// One boot of a node: runs until the host is crashed or the run ends.
 pub async fn node_main(setup: NodeSetup) -> turmoil::Result {
     // A crash ends a pause: the restarted software must not start frozen.
     setup.pause.resume();
-    let clock = SimClock::shared(setup.skew_ms.clone()).gated(setup.pause.clone());
+    let clock = setup.clock();
     loop {
         let runtime = build_runtime(&setup)?;
         let mut handle = runtime.start()?;
@@ -305,8 +312,7 @@ const WATCHER_RESTART_DELAY: Duration = Duration::from_secs(1);
 /// The scenario's periodic loops under keel's `Watcher`, restarted after failures.
 /// The node's `elector` only lets coverage see renewals during slow ticks.
 async fn run_loops(setup: NodeSetup, token: ShutdownToken, elector: Arc<Elector>) {
-    let clock: SharedClock =
-        Arc::new(SimClock::shared(setup.skew_ms.clone()).gated(setup.pause.clone()));
+    let clock: SharedClock = Arc::new(setup.clock());
     let observer: keel::events::SharedObserver =
         Arc::new(HostObserver::new(&setup.name, setup.history.clone()));
     while !token.is_triggered() {
@@ -344,7 +350,7 @@ fn loop_tick(
         setup.name.clone(),
         name.to_owned(),
     );
-    let clock = SimClock::shared(setup.skew_ms.clone()).gated(setup.pause.clone());
+    let clock = setup.clock();
     move || {
         let fault = faults.take(&host, index);
         let (history, host, name) = (history.clone(), host.clone(), name.clone());
@@ -444,8 +450,7 @@ fn build_runtime(setup: &NodeSetup) -> Result<Runtime, Box<dyn std::error::Error
     setup
         .history
         .push(name, Ev::Harness(HarnessEvent::NodeBoot { boot, skew_ms }));
-    let clock: SharedClock =
-        Arc::new(SimClock::shared(setup.skew_ms.clone()).gated(setup.pause.clone()));
+    let clock: SharedClock = Arc::new(setup.clock());
     let addr = format!("{DB_HOST}:{DB_PORT}");
     let net = Arc::new(TurmoilNetwork);
     let storage: SharedStorage = Arc::new(remote_storage(

@@ -45,6 +45,12 @@ impl PauseGate {
         self.0.paused.load(Ordering::SeqCst)
     }
 
+    /// `None` while the host runs; while it is frozen, the wait for its resume.
+    /// The common case allocates nothing.
+    pub fn held(&self) -> Option<Sleep> {
+        self.is_paused().then(|| self.passed())
+    }
+
     /// Ready at once while the host runs; otherwise when it resumes.
     pub fn passed(&self) -> Sleep {
         let inner = self.0.clone();

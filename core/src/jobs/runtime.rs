@@ -277,7 +277,8 @@ impl RuntimeBuilder {
 /// incarnation at a time.
 pub struct Runtime {
     b: RuntimeBuilder,
-    /// Set from `start` until the handle it returned has shut down.
+    /// Set from `start` until the handle it returned has shut down (or was
+    /// dropped: its tasks then run on, under their own holder id).
     live: Arc<AtomicBool>,
     /// Where incarnations come from: a seeded RNG, or the OS when `None`.
     incarnations: Mutex<Option<ChaCha8Rng>>,
