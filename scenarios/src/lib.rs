@@ -14,6 +14,8 @@
 
 #![warn(missing_docs)]
 
+use std::path::{Path, PathBuf};
+
 use serde::Deserialize;
 
 /// Every scenario's source, by file name, sorted.
@@ -58,6 +60,10 @@ pub struct Scenario {
     /// `cargo test -p sim` fails.
     #[serde(default)]
     pub reach: Vec<String>,
+    /// The file a user's scenario was loaded from ([`Scenario::load`]); `None`
+    /// for the catalog's. Replay commands name it, since no rebuild knows it.
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
 }
 
 /// The jobs a scenario runs: how many, when, and how their handlers behave.
@@ -232,6 +238,38 @@ pub struct Faults {
     pub replace_overlap_ms: [u64; 2],
 }
 
+fn at_line(line: Option<usize>) -> String {
+    line.map(|l| format!(" (line {l})")).unwrap_or_default()
+}
+
+/// The 1-based line of `field` (`key`, `table.key` or `table`) in a scenario's
+/// TOML text: where a user looks to fix it.
+fn line_of(text: &str, field: &str) -> Option<usize> {
+    let (table, key) = match field.split_once('.') {
+        Some((table, key)) => (table, Some(key)),
+        None if text.lines().any(|l| l.trim() == format!("[{field}]")) => (field, None),
+        None => ("", Some(field)),
+    };
+    let mut current = "";
+    for (i, raw) in text.lines().enumerate() {
+        let line = raw.split('#').next().unwrap_or("").trim();
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            current = name.trim();
+            if key.is_none() && current == table {
+                return Some(i + 1);
+            }
+            continue;
+        }
+        let written = line
+            .split_once('=')
+            .is_some_and(|(k, _)| Some(k.trim()) == key);
+        if written && current == table {
+            return Some(i + 1);
+        }
+    }
+    None
+}
+
 fn always() -> [u64; 2] {
     [100, 100]
 }
@@ -248,14 +286,24 @@ pub enum ScenarioError {
         source: toml::de::Error,
     },
     /// A field has a value that cannot work.
-    #[error("scenario {scenario}: {field}: {reason}")]
+    #[error("scenario {scenario}: {field}{}: {reason}", at_line(*line))]
     Invalid {
         /// The scenario.
         scenario: String,
         /// The field.
         field: &'static str,
+        /// The field's 1-based line in the file, when it is written there.
+        line: Option<usize>,
         /// Why.
         reason: String,
+    },
+    /// A scenario file could not be read.
+    #[error("scenario file {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The reader's complaint.
+        source: std::io::Error,
     },
     /// No scenario has that name.
     #[error("unknown scenario {given:?}; valid: {}", valid.join(", "))]
@@ -274,15 +322,42 @@ impl Scenario {
             file: file.to_owned(),
             source,
         })?;
-        s.validate()?;
+        match s.validate() {
+            Err(ScenarioError::Invalid {
+                scenario,
+                field,
+                reason,
+                ..
+            }) => Err(ScenarioError::Invalid {
+                line: line_of(text, field),
+                scenario,
+                field,
+                reason,
+            }),
+            other => other.map(|()| s),
+        }
+    }
+
+    /// Load a user's scenario file: parsed and validated like the catalog's,
+    /// with [`Scenario::source`] set so replay commands can name the file.
+    pub fn load(path: &Path) -> Result<Scenario, ScenarioError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ScenarioError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut s = Scenario::parse(&path.display().to_string(), &text)?;
+        s.source = Some(path.to_owned());
         Ok(s)
     }
 
-    fn validate(&self) -> Result<(), ScenarioError> {
+    /// Check that every field has a value that can work (what [`Scenario::parse`]
+    /// checks after parsing); the error names the field.
+    pub fn validate(&self) -> Result<(), ScenarioError> {
         let bad = |field, reason: String| {
             Err(ScenarioError::Invalid {
                 scenario: self.name.clone(),
                 field,
+                line: None,
                 reason,
             })
         };
@@ -500,6 +575,19 @@ mod tests {
         let text = flap.replace("[faults]", "reach = [\"x\", \"x\"]\n[faults]");
         let err = Scenario::parse("x.toml", &text).expect_err("a state declared twice");
         assert!(err.to_string().contains("reach"), "{err}");
+        let text = flap.replace("partition_ms = [500, 7000]", "partition_ms = [7000, 500]");
+        let err = Scenario::parse("x.toml", &text).expect_err("inverted range");
+        let line = 1 + flap
+            .lines()
+            .position(|l| l.starts_with("partition_ms"))
+            .expect("there");
+        assert!(err.to_string().contains(&format!("(line {line})")), "{err}");
+        let err = Scenario::parse("x.toml", &flap.replace("nodes = 3", "nodes = \"3\""))
+            .expect_err("a string");
+        assert!(
+            err.to_string().contains("nodes") && err.to_string().contains("line"),
+            "{err}"
+        );
         let err = by_name("nope").expect_err("unknown");
         let listed = err.to_string();
         for s in all() {

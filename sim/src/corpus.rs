@@ -10,7 +10,8 @@
 //! scenario=panicking_tasks seed=0 plant=swallowed_panic expect=violation:panics_surfaced
 //! ```
 //!
-//! `scenario` and `seed` are required; `storage` defaults to `mem`, `plant` to
+//! `scenario` (a catalog name) or `scenario_file` (a user's TOML file) and
+//! `seed` are required; `storage` defaults to `mem`, `plant` to
 //! none, and `expect` to `pass` (every invariant holds). `expect=violation:NAME`
 //! says the run must break invariant `NAME`: a committed proof that a planted bug
 //! stays caught. `#` starts a comment; blank lines are skipped.
@@ -89,6 +90,12 @@ pub(crate) fn parse_line(line: usize, content: &str) -> Result<ReplaySpec, Corpu
                 "scenario" => scenario
                     .replace(scenarios::by_name(value).map_err(|e| err(key, e.to_string()))?)
                     .is_none(),
+                "scenario_file" => scenario
+                    .replace(
+                        scenarios::Scenario::load(std::path::Path::new(value))
+                            .map_err(|e| err(key, e.to_string()))?,
+                    )
+                    .is_none(),
                 "seed" => seed
                     .replace(value.parse::<u64>().map_err(|_| {
                         err(key, format!("{value:?} is not a non-negative integer"))
@@ -106,7 +113,8 @@ pub(crate) fn parse_line(line: usize, content: &str) -> Result<ReplaySpec, Corpu
                 other => {
                     return Err(err(
                         other,
-                        "unknown key; valid: scenario, seed, plant, storage, expect".into(),
+                        "unknown key; valid: scenario, scenario_file, seed, plant, storage, expect"
+                            .into(),
                     ))
                 }
             };
@@ -154,9 +162,13 @@ pub fn line_for(spec: &RunSpec) -> String {
         .plant
         .map(|b| format!(" plant={b}"))
         .unwrap_or_default();
+    let scenario = match &spec.scenario.source {
+        Some(path) => format!("scenario_file={}", path.display()),
+        None => format!("scenario={}", spec.scenario.name),
+    };
     format!(
-        "scenario={} seed={} storage={}{plant}",
-        spec.scenario.name, spec.seed, spec.storage
+        "{scenario} seed={} storage={}{plant}",
+        spec.seed, spec.storage
     )
 }
 

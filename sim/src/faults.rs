@@ -254,41 +254,6 @@ fn draw(rng: &mut ChaCha8Rng, [lo, hi]: [u64; 2]) -> u64 {
     rng.random_range(lo..=hi)
 }
 
-/// Each fault kind's rate per minute. In a swarm scenario every seed draws its
-/// own mix, as swarm testing does: each kind is switched off with probability
-/// one half, and otherwise runs at a random share of the scenario's rate, so
-/// some seeds see one kind of fault alone and others see many at once.
-fn swarm_rates(scenario: &Scenario, rng: &mut ChaCha8Rng) -> [f64; 8] {
-    let f = &scenario.faults;
-    let mut rates = [
-        f.partitions_per_min,
-        f.bounces_per_min,
-        f.hook_faults_per_min,
-        f.clock_jumps_per_min,
-        f.storage_faults_per_min,
-        f.shutdowns_per_min,
-        f.loop_panics_per_min,
-        f.slow_ticks_per_min,
-    ];
-    if scenario.swarm {
-        swarm_mix(&mut rates, rng);
-    }
-    rates
-}
-
-/// Swarm's per-seed mix: each kind off with probability one half, otherwise at
-/// a random share (20% to 100%) of its rate.
-fn swarm_mix(rates: &mut [f64], rng: &mut ChaCha8Rng) {
-    for rate in rates {
-        let on = rng.random_bool(0.5);
-        *rate = if on {
-            *rate * rng.random_range(0.2..=1.0)
-        } else {
-            0.0
-        };
-    }
-}
-
 /// Where a fault goes, given a uniform draw `aim`: the sitting leader, a node
 /// mid-start, or (past both biases) a node drawn at random.
 fn aimed(rng: &mut ChaCha8Rng, f: &scenarios::Faults, nodes: usize, aim: f64) -> Target {
@@ -333,11 +298,22 @@ fn storage_fault(rng: &mut ChaCha8Rng, f: &scenarios::Faults) -> FaultKind {
 impl FaultPlan {
     /// The plan for `scenario` under `seed`. Faults of one kind never overlap on
     /// one node, so each has a clear start and end in the history.
+    /// A swarm template draws its seed's shape first ([`crate::shape`]).
     pub fn generate(scenario: &Scenario, seed: u64) -> FaultPlan {
+        let scenario = &*crate::shape::concrete(scenario, seed);
         let mut rng = ChaCha8Rng::seed_from_u64(seed ^ PLAN_SALT);
         let nodes = scenario.nodes as usize;
         let f = &scenario.faults;
-        let rates = swarm_rates(scenario, &mut rng);
+        let rates = [
+            f.partitions_per_min,
+            f.bounces_per_min,
+            f.hook_faults_per_min,
+            f.clock_jumps_per_min,
+            f.storage_faults_per_min,
+            f.shutdowns_per_min,
+            f.loop_panics_per_min,
+            f.slow_ticks_per_min,
+        ];
         let skew = i64::try_from(f.skew_ms_max).unwrap_or(i64::MAX);
         let skews_ms = (0..nodes).map(|_| rng.random_range(-skew..=skew)).collect();
         // Per target (each node, then "leader", then "starting") and kind: when the last fault of
@@ -417,7 +393,7 @@ const PROCESS_SALT: u64 = 0x7061_7573_6573;
 /// rate, aimed like the other faults (a fixed node, the leader, a node mid-start).
 fn process_faults(scenario: &Scenario, seed: u64) -> Vec<Fault> {
     let f = &scenario.faults;
-    let mut rates = [
+    let rates = [
         f.pauses_per_min,
         f.maintainer_restarts_per_min,
         f.runtime_restarts_per_min,
@@ -427,9 +403,6 @@ fn process_faults(scenario: &Scenario, seed: u64) -> Vec<Fault> {
         return Vec::new();
     }
     let mut rng = ChaCha8Rng::seed_from_u64(seed ^ PROCESS_SALT);
-    if scenario.swarm {
-        swarm_mix(&mut rates, &mut rng);
-    }
     let nodes = scenario.nodes as usize;
     let mut busy_until = vec![[0u64; 4]; nodes + 2];
     let mut faults = Vec::new();

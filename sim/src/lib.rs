@@ -11,11 +11,15 @@
 //!   simulated network, and keel's storage client for it.
 //! * [`clock`], [`net`]: keel's seams on simulated time and turmoil TCP;
 //!   [`pause`]: freezing a host's clocks for a process pause.
-//! * [`faults`]: the fault plan, drawn from the seed before the run.
+//! * [`faults`]: the fault plan, drawn from the seed before the run;
+//!   [`shape`]: what a swarm seed runs (nodes, phase, workload, fault profile).
 //! * [`history`]: the recorded events; [`checkers`]: one invariant each.
 //! * [`corpus`]: replay files (`sweep --failures`, `replay --from`, the
 //!   regression corpus in `scenarios/regressions/`).
 //! * [`pool`]: runs seeds on worker threads, results in seed order.
+//! * [`shard`]: one machine's share of a long sweep (`--shard K/N`, from the
+//!   scheduler's environment); [`results`]: a sweep's JSON-lines result file
+//!   and `sim merge`, which checks a sharded sweep's files add up.
 //! * [`script`]: fault scripts, a run's faults as plain text (`replay --script`);
 //!   [`shrink`]: from a failing run to the smallest script that still fails.
 //! * [`summary`]: a run as a few counted lines, for the snapshot tests.
@@ -54,9 +58,12 @@ pub mod net;
 pub mod node;
 pub mod pause;
 pub mod pool;
+pub mod results;
 pub mod runner;
 pub mod script;
 pub mod seeds;
+pub mod shape;
+pub mod shard;
 pub mod shrink;
 pub mod summary;
 pub mod user;

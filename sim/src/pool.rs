@@ -19,8 +19,8 @@ pub fn ordered<T, R, W, F, E>(
     jobs: NonZeroUsize,
     stop: &AtomicBool,
     work: W,
-    mut finished: F,
-    mut emit: E,
+    finished: F,
+    emit: E,
 ) where
     T: Sync,
     R: Send,
@@ -28,16 +28,38 @@ pub fn ordered<T, R, W, F, E>(
     F: FnMut(&R),
     E: FnMut(usize, R),
 {
+    ordered_by(items.len(), |i| &items[i], jobs, stop, work, finished, emit);
+}
+
+/// [`ordered`] over items made on demand: `item(i)` for `i` in `0..count`, so
+/// a sweep with no end (a time budget) never holds its items in memory.
+pub fn ordered_by<T, R, I, W, F, E>(
+    count: usize,
+    item: I,
+    jobs: NonZeroUsize,
+    stop: &AtomicBool,
+    work: W,
+    mut finished: F,
+    mut emit: E,
+) where
+    R: Send,
+    I: Fn(usize) -> T + Sync,
+    W: Fn(T) -> R + Sync,
+    F: FnMut(&R),
+    E: FnMut(usize, R),
+{
     let next = AtomicUsize::new(0);
     let (tx, rx) = mpsc::channel::<(usize, R)>();
     std::thread::scope(|scope| {
-        for _ in 0..jobs.get().min(items.len().max(1)) {
-            let (tx, next, work) = (tx.clone(), &next, &work);
+        for _ in 0..jobs.get().min(count.max(1)) {
+            let (tx, next, work, item) = (tx.clone(), &next, &work, &item);
             scope.spawn(move || {
                 while !stop.load(Ordering::SeqCst) {
                     let i = next.fetch_add(1, Ordering::SeqCst);
-                    let Some(item) = items.get(i) else { break };
-                    if tx.send((i, work(item))).is_err() {
+                    if i >= count {
+                        break;
+                    }
+                    if tx.send((i, work(item(i)))).is_err() {
                         break;
                     }
                 }

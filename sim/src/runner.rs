@@ -179,9 +179,19 @@ pub fn replay_command(spec: &RunSpec) -> String {
         other => format!(" --storage {other}"),
     };
     format!(
-        "cargo run -p sim -- replay --scenario {} --seed {}{plant}{storage}",
-        spec.scenario.name, spec.seed
+        "cargo run -p sim -- replay {} --seed {}{plant}{storage}",
+        scenario_arg(&spec.scenario),
+        spec.seed
     )
+}
+
+/// How the command line names `scenario`: `--scenario NAME` for the catalog's,
+/// `--scenario-file PATH` for a user's file.
+pub fn scenario_arg(scenario: &Scenario) -> String {
+    match &scenario.source {
+        Some(path) => format!("--scenario-file {}", path.display()),
+        None => format!("--scenario {}", scenario.name),
+    }
 }
 
 /// A failure report: scenario, seed, each violation with its witnesses, and the
@@ -331,6 +341,7 @@ pub(crate) struct Work {
 impl Work {
     /// The scenario's own workload (if it has one) and invariants, under `seed`.
     pub(crate) fn builtin(scenario: &Scenario, seed: u64) -> Work {
+        let scenario = crate::shape::concrete(scenario, seed);
         let w = scenario.workload.as_ref();
         Work {
             nodes: w.map(workload::node_jobs).unwrap_or_default(),
@@ -394,7 +405,7 @@ fn node_name(index: usize) -> String {
 
 fn simulate(spec: &RunSpec, work: &Work) -> Result<RunResult, SimError> {
     keel::coverage::reset();
-    let scenario = &spec.scenario;
+    let scenario = &*crate::shape::concrete(&spec.scenario, spec.seed);
     let plan = match &spec.script {
         Some(script) if script.skews_ms.len() != scenario.nodes as usize => {
             return Err(SimError::Sim(format!(

@@ -82,6 +82,8 @@ impl FaultScript {
         }
         let at = first_header_line.unwrap_or(1);
         let mut run = corpus::parse_line(at, &header.join(" "))?;
+        // Overrides apply to what the seed runs: a swarm seed's drawn shape.
+        run.spec.scenario = crate::shape::concrete(&run.spec.scenario, run.spec.seed).into_owned();
         for (line, word) in overrides {
             apply_override(&mut run.spec.scenario, line, word)?;
         }
@@ -176,7 +178,9 @@ mod tests {
 
     #[test]
     fn a_rendered_script_parses_back_to_the_same_run() {
-        let mut scenario = scenarios::by_name("swarm").expect("scenario");
+        // A swarm seed's script carries the shape the seed draws, overridden.
+        let swarm = scenarios::by_name("swarm").expect("scenario");
+        let mut scenario = crate::shape::concrete(&swarm, 7).into_owned();
         scenario.nodes = 3;
         scenario.duration_s = 20;
         let plan = FaultPlan::generate(&scenario, 7);

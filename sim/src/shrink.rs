@@ -111,7 +111,9 @@ pub fn shrink(
         Some(plan) => FaultPlan::clone(plan),
         None => FaultPlan::generate(&spec.scenario, spec.seed),
     };
-    let first = run_once(&with_plan(spec, &spec.scenario, &plan))?;
+    // A swarm seed shrinks from the shape it drew.
+    let scenario = crate::shape::concrete(&spec.scenario, spec.seed).into_owned();
+    let first = run_once(&with_plan(spec, &scenario, &plan))?;
     let invariant = match invariant {
         Some(name) if first.violations.iter().any(|v| v.invariant == name) => name.to_owned(),
         Some(name) => {
@@ -130,10 +132,7 @@ pub fn shrink(
         invariant: &invariant,
         runs: 1,
         budget,
-        best: Candidate {
-            scenario: spec.scenario.clone(),
-            plan,
-        },
+        best: Candidate { scenario, plan },
         progress,
     };
     let before = s.best.size();

@@ -164,3 +164,109 @@ fn a_malformed_replay_file_exits_2_naming_the_line_and_field() {
     assert_eq!(code, 2, "{text}");
     assert!(text.contains("line 3: seed"), "{text}");
 }
+
+/// Three shards of one range, each writing its results: every seed runs once,
+/// `merge` adds them up, and a missing shard or a second copy is refused.
+#[test]
+fn sharded_results_merge_and_refuse_what_does_not_add_up() {
+    let files: Vec<String> = (1..=3)
+        .map(|k| {
+            temp(&format!("shard{k}.jsonl"))
+                .to_str()
+                .expect("utf8")
+                .to_owned()
+        })
+        .collect();
+    for (k, file) in files.iter().enumerate() {
+        let shard = format!("{}/3", k + 1);
+        let (code, text) = sim(&[
+            "sweep",
+            "--scenario",
+            "stale_retries",
+            "--seeds",
+            "5",
+            "--plant",
+            "stale_resign",
+            "--shard",
+            &shard,
+            "--results",
+            file,
+        ]);
+        assert!(code == 0 || code == 3, "{text}");
+    }
+    let seeds_in = |file: &str| {
+        std::fs::read_to_string(file)
+            .expect("written")
+            .matches("\"kind\":\"seed\"")
+            .count()
+    };
+    assert_eq!(
+        files.iter().map(|f| seeds_in(f)).collect::<Vec<_>>(),
+        [2, 2, 1]
+    );
+    let all: Vec<&str> = std::iter::once("merge")
+        .chain(files.iter().map(String::as_str))
+        .collect();
+    let (code, text) = sim(&all);
+    assert_eq!(code, 3, "seed 0 breaks no_stale_resign: {text}");
+    assert!(text.contains("5 seeds, each once"), "{text}");
+    assert!(
+        text.contains("replay --scenario stale_retries --seed 0 --plant stale_resign"),
+        "{text}"
+    );
+    let (code, text) = sim(&["merge", &files[0], &files[1]]);
+    assert_eq!(code, 2, "{text}");
+    assert!(text.contains("missing shard(s): 3/3"), "{text}");
+    let (code, text) = sim(&["merge", &files[0], &files[1], &files[2], &files[2]]);
+    assert_eq!(code, 2, "{text}");
+    assert!(text.contains("appears twice"), "{text}");
+    for f in &files {
+        let _ = std::fs::remove_file(f);
+    }
+    let (code, text) = sim(&["sweep", "--scenario", "stale_retries", "--shard", "4/3"]);
+    assert_eq!(code, 2, "{text}");
+    let (code, text) = sim(&["sweep", "--scenario", "stale_retries", "--shard-from-env"]);
+    assert_eq!(code, 2, "{text}");
+    assert!(text.contains("SIM_SHARD"), "{text}");
+}
+
+/// A user's scenario file runs without a rebuild, replays by its path, and a
+/// broken one is a usage error naming the field and its line.
+#[test]
+fn a_scenario_file_runs_and_a_broken_one_names_field_and_line() {
+    let catalog = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../scenarios/catalog/leadership_flap.toml"
+    ))
+    .expect("catalog file");
+    let mine = temp("mine.toml");
+    std::fs::write(
+        &mine,
+        catalog.replace("name = \"leadership_flap\"", "name = \"mine\""),
+    )
+    .expect("write");
+    let path = mine.to_str().expect("utf8");
+    let (code, text) = sim(&["sweep", "--scenario-file", path, "--seeds", "2"]);
+    assert_eq!(code, 0, "{text}");
+    assert!(text.lines().any(|l| l.starts_with("mine ")), "{text}");
+    let (code, text) = sim(&["replay", "--scenario-file", path, "--seed", "1"]);
+    assert_eq!(code, 0, "{text}");
+    let broken = temp("broken.toml");
+    let line = 1 + catalog
+        .lines()
+        .position(|l| l.starts_with("partition_ms"))
+        .expect("there");
+    std::fs::write(
+        &broken,
+        catalog.replace("partition_ms = [500, 7000]", "partition_ms = [7000, 500]"),
+    )
+    .expect("write");
+    let (code, text) = sim(&["sweep", "--scenario-file", broken.to_str().expect("utf8")]);
+    assert_eq!(code, 2, "{text}");
+    assert!(
+        text.contains("faults.partition_ms") && text.contains(&format!("line {line}")),
+        "{text}"
+    );
+    let _ = std::fs::remove_file(&mine);
+    let _ = std::fs::remove_file(&broken);
+}

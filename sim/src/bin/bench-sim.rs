@@ -78,7 +78,8 @@ struct Args {
     /// Independent seed ranges per planted bug.
     #[arg(long, default_value_t = 5)]
     ranges: u64,
-    /// Most seeds searched per range before a bug counts as missed there.
+    /// Most seeds of the bug's own scenario searched per range before it counts
+    /// as missed there (the targeted figure); 0 skips it.
     #[arg(long, default_value_t = 200)]
     search: u64,
     /// Only these scenarios (comma-separated); default: the whole catalog.
@@ -87,6 +88,13 @@ struct Args {
     /// Skip the planted-bug part.
     #[arg(long)]
     no_bugs: bool,
+    /// Most seeds of `swarm` searched per range for each bug (the swarm-only
+    /// figure); 0 skips it.
+    #[arg(long, default_value_t = 500)]
+    swarm_search: u64,
+    /// Only the planted-bug figures (targeted and swarm-only).
+    #[arg(long)]
+    only_bugs: bool,
     /// Internal: run seed 0 of this scenario in this fresh process and print the
     /// resident memory it added (the parent runs one such child per scenario).
     #[arg(long, hide = true)]
@@ -114,10 +122,11 @@ fn timed_run(spec: &RunSpec) -> Result<Timed, String> {
     let t = wall_now();
     std::hint::black_box(history::trace_hash(&result.history));
     let hash = t.elapsed();
-    let timing = sim::node::Timing::for_scenario(&spec.scenario)?;
-    let ctx = runner::check_ctx(&timing, &spec.scenario, result.simulated_ms());
+    let scenario = sim::shape::concrete(&spec.scenario, spec.seed);
+    let timing = sim::node::Timing::for_scenario(&scenario)?;
+    let ctx = runner::check_ctx(&timing, &scenario, result.simulated_ms());
     let t = wall_now();
-    std::hint::black_box(runner::check(&spec.scenario, &result.history, &ctx).ok());
+    std::hint::black_box(runner::check(&scenario, &result.history, &ctx).ok());
     let check = t.elapsed();
     Ok(Timed {
         wall,
@@ -259,6 +268,11 @@ fn bug_power(
     search: u64,
 ) -> Result<serde_json::Value, String> {
     let scenario = scenarios::by_name(scenario).map_err(|e| e.to_string())?;
+    let search_by = if scenario.swarm {
+        "swarm_only"
+    } else {
+        "targeted"
+    };
     let (mut seeds_needed, mut walls, mut missed) = (Vec::new(), Vec::new(), 0u64);
     for range in 0..ranges {
         // Ranges far apart, so they share no seed.
@@ -279,9 +293,9 @@ fn bug_power(
     let worst = seeds_needed.iter().copied().fold(0.0, f64::max);
     let median_seeds = median(&mut seeds_needed.clone());
     let median_wall = median(&mut walls);
-    eprintln!("{bug}: caught after {median_seeds} seeds (median), {worst} (worst), {median_wall:.2}s; missed in {missed} of {ranges} ranges");
+    eprintln!("{bug} ({search_by}, {}): caught after {median_seeds} seeds (median), {worst} (worst), {median_wall:.2}s; missed in {missed} of {ranges} ranges", scenario.name);
     Ok(json!({
-        "metric": "bug_power", "bug": bug.to_string(), "scenario": scenario.name, "invariant": invariant,
+        "metric": "bug_power", "search_by": search_by, "bug": bug.to_string(), "scenario": scenario.name, "invariant": invariant,
         "ranges": ranges, "search": search, "missed_ranges": missed,
         "seeds_to_detection": seeds_needed, "median_seeds": median_seeds, "worst_seeds": worst,
         "median_wall_s_to_detection": median_wall,
@@ -302,18 +316,29 @@ fn run(args: &Args) -> Result<(), String> {
     if !args.scenarios.is_empty() {
         catalog.retain(|s| args.scenarios.contains(&s.name));
     }
-    let headline = headline()?;
-    let line = one_core(HEADLINE, &headline, args.seeds, push)?;
-    println!("{line}");
-    let cores = std::thread::available_parallelism().map_or(1, NonZeroUsize::get) as u64;
-    println!("{}", all_cores(HEADLINE, &headline, 2 * cores));
-    for scenario in &catalog {
-        println!("{}", one_core(&scenario.name, scenario, args.seeds, push)?);
-        println!("{}", all_cores(&scenario.name, scenario, 2 * cores));
+    if !args.only_bugs {
+        let headline = headline()?;
+        let line = one_core(HEADLINE, &headline, args.seeds, push)?;
+        println!("{line}");
+        let cores = std::thread::available_parallelism().map_or(1, NonZeroUsize::get) as u64;
+        println!("{}", all_cores(HEADLINE, &headline, 2 * cores));
+        for scenario in &catalog {
+            println!("{}", one_core(&scenario.name, scenario, args.seeds, push)?);
+            println!("{}", all_cores(&scenario.name, scenario, 2 * cores));
+        }
     }
     if !args.no_bugs {
-        for bug in sim::checkers::PLANTED_BUG_CATCHERS {
+        for bug in sim::checkers::PLANTED_BUG_CATCHERS
+            .into_iter()
+            .filter(|_| args.search > 0)
+        {
             println!("{}", bug_power(bug, args.ranges, args.search)?);
+        }
+        if args.swarm_search > 0 {
+            for (bug, _, invariant) in sim::checkers::PLANTED_BUG_CATCHERS {
+                let line = bug_power((bug, "swarm", invariant), args.ranges, args.swarm_search)?;
+                println!("{line}");
+            }
         }
     }
     Ok(())

@@ -22,8 +22,10 @@ use scenarios::Scenario;
 use sim::corpus::{self, ReplaySpec};
 use sim::coverage;
 use sim::pool;
+use sim::results::{self, Line, SeedLine, Verdict};
 use sim::runner::{self, report, RunSpec, SimError, StorageKind};
 use sim::script::FaultScript;
+use sim::shard::Shard;
 
 const EXIT_USAGE: u8 = 2;
 const EXIT_VIOLATION: u8 = 3;
@@ -39,14 +41,39 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run seeds 0..N (from --start) of a scenario (all scenarios when none is
-    /// named), each twice to check determinism, on --jobs threads.
+    /// named), each twice to check determinism, on --jobs threads; or seeds
+    /// until --minutes run out; or one --shard of them.
     Sweep {
         /// Scenario name; every scenario of the catalog when omitted.
         #[arg(long, value_parser = parse_scenario)]
         scenario: Option<Scenario>,
-        /// How many seeds.
-        #[arg(long, default_value_t = 64)]
-        seeds: u64,
+        /// A scenario TOML file of your own, loaded without a rebuild.
+        #[arg(long, value_parser = parse_scenario_file, conflicts_with = "scenario")]
+        scenario_file: Option<Scenario>,
+        /// How many seeds (all shards together). Default: 64, or no limit
+        /// with --minutes.
+        #[arg(long)]
+        seeds: Option<u64>,
+        /// Run seeds until this many minutes have passed (seeds running then
+        /// finish).
+        #[arg(long)]
+        minutes: Option<f64>,
+        /// Run only the seeds s with s mod N == K-1 (1-based K of N).
+        #[arg(long, value_parser = parse_shard, conflicts_with = "shard_from_env")]
+        shard: Option<Shard>,
+        /// Take the shard from the scheduler: SIM_SHARD=K/N, a Kubernetes Indexed
+        /// Job (JOB_COMPLETION_INDEX), a Slurm array (SLURM_ARRAY_TASK_ID), GitLab
+        /// (CI_NODE_INDEX) or SIM_SHARD_INDEX.
+        #[arg(long)]
+        shard_from_env: bool,
+        /// The shard count where the scheduler does not say (Kubernetes, GitHub
+        /// Actions); SIM_SHARDS also works.
+        #[arg(long, requires = "shard_from_env")]
+        shards: Option<u64>,
+        /// Write every seed's verdict to this JSON-lines file, with the binary's
+        /// build id (`sim merge` checks a sharded sweep's files).
+        #[arg(long)]
+        results: Option<PathBuf>,
         /// First seed.
         #[arg(long, default_value_t = 0)]
         start: u64,
@@ -71,8 +98,11 @@ enum Command {
     /// or, with --from, rerun every line of a replay file.
     Replay {
         /// Scenario name.
-        #[arg(long, value_parser = parse_scenario, required_unless_present_any = ["from", "script"])]
+        #[arg(long, value_parser = parse_scenario, required_unless_present_any = ["from", "script", "scenario_file"])]
         scenario: Option<Scenario>,
+        /// A scenario TOML file of your own.
+        #[arg(long, value_parser = parse_scenario_file, conflicts_with_all = ["scenario", "from", "script"])]
+        scenario_file: Option<Scenario>,
         /// The seed.
         #[arg(long, required_unless_present_any = ["from", "script"])]
         seed: Option<u64>,
@@ -100,8 +130,11 @@ enum Command {
     /// same invariant, and write it to --out (`replay --script` reruns it).
     Shrink {
         /// Scenario name.
-        #[arg(long, value_parser = parse_scenario)]
-        scenario: Scenario,
+        #[arg(long, value_parser = parse_scenario, required_unless_present = "scenario_file")]
+        scenario: Option<Scenario>,
+        /// A scenario TOML file of your own.
+        #[arg(long, value_parser = parse_scenario_file, conflicts_with = "scenario")]
+        scenario_file: Option<Scenario>,
         /// The failing seed; without it, the first failing seed of 0..--search.
         #[arg(long)]
         seed: Option<u64>,
@@ -128,8 +161,11 @@ enum Command {
     /// timeline per host, the violation's witnesses, a searchable event table.
     Explain {
         /// Scenario name.
-        #[arg(long, value_parser = parse_scenario)]
-        scenario: Scenario,
+        #[arg(long, value_parser = parse_scenario, required_unless_present = "scenario_file")]
+        scenario: Option<Scenario>,
+        /// A scenario TOML file of your own.
+        #[arg(long, value_parser = parse_scenario_file, conflicts_with = "scenario")]
+        scenario_file: Option<Scenario>,
         /// The seed.
         #[arg(long)]
         seed: u64,
@@ -143,10 +179,25 @@ enum Command {
         #[arg(long)]
         html: std::path::PathBuf,
     },
+    /// Check that the result files of a sharded sweep add up (one build, every
+    /// shard, every seed once) and print the failures' replay lines.
+    Merge {
+        /// The shards' `--results` files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
 }
 
 fn parse_scenario(s: &str) -> Result<Scenario, String> {
     scenarios::by_name(s).map_err(|e| e.to_string())
+}
+
+fn parse_scenario_file(s: &str) -> Result<Scenario, String> {
+    Scenario::load(Path::new(s)).map_err(|e| e.to_string())
+}
+
+fn parse_shard(s: &str) -> Result<Shard, String> {
+    s.parse::<Shard>().map_err(|e| e.to_string())
 }
 
 fn parse_bug(s: &str) -> Result<Bug, String> {
@@ -162,7 +213,13 @@ fn main() -> ExitCode {
     let code = match cli.command {
         Command::Sweep {
             scenario,
+            scenario_file,
             seeds,
+            minutes,
+            shard,
+            shard_from_env,
+            shards,
+            results,
             start,
             plant,
             fail_fast,
@@ -170,21 +227,39 @@ fn main() -> ExitCode {
             jobs,
             failures,
         } => {
-            let chosen = scenario.map_or_else(scenarios::all, |s| vec![s]);
-            let specs: Vec<RunSpec> = chosen
-                .iter()
-                .flat_map(|s| {
-                    (start..start.saturating_add(seeds)).map(move |seed| RunSpec {
-                        scenario: s.clone(),
-                        seed,
-                        plant,
-                        storage,
-                        script: None,
-                    })
-                })
-                .collect();
-            sweep(&specs, jobs_or_cores(jobs), fail_fast, failures.as_deref())
+            let shard = match (shard, shard_from_env) {
+                (Some(s), _) => s,
+                (None, false) => Shard::ALL,
+                (None, true) => match Shard::from_env(|k| std::env::var(k).ok(), shards) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        return ExitCode::from(EXIT_USAGE);
+                    }
+                },
+            };
+            if minutes.is_some_and(|m| !(m > 0.0 && m.is_finite())) {
+                eprintln!("error: --minutes must be a positive number of minutes");
+                return ExitCode::from(EXIT_USAGE);
+            }
+            let plan = SweepPlan {
+                scenarios: scenario
+                    .or(scenario_file)
+                    .map_or_else(scenarios::all, |s| vec![s]),
+                start,
+                seeds: seeds.or(if minutes.is_some() { None } else { Some(64) }),
+                minutes,
+                shard,
+                plant,
+                storage,
+            };
+            let out = SweepOutputs {
+                failures: failures.as_deref(),
+                results: results.as_deref(),
+            };
+            sweep(&plan, jobs_or_cores(jobs), fail_fast, out)
         }
+        Command::Merge { files } => merge(&files),
         Command::Replay {
             from: Some(path),
             jobs,
@@ -197,6 +272,7 @@ fn main() -> ExitCode {
         } => replay_script(&path, trace),
         Command::Shrink {
             scenario,
+            scenario_file,
             seed,
             search,
             plant,
@@ -205,6 +281,10 @@ fn main() -> ExitCode {
             budget,
             out,
         } => {
+            let Some(scenario) = scenario.or(scenario_file) else {
+                eprintln!("shrink needs --scenario or --scenario-file");
+                return ExitCode::from(EXIT_USAGE);
+            };
             let spec = RunSpec {
                 scenario,
                 seed: seed.unwrap_or(0),
@@ -227,15 +307,18 @@ fn main() -> ExitCode {
             }
         }
         Command::Replay {
-            scenario: Some(scenario),
+            scenario,
+            scenario_file,
             seed: Some(seed),
             plant,
             trace,
             storage,
             ..
-        } => replay(
+        } if scenario.is_some() || scenario_file.is_some() => replay(
             RunSpec {
-                scenario,
+                scenario: scenario
+                    .or(scenario_file)
+                    .expect("one is given, by the guard"),
                 seed,
                 plant,
                 storage,
@@ -245,20 +328,27 @@ fn main() -> ExitCode {
         ),
         Command::Explain {
             scenario,
+            scenario_file,
             seed,
             plant,
             storage,
             html,
-        } => explain(
-            &RunSpec {
-                scenario,
-                seed,
-                plant,
-                storage,
-                script: None,
-            },
-            &html,
-        ),
+        } => {
+            let Some(scenario) = scenario.or(scenario_file) else {
+                eprintln!("explain needs --scenario or --scenario-file");
+                return ExitCode::from(EXIT_USAGE);
+            };
+            explain(
+                &RunSpec {
+                    scenario,
+                    seed,
+                    plant,
+                    storage,
+                    script: None,
+                },
+                &html,
+            )
+        }
         Command::Replay { .. } => {
             eprintln!("replay needs --scenario and --seed, --from FILE, or --script FILE");
             EXIT_USAGE
@@ -288,6 +378,10 @@ fn wall_now() -> Instant {
 
 /// What one seed did, small enough to send back from its worker.
 struct Outcome {
+    /// What ran.
+    spec: RunSpec,
+    /// Invariants it broke, in order.
+    violated: Vec<String>,
     /// The failure report, or `None` when every invariant held.
     failure: Option<String>,
     /// Exit code this seed calls for.
@@ -302,9 +396,18 @@ struct Outcome {
     coverage: BTreeMap<String, u64>,
 }
 
-fn run_seed(spec: &RunSpec) -> Outcome {
+fn run_seed(spec: RunSpec) -> Outcome {
     let began = wall_now();
-    let run = runner::run_checked(spec);
+    let run = runner::run_checked(&spec);
+    let violated = run.as_ref().map_or_else(
+        |_| Vec::new(),
+        |r| {
+            r.violations
+                .iter()
+                .map(|v| v.invariant.to_owned())
+                .collect()
+        },
+    );
     let coverage = run.as_ref().map(|r| r.coverage.clone()).unwrap_or_default();
     let (failure, code, nondeterministic, sim_ms) = match run {
         // Both runs covered the same simulated span.
@@ -320,7 +423,7 @@ fn run_seed(spec: &RunSpec) -> Outcome {
                 "scenario {} seed {}: {e}\n  replay: {}\n",
                 spec.scenario.name,
                 spec.seed,
-                runner::replay_command(spec)
+                runner::replay_command(&spec)
             )),
             sim_error_code(&e),
             matches!(e, SimError::NonDeterministic { .. }),
@@ -328,6 +431,8 @@ fn run_seed(spec: &RunSpec) -> Outcome {
         ),
     };
     Outcome {
+        spec,
+        violated,
         failure,
         code,
         nondeterministic,
@@ -390,24 +495,165 @@ fn progress_bar(total: usize) -> ProgressBar {
     bar
 }
 
-fn sweep(specs: &[RunSpec], jobs: NonZeroUsize, fail_fast: bool, failures: Option<&Path>) -> u8 {
-    if let Some(e) = specs
+/// The seeds a sweep runs: which scenarios, which seeds of which shard, and
+/// for how long.
+struct SweepPlan {
+    scenarios: Vec<Scenario>,
+    start: u64,
+    /// Seeds of all shards together; `None`: until the time budget ends.
+    seeds: Option<u64>,
+    minutes: Option<f64>,
+    shard: Shard,
+    plant: Option<Bug>,
+    storage: StorageKind,
+}
+
+impl SweepPlan {
+    /// This shard's seeds, when the range is fixed.
+    fn shard_seeds(&self) -> Option<Vec<u64>> {
+        self.seeds
+            .map(|n| self.shard.seeds(self.start, n).collect())
+    }
+
+    /// How many runs, at most.
+    fn count(&self) -> usize {
+        match self.shard_seeds() {
+            Some(seeds) => seeds.len() * self.scenarios.len(),
+            None => usize::MAX,
+        }
+    }
+
+    /// Run `i`: scenario by scenario over a fixed range; seed by seed (every
+    /// scenario at each seed) under a time budget, so all of them progress.
+    fn spec(&self, seeds: Option<&[u64]>, i: usize) -> RunSpec {
+        let k = self.scenarios.len().max(1);
+        let (scenario, seed) = match seeds {
+            Some(seeds) => (&self.scenarios[i / seeds.len()], seeds[i % seeds.len()]),
+            None => (
+                &self.scenarios[i % k],
+                self.shard.nth_seed(self.start, (i / k) as u64),
+            ),
+        };
+        RunSpec {
+            scenario: scenario.clone(),
+            seed,
+            plant: self.plant,
+            storage: self.storage,
+            script: None,
+        }
+    }
+
+    fn header(&self) -> Line {
+        Line::Header(results::Header {
+            build_id: results::build_id().to_owned(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            shard: self.shard.to_string(),
+            scenarios: self.scenarios.iter().map(scenario_label).collect(),
+            storage: self.storage.to_string(),
+            plant: self.plant.map(|b| b.to_string()),
+            start: self.start,
+            seeds: self.seeds,
+            minutes: self.minutes,
+        })
+    }
+}
+
+/// A scenario in a result file: its name, or a user's file by its path.
+fn scenario_label(s: &Scenario) -> String {
+    s.source
+        .as_ref()
+        .map_or_else(|| s.name.clone(), |p| p.display().to_string())
+}
+
+/// Where a sweep writes besides stdout.
+struct SweepOutputs<'a> {
+    failures: Option<&'a Path>,
+    results: Option<&'a Path>,
+}
+
+/// A JSON-lines result file, flushed line by line so a killed shard leaves
+/// every seed it finished.
+struct ResultsFile {
+    path: PathBuf,
+    out: std::io::BufWriter<std::fs::File>,
+}
+
+impl ResultsFile {
+    fn create(path: &Path, header: &Line) -> std::io::Result<ResultsFile> {
+        let mut f = ResultsFile {
+            path: path.to_owned(),
+            out: std::io::BufWriter::new(std::fs::File::create(path)?),
+        };
+        f.write(header)?;
+        Ok(f)
+    }
+
+    fn write(&mut self, line: &Line) -> std::io::Result<()> {
+        writeln!(self.out, "{}", line.to_json())?;
+        self.out.flush()
+    }
+}
+
+fn seed_line(o: &Outcome) -> Line {
+    let verdict = match (&o.failure, o.nondeterministic, o.code) {
+        (None, _, _) => Verdict::Pass,
+        (Some(_), true, _) => Verdict::Nondeterministic,
+        (Some(_), false, EXIT_VIOLATION) => Verdict::Violation,
+        (Some(_), false, _) => Verdict::Error,
+    };
+    Line::Seed(SeedLine {
+        scenario: scenario_label(&o.spec.scenario),
+        seed: o.spec.seed,
+        storage: o.spec.storage.to_string(),
+        plant: o.spec.plant.map(|b| b.to_string()),
+        verdict,
+        invariants: o.violated.clone(),
+        summary: o
+            .failure
+            .as_ref()
+            .and_then(|f| f.lines().nth(1).or(f.lines().next()))
+            .map(|l| l.trim().to_owned()),
+        replay: runner::replay_command(&o.spec),
+        wall_ms: u64::try_from(o.wall.as_millis()).unwrap_or(u64::MAX),
+    })
+}
+
+fn sweep(plan: &SweepPlan, jobs: NonZeroUsize, fail_fast: bool, outputs: SweepOutputs<'_>) -> u8 {
+    if let Some(e) = plan
+        .scenarios
         .iter()
-        .find_map(|s| coverage::check_reach(&s.scenario).err())
+        .find_map(|s| coverage::check_reach(s).err())
     {
         eprintln!("{e}");
         return EXIT_USAGE;
     }
-    let bar = progress_bar(specs.len());
+    let mut results = match outputs
+        .results
+        .map(|p| ResultsFile::create(p, &plan.header()))
+    {
+        None => None,
+        Some(Ok(f)) => Some(f),
+        Some(Err(e)) => {
+            eprintln!("cannot write results: {e}");
+            return EXIT_USAGE;
+        }
+    };
+    let seeds = plan.shard_seeds();
+    let count = plan.count();
+    let bar = progress_bar(seeds.as_ref().map_or(0, |_| count));
     let began = wall_now();
+    let budget = plan.minutes.map(|m| Duration::from_secs_f64(m * 60.0));
     let stop = AtomicBool::new(false);
     let (mut failed, mut done_sim_ms) = (0u64, 0u64);
     let mut worst = 0u8;
+    let mut stopped = "done";
     // Per (scenario, storage), in the order they first appear.
     let mut tallies: Vec<((String, StorageKind), Tally)> = Vec::new();
-    let mut failing: Vec<(usize, String)> = Vec::new();
-    pool::ordered(
-        specs,
+    let mut failing: Vec<(RunSpec, String)> = Vec::new();
+    let mut write_error = None;
+    pool::ordered_by(
+        count,
+        |i| plan.spec(seeds.as_deref(), i),
         jobs,
         &stop,
         run_seed,
@@ -418,16 +664,19 @@ fn sweep(specs: &[RunSpec], jobs: NonZeroUsize, fail_fast: bool, failures: Optio
                 failed += 1;
                 if fail_fast {
                     stop.store(true, Ordering::SeqCst);
+                    stopped = "fail fast";
                 }
+            }
+            if budget.is_some_and(|b| began.elapsed() >= b) && !stop.swap(true, Ordering::SeqCst) {
+                stopped = "time budget";
             }
             bar.set_message(format!(
                 "{failed} failed, {:.0} sim-s/s",
                 speed(done_sim_ms, began.elapsed())
             ));
         },
-        |i, o| {
-            let spec = &specs[i];
-            let key = (spec.scenario.name.clone(), spec.storage);
+        |_, o| {
+            let key = (o.spec.scenario.name.clone(), o.spec.storage);
             match tallies.iter_mut().find(|(k, _)| *k == key) {
                 Some((_, t)) => t.add(&o),
                 None => {
@@ -437,19 +686,43 @@ fn sweep(specs: &[RunSpec], jobs: NonZeroUsize, fail_fast: bool, failures: Optio
                 }
             }
             worst = worst.max(o.code);
-            if let Some(text) = o.failure {
+            if let Some(f) = results.as_mut() {
+                if let Err(e) = f.write(&seed_line(&o)) {
+                    write_error.get_or_insert(e);
+                }
+            }
+            if let Some(text) = &o.failure {
                 let first = text.lines().next().unwrap_or_default().to_owned();
-                failing.push((i, first));
+                failing.push((o.spec.clone(), first));
                 bar.suspend(|| print!("{text}"));
             }
         },
     );
     bar.finish_and_clear();
     let wall = began.elapsed();
+    let ran: u64 = tallies.iter().map(|(_, t)| t.seeds).sum();
     print_summary(&tallies, wall, jobs);
-    print_coverage(specs, &tallies);
-    if let Some(path) = failures {
-        if let Err(e) = write_failures(path, specs, &failing) {
+    print_coverage(&plan.scenarios, &tallies);
+    if let Some(mut f) = results {
+        let end = Line::End(results::End {
+            seeds: ran,
+            failed,
+            wall_s: wall.as_secs_f64(),
+            stopped: stopped.to_owned(),
+        });
+        if let Some(e) = write_error.or_else(|| f.write(&end).err()) {
+            eprintln!("cannot write results to {}: {e}", f.path.display());
+            return worst.max(EXIT_USAGE);
+        }
+        println!(
+            "results: {ran} seeds of shard {} written to {} (build {})",
+            plan.shard,
+            f.path.display(),
+            results::build_id()
+        );
+    }
+    if let Some(path) = outputs.failures {
+        if let Err(e) = write_failures(path, &failing) {
             eprintln!("cannot write failures to {}: {e}", path.display());
             return worst.max(EXIT_USAGE);
         }
@@ -461,6 +734,54 @@ fn sweep(specs: &[RunSpec], jobs: NonZeroUsize, fail_fast: bool, failures: Optio
         );
     }
     worst
+}
+
+/// `sim merge`: check the shards' files add up, print the totals and every
+/// failure's replay line. Exit 0 all passed, 3 a seed failed, 2 the files do
+/// not add up (or cannot be read).
+fn merge(paths: &[PathBuf]) -> u8 {
+    let mut files = Vec::new();
+    for path in paths {
+        match std::fs::read_to_string(path) {
+            Ok(text) => files.push((path.display().to_string(), text)),
+            Err(e) => {
+                eprintln!("cannot read {}: {e}", path.display());
+                return EXIT_USAGE;
+            }
+        }
+    }
+    let merged = match results::merge(&files) {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("{e}");
+            return EXIT_USAGE;
+        }
+    };
+    let verdicts: Vec<String> = merged
+        .verdicts
+        .iter()
+        .map(|(v, n)| format!("{n} {v}"))
+        .collect();
+    println!(
+        "{} shard(s) of build {}: {} seeds, each once ({}); {:.1} s of wall time in all",
+        merged.shards,
+        merged.build_id,
+        merged.seeds,
+        verdicts.join(", "),
+        merged.wall_s
+    );
+    for f in &merged.failures {
+        let what = f.summary.as_deref().unwrap_or("failed");
+        println!(
+            "{} seed {}: {what}\n  replay: {}",
+            f.scenario, f.seed, f.replay
+        );
+    }
+    if merged.failures.is_empty() {
+        0
+    } else {
+        EXIT_VIOLATION
+    }
 }
 
 fn print_summary(tallies: &[((String, StorageKind), Tally)], wall: Duration, jobs: NonZeroUsize) {
@@ -503,14 +824,14 @@ fn print_summary(tallies: &[((String, StorageKind), Tally)], wall: Duration, job
 
 /// Per scenario and engine, how many seeds reached each rare state: the ones the
 /// scenario declares in `reach` (flagged when none did), then any other.
-fn print_coverage(specs: &[RunSpec], tallies: &[((String, StorageKind), Tally)]) {
+fn print_coverage(scenarios: &[Scenario], tallies: &[((String, StorageKind), Tally)]) {
     println!("coverage: seeds that reached each rare state (keel::sometimes!)");
     for ((name, storage), t) in tallies {
-        let Some(spec) = specs.iter().find(|s| s.scenario.name == *name) else {
+        let Some(scenario) = scenarios.iter().find(|s| s.name == *name) else {
             continue;
         };
         println!("  {name} ({storage})");
-        let lines = t.coverage.lines(&spec.scenario);
+        let lines = t.coverage.lines(scenario);
         if lines.is_empty() {
             println!("    (no state declared or reached)");
         }
@@ -520,20 +841,16 @@ fn print_coverage(specs: &[RunSpec], tallies: &[((String, StorageKind), Tally)])
     }
 }
 
-fn write_failures(
-    path: &Path,
-    specs: &[RunSpec],
-    failing: &[(usize, String)],
-) -> std::io::Result<()> {
+fn write_failures(path: &Path, failing: &[(RunSpec, String)]) -> std::io::Result<()> {
     let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
     writeln!(
         out,
         "# failing runs of a sim sweep; rerun: sim replay --from {}",
         path.display()
     )?;
-    for (i, why) in failing {
+    for (spec, why) in failing {
         writeln!(out, "# {why}")?;
-        writeln!(out, "{}", corpus::line_for(&specs[*i]))?;
+        writeln!(out, "{}", corpus::line_for(spec))?;
     }
     out.flush()
 }
@@ -746,6 +1063,10 @@ fn replay(spec: RunSpec, trace: Option<PathBuf>) -> u8 {
         spec.scenario.name,
         spec.plant.map_or("none".into(), |b| b.to_string())
     );
+    if spec.scenario.swarm {
+        let shape = sim::shape::concrete(&spec.scenario, spec.seed);
+        println!("{}", sim::shape::summary(&shape));
+    }
     let result = match runner::run_checked(&spec) {
         Ok(r) => r,
         Err(e) => {

@@ -1,0 +1,584 @@
+//! Swarm shapes: the scenario a swarm seed actually runs, drawn from the seed.
+//!
+//! A scenario with `swarm = true` is a template. Each seed draws its own shape
+//! from it, as swarm testing does: node count, fault-phase length, workload size
+//! and mix, `claim_ahead`, watcher loops and their periods, shutdown deadlines,
+//! and a fault profile. Half the seeds take one catalog scenario's whole fault
+//! profile as their *focus* and mix a few of the template's other kinds in; the
+//! rest mix the template's kinds alone, each on or off, each at its own share
+//! of the rate, in a sub-range of each range. So swarm reaches every rate and
+//! combination the catalog uses, and many it does not.
+//!
+//! ```
+//! let swarm = scenarios::by_name("swarm").expect("in the catalog");
+//! let a = sim::shape::concrete(&swarm, 7);
+//! assert!(!a.swarm, "a drawn shape is an ordinary scenario");
+//! assert_eq!(*a, *sim::shape::concrete(&swarm, 7), "the seed decides");
+//! assert!((1..=sim::shape::SWARM_NODES_MAX).contains(&a.nodes));
+//! ```
+//!
+//! A shape is a pure function of the template and the seed, drawn from a random
+//! stream of its own; the fault plan, the workload and turmoil then draw from
+//! theirs, so `sim replay --scenario swarm --seed N` reruns seed N exactly.
+//!
+//! One rule is not random: wall clocks that can lead by more than the
+//! template's never meet faults that cut a node off (partitions, storage
+//! faults, pauses, replacements), nor workers that claim ahead. A worker cut off
+//! past the claim margin, or holding a claim in hand, while its rescuer's clock
+//! runs ahead can lose a claim it still trusts; keel documents that margin as an
+//! assumption (`clock_skew.toml`, ARCHITECTURE.md), and swarm must not report
+//! the documented limit as a bug. (Seed 200942 of swarm, before this rule: a
+//! claimed-ahead job started 620 ms after a rescuer 16 s ahead revoked it.)
+
+use std::borrow::Cow;
+use std::sync::OnceLock;
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use scenarios::{Faults, Scenario, Workload};
+
+/// Salt of the shape's random stream, apart from the plan's and turmoil's.
+const SHAPE_SALT: u64 = 0x7377_6172_6d73_6870;
+
+/// Most nodes a swarm seed runs: enough for two leaders' worth of churn and a
+/// replacement on top, few enough that a seed stays cheap.
+pub const SWARM_NODES_MAX: u32 = 5;
+/// Shortest and longest fault phase, seconds: long enough for a lease to move
+/// a few times, short enough that long phases do not dominate a sweep's time.
+const FAULT_PHASE_S: [u64; 2] = [30, 90];
+/// Share of seeds that take one catalog scenario's fault profile as focus.
+const FOCUS_SHARE: f64 = 0.75;
+/// Chance a focused seed keeps each of the focus's node count, phase length,
+/// workload and loops (else it draws its own).
+const FOCUS_KEEP: f64 = 0.75;
+/// Chance each template kind is mixed in: on its own, and beside a focus
+/// (lower, so the focus's race is not drowned).
+const MIX_ON: f64 = 0.5;
+const MIX_ON_BESIDE_FOCUS: f64 = 0.15;
+/// Watcher loop periods are drawn in steps of this many ms, from 100 ms to 1 s.
+const LOOP_PERIOD_STEP_MS: u64 = 50;
+
+/// The scenario `scenario` runs under `seed`: itself unless it is a swarm
+/// template, else the shape the seed draws (with `swarm` off, so drawing again
+/// is a no-op).
+pub fn concrete(scenario: &Scenario, seed: u64) -> Cow<'_, Scenario> {
+    if !scenario.swarm {
+        return Cow::Borrowed(scenario);
+    }
+    Cow::Owned(draw(scenario, seed))
+}
+
+/// The catalog's fixed scenarios, the profiles a swarm seed may focus on.
+fn profiles() -> &'static [Scenario] {
+    static PROFILES: OnceLock<Vec<Scenario>> = OnceLock::new();
+    PROFILES.get_or_init(|| scenarios::all().into_iter().filter(|s| !s.swarm).collect())
+}
+
+fn draw(template: &Scenario, seed: u64) -> Scenario {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ SHAPE_SALT);
+    let profiles = profiles();
+    let focus = (!profiles.is_empty() && rng.random_bool(FOCUS_SHARE))
+        .then(|| &profiles[rng.random_range(0..profiles.len())]);
+    let mut s = template.clone();
+    s.swarm = false;
+    s.faults = faults(template, focus, &mut rng);
+    let keep = |rng: &mut ChaCha8Rng| focus.is_some() && rng.random_bool(FOCUS_KEEP);
+    s.nodes = match focus {
+        Some(f) if keep(&mut rng) => f.nodes,
+        _ => rng.random_range(1..=SWARM_NODES_MAX),
+    };
+    s.duration_s = match focus {
+        Some(f) if keep(&mut rng) => f.duration_s,
+        _ => rng.random_range(FAULT_PHASE_S[0]..=FAULT_PHASE_S[1]),
+    };
+    s.workload = match focus {
+        Some(f) if keep(&mut rng) => f.workload.clone(),
+        _ => template
+            .workload
+            .as_ref()
+            .map(|w| workload(w, s.duration_s, &mut rng)),
+    };
+    if let Some(w) = s.workload.as_mut() {
+        fit_to_capacity(w, s.nodes);
+        // A claim held in hand is trusted without a round trip, like one held
+        // by a worker cut off: past the margin it meets the same limit.
+        if clock_lead_ms(&s.faults) > clock_lead_ms(&template.faults) {
+            w.claim_ahead = 0;
+        }
+    }
+    s.loops = match focus {
+        Some(f) if !f.loops.is_empty() && keep(&mut rng) => f.loops.clone(),
+        _ => loops(&mut rng),
+    };
+    s.heal_s = heal_s(template, focus, s.workload.as_ref());
+    s.description = describe(focus, &s);
+    debug_assert!(s.validate().is_ok(), "a drawn shape is valid: {s:?}");
+    s
+}
+
+/// The fault profile: the focus's kinds at its rates and ranges, and the
+/// template's others mixed in.
+fn faults(template: &Scenario, focus: Option<&Scenario>, rng: &mut ChaCha8Rng) -> Faults {
+    let t = &template.faults;
+    let mut f = t.clone();
+    let on_share = if focus.is_some() {
+        MIX_ON_BESIDE_FOCUS
+    } else {
+        MIX_ON
+    };
+    for kind in KINDS {
+        let focused = focus.map(|s| &s.faults).filter(|ff| (kind.get)(ff) > 0.0);
+        match focused {
+            Some(ff) => (kind.copy)(&mut f, ff),
+            None => {
+                let rate = (kind.rate)(&mut f);
+                *rate = if *rate > 0.0 && rng.random_bool(on_share) {
+                    *rate * rng.random_range(0.2..=1.0)
+                } else {
+                    0.0
+                };
+                (kind.narrow)(&mut f, rng);
+            }
+        }
+    }
+    match focus {
+        Some(s) => {
+            f.leader_bias = s.faults.leader_bias;
+            f.starting_bias = s.faults.starting_bias;
+            f.skew_ms_max = s.faults.skew_ms_max;
+        }
+        None => {
+            f.leader_bias = rng.random_range(0.0..=1.0);
+            f.starting_bias = rng.random_range(0.0..=1.0 - f.leader_bias);
+            f.skew_ms_max = rng.random_range(0..=t.skew_ms_max);
+        }
+    }
+    keep_clocks_within_the_margin(t, focus.map(|s| &s.faults), &mut f);
+    f
+}
+
+/// How far ahead of a worker a rescuer's wall clock can run: the largest jump
+/// plus both nodes' skews.
+fn clock_lead_ms(f: &Faults) -> u64 {
+    let jump = if f.clock_jumps_per_min > 0.0 {
+        f.clock_jump_ms[1]
+    } else {
+        0
+    };
+    jump + 2 * f.skew_ms_max
+}
+
+fn cuts_nodes_off(f: &Faults) -> bool {
+    f.partitions_per_min > 0.0
+        || f.storage_faults_per_min > 0.0
+        || f.pauses_per_min > 0.0
+        || f.replaces_per_min > 0.0
+}
+
+/// Clocks that may lead by more than the template's never meet faults that
+/// cut a node off (see the module docs): the focus keeps its own kinds, and
+/// the mixed-in ones give way.
+fn keep_clocks_within_the_margin(t: &Faults, focus: Option<&Faults>, f: &mut Faults) {
+    if clock_lead_ms(f) <= clock_lead_ms(t) || !cuts_nodes_off(f) {
+        return;
+    }
+    let focus_jumps = focus.is_some_and(|ff| ff.clock_jumps_per_min > 0.0);
+    if focus_jumps || focus.is_some_and(|ff| !cuts_nodes_off(ff)) {
+        f.partitions_per_min = 0.0;
+        f.storage_faults_per_min = 0.0;
+        f.pauses_per_min = 0.0;
+        f.replaces_per_min = 0.0;
+    } else {
+        f.clock_jumps_per_min = 0.0;
+    }
+    debug_assert!(clock_lead_ms(f) <= clock_lead_ms(t) || !cuts_nodes_off(f));
+}
+
+/// One fault kind: its rate, how to take it (rate and ranges) from a focus,
+/// and how to narrow the template's ranges for one seed.
+struct Kind {
+    get: fn(&Faults) -> f64,
+    rate: fn(&mut Faults) -> &mut f64,
+    copy: fn(&mut Faults, &Faults),
+    narrow: fn(&mut Faults, &mut ChaCha8Rng),
+}
+
+/// A sub-range of `[lo, hi]`, drawn: some seeds see only short faults of a
+/// kind, others only long ones.
+fn narrow(range: &mut [u64; 2], rng: &mut ChaCha8Rng) {
+    let [lo, hi] = *range;
+    if lo < hi && rng.random_bool(0.5) {
+        let a = rng.random_range(lo..=hi);
+        let b = rng.random_range(lo..=hi);
+        *range = [a.min(b), a.max(b)];
+    }
+}
+
+const KINDS: [Kind; 12] = [
+    Kind {
+        get: |f| f.partitions_per_min,
+        rate: |f| &mut f.partitions_per_min,
+        copy: |f, s| {
+            f.partitions_per_min = s.partitions_per_min;
+            f.partition_ms = s.partition_ms;
+        },
+        narrow: |f, rng| narrow(&mut f.partition_ms, rng),
+    },
+    Kind {
+        get: |f| f.bounces_per_min,
+        rate: |f| &mut f.bounces_per_min,
+        copy: |f, s| {
+            f.bounces_per_min = s.bounces_per_min;
+            f.down_ms = s.down_ms;
+        },
+        narrow: |f, rng| narrow(&mut f.down_ms, rng),
+    },
+    Kind {
+        get: |f| f.hook_faults_per_min,
+        rate: |f| &mut f.hook_faults_per_min,
+        copy: |f, s| {
+            f.hook_faults_per_min = s.hook_faults_per_min;
+            f.hook_fault_window_ms = s.hook_fault_window_ms;
+            f.hook_delay_ms = s.hook_delay_ms;
+            f.hook_fail_pct = s.hook_fail_pct;
+        },
+        narrow: |f, rng| {
+            narrow(&mut f.hook_fault_window_ms, rng);
+            narrow(&mut f.hook_delay_ms, rng);
+            narrow(&mut f.hook_fail_pct, rng);
+        },
+    },
+    Kind {
+        get: |f| f.clock_jumps_per_min,
+        rate: |f| &mut f.clock_jumps_per_min,
+        copy: |f, s| {
+            f.clock_jumps_per_min = s.clock_jumps_per_min;
+            f.clock_jump_ms = s.clock_jump_ms;
+            f.clock_jump_dur_ms = s.clock_jump_dur_ms;
+        },
+        narrow: |f, rng| {
+            narrow(&mut f.clock_jump_ms, rng);
+            narrow(&mut f.clock_jump_dur_ms, rng);
+        },
+    },
+    Kind {
+        get: |f| f.storage_faults_per_min,
+        rate: |f| &mut f.storage_faults_per_min,
+        copy: |f, s| {
+            f.storage_faults_per_min = s.storage_faults_per_min;
+            f.storage_fault_ms = s.storage_fault_ms;
+            f.storage_fault_pct = s.storage_fault_pct;
+            f.storage_fault_modes = s.storage_fault_modes.clone();
+            f.slow_storage_ms = s.slow_storage_ms;
+        },
+        narrow: |f, rng| {
+            narrow(&mut f.storage_fault_ms, rng);
+            narrow(&mut f.storage_fault_pct, rng);
+            narrow(&mut f.slow_storage_ms, rng);
+            // One mode alone in half the seeds: lost replies alone are what
+            // ambiguous_commits runs on.
+            if f.storage_fault_modes.len() > 1 && rng.random_bool(0.5) {
+                let one = rng.random_range(0..f.storage_fault_modes.len());
+                f.storage_fault_modes = vec![f.storage_fault_modes[one].clone()];
+            }
+        },
+    },
+    Kind {
+        get: |f| f.shutdowns_per_min,
+        rate: |f| &mut f.shutdowns_per_min,
+        copy: |f, s| {
+            f.shutdowns_per_min = s.shutdowns_per_min;
+            f.shutdown_deadline_ms = s.shutdown_deadline_ms;
+            f.shutdown_down_ms = s.shutdown_down_ms;
+        },
+        narrow: |f, rng| {
+            narrow(&mut f.shutdown_deadline_ms, rng);
+            narrow(&mut f.shutdown_down_ms, rng);
+        },
+    },
+    Kind {
+        get: |f| f.loop_panics_per_min,
+        rate: |f| &mut f.loop_panics_per_min,
+        copy: |f, s| f.loop_panics_per_min = s.loop_panics_per_min,
+        narrow: |_, _| {},
+    },
+    Kind {
+        get: |f| f.slow_ticks_per_min,
+        rate: |f| &mut f.slow_ticks_per_min,
+        copy: |f, s| {
+            f.slow_ticks_per_min = s.slow_ticks_per_min;
+            f.slow_tick_ms = s.slow_tick_ms;
+        },
+        narrow: |f, rng| narrow(&mut f.slow_tick_ms, rng),
+    },
+    Kind {
+        get: |f| f.pauses_per_min,
+        rate: |f| &mut f.pauses_per_min,
+        copy: |f, s| {
+            f.pauses_per_min = s.pauses_per_min;
+            f.pause_ms = s.pause_ms;
+        },
+        narrow: |f, rng| narrow(&mut f.pause_ms, rng),
+    },
+    Kind {
+        get: |f| f.maintainer_restarts_per_min,
+        rate: |f| &mut f.maintainer_restarts_per_min,
+        copy: |f, s| f.maintainer_restarts_per_min = s.maintainer_restarts_per_min,
+        narrow: |_, _| {},
+    },
+    Kind {
+        get: |f| f.runtime_restarts_per_min,
+        rate: |f| &mut f.runtime_restarts_per_min,
+        copy: |f, s| {
+            f.runtime_restarts_per_min = s.runtime_restarts_per_min;
+            f.restart_deadline_ms = s.restart_deadline_ms;
+        },
+        narrow: |f, rng| narrow(&mut f.restart_deadline_ms, rng),
+    },
+    Kind {
+        get: |f| f.replaces_per_min,
+        rate: |f| &mut f.replaces_per_min,
+        copy: |f, s| {
+            f.replaces_per_min = s.replaces_per_min;
+            f.replace_ms = s.replace_ms;
+            f.replace_overlap_ms = s.replace_overlap_ms;
+        },
+        narrow: |f, rng| {
+            narrow(&mut f.replace_ms, rng);
+            narrow(&mut f.replace_overlap_ms, rng);
+        },
+    },
+];
+
+/// A share in percent, on in half the seeds: up to `max_pct`.
+fn some_pct(rng: &mut ChaCha8Rng, max_pct: u32) -> u32 {
+    if rng.random_bool(0.5) {
+        rng.random_range(1..=max_pct)
+    } else {
+        0
+    }
+}
+
+/// Most claimed-ahead jobs a swarm worker holds: the catalog's largest.
+const CLAIM_AHEAD_MAX: u32 = 3;
+
+/// A workload drawn around the template's: its size, mix and handler lengths
+/// vary per seed, up to the largest shares any catalog scenario uses.
+fn workload(t: &Workload, duration_s: u64, rng: &mut ChaCha8Rng) -> Workload {
+    let mut w = t.clone();
+    w.jobs = rng.random_range(10..=100);
+    w.enqueue_window_s = rng.random_range(duration_s / 3..=duration_s * 5 / 6).max(1);
+    w.workers = rng.random_range(1..=3);
+    w.max_attempts = rng.random_range(5..=10);
+    w.claim_ahead = if rng.random_bool(0.5) {
+        0
+    } else {
+        rng.random_range(1..=CLAIM_AHEAD_MAX)
+    };
+    w.unique_pct = some_pct(rng, 20);
+    w.scheduled_pct = some_pct(rng, 15);
+    w.fail_pct = some_pct(rng, 15);
+    w.panic_pct = some_pct(rng, 30);
+    w.slow_pct = some_pct(rng, 50);
+    w.hang_pct = some_pct(rng, 5);
+    w.stubborn_pct = some_pct(rng, 20);
+    w.panic_on_stop_pct = some_pct(rng, 30);
+    w.cancel_pct = some_pct(rng, 30);
+    w.effect_pct = rng.random_range(30..=80);
+    let behaviours = [
+        &mut w.fail_pct,
+        &mut w.panic_pct,
+        &mut w.slow_pct,
+        &mut w.hang_pct,
+        &mut w.stubborn_pct,
+        &mut w.panic_on_stop_pct,
+    ];
+    let sum: u32 = behaviours.iter().map(|p| **p).sum();
+    if sum > 100 {
+        for p in behaviours {
+            *p = *p * 100 / sum;
+        }
+    }
+    let lo = rng.random_range(300..=3000);
+    w.slow_ms = [lo, rng.random_range(lo..=15_000)];
+    w.periodic = Vec::new();
+    if rng.random_bool(0.6) {
+        w.periodic.push(("digest".into(), 10));
+    }
+    if rng.random_bool(0.3) {
+        w.periodic.push(("fast".into(), rng.random_range(2..=9)));
+    }
+    w.cron = Vec::new();
+    if rng.random_bool(0.2) {
+        w.cron.push(("cron3s".into(), "*/3 * * * * *".into()));
+    }
+    w
+}
+
+/// Most handler time a seed's jobs may ask of one worker slot, in ms. The
+/// catalog's busiest workloads ask 33 to 37 s per slot in a 60 s fault phase
+/// and drain in its heal phase; more than this and a seed with one node and
+/// one worker fails `no_lost_jobs` for want of workers, not for a bug.
+const WORK_PER_SLOT_MS_MAX: u64 = 40_000;
+/// Fewest jobs a shaped workload keeps.
+const JOBS_MIN: u32 = 5;
+
+/// Trim `w`'s jobs to what `nodes` nodes' workers can run.
+fn fit_to_capacity(w: &mut Workload, nodes: u32) {
+    let slots = u64::from(nodes * w.workers);
+    let mean_slow_ms = (w.slow_ms[0] + w.slow_ms[1]) / 2;
+    let long_pct = u64::from(w.slow_pct + w.stubborn_pct + w.panic_on_stop_pct);
+    // A hanging job waits for its cancel: 2.5 to 15 s after its enqueue.
+    let per_job_ms = 100 + long_pct * mean_slow_ms / 100 + u64::from(w.hang_pct) * 8_750 / 100;
+    let fits = WORK_PER_SLOT_MS_MAX * slots / per_job_ms;
+    w.jobs = w
+        .jobs
+        .min(u32::try_from(fits).unwrap_or(u32::MAX))
+        .max(JOBS_MIN);
+}
+
+/// One to three watcher loops, each with a period of 100 ms to 1 s.
+fn loops(rng: &mut ChaCha8Rng) -> Vec<(String, u64)> {
+    let count = rng.random_range(1..=3);
+    ["poll", "sync", "report"][..count]
+        .iter()
+        .map(|name| {
+            let steps = rng.random_range(2..=20);
+            ((*name).to_owned(), steps * LOOP_PERIOD_STEP_MS)
+        })
+        .collect()
+}
+
+/// The heal phase: the longer of the template's and the focus's, plus the
+/// time claimed-ahead jobs can wait in a worker's hand behind slow ones.
+fn heal_s(template: &Scenario, focus: Option<&Scenario>, w: Option<&Workload>) -> u64 {
+    let base = focus.map_or(template.heal_s, |f| f.heal_s.max(template.heal_s));
+    let hand_wait_ms = w.map_or(0, |w| u64::from(w.claim_ahead) * w.slow_ms[1]);
+    base + hand_wait_ms.div_ceil(1000)
+}
+
+/// A drawn shape in a few lines, for `sim replay`: the focus, the size, the
+/// workload and every fault kind that is on.
+pub fn summary(s: &Scenario) -> String {
+    let mut out = format!(
+        "{}\n  loops {:?}, heal {} s",
+        s.description, s.loops, s.heal_s
+    );
+    if let Some(w) = &s.workload {
+        out.push_str(&format!(
+            "\n  workload: {} jobs over {} s, {} workers, {} attempts, slow {:?} ms, \
+             fail {}% panic {}% slow {}% hang {}% stubborn {}% panic_on_stop {}% cancel {}%",
+            w.jobs,
+            w.enqueue_window_s,
+            w.workers,
+            w.max_attempts,
+            w.slow_ms,
+            w.fail_pct,
+            w.panic_pct,
+            w.slow_pct,
+            w.hang_pct,
+            w.stubborn_pct,
+            w.panic_on_stop_pct,
+            w.cancel_pct
+        ));
+    }
+    let on: Vec<String> = KINDS
+        .iter()
+        .zip(KIND_NAMES)
+        .filter(|(k, _)| (k.get)(&s.faults) > 0.0)
+        .map(|(k, name)| format!("{name} {:.1}/min", (k.get)(&s.faults)))
+        .collect();
+    out.push_str(&format!("\n  faults: {}", on.join(", ")));
+    out
+}
+
+/// The rate fields of [`KINDS`], in order.
+const KIND_NAMES: [&str; 12] = [
+    "partitions",
+    "bounces",
+    "hook_faults",
+    "clock_jumps",
+    "storage_faults",
+    "shutdowns",
+    "loop_panics",
+    "slow_ticks",
+    "pauses",
+    "maintainer_restarts",
+    "runtime_restarts",
+    "replaces",
+];
+
+fn describe(focus: Option<&Scenario>, s: &Scenario) -> String {
+    let focus = focus.map_or("none".to_owned(), |f| f.name.clone());
+    let jobs = s.workload.as_ref().map_or(0, |w| w.jobs);
+    let ahead = s.workload.as_ref().map_or(0, |w| w.claim_ahead);
+    format!(
+        "swarm shape: focus {focus}, {} nodes, {} s of faults, {jobs} jobs, claim_ahead {ahead}",
+        s.nodes, s.duration_s
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn swarm() -> Scenario {
+        scenarios::by_name("swarm").expect("in the catalog")
+    }
+
+    #[test]
+    fn shapes_are_valid_vary_per_seed_and_leave_fixed_scenarios_alone() {
+        let t = swarm();
+        let (mut nodes, mut focus, mut ahead) = (
+            std::collections::BTreeSet::new(),
+            std::collections::BTreeSet::new(),
+            std::collections::BTreeSet::new(),
+        );
+        for seed in 0..2_000 {
+            let s = concrete(&t, seed).into_owned();
+            s.validate().unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+            assert!(!s.swarm);
+            assert_eq!(s.invariants, t.invariants, "swarm checks every invariant");
+            if clock_lead_ms(&s.faults) > clock_lead_ms(&t.faults) {
+                assert!(
+                    !cuts_nodes_off(&s.faults),
+                    "seed {seed}: past the margin, cut off"
+                );
+                assert_eq!(
+                    s.workload.as_ref().map_or(0, |w| w.claim_ahead),
+                    0,
+                    "seed {seed}"
+                );
+            }
+            nodes.insert(s.nodes);
+            focus.insert(s.description.split(',').next().map(str::to_owned));
+            ahead.insert(s.workload.as_ref().map(|w| w.claim_ahead));
+        }
+        assert_eq!(nodes.len(), SWARM_NODES_MAX as usize, "{nodes:?}");
+        assert_eq!(focus.len(), profiles().len() + 1, "{focus:?}");
+        assert!(ahead.len() >= 4, "{ahead:?}");
+        let flap = scenarios::by_name("leadership_flap").expect("in the catalog");
+        assert!(matches!(concrete(&flap, 3), Cow::Borrowed(_)));
+    }
+
+    /// Swarm reaches every rate and combination the catalog uses: for each
+    /// profile, some seed runs its faults at its rates, ranges and biases.
+    #[test]
+    fn every_catalog_profile_is_some_seed_s_fault_profile() {
+        let t = swarm();
+        for p in profiles() {
+            let found = (0..4_000).any(|seed| {
+                let s = concrete(&t, seed);
+                let f = &s.faults;
+                let q = &p.faults;
+                KINDS
+                    .iter()
+                    .all(|k| (k.get)(q) == 0.0 || (k.get)(f) == (k.get)(q))
+                    && f.leader_bias == q.leader_bias
+                    && f.starting_bias == q.starting_bias
+                    && s.nodes == p.nodes
+            });
+            assert!(found, "no swarm seed of 0..4000 runs {}'s profile", p.name);
+        }
+    }
+}
