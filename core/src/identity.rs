@@ -29,8 +29,8 @@ impl Incarnation {
     /// chance that two starts of one node ever collide is about one in four
     /// billion per pair, and the id stays short in traces.
     pub fn from_os() -> Self {
-        // determinism-ok: production only; the simulator seeds incarnations.
-        match rand::rngs::OsRng.try_next_u32() {
+        let drawn = rand::rngs::OsRng.try_next_u32(); // determinism-ok: production only; the simulator seeds incarnations
+        match drawn {
             Ok(id) => Incarnation(id),
             // No entropy (a sandbox without getrandom): fall back to the wall
             // clock's nanoseconds, which still differ between two starts.
