@@ -37,6 +37,8 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use scenarios::{Faults, Scenario, Workload};
 
+use crate::faults::{FaultKind, FaultPlan};
+
 /// Salt of the shape's random stream, apart from the plan's and turmoil's.
 const SHAPE_SALT: u64 = 0x7377_6172_6d73_6870;
 
@@ -99,7 +101,7 @@ fn draw(template: &Scenario, seed: u64) -> Scenario {
             .map(|w| workload(w, s.duration_s, &mut rng)),
     };
     if let Some(w) = s.workload.as_mut() {
-        fit_to_capacity(w, s.nodes);
+        fit_to_capacity(w, s.nodes, s.duration_s);
         // A claim held in hand is trusted without a round trip, like one held
         // by a worker cut off: past the margin it meets the same limit.
         if clock_lead_ms(&s.faults) > clock_lead_ms(&template.faults) {
@@ -192,6 +194,43 @@ fn keep_clocks_within_the_margin(t: &Faults, focus: Option<&Faults>, f: &mut Fau
         f.clock_jumps_per_min = 0.0;
     }
     debug_assert!(clock_lead_ms(f) <= clock_lead_ms(t) || !cuts_nodes_off(f));
+}
+
+/// Whether `plan`, run on `shape` (drawn from `template`), keeps the margin
+/// rule of the module docs: a wall clock that can lead by more than the
+/// template's meets no fault that cuts a node off and no claimed-ahead jobs.
+/// The guided search ([`crate::hunt`]) holds its mutants to it.
+pub fn plan_within_margin(template: &Scenario, shape: &Scenario, plan: &FaultPlan) -> bool {
+    let jump_ms = plan
+        .faults
+        .iter()
+        .filter_map(|f| match f.kind {
+            FaultKind::ClockJump { jump_ms, .. } => Some(jump_ms.unsigned_abs()),
+            _ => None,
+        })
+        .max()
+        .unwrap_or(0);
+    let skew = |pick: fn(i64, i64) -> i64| plan.skews_ms.iter().copied().reduce(pick).unwrap_or(0);
+    let spread_ms = skew(i64::max).abs_diff(skew(i64::min));
+    if jump_ms + spread_ms <= clock_lead_ms(&template.faults) {
+        return true;
+    }
+    let claims_ahead = shape.workload.as_ref().is_some_and(|w| w.claim_ahead > 0);
+    let cuts_off = plan.faults.iter().any(|f| {
+        matches!(
+            f.kind,
+            FaultKind::Partition { .. }
+                | FaultKind::Storage { .. }
+                | FaultKind::Pause { .. }
+                | FaultKind::Replace { .. }
+        )
+    });
+    !claims_ahead && !cuts_off
+}
+
+/// The rate of fault kind `index` (in [`crate::faults::KIND_COUNT`] order) in `f`.
+pub fn kind_rate(f: &Faults, index: usize) -> f64 {
+    KINDS.get(index).map_or(0.0, |k| (k.get)(f))
 }
 
 /// One fault kind: its rate, how to take it (rate and ranges) from a focus,
@@ -415,26 +454,64 @@ fn workload(t: &Workload, duration_s: u64, rng: &mut ChaCha8Rng) -> Workload {
     w
 }
 
-/// Most handler time a seed's jobs may ask of one worker slot, in ms. The
-/// catalog's busiest workloads ask 33 to 37 s per slot in a 60 s fault phase
-/// and drain in its heal phase; more than this and a seed with one node and
-/// one worker fails `no_lost_jobs` for want of workers, not for a bug.
-const WORK_PER_SLOT_MS_MAX: u64 = 40_000;
+/// Most handler time a seed's jobs may ask of one worker slot, in percent of
+/// the fault phase. The catalog's busiest workloads ask 33 to 37 s per slot in
+/// a 60 s phase and drain in its heal phase; more than this and a seed with one
+/// node and one worker fails `no_lost_jobs` for want of workers, not for a bug
+/// (swarm seed 1000002617: 1 worker, a 38 s phase, 40 s of work).
+const WORK_PER_SLOT_PCT_OF_PHASE: u64 = 65;
 /// Fewest jobs a shaped workload keeps.
 const JOBS_MIN: u32 = 5;
 
-/// Trim `w`'s jobs to what `nodes` nodes' workers can run.
-fn fit_to_capacity(w: &mut Workload, nodes: u32) {
+/// Trim `w`'s jobs to what `nodes` nodes' workers can run in `duration_s`.
+fn fit_to_capacity(w: &mut Workload, nodes: u32, duration_s: u64) {
     let slots = u64::from(nodes * w.workers);
     let mean_slow_ms = (w.slow_ms[0] + w.slow_ms[1]) / 2;
     let long_pct = u64::from(w.slow_pct + w.stubborn_pct + w.panic_on_stop_pct);
     // A hanging job waits for its cancel: 2.5 to 15 s after its enqueue.
     let per_job_ms = 100 + long_pct * mean_slow_ms / 100 + u64::from(w.hang_pct) * 8_750 / 100;
-    let fits = WORK_PER_SLOT_MS_MAX * slots / per_job_ms;
+    let per_slot_ms = duration_s * 1000 * WORK_PER_SLOT_PCT_OF_PHASE / 100;
+    let fits = per_slot_ms * slots / per_job_ms;
     w.jobs = w
         .jobs
         .min(u32::try_from(fits).unwrap_or(u32::MAX))
         .max(JOBS_MIN);
+}
+
+/// The range [`workload`] draws each of the script's workload knobs from
+/// ([`crate::script::WORKLOAD_KEYS`], by key).
+pub fn knob_range(key: &str) -> Option<[u32; 2]> {
+    Some(match key {
+        "workers" => [1, 3],
+        "claim_ahead" => [0, CLAIM_AHEAD_MAX],
+        "fail_pct" => [0, 15],
+        "panic_pct" | "panic_on_stop_pct" | "cancel_pct" => [0, 30],
+        "slow_pct" => [0, 50],
+        "hang_pct" => [0, 5],
+        "stubborn_pct" | "unique_pct" => [0, 20],
+        "effect_pct" => [30, 80],
+        "scheduled_pct" => [0, 15],
+        _ => return None,
+    })
+}
+
+/// Set workload knob `key` of a drawn shape to `value`, keeping the shape's
+/// rules: jobs trimmed to what the workers can run, and the heal phase grown
+/// or shrunk by the time claimed-ahead jobs can wait in a hand. `None` when
+/// the shape runs no jobs, the key is unknown, or the result is invalid.
+pub fn reshape(shape: &Scenario, key: &str, value: u32) -> Option<Scenario> {
+    let (_, field) = crate::script::WORKLOAD_KEYS
+        .iter()
+        .find(|(k, _)| *k == key)?;
+    let mut s = shape.clone();
+    let w = s.workload.as_mut()?;
+    let hand_wait_s = |w: &Workload| (u64::from(w.claim_ahead) * w.slow_ms[1]).div_ceil(1000);
+    let before_s = hand_wait_s(w);
+    *field(w) = value;
+    fit_to_capacity(w, s.nodes, s.duration_s);
+    let after_s = hand_wait_s(w);
+    s.heal_s = (s.heal_s + after_s).saturating_sub(before_s);
+    s.validate().is_ok().then_some(s)
 }
 
 /// One to three watcher loops, each with a period of 100 ms to 1 s.
