@@ -295,6 +295,100 @@ fn storage_fault(rng: &mut ChaCha8Rng, f: &scenarios::Faults) -> FaultKind {
     }
 }
 
+/// Fault kinds a plan draws, by index: the order of `shape::KINDS` and of the
+/// scenario's rate fields (partitions, bounces, hook faults, clock jumps,
+/// storage faults, shutdowns, loop panics, slow ticks, then the process
+/// faults: pauses, maintainer restarts, runtime restarts, replacements).
+pub const KIND_COUNT: usize = 12;
+/// Index of the first process fault kind (drawn from a stream of its own).
+const PROCESS_KINDS_FROM: usize = 8;
+
+/// The index of `kind` in the order [`KIND_COUNT`] describes.
+pub fn kind_index(kind: &FaultKind) -> usize {
+    match kind {
+        FaultKind::Partition { .. } => 0,
+        FaultKind::Bounce { .. } => 1,
+        FaultKind::HookFault { .. } => 2,
+        FaultKind::ClockJump { .. } => 3,
+        FaultKind::Storage { .. } => 4,
+        FaultKind::Shutdown { .. } => 5,
+        FaultKind::LoopPanic { .. } => 6,
+        FaultKind::SlowTick { .. } => 7,
+        FaultKind::Pause { .. } => 8,
+        FaultKind::RestartMaintainer => 9,
+        FaultKind::RestartRuntime { .. } => 10,
+        FaultKind::Replace { .. } => 11,
+    }
+}
+
+/// Where a fault of kind index `kind` goes. Storage faults hit the one
+/// database (recorded as `n1`); hook faults only matter to a node about to
+/// start its maintainer, so they are never aimed at the sitting leader.
+pub(crate) fn draw_target(
+    kind: usize,
+    rng: &mut ChaCha8Rng,
+    f: &scenarios::Faults,
+    nodes: usize,
+) -> Target {
+    let aim: f64 = rng.random();
+    match kind {
+        4 => Target::Node(0),
+        2 => Target::Node(rng.random_range(0..nodes)),
+        _ => aimed(rng, f, nodes, aim),
+    }
+}
+
+/// A fault of kind index `kind` with its parameters drawn from `f`'s ranges;
+/// loop faults pick one of `loops` loops.
+pub(crate) fn draw_kind(
+    kind: usize,
+    rng: &mut ChaCha8Rng,
+    f: &scenarios::Faults,
+    loops: usize,
+) -> FaultKind {
+    match kind {
+        0 => FaultKind::Partition {
+            dur_ms: draw(rng, f.partition_ms),
+        },
+        1 => FaultKind::Bounce {
+            down_ms: draw(rng, f.down_ms),
+        },
+        2 => FaultKind::HookFault {
+            window_ms: draw(rng, f.hook_fault_window_ms),
+            delay_ms: draw(rng, f.hook_delay_ms),
+            fail_pct: draw(rng, f.hook_fail_pct),
+        },
+        3 => FaultKind::ClockJump {
+            jump_ms: i64::try_from(draw(rng, f.clock_jump_ms)).unwrap_or(i64::MAX),
+            dur_ms: draw(rng, f.clock_jump_dur_ms),
+        },
+        4 => storage_fault(rng, f),
+        5 => FaultKind::Shutdown {
+            deadline_ms: draw(rng, f.shutdown_deadline_ms),
+            down_ms: draw(rng, f.shutdown_down_ms),
+        },
+        6 => FaultKind::LoopPanic {
+            index: rng.random_range(0..loops),
+        },
+        7 => FaultKind::SlowTick {
+            index: rng.random_range(0..loops),
+            ms: draw(rng, f.slow_tick_ms),
+        },
+        8 => FaultKind::Pause {
+            dur_ms: draw(rng, f.pause_ms),
+        },
+        9 => FaultKind::RestartMaintainer,
+        10 => FaultKind::RestartRuntime {
+            deadline_ms: draw(rng, f.restart_deadline_ms),
+        },
+        _ => FaultKind::Replace {
+            dur_ms: draw(rng, f.replace_ms),
+            overlap_ms: draw(rng, f.replace_overlap_ms),
+            partitioned: rng.random_bool(0.5),
+        },
+    }
+}
+
 impl FaultPlan {
     /// The plan for `scenario` under `seed`. Faults of one kind never overlap on
     /// one node, so each has a clear start and end in the history.
@@ -327,46 +421,9 @@ impl FaultPlan {
                     continue;
                 }
                 let at_ms = second * 1000 + rng.random_range(0..1000);
-                // Hook faults only matter to a node that is about to start its
-                // maintainer, so they are never aimed at the sitting leader.
-                let aim: f64 = rng.random();
-                let target = if kind == 4 {
-                    Target::Node(0)
-                } else if kind == 2 {
-                    Target::Node(rng.random_range(0..nodes))
-                } else {
-                    aimed(&mut rng, f, nodes, aim)
-                };
+                let target = draw_target(kind, &mut rng, f, nodes);
                 let slot = target_slot(target, nodes);
-                let kind_value = match kind {
-                    0 => FaultKind::Partition {
-                        dur_ms: draw(&mut rng, f.partition_ms),
-                    },
-                    1 => FaultKind::Bounce {
-                        down_ms: draw(&mut rng, f.down_ms),
-                    },
-                    4 => storage_fault(&mut rng, f),
-                    6 => FaultKind::LoopPanic {
-                        index: rng.random_range(0..loops),
-                    },
-                    7 => FaultKind::SlowTick {
-                        index: rng.random_range(0..loops),
-                        ms: draw(&mut rng, f.slow_tick_ms),
-                    },
-                    5 => FaultKind::Shutdown {
-                        deadline_ms: draw(&mut rng, f.shutdown_deadline_ms),
-                        down_ms: draw(&mut rng, f.shutdown_down_ms),
-                    },
-                    3 => FaultKind::ClockJump {
-                        jump_ms: i64::try_from(draw(&mut rng, f.clock_jump_ms)).unwrap_or(i64::MAX),
-                        dur_ms: draw(&mut rng, f.clock_jump_dur_ms),
-                    },
-                    _ => FaultKind::HookFault {
-                        window_ms: draw(&mut rng, f.hook_fault_window_ms),
-                        delay_ms: draw(&mut rng, f.hook_delay_ms),
-                        fail_pct: draw(&mut rng, f.hook_fail_pct),
-                    },
-                };
+                let kind_value = draw_kind(kind, &mut rng, f, loops);
                 if at_ms < busy_until[slot][kind] {
                     continue;
                 }
@@ -404,6 +461,7 @@ fn process_faults(scenario: &Scenario, seed: u64) -> Vec<Fault> {
     }
     let mut rng = ChaCha8Rng::seed_from_u64(seed ^ PROCESS_SALT);
     let nodes = scenario.nodes as usize;
+    let loops = scenario.loops.len().max(1);
     let mut busy_until = vec![[0u64; 4]; nodes + 2];
     let mut faults = Vec::new();
     for second in 0..scenario.duration_s {
@@ -412,23 +470,9 @@ fn process_faults(scenario: &Scenario, seed: u64) -> Vec<Fault> {
                 continue;
             }
             let at_ms = second * 1000 + rng.random_range(0..1000);
-            let aim: f64 = rng.random();
-            let target = aimed(&mut rng, f, nodes, aim);
+            let target = draw_target(PROCESS_KINDS_FROM + kind, &mut rng, f, nodes);
             let slot = target_slot(target, nodes);
-            let kind_value = match kind {
-                0 => FaultKind::Pause {
-                    dur_ms: draw(&mut rng, f.pause_ms),
-                },
-                1 => FaultKind::RestartMaintainer,
-                2 => FaultKind::RestartRuntime {
-                    deadline_ms: draw(&mut rng, f.restart_deadline_ms),
-                },
-                _ => FaultKind::Replace {
-                    dur_ms: draw(&mut rng, f.replace_ms),
-                    overlap_ms: draw(&mut rng, f.replace_overlap_ms),
-                    partitioned: rng.random_bool(0.5),
-                },
-            };
+            let kind_value = draw_kind(PROCESS_KINDS_FROM + kind, &mut rng, f, loops);
             if at_ms < busy_until[slot][kind] {
                 continue;
             }
