@@ -12,7 +12,9 @@
 //!
 //! The first `key=value` lines are the run: the corpus keys (`scenario`, `seed`,
 //! `storage`, `plant`, `expect`, see [`crate::corpus`]) and the scenario
-//! overrides `nodes`, `duration_s` (the fault phase) and `jobs`. Every other
+//! overrides `nodes`, `duration_s` (the fault phase), `heal_s`, `jobs` and the
+//! workload's knobs ([`WORKLOAD_KEYS`]: `workers`, `claim_ahead` and the
+//! behaviour shares such as `cancel_pct`). Every other
 //! line is a skew or a fault with its start in simulated milliseconds, in the
 //! form [`FaultPlan`]'s `Display` writes. The seed still drives message latency,
 //! host order, the workload and the runtime's jitter; only the faults are fixed.
@@ -33,8 +35,32 @@ pub struct FaultScript {
     pub expect: Expect,
 }
 
-/// Scenario overrides a script may carry, as `key=value` words.
-const OVERRIDE_KEYS: [&str; 3] = ["nodes", "duration_s", "jobs"];
+/// Scenario overrides a script may carry besides [`WORKLOAD_KEYS`], as
+/// `key=value` words.
+const OVERRIDE_KEYS: [&str; 4] = ["nodes", "duration_s", "heal_s", "jobs"];
+
+/// A workload knob a script may override: its key and where it lives.
+pub type WorkloadKey = (&'static str, fn(&mut scenarios::Workload) -> &mut u32);
+
+/// The workload's knobs a script may override (and `sim hunt` mutates).
+pub const WORKLOAD_KEYS: [WorkloadKey; 12] = [
+    ("workers", |w| &mut w.workers),
+    ("claim_ahead", |w| &mut w.claim_ahead),
+    ("fail_pct", |w| &mut w.fail_pct),
+    ("panic_pct", |w| &mut w.panic_pct),
+    ("slow_pct", |w| &mut w.slow_pct),
+    ("hang_pct", |w| &mut w.hang_pct),
+    ("stubborn_pct", |w| &mut w.stubborn_pct),
+    ("panic_on_stop_pct", |w| &mut w.panic_on_stop_pct),
+    ("cancel_pct", |w| &mut w.cancel_pct),
+    ("effect_pct", |w| &mut w.effect_pct),
+    ("unique_pct", |w| &mut w.unique_pct),
+    ("scheduled_pct", |w| &mut w.scheduled_pct),
+];
+
+fn is_override(key: &str) -> bool {
+    OVERRIDE_KEYS.contains(&key) || WORKLOAD_KEYS.iter().any(|(k, _)| *k == key)
+}
 
 impl FaultScript {
     /// The faults the script runs.
@@ -67,7 +93,7 @@ impl FaultScript {
                 first_header_line.get_or_insert(i + 1);
                 for word in content.split_whitespace() {
                     let key = word.split_once('=').map_or(word, |(k, _)| k);
-                    if OVERRIDE_KEYS.contains(&key) {
+                    if is_override(key) {
                         overrides.push((i + 1, word));
                     } else {
                         header.push(word);
@@ -87,6 +113,19 @@ impl FaultScript {
         for (line, word) in overrides {
             apply_override(&mut run.spec.scenario, line, word)?;
         }
+        run.spec.scenario.validate().map_err(|e| {
+            let (field, reason) = match e {
+                scenarios::ScenarioError::Invalid { field, reason, .. } => {
+                    (field.to_owned(), reason)
+                }
+                other => ("scenario".to_owned(), other.to_string()),
+            };
+            CorpusError {
+                line: at,
+                field,
+                reason,
+            }
+        })?;
         let nodes = run.spec.scenario.nodes as usize;
         let last_line = lines.last().map_or(at, |(l, _)| *l);
         let plan = FaultPlan::from_lines(nodes, lines.into_iter().map(|(_, l)| l).collect())
@@ -108,9 +147,18 @@ impl FaultScript {
             out.push_str(&format!(" expect={}", self.expect));
         }
         let s = &self.spec.scenario;
-        out.push_str(&format!("\nnodes={} duration_s={}", s.nodes, s.duration_s));
+        out.push_str(&format!(
+            "\nnodes={} duration_s={} heal_s={}",
+            s.nodes, s.duration_s, s.heal_s
+        ));
         if let Some(w) = &s.workload {
-            out.push_str(&format!(" jobs={}", w.jobs));
+            out.push_str(&format!(" jobs={}\n", w.jobs));
+            let mut w = w.clone();
+            let knobs: Vec<String> = WORKLOAD_KEYS
+                .iter()
+                .map(|(key, field)| format!("{key}={}", field(&mut w)))
+                .collect();
+            out.push_str(&knobs.join(" "));
         }
         out.push('\n');
         let plan = self.plan();
@@ -160,12 +208,18 @@ fn apply_override(
         }
         "duration_s" if n == 0 => return Err(err(key, "must be at least 1".into())),
         "duration_s" => scenario.duration_s = n,
+        "heal_s" => scenario.heal_s = n,
         _ => {
+            let name = scenario.name.clone();
             let workload = scenario
                 .workload
                 .as_mut()
-                .ok_or_else(|| err(key, format!("scenario {} runs no jobs", scenario.name)))?;
-            workload.jobs = u32::try_from(n).map_err(|_| err(key, "too large".into()))?;
+                .ok_or_else(|| err(key, format!("scenario {name} runs no jobs")))?;
+            let n = u32::try_from(n).map_err(|_| err(key, "too large".into()))?;
+            match WORKLOAD_KEYS.iter().find(|(k, _)| *k == key) {
+                Some((_, field)) => *field(workload) = n,
+                None => workload.jobs = n,
+            }
         }
     }
     Ok(())
