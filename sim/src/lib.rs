@@ -22,6 +22,8 @@
 //!   and `sim merge`, which checks a sharded sweep's files add up.
 //! * [`script`]: fault scripts, a run's faults as plain text (`replay --script`);
 //!   [`shrink`]: from a failing run to the smallest script that still fails.
+//! * [`hunt`]: coverage-guided search (`sim hunt`): mutants of the runs that
+//!   reached rare states, kept when they reach new coverage.
 //! * [`summary`]: a run as a few counted lines, for the snapshot tests.
 //! * [`coverage`]: how many seeds reached each rare state a scenario declares in
 //!   `reach` (`keel::sometimes!` markers), for `sim sweep` and `cargo test`.
@@ -33,7 +35,7 @@
 //! * [`user`]: simulating your own handlers: [`Simulation`] runs them in place of
 //!   the built-in workload under a scenario's faults and checks your invariants
 //!   ([`Setup`]) next to the built-in ones. Its essentials are re-exported here.
-//! * `src/bin/sim.rs`: the `sim` command line (`sweep`, `replay`, `shrink`, `explain`).
+//! * `src/bin/sim.rs`: the `sim` command line (`sweep`, `hunt`, `replay`, `shrink`, `explain`, `merge`).
 
 #![warn(missing_docs)]
 
@@ -54,6 +56,7 @@ pub mod db;
 pub mod explain;
 pub mod faults;
 pub mod history;
+pub mod hunt;
 pub mod net;
 pub mod node;
 pub mod pause;

@@ -270,3 +270,54 @@ fn a_scenario_file_runs_and_a_broken_one_names_field_and_line() {
     let _ = std::fs::remove_file(&mine);
     let _ = std::fs::remove_file(&broken);
 }
+
+#[test]
+fn a_hunt_is_reproducible_and_its_findings_replay_from_their_scripts() {
+    let out = temp("hunt");
+    let _ = std::fs::remove_dir_all(&out);
+    let args = [
+        "hunt",
+        "--seed",
+        "2",
+        "--runs",
+        "24",
+        "--plant",
+        "burst_ticks",
+        "--invariant",
+        "no_tick_burst",
+        "--fail-fast",
+        "--out",
+        out.to_str().expect("utf8"),
+    ];
+    let (code, text) = sim(&args);
+    assert_eq!(code, 3, "a finding exits 3: {text}");
+    let runs = |t: &str| -> Vec<String> {
+        t.lines()
+            .filter(|l| l.starts_with("  run"))
+            .map(str::to_owned)
+            .collect()
+    };
+    let mut one_thread = args.to_vec();
+    one_thread.extend(["--jobs", "1"]);
+    let (_, again) = sim(&one_thread);
+    assert_eq!(
+        runs(&text),
+        runs(&again),
+        "same seed, same path, on 1 thread or many"
+    );
+    let replay = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("sim replay --script "))
+        .unwrap_or_else(|| panic!("a replay line: {text}"));
+    let (code, shown) = sim(&["replay", "--script", replay]);
+    assert_eq!(code, 0, "{shown}");
+    assert!(shown.contains("violation:no_tick_burst"), "{shown}");
+    let (code, text) = sim(&["hunt", "--minutes", "0"]);
+    assert_eq!(code, 2, "{text}");
+    let (code, text) = sim(&["hunt", "--invariant", "no_such_check"]);
+    assert_eq!(code, 2, "{text}");
+    assert!(
+        text.contains("no_double_execution"),
+        "names the valid ones: {text}"
+    );
+}

@@ -21,6 +21,7 @@ use keel::planted::Bug;
 use scenarios::Scenario;
 use sim::corpus::{self, ReplaySpec};
 use sim::coverage;
+use sim::hunt::{Hunt, HuntConfig, Step};
 use sim::pool;
 use sim::results::{self, Line, SeedLine, Verdict};
 use sim::runner::{self, report, RunSpec, SimError, StorageKind};
@@ -179,6 +180,48 @@ enum Command {
         #[arg(long)]
         html: std::path::PathBuf,
     },
+    /// Coverage-guided search: run seeds of a scenario and mutants of the runs
+    /// that reached rare states (faults moved, stretched, added, removed,
+    /// re-aimed), keeping whatever reaches new coverage. Each violation is
+    /// written as a fault script that `sim replay --script` reruns.
+    Hunt {
+        /// Scenario name (its seeds are the search's inputs).
+        #[arg(long, value_parser = parse_scenario, default_value = "swarm")]
+        scenario: Scenario,
+        /// A scenario TOML file of your own, in place of --scenario.
+        #[arg(long, value_parser = parse_scenario_file)]
+        scenario_file: Option<Scenario>,
+        /// The hunt's own seed: the same seed takes the same path.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// First fresh seed of the scenario.
+        #[arg(long, default_value_t = 0)]
+        start: u64,
+        /// Runs to spend.
+        #[arg(long, default_value_t = 256)]
+        runs: u64,
+        /// Stop after this many minutes, even with runs left.
+        #[arg(long)]
+        minutes: Option<f64>,
+        /// Switch on a planted bug.
+        #[arg(long, value_parser = parse_bug)]
+        plant: Option<Bug>,
+        /// Only violations of this invariant count as findings.
+        #[arg(long)]
+        invariant: Option<String>,
+        /// Stop at the first finding.
+        #[arg(long)]
+        fail_fast: bool,
+        /// The engine the database host serves: mem (the model) or sqlite.
+        #[arg(long, default_value = "mem")]
+        storage: StorageKind,
+        /// Worker threads. Default: every core.
+        #[arg(long)]
+        jobs: Option<NonZeroUsize>,
+        /// Where findings' fault scripts go.
+        #[arg(long, default_value = "hunt-out")]
+        out: PathBuf,
+    },
     /// Check that the result files of a sharded sweep add up (one build, every
     /// shard, every seed once) and print the failures' replay lines.
     Merge {
@@ -258,6 +301,47 @@ fn main() -> ExitCode {
                 results: results.as_deref(),
             };
             sweep(&plan, jobs_or_cores(jobs), fail_fast, out)
+        }
+        Command::Hunt {
+            scenario,
+            scenario_file,
+            seed,
+            start,
+            runs,
+            minutes,
+            plant,
+            invariant,
+            fail_fast,
+            storage,
+            jobs,
+            out,
+        } => {
+            if minutes.is_some_and(|m| !(m > 0.0 && m.is_finite())) {
+                eprintln!("error: --minutes must be a positive number of minutes");
+                return ExitCode::from(EXIT_USAGE);
+            }
+            if let Some(name) = invariant
+                .as_deref()
+                .filter(|n| sim::checkers::by_name(n).is_none())
+            {
+                let valid = sim::checkers::names().join(", ");
+                eprintln!("error: --invariant {name:?} is no checker; valid: {valid}");
+                return ExitCode::from(EXIT_USAGE);
+            }
+            let config = HuntConfig {
+                scenario: scenario_file.unwrap_or(scenario),
+                storage,
+                plant,
+                seed,
+                start,
+            };
+            let goal = HuntGoal {
+                runs,
+                minutes,
+                invariant,
+                fail_fast,
+            };
+            hunt(config, &goal, jobs_or_cores(jobs), &out)
         }
         Command::Merge { files } => merge(&files),
         Command::Replay {
@@ -355,6 +439,133 @@ fn main() -> ExitCode {
         }
     };
     ExitCode::from(code)
+}
+
+/// When a hunt stops and what counts as a finding.
+struct HuntGoal {
+    runs: u64,
+    minutes: Option<f64>,
+    invariant: Option<String>,
+    fail_fast: bool,
+}
+
+/// `sim hunt`: batches until the budget is spent; each finding written as a
+/// script, replayed twice from that file, and printed with its replay command.
+fn hunt(config: HuntConfig, goal: &HuntGoal, jobs: NonZeroUsize, out: &Path) -> u8 {
+    let began = wall_now();
+    let over = |began: Instant| {
+        goal.minutes
+            .is_some_and(|m| began.elapsed().as_secs_f64() >= m * 60.0)
+    };
+    println!(
+        "hunt: {}, hunt seed {}, fresh seeds from {}, {} runs, batches of {}",
+        runner::scenario_arg(&config.scenario).trim_start_matches("--"),
+        config.seed,
+        config.start,
+        goal.runs,
+        sim::hunt::BATCH
+    );
+    let label = config.scenario.name.clone();
+    let mut search = Hunt::new(config);
+    let (mut findings, mut mutants, mut errors) = (0u64, 0u64, 0u64);
+    'search: while search.runs() < goal.runs && !over(began) {
+        for ran in search.run_batch(goal.runs - search.runs(), jobs) {
+            let sim::hunt::Ran {
+                run,
+                corpus,
+                candidate,
+                outcome,
+                step,
+            } = ran;
+            mutants += u64::from(candidate.parent.is_some());
+            let origin = match candidate.parent {
+                None => format!("seed {}", candidate.spec.seed),
+                Some(p) => format!(
+                    "seed {}, mutant of run {p}: {}",
+                    candidate.spec.seed,
+                    candidate.mutations.join(", ")
+                ),
+            };
+            match step {
+                Step::Nothing => {}
+                Step::NewCoverage(states) => println!(
+                    "  run {run} ({origin}): new coverage ({}), corpus {corpus}",
+                    states.join(", ")
+                ),
+                Step::Error(e) => {
+                    errors += 1;
+                    println!("  run {run} ({origin}): {e}");
+                }
+                Step::Violation(names) => {
+                    let wanted = goal
+                        .invariant
+                        .as_ref()
+                        .is_none_or(|want| names.contains(want));
+                    let (Ok(result), true) = (&outcome, wanted) else {
+                        continue;
+                    };
+                    let invariant = goal.invariant.clone().unwrap_or_else(|| names[0].clone());
+                    findings += 1;
+                    println!("  run {run} ({origin}): violation {}", names.join(", "));
+                    match write_finding(result, &invariant, run, out) {
+                        Ok(path) => println!("    sim replay --script {}", path.display()),
+                        Err(e) => {
+                            eprintln!("    {e}");
+                            errors += 1;
+                        }
+                    }
+                    if goal.fail_fast {
+                        break 'search;
+                    }
+                }
+            }
+        }
+    }
+    let wall = began.elapsed();
+    println!(
+        "hunt: {} runs ({mutants} mutants) in {:.1}s, corpus {}, {findings} finding(s), {errors} error(s)",
+        search.runs(),
+        wall.as_secs_f64(),
+        search.corpus_len()
+    );
+    println!("coverage: runs that reached each rare state ({label})");
+    for (state, n) in search.reached() {
+        println!("    {state:<40} {n:>5}/{}", search.runs());
+    }
+    if errors > 0 {
+        EXIT_NONDETERMINISM
+    } else if findings > 0 {
+        EXIT_VIOLATION
+    } else {
+        0
+    }
+}
+
+/// Write a finding's script under `out`, then read it back and replay it
+/// twice: a finding is reported only once its file reproduces it.
+fn write_finding(
+    result: &runner::RunResult,
+    invariant: &str,
+    run: u64,
+    out: &Path,
+) -> Result<PathBuf, String> {
+    let script = sim::hunt::finding_script(result, invariant);
+    let path = out.join(format!("run-{run}.script"));
+    let text = script.render(&format!("found by `sim hunt`, run {run}"));
+    std::fs::create_dir_all(out)
+        .and_then(|()| std::fs::write(&path, &text))
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    let back = FaultScript::parse(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    let replayed = runner::run_checked(&back.spec);
+    let verdict = ReplaySpec {
+        line: 1,
+        spec: back.spec.clone(),
+        expect: back.expect.clone(),
+    }
+    .judge(&replayed);
+    verdict
+        .map(|()| path.clone())
+        .map_err(|why| format!("{} does not reproduce: {why}", path.display()))
 }
 
 fn jobs_or_cores(jobs: Option<NonZeroUsize>) -> NonZeroUsize {
