@@ -8,9 +8,14 @@
 //!   it, and the rest, which is keel's runtime under test;
 //! * the headline: `swarm` with 5 nodes and 1000 jobs;
 //! * per planted bug: seeds until first detection in several independent seed
-//!   ranges (median and worst) and the wall time that took on one core.
+//!   ranges (median and worst) and the wall time that took on one core: in the
+//!   bug's own scenario, in `swarm` alone, and by the guided search from swarm;
+//! * what swarm's shapes and the guided search cost a seed (before and after);
+//! * with `--hold-mem N` / `--hold-sqlite N`: unplanted swarm held over N seeds
+//!   on every core (the nightly figure is 10,000 and 2,000).
 //!
 //! `cargo run -p sim --release --bin bench-sim -- [--seeds N] [--ranges N]`
+//! (the nightly hold: `bash ci/bench-sim --only hold --hold-mem 10000 --hold-sqlite 2000`)
 
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)] // determinism-ok: wall-clock and heap measurement of whole runs, outside every simulated host
 
@@ -85,16 +90,34 @@ struct Args {
     /// Only these scenarios (comma-separated); default: the whole catalog.
     #[arg(long, value_delimiter = ',')]
     scenarios: Vec<String>,
-    /// Skip the planted-bug part.
-    #[arg(long)]
-    no_bugs: bool,
     /// Most seeds of `swarm` searched per range for each bug (the swarm-only
     /// figure); 0 skips it.
     #[arg(long, default_value_t = 500)]
     swarm_search: u64,
-    /// Only the planted-bug figures (targeted and swarm-only).
-    #[arg(long)]
-    only_bugs: bool,
+    /// Most runs of the guided search (`sim hunt` from swarm) per range for
+    /// each bug; 0 skips it.
+    #[arg(long, default_value_t = 500)]
+    guided_search: u64,
+    /// Only these planted bugs (comma-separated); default: every one.
+    #[arg(long, value_delimiter = ',')]
+    bugs: Vec<String>,
+    /// Only these parts (comma-separated): `speed` (per scenario and the
+    /// headline), `cost` (of swarm's shapes and the guided search), `bugs`
+    /// (targeted, swarm-only and guided power), `hold` (unplanted swarm over
+    /// `--hold-mem` and `--hold-sqlite` seeds). Default: every part.
+    #[arg(long, value_delimiter = ',', value_parser = ["speed", "cost", "bugs", "hold"])]
+    only: Vec<String>,
+    /// Unplanted `swarm` seeds to hold on `mem`, every core, each run twice
+    /// (the long figure: 10000 in a nightly run); 0 skips it.
+    #[arg(long, default_value_t = 0)]
+    hold_mem: u64,
+    /// Unplanted `swarm` seeds to hold on `sqlite` (2000 nightly); 0 skips it.
+    #[arg(long, default_value_t = 0)]
+    hold_sqlite: u64,
+    /// Seeds of the per-seed cost of swarm's shapes and of the guided search
+    /// (before and after, on one core); 0 skips it.
+    #[arg(long, default_value_t = 24)]
+    cost_seeds: u64,
     /// Internal: run seed 0 of this scenario in this fresh process and print the
     /// resident memory it added (the parent runs one such child per scenario).
     #[arg(long, hide = true)]
@@ -261,6 +284,110 @@ fn all_cores(label: &str, scenario: &scenarios::Scenario, seeds: u64) -> serde_j
     json!({"metric": "seeds_per_minute", "scenario": label, "cores": cores.get(), "seeds": seeds, "seeds_per_minute": per_min})
 }
 
+/// Unplanted swarm over `seeds` seeds from 3,000,000 (a range no test or
+/// figure uses) on `storage`, on every core, each seed twice: every failure is
+/// a real bug, printed with its replay line.
+fn hold(storage: StorageKind, seeds: u64) -> Result<serde_json::Value, String> {
+    let swarm = scenarios::by_name("swarm").map_err(|e| e.to_string())?;
+    let cores = std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN);
+    let specs: Vec<RunSpec> = (0..seeds)
+        .map(|i| RunSpec {
+            storage,
+            ..spec(swarm.clone(), HOLD_FROM + i, None)
+        })
+        .collect();
+    let began = wall_now();
+    let mut failures = Vec::new();
+    pool::ordered(
+        &specs,
+        cores,
+        &AtomicBool::new(false),
+        |s| runner::run_checked(s).map(|r| r.passed()),
+        |_| {},
+        |i, outcome| {
+            if !matches!(outcome, Ok(true)) {
+                failures.push(runner::replay_command(&specs[i]));
+            }
+        },
+    );
+    let wall_s = began.elapsed().as_secs_f64();
+    eprintln!(
+        "swarm ({storage}, unplanted): {} of {seeds} seeds failed, {wall_s:.0}s on {cores} cores",
+        failures.len()
+    );
+    for line in &failures {
+        eprintln!("  {line}");
+    }
+    Ok(json!({
+        "metric": "swarm_holds", "storage": storage.to_string(), "seeds": seeds, "from": HOLD_FROM,
+        "cores": cores.get(), "failed": failures.len(), "failures": failures, "wall_s": wall_s,
+    }))
+}
+
+/// First seed of the unplanted hold: far from every test's and figure's seeds.
+const HOLD_FROM: u64 = 3_000_000;
+
+/// Wall time per simulated second of `specs`, run one after another on this
+/// core, and the mean wall time per run.
+fn cost_of(specs: impl Iterator<Item = RunSpec>) -> Result<(f64, f64), String> {
+    let (mut wall, mut sim_ms, mut runs) = (Duration::ZERO, 0u64, 0u32);
+    for s in specs {
+        let t = timed_run(&s)?;
+        wall += t.wall;
+        sim_ms += t.sim_ms;
+        runs += 1;
+    }
+    let per_sim_s = wall.as_secs_f64() / (sim_ms as f64 / 1000.0).max(1e-9);
+    Ok((
+        per_sim_s * 1000.0,
+        wall.as_secs_f64() * 1000.0 / f64::from(runs.max(1)),
+    ))
+}
+
+/// What swarm's per-seed shapes and the guided search cost a seed: wall ms
+/// per simulated second of swarm's fixed template (the scenario before shapes)
+/// beside its drawn shapes, and of plain seeds beside the hunt's runs (its
+/// bookkeeping and its mutants' plans). Shapes vary in length, so the per
+/// simulated second figure is the like-for-like one.
+fn shape_cost(seeds: u64) -> Result<serde_json::Value, String> {
+    let swarm = scenarios::by_name("swarm").map_err(|e| e.to_string())?;
+    let mut fixed = swarm.clone();
+    fixed.swarm = false;
+    let before = cost_of((0..seeds).map(|s| spec(fixed.clone(), s, None)))?;
+    let shaped = cost_of((0..seeds).map(|s| spec(swarm.clone(), s, None)))?;
+    let mut hunt = sim::hunt::Hunt::new(sim::hunt::HuntConfig {
+        scenario: swarm,
+        storage: StorageKind::Mem,
+        plant: None,
+        seed: 0,
+        start: 0,
+    });
+    let began = wall_now();
+    let mut sim_ms = 0u64;
+    while hunt.runs() < seeds {
+        for ran in hunt.run_batch(seeds - hunt.runs(), NonZeroUsize::MIN) {
+            sim_ms += ran.outcome.map_or(0, |r| r.simulated_ms());
+        }
+    }
+    let hunt_wall = began.elapsed().as_secs_f64();
+    let guided = (
+        hunt_wall * 1000.0 / (sim_ms as f64 / 1000.0).max(1e-9),
+        hunt_wall * 1000.0 / seeds.max(1) as f64,
+    );
+    let ratio = |a: (f64, f64), b: (f64, f64)| a.0 / b.0;
+    eprintln!(
+        "swarm per simulated second: fixed template {:.1} ms, shaped {:.1} ms ({:.2}x), guided {:.1} ms ({:.2}x of shaped)",
+        before.0, shaped.0, ratio(shaped, before), guided.0, ratio(guided, shaped)
+    );
+    Ok(json!({
+        "metric": "swarm_seed_cost", "seeds": seeds,
+        "fixed_template": {"wall_ms_per_sim_s": before.0, "wall_ms_per_seed": before.1},
+        "shaped": {"wall_ms_per_sim_s": shaped.0, "wall_ms_per_seed": shaped.1},
+        "guided": {"wall_ms_per_sim_s": guided.0, "wall_ms_per_seed": guided.1},
+        "shaped_over_fixed": ratio(shaped, before), "guided_over_shaped": ratio(guided, shaped),
+    }))
+}
+
 /// Seeds until `bug` is first caught in each of `ranges` seed ranges.
 fn bug_power(
     (bug, scenario, invariant): (Bug, &str, &str),
@@ -302,6 +429,57 @@ fn bug_power(
     }))
 }
 
+/// Runs of the guided search (`sim hunt` from swarm, on one core) until `bug`
+/// is first caught, in each of `ranges` ranges: range `r` hunts with seed `r`
+/// from fresh seed `r * 1_000_000`, the swarm-only figure's ranges.
+fn guided_power(
+    (bug, invariant): (Bug, &str),
+    ranges: u64,
+    search: u64,
+) -> Result<serde_json::Value, String> {
+    let swarm = scenarios::by_name("swarm").map_err(|e| e.to_string())?;
+    let (mut runs_needed, mut walls, mut missed) = (Vec::new(), Vec::new(), 0u64);
+    for range in 0..ranges {
+        let mut hunt = sim::hunt::Hunt::new(sim::hunt::HuntConfig {
+            scenario: swarm.clone(),
+            storage: StorageKind::Mem,
+            plant: Some(bug),
+            seed: range,
+            start: range * 1_000_000,
+        });
+        let began = wall_now();
+        let mut found = None;
+        while found.is_none() && hunt.runs() < search {
+            found = hunt
+                .run_batch(search - hunt.runs(), NonZeroUsize::MIN)
+                .into_iter()
+                .find(|r| {
+                    r.outcome
+                        .as_ref()
+                        .is_ok_and(|o| o.violations.iter().any(|v| v.invariant == invariant))
+                })
+                .map(|r| r.run);
+        }
+        match found {
+            Some(run) => {
+                runs_needed.push(run as f64);
+                walls.push(began.elapsed().as_secs_f64());
+            }
+            None => missed += 1,
+        }
+    }
+    let worst = runs_needed.iter().copied().fold(0.0, f64::max);
+    let median_runs = median(&mut runs_needed.clone());
+    let median_wall = median(&mut walls);
+    eprintln!("{bug} (guided, swarm): caught after {median_runs} runs (median), {worst} (worst), {median_wall:.2}s; missed in {missed} of {ranges} ranges");
+    Ok(json!({
+        "metric": "bug_power", "search_by": "guided", "bug": bug.to_string(), "scenario": "swarm", "invariant": invariant,
+        "ranges": ranges, "search": search, "missed_ranges": missed,
+        "seeds_to_detection": runs_needed, "median_seeds": median_runs, "worst_seeds": worst,
+        "median_wall_s_to_detection": median_wall,
+    }))
+}
+
 fn headline() -> Result<scenarios::Scenario, String> {
     let mut swarm = scenarios::by_name("swarm").map_err(|e| e.to_string())?;
     swarm.nodes = 5;
@@ -316,7 +494,8 @@ fn run(args: &Args) -> Result<(), String> {
     if !args.scenarios.is_empty() {
         catalog.retain(|s| args.scenarios.contains(&s.name));
     }
-    if !args.only_bugs {
+    let part = |name: &str| args.only.is_empty() || args.only.iter().any(|p| p == name);
+    if part("speed") {
         let headline = headline()?;
         let line = one_core(HEADLINE, &headline, args.seeds, push)?;
         println!("{line}");
@@ -327,18 +506,36 @@ fn run(args: &Args) -> Result<(), String> {
             println!("{}", all_cores(&scenario.name, scenario, 2 * cores));
         }
     }
-    if !args.no_bugs {
-        for bug in sim::checkers::PLANTED_BUG_CATCHERS
-            .into_iter()
-            .filter(|_| args.search > 0)
-        {
+    if part("cost") && args.cost_seeds > 0 {
+        println!("{}", shape_cost(args.cost_seeds)?);
+    }
+    let holds = [
+        (StorageKind::Mem, args.hold_mem),
+        (StorageKind::Sqlite, args.hold_sqlite),
+    ];
+    for (storage, seeds) in holds.into_iter().filter(|_| part("hold")) {
+        if seeds > 0 {
+            println!("{}", hold(storage, seeds)?);
+        }
+    }
+    if part("bugs") {
+        let bugs = || {
+            sim::checkers::PLANTED_BUG_CATCHERS
+                .into_iter()
+                .filter(|(b, _, _)| args.bugs.is_empty() || args.bugs.contains(&b.to_string()))
+        };
+        for bug in bugs().filter(|_| args.search > 0) {
             println!("{}", bug_power(bug, args.ranges, args.search)?);
         }
-        if args.swarm_search > 0 {
-            for (bug, _, invariant) in sim::checkers::PLANTED_BUG_CATCHERS {
-                let line = bug_power((bug, "swarm", invariant), args.ranges, args.swarm_search)?;
-                println!("{line}");
-            }
+        for (bug, _, invariant) in bugs().filter(|_| args.swarm_search > 0) {
+            let line = bug_power((bug, "swarm", invariant), args.ranges, args.swarm_search)?;
+            println!("{line}");
+        }
+        for (bug, _, invariant) in bugs().filter(|_| args.guided_search > 0) {
+            println!(
+                "{}",
+                guided_power((bug, invariant), args.ranges, args.guided_search)?
+            );
         }
     }
     Ok(())
