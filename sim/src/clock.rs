@@ -54,7 +54,11 @@ impl SimClock {
 
 impl Clock for SimClock {
     fn now(&self) -> Timestamp {
-        let elapsed_ms = i64::try_from(turmoil::elapsed().as_millis()).unwrap_or(i64::MAX);
+        // The simulation's time, not this host's (`turmoil::elapsed`): a host
+        // added mid-run (a replacement process) would otherwise boot with its
+        // wall clock behind by the time it was added.
+        let elapsed = turmoil::sim_elapsed().unwrap_or_else(turmoil::elapsed);
+        let elapsed_ms = i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX);
         Timestamp(EPOCH_UNIX_MS + elapsed_ms + self.skew_ms.load(Ordering::SeqCst))
     }
 
