@@ -72,6 +72,10 @@ pub const STATES: &[(&str, &str)] = &[
         "a watcher loop panicked while sibling loops ran; the watcher stopped them and returned the panic",
     ),
     (
+        "maintenance_tick_outside_trust_skipped",
+        "a maintenance loop's tick came due after its term's trust window closed (a thawed leader) and was skipped",
+    ),
+    (
         "panic_during_shutdown",
         "a handler, tracked task or watcher loop panicked after its shutdown had begun",
     ),

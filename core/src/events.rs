@@ -26,11 +26,16 @@ pub enum Event {
     TermWon {
         /// The term won.
         term: Term,
+        /// How long from now the node trusts the grant (its trust window's end,
+        /// on its monotonic clock): what it believes, beside what storage granted.
+        trusted_for_ms: u64,
     },
     /// This node renewed `term`.
     TermRenewed {
         /// The term renewed.
         term: Term,
+        /// How long from now the node trusts the term after this renewal.
+        trusted_for_ms: u64,
     },
     /// This node stopped believing it leads `term`.
     TermLost {
@@ -106,6 +111,14 @@ pub enum Event {
         name: String,
         /// `shutdown`, `error: <reason>`, `panic: <message>` or `cancelled`.
         outcome: String,
+    },
+    /// A leader's service acts for `term` (a maintenance loop's tick), having
+    /// just checked that the term's trust window is open.
+    LeaderActed {
+        /// The service.
+        service: String,
+        /// The term it acts for.
+        term: Term,
     },
     /// This node enqueued a job (storage answered).
     JobEnqueued {

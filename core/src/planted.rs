@@ -57,11 +57,32 @@ pub enum Bug {
     /// paused) is taken by storage for the old one: each grant evicts the other's
     /// live term. Caught by `one_leader_per_term`.
     IncarnationBlindHolder,
+    /// Keel's own: the elector counts a trust window from the reply to its
+    /// request instead of the request's send, as a naive lease client does, so
+    /// a slow reply (a frozen process, a slow database) stretches the node's
+    /// trust past the lease storage granted. Storage stays clean (every write
+    /// is term-fenced); caught by `one_believed_leader`.
+    TrustFromReply,
+    /// Keel's own: a renewal that got no answer is taken as granted ("the
+    /// write probably landed"), so a leader cut off from storage goes on
+    /// believing it leads while a peer holds the next term. Caught by
+    /// `one_believed_leader`.
+    RenewErrorExtendsTrust,
+    /// Keel's own: the maintenance loops act on a tick without asking whether
+    /// the term is still trusted, as they did before `ServiceCtx::leads`, so a
+    /// leader thawing from a freeze acts once for a term whose window closed
+    /// while it slept. Caught by `leader_acts_in_trust`.
+    LoopSkipsTrustCheck,
+    /// Keel's own: a failed attempt's retry is due its backoff after the time
+    /// the attempt was due, not after it failed, so an attempt that waited or
+    /// ran longer than its backoff retries at once. Caught by
+    /// `retry_respects_backoff`.
+    RetryBackoffFromDue,
 }
 
 impl Bug {
     /// Every planted bug, in a fixed order.
-    pub const ALL: [Bug; 10] = [
+    pub const ALL: [Bug; 14] = [
         Bug::StaleResign,
         Bug::CrossTermStop,
         Bug::SwallowedPanic,
@@ -72,6 +93,10 @@ impl Bug {
         Bug::LateCancelRewritesOutcome,
         Bug::ClaimAheadIgnoresTrust,
         Bug::IncarnationBlindHolder,
+        Bug::TrustFromReply,
+        Bug::RenewErrorExtendsTrust,
+        Bug::LoopSkipsTrustCheck,
+        Bug::RetryBackoffFromDue,
     ];
 
     /// The bug's name as the CLI spells it.
@@ -87,6 +112,10 @@ impl Bug {
             Bug::LateCancelRewritesOutcome => "late_cancel_rewrites_outcome",
             Bug::ClaimAheadIgnoresTrust => "claim_ahead_ignores_trust",
             Bug::IncarnationBlindHolder => "incarnation_blind_holder",
+            Bug::TrustFromReply => "trust_from_reply",
+            Bug::RenewErrorExtendsTrust => "renew_error_extends_trust",
+            Bug::LoopSkipsTrustCheck => "loop_skips_trust_check",
+            Bug::RetryBackoffFromDue => "retry_backoff_from_due",
         }
     }
 }

@@ -62,7 +62,7 @@ pub struct PrintObserver;
 impl Observer for PrintObserver {
     fn record(&self, event: &Event) {
         let line = match event {
-            Event::TermWon { term } => format!("this node leads now ({term})"),
+            Event::TermWon { term, .. } => format!("this node leads now ({term})"),
             Event::HandlerStarted { job, attempt } => format!("{job} attempt {attempt}: started"),
             Event::HandlerEnded {
                 job,

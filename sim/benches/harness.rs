@@ -27,7 +27,14 @@ fn harness(c: &mut Criterion) {
         let mut at = 0;
         b.iter(|| {
             at += 1;
-            history.push_at(at, "n1", Ev::Node(Event::TermWon { term: Term(at) }));
+            history.push_at(
+                at,
+                "n1",
+                Ev::Node(Event::TermWon {
+                    term: Term(at),
+                    trusted_for_ms: 4_000,
+                }),
+            );
         })
     });
     let run = swarm_run();

@@ -201,7 +201,7 @@ impl Model {
             };
             match &r.ev {
                 Ev::Node(e) => match e {
-                    Event::TermWon { term } => {
+                    Event::TermWon { term, .. } => {
                         if let Some(prev) = terms.remove(host) {
                             m.terms.push(term_span(host, prev, at, "next term won"));
                         }
@@ -1023,7 +1023,15 @@ mod tests {
                     evicted: None,
                 }),
             ),
-            rec(3, 110, "n1", Ev::Node(Event::TermWon { term: Term(1) })),
+            rec(
+                3,
+                110,
+                "n1",
+                Ev::Node(Event::TermWon {
+                    term: Term(1),
+                    trusted_for_ms: 4_000,
+                }),
+            ),
             rec(
                 4,
                 500,
@@ -1161,7 +1169,15 @@ mod tests {
     #[test]
     fn open_spans_end_with_the_run_and_crashes_cut_them() {
         let history = vec![
-            rec(0, 0, "n1", Ev::Node(Event::TermWon { term: Term(2) })),
+            rec(
+                0,
+                0,
+                "n1",
+                Ev::Node(Event::TermWon {
+                    term: Term(2),
+                    trusted_for_ms: 4_000,
+                }),
+            ),
             rec(
                 1,
                 10,
@@ -1172,7 +1188,15 @@ mod tests {
                 }),
             ),
             rec(2, 50, "n1", Ev::Harness(HarnessEvent::Crash)),
-            rec(3, 60, "n2", Ev::Node(Event::TermWon { term: Term(3) })),
+            rec(
+                3,
+                60,
+                "n2",
+                Ev::Node(Event::TermWon {
+                    term: Term(3),
+                    trusted_for_ms: 4_000,
+                }),
+            ),
             rec(4, 90, "sim", Ev::Harness(HarnessEvent::End)),
         ];
         let m = Model::build(&history);

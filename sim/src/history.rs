@@ -362,7 +362,14 @@ mod tests {
     #[test]
     fn records_serialize_flat_and_hash_stably() {
         let h = History::new();
-        h.push_at(5, "n1", Ev::Node(Event::TermWon { term: Term(3) }));
+        h.push_at(
+            5,
+            "n1",
+            Ev::Node(Event::TermWon {
+                term: Term(3),
+                trusted_for_ms: 4_000,
+            }),
+        );
         h.push_at(
             6,
             "db",
@@ -375,7 +382,7 @@ mod tests {
         let records = h.snapshot();
         assert_eq!(
             records[0].to_json(),
-            r#"{"seq":0,"at_ms":5,"host":"n1","event":"term_won","term":3}"#
+            r#"{"seq":0,"at_ms":5,"host":"n1","event":"term_won","term":3,"trusted_for_ms":4000}"#
         );
         let back: Record = serde_json::from_str(&records[1].to_json()).expect("parses");
         assert_eq!(back, records[1]);

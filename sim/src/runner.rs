@@ -290,6 +290,10 @@ pub fn check_ctx(timing: &Timing, scenario: &Scenario, end_at_ms: u64) -> CheckC
             + timing.jobs.cancel_grace)
             + 2 * ms(TICK),
         heal_converge_ms,
+        lease_ttl_ms: ms(e.lease_ttl),
+        safety_margin_ms: ms(e.safety_margin),
+        retry_base_ms: ms(timing.jobs.retry.base),
+        retry_max_ms: ms(timing.jobs.retry.max),
     }
 }
 
@@ -887,7 +891,14 @@ mod tests {
     fn history(events: &[(u64, &str, u64)]) -> Vec<Record> {
         let h = History::new();
         for (at, host, term) in events {
-            h.push_at(*at, host, Ev::Node(Event::TermWon { term: Term(*term) }));
+            h.push_at(
+                *at,
+                host,
+                Ev::Node(Event::TermWon {
+                    term: Term(*term),
+                    trusted_for_ms: 4_000,
+                }),
+            );
         }
         h.snapshot()
     }

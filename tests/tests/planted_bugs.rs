@@ -151,6 +151,42 @@ fn incarnation_blind_holder_is_caught_by_one_leader_per_term_and_replays() {
     );
 }
 
+#[test]
+fn trust_from_reply_is_caught_by_one_believed_leader_and_replays() {
+    assert_caught_replayed_and_clean_without_the_bug(
+        Bug::TrustFromReply,
+        "storage_faults",
+        "one_believed_leader",
+    );
+}
+
+#[test]
+fn renew_error_extends_trust_is_caught_by_one_believed_leader_and_replays() {
+    assert_caught_replayed_and_clean_without_the_bug(
+        Bug::RenewErrorExtendsTrust,
+        "leadership_flap",
+        "one_believed_leader",
+    );
+}
+
+#[test]
+fn loop_skips_trust_check_is_caught_by_leader_acts_in_trust_and_replays() {
+    assert_caught_replayed_and_clean_without_the_bug(
+        Bug::LoopSkipsTrustCheck,
+        "zombies",
+        "leader_acts_in_trust",
+    );
+}
+
+#[test]
+fn retry_backoff_from_due_is_caught_by_retry_respects_backoff_and_replays() {
+    assert_caught_replayed_and_clean_without_the_bug(
+        Bug::RetryBackoffFromDue,
+        "crash_restart",
+        "retry_respects_backoff",
+    );
+}
+
 /// Swarm, aimed at nothing in particular, finds the shared holder id on its own
 /// seeds: replacements are one of the process faults each swarm seed may draw.
 #[test]

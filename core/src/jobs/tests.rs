@@ -793,7 +793,7 @@ fn terms_won(recorder: &Recorder) -> Vec<crate::storage::Term> {
         .events()
         .into_iter()
         .filter_map(|e| match e {
-            crate::events::Event::TermWon { term } => Some(term),
+            crate::events::Event::TermWon { term, .. } => Some(term),
             _ => None,
         })
         .collect()

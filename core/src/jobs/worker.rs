@@ -587,9 +587,16 @@ fn to_finalize(
         Outcome::Failed(error) => {
             let mut rng = shared.rng.lock().unwrap_or_else(|p| p.into_inner());
             let delay = shared.cfg.retry.delay(job.attempt, &mut *rng);
+            // The backoff counts from the failure: planted
+            // `retry_backoff_from_due` counts it from when the attempt was due.
+            let from = if crate::is_planted!(shared.plants, RetryBackoffFromDue) {
+                job.scheduled_at
+            } else {
+                now
+            };
             Finalize::Retry {
                 error,
-                at: now.plus(delay),
+                at: from.plus(delay),
             }
         }
         Outcome::Snooze(d) => Finalize::Snooze { until: now.plus(d) },

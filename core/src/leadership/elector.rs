@@ -260,6 +260,12 @@ impl Elector {
                 .is_some_and(|t| self.clock.monotonic() < t)
     }
 
+    /// The bugs planted in this elector; its term's services read them too.
+    #[cfg(feature = "planted-bugs")]
+    pub(crate) fn plants(&self) -> &PlantedBugs {
+        &self.cfg.plants
+    }
+
     /// Leadership and the end of its trust window now: a renewal moves the end
     /// on within one term, which is how a coverage mark tells that one happened.
     #[cfg(feature = "coverage")]
@@ -286,6 +292,12 @@ impl Elector {
 
     fn emit(&self, event: Event) {
         emit(self.observer.as_ref(), &self.cfg.holder, event);
+    }
+
+    /// How long from now the node trusts a window ending at `trusted_until`.
+    fn trusted_for_ms(&self, trusted_until: Instant) -> u64 {
+        let left = trusted_until.saturating_duration_since(self.clock.monotonic());
+        u64::try_from(left.as_millis()).unwrap_or(u64::MAX)
     }
 
     fn set(&self, leadership: Leadership, trusted_until: Option<Instant>) {
@@ -328,22 +340,28 @@ impl Elector {
             // request-time check drops unheld ones); never let it reach `lead`.
             while resign_rx.try_recv().is_ok() {}
             self.set(Leadership::Leader(term), Some(trusted_until));
-            self.emit(Event::TermWon { term });
+            let trusted_for_ms = self.trusted_for_ms(trusted_until);
+            self.emit(Event::TermWon {
+                term,
+                trusted_for_ms,
+            });
             let why = self.lead(term, trusted_until, &shutdown, resign_rx).await;
             self.set(Leadership::Follower, None);
             self.emit(Event::TermLost {
                 term,
                 reason: why.as_str().to_owned(),
             });
+            // TermLost marks the belief's end, so it comes before the resign: a
+            // successor may be granted the moment storage hears it.
+            if why != StepDown::LeaseMovedOn {
+                // After a closed window storage may only have been slow (or this
+                // process frozen): a resign it hears lets a successor in at once
+                // instead of after the rest of the TTL, and being term-scoped it
+                // cannot touch a newer term.
+                self.resign_in_storage(term).await;
+            }
             if why == StepDown::Shutdown {
                 return;
-            }
-            if why == StepDown::TrustWindowExpired {
-                // Storage may only have been slow (or this process frozen): a
-                // resign it hears lets a successor in at once instead of after
-                // the rest of the TTL, and being term-scoped it cannot touch a
-                // newer term. After TermLost, since the belief ended before it.
-                self.resign_in_storage(term).await;
             }
             if why == StepDown::Resigned {
                 tokio::select! {
@@ -376,7 +394,13 @@ impl Elector {
                 () = self.sleep_until(trusted_until) => Ok(None),
             };
             if let Ok(Some(lease)) = granted {
-                if self.clock.monotonic() < trusted_until {
+                let now = self.clock.monotonic();
+                if now < trusted_until {
+                    // Planted `trust_from_reply` counts the window from the reply,
+                    // so a slow reply stretches trust past the lease.
+                    if crate::is_planted!(cfg.plants, TrustFromReply) {
+                        return Some((lease.term, now + cfg.lease_ttl - cfg.safety_margin));
+                    }
                     return Some((lease.term, trusted_until));
                 }
                 crate::sometimes!("grant_too_late_to_trust");
@@ -405,13 +429,9 @@ impl Elector {
         loop {
             tokio::select! {
                 biased;
-                () = shutdown.wait() => {
-                    self.resign_in_storage(term).await;
-                    return StepDown::Shutdown;
-                }
+                () = shutdown.wait() => return StepDown::Shutdown,
                 Some(asked) = resign_rx.recv() => {
                     if asked == term || crate::is_planted!(cfg.plants, StaleResign) {
-                        self.resign_in_storage(term).await;
                         return StepDown::Resigned;
                     }
                     tracing::debug!(holder = %cfg.holder, %asked, %term, "ignoring resign of a term not held");
@@ -432,22 +452,35 @@ impl Elector {
             );
             let renewed = tokio::select! {
                 biased;
-                () = shutdown.wait() => {
-                    self.resign_in_storage(term).await;
-                    return StepDown::Shutdown;
-                }
+                () = shutdown.wait() => return StepDown::Shutdown,
                 () = self.sleep_until(trusted_until) => {
                     return self.trust_window_closed(trusted_until);
                 }
                 r = renew => r,
             };
+            // Planted `renew_error_extends_trust` takes an unanswered renewal for
+            // a granted one ("the write probably landed").
+            let renewed = match renewed {
+                Err(_) if crate::is_planted!(cfg.plants, RenewErrorExtendsTrust) => Ok(true),
+                r => r,
+            };
             match renewed {
                 Ok(true) => {
-                    trusted_until =
-                        trusted_until.max(attempt_start + cfg.lease_ttl - cfg.safety_margin);
+                    // The window counts from the request's send, never its reply:
+                    // storage started the TTL no earlier than that.
+                    let anchor = if crate::is_planted!(cfg.plants, TrustFromReply) {
+                        self.clock.monotonic()
+                    } else {
+                        attempt_start
+                    };
+                    trusted_until = trusted_until.max(anchor + cfg.lease_ttl - cfg.safety_margin);
                     self.state().trusted_until = Some(trusted_until);
                     next_renew = attempt_start + cfg.renew_interval;
-                    self.emit(Event::TermRenewed { term });
+                    let trusted_for_ms = self.trusted_for_ms(trusted_until);
+                    self.emit(Event::TermRenewed {
+                        term,
+                        trusted_for_ms,
+                    });
                 }
                 Ok(false) => {
                     crate::sometimes!("renewal_refused_lease_moved_on");
@@ -559,7 +592,7 @@ mod tests {
         let mut open: Option<(Term, Instant)> = None;
         for (at, e) in events.timed() {
             match e {
-                Event::TermWon { term } => {
+                Event::TermWon { term, .. } => {
                     assert!(open.is_none(), "won {term} while leading {open:?}");
                     open = Some((term, at));
                 }
@@ -597,7 +630,7 @@ mod tests {
         let (_, renewed_at, _) = a
             .events
             .wait_for("TermRenewed{T1}", |e| {
-                *e == Event::TermRenewed { term: Term(1) }
+                matches!(e, Event::TermRenewed { term: Term(1), .. })
             })
             .await;
         let cfg = ElectorConfig::new(LEASE, "a");
@@ -616,7 +649,7 @@ mod tests {
             .events
             .events()
             .iter()
-            .filter(|e| **e == Event::TermRenewed { term: Term(1) })
+            .filter(|e| matches!(e, Event::TermRenewed { term: Term(1), .. }))
             .count();
         assert!(renewals >= 9, "only {renewals} renewals in ~10 s");
         assert!(
@@ -705,7 +738,7 @@ mod tests {
             .timed()
             .into_iter()
             .filter(|(_, e)| {
-                matches!(e, Event::TermWon { term } | Event::TermRenewed { term } if *term == Term(1))
+                matches!(e, Event::TermWon { term, .. } | Event::TermRenewed { term, .. } if *term == Term(1))
             })
             .map(|(at, _)| at)
             .max()
@@ -727,7 +760,7 @@ mod tests {
             .events
             .wait_for("TermWon", |e| matches!(e, Event::TermWon { .. }))
             .await;
-        let Event::TermWon { term: b_term } = b_won else {
+        let Event::TermWon { term: b_term, .. } = b_won else {
             unreachable!("matched TermWon")
         };
         assert!(b_term > Term(1), "b won {b_term}, not above T1");
@@ -800,8 +833,8 @@ mod tests {
         );
         let (resigned_idx, _, resigned) = a
             .events
-            .find(|e| matches!(e, Event::Resigned { .. }))
-            .expect("Resigned emitted");
+            .wait_for("Resigned", |e| matches!(e, Event::Resigned { .. }))
+            .await;
         assert_eq!(
             resigned,
             Event::Resigned {
@@ -809,7 +842,9 @@ mod tests {
                 accepted: true
             }
         );
-        assert!(resigned_idx < lost_idx, "Resigned before TermLost");
+        // The belief ends before storage hears the resign, which may let a
+        // successor in at once.
+        assert!(lost_idx < resigned_idx, "TermLost before Resigned");
         let lease = mem.lease(LEASE).expect("row kept");
         assert_eq!(lease.term, Term(1));
         assert_eq!(lease.holder, None);
@@ -819,9 +854,11 @@ mod tests {
         // It stays out for the cooldown, then contends again for a new term.
         let (_, rewon_at, rewon) = a
             .events
-            .wait_for("TermWon{T2}", |e| *e == Event::TermWon { term: Term(2) })
+            .wait_for("TermWon{T2}", |e| {
+                matches!(e, Event::TermWon { term: Term(2), .. })
+            })
             .await;
-        assert_eq!(rewon, Event::TermWon { term: Term(2) });
+        assert!(matches!(rewon, Event::TermWon { term: Term(2), .. }));
         assert!(rewon_at - lost_at >= cfg.resign_cooldown);
 
         shutdown.trigger();

@@ -22,7 +22,15 @@
 //! the reply) means a slow reply can only shorten the window, and the safety margin
 //! absorbs the difference between this node's clock and the clock that judges
 //! expiry in storage. When the window closes without a successful renewal the node
-//! steps down on its own, even if storage never answered.
+//! steps down on its own, even if storage never answered. `TermWon` and
+//! `TermRenewed` carry the window's length (`trusted_for_ms`) so the simulator can
+//! judge each belief on its true time, and a leader's own services ask
+//! [`Elector::holds`] (through `ServiceCtx::leads`) before every act outside storage.
+//!
+//! **Losing comes before resigning.** When a node stops leading it first emits
+//! `TermLost` (its belief ends there), then resigns the term in storage, so no
+//! other node can be granted the lease while this one still believes it leads.
+//! A lease that already moved on is not resigned at all.
 //!
 //! **Resign is term-scoped.** [`Elector::request_resign`] names a term; the elector
 //! resigns only if it still holds exactly that term. An old term's request can

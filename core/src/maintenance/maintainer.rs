@@ -376,6 +376,7 @@ impl Maintainer {
             clock: self.clock.clone(),
             storage: self.storage.clone(),
             observer: self.observer.clone(),
+            elector: self.elector.clone(),
         };
         let all = async {
             for service in &self.services {
@@ -525,7 +526,9 @@ mod tests {
             Event::MaintainerStarted { term: Term(1) }
         );
         assert_eq!(node.maintainer.running_term(), Some(Term(1)));
-        let won = node.index_of("TermWon{T1}", |e| *e == Event::TermWon { term: Term(1) });
+        let won = node.index_of("TermWon{T1}", |e| {
+            matches!(e, Event::TermWon { term: Term(1), .. })
+        });
         let attempt = node.index_of("attempt 1", |e| {
             *e == Event::MaintainerStartAttempt {
                 term: Term(1),
@@ -605,8 +608,8 @@ mod tests {
         assert!(
             last_failed < exhausted
                 && exhausted < requested
-                && requested < resigned
-                && resigned < lost_idx,
+                && requested < lost_idx
+                && lost_idx < resigned,
             "{:#?}",
             node.events.events()
         );
@@ -709,10 +712,10 @@ mod tests {
             .events
             .wait_for(
                 "a second TermWon",
-                |e| matches!(e, Event::TermWon { term } if *term > Term(1)),
+                |e| matches!(e, Event::TermWon { term, .. } if *term > Term(1)),
             )
             .await;
-        let Event::TermWon { term: newer } = won else {
+        let Event::TermWon { term: newer, .. } = won else {
             unreachable!("matched TermWon")
         };
         node.events

@@ -7,6 +7,7 @@ use async_trait::async_trait;
 
 use crate::clock::SharedClock;
 use crate::events::{emit, Event, SharedObserver};
+use crate::leadership::Elector;
 use crate::shutdown::{ShutdownToken, TaskRegistry};
 use crate::storage::{SharedStorage, StorageError, Term};
 
@@ -48,6 +49,31 @@ pub struct ServiceCtx {
     pub storage: SharedStorage,
     /// Where the service reports what it did.
     pub observer: SharedObserver,
+    /// The elector that won `term`: [`leads`](Self::leads) asks it.
+    pub elector: Arc<Elector>,
+}
+
+impl ServiceCtx {
+    /// Whether this node still leads `term` right now, inside its trust window.
+    ///
+    /// Storage fences every write with the term, but nothing fences an act
+    /// outside it (an email, a call to another system). The term's token is
+    /// triggered only once the maintainer hears that the term is gone, and a
+    /// process thawing from a freeze may run a loop before it hears: ask this
+    /// immediately before each such act, and skip the act when it says no.
+    pub fn leads(&self) -> bool {
+        self.elector.holds(self.term)
+    }
+
+    /// Record that `service` acts for the term now, after [`leads`](Self::leads)
+    /// said yes: the simulator checks every act lies inside the trust window.
+    pub fn report_act(&self, service: &str) {
+        let event = Event::LeaderActed {
+            service: service.to_owned(),
+            term: self.term,
+        };
+        emit(self.observer.as_ref(), &self.holder, event);
+    }
 }
 
 /// A maintenance service run by the leader. See the [module docs](super).

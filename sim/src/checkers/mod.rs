@@ -4,10 +4,49 @@
 //! violations it finds, each with the few records that prove it (the witnesses),
 //! so a report shows the cause rather than the whole log. Every checker has a unit
 //! test that feeds it a violating history and sees it fire.
+//!
+//! Most checkers judge what storage accepted. Term and attempt fencing keep that
+//! clean even when a node's beliefs are wrong, so the checkers marked *true
+//! time* below judge what nodes believed and did, in the harness's true time: the
+//! elector reports every trust window it opens (`TermWon`/`TermRenewed` carry
+//! `trusted_for_ms`), services report each act (`LeaderActed`), and the harness
+//! records every clock's offset (`NodeBoot`, `ClockJump`).
+//!
+//! # The promises keel makes, and who judges them
+//!
+//! Each behavioural promise of keel's doc comments, design notes and
+//! `ARCHITECTURE.md`, one line each: the checker that judges it over every
+//! simulated run, or why no history checker can.
+//!
+//! | promise (where it is made) | judged by |
+//! | --- | --- |
+//! | Terms strictly increase and each has one holder; a live lease moves on only when no process of its holder id still believes in it (`leadership`, `identity`) | [`one_leader_per_term`](OneLeaderPerTerm) |
+//! | No node believes it leads a term once a later one was granted to another holder, so no two nodes believe they lead at one true instant, unless their clocks were more than `safety_margin` apart (`leadership` design note) | [`one_believed_leader`](OneBelievedLeader) (true time) |
+//! | A leader's services act only inside their term's trust window, even as a frozen process thaws (`ServiceCtx::leads`) | [`leader_acts_in_trust`](LeaderActsInTrust) (true time) |
+//! | Nothing done for term T stops or alters another term's services (`maintenance` design note) | [`no_cross_term_teardown`](NoCrossTermTeardown) |
+//! | A node asks to resign only a term it holds at that moment (`Elector::request_resign`, `Maintainer`) | [`no_stale_resign`](NoStaleResign) |
+//! | A leader starts its services or resigns within the give-up bound, and a maintainer runs again soon after faults stop (`MaintainerConfig::give_up_bound`) | [`maintainer_liveness`](MaintainerLiveness) |
+//! | A tracked task's panic is reported when it happens, not only at shutdown (`TaskRegistry`) | [`no_task_panics`](NoTaskPanics) |
+//! | Two attempts of one job never run at once: attempt fencing, a lost heartbeat stops the handler within one interval, claims fence themselves after `claim_trust` (`jobs`, `ARCHITECTURE.md`) | [`no_double_execution`](NoDoubleExecution) |
+//! | A handler's effect is applied once per key, by the attempt that holds the claim (`JobStore::apply_effect`) | [`exactly_once_effects`](ExactlyOnceEffects) |
+//! | Every enqueued job reaches a final state once faults stop: rescues, finalize retries, cancels that survive a rescue (`jobs`) | [`no_lost_jobs`](NoLostJobs) |
+//! | A handler's or loop's panic is surfaced, and a loop's panic stops its siblings (`Watcher`, `catch_panic`) | [`panics_surfaced`](PanicsSurfaced) |
+//! | A slow tick is followed by the next on schedule, never a burst (`MissedTickBehavior::Skip` everywhere) | [`no_tick_burst`](NoTickBurst) |
+//! | Graceful shutdown returns within its deadline plus one tick of the slowest loop (`RuntimeHandle::shutdown`) | [`bounded_shutdown`](BoundedShutdown) |
+//! | Each periodic slot is enqueued once cluster-wide, by a current term (`fire_periodic`) | [`periodic_once`](PeriodicOnce) |
+//! | A cancel that lands as a handler completes never rewrites the finished job (`worker.rs`) | [`finished_work_stands`](FinishedWorkStands) |
+//! | A failed attempt's retry is due no earlier than its backoff after the failure (`JobsConfig::retry`, `backoff`) | [`retry_respects_backoff`](RetryRespectsBackoff) (true time: storage takes an early retry without complaint) |
+//! | An available job with an idle worker is claimed within a bounded delay (`JobsConfig::idle_poll`) | none yet: the history does not say when a worker is idle (a claimed-ahead hand counts as busy to no event); `no_lost_jobs` holds the eventual form after faults stop |
+//! | A scheduled job is not claimed before its `scheduled_at` (`EnqueueRequest`) | none yet: the history does not record a job's `scheduled_at`; the storage conformance suite holds it per engine |
+//! | A handler stopped by shutdown gives its job back without spending an attempt (`worker.rs`) | none: a run ends at its shutdown, so the next attempt is never seen; `core/src/jobs/tests.rs` holds it |
+//! | A unique key matches at most one live job (`EnqueueRequest::unique_key`) | none: storage alone decides it, inside one transaction; the conformance suite and `MemStorage`'s model test hold it for every engine |
+//! | Bad settings and bad input are refused with an error naming the field (`*Config::validate`) | none: not a property of a run; each config's unit tests hold it |
 
+mod belief;
 mod bounded_shutdown;
 mod exactly_once_effects;
 mod finished_work_stands;
+mod leader_acts_in_trust;
 mod maintainer_liveness;
 mod no_cross_term_teardown;
 mod no_double_execution;
@@ -15,9 +54,11 @@ mod no_lost_jobs;
 mod no_stale_resign;
 mod no_task_panics;
 mod no_tick_burst;
+mod one_believed_leader;
 mod one_leader_per_term;
 mod panics_surfaced;
 mod periodic_once;
+mod retry_respects_backoff;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -30,6 +71,7 @@ use crate::history::{Ev, HarnessEvent, Record};
 pub use bounded_shutdown::BoundedShutdown;
 pub use exactly_once_effects::ExactlyOnceEffects;
 pub use finished_work_stands::FinishedWorkStands;
+pub use leader_acts_in_trust::LeaderActsInTrust;
 pub use maintainer_liveness::MaintainerLiveness;
 pub use no_cross_term_teardown::NoCrossTermTeardown;
 pub use no_double_execution::NoDoubleExecution;
@@ -37,9 +79,11 @@ pub use no_lost_jobs::NoLostJobs;
 pub use no_stale_resign::NoStaleResign;
 pub use no_task_panics::NoTaskPanics;
 pub use no_tick_burst::NoTickBurst;
+pub use one_believed_leader::OneBelievedLeader;
 pub use one_leader_per_term::OneLeaderPerTerm;
 pub use panics_surfaced::PanicsSurfaced;
 pub use periodic_once::PeriodicOnce;
+pub use retry_respects_backoff::RetryRespectsBackoff;
 
 /// Bounds a checker needs, derived from the runtime settings of the run.
 #[derive(Clone, Debug)]
@@ -63,6 +107,24 @@ pub struct CheckCtx {
     pub lost_claim_grace_ms: u64,
     /// A heal phase at least this long must leave no job unfinished.
     pub heal_converge_ms: u64,
+    /// The leader lease's TTL.
+    pub lease_ttl_ms: u64,
+    /// The clock error between nodes that leadership tolerates.
+    pub safety_margin_ms: u64,
+    /// A failed job's first retry backoff, before jitter.
+    pub retry_base_ms: u64,
+    /// The cap on any retry backoff, before jitter.
+    pub retry_max_ms: u64,
+}
+
+impl CheckCtx {
+    /// The least backoff after failed attempt `attempt`: jitter only adds.
+    pub fn retry_floor_ms(&self, attempt: u32) -> u64 {
+        let factor = 1u64 << attempt.saturating_sub(1).min(31);
+        self.retry_base_ms
+            .saturating_mul(factor)
+            .min(self.retry_max_ms)
+    }
 }
 
 /// A broken invariant, with the records that show it.
@@ -118,7 +180,7 @@ pub trait Checker: Send + Sync {
 /// Each planted bug with the scenario and invariant that catch it: the pairs
 /// `tests/tests/planted_bugs.rs` proves, which `bench-sim`, the shrink test and
 /// `ci/shrink-report` measure.
-pub const PLANTED_BUG_CATCHERS: [(keel::planted::Bug, &str, &str); 10] = {
+pub const PLANTED_BUG_CATCHERS: [(keel::planted::Bug, &str, &str); 14] = {
     use keel::planted::Bug;
     [
         (Bug::StaleResign, "stale_retries", "no_stale_resign"),
@@ -159,6 +221,18 @@ pub const PLANTED_BUG_CATCHERS: [(keel::planted::Bug, &str, &str); 10] = {
             "zombies",
             "one_leader_per_term",
         ),
+        (Bug::TrustFromReply, "storage_faults", "one_believed_leader"),
+        (
+            Bug::RenewErrorExtendsTrust,
+            "leadership_flap",
+            "one_believed_leader",
+        ),
+        (Bug::LoopSkipsTrustCheck, "zombies", "leader_acts_in_trust"),
+        (
+            Bug::RetryBackoffFromDue,
+            "crash_restart",
+            "retry_respects_backoff",
+        ),
     ]
 };
 
@@ -178,6 +252,9 @@ pub fn all() -> Vec<Box<dyn Checker>> {
         Box::new(BoundedShutdown),
         Box::new(PeriodicOnce),
         Box::new(FinishedWorkStands),
+        Box::new(OneBelievedLeader),
+        Box::new(LeaderActsInTrust),
+        Box::new(RetryRespectsBackoff),
     ]
 }
 
@@ -288,7 +365,7 @@ pub(crate) fn tenures(history: &[Record]) -> Vec<Tenure> {
     for r in history {
         let host = r.host.as_str();
         match &r.ev {
-            Ev::Node(Event::TermWon { term }) => {
+            Ev::Node(Event::TermWon { term, .. }) => {
                 if let Some(prev) = open.insert(host, (*term, r.seq)) {
                     close(&mut done, host, prev, r, false);
                 }
@@ -363,12 +440,45 @@ pub(crate) mod test_support {
             tick_grace_ms: 1_000,
             lost_claim_grace_ms: 2_000,
             heal_converge_ms: 40_000,
+            lease_ttl_ms: 5_000,
+            safety_margin_ms: 1_000,
+            retry_base_ms: 1_000,
+            retry_max_ms: 300_000,
         }
     }
 
     pub(crate) fn won(t: u64) -> Event {
-        Event::TermWon { term: Term(t) }
+        Event::TermWon {
+            term: Term(t),
+            trusted_for_ms: 4_000,
+        }
     }
+
+    /// The lease granted to `holder` for term `t`, evicting nobody.
+    pub(crate) fn grant(holder: &str, t: u64) -> DbEvent {
+        DbEvent::LeaseGranted {
+            holder: holder.into(),
+            term: Term(t),
+            evicted: None,
+        }
+    }
+
+    /// A `TermWon` trusted for `for_ms`.
+    pub(crate) fn won_for(t: u64, for_ms: u64) -> Event {
+        Event::TermWon {
+            term: Term(t),
+            trusted_for_ms: for_ms,
+        }
+    }
+
+    /// A `TermRenewed` trusted for `for_ms`.
+    pub(crate) fn renewed(t: u64, for_ms: u64) -> Event {
+        Event::TermRenewed {
+            term: Term(t),
+            trusted_for_ms: for_ms,
+        }
+    }
+
     pub(crate) fn lost(t: u64) -> Event {
         Event::TermLost {
             term: Term(t),

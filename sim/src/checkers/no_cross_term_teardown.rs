@@ -31,9 +31,9 @@ impl Checker for NoCrossTermTeardown {
                 &history[..r.seq],
                 host,
                 &[
-                    &|e| matches!(e, Event::TermWon { term } if term == asked_by),
+                    &|e| matches!(e, Event::TermWon { term, .. } if term == asked_by),
                     &|e| matches!(e, Event::MaintainerStartAttempt { term, .. } if term == asked_by),
-                    &|e| matches!(e, Event::TermWon { term } if term == affected),
+                    &|e| matches!(e, Event::TermWon { term, .. } if term == affected),
                     &|e| matches!(e, Event::MaintainerStarted { term } if term == affected),
                 ],
             );

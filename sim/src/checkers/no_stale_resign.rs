@@ -24,7 +24,7 @@ impl Checker for NoStaleResign {
         for r in history {
             let host = r.host.as_str();
             match &r.ev {
-                Ev::Node(Event::TermWon { term }) => {
+                Ev::Node(Event::TermWon { term, .. }) => {
                     held.insert(host, *term);
                 }
                 Ev::Node(Event::TermLost { term, .. }) if held.get(host) == Some(term) => {
@@ -42,7 +42,7 @@ impl Checker for NoStaleResign {
                         &history[..r.seq],
                         host,
                         &[
-                            &|e| matches!(e, Event::TermWon { term: t } if t == term),
+                            &|e| matches!(e, Event::TermWon { term: t, .. } if t == term),
                             &|e| matches!(e, Event::TermLost { term: t, .. } if t == term),
                             &|e| matches!(e, Event::TermWon { .. }),
                         ],

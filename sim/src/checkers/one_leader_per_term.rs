@@ -59,7 +59,7 @@ impl Checker for OneLeaderPerTerm {
                 }
                 Ev::Node(Event::TermLost { term, .. })
                     if believes.get(host).is_some_and(
-                        |w| matches!(w.ev, Ev::Node(Event::TermWon { term: t }) if t == *term),
+                        |w| matches!(w.ev, Ev::Node(Event::TermWon { term: t, .. }) if t == *term),
                     ) =>
                 {
                     believes.remove(host);
@@ -86,7 +86,7 @@ impl Checker for OneLeaderPerTerm {
                     if let Some(old) = evicted {
                         let believer = believes.iter().find(|(h, w)| {
                             holder_of(&holders, h) == holder.as_str()
-                                && matches!(w.ev, Ev::Node(Event::TermWon { term: t }) if t == *old)
+                                && matches!(w.ev, Ev::Node(Event::TermWon { term: t, .. }) if t == *old)
                         });
                         if let Some((h, won)) = believer {
                             violation(
@@ -102,7 +102,7 @@ impl Checker for OneLeaderPerTerm {
                     last_grant = Some(r);
                     grants.insert(*term, r);
                 }
-                Ev::Node(Event::TermWon { term }) => {
+                Ev::Node(Event::TermWon { term, .. }) => {
                     if let Some(prev) = winners.get(term) {
                         violation(
                             r,
@@ -145,15 +145,7 @@ impl Checker for OneLeaderPerTerm {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::checkers::test_support::{ctx, won, H};
-
-    fn grant(holder: &str, t: u64) -> DbEvent {
-        DbEvent::LeaseGranted {
-            holder: holder.into(),
-            term: Term(t),
-            evicted: None,
-        }
-    }
+    use crate::checkers::test_support::{ctx, grant, won, H};
 
     fn regrant(holder: &str, t: u64, over: u64) -> DbEvent {
         DbEvent::LeaseGranted {

@@ -1,0 +1,276 @@
+//! What nodes believed, and how far their clocks were off, read back from a
+//! history in true (simulated) time: the shared ground of the checkers that
+//! judge beliefs rather than what storage accepted.
+//!
+//! A node's elector reports the end of its trust window with every grant and
+//! renewal (`trusted_for_ms`), measured on the node's monotonic clock from the
+//! event. A [`Belief`] is one such report, cut short by whatever ended the
+//! tenure first (`TermLost`, a crash, a reboot, a returned shutdown). Together a
+//! node's beliefs for a term are the instants at which `Elector::holds(term)`
+//! said yes.
+
+use std::collections::BTreeMap;
+
+use keel::events::Event;
+use keel::storage::Term;
+
+use crate::history::{Ev, HarnessEvent, Record};
+
+/// One stretch of true time in which `host` trusted `term`: from a grant or
+/// renewal to the end of the window it reported, or the tenure's end if sooner.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Belief {
+    pub host: String,
+    pub term: Term,
+    /// The `TermWon` or `TermRenewed` record that reported it.
+    pub seq: usize,
+    pub from_ms: u64,
+    pub until_ms: u64,
+    /// The record that ended the tenure, if any did before `until_ms`.
+    pub ended_by: Option<usize>,
+}
+
+/// Every belief in `history`, in history order.
+pub(crate) fn beliefs(history: &[Record]) -> Vec<Belief> {
+    let mut out: Vec<Belief> = Vec::new();
+    // Per host: the term it leads and the indexes (into `out`) of its beliefs.
+    let mut open: BTreeMap<&str, (Term, Vec<usize>)> = BTreeMap::new();
+    let close = |out: &mut Vec<Belief>, idx: Vec<usize>, r: &Record| {
+        for i in idx {
+            if out[i].until_ms > r.at_ms {
+                out[i].until_ms = r.at_ms.max(out[i].from_ms);
+                out[i].ended_by = Some(r.seq);
+            }
+        }
+    };
+    for r in history {
+        let host = r.host.as_str();
+        let (term, trusted_for_ms) = match &r.ev {
+            Ev::Node(Event::TermWon {
+                term,
+                trusted_for_ms,
+            }) => {
+                if let Some((_, idx)) = open.remove(host) {
+                    close(&mut out, idx, r);
+                }
+                open.insert(host, (*term, Vec::new()));
+                (*term, *trusted_for_ms)
+            }
+            Ev::Node(Event::TermRenewed {
+                term,
+                trusted_for_ms,
+            }) if open.get(host).is_some_and(|(t, _)| t == term) => (*term, *trusted_for_ms),
+            Ev::Node(Event::TermLost { term, .. })
+                if open.get(host).is_some_and(|(t, _)| t == term) =>
+            {
+                if let Some((_, idx)) = open.remove(host) {
+                    close(&mut out, idx, r);
+                }
+                continue;
+            }
+            Ev::Harness(HarnessEvent::Crash | HarnessEvent::NodeBoot { .. })
+            | Ev::Node(Event::ShutdownEnded { .. }) => {
+                if let Some((_, idx)) = open.remove(host) {
+                    close(&mut out, idx, r);
+                }
+                continue;
+            }
+            _ => continue,
+        };
+        if let Some((_, idx)) = open.get_mut(host) {
+            idx.push(out.len());
+        }
+        out.push(Belief {
+            host: host.to_owned(),
+            term,
+            seq: r.seq,
+            from_ms: r.at_ms,
+            until_ms: r.at_ms.saturating_add(trusted_for_ms),
+            ended_by: None,
+        });
+    }
+    out
+}
+
+/// Each node's wall-clock offset from true time as a step function: set at
+/// every boot (`NodeBoot.skew_ms`), moved by every `ClockJump`. A replacement
+/// process runs on the machine of the node it replaces, so it shares that
+/// node's clock, jumps included.
+#[derive(Debug, Default)]
+pub(crate) struct Offsets {
+    steps: BTreeMap<String, Vec<(u64, i64)>>,
+    /// Replacement host → the node whose clock it reads.
+    machine: BTreeMap<String, String>,
+}
+
+impl Offsets {
+    pub(crate) fn of(history: &[Record]) -> Self {
+        let mut o = Self::default();
+        for r in history {
+            if let Ev::Harness(HarnessEvent::ReplacementStarted { node }) = &r.ev {
+                o.machine.insert(r.host.clone(), node.clone());
+            }
+            let node = o.node(&r.host).to_owned();
+            let next = match r.ev {
+                Ev::Harness(HarnessEvent::NodeBoot { skew_ms, .. }) => skew_ms,
+                Ev::Harness(HarnessEvent::ClockJump { jump_ms }) => {
+                    let now = o
+                        .steps
+                        .get(&node)
+                        .and_then(|s| s.last())
+                        .map_or(0, |(_, o)| *o);
+                    now + jump_ms
+                }
+                _ => continue,
+            };
+            o.steps.entry(node).or_default().push((r.at_ms, next));
+        }
+        o
+    }
+
+    fn node<'a>(&'a self, host: &'a str) -> &'a str {
+        self.machine.get(host).map_or(host, String::as_str)
+    }
+
+    /// The offsets `host` had at some instant of `[from_ms, to_ms]`.
+    fn within(&self, host: &str, from_ms: u64, to_ms: u64) -> Vec<i64> {
+        let Some(steps) = self.steps.get(self.node(host)) else {
+            return vec![0];
+        };
+        let before = steps
+            .iter()
+            .rev()
+            .find(|(at, _)| *at <= from_ms)
+            .map_or(0, |(_, o)| *o);
+        let during = steps
+            .iter()
+            .filter(|(at, _)| *at > from_ms && *at <= to_ms)
+            .map(|(_, o)| *o);
+        std::iter::once(before).chain(during).collect()
+    }
+
+    /// How far any host's wall clock ran ahead of `host`'s, at worst, taking
+    /// `host`'s offset anywhere in `[host_from_ms, host_to_ms]` and the others'
+    /// anywhere in `[from_ms, to_ms]`: the error a judgement that compared the
+    /// two clocks may have made.
+    pub(crate) fn ahead_of(
+        &self,
+        host: &str,
+        (host_from_ms, host_to_ms): (u64, u64),
+        (from_ms, to_ms): (u64, u64),
+    ) -> i64 {
+        let least = self
+            .within(host, host_from_ms, host_to_ms)
+            .into_iter()
+            .min()
+            .unwrap_or(0);
+        let most = self
+            .steps
+            .keys()
+            .flat_map(|h| self.within(h, from_ms, to_ms))
+            .max()
+            .unwrap_or(0);
+        most - least
+    }
+}
+
+/// Per host: the holder id its process held leases as at each point, from its
+/// `RuntimeStarted` records.
+pub(crate) fn holder_at<'a>(history: &'a [Record], host: &str, seq: usize) -> &'a str {
+    history[..seq]
+        .iter()
+        .rev()
+        .filter(|r| r.host == host)
+        .find_map(|r| match &r.ev {
+            Ev::Node(Event::RuntimeStarted { holder }) => Some(holder.as_str()),
+            _ => None,
+        })
+        .unwrap_or("")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checkers::test_support::{lost, renewed, won_for, H};
+
+    #[test]
+    fn beliefs_end_at_their_window_or_the_tenure_whichever_is_first() {
+        let h = H::new()
+            .node(100, "n1", won_for(1, 4_000))
+            .node(1_100, "n1", renewed(1, 4_000))
+            .node(2_000, "n1", lost(1))
+            .node(3_000, "n1", renewed(1, 4_000));
+        let b = beliefs(&h.0);
+        assert_eq!(b.len(), 2, "a renewal of a term no longer led is no belief");
+        assert_eq!((b[0].from_ms, b[0].until_ms), (100, 2_000));
+        assert_eq!((b[1].from_ms, b[1].until_ms), (1_100, 2_000));
+        assert_eq!(b[1].ended_by, Some(2));
+        let paused = H::new().node(0, "n1", won_for(1, 4_000));
+        assert_eq!(beliefs(&paused.0)[0].until_ms, 4_000);
+    }
+
+    #[test]
+    fn offsets_follow_boots_and_jumps() {
+        let h = H::new()
+            .harness(
+                0,
+                "n1",
+                HarnessEvent::NodeBoot {
+                    boot: 1,
+                    skew_ms: -300,
+                },
+            )
+            .harness(
+                0,
+                "n2",
+                HarnessEvent::NodeBoot {
+                    boot: 1,
+                    skew_ms: 200,
+                },
+            )
+            .harness(5_000, "n2", HarnessEvent::ClockJump { jump_ms: 1_500 })
+            .harness(9_000, "n2", HarnessEvent::ClockJump { jump_ms: -1_500 });
+        let o = Offsets::of(&h.0);
+        assert_eq!(o.ahead_of("n1", (0, 1_000), (0, 1_000)), 500);
+        assert_eq!(o.ahead_of("n1", (0, 1_000), (4_000, 6_000)), 2_000);
+        assert_eq!(o.ahead_of("n1", (0, 1_000), (9_500, 10_000)), 500);
+        let replaced = H::new()
+            .harness(
+                0,
+                "n2",
+                HarnessEvent::NodeBoot {
+                    boot: 1,
+                    skew_ms: 100,
+                },
+            )
+            .harness(
+                0,
+                "n3",
+                HarnessEvent::NodeBoot {
+                    boot: 1,
+                    skew_ms: 0,
+                },
+            )
+            .harness(1_000, "n2", HarnessEvent::ClockJump { jump_ms: 2_000 })
+            .harness(
+                2_000,
+                "n2r",
+                HarnessEvent::ReplacementStarted { node: "n2".into() },
+            )
+            .harness(
+                2_000,
+                "n2r",
+                HarnessEvent::NodeBoot {
+                    boot: 1,
+                    skew_ms: 2_100,
+                },
+            )
+            .harness(3_000, "n2", HarnessEvent::ClockJump { jump_ms: -2_000 });
+        let o = Offsets::of(&replaced.0);
+        assert_eq!(
+            o.ahead_of("n3", (4_000, 4_000), (4_000, 5_000)),
+            100,
+            "n2r's clock came back with n2's"
+        );
+    }
+}
