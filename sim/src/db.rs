@@ -20,8 +20,8 @@ use keel::clock::SharedClock;
 use keel::net::{BoxStream, Network};
 use keel::storage::ops::{self, Op, Remote, Reply, Transport};
 use keel::storage::{
-    CancelResult, Claim, EffectResult, EnqueueOutcome, Finalize, FinalizeResult, Job, JobState,
-    PeriodicOutcome, Storage, StorageError, StorageResult, Term,
+    CancelResult, Claim, EffectResult, EnqueueOutcome, EnqueueRequest, Finalize, FinalizeResult,
+    Job, JobState, PeriodicOutcome, Storage, StorageError, StorageResult, Term,
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -99,15 +99,25 @@ fn record(history: &History, op: &Op, reply: &Reply, evicted: Option<Term>) {
 
 /// The job-table changes `op` made, judged by its reply; part of [`record`].
 fn job_events(op: &Op, reply: &Reply) -> Vec<DbEvent> {
-    let inserted = |o: &EnqueueOutcome| match o {
-        EnqueueOutcome::Inserted(job) => Some(DbEvent::JobInserted { job: *job }),
-        EnqueueOutcome::Duplicate(_) => None,
+    let inserted = |req: &EnqueueRequest, o: &EnqueueOutcome| match o {
+        EnqueueOutcome::Inserted(job) => {
+            let scheduled = req.scheduled_at.map(|at| DbEvent::JobScheduled {
+                job: *job,
+                due_ms: at.0 - crate::clock::EPOCH_UNIX_MS,
+            });
+            std::iter::once(DbEvent::JobInserted { job: *job })
+                .chain(scheduled)
+                .collect()
+        }
+        EnqueueOutcome::Duplicate(_) => Vec::new(),
     };
     match (op, reply) {
-        (Op::Enqueue { .. }, Reply::Enqueued(o)) => inserted(o).into_iter().collect(),
-        (Op::EnqueueBatch { .. }, Reply::EnqueuedBatch(os)) => {
-            os.iter().filter_map(inserted).collect()
-        }
+        (Op::Enqueue { req, .. }, Reply::Enqueued(o)) => inserted(req, o),
+        (Op::EnqueueBatch { reqs, .. }, Reply::EnqueuedBatch(os)) => reqs
+            .iter()
+            .zip(os)
+            .flat_map(|(req, o)| inserted(req, o))
+            .collect(),
         (Op::Claim { owner, .. }, Reply::Jobs(jobs)) => claimed(owner, jobs),
         (Op::Finalize { claim, outcome, .. }, Reply::Finalized(result)) => {
             finalized(*claim, outcome, *result)

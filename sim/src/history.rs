@@ -46,6 +46,14 @@ pub enum DbEvent {
         /// The new job.
         job: JobId,
     },
+    /// The job just inserted asked not to run before `due_ms` (true time since
+    /// the simulation's epoch); recorded only for a `scheduled_at` request.
+    JobScheduled {
+        /// The new job.
+        job: JobId,
+        /// Its `scheduled_at`, in ms since the simulation's epoch.
+        due_ms: i64,
+    },
     /// A claim moved `job` to running as attempt `attempt`, owned by `owner`.
     ClaimApplied {
         /// The job.
@@ -104,6 +112,7 @@ impl DbEvent {
             | DbEvent::ResignApplied { .. }
             | DbEvent::HeartbeatAccepted { .. } => None,
             DbEvent::JobInserted { job }
+            | DbEvent::JobScheduled { job, .. }
             | DbEvent::ClaimApplied { job, .. }
             | DbEvent::FinalizeApplied { job, .. }
             | DbEvent::EffectApplied { job, .. }

@@ -164,13 +164,26 @@ impl Offsets {
             .into_iter()
             .min()
             .unwrap_or(0);
-        let most = self
-            .steps
+        self.most_ahead(from_ms, to_ms) - least
+    }
+
+    /// The furthest any host's wall clock ran ahead of true time at some instant
+    /// of `[from_ms, to_ms]` (negative when every clock ran behind).
+    fn most_ahead(&self, from_ms: u64, to_ms: u64) -> i64 {
+        self.steps
             .keys()
             .flat_map(|h| self.within(h, from_ms, to_ms))
             .max()
-            .unwrap_or(0);
-        most - least
+            .unwrap_or(0)
+    }
+
+    /// The furthest `host`'s wall clock ran ahead of true time at some instant of
+    /// `[from_ms, to_ms]` (negative when it ran behind throughout).
+    pub(crate) fn ahead_on(&self, host: &str, from_ms: u64, to_ms: u64) -> i64 {
+        self.within(host, from_ms, to_ms)
+            .into_iter()
+            .max()
+            .unwrap_or(0)
     }
 }
 

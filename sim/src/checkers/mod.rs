@@ -37,7 +37,7 @@
 //! | A cancel that lands as a handler completes never rewrites the finished job (`worker.rs`) | [`finished_work_stands`](FinishedWorkStands) |
 //! | A failed attempt's retry is due no earlier than its backoff after the failure (`JobsConfig::retry`, `backoff`) | [`retry_respects_backoff`](RetryRespectsBackoff) (true time: storage takes an early retry without complaint) |
 //! | An available job with an idle worker is claimed within a bounded delay (`JobsConfig::idle_poll`) | none yet: the history does not say when a worker is idle (a claimed-ahead hand counts as busy to no event); `no_lost_jobs` holds the eventual form after faults stop |
-//! | A scheduled job is not claimed before its `scheduled_at` (`EnqueueRequest`) | none yet: the history does not record a job's `scheduled_at`; the storage conformance suite holds it per engine |
+//! | A scheduled job is not claimed before its `scheduled_at` (`EnqueueRequest`) | [`scheduled_not_early`](ScheduledNotEarly) (true time, on the claimer's clock) |
 //! | A handler stopped by shutdown gives its job back without spending an attempt (`worker.rs`) | none: a run ends at its shutdown, so the next attempt is never seen; `core/src/jobs/tests.rs` holds it |
 //! | A unique key matches at most one live job (`EnqueueRequest::unique_key`) | none: storage alone decides it, inside one transaction; the conformance suite and `MemStorage`'s model test hold it for every engine |
 //! | Bad settings and bad input are refused with an error naming the field (`*Config::validate`) | none: not a property of a run; each config's unit tests hold it |
@@ -59,6 +59,7 @@ mod one_leader_per_term;
 mod panics_surfaced;
 mod periodic_once;
 mod retry_respects_backoff;
+mod scheduled_not_early;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -84,6 +85,7 @@ pub use one_leader_per_term::OneLeaderPerTerm;
 pub use panics_surfaced::PanicsSurfaced;
 pub use periodic_once::PeriodicOnce;
 pub use retry_respects_backoff::RetryRespectsBackoff;
+pub use scheduled_not_early::ScheduledNotEarly;
 
 /// Bounds a checker needs, derived from the runtime settings of the run.
 #[derive(Clone, Debug)]
@@ -255,6 +257,7 @@ pub fn all() -> Vec<Box<dyn Checker>> {
         Box::new(OneBelievedLeader),
         Box::new(LeaderActsInTrust),
         Box::new(RetryRespectsBackoff),
+        Box::new(ScheduledNotEarly),
     ]
 }
 
