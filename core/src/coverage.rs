@@ -19,6 +19,14 @@
 //!
 //! A marker never changes what the code does: it reads state and counts, nothing
 //! else, so a run's trace is the same with coverage counted or not.
+//!
+//! **Mark the situation, not the answer to it.** A marker sits where the code
+//! meets the state, before any branch decides what to do about it: a marker
+//! inside the correct branch goes dark exactly when that branch is wrong (a
+//! planted bug, or a real one), and the guided search (`sim hunt`), which
+//! steers by these counts, loses sight of the run that matters. So
+//! `claimed_ahead_half_trust_gone` fires whether the held job is then renewed
+//! or not, and `claimed_ahead_renewed` marks only the renewal.
 
 #[cfg(feature = "coverage")]
 use std::cell::RefCell;
@@ -36,6 +44,14 @@ pub const STATES: &[(&str, &str)] = &[
         "a finalize retried after an unknown outcome found its own attempt already finalized",
     ),
     (
+        "cancel_heard_as_work_completed",
+        "a handler completed its work after its worker had heard a cancel request for the job",
+    ),
+    (
+        "cancel_heard_while_running",
+        "a heartbeat told a worker its running job was asked to cancel, and the worker asked the handler to stop",
+    ),
+    (
         "cancel_races_finish",
         "an attempt finished its work while a cancel for it was pending; the finished work stands",
     ),
@@ -48,12 +64,20 @@ pub const STATES: &[(&str, &str)] = &[
         "a worker went a claim_trust without a good heartbeat and stopped its running handler",
     ),
     (
+        "claimed_ahead_half_trust_gone",
+        "a job waited in a worker's hand past half its claim_trust before its turn came (whatever the worker then did about it)",
+    ),
+    (
         "claimed_ahead_lost_unrun",
         "the rescuer handed on a job while it waited in a worker's hand, and the worker dropped it unrun",
     ),
     (
         "claimed_ahead_renewed",
         "a job waited in a worker's hand past half its claim_trust, and the worker heartbeat it before starting it",
+    ),
+    (
+        "claimed_ahead_trust_gone",
+        "a job waited in a worker's hand past its whole claim_trust (storage unreachable or slow that long) before its turn came",
     ),
     (
         "claimed_next_while_stopping",
@@ -68,12 +92,16 @@ pub const STATES: &[(&str, &str)] = &[
         "a leader's elector ran again more than a renew interval after its trust window closed (a frozen or starved process), and stepped down",
     ),
     (
+        "lease_reply_after_safety_margin",
+        "a lease grant or renewal was answered more than the safety margin after it was sent (a slow database or a frozen process)",
+    ),
+    (
         "loop_panic_stops_siblings",
         "a watcher loop panicked while sibling loops ran; the watcher stopped them and returned the panic",
     ),
     (
-        "maintenance_tick_outside_trust_skipped",
-        "a maintenance loop's tick came due after its term's trust window closed (a thawed leader) and was skipped",
+        "maintenance_tick_outside_trust",
+        "a maintenance loop's tick came due after its term's trust window closed (a thawed leader), where it must not act",
     ),
     (
         "panic_during_shutdown",
@@ -89,7 +117,7 @@ pub const STATES: &[(&str, &str)] = &[
     ),
     (
         "resign_request_for_term_not_held",
-        "a resign was asked for a term this node did not hold at that moment, and was dropped",
+        "a resign was asked for a term this node did not hold at that moment (it must be dropped)",
     ),
     (
         "shutdown_aborts_running_handler",

@@ -36,10 +36,11 @@ where
             // The token triggers only once the maintainer hears the term is
             // gone; a tick that comes due as the process thaws from a freeze
             // can run first. Planted `loop_skips_trust_check` acts anyway.
-            let skip_check = crate::is_planted!(ctx.elector.plants(), LoopSkipsTrustCheck);
-            if !skip_check && !ctx.leads() {
-                crate::sometimes!("maintenance_tick_outside_trust_skipped");
-                continue;
+            if !ctx.leads() {
+                crate::sometimes!("maintenance_tick_outside_trust");
+                if !crate::is_planted!(ctx.elector.plants(), LoopSkipsTrustCheck) {
+                    continue;
+                }
             }
             ctx.report_act(name);
             tick(ctx.clone()).await;

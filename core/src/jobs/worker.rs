@@ -267,6 +267,8 @@ impl Worker<'_> {
         if age < shared.cfg.claim_trust / 2 {
             return Ok(held.trusted_from);
         }
+        crate::sometimes!("claimed_ahead_half_trust_gone");
+        crate::sometimes!(age >= shared.cfg.claim_trust, "claimed_ahead_trust_gone");
         if crate::is_planted!(shared.plants, ClaimAheadIgnoresTrust) {
             // Planted: trust the old claim as if it were fresh.
             return Ok(shared.clock.monotonic());
@@ -508,6 +510,7 @@ impl<'a> Beat<'a> {
                 Verdict::Continue
             }
             Ok(HeartbeatStatus::CancelRequested) => {
+                crate::sometimes!(!self.stopped, "cancel_heard_while_running");
                 self.last_ok = self.sent;
                 self.running
                     .user_cancel
@@ -566,6 +569,10 @@ fn to_finalize(
         "panic_during_shutdown"
     );
     let outcome = result.unwrap_or_else(|panic| Outcome::Failed(format!("panicked: {panic}")));
+    crate::sometimes!(
+        user_cancel && outcome == Outcome::Completed,
+        "cancel_heard_as_work_completed"
+    );
     // A cancel that arrives after the work completed does not rewrite it: the
     // work happened (source document 003, M2).
     let rewrite = user_cancel

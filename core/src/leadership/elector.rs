@@ -280,8 +280,9 @@ impl Elector {
     /// holds exactly `term` when it handles it.
     pub fn request_resign(&self, term: Term) {
         // Planted `stale_resign` (002) keeps the request whatever it names.
-        if !self.holds(term) && !crate::is_planted!(self.cfg.plants, StaleResign) {
-            crate::sometimes!("resign_request_for_term_not_held");
+        let held = self.holds(term);
+        crate::sometimes!(!held, "resign_request_for_term_not_held");
+        if !held && !crate::is_planted!(self.cfg.plants, StaleResign) {
             tracing::debug!(holder = %self.cfg.holder, %term, "dropping resign of a term not held");
             return;
         }
@@ -395,6 +396,7 @@ impl Elector {
             };
             if let Ok(Some(lease)) = granted {
                 let now = self.clock.monotonic();
+                self.mark_late_reply(started, now);
                 if now < trusted_until {
                     // Planted `trust_from_reply` counts the window from the reply,
                     // so a slow reply stretches trust past the lease.
@@ -466,6 +468,7 @@ impl Elector {
             };
             match renewed {
                 Ok(true) => {
+                    self.mark_late_reply(attempt_start, self.clock.monotonic());
                     // The window counts from the request's send, never its reply:
                     // storage started the TTL no earlier than that.
                     let anchor = if crate::is_planted!(cfg.plants, TrustFromReply) {
@@ -491,6 +494,15 @@ impl Elector {
                 Err(_) => next_renew = self.clock.monotonic() + cfg.renew_interval / 4,
             }
         }
+    }
+
+    /// Coverage: a grant or renewal sent at `sent` answered at `answered`,
+    /// later than the safety margin allows for.
+    fn mark_late_reply(&self, sent: Instant, answered: Instant) {
+        crate::sometimes!(
+            answered.saturating_duration_since(sent) > self.cfg.safety_margin,
+            "lease_reply_after_safety_margin"
+        );
     }
 
     /// The trust window closed without a renewal: step down (the caller then
