@@ -64,6 +64,12 @@ pub struct Scenario {
     /// for the catalog's. Replay commands name it, since no rebuild knows it.
     #[serde(skip)]
     pub source: Option<PathBuf>,
+    /// The seed this scenario's shape was drawn from, when it is a swarm seed's
+    /// drawn shape (`sim::shape`); `None` for the catalog's and a user's. A run
+    /// may keep a shape under another seed (`sim hunt` reseeds one), and its
+    /// fault script then names both.
+    #[serde(skip)]
+    pub shape_seed: Option<u64>,
 }
 
 /// The jobs a scenario runs: how many, when, and how their handlers behave.

@@ -2,11 +2,28 @@
 //! the `keel::sometimes!` counts as its feedback.
 //!
 //! A plain sweep runs seed after seed and forgets each one. The hunt keeps the
-//! runs that reached something new, a rare state or a rare state more often
-//! than any run before (hit counts in power-of-two buckets, as AFL counts
-//! edges), and spends part of its budget on *mutants* of them: the same seed
-//! with its fault plan changed, the way a fuzzer mutates inputs that found new
-//! coverage. A mutation
+//! runs that reached something new and spends half its budget on *mutants* of
+//! them, the way a fuzzer mutates inputs that found new coverage. Two signals
+//! say what is new:
+//!
+//! * **coverage**: a rare state, or a rare state more often than any run
+//!   before (hit counts in power-of-two buckets, as AFL counts edges);
+//! * **nearness**: each checker that measures it says how much slack the run
+//!   left on the invariant ([`crate::checkers::Checker::slack_ms`]: how long
+//!   after its revoke a handler ran, how soon after a belief's end the next
+//!   grant came). A run nearer to breaking an invariant than any before is
+//!   kept, and each power-of-two level under 4 s is a state of its own
+//!   (`near no_double_execution <512ms`), so the deeper levels are rare and
+//!   draw the search, as a fuzzer splits a comparison into bytes it can reach
+//!   one at a time (targeted property-based testing climbs the same way).
+//!
+//! A parent is, half the time, the run nearest to breaking one invariant (each
+//! in turn), else one picked with a weight that favours the rarest states it
+//! reached (each state weighs one over the runs that reached it so far). Half
+//! the mutants **reseed** the parent: its shape (nodes, phase, workload, fault
+//! profile) with a new seed, so a new plan and interleaving; a run that reached
+//! a rare state says more about its shape than about its exact plan. The other
+//! half keep the seed and change the plan; a mutation
 //!
 //! * **moves** a fault up to 5 s earlier or later,
 //! * **stretches** or shrinks one of its durations (at most 2x either way),
@@ -19,9 +36,6 @@
 //! Every value stays inside the ranges the template and the seed's shape
 //! allow, and every mutant keeps the clock margin rule of [`crate::shape`], so
 //! a mutant is a plan swarm itself could draw, only one it would rarely draw.
-//! Parents are picked with a weight that favours the rarest states they
-//! reached (each state weighs one over the runs that reached it so far), so a
-//! state stops drawing the search once it is common.
 //!
 //! ```text
 //! $ sim hunt --seed 2 --runs 400 --plant burst_ticks --invariant no_tick_burst --fail-fast
@@ -31,8 +45,11 @@
 //!     sim replay --script hunt-out/run-2.script
 //! ```
 //!
-//! Measured on the planted bugs (README, *Hunting*), it does not yet beat plain
-//! swarm: mutants find the rarest bugs less often per run than fresh seeds do.
+//! Measured on the planted bugs (README, *Hunting*), it finds a bug whose
+//! condition has a gradient (a claim held past its trust) in fewer runs than
+//! plain swarm, and one whose condition is a single instant (a cancel landing
+//! as a handler completes) in more: what it is worth depends on what its
+//! markers and checkers can see.
 //!
 //! **Reproducible.** Every run is a pure function of a seed plus a fault
 //! script, so a finding is one `sim replay --script FILE` away; the hunt writes
@@ -64,6 +81,12 @@ pub const BATCH: usize = 8;
 const FRESH_SHARE: f64 = 0.5;
 /// Most mutations stacked on one mutant.
 const MUTATIONS_MAX: usize = 3;
+/// Share of mutants that keep only the parent's shape (nodes, phase,
+/// workload, fault profile) and draw a new seed: turmoil's interleaving and a
+/// new plan from the same profile. A run that reached a rare state says more
+/// about its shape than about its exact plan, whose every change reshuffles
+/// what follows.
+const RESEED_SHARE: f64 = 0.5;
 /// Share of mutations that change the workload (one knob of
 /// [`crate::script::WORKLOAD_KEYS`]) rather than the fault plan.
 const RESHAPE_SHARE: f64 = 0.25;
@@ -74,6 +97,11 @@ const MUTANT_TRIES_MAX: usize = 8;
 /// Weight every corpus entry has on top of its states' rarity, so an entry
 /// whose states all became common is still picked now and then.
 const ENERGY_FLOOR: f64 = 0.05;
+/// Share of mutants whose parent is the run that came nearest to breaking
+/// one invariant (each invariant with a measured slack in turn), rather than
+/// one picked by the rarity of its states: a hill climb on each checker's
+/// slack beside the coverage search.
+const CLIMB_SHARE: f64 = 0.5;
 /// Salt of the hunt's own random stream.
 const HUNT_SALT: u64 = 0x6875_6e74;
 
@@ -150,8 +178,35 @@ pub struct Hunt {
     seen: BTreeSet<(String, u32)>,
     /// Runs that reached each state.
     reached: BTreeMap<String, u64>,
+    /// Per invariant, the least slack any run left and the corpus entry that
+    /// left it.
+    nearest: BTreeMap<&'static str, (u64, usize)>,
     next_fresh: u64,
     runs: u64,
+}
+
+/// Slack above which a run is not near breaking an invariant, in ms: a few
+/// of the runtime's one-second intervals.
+const NEAR_SLACK_MS_MAX: u64 = 4_096;
+/// Finest slack level told apart, in ms: a few of the simulator's 20 ms steps.
+const NEAR_SLACK_MS_MIN: u64 = 128;
+
+/// The near-miss states `result` reached: for each invariant whose slack
+/// ([`crate::runner::slack`]) is under [`NEAR_SLACK_MS_MAX`], one state
+/// naming it and its level, a power of two (`near no_double_execution
+/// <512ms`). Each level is a state of its own, so the deeper levels are the
+/// rarer ones and weigh more when parents are picked: the search climbs
+/// toward the edge of an invariant the way a fuzzer splits a comparison into
+/// bytes it can reach one at a time.
+fn near_states(slack: &BTreeMap<&'static str, u64>) -> Vec<String> {
+    slack
+        .iter()
+        .filter(|(_, slack)| **slack < NEAR_SLACK_MS_MAX)
+        .map(|(invariant, slack)| {
+            let level = (slack + 1).next_power_of_two().max(NEAR_SLACK_MS_MIN);
+            format!("near {invariant} <{level}ms")
+        })
+        .collect()
 }
 
 /// A hit count's bucket: 1, 2, 3, 4-7, 8-15, ... (AFL's classes).
@@ -173,6 +228,7 @@ impl Hunt {
             corpus: Vec::new(),
             seen: BTreeSet::new(),
             reached: BTreeMap::new(),
+            nearest: BTreeMap::new(),
             next_fresh,
             runs: 0,
         }
@@ -223,8 +279,20 @@ impl Hunt {
         }
     }
 
-    /// A corpus index, weighted toward entries that reached rare states.
+    /// A corpus index: the entry nearest to breaking some invariant, or one
+    /// weighted toward rare states.
     fn pick_parent(&mut self) -> usize {
+        if !self.nearest.is_empty() && self.rng.random_bool(CLIMB_SHARE) {
+            let i = self.rng.random_range(0..self.nearest.len());
+            if let Some((_, (_, index))) = self.nearest.iter().nth(i) {
+                return *index;
+            }
+        }
+        self.pick_by_rarity()
+    }
+
+    /// A corpus index, weighted toward entries that reached rare states.
+    fn pick_by_rarity(&mut self) -> usize {
         let weights: Vec<f64> = self
             .corpus
             .iter()
@@ -253,6 +321,16 @@ impl Hunt {
     fn mutant(&mut self, index: usize) -> Option<Candidate> {
         let entry = &self.corpus[index];
         let (parent_run, spec, mut plan) = (entry.run, entry.spec.clone(), entry.plan.clone());
+        if self.rng.random_bool(RESEED_SHARE) {
+            // Seeds of the template are counted up from `start`; a reseed
+            // draws its own, far from them (the top bit set).
+            let seed = self.rng.random::<u64>() | (1 << 63);
+            return Some(Candidate {
+                spec: RunSpec { seed, ..spec },
+                parent: Some(parent_run),
+                mutations: vec!["reseed"],
+            });
+        }
         let shape = &spec.scenario;
         let bounds = Bounds::new(&self.config.scenario.faults, &shape.faults, shape);
         let count = self.rng.random_range(1..=MUTATIONS_MAX);
@@ -290,12 +368,19 @@ impl Hunt {
         };
         let mut new = Vec::new();
         let mut states = Vec::new();
-        for (state, hits) in result.coverage.iter().filter(|(_, h)| **h > 0) {
+        let slack = crate::runner::slack(result);
+        let reached = result
+            .coverage
+            .iter()
+            .filter(|(_, h)| **h > 0)
+            .map(|(state, hits)| (state.clone(), bucket(*hits)))
+            .chain(near_states(&slack).into_iter().map(|s| (s, 1)));
+        for (state, bucket) in reached {
             *self.reached.entry(state.clone()).or_insert(0) += 1;
-            states.push((state.clone(), bucket(*hits)));
-            if self.seen.insert((state.clone(), bucket(*hits))) {
+            if self.seen.insert((state.clone(), bucket)) {
                 new.push(state.clone());
             }
+            states.push((state, bucket));
         }
         if !result.violations.is_empty() {
             let mut names: Vec<String> = result
@@ -306,8 +391,18 @@ impl Hunt {
             names.dedup();
             return Step::Violation(names);
         }
-        if new.is_empty() {
+        let nearer: Vec<(&'static str, u64)> = slack
+            .into_iter()
+            .filter(|(inv, ms)| self.nearest.get(inv).is_none_or(|(best, _)| ms < best))
+            .collect();
+        if new.is_empty() && nearer.is_empty() {
             return Step::Nothing;
+        }
+        for (inv, ms) in nearer {
+            self.nearest.insert(inv, (ms, self.corpus.len()));
+            if new.is_empty() {
+                new.push(format!("nearer {inv} ({ms}ms)"));
+            }
         }
         // A fresh seed's scenario is the template: keep the shape it drew, so
         // its mutants run the same nodes, phase and workload.
@@ -605,9 +700,18 @@ mod tests {
     fn mutants_keep_the_shape_the_ranges_and_the_margin() {
         let mut hunt = Hunt::new(config(9));
         let template = config(9).scenario;
-        let (mut mutants, mut reshaped) = (0, 0);
+        let (mut mutants, mut reshaped, mut reseeded) = (0, 0, 0);
         for _ in 0..40 {
             for c in hunt.next_batch(BATCH as u64) {
+                if c.mutations == ["reseed"] {
+                    // The parent's shape under a seed of its own, far from the
+                    // fresh seeds, with the plan that seed draws.
+                    reseeded += 1;
+                    let parent = hunt.corpus.iter().find(|e| Some(e.run) == c.parent);
+                    let parent = parent.expect("a reseed names its parent");
+                    assert_eq!(c.spec.scenario, parent.spec.scenario);
+                    assert!(c.spec.seed >= 1 << 63 && c.spec.script.is_none());
+                }
                 if let Some(plan) = c.spec.script.as_deref() {
                     mutants += 1;
                     let s = &c.spec.scenario;
@@ -634,26 +738,30 @@ mod tests {
                 hunt.absorb(&c, &outcome(&c, &[("claimed_ahead_renewed", hits)]));
             }
         }
-        assert!(mutants > 50, "{mutants} mutants");
+        assert!(mutants > 30, "{mutants} mutants");
+        assert!(reseeded > 30, "{reseeded} reseeded");
         assert!(
             reshaped > 5,
             "{reshaped} of {mutants} mutants with another workload"
         );
     }
 
-    /// A mutant (its workload reshaped, its faults changed) written as a
-    /// script and read back runs exactly the run the hunt ran.
+    /// A mutant (its workload reshaped, its faults changed) and a reseeded
+    /// one, each written as a script and read back, run exactly the run the
+    /// hunt ran.
     #[test]
     fn a_mutant_replays_from_its_script() {
         let mut hunt = Hunt::new(config(5));
-        let mut checked = 0;
-        while checked < 2 {
+        let (mut reshaped_checked, mut reseed_checked) = (false, false);
+        while !(reshaped_checked && reseed_checked) {
             for c in hunt.next_batch(BATCH as u64) {
                 let reshaped = c
                     .mutations
                     .iter()
                     .any(|m| m.ends_with("_pct") || *m == "workers" || *m == "claim_ahead");
-                if c.parent.is_none() || (checked == 0 && !reshaped) || checked >= 2 {
+                let reseed = c.mutations == ["reseed"];
+                let check = (reshaped && !reshaped_checked) || (reseed && !reseed_checked);
+                if !check {
                     hunt.absorb(
                         &c,
                         &outcome(&c, &[("cancel_races_finish", c.spec.seed % 7 + 1)]),
@@ -662,13 +770,72 @@ mod tests {
                 }
                 let ran = crate::runner::run_once(&c.spec).expect("runs");
                 let text = finding_script(&ran, "no_lost_jobs").render("test");
+                assert_eq!(reseed, text.contains("shape_seed="), "{text}");
                 let back = FaultScript::parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
                 assert_eq!(back.spec.scenario, c.spec.scenario, "{text}");
                 let again = crate::runner::run_once(&back.spec).expect("runs");
                 assert_eq!(again.trace_hash, ran.trace_hash, "{text}");
-                checked += 1;
+                reshaped_checked |= reshaped;
+                reseed_checked |= reseed;
             }
         }
+    }
+
+    /// A run whose handler of a revoked claim ran on `over_ms` past the
+    /// revoke (the runtime's grace is 3,040 ms).
+    fn ran_on(c: &Candidate, over_ms: u64) -> Result<RunResult, SimError> {
+        use crate::checkers::test_support::H;
+        use crate::history::DbEvent;
+        use keel::events::Event;
+        use keel::storage::JobId;
+        let job = JobId(1);
+        let history = H::new()
+            .db(
+                0,
+                DbEvent::ClaimApplied {
+                    job,
+                    attempt: 1,
+                    owner: "w".into(),
+                },
+            )
+            .node(10, "n1", Event::HandlerStarted { job, attempt: 1 })
+            .db(5_000, DbEvent::RescueApplied { job, attempt: 1 })
+            .node(
+                5_000 + over_ms,
+                "n1",
+                Event::HandlerEnded {
+                    job,
+                    attempt: 1,
+                    outcome: "aborted".into(),
+                },
+            )
+            .0;
+        let mut result = outcome(c, &[])?;
+        result.history = history;
+        Ok(result)
+    }
+
+    #[test]
+    fn a_run_nearer_to_breaking_an_invariant_is_kept_and_climbed_from() {
+        let mut hunt = Hunt::new(config(2));
+        let batch = hunt.next_batch(3);
+        let far = hunt.absorb(&batch[0], &ran_on(&batch[0], 0));
+        assert_eq!(
+            far,
+            Step::NewCoverage(vec!["near no_double_execution <4096ms".into()]),
+            "3,040 ms of slack"
+        );
+        let same = hunt.absorb(&batch[1], &ran_on(&batch[1], 0));
+        assert_eq!(same, Step::Nothing, "no nearer than before");
+        let near = hunt.absorb(&batch[2], &ran_on(&batch[2], 3_000));
+        assert_eq!(
+            near,
+            Step::NewCoverage(vec!["near no_double_execution <128ms".into()]),
+            "40 ms of slack"
+        );
+        assert_eq!(hunt.nearest.get("no_double_execution"), Some(&(40, 1)));
+        let picks = (0..400).filter(|_| hunt.pick_parent() == 1).count();
+        assert!(picks > 200, "the nearest run drew {picks} of 400 picks");
     }
 
     #[test]

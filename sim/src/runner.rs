@@ -306,6 +306,23 @@ pub fn check(
     check_named(scenario, &scenario.invariants, history, ctx)
 }
 
+/// How near `result` came to breaking each of its scenario's invariants that
+/// measures it ([`checkers::Checker::slack_ms`]): slack in ms, by invariant.
+/// The guided search's second signal, beside the coverage states.
+pub fn slack(result: &RunResult) -> BTreeMap<&'static str, u64> {
+    let scenario = crate::shape::concrete(&result.spec.scenario, result.spec.seed);
+    let Ok(timing) = Timing::for_scenario(&scenario) else {
+        return BTreeMap::new();
+    };
+    let ctx = check_ctx(&timing, &scenario, result.simulated_ms());
+    scenario
+        .invariants
+        .iter()
+        .filter_map(|name| checkers::by_name(name))
+        .filter_map(|c| Some((c.name(), c.slack_ms(&result.history, &ctx)?)))
+        .collect()
+}
+
 /// Check `history` against the built-in invariants `names` (a scenario's, or the
 /// ones a [`Work`] chose); an unknown name is an error naming `scenario`.
 fn check_named(

@@ -14,7 +14,8 @@
 //! `storage`, `plant`, `expect`, see [`crate::corpus`]) and the scenario
 //! overrides `nodes`, `duration_s` (the fault phase), `heal_s`, `jobs` and the
 //! workload's knobs ([`WORKLOAD_KEYS`]: `workers`, `claim_ahead` and the
-//! behaviour shares such as `cancel_pct`). Every other
+//! behaviour shares such as `cancel_pct`), and `shape_seed` when a swarm run
+//! keeps the shape of another seed than its own (`sim hunt` reseeds). Every other
 //! line is a skew or a fault with its start in simulated milliseconds, in the
 //! form [`FaultPlan`]'s `Display` writes. The seed still drives message latency,
 //! host order, the workload and the runtime's jitter; only the faults are fixed.
@@ -34,6 +35,10 @@ pub struct FaultScript {
     /// What the run must show.
     pub expect: Expect,
 }
+
+/// The header key naming the seed a swarm run's shape was drawn from, when it
+/// is not the run's own seed.
+const SHAPE_SEED: &str = "shape_seed";
 
 /// Scenario overrides a script may carry besides [`WORKLOAD_KEYS`], as
 /// `key=value` words.
@@ -84,6 +89,7 @@ impl FaultScript {
         let mut overrides = Vec::new();
         let mut lines = Vec::new();
         let mut first_header_line = None;
+        let mut shape_seed = None;
         for (i, raw) in text.lines().enumerate() {
             let content = raw.split('#').next().unwrap_or("").trim();
             let Some(first) = content.split_whitespace().next() else {
@@ -92,8 +98,15 @@ impl FaultScript {
             if first.contains('=') {
                 first_header_line.get_or_insert(i + 1);
                 for word in content.split_whitespace() {
-                    let key = word.split_once('=').map_or(word, |(k, _)| k);
-                    if is_override(key) {
+                    let (key, value) = word.split_once('=').unwrap_or((word, ""));
+                    if key == SHAPE_SEED {
+                        let seed = value.parse::<u64>().map_err(|e| CorpusError {
+                            line: i + 1,
+                            field: SHAPE_SEED.to_owned(),
+                            reason: format!("{value:?}: {e}"),
+                        })?;
+                        shape_seed = Some(seed);
+                    } else if is_override(key) {
                         overrides.push((i + 1, word));
                     } else {
                         header.push(word);
@@ -109,7 +122,8 @@ impl FaultScript {
         let at = first_header_line.unwrap_or(1);
         let mut run = corpus::parse_line(at, &header.join(" "))?;
         // Overrides apply to what the seed runs: a swarm seed's drawn shape.
-        run.spec.scenario = crate::shape::concrete(&run.spec.scenario, run.spec.seed).into_owned();
+        let drawn_from = shape_seed.unwrap_or(run.spec.seed);
+        run.spec.scenario = crate::shape::concrete(&run.spec.scenario, drawn_from).into_owned();
         for (line, word) in overrides {
             apply_override(&mut run.spec.scenario, line, word)?;
         }
@@ -147,6 +161,9 @@ impl FaultScript {
             out.push_str(&format!(" expect={}", self.expect));
         }
         let s = &self.spec.scenario;
+        if let Some(seed) = s.shape_seed.filter(|x| *x != self.spec.seed) {
+            out.push_str(&format!(" {SHAPE_SEED}={seed}"));
+        }
         out.push_str(&format!(
             "\nnodes={} duration_s={} heal_s={}",
             s.nodes, s.duration_s, s.heal_s

@@ -83,6 +83,7 @@ fn draw(template: &Scenario, seed: u64) -> Scenario {
         .then(|| &profiles[rng.random_range(0..profiles.len())]);
     let mut s = template.clone();
     s.swarm = false;
+    s.shape_seed = Some(seed);
     s.faults = faults(template, focus, &mut rng);
     let keep = |rng: &mut ChaCha8Rng| focus.is_some() && rng.random_bool(FOCUS_KEEP);
     s.nodes = match focus {
@@ -112,7 +113,7 @@ fn draw(template: &Scenario, seed: u64) -> Scenario {
         Some(f) if !f.loops.is_empty() && keep(&mut rng) => f.loops.clone(),
         _ => loops(&mut rng),
     };
-    s.heal_s = heal_s(template, focus, s.workload.as_ref());
+    s.heal_s = heal_s(template, focus, s.workload.as_ref(), s.nodes);
     s.description = describe(focus, &s);
     debug_assert!(s.validate().is_ok(), "a drawn shape is valid: {s:?}");
     s
@@ -463,19 +464,44 @@ const WORK_PER_SLOT_PCT_OF_PHASE: u64 = 65;
 /// Fewest jobs a shaped workload keeps.
 const JOBS_MIN: u32 = 5;
 
-/// Trim `w`'s jobs to what `nodes` nodes' workers can run in `duration_s`.
-fn fit_to_capacity(w: &mut Workload, nodes: u32, duration_s: u64) {
-    let slots = u64::from(nodes * w.workers);
+/// Mean handler time one of `w`'s jobs asks of a worker slot, in ms.
+fn per_job_ms(w: &Workload) -> u64 {
     let mean_slow_ms = (w.slow_ms[0] + w.slow_ms[1]) / 2;
     let long_pct = u64::from(w.slow_pct + w.stubborn_pct + w.panic_on_stop_pct);
     // A hanging job waits for its cancel: 2.5 to 15 s after its enqueue.
-    let per_job_ms = 100 + long_pct * mean_slow_ms / 100 + u64::from(w.hang_pct) * 8_750 / 100;
+    100 + long_pct * mean_slow_ms / 100 + u64::from(w.hang_pct) * 8_750 / 100
+}
+
+/// Handler time `w`'s jobs ask of each of `nodes` nodes' worker slots, in ms.
+fn work_per_slot_ms(w: &Workload, nodes: u32) -> u64 {
+    let slots = u64::from(nodes * w.workers).max(1);
+    u64::from(w.jobs) * per_job_ms(w) / slots
+}
+
+/// Trim `w`'s jobs to what `nodes` nodes' workers can run in `duration_s`.
+fn fit_to_capacity(w: &mut Workload, nodes: u32, duration_s: u64) {
+    let slots = u64::from(nodes * w.workers);
     let per_slot_ms = duration_s * 1000 * WORK_PER_SLOT_PCT_OF_PHASE / 100;
-    let fits = per_slot_ms * slots / per_job_ms;
+    let fits = per_slot_ms * slots / per_job_ms(w);
     w.jobs = w
         .jobs
         .min(u32::try_from(fits).unwrap_or(u32::MAX))
         .max(JOBS_MIN);
+}
+
+/// Heal time a shaped workload needs on top of a scenario's own heal phase,
+/// in seconds: the time claimed-ahead jobs can wait in a worker's hand behind
+/// slow ones, and the work the faults may have left undone beyond what the
+/// heal's own drain allowance ([`crate::runner::JOBS_DRAIN_MS`]) covers. The
+/// faults can leave all of it: a one-node shape whose only node is partitioned
+/// or paused for most of the phase runs almost nothing before the heal (swarm
+/// seed 7000961: 1 node, 1 worker, 52 s of work per slot, three 19 s
+/// partitions; 19 jobs were still queued 60 s into a 60 s heal, the worker
+/// busy throughout).
+fn extra_heal_s(w: &Workload, nodes: u32) -> u64 {
+    let hand_wait_ms = u64::from(w.claim_ahead) * w.slow_ms[1];
+    let backlog_ms = work_per_slot_ms(w, nodes).saturating_sub(crate::runner::JOBS_DRAIN_MS);
+    (hand_wait_ms + backlog_ms).div_ceil(1000)
 }
 
 /// The range [`workload`] draws each of the script's workload knobs from
@@ -497,19 +523,19 @@ pub fn knob_range(key: &str) -> Option<[u32; 2]> {
 
 /// Set workload knob `key` of a drawn shape to `value`, keeping the shape's
 /// rules: jobs trimmed to what the workers can run, and the heal phase grown
-/// or shrunk by the time claimed-ahead jobs can wait in a hand. `None` when
+/// or shrunk with what the workload needs of it ([`extra_heal_s`]). `None` when
 /// the shape runs no jobs, the key is unknown, or the result is invalid.
 pub fn reshape(shape: &Scenario, key: &str, value: u32) -> Option<Scenario> {
     let (_, field) = crate::script::WORKLOAD_KEYS
         .iter()
         .find(|(k, _)| *k == key)?;
     let mut s = shape.clone();
+    let nodes = s.nodes;
     let w = s.workload.as_mut()?;
-    let hand_wait_s = |w: &Workload| (u64::from(w.claim_ahead) * w.slow_ms[1]).div_ceil(1000);
-    let before_s = hand_wait_s(w);
+    let before_s = extra_heal_s(w, nodes);
     *field(w) = value;
-    fit_to_capacity(w, s.nodes, s.duration_s);
-    let after_s = hand_wait_s(w);
+    fit_to_capacity(w, nodes, s.duration_s);
+    let after_s = extra_heal_s(w, nodes);
     s.heal_s = (s.heal_s + after_s).saturating_sub(before_s);
     s.validate().is_ok().then_some(s)
 }
@@ -526,12 +552,11 @@ fn loops(rng: &mut ChaCha8Rng) -> Vec<(String, u64)> {
         .collect()
 }
 
-/// The heal phase: the longer of the template's and the focus's, plus the
-/// time claimed-ahead jobs can wait in a worker's hand behind slow ones.
-fn heal_s(template: &Scenario, focus: Option<&Scenario>, w: Option<&Workload>) -> u64 {
+/// The heal phase: the longer of the template's and the focus's, plus what
+/// the workload needs on top ([`extra_heal_s`]).
+fn heal_s(template: &Scenario, focus: Option<&Scenario>, w: Option<&Workload>, nodes: u32) -> u64 {
     let base = focus.map_or(template.heal_s, |f| f.heal_s.max(template.heal_s));
-    let hand_wait_ms = w.map_or(0, |w| u64::from(w.claim_ahead) * w.slow_ms[1]);
-    base + hand_wait_ms.div_ceil(1000)
+    base + w.map_or(0, |w| extra_heal_s(w, nodes))
 }
 
 /// A drawn shape in a few lines, for `sim replay`: the focus, the size, the

@@ -324,6 +324,13 @@ fn hold(storage: StorageKind, seeds: u64) -> Result<serde_json::Value, String> {
     }))
 }
 
+/// First seed of bug-finding range `range`: ranges a million seeds apart, so
+/// they share no seed, from 100,000,000, far from every seed a test, a
+/// regression line or the unplanted hold uses.
+fn range_start(range: u64) -> u64 {
+    100_000_000 + range * 1_000_000
+}
+
 /// First seed of the unplanted hold: far from every test's and figure's seeds.
 const HOLD_FROM: u64 = 3_000_000;
 
@@ -402,8 +409,7 @@ fn bug_power(
     };
     let (mut seeds_needed, mut walls, mut missed) = (Vec::new(), Vec::new(), 0u64);
     for range in 0..ranges {
-        // Ranges far apart, so they share no seed.
-        let start = range * 1_000_000;
+        let start = range_start(range);
         let began = wall_now();
         let found = (0..search).find(|i| {
             runner::run_once(&spec(scenario.clone(), start + i, Some(bug)))
@@ -431,7 +437,7 @@ fn bug_power(
 
 /// Runs of the guided search (`sim hunt` from swarm, on one core) until `bug`
 /// is first caught, in each of `ranges` ranges: range `r` hunts with seed `r`
-/// from fresh seed `r * 1_000_000`, the swarm-only figure's ranges.
+/// from fresh seed [`range_start`]`(r)`, the swarm-only figure's ranges.
 fn guided_power(
     (bug, invariant): (Bug, &str),
     ranges: u64,
@@ -445,7 +451,7 @@ fn guided_power(
             storage: StorageKind::Mem,
             plant: Some(bug),
             seed: range,
-            start: range * 1_000_000,
+            start: range_start(range),
         });
         let began = wall_now();
         let mut found = None;

@@ -177,6 +177,15 @@ pub trait Checker: Send + Sync {
     }
     /// Every violation in `history`.
     fn check(&self, history: &[Record], ctx: &CheckCtx) -> Vec<Violation>;
+    /// How near the run came to breaking the invariant: the slack, in ms, left
+    /// on the tightest pair of events the checker judges (0: on the edge or
+    /// past it), or `None` when no such pair occurred or the checker measures
+    /// none. Never a verdict: the guided search ([`crate::hunt`]) keeps runs
+    /// that come nearer than any before and mutates them, as targeted
+    /// property-based testing climbs on a utility value.
+    fn slack_ms(&self, _history: &[Record], _ctx: &CheckCtx) -> Option<u64> {
+        None
+    }
 }
 
 /// Each planted bug with the scenario and invariant that catch it: the pairs

@@ -27,7 +27,7 @@
 //!   after its handler ended, so this is another worker writing over the claim
 //!   (source document 003, H1: a reaped worker clobbering the new claimant).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use keel::events::Event;
 use keel::storage::JobId;
@@ -55,6 +55,13 @@ struct Scan<'a> {
     revoked: BTreeMap<(JobId, u32), &'a Record>,
     terminal: BTreeMap<JobId, &'a Record>,
     out: Vec<Violation>,
+    /// Claims whose attempt storage finalized: a later claim ends them, it
+    /// does not revoke a live one.
+    finalized: BTreeSet<(JobId, u32)>,
+    /// When each claim's last handler interval closed, if not yet revoked.
+    closed_at_ms: BTreeMap<(JobId, u32), u64>,
+    /// The least slack any revoked claim's handler left (see `slack_ms`).
+    slack_ms: Option<u64>,
 }
 
 impl Checker for NoDoubleExecution {
@@ -63,6 +70,19 @@ impl Checker for NoDoubleExecution {
     }
 
     fn check(&self, history: &[Record], ctx: &CheckCtx) -> Vec<Violation> {
+        Scan::run(history, ctx).out
+    }
+
+    /// The least slack a revoked live claim's handler left: the grace minus
+    /// how long it ran on after the revoke, or the grace plus how long before
+    /// the revoke it ended.
+    fn slack_ms(&self, history: &[Record], ctx: &CheckCtx) -> Option<u64> {
+        Scan::run(history, ctx).slack_ms
+    }
+}
+
+impl<'a> Scan<'a> {
+    fn run(history: &'a [Record], ctx: &CheckCtx) -> Self {
         let mut scan = Scan::default();
         for r in history {
             scan.step(history, ctx, r);
@@ -72,11 +92,27 @@ impl Checker for NoDoubleExecution {
                 scan.close(history, ctx, i, last);
             }
         }
-        scan.out
+        scan
     }
-}
 
-impl<'a> Scan<'a> {
+    fn near(&mut self, slack_ms: u64) {
+        self.slack_ms = Some(self.slack_ms.map_or(slack_ms, |s| s.min(slack_ms)));
+    }
+
+    /// The first revoke of `(job, attempt)`, by `r`.
+    fn revoke(&mut self, ctx: &CheckCtx, r: &'a Record, job: JobId, attempt: u32) {
+        if self.revoked.contains_key(&(job, attempt)) {
+            return;
+        }
+        self.revoked.insert((job, attempt), r);
+        if self.finalized.contains(&(job, attempt)) {
+            return;
+        }
+        if let Some(closed) = self.closed_at_ms.remove(&(job, attempt)) {
+            self.near(ctx.lost_claim_grace_ms + r.at_ms.saturating_sub(closed));
+        }
+    }
+
     fn step(&mut self, history: &'a [Record], ctx: &CheckCtx, r: &'a Record) {
         let host = r.host.as_str();
         match &r.ev {
@@ -93,11 +129,11 @@ impl<'a> Scan<'a> {
                 self.close_where(history, ctx, r, |i| i.host == host);
             }
             Ev::Db(DbEvent::RescueApplied { job, attempt }) => {
-                self.revoked.entry((*job, *attempt)).or_insert(r);
+                self.revoke(ctx, r, *job, *attempt);
             }
             Ev::Db(DbEvent::ClaimApplied { job, attempt, .. }) => {
                 for a in 1..*attempt {
-                    self.revoked.entry((*job, a)).or_insert(r);
+                    self.revoke(ctx, r, *job, a);
                 }
             }
             Ev::Db(DbEvent::FinalizeApplied {
@@ -105,6 +141,7 @@ impl<'a> Scan<'a> {
                 attempt,
                 state,
             }) => {
+                self.finalized.insert((*job, *attempt));
                 self.finalized_under(history, r, *job, *attempt);
                 if state.is_terminal() {
                     self.terminal.entry(*job).or_insert(r);
@@ -183,7 +220,8 @@ impl<'a> Scan<'a> {
     }
 
     fn close(&mut self, history: &'a [Record], ctx: &CheckCtx, i: Interval<'a>, at: &'a Record) {
-        let Some(revoked) = self.revoked.get(&(i.job, i.attempt)) else {
+        let Some(revoked) = self.revoked.get(&(i.job, i.attempt)).copied() else {
+            self.closed_at_ms.insert((i.job, i.attempt), at.at_ms);
             return;
         };
         if revoked.seq < i.started {
@@ -195,13 +233,14 @@ impl<'a> Scan<'a> {
             .at_ms
             .saturating_sub(revoked.at_ms)
             .saturating_sub(frozen);
+        self.near(ctx.lost_claim_grace_ms.saturating_sub(over));
         if over <= ctx.lost_claim_grace_ms {
             return;
         }
         let lost = history[i.started..at.seq].iter().find(|r| {
             r.host == i.host && matches!(&r.ev, Ev::Node(Event::ClaimLost { job, attempt }) if *job == i.job && *attempt == i.attempt)
         });
-        let witnesses = [Some(&history[i.started]), Some(*revoked), lost, Some(at)]
+        let witnesses = [Some(&history[i.started]), Some(revoked), lost, Some(at)]
             .into_iter()
             .flatten()
             .cloned()
@@ -254,6 +293,42 @@ mod tests {
             job: JobId(job),
             attempt,
         }
+    }
+
+    /// n1 runs attempt 1 from 10 ms, its claim is rescued at 5 s, and its
+    /// handler ends at `end_ms`.
+    fn rescued_and_ended(end_ms: u64) -> H {
+        let h = H::new().db(0, claim(1, 1)).node(10, "n1", started(1, 1));
+        if end_ms < 5_000 {
+            h.node(end_ms, "n1", ended(1, 1)).db(5_000, rescue(1, 1))
+        } else {
+            h.db(5_000, rescue(1, 1)).node(end_ms, "n1", ended(1, 1))
+        }
+    }
+
+    #[test]
+    fn slack_is_the_grace_left_on_the_tightest_revoked_live_claim() {
+        let slack = |h: H| NoDoubleExecution.slack_ms(&h.0, &ctx(20_000));
+        // Grace 2 s: dropped 1 s after the revoke leaves 1 s; ending 500 ms
+        // before it leaves the grace and 500 ms; 3 s after it, nothing.
+        assert_eq!(slack(rescued_and_ended(6_000)), Some(1_000));
+        assert_eq!(slack(rescued_and_ended(4_500)), Some(2_500));
+        assert_eq!(slack(rescued_and_ended(8_000)), Some(0));
+        // A finalized attempt that the next claim ends was never revoked live.
+        let retried = H::new()
+            .db(0, claim(1, 1))
+            .node(10, "n1", started(1, 1))
+            .node(1_000, "n1", ended(1, 1))
+            .db(
+                1_010,
+                DbEvent::FinalizeApplied {
+                    job: JobId(1),
+                    attempt: 1,
+                    state: JobState::Retryable,
+                },
+            )
+            .db(2_000, claim(1, 2));
+        assert_eq!(slack(retried), None);
     }
 
     #[test]
