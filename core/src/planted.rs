@@ -78,11 +78,23 @@ pub enum Bug {
     /// ran longer than its backoff retries at once. Caught by
     /// `retry_respects_backoff`.
     RetryBackoffFromDue,
+    /// Keel's own: a worker that asked a running handler to stop (a cancel
+    /// request, an untrusted or lost claim) waits for it however long it runs,
+    /// as a plain `handle.await` would, instead of dropping it once its
+    /// `cancel_grace` is spent. A cancelled job's stubborn handler then runs to
+    /// the end and is recorded completed, which storage takes without
+    /// complaint. Caught by `stopped_handlers_end_in_grace`.
+    CancelGraceIgnored,
+    /// Keel's own: a failed maintainer start is retried at once, without its
+    /// backoff, so a leader whose start hook fails (a dependency down) hammers
+    /// it in a tight loop until its attempts run out. Storage sees nothing
+    /// wrong. Caught by `start_retries_back_off`.
+    StartRetryWithoutBackoff,
 }
 
 impl Bug {
     /// Every planted bug, in a fixed order.
-    pub const ALL: [Bug; 14] = [
+    pub const ALL: [Bug; 16] = [
         Bug::StaleResign,
         Bug::CrossTermStop,
         Bug::SwallowedPanic,
@@ -97,6 +109,8 @@ impl Bug {
         Bug::RenewErrorExtendsTrust,
         Bug::LoopSkipsTrustCheck,
         Bug::RetryBackoffFromDue,
+        Bug::CancelGraceIgnored,
+        Bug::StartRetryWithoutBackoff,
     ];
 
     /// The bug's name as the CLI spells it.
@@ -116,6 +130,8 @@ impl Bug {
             Bug::RenewErrorExtendsTrust => "renew_error_extends_trust",
             Bug::LoopSkipsTrustCheck => "loop_skips_trust_check",
             Bug::RetryBackoffFromDue => "retry_backoff_from_due",
+            Bug::CancelGraceIgnored => "cancel_grace_ignored",
+            Bug::StartRetryWithoutBackoff => "start_retry_without_backoff",
         }
     }
 }

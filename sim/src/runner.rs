@@ -289,6 +289,9 @@ pub fn check_ctx(timing: &Timing, scenario: &Scenario, end_at_ms: u64) -> CheckC
             + timing.request_timeout
             + timing.jobs.cancel_grace)
             + 2 * ms(TICK),
+        cancel_grace_ms: ms(timing.jobs.cancel_grace),
+        start_backoff_base_ms: ms(m.backoff.base),
+        start_backoff_max_ms: ms(m.backoff.max),
         heal_converge_ms,
         lease_ttl_ms: ms(e.lease_ttl),
         safety_margin_ms: ms(e.safety_margin),

@@ -187,6 +187,47 @@ fn retry_backoff_from_due_is_caught_by_retry_respects_backoff_and_replays() {
     );
 }
 
+#[test]
+fn cancel_grace_ignored_is_caught_by_stopped_handlers_end_in_grace_and_replays() {
+    assert_caught_replayed_and_clean_without_the_bug(
+        Bug::CancelGraceIgnored,
+        "shutdown_under_load",
+        "stopped_handlers_end_in_grace",
+    );
+}
+
+#[test]
+fn start_retry_without_backoff_is_caught_by_start_retries_back_off_and_replays() {
+    assert_caught_replayed_and_clean_without_the_bug(
+        Bug::StartRetryWithoutBackoff,
+        "stale_retries",
+        "start_retries_back_off",
+    );
+}
+
+/// The older bugs that break a promise a newer checker judges are caught by it
+/// too: a stale resign's retries outlive the term (`no_start_after_term_lost`),
+/// and a swallowed loop panic leaves the siblings ticking
+/// (`siblings_stop_on_loop_panic`).
+#[test]
+fn the_newer_checkers_catch_the_older_bugs_that_break_their_promises() {
+    for (bug, scenario, invariant) in [
+        (
+            Bug::StaleResign,
+            "stale_retries",
+            "no_start_after_term_lost",
+        ),
+        (
+            Bug::SwallowedPanic,
+            "panicking_tasks",
+            "siblings_stop_on_loop_panic",
+        ),
+    ] {
+        let found = first_detection(bug, scenario, invariant);
+        eprintln!("{bug}: {invariant} fired at seed {}", found.spec.seed);
+    }
+}
+
 /// Swarm, aimed at nothing in particular, finds the shared holder id on its own
 /// seeds: replacements are one of the process faults each swarm seed may draw.
 #[test]

@@ -419,8 +419,11 @@ async fn supervise(
                         shared.emit(Event::HandlerCancelRequested { job: id, attempt, reason: reason.into() });
                         running.cancel.trigger();
                     }
-                    let at = shared.clock.monotonic() + grace;
-                    drop_at = Some(drop_at.map_or(at, |d| d.min(at)));
+                    // Planted `cancel_grace_ignored` waits for the handler however long.
+                    if !crate::is_planted!(shared.plants, CancelGraceIgnored) {
+                        let at = shared.clock.monotonic() + grace;
+                        drop_at = Some(drop_at.map_or(at, |d| d.min(at)));
+                    }
                 }
             },
         }

@@ -351,6 +351,12 @@ impl Maintainer {
                 let mut rng = self.rng.lock().unwrap_or_else(|p| p.into_inner());
                 self.cfg.backoff.delay(attempt, &mut *rng)
             };
+            // Planted `start_retry_without_backoff` retries at once.
+            let delay = if crate::is_planted!(self.cfg.plants, StartRetryWithoutBackoff) {
+                Duration::ZERO
+            } else {
+                delay
+            };
             tokio::select! {
                 biased;
                 () = cancel.wait() => return,

@@ -24,21 +24,31 @@
 //! | No node believes it leads a term once a later one was granted to another holder, so no two nodes believe they lead at one true instant, unless their clocks were more than `safety_margin` apart (`leadership` design note) | [`one_believed_leader`](OneBelievedLeader) (true time) |
 //! | A leader's services act only inside their term's trust window, even as a frozen process thaws (`ServiceCtx::leads`) | [`leader_acts_in_trust`](LeaderActsInTrust) (true time) |
 //! | Nothing done for term T stops or alters another term's services (`maintenance` design note) | [`no_cross_term_teardown`](NoCrossTermTeardown) |
+//! | Losing T cancels T's start: no further start attempt begins (`maintenance` design note) | [`no_start_after_term_lost`](NoStartAfterTermLost) |
+//! | A failed start is retried with exponential backoff (`maintenance` design note, `MaintainerConfig::backoff`) | [`start_retries_back_off`](StartRetriesBackOff) |
+//! | A stopped maintainer run's late start attempt is never installed (`Maintainer::run`, `TermHandle`) | none: the events do not say which maintainer run an attempt belongs to; `core/src/maintenance` unit tests hold it, and `no_cross_term_teardown` and `maintainer_liveness` see what a wrongly installed start would do |
 //! | A node asks to resign only a term it holds at that moment (`Elector::request_resign`, `Maintainer`) | [`no_stale_resign`](NoStaleResign) |
 //! | A leader starts its services or resigns within the give-up bound, and a maintainer runs again soon after faults stop (`MaintainerConfig::give_up_bound`) | [`maintainer_liveness`](MaintainerLiveness) |
 //! | A tracked task's panic is reported when it happens, not only at shutdown (`TaskRegistry`) | [`no_task_panics`](NoTaskPanics) |
-//! | Two attempts of one job never run at once: attempt fencing, a lost heartbeat stops the handler within one interval, claims fence themselves after `claim_trust` (`jobs`, `ARCHITECTURE.md`) | [`no_double_execution`](NoDoubleExecution) |
+//! | Two attempts of one job never run at once: attempt fencing, a lost heartbeat stops the handler within one interval, claims fence themselves after `claim_trust` (`jobs`, `ARCHITECTURE.md`) | [`no_double_execution`](NoDoubleExecution), with `lost_claim_grace_ms` of slack after a revoke (one heartbeat interval and request timeout: the worker hears of it at its next heartbeat); an overlap inside that slack goes unreported |
 //! | A handler's effect is applied once per key, by the attempt that holds the claim (`JobStore::apply_effect`) | [`exactly_once_effects`](ExactlyOnceEffects) |
 //! | Every enqueued job reaches a final state once faults stop: rescues, finalize retries, cancels that survive a rescue (`jobs`) | [`no_lost_jobs`](NoLostJobs) |
-//! | A handler's or loop's panic is surfaced, and a loop's panic stops its siblings (`Watcher`, `catch_panic`) | [`panics_surfaced`](PanicsSurfaced) |
+//! | A handler's or loop's panic is surfaced (`Watcher`, `catch_panic`) | [`panics_surfaced`](PanicsSurfaced) |
+//! | A loop's panic stops its sibling loops (`Watcher`: the first to end signals the others) | [`siblings_stop_on_loop_panic`](SiblingsStopOnLoopPanic) |
 //! | A slow tick is followed by the next on schedule, never a burst (`MissedTickBehavior::Skip` everywhere) | [`no_tick_burst`](NoTickBurst) |
 //! | Graceful shutdown returns within its deadline plus one tick of the slowest loop (`RuntimeHandle::shutdown`) | [`bounded_shutdown`](BoundedShutdown) |
-//! | Each periodic slot is enqueued once cluster-wide, by a current term (`fire_periodic`) | [`periodic_once`](PeriodicOnce) |
+//! | A handler asked to stop (a cancel, an untrusted or lost claim) ends within `cancel_grace`, or at once for a lost claim, else its worker drops it (`JobsConfig::cancel_grace`, `Handler`) | [`stopped_handlers_end_in_grace`](StoppedHandlersEndInGrace) |
+//! | Each periodic slot is enqueued at most once cluster-wide, by a current term (`fire_periodic`) | [`periodic_once`](PeriodicOnce) |
+//! | Each periodic slot is enqueued at least once while some node leads (`fire_periodic`, cron catch-up) | none yet: a slot missed while no node led is caught up or skipped by design, and the history does not record which slots a leader was due to fire; `core/src/jobs` unit tests hold the catch-up |
 //! | A cancel that lands as a handler completes never rewrites the finished job (`worker.rs`) | [`finished_work_stands`](FinishedWorkStands) |
 //! | A failed attempt's retry is due no earlier than its backoff after the failure (`JobsConfig::retry`, `backoff`) | [`retry_respects_backoff`](RetryRespectsBackoff) (true time: storage takes an early retry without complaint) |
-//! | An available job with an idle worker is claimed within a bounded delay (`JobsConfig::idle_poll`) | none yet: the history does not say when a worker is idle (a claimed-ahead hand counts as busy to no event); `no_lost_jobs` holds the eventual form after faults stop |
 //! | A scheduled job is not claimed before its `scheduled_at` (`EnqueueRequest`) | [`scheduled_not_early`](ScheduledNotEarly) (true time, on the claimer's clock) |
-//! | A handler stopped by shutdown gives its job back without spending an attempt (`worker.rs`) | none: a run ends at its shutdown, so the next attempt is never seen; `core/src/jobs/tests.rs` holds it |
+//! | The rescuer revokes a claim only once its heartbeat is older than `stale_threshold` (`JobsConfig::stale_threshold`) | none: a job's heartbeats are not recorded (one per running job per second would dominate the history); `no_double_execution` sees what an early revoke does to a running handler, and the conformance suite holds the threshold for every engine |
+//! | An available job with an idle worker is claimed within a bounded delay (`JobsConfig::idle_poll`) | none yet: the history does not say when a worker is idle (a claimed-ahead hand counts as busy to no event); `no_lost_jobs` holds the eventual form after faults stop |
+//! | A job is claimed by priority, then due time, then id, and never from a paused queue (`JobStore::claim`, `pause_queue`) | none: storage alone decides it, inside one transaction; the conformance suite and `MemStorage`'s model test hold it for every engine (the simulator never pauses a queue) |
+//! | A failed job is retried until its attempts run out, then discarded; a snooze does not spend an attempt (`Outcome`) | none: a job's `max_attempts` is not in the history; storage applies it inside one transaction, held by the conformance suite (the simulated handlers never snooze) |
+//! | A handler stopped by shutdown gives its job back without spending an attempt (`worker.rs`) | none: what it spares is the job's attempt budget, which the history does not carry (the give-back is recorded as a `scheduled` finalize like any snooze); `core/src/jobs/tests.rs` holds it |
+//! | Finished jobs are kept for `retention`, then deleted (`JobsConfig::retention`) | none: the default retention (a day) outlasts every run; the cleaner's unit and conformance tests hold it |
 //! | A unique key matches at most one live job (`EnqueueRequest::unique_key`) | none: storage alone decides it, inside one transaction; the conformance suite and `MemStorage`'s model test hold it for every engine |
 //! | Bad settings and bad input are refused with an error naming the field (`*Config::validate`) | none: not a property of a run; each config's unit tests hold it |
 
@@ -52,6 +62,7 @@ mod no_cross_term_teardown;
 mod no_double_execution;
 mod no_lost_jobs;
 mod no_stale_resign;
+mod no_start_after_term_lost;
 mod no_task_panics;
 mod no_tick_burst;
 mod one_believed_leader;
@@ -60,6 +71,9 @@ mod panics_surfaced;
 mod periodic_once;
 mod retry_respects_backoff;
 mod scheduled_not_early;
+mod siblings_stop_on_loop_panic;
+mod start_retries_back_off;
+mod stopped_handlers_end_in_grace;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -78,6 +92,7 @@ pub use no_cross_term_teardown::NoCrossTermTeardown;
 pub use no_double_execution::NoDoubleExecution;
 pub use no_lost_jobs::NoLostJobs;
 pub use no_stale_resign::NoStaleResign;
+pub use no_start_after_term_lost::NoStartAfterTermLost;
 pub use no_task_panics::NoTaskPanics;
 pub use no_tick_burst::NoTickBurst;
 pub use one_believed_leader::OneBelievedLeader;
@@ -86,6 +101,9 @@ pub use panics_surfaced::PanicsSurfaced;
 pub use periodic_once::PeriodicOnce;
 pub use retry_respects_backoff::RetryRespectsBackoff;
 pub use scheduled_not_early::ScheduledNotEarly;
+pub use siblings_stop_on_loop_panic::SiblingsStopOnLoopPanic;
+pub use start_retries_back_off::StartRetriesBackOff;
+pub use stopped_handlers_end_in_grace::StoppedHandlersEndInGrace;
 
 /// Bounds a checker needs, derived from the runtime settings of the run.
 #[derive(Clone, Debug)]
@@ -107,6 +125,14 @@ pub struct CheckCtx {
     /// How long a handler may run on after its claim was revoked: the worker
     /// learns at its next heartbeat (one interval, one request timeout).
     pub lost_claim_grace_ms: u64,
+    /// How long a handler asked to stop may take before its worker drops it
+    /// (`JobsConfig::cancel_grace`).
+    pub cancel_grace_ms: u64,
+    /// The maintainer's start backoff after a first failed attempt, before
+    /// jitter (`MaintainerConfig::backoff`).
+    pub start_backoff_base_ms: u64,
+    /// The cap on the maintainer's start backoff, before jitter.
+    pub start_backoff_max_ms: u64,
     /// A heal phase at least this long must leave no job unfinished.
     pub heal_converge_ms: u64,
     /// The leader lease's TTL.
@@ -120,6 +146,15 @@ pub struct CheckCtx {
 }
 
 impl CheckCtx {
+    /// The least delay after failed maintainer start attempt `attempt`:
+    /// jitter only adds.
+    pub fn start_backoff_floor_ms(&self, attempt: u32) -> u64 {
+        let factor = 1u64 << attempt.saturating_sub(1).min(31);
+        self.start_backoff_base_ms
+            .saturating_mul(factor)
+            .min(self.start_backoff_max_ms)
+    }
+
     /// The least backoff after failed attempt `attempt`: jitter only adds.
     pub fn retry_floor_ms(&self, attempt: u32) -> u64 {
         let factor = 1u64 << attempt.saturating_sub(1).min(31);
@@ -191,7 +226,7 @@ pub trait Checker: Send + Sync {
 /// Each planted bug with the scenario and invariant that catch it: the pairs
 /// `tests/tests/planted_bugs.rs` proves, which `bench-sim`, the shrink test and
 /// `ci/shrink-report` measure.
-pub const PLANTED_BUG_CATCHERS: [(keel::planted::Bug, &str, &str); 14] = {
+pub const PLANTED_BUG_CATCHERS: [(keel::planted::Bug, &str, &str); 16] = {
     use keel::planted::Bug;
     [
         (Bug::StaleResign, "stale_retries", "no_stale_resign"),
@@ -244,6 +279,16 @@ pub const PLANTED_BUG_CATCHERS: [(keel::planted::Bug, &str, &str); 14] = {
             "crash_restart",
             "retry_respects_backoff",
         ),
+        (
+            Bug::CancelGraceIgnored,
+            "shutdown_under_load",
+            "stopped_handlers_end_in_grace",
+        ),
+        (
+            Bug::StartRetryWithoutBackoff,
+            "stale_retries",
+            "start_retries_back_off",
+        ),
     ]
 };
 
@@ -267,6 +312,10 @@ pub fn all() -> Vec<Box<dyn Checker>> {
         Box::new(LeaderActsInTrust),
         Box::new(RetryRespectsBackoff),
         Box::new(ScheduledNotEarly),
+        Box::new(NoStartAfterTermLost),
+        Box::new(StoppedHandlersEndInGrace),
+        Box::new(SiblingsStopOnLoopPanic),
+        Box::new(StartRetriesBackOff),
     ]
 }
 
@@ -451,6 +500,9 @@ pub(crate) mod test_support {
             converge_bound_ms: 20_000,
             tick_grace_ms: 1_000,
             lost_claim_grace_ms: 2_000,
+            cancel_grace_ms: 1_000,
+            start_backoff_base_ms: 1_000,
+            start_backoff_max_ms: 8_000,
             heal_converge_ms: 40_000,
             lease_ttl_ms: 5_000,
             safety_margin_ms: 1_000,

@@ -1,0 +1,102 @@
+//! `start_retries_back_off`: a failed maintainer start is retried with
+//! exponential backoff (`keel::maintenance` design note, `MaintainerConfig::
+//! backoff`). Attempt `n + 1` of term `T` on a host begins no sooner after
+//! attempt `n` began than the backoff's floor after a failed attempt `n`:
+//! `min(base * 2^(n-1), max)` (jitter only adds). A maintainer run restarted
+//! in place counts its attempts from 1 again, so only consecutive numbers of
+//! one term on one host are compared.
+//!
+//! Storage never sees it broken: a leader hammering a failing start hook does
+//! nothing it could refuse.
+
+use std::collections::BTreeMap;
+
+use keel::events::Event;
+use keel::storage::Term;
+
+use super::{node_event, CheckCtx, Checker, Violation};
+use crate::history::Record;
+
+/// See the [module docs](self).
+pub struct StartRetriesBackOff;
+
+/// Slack under the floor: the history stamps a host's events up to one 20 ms
+/// step late, so two attempts can look a step closer than they were.
+pub const STAMP_SLACK_MS: u64 = 20;
+
+impl Checker for StartRetriesBackOff {
+    fn name(&self) -> &'static str {
+        "start_retries_back_off"
+    }
+
+    fn check(&self, history: &[Record], ctx: &CheckCtx) -> Vec<Violation> {
+        let mut last: BTreeMap<(&str, Term), (u32, &Record)> = BTreeMap::new();
+        let mut out = Vec::new();
+        for r in history {
+            let Some(Event::MaintainerStartAttempt { term, attempt }) = node_event(r) else {
+                continue;
+            };
+            let prev = last.insert((r.host.as_str(), *term), (*attempt, r));
+            let Some((n, before)) = prev.filter(|(n, _)| n + 1 == *attempt) else {
+                continue;
+            };
+            let floor_ms = ctx.start_backoff_floor_ms(n);
+            let gap_ms = r.at_ms - before.at_ms;
+            if gap_ms + STAMP_SLACK_MS >= floor_ms {
+                continue;
+            }
+            out.push(Violation {
+                invariant: "start_retries_back_off",
+                at_ms: r.at_ms,
+                message: format!(
+                    "{}: start attempt {attempt} for {term} began {gap_ms}ms after attempt {n}; \
+                     the backoff after a failed attempt {n} is at least {floor_ms}ms",
+                    r.host
+                ),
+                witnesses: vec![before.clone(), r.clone()],
+            });
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checkers::test_support::{ctx, H};
+
+    fn attempt(attempt: u32) -> Event {
+        Event::MaintainerStartAttempt {
+            term: Term(2),
+            attempt,
+        }
+    }
+
+    #[test]
+    fn retries_after_their_backoff_and_restarted_runs_pass() {
+        // The test context's start backoff: base 1 s, max 8 s.
+        let h = H::new()
+            .node(0, "n1", attempt(1))
+            .node(1_500, "n1", attempt(2))
+            .node(3_600, "n1", attempt(3))
+            .node(3_700, "n1", attempt(1))
+            .node(3_800, "n2", attempt(2));
+        assert!(StartRetriesBackOff.check(&h.0, &ctx(10_000)).is_empty());
+    }
+
+    #[test]
+    fn fires_when_a_retry_comes_before_its_backoff() {
+        let h = H::new()
+            .node(0, "n1", attempt(1))
+            .node(1_500, "n1", attempt(2))
+            .node(2_000, "n1", attempt(3));
+        let v = StartRetriesBackOff.check(&h.0, &ctx(10_000));
+        assert_eq!(v.len(), 1, "{v:?}");
+        assert!(
+            v[0].message.contains("began 500ms after attempt 2")
+                && v[0].message.contains("at least 2000ms"),
+            "{}",
+            v[0].message
+        );
+    }
+}
