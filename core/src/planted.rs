@@ -90,11 +90,17 @@ pub enum Bug {
     /// it in a tight loop until its attempts run out. Storage sees nothing
     /// wrong. Caught by `start_retries_back_off`.
     StartRetryWithoutBackoff,
+    /// Keel's own: an idle worker doubles its poll interval after every empty
+    /// poll, without a cap (a "back off while the queue is empty" that forgets
+    /// the bound), so after a quiet spell a new job waits tens of seconds beside
+    /// idle workers. Storage sees only a late claim. Caught by
+    /// `idle_workers_claim`.
+    IdlePollBacksOff,
 }
 
 impl Bug {
     /// Every planted bug, in a fixed order.
-    pub const ALL: [Bug; 16] = [
+    pub const ALL: [Bug; 17] = [
         Bug::StaleResign,
         Bug::CrossTermStop,
         Bug::SwallowedPanic,
@@ -111,6 +117,7 @@ impl Bug {
         Bug::RetryBackoffFromDue,
         Bug::CancelGraceIgnored,
         Bug::StartRetryWithoutBackoff,
+        Bug::IdlePollBacksOff,
     ];
 
     /// The bug's name as the CLI spells it.
@@ -132,6 +139,7 @@ impl Bug {
             Bug::RetryBackoffFromDue => "retry_backoff_from_due",
             Bug::CancelGraceIgnored => "cancel_grace_ignored",
             Bug::StartRetryWithoutBackoff => "start_retry_without_backoff",
+            Bug::IdlePollBacksOff => "idle_poll_backs_off",
         }
     }
 }

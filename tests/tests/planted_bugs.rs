@@ -205,6 +205,15 @@ fn start_retry_without_backoff_is_caught_by_start_retries_back_off_and_replays()
     );
 }
 
+#[test]
+fn idle_poll_backs_off_is_caught_by_idle_workers_claim_and_replays() {
+    assert_caught_replayed_and_clean_without_the_bug(
+        Bug::IdlePollBacksOff,
+        "periodic_failover",
+        "idle_workers_claim",
+    );
+}
+
 /// The older bugs that break a promise a newer checker judges are caught by it
 /// too: a stale resign's retries outlive the term (`no_start_after_term_lost`),
 /// and a swallowed loop panic leaves the siblings ticking

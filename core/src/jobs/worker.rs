@@ -119,6 +119,9 @@ pub(crate) async fn worker_loop(
     let hand = cfg.claim_ahead + 1;
     // Whether the last wait ended on a wake-up rather than the poll timer.
     let mut woken = false;
+    // Empty polls in a row (planted `idle_poll_backs_off` doubles its wait
+    // with each).
+    let mut empty_polls: u32 = 0;
     while !retire.is_triggered() && !stop.is_triggered() {
         let now = shared.clock.now();
         let was_woken = std::mem::take(&mut woken);
@@ -139,7 +142,12 @@ pub(crate) async fn worker_loop(
                     stop: &stop,
                 };
                 worker.run_jobs(Claimed { jobs, sent }).await;
+                empty_polls = 0;
                 continue;
+            }
+            Ok(_) if crate::is_planted!(shared.plants, IdlePollBacksOff) => {
+                empty_polls = empty_polls.saturating_add(1);
+                cfg.idle_poll * 2u32.saturating_pow(empty_polls.min(16))
             }
             Ok(_) => cfg.idle_poll,
             Err(_) => cfg.claim_error_backoff,

@@ -167,6 +167,19 @@ impl Offsets {
         self.most_ahead(from_ms, to_ms) - least
     }
 
+    /// The widest gap between any two hosts' wall clocks at instants of
+    /// `[from_ms, to_ms]`, at worst: the error a comparison of a time one host
+    /// stamped with another host's clock may make.
+    pub(crate) fn spread(&self, from_ms: u64, to_ms: u64) -> u64 {
+        let all: Vec<i64> = self
+            .steps
+            .keys()
+            .flat_map(|h| self.within(h, from_ms, to_ms))
+            .collect();
+        let (lo, hi) = (all.iter().min(), all.iter().max());
+        lo.zip(hi).map_or(0, |(lo, hi)| hi.abs_diff(*lo))
+    }
+
     /// The furthest any host's wall clock ran ahead of true time at some instant
     /// of `[from_ms, to_ms]` (negative when every clock ran behind).
     fn most_ahead(&self, from_ms: u64, to_ms: u64) -> i64 {

@@ -39,12 +39,13 @@
 //! | Graceful shutdown returns within its deadline plus one tick of the slowest loop (`RuntimeHandle::shutdown`) | [`bounded_shutdown`](BoundedShutdown) |
 //! | A handler asked to stop (a cancel, an untrusted or lost claim) ends within `cancel_grace`, or at once for a lost claim, else its worker drops it (`JobsConfig::cancel_grace`, `Handler`) | [`stopped_handlers_end_in_grace`](StoppedHandlersEndInGrace) |
 //! | Each periodic slot is enqueued at most once cluster-wide, by a current term (`fire_periodic`) | [`periodic_once`](PeriodicOnce) |
-//! | Each periodic slot is enqueued at least once while some node leads (`fire_periodic`, cron catch-up) | none yet: a slot missed while no node led is caught up or skipped by design, and the history does not record which slots a leader was due to fire; `core/src/jobs` unit tests hold the catch-up |
+//! | A periodic schedule's latest due slot is enqueued at each tick of the leader's enqueuer; a cron slot missed in a failover is caught up within `CRON_CATCH_UP` (`PeriodicJob::slot`) | none: by design an earlier slot missed in a failover is skipped, so which slots must fire depends on when each leader's enqueuer ticked, which no event records; [`periodic_once`](PeriodicOnce) holds the at-most-once half and `core/src/jobs` unit tests the slot choice and the catch-up |
 //! | A cancel that lands as a handler completes never rewrites the finished job (`worker.rs`) | [`finished_work_stands`](FinishedWorkStands) |
+//! | A cancel of a running job reaches its handler at once on the cancelling node, and elsewhere at the worker's next heartbeat (`RuntimeHandle::cancel`, `JobStore::request_cancel`) | none: storage's taking of a running job's cancel request is not recorded (only a queued job's `CancelApplied`), so the history cannot time the delivery; what the handler is then owed is [`stopped_handlers_end_in_grace`](StoppedHandlersEndInGrace)'s, and `core/src/jobs/tests.rs` holds the delivery |
 //! | A failed attempt's retry is due no earlier than its backoff after the failure (`JobsConfig::retry`, `backoff`) | [`retry_respects_backoff`](RetryRespectsBackoff) (true time: storage takes an early retry without complaint) |
 //! | A scheduled job is not claimed before its `scheduled_at` (`EnqueueRequest`) | [`scheduled_not_early`](ScheduledNotEarly) (true time, on the claimer's clock) |
 //! | The rescuer revokes a claim only once its heartbeat is older than `stale_threshold` (`JobsConfig::stale_threshold`) | none: a job's heartbeats are not recorded (one per running job per second would dominate the history); `no_double_execution` sees what an early revoke does to a running handler, and the conformance suite holds the threshold for every engine |
-//! | An available job with an idle worker is claimed within a bounded delay (`JobsConfig::idle_poll`) | none yet: the history does not say when a worker is idle (a claimed-ahead hand counts as busy to no event); `no_lost_jobs` holds the eventual form after faults stop |
+//! | An available job with an idle worker is claimed within a bounded delay (`JobsConfig::idle_poll`) | [`idle_workers_claim`](IdleWorkersClaim) (liveness, once faults stopped and the cluster converged; judged for jobs whose due time the history knows: new, scheduled, periodic and rescued ones, not a failed attempt's jittered retry) |
 //! | A job is claimed by priority, then due time, then id, and never from a paused queue (`JobStore::claim`, `pause_queue`) | none: storage alone decides it, inside one transaction; the conformance suite and `MemStorage`'s model test hold it for every engine (the simulator never pauses a queue) |
 //! | A failed job is retried until its attempts run out, then discarded; a snooze does not spend an attempt (`Outcome`) | none: a job's `max_attempts` is not in the history; storage applies it inside one transaction, held by the conformance suite (the simulated handlers never snooze) |
 //! | A handler stopped by shutdown gives its job back without spending an attempt (`worker.rs`) | none: what it spares is the job's attempt budget, which the history does not carry (the give-back is recorded as a `scheduled` finalize like any snooze); `core/src/jobs/tests.rs` holds it |
@@ -56,6 +57,7 @@ mod belief;
 mod bounded_shutdown;
 mod exactly_once_effects;
 mod finished_work_stands;
+mod idle_workers_claim;
 mod leader_acts_in_trust;
 mod maintainer_liveness;
 mod no_cross_term_teardown;
@@ -86,6 +88,7 @@ use crate::history::{Ev, HarnessEvent, Record};
 pub use bounded_shutdown::BoundedShutdown;
 pub use exactly_once_effects::ExactlyOnceEffects;
 pub use finished_work_stands::FinishedWorkStands;
+pub use idle_workers_claim::IdleWorkersClaim;
 pub use leader_acts_in_trust::LeaderActsInTrust;
 pub use maintainer_liveness::MaintainerLiveness;
 pub use no_cross_term_teardown::NoCrossTermTeardown;
@@ -128,6 +131,8 @@ pub struct CheckCtx {
     /// How long a handler asked to stop may take before its worker drops it
     /// (`JobsConfig::cancel_grace`).
     pub cancel_grace_ms: u64,
+    /// How often an idle worker polls for work (`JobsConfig::idle_poll`).
+    pub idle_poll_ms: u64,
     /// The maintainer's start backoff after a first failed attempt, before
     /// jitter (`MaintainerConfig::backoff`).
     pub start_backoff_base_ms: u64,
@@ -226,7 +231,7 @@ pub trait Checker: Send + Sync {
 /// Each planted bug with the scenario and invariant that catch it: the pairs
 /// `tests/tests/planted_bugs.rs` proves, which `bench-sim`, the shrink test and
 /// `ci/shrink-report` measure.
-pub const PLANTED_BUG_CATCHERS: [(keel::planted::Bug, &str, &str); 16] = {
+pub const PLANTED_BUG_CATCHERS: [(keel::planted::Bug, &str, &str); 17] = {
     use keel::planted::Bug;
     [
         (Bug::StaleResign, "stale_retries", "no_stale_resign"),
@@ -289,6 +294,11 @@ pub const PLANTED_BUG_CATCHERS: [(keel::planted::Bug, &str, &str); 16] = {
             "stale_retries",
             "start_retries_back_off",
         ),
+        (
+            Bug::IdlePollBacksOff,
+            "periodic_failover",
+            "idle_workers_claim",
+        ),
     ]
 };
 
@@ -316,6 +326,7 @@ pub fn all() -> Vec<Box<dyn Checker>> {
         Box::new(StoppedHandlersEndInGrace),
         Box::new(SiblingsStopOnLoopPanic),
         Box::new(StartRetriesBackOff),
+        Box::new(IdleWorkersClaim),
     ]
 }
 
@@ -501,6 +512,7 @@ pub(crate) mod test_support {
             tick_grace_ms: 1_000,
             lost_claim_grace_ms: 2_000,
             cancel_grace_ms: 1_000,
+            idle_poll_ms: 500,
             start_backoff_base_ms: 1_000,
             start_backoff_max_ms: 8_000,
             heal_converge_ms: 40_000,
@@ -564,7 +576,12 @@ mod property_tests {
             .collect();
         assert_eq!(
             liveness,
-            vec!["maintainer_liveness", "no_lost_jobs", "bounded_shutdown"]
+            vec![
+                "maintainer_liveness",
+                "no_lost_jobs",
+                "bounded_shutdown",
+                "idle_workers_claim"
+            ]
         );
         assert_eq!(property_of("one_leader_per_term"), Property::Safety);
         assert_eq!(property_of("no_lost_jobs"), Property::Liveness);
