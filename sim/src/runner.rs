@@ -291,6 +291,7 @@ pub fn check_ctx(timing: &Timing, scenario: &Scenario, end_at_ms: u64) -> CheckC
             + 2 * ms(TICK),
         cancel_grace_ms: ms(timing.jobs.cancel_grace),
         idle_poll_ms: ms(timing.jobs.idle_poll),
+        maintenance_interval_ms: ms(timing.jobs.maintenance_interval),
         start_backoff_base_ms: ms(m.backoff.base),
         start_backoff_max_ms: ms(m.backoff.max),
         heal_converge_ms,

@@ -18,7 +18,8 @@
 //!   does not record, so a failed attempt's retry is not judged.
 //!
 //! A job that stayed unclaimed while an idle slot of its queue stayed idle
-//! for [`idle_bound_ms`] breaks the promise. A job's queue is the one its
+//! for [`idle_bound_ms`] (longer for a job the scheduler must promote first)
+//! breaks the promise. A job's queue is the one its
 //! claims name; a job never claimed is judged only when every slot serves one
 //! queue. Claims compare due times with the claimer's wall clock, so the bound
 //! grows by how far apart the nodes' clocks were. The claim order (priority,
@@ -42,9 +43,16 @@ const NAME: &str = "idle_workers_claim";
 
 /// How long an idle worker may leave an available job waiting, before clock
 /// spread: one idle poll, then the claim's round trip and a finalize retried
-/// after an unknown outcome (five 200 ms retries), with a step of stamp slack.
-pub fn idle_bound_ms(ctx: &CheckCtx) -> u64 {
-    ctx.idle_poll_ms + 1_000 + 20
+/// after an unknown outcome (five 200 ms retries), with a step of stamp slack;
+/// a job that the leader's scheduler must first promote (a scheduled or
+/// rescued one) may also wait one maintenance round for it.
+pub fn idle_bound_ms(ctx: &CheckCtx, promoted: bool) -> u64 {
+    let promotion_ms = if promoted {
+        ctx.maintenance_interval_ms
+    } else {
+        0
+    };
+    ctx.idle_poll_ms + 1_000 + 20 + promotion_ms
 }
 
 /// One worker slot's state.
@@ -60,6 +68,8 @@ struct Waiting<'a> {
     since_ms: u64,
     made: &'a Record,
     queue: Option<&'a str>,
+    /// Whether the scheduler must promote it before a claim can take it.
+    promoted: bool,
 }
 
 /// What the whole history says up front: each job's queue, the jobs still
@@ -130,13 +140,13 @@ impl Checker for IdleWorkersClaim {
     fn check(&self, history: &[Record], ctx: &CheckCtx) -> Vec<Violation> {
         let from_ms = ctx.heal_at_ms + ctx.converge_bound_ms;
         let spread_ms = Offsets::of(history).spread(from_ms, ctx.end_at_ms);
-        let bound_ms = idle_bound_ms(ctx) + spread_ms;
+        let bound_ms = |promoted| idle_bound_ms(ctx, promoted) + spread_ms;
         let mut scan = Scan::new(history);
         for r in history {
-            scan.judge(bound_ms, from_ms, r.at_ms);
+            scan.judge(&bound_ms, from_ms, r.at_ms);
             scan.step(r);
         }
-        scan.judge(bound_ms, from_ms, ctx.end_at_ms);
+        scan.judge(&bound_ms, from_ms, ctx.end_at_ms);
         scan.out
     }
 }
@@ -162,8 +172,9 @@ impl<'a> Scan<'a> {
 
     /// Report every job that, by `now_ms`, waited a whole `bound_ms` while a
     /// live slot of its queue sat idle, counting from `from_ms` at the earliest.
-    fn judge(&mut self, bound_ms: u64, from_ms: u64, now_ms: u64) {
+    fn judge(&mut self, bound_ms: &dyn Fn(bool) -> u64, from_ms: u64, now_ms: u64) {
         for (job, w) in &self.waiting {
+            let bound_ms = bound_ms(w.promoted);
             if self.reported.contains(job) {
                 continue;
             }
@@ -207,7 +218,7 @@ impl<'a> Scan<'a> {
             .is_some_and(|(live, stopping)| *live == holder && !stopping)
     }
 
-    fn wait(&mut self, job: JobId, since_ms: u64, made: &'a Record) {
+    fn wait(&mut self, job: JobId, since_ms: u64, made: &'a Record, promoted: bool) {
         let queue = self.ahead.queue(job);
         self.waiting.insert(
             job,
@@ -215,6 +226,7 @@ impl<'a> Scan<'a> {
                 since_ms,
                 made,
                 queue,
+                promoted,
             },
         );
     }
@@ -232,11 +244,11 @@ impl<'a> Scan<'a> {
                 }
             }
             Ev::Db(DbEvent::JobInserted { job } | DbEvent::PeriodicInserted { job, .. }) => {
-                self.wait(*job, at, r);
+                self.wait(*job, at, r, false);
             }
             Ev::Db(DbEvent::JobScheduled { job, due_ms }) => {
                 let due = u64::try_from(*due_ms).unwrap_or(0).max(at);
-                self.wait(*job, due, r);
+                self.wait(*job, due, r, true);
             }
             Ev::Db(DbEvent::CancelApplied { job }) => {
                 self.waiting.remove(job);
@@ -266,7 +278,7 @@ impl<'a> Scan<'a> {
                     .get(job)
                     .is_some_and(|seqs| seqs.iter().any(|s| *s > r.seq));
                 if claimed_later || self.ahead.unfinished.contains(job) {
-                    self.wait(*job, at, r);
+                    self.wait(*job, at, r, true);
                 }
             }
             _ => {}

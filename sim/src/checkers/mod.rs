@@ -21,6 +21,7 @@
 //! | promise (where it is made) | judged by |
 //! | --- | --- |
 //! | Terms strictly increase and each has one holder; a live lease moves on only when no process of its holder id still believes in it (`leadership`, `identity`) | [`one_leader_per_term`](OneLeaderPerTerm) |
+//! | A node stops believing before it resigns, and does not resign a lease that already moved on (`leadership` design note) | none yet, though one could be written: `TermLost` (with its reason) and `Resigned` are both recorded; `leadership::elector`'s unit tests hold the order |
 //! | No node believes it leads a term once a later one was granted to another holder, so no two nodes believe they lead at one true instant, unless their clocks were more than `safety_margin` apart (`leadership` design note) | [`one_believed_leader`](OneBelievedLeader) (true time) |
 //! | A leader's services act only inside their term's trust window, even as a frozen process thaws (`ServiceCtx::leads`) | [`leader_acts_in_trust`](LeaderActsInTrust) (true time) |
 //! | Nothing done for term T stops or alters another term's services (`maintenance` design note) | [`no_cross_term_teardown`](NoCrossTermTeardown) |
@@ -28,6 +29,8 @@
 //! | A failed start is retried with exponential backoff (`maintenance` design note, `MaintainerConfig::backoff`) | [`start_retries_back_off`](StartRetriesBackOff) |
 //! | A stopped maintainer run's late start attempt is never installed (`Maintainer::run`, `TermHandle`) | none: the events do not say which maintainer run an attempt belongs to; `core/src/maintenance` unit tests hold it, and `no_cross_term_teardown` and `maintainer_liveness` see what a wrongly installed start would do |
 //! | A node asks to resign only a term it holds at that moment (`Elector::request_resign`, `Maintainer`) | [`no_stale_resign`](NoStaleResign) |
+//! | Jobs held in a worker's hand are heartbeated while they wait, and one heard lost or cancelled is not run (`hand.rs`, `JobsConfig::claim_ahead`) | [`no_double_execution`](NoDoubleExecution) for a lost one that ran anyway; none yet for the rest, though held jobs' rescues and cancels are recorded |
+//! | A local enqueue wakes an idle worker at once, and a storage signal does across processes (`RuntimeHandle::enqueue`, `JobStore::enqueue_signal`) | none: the simulated client enqueues over the network, so no run enqueues locally, and no simulated engine raises the signal; [`idle_workers_claim`](IdleWorkersClaim) holds the poll that backs both |
 //! | A leader starts its services or resigns within the give-up bound, and a maintainer runs again soon after faults stop (`MaintainerConfig::give_up_bound`) | [`maintainer_liveness`](MaintainerLiveness) |
 //! | A tracked task's panic is reported when it happens, not only at shutdown (`TaskRegistry`) | [`no_task_panics`](NoTaskPanics) |
 //! | Two attempts of one job never run at once: attempt fencing, a lost heartbeat stops the handler within one interval, claims fence themselves after `claim_trust` (`jobs`, `ARCHITECTURE.md`) | [`no_double_execution`](NoDoubleExecution), with `lost_claim_grace_ms` of slack after a revoke (one heartbeat interval and request timeout: the worker hears of it at its next heartbeat); an overlap inside that slack goes unreported |
@@ -36,20 +39,20 @@
 //! | A handler's or loop's panic is surfaced (`Watcher`, `catch_panic`) | [`panics_surfaced`](PanicsSurfaced) |
 //! | A loop's panic stops its sibling loops (`Watcher`: the first to end signals the others) | [`siblings_stop_on_loop_panic`](SiblingsStopOnLoopPanic) |
 //! | A slow tick is followed by the next on schedule, never a burst (`MissedTickBehavior::Skip` everywhere) | [`no_tick_burst`](NoTickBurst) |
-//! | Graceful shutdown returns within its deadline plus one tick of the slowest loop (`RuntimeHandle::shutdown`) | [`bounded_shutdown`](BoundedShutdown) |
+//! | Graceful shutdown returns within its deadline plus one heartbeat interval (`RuntimeHandle::shutdown`) | [`bounded_shutdown`](BoundedShutdown), allowing one tick of the slowest job-runtime loop (heartbeat, supervisor, maintenance: all 1 s by default) |
 //! | A handler asked to stop (a cancel, an untrusted or lost claim) ends within `cancel_grace`, or at once for a lost claim, else its worker drops it (`JobsConfig::cancel_grace`, `Handler`) | [`stopped_handlers_end_in_grace`](StoppedHandlersEndInGrace) |
 //! | Each periodic slot is enqueued at most once cluster-wide, by a current term (`fire_periodic`) | [`periodic_once`](PeriodicOnce) |
-//! | A periodic schedule's latest due slot is enqueued at each tick of the leader's enqueuer; a cron slot missed in a failover is caught up within `CRON_CATCH_UP` (`PeriodicJob::slot`) | none: by design an earlier slot missed in a failover is skipped, so which slots must fire depends on when each leader's enqueuer ticked, which no event records; [`periodic_once`](PeriodicOnce) holds the at-most-once half and `core/src/jobs` unit tests the slot choice and the catch-up |
+//! | A periodic schedule's latest due slot is enqueued at each tick of the leader's enqueuer; a cron slot missed in a failover is caught up within `CRON_CATCH_UP` (`PeriodicJob::slot`) | none yet, though one could be written: each enqueuer tick is recorded (`LeaderActed { service: "periodic_enqueuer" }`) beside the node's clock offset, so the slot due at each tick is known; [`periodic_once`](PeriodicOnce) holds the at-most-once half, `jobs::maintenance`'s unit tests the slot choice |
 //! | A cancel that lands as a handler completes never rewrites the finished job (`worker.rs`) | [`finished_work_stands`](FinishedWorkStands) |
-//! | A cancel of a running job reaches its handler at once on the cancelling node, and elsewhere at the worker's next heartbeat (`RuntimeHandle::cancel`, `JobStore::request_cancel`) | none: storage's taking of a running job's cancel request is not recorded (only a queued job's `CancelApplied`), so the history cannot time the delivery; what the handler is then owed is [`stopped_handlers_end_in_grace`](StoppedHandlersEndInGrace)'s, and `core/src/jobs/tests.rs` holds the delivery |
+//! | A cancel of a running job reaches its handler at once on the cancelling node, and elsewhere at the worker's next heartbeat (`RuntimeHandle::cancel`, `JobStore::request_cancel`) | none: storage's taking of a running job's cancel request is not recorded (only a queued job's `CancelApplied`), and the simulated client cancels through storage, never `RuntimeHandle::cancel`, so no run times the delivery; `core/src/jobs/tests.rs` holds that a cancel stops a running handler, on one node and without timing. A heard cancel is then [`stopped_handlers_end_in_grace`](StoppedHandlersEndInGrace)'s (a same-node cancel triggers the token without an event, so its grace is not judged) |
 //! | A failed attempt's retry is due no earlier than its backoff after the failure (`JobsConfig::retry`, `backoff`) | [`retry_respects_backoff`](RetryRespectsBackoff) (true time: storage takes an early retry without complaint) |
 //! | A scheduled job is not claimed before its `scheduled_at` (`EnqueueRequest`) | [`scheduled_not_early`](ScheduledNotEarly) (true time, on the claimer's clock) |
-//! | The rescuer revokes a claim only once its heartbeat is older than `stale_threshold` (`JobsConfig::stale_threshold`) | none: a job's heartbeats are not recorded (one per running job per second would dominate the history); `no_double_execution` sees what an early revoke does to a running handler, and the conformance suite holds the threshold for every engine |
+//! | The rescuer revokes a claim only once its heartbeat is older than `stale_threshold` (`JobsConfig::stale_threshold`) | none yet: a job's heartbeats are not recorded (one per running job per second would dominate the history), but a claim stamps the first, so a rescue sooner than `stale_threshold` after its claim (less the clock spread) could be judged; `no_double_execution` sees what an early revoke does to a running handler, and the conformance suite holds `rescue_stale` for a given cutoff (not the rescuer's arithmetic) |
 //! | An available job with an idle worker is claimed within a bounded delay (`JobsConfig::idle_poll`) | [`idle_workers_claim`](IdleWorkersClaim) (liveness, once faults stopped and the cluster converged; judged for jobs whose due time the history knows: new, scheduled, periodic and rescued ones, not a failed attempt's jittered retry) |
 //! | A job is claimed by priority, then due time, then id, and never from a paused queue (`JobStore::claim`, `pause_queue`) | none: storage alone decides it, inside one transaction; the conformance suite and `MemStorage`'s model test hold it for every engine (the simulator never pauses a queue) |
-//! | A failed job is retried until its attempts run out, then discarded; a snooze does not spend an attempt (`Outcome`) | none: a job's `max_attempts` is not in the history; storage applies it inside one transaction, held by the conformance suite (the simulated handlers never snooze) |
-//! | A handler stopped by shutdown gives its job back without spending an attempt (`worker.rs`) | none: what it spares is the job's attempt budget, which the history does not carry (the give-back is recorded as a `scheduled` finalize like any snooze); `core/src/jobs/tests.rs` holds it |
-//! | Finished jobs are kept for `retention`, then deleted (`JobsConfig::retention`) | none: the default retention (a day) outlasts every run; the cleaner's unit and conformance tests hold it |
+//! | A failed job is retried until its attempts run out, then discarded; a snooze does not spend an attempt (`Outcome`) | none yet, though one could be written: a workload job's `max_attempts` is the scenario's, and a give-back shows as a `scheduled` finalize, so no claim past the budget is checkable; today the conformance suite holds it for every engine |
+//! | A handler stopped by shutdown gives its job back without spending an attempt (`worker.rs`), and a job claimed just before a stop is given back unrun | none yet, though one could be written from the `scheduled` finalize a give-back records and the scenario's attempt budget (with the row above); `core/src/jobs/tests.rs` (`shutdown_keeps_its_deadline_and_gives_stubborn_jobs_back`) holds it |
+//! | Finished jobs are kept for `retention`, then deleted (`JobsConfig::retention`) | none: the default retention (a day) outlasts every run, so no run deletes a finished job; the conformance suite holds `cleanup` for a given cutoff, and nothing yet tests the cleaner's `now - retention` |
 //! | A unique key matches at most one live job (`EnqueueRequest::unique_key`) | none: storage alone decides it, inside one transaction; the conformance suite and `MemStorage`'s model test hold it for every engine |
 //! | Bad settings and bad input are refused with an error naming the field (`*Config::validate`) | none: not a property of a run; each config's unit tests hold it |
 
@@ -133,6 +136,9 @@ pub struct CheckCtx {
     pub cancel_grace_ms: u64,
     /// How often an idle worker polls for work (`JobsConfig::idle_poll`).
     pub idle_poll_ms: u64,
+    /// How often the leader's rescuer, scheduler and cleaner run
+    /// (`JobsConfig::maintenance_interval`).
+    pub maintenance_interval_ms: u64,
     /// The maintainer's start backoff after a first failed attempt, before
     /// jitter (`MaintainerConfig::backoff`).
     pub start_backoff_base_ms: u64,
@@ -513,6 +519,7 @@ pub(crate) mod test_support {
             lost_claim_grace_ms: 2_000,
             cancel_grace_ms: 1_000,
             idle_poll_ms: 500,
+            maintenance_interval_ms: 1_000,
             start_backoff_base_ms: 1_000,
             start_backoff_max_ms: 8_000,
             heal_converge_ms: 40_000,

@@ -1,10 +1,12 @@
 //! `start_retries_back_off`: a failed maintainer start is retried with
 //! exponential backoff (`keel::maintenance` design note, `MaintainerConfig::
 //! backoff`). Attempt `n + 1` of term `T` on a host begins no sooner after
-//! attempt `n` began than the backoff's floor after a failed attempt `n`:
-//! `min(base * 2^(n-1), max)` (jitter only adds). A maintainer run restarted
-//! in place counts its attempts from 1 again, so only consecutive numbers of
-//! one term on one host are compared.
+//! attempt `n` *failed* (`MaintainerStartFailed`) than the backoff's floor
+//! after a failed attempt `n`: `min(base * 2^(n-1), max)` (jitter only adds).
+//! The backoff runs from the failure, so a start hook that takes seconds to
+//! fail does not hide a retry that skipped it. A maintainer run restarted in
+//! place counts its attempts from 1 again, so only consecutive numbers of one
+//! term on one host are compared.
 //!
 //! Storage never sees it broken: a leader hammering a failing start hook does
 //! nothing it could refuse.
@@ -30,18 +32,25 @@ impl Checker for StartRetriesBackOff {
     }
 
     fn check(&self, history: &[Record], ctx: &CheckCtx) -> Vec<Violation> {
-        let mut last: BTreeMap<(&str, Term), (u32, &Record)> = BTreeMap::new();
+        // Per host and term: the last failed attempt and its failure.
+        let mut failed: BTreeMap<(&str, Term), (u32, &Record)> = BTreeMap::new();
         let mut out = Vec::new();
         for r in history {
-            let Some(Event::MaintainerStartAttempt { term, attempt }) = node_event(r) else {
-                continue;
+            let key = |term: &Term| (r.host.as_str(), *term);
+            let (term, attempt) = match node_event(r) {
+                Some(Event::MaintainerStartFailed { term, attempt, .. }) => {
+                    failed.insert(key(term), (*attempt, r));
+                    continue;
+                }
+                Some(Event::MaintainerStartAttempt { term, attempt }) => (term, *attempt),
+                _ => continue,
             };
-            let prev = last.insert((r.host.as_str(), *term), (*attempt, r));
-            let Some((n, before)) = prev.filter(|(n, _)| n + 1 == *attempt) else {
+            let Some((n, failure)) = failed.remove(&key(term)).filter(|(n, _)| n + 1 == attempt)
+            else {
                 continue;
             };
             let floor_ms = ctx.start_backoff_floor_ms(n);
-            let gap_ms = r.at_ms - before.at_ms;
+            let gap_ms = r.at_ms - failure.at_ms;
             if gap_ms + STAMP_SLACK_MS >= floor_ms {
                 continue;
             }
@@ -49,11 +58,11 @@ impl Checker for StartRetriesBackOff {
                 invariant: "start_retries_back_off",
                 at_ms: r.at_ms,
                 message: format!(
-                    "{}: start attempt {attempt} for {term} began {gap_ms}ms after attempt {n}; \
+                    "{}: start attempt {attempt} for {term} began {gap_ms}ms after attempt {n} failed; \
                      the backoff after a failed attempt {n} is at least {floor_ms}ms",
                     r.host
                 ),
-                witnesses: vec![before.clone(), r.clone()],
+                witnesses: vec![failure.clone(), r.clone()],
             });
         }
         out
@@ -71,29 +80,45 @@ mod tests {
             attempt,
         }
     }
+    fn failed(attempt: u32) -> Event {
+        Event::MaintainerStartFailed {
+            term: Term(2),
+            attempt,
+            error: "hook failed".into(),
+        }
+    }
 
     #[test]
     fn retries_after_their_backoff_and_restarted_runs_pass() {
         // The test context's start backoff: base 1 s, max 8 s.
         let h = H::new()
             .node(0, "n1", attempt(1))
-            .node(1_500, "n1", attempt(2))
-            .node(3_600, "n1", attempt(3))
-            .node(3_700, "n1", attempt(1))
+            .node(400, "n1", failed(1))
+            .node(1_400, "n1", attempt(2))
+            .node(1_500, "n1", failed(2))
+            .node(3_500, "n1", attempt(3))
+            .node(3_600, "n1", attempt(1))
+            .node(3_700, "n2", failed(1))
             .node(3_800, "n2", attempt(2));
-        assert!(StartRetriesBackOff.check(&h.0, &ctx(10_000)).is_empty());
+        let v = StartRetriesBackOff.check(&h.0, &ctx(10_000));
+        assert_eq!(v.len(), 1, "only n2's retry came early: {v:?}");
+        assert!(v[0].message.starts_with("n2:"), "{}", v[0].message);
     }
 
     #[test]
-    fn fires_when_a_retry_comes_before_its_backoff() {
+    fn fires_when_a_retry_comes_before_its_backoff_however_slow_the_failure() {
+        // The hook took 6 s to fail: 6 s between the attempts' starts hides
+        // nothing, the retry came 10 ms after the failure.
         let h = H::new()
             .node(0, "n1", attempt(1))
-            .node(1_500, "n1", attempt(2))
-            .node(2_000, "n1", attempt(3));
+            .node(1_000, "n1", failed(1))
+            .node(2_000, "n1", attempt(2))
+            .node(8_000, "n1", failed(2))
+            .node(8_010, "n1", attempt(3));
         let v = StartRetriesBackOff.check(&h.0, &ctx(10_000));
         assert_eq!(v.len(), 1, "{v:?}");
         assert!(
-            v[0].message.contains("began 500ms after attempt 2")
+            v[0].message.contains("began 10ms after attempt 2 failed")
                 && v[0].message.contains("at least 2000ms"),
             "{}",
             v[0].message
