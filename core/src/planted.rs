@@ -96,11 +96,30 @@ pub enum Bug {
     /// idle workers. Storage sees only a late claim. Caught by
     /// `idle_workers_claim`.
     IdlePollBacksOff,
+    /// Keel's own: an elector stepping down resigns in storage first and only
+    /// then stops believing (emits `TermLost`), so a peer may be granted the
+    /// freed lease while this node still believes it leads. Caught by
+    /// `step_down_before_resign`.
+    ResignBeforeStepDown,
+    /// Keel's own: the rescuer's cutoff takes half the stale threshold (a
+    /// units slip), so it revokes claims whose workers still trust them.
+    /// Storage applies the cutoff it is handed. Caught by `no_early_rescue`.
+    RescueThresholdHalved,
+    /// Keel's own: a worker discards a failed job only once its attempt
+    /// exceeds the budget (`>` for `>=`), so a job whose last attempt failed
+    /// is retried once more. Storage writes the retry it is asked for. Caught
+    /// by `attempts_within_budget`.
+    DiscardOffByOne,
+    /// Keel's own: the periodic enqueuer rounds a fixed-period slot up
+    /// instead of down, so each tick fires the coming slot before its time
+    /// and never the one due. Storage inserts the slot it is given, once.
+    /// Caught by `periodic_fires_due_slot`.
+    PeriodicFiresNextSlot,
 }
 
 impl Bug {
     /// Every planted bug, in a fixed order.
-    pub const ALL: [Bug; 17] = [
+    pub const ALL: [Bug; 21] = [
         Bug::StaleResign,
         Bug::CrossTermStop,
         Bug::SwallowedPanic,
@@ -118,6 +137,10 @@ impl Bug {
         Bug::CancelGraceIgnored,
         Bug::StartRetryWithoutBackoff,
         Bug::IdlePollBacksOff,
+        Bug::ResignBeforeStepDown,
+        Bug::RescueThresholdHalved,
+        Bug::DiscardOffByOne,
+        Bug::PeriodicFiresNextSlot,
     ];
 
     /// The bug's name as the CLI spells it.
@@ -140,6 +163,10 @@ impl Bug {
             Bug::CancelGraceIgnored => "cancel_grace_ignored",
             Bug::StartRetryWithoutBackoff => "start_retry_without_backoff",
             Bug::IdlePollBacksOff => "idle_poll_backs_off",
+            Bug::ResignBeforeStepDown => "resign_before_step_down",
+            Bug::RescueThresholdHalved => "rescue_threshold_halved",
+            Bug::DiscardOffByOne => "discard_off_by_one",
+            Bug::PeriodicFiresNextSlot => "periodic_fires_next_slot",
         }
     }
 }

@@ -110,6 +110,10 @@ pub struct Workload {
     /// shutdown then meets a panicking handler.
     #[serde(default)]
     pub panic_on_stop_pct: u32,
+    /// Share whose handler fails every attempt, so the job is discarded when
+    /// its attempts run out.
+    #[serde(default)]
+    pub exhaust_pct: u32,
     /// Share whose handler hangs until cancelled (the workload cancels them).
     #[serde(default)]
     pub hang_pct: u32,
@@ -488,11 +492,12 @@ impl Workload {
             + self.slow_pct
             + self.hang_pct
             + self.stubborn_pct
-            + self.panic_on_stop_pct;
+            + self.panic_on_stop_pct
+            + self.exhaust_pct;
         if behaviours > 100 {
             return Err((
                 "workload",
-                format!("fail+panic+slow+hang+stubborn+panic_on_stop is {behaviours}%, over 100%"),
+                format!("fail+panic+slow+hang+stubborn+panic_on_stop+exhaust is {behaviours}%, over 100%"),
             ));
         }
         for (field, pct) in [

@@ -169,6 +169,10 @@ fn claimed(owner: &str, jobs: &[Job]) -> Vec<DbEvent> {
         job: j.id,
         attempt: j.attempt,
         owner: owner.to_owned(),
+        max_attempts: j.max_attempts,
+        heartbeat_ms: j
+            .heartbeat_at
+            .map_or(0, |t| t.0 - crate::clock::EPOCH_UNIX_MS),
     };
     jobs.iter().map(claim).collect()
 }

@@ -62,6 +62,12 @@ pub enum DbEvent {
         attempt: u32,
         /// The claiming worker.
         owner: String,
+        /// The job's attempt budget as the claim found it (a snooze or a
+        /// shutdown's give-back adds one).
+        max_attempts: u32,
+        /// The claim's first heartbeat, stamped with the claimer's wall clock
+        /// when it sent the claim, in ms since the simulation's epoch.
+        heartbeat_ms: i64,
     },
     /// A finalize of `(job, attempt)` was applied; the job is now in `state`.
     FinalizeApplied {

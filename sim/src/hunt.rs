@@ -796,6 +796,8 @@ mod tests {
                     job,
                     attempt: 1,
                     owner: "w".into(),
+                    max_attempts: 10,
+                    heartbeat_ms: 0,
                 },
             )
             .node(10, "n1", Event::HandlerStarted { job, attempt: 1 })

@@ -291,6 +291,18 @@ pub fn check_ctx(timing: &Timing, scenario: &Scenario, end_at_ms: u64) -> CheckC
             + 2 * ms(TICK),
         cancel_grace_ms: ms(timing.jobs.cancel_grace),
         idle_poll_ms: ms(timing.jobs.idle_poll),
+        epoch_unix_ms: crate::clock::EPOCH_UNIX_MS,
+        periodic_every_ms: scenario
+            .workload
+            .as_ref()
+            .map(|w| {
+                w.periodic
+                    .iter()
+                    .map(|(name, every_s)| (name.clone(), every_s * 1000))
+                    .collect()
+            })
+            .unwrap_or_default(),
+        stale_threshold_ms: ms(timing.jobs.stale_threshold),
         maintenance_interval_ms: ms(timing.jobs.maintenance_interval),
         start_backoff_base_ms: ms(m.backoff.base),
         start_backoff_max_ms: ms(m.backoff.max),

@@ -48,7 +48,7 @@ const OVERRIDE_KEYS: [&str; 4] = ["nodes", "duration_s", "heal_s", "jobs"];
 pub type WorkloadKey = (&'static str, fn(&mut scenarios::Workload) -> &mut u32);
 
 /// The workload's knobs a script may override (and `sim hunt` mutates).
-pub const WORKLOAD_KEYS: [WorkloadKey; 12] = [
+pub const WORKLOAD_KEYS: [WorkloadKey; 13] = [
     ("workers", |w| &mut w.workers),
     ("claim_ahead", |w| &mut w.claim_ahead),
     ("fail_pct", |w| &mut w.fail_pct),
@@ -57,6 +57,7 @@ pub const WORKLOAD_KEYS: [WorkloadKey; 12] = [
     ("hang_pct", |w| &mut w.hang_pct),
     ("stubborn_pct", |w| &mut w.stubborn_pct),
     ("panic_on_stop_pct", |w| &mut w.panic_on_stop_pct),
+    ("exhaust_pct", |w| &mut w.exhaust_pct),
     ("cancel_pct", |w| &mut w.cancel_pct),
     ("effect_pct", |w| &mut w.effect_pct),
     ("unique_pct", |w| &mut w.unique_pct),

@@ -96,10 +96,11 @@ fn draw(template: &Scenario, seed: u64) -> Scenario {
     };
     s.workload = match focus {
         Some(f) if keep(&mut rng) => f.workload.clone(),
-        _ => template
-            .workload
-            .as_ref()
-            .map(|w| workload(w, s.duration_s, &mut rng)),
+        _ => template.workload.as_ref().map(|w| {
+            let mut w = workload(w, s.duration_s, &mut rng);
+            later_knobs(&mut w, seed);
+            w
+        }),
     };
     if let Some(w) = s.workload.as_mut() {
         fit_to_capacity(w, s.nodes, s.duration_s);
@@ -455,6 +456,21 @@ fn workload(t: &Workload, duration_s: u64, rng: &mut ChaCha8Rng) -> Workload {
     w
 }
 
+/// Salt of the stream the workload knobs added after shapes first shipped
+/// draw from.
+const LATER_KNOBS_SALT: u64 = 0x6c61_7465_726b_6e62;
+
+/// Workload knobs added after swarm's shapes first shipped, drawn from a
+/// stream of their own so that every other draw of every seed's shape stays
+/// what it was: `exhaust_pct` (jobs that fail until their attempts run out,
+/// up to 5%, in half the seeds, within what the other behaviours leave).
+fn later_knobs(w: &mut Workload, seed: u64) {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ LATER_KNOBS_SALT);
+    let taken =
+        w.fail_pct + w.panic_pct + w.slow_pct + w.hang_pct + w.stubborn_pct + w.panic_on_stop_pct;
+    w.exhaust_pct = some_pct(&mut rng, 5).min(100u32.saturating_sub(taken));
+}
+
 /// Most handler time a seed's jobs may ask of one worker slot, in percent of
 /// the fault phase. The catalog's busiest workloads ask 33 to 37 s per slot in
 /// a 60 s phase and drain in its heal phase; more than this and a seed with one
@@ -513,7 +529,7 @@ pub fn knob_range(key: &str) -> Option<[u32; 2]> {
         "fail_pct" => [0, 15],
         "panic_pct" | "panic_on_stop_pct" | "cancel_pct" => [0, 30],
         "slow_pct" => [0, 50],
-        "hang_pct" => [0, 5],
+        "hang_pct" | "exhaust_pct" => [0, 5],
         "stubborn_pct" | "unique_pct" => [0, 20],
         "effect_pct" => [30, 80],
         "scheduled_pct" => [0, 15],
@@ -569,7 +585,7 @@ pub fn summary(s: &Scenario) -> String {
     if let Some(w) = &s.workload {
         out.push_str(&format!(
             "\n  workload: {} jobs over {} s, {} workers, {} attempts, slow {:?} ms, \
-             fail {}% panic {}% slow {}% hang {}% stubborn {}% panic_on_stop {}% cancel {}%",
+             fail {}% panic {}% slow {}% hang {}% stubborn {}% panic_on_stop {}% exhaust {}% cancel {}%",
             w.jobs,
             w.enqueue_window_s,
             w.workers,
@@ -581,6 +597,7 @@ pub fn summary(s: &Scenario) -> String {
             w.hang_pct,
             w.stubborn_pct,
             w.panic_on_stop_pct,
+            w.exhaust_pct,
             w.cancel_pct
         ));
     }

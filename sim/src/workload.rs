@@ -54,6 +54,9 @@ pub struct PlannedJob {
     pub req: EnqueueRequest,
 }
 
+/// Attempts of a job that fails every one (`Workload::exhaust_pct`).
+const EXHAUST_ATTEMPTS: u32 = 3;
+
 /// Everything the workload does in one run.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct WorkloadPlan {
@@ -96,6 +99,11 @@ fn behaviour(w: &Workload, rng: &mut ChaCha8Rng) -> String {
             rng.random_range(w.slow_ms[0]..=w.slow_ms[1])
         );
     }
+    // Last, so a workload without it draws exactly what it always drew.
+    edge += w.exhaust_pct;
+    if roll < edge {
+        return format!("fail:{EXHAUST_ATTEMPTS}");
+    }
     "ok".into()
 }
 
@@ -109,9 +117,16 @@ impl WorkloadPlan {
             let at_ms = rng.random_range(0..=window_ms);
             let b = behaviour(w, &mut rng);
             let effect = rng.random_range(0..100) < w.effect_pct;
+            // A job that fails every attempt gets a budget its backoff spends
+            // in seconds (1 s + 2 s), not minutes, so it ends inside the heal.
+            let attempts = if b == format!("fail:{EXHAUST_ATTEMPTS}") && w.exhaust_pct > 0 {
+                EXHAUST_ATTEMPTS
+            } else {
+                w.max_attempts
+            };
             let mut req = EnqueueRequest::new(KIND, json!({ "b": b, "effect": effect, "i": i }))
                 .queue(QUEUE)
-                .max_attempts(w.max_attempts);
+                .max_attempts(attempts);
             if rng.random_range(0..100) < w.scheduled_pct {
                 let ahead_ms = rng.random_range(1_000..=10_000);
                 req.scheduled_at = Some(Timestamp(
@@ -341,6 +356,7 @@ mod tests {
             hang_pct: 10,
             stubborn_pct: 5,
             panic_on_stop_pct: 0,
+            exhaust_pct: 0,
             cancel_pct: 10,
             effect_pct: 50,
             periodic: vec![],

@@ -214,6 +214,42 @@ fn idle_poll_backs_off_is_caught_by_idle_workers_claim_and_replays() {
     );
 }
 
+#[test]
+fn resign_before_step_down_is_caught_by_step_down_before_resign_and_replays() {
+    assert_caught_replayed_and_clean_without_the_bug(
+        Bug::ResignBeforeStepDown,
+        "leadership_flap",
+        "step_down_before_resign",
+    );
+}
+
+#[test]
+fn rescue_threshold_halved_is_caught_by_no_early_rescue_and_replays() {
+    assert_caught_replayed_and_clean_without_the_bug(
+        Bug::RescueThresholdHalved,
+        "crash_restart",
+        "no_early_rescue",
+    );
+}
+
+#[test]
+fn discard_off_by_one_is_caught_by_attempts_within_budget_and_replays() {
+    assert_caught_replayed_and_clean_without_the_bug(
+        Bug::DiscardOffByOne,
+        "periodic_failover",
+        "attempts_within_budget",
+    );
+}
+
+#[test]
+fn periodic_fires_next_slot_is_caught_by_periodic_fires_due_slot_and_replays() {
+    assert_caught_replayed_and_clean_without_the_bug(
+        Bug::PeriodicFiresNextSlot,
+        "periodic_failover",
+        "periodic_fires_due_slot",
+    );
+}
+
 /// The older bugs that break a promise a newer checker judges are caught by it
 /// too: a stale resign's retries outlive the term (`no_start_after_term_lost`),
 /// and a swallowed loop panic leaves the siblings ticking

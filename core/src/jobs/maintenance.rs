@@ -74,6 +74,12 @@ impl Service for Rescuer {
         let stale = self.stale_threshold;
         spawn_loop(ctx, "rescuer", self.interval, move |ctx| async move {
             let now = ctx.clock.now();
+            // Planted `rescue_threshold_halved` slips a unit.
+            let stale = if crate::is_planted!(ctx.elector.plants(), RescueThresholdHalved) {
+                stale / 2
+            } else {
+                stale
+            };
             if let Ok(claims) = ctx.storage.rescue_stale(minus(now, stale), now).await {
                 for c in claims {
                     emit(
@@ -220,6 +226,15 @@ impl Service for PeriodicEnqueuer {
 async fn fire(ctx: &ServiceCtx, job: &PeriodicJob) {
     let now = ctx.clock.now();
     let Some(slot) = job.slot(now) else { return };
+    // Planted `periodic_fires_next_slot` rounds a fixed period up.
+    let slot = match &job.schedule {
+        Schedule::Every(every)
+            if crate::is_planted!(ctx.elector.plants(), PeriodicFiresNextSlot) =>
+        {
+            Timestamp(slot.0 + i64::try_from(every.as_millis()).unwrap_or(i64::MAX))
+        }
+        _ => slot,
+    };
     let fired = ctx
         .storage
         .fire_periodic(

@@ -139,6 +139,42 @@ async fn a_failing_job_is_retried_with_backoff_then_discarded_with_its_errors() 
     rt.shutdown(Duration::from_secs(5)).await;
 }
 
+/// The leader's cleaner deletes a finished job once it is older than the
+/// retention, judged on the clock: kept before, gone at its first pass after.
+#[tokio::test(start_paused = true)]
+async fn the_cleaner_keeps_a_finished_job_for_its_retention_then_deletes_it() {
+    let f = Fixture::new();
+    let runs = Arc::new(AtomicU32::new(0));
+    let cfg = JobsConfig {
+        retention: Duration::from_secs(30),
+        ..JobsConfig::default()
+    };
+    let rt = f
+        .builder("n1")
+        .queue("default", 1)
+        .handler("count", counting(&runs))
+        .jobs_config(cfg)
+        .build()
+        .expect("valid")
+        .start()
+        .expect("started");
+    let id = rt.enqueue(job("count")).await.expect("ok").id();
+    assert_eq!(f.finished(id).await, JobState::Completed);
+    let row = |f: &Fixture| {
+        let store = f.store.clone();
+        async move { store.get_job(id).await.expect("ok") }
+    };
+    tokio::time::sleep(Duration::from_secs(25)).await;
+    assert!(row(&f).await.is_some(), "kept within its retention");
+    // The cleaner passes once a minute (60 maintenance intervals).
+    tokio::time::sleep(Duration::from_secs(40)).await;
+    assert!(
+        row(&f).await.is_none(),
+        "deleted at the first pass past its retention"
+    );
+    rt.shutdown(Duration::from_secs(5)).await;
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_handler_panic_is_a_failed_attempt_and_the_worker_survives() {
     let f = Fixture::new();

@@ -599,9 +599,15 @@ fn to_finalize(
     if stop.is_triggered() && outcome != Outcome::Completed {
         return Finalize::Snooze { until: now };
     }
+    // Planted `discard_off_by_one` lets a spent job retry once more.
+    let spent = if crate::is_planted!(shared.plants, DiscardOffByOne) {
+        job.attempt > job.max_attempts
+    } else {
+        job.attempt >= job.max_attempts
+    };
     match outcome {
         Outcome::Completed => Finalize::Completed,
-        Outcome::Failed(error) if job.attempt >= job.max_attempts => Finalize::Discard { error },
+        Outcome::Failed(error) if spent => Finalize::Discard { error },
         Outcome::Failed(error) => {
             let mut rng = shared.rng.lock().unwrap_or_else(|p| p.into_inner());
             let delay = shared.cfg.retry.delay(job.attempt, &mut *rng);

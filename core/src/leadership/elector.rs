@@ -347,6 +347,12 @@ impl Elector {
                 trusted_for_ms,
             });
             let why = self.lead(term, trusted_until, &shutdown, resign_rx).await;
+            // Planted `resign_before_step_down` frees the lease while still believing.
+            let resign_first = crate::is_planted!(self.cfg.plants, ResignBeforeStepDown)
+                && why != StepDown::LeaseMovedOn;
+            if resign_first {
+                self.send_resign(term).await;
+            }
             self.set(Leadership::Follower, None);
             self.emit(Event::TermLost {
                 term,
@@ -354,7 +360,7 @@ impl Elector {
             });
             // TermLost marks the belief's end, so it comes before the resign: a
             // successor may be granted the moment storage hears it.
-            if why != StepDown::LeaseMovedOn {
+            if why != StepDown::LeaseMovedOn && !resign_first {
                 // After a closed window storage may only have been slow (or this
                 // process frozen): a resign it hears lets a successor in at once
                 // instead of after the rest of the TTL, and being term-scoped it
@@ -523,6 +529,11 @@ impl Elector {
         // Step down locally first: from here on this node must not act for `term`,
         // whether or not storage hears about it.
         self.set(Leadership::Follower, None);
+        self.send_resign(term).await;
+    }
+
+    /// Resign `term` in storage, bounded, and report it.
+    async fn send_resign(&self, term: Term) {
         let cfg = &self.cfg;
         // Bounded: a resign is a courtesy that shortens the handover; the lease
         // expires on its own, and shutdown must not hang on an unanswered call.

@@ -180,6 +180,28 @@ impl Offsets {
         lo.zip(hi).map_or(0, |(lo, hi)| hi.abs_diff(*lo))
     }
 
+    /// How far `host`'s wall clock fell back from where it was at `from_ms`,
+    /// at worst, over `[from_ms, to_ms]` (0 when it never went below).
+    pub(crate) fn fell_back_on(&self, host: &str, from_ms: u64, to_ms: u64) -> i64 {
+        let at_start = self
+            .within(host, from_ms, from_ms)
+            .into_iter()
+            .max()
+            .unwrap_or(0);
+        let least = self
+            .within(host, from_ms, to_ms)
+            .into_iter()
+            .min()
+            .unwrap_or(0);
+        (at_start - least).max(0)
+    }
+
+    /// The furthest any host's wall clock ran ahead of true time at some
+    /// instant of `[from_ms, to_ms]`.
+    pub(crate) fn most_ahead_within(&self, from_ms: u64, to_ms: u64) -> i64 {
+        self.most_ahead(from_ms, to_ms)
+    }
+
     /// The furthest any host's wall clock ran ahead of true time at some instant
     /// of `[from_ms, to_ms]` (negative when every clock ran behind).
     fn most_ahead(&self, from_ms: u64, to_ms: u64) -> i64 {

@@ -257,6 +257,7 @@ impl<'a> Scan<'a> {
                 job,
                 attempt,
                 owner,
+                ..
             }) => {
                 self.waiting.remove(job);
                 for a in 1..*attempt {
@@ -306,6 +307,8 @@ mod tests {
             job: JobId(job),
             attempt: 1,
             owner: owner.into(),
+            max_attempts: 10,
+            heartbeat_ms: 0,
         }
     }
     fn done(job: u64) -> DbEvent {

@@ -21,7 +21,7 @@
 //! | promise (where it is made) | judged by |
 //! | --- | --- |
 //! | Terms strictly increase and each has one holder; a live lease moves on only when no process of its holder id still believes in it (`leadership`, `identity`) | [`one_leader_per_term`](OneLeaderPerTerm) |
-//! | A node stops believing before it resigns, and does not resign a lease that already moved on (`leadership` design note) | none yet, though one could be written: `TermLost` (with its reason) and `Resigned` are both recorded; `leadership::elector`'s unit tests hold the order |
+//! | A node stops believing before it resigns, and does not resign a lease that already moved on (`leadership` design note) | [`step_down_before_resign`](StepDownBeforeResign) |
 //! | No node believes it leads a term once a later one was granted to another holder, so no two nodes believe they lead at one true instant, unless their clocks were more than `safety_margin` apart (`leadership` design note) | [`one_believed_leader`](OneBelievedLeader) (true time) |
 //! | A leader's services act only inside their term's trust window, even as a frozen process thaws (`ServiceCtx::leads`) | [`leader_acts_in_trust`](LeaderActsInTrust) (true time) |
 //! | Nothing done for term T stops or alters another term's services (`maintenance` design note) | [`no_cross_term_teardown`](NoCrossTermTeardown) |
@@ -42,20 +42,21 @@
 //! | Graceful shutdown returns within its deadline plus one heartbeat interval (`RuntimeHandle::shutdown`) | [`bounded_shutdown`](BoundedShutdown), allowing one tick of the slowest job-runtime loop (heartbeat, supervisor, maintenance: all 1 s by default) |
 //! | A handler asked to stop (a cancel, an untrusted or lost claim) ends within `cancel_grace`, or at once for a lost claim, else its worker drops it (`JobsConfig::cancel_grace`, `Handler`) | [`stopped_handlers_end_in_grace`](StoppedHandlersEndInGrace) |
 //! | Each periodic slot is enqueued at most once cluster-wide, by a current term (`fire_periodic`) | [`periodic_once`](PeriodicOnce) |
-//! | A periodic schedule's latest due slot is enqueued at each tick of the leader's enqueuer; a cron slot missed in a failover is caught up within `CRON_CATCH_UP` (`PeriodicJob::slot`) | none yet, though one could be written: each enqueuer tick is recorded (`LeaderActed { service: "periodic_enqueuer" }`) beside the node's clock offset, so the slot due at each tick is known; [`periodic_once`](PeriodicOnce) holds the at-most-once half, `jobs::maintenance`'s unit tests the slot choice |
+//! | A periodic schedule's latest due slot is enqueued at each tick of the leader's enqueuer, never a slot before its time; a cron slot missed in a failover is caught up within `CRON_CATCH_UP` (`PeriodicJob::slot`) | [`periodic_fires_due_slot`](PeriodicFiresDueSlot) for fixed periods once the heal converged, and early slots always; the cron catch-up by `jobs::maintenance`'s unit tests (the simulated cron runs every 3 s, inside its catch-up) |
 //! | A cancel that lands as a handler completes never rewrites the finished job (`worker.rs`) | [`finished_work_stands`](FinishedWorkStands) |
 //! | A cancel of a running job reaches its handler at once on the cancelling node, and elsewhere at the worker's next heartbeat (`RuntimeHandle::cancel`, `JobStore::request_cancel`) | none: storage's taking of a running job's cancel request is not recorded (only a queued job's `CancelApplied`), and the simulated client cancels through storage, never `RuntimeHandle::cancel`, so no run times the delivery; `core/src/jobs/tests.rs` holds that a cancel stops a running handler, on one node and without timing. A heard cancel is then [`stopped_handlers_end_in_grace`](StoppedHandlersEndInGrace)'s (a same-node cancel triggers the token without an event, so its grace is not judged) |
 //! | A failed attempt's retry is due no earlier than its backoff after the failure (`JobsConfig::retry`, `backoff`) | [`retry_respects_backoff`](RetryRespectsBackoff) (true time: storage takes an early retry without complaint) |
 //! | A scheduled job is not claimed before its `scheduled_at` (`EnqueueRequest`) | [`scheduled_not_early`](ScheduledNotEarly) (true time, on the claimer's clock) |
-//! | The rescuer revokes a claim only once its heartbeat is older than `stale_threshold` (`JobsConfig::stale_threshold`) | none yet: a job's heartbeats are not recorded (one per running job per second would dominate the history), but a claim stamps the first, so a rescue sooner than `stale_threshold` after its claim (less the clock spread) could be judged; `no_double_execution` sees what an early revoke does to a running handler, and the conformance suite holds `rescue_stale` for a given cutoff (not the rescuer's arithmetic) |
+//! | The rescuer revokes a claim only once its heartbeat is older than `stale_threshold` (`JobsConfig::stale_threshold`) | [`no_early_rescue`](NoEarlyRescue), for the stretch the history shows: a claim stamps the first heartbeat, later ones are not recorded (one per running job per second would dominate the history), so a rescue is judged against its claim, less the clock spread |
 //! | An available job with an idle worker is claimed within a bounded delay (`JobsConfig::idle_poll`) | [`idle_workers_claim`](IdleWorkersClaim) (liveness, once faults stopped and the cluster converged; judged for jobs whose due time the history knows: new, scheduled, periodic and rescued ones, not a failed attempt's jittered retry) |
 //! | A job is claimed by priority, then due time, then id, and never from a paused queue (`JobStore::claim`, `pause_queue`) | none: storage alone decides it, inside one transaction; the conformance suite and `MemStorage`'s model test hold it for every engine (the simulator never pauses a queue) |
-//! | A failed job is retried until its attempts run out, then discarded; a snooze does not spend an attempt (`Outcome`) | none yet, though one could be written: a workload job's `max_attempts` is the scenario's, and a give-back shows as a `scheduled` finalize, so no claim past the budget is checkable; today the conformance suite holds it for every engine |
-//! | A handler stopped by shutdown gives its job back without spending an attempt (`worker.rs`), and a job claimed just before a stop is given back unrun | none yet, though one could be written from the `scheduled` finalize a give-back records and the scenario's attempt budget (with the row above); `core/src/jobs/tests.rs` (`shutdown_keeps_its_deadline_and_gives_stubborn_jobs_back`) holds it |
-//! | Finished jobs are kept for `retention`, then deleted (`JobsConfig::retention`) | none: the default retention (a day) outlasts every run, so no run deletes a finished job; the conformance suite holds `cleanup` for a given cutoff, and nothing yet tests the cleaner's `now - retention` |
+//! | A failed job is retried until its attempts run out, then discarded; a snooze does not spend an attempt (`Outcome`) | [`attempts_within_budget`](AttemptsWithinBudget) (each claim records the budget as it stands, a snooze's included) |
+//! | A handler stopped by shutdown gives its job back without spending an attempt (`worker.rs`), and a job claimed just before a stop is given back unrun | none yet, though one could be written: `ShutdownEnded` names the released jobs and a give-back is a `scheduled` finalize (a spent attempt would be `retryable`); `core/src/jobs/tests.rs` (`shutdown_keeps_its_deadline_and_gives_stubborn_jobs_back`) holds it |
+//! | Finished jobs are kept for `retention`, then deleted (`JobsConfig::retention`) | none: the default retention (a day) outlasts every run, so no run deletes a finished job; `core/src/jobs/tests.rs` (`the_cleaner_keeps_a_finished_job_for_its_retention_then_deletes_it`) holds the cleaner, the conformance suite `cleanup` for a given cutoff on every engine |
 //! | A unique key matches at most one live job (`EnqueueRequest::unique_key`) | none: storage alone decides it, inside one transaction; the conformance suite and `MemStorage`'s model test hold it for every engine |
 //! | Bad settings and bad input are refused with an error naming the field (`*Config::validate`) | none: not a property of a run; each config's unit tests hold it |
 
+mod attempts_within_budget;
 mod belief;
 mod bounded_shutdown;
 mod exactly_once_effects;
@@ -65,6 +66,7 @@ mod leader_acts_in_trust;
 mod maintainer_liveness;
 mod no_cross_term_teardown;
 mod no_double_execution;
+mod no_early_rescue;
 mod no_lost_jobs;
 mod no_stale_resign;
 mod no_start_after_term_lost;
@@ -73,11 +75,13 @@ mod no_tick_burst;
 mod one_believed_leader;
 mod one_leader_per_term;
 mod panics_surfaced;
+mod periodic_fires_due_slot;
 mod periodic_once;
 mod retry_respects_backoff;
 mod scheduled_not_early;
 mod siblings_stop_on_loop_panic;
 mod start_retries_back_off;
+mod step_down_before_resign;
 mod stopped_handlers_end_in_grace;
 
 use std::collections::BTreeMap;
@@ -88,6 +92,7 @@ use keel::storage::Term;
 
 use crate::history::{Ev, HarnessEvent, Record};
 
+pub use attempts_within_budget::AttemptsWithinBudget;
 pub use bounded_shutdown::BoundedShutdown;
 pub use exactly_once_effects::ExactlyOnceEffects;
 pub use finished_work_stands::FinishedWorkStands;
@@ -96,6 +101,7 @@ pub use leader_acts_in_trust::LeaderActsInTrust;
 pub use maintainer_liveness::MaintainerLiveness;
 pub use no_cross_term_teardown::NoCrossTermTeardown;
 pub use no_double_execution::NoDoubleExecution;
+pub use no_early_rescue::NoEarlyRescue;
 pub use no_lost_jobs::NoLostJobs;
 pub use no_stale_resign::NoStaleResign;
 pub use no_start_after_term_lost::NoStartAfterTermLost;
@@ -104,11 +110,13 @@ pub use no_tick_burst::NoTickBurst;
 pub use one_believed_leader::OneBelievedLeader;
 pub use one_leader_per_term::OneLeaderPerTerm;
 pub use panics_surfaced::PanicsSurfaced;
+pub use periodic_fires_due_slot::PeriodicFiresDueSlot;
 pub use periodic_once::PeriodicOnce;
 pub use retry_respects_backoff::RetryRespectsBackoff;
 pub use scheduled_not_early::ScheduledNotEarly;
 pub use siblings_stop_on_loop_panic::SiblingsStopOnLoopPanic;
 pub use start_retries_back_off::StartRetriesBackOff;
+pub use step_down_before_resign::StepDownBeforeResign;
 pub use stopped_handlers_end_in_grace::StoppedHandlersEndInGrace;
 
 /// Bounds a checker needs, derived from the runtime settings of the run.
@@ -136,6 +144,13 @@ pub struct CheckCtx {
     pub cancel_grace_ms: u64,
     /// How often an idle worker polls for work (`JobsConfig::idle_poll`).
     pub idle_poll_ms: u64,
+    /// Wall-clock milliseconds since the Unix epoch at simulated time 0.
+    pub epoch_unix_ms: i64,
+    /// The workload's fixed-period schedules: name and period in ms.
+    pub periodic_every_ms: Vec<(String, u64)>,
+    /// A claim whose heartbeat is older than this is revoked
+    /// (`JobsConfig::stale_threshold`).
+    pub stale_threshold_ms: u64,
     /// How often the leader's rescuer, scheduler and cleaner run
     /// (`JobsConfig::maintenance_interval`).
     pub maintenance_interval_ms: u64,
@@ -237,7 +252,7 @@ pub trait Checker: Send + Sync {
 /// Each planted bug with the scenario and invariant that catch it: the pairs
 /// `tests/tests/planted_bugs.rs` proves, which `bench-sim`, the shrink test and
 /// `ci/shrink-report` measure.
-pub const PLANTED_BUG_CATCHERS: [(keel::planted::Bug, &str, &str); 17] = {
+pub const PLANTED_BUG_CATCHERS: [(keel::planted::Bug, &str, &str); 21] = {
     use keel::planted::Bug;
     [
         (Bug::StaleResign, "stale_retries", "no_stale_resign"),
@@ -305,6 +320,26 @@ pub const PLANTED_BUG_CATCHERS: [(keel::planted::Bug, &str, &str); 17] = {
             "periodic_failover",
             "idle_workers_claim",
         ),
+        (
+            Bug::ResignBeforeStepDown,
+            "leadership_flap",
+            "step_down_before_resign",
+        ),
+        (
+            Bug::RescueThresholdHalved,
+            "crash_restart",
+            "no_early_rescue",
+        ),
+        (
+            Bug::DiscardOffByOne,
+            "periodic_failover",
+            "attempts_within_budget",
+        ),
+        (
+            Bug::PeriodicFiresNextSlot,
+            "periodic_failover",
+            "periodic_fires_due_slot",
+        ),
     ]
 };
 
@@ -333,6 +368,10 @@ pub fn all() -> Vec<Box<dyn Checker>> {
         Box::new(SiblingsStopOnLoopPanic),
         Box::new(StartRetriesBackOff),
         Box::new(IdleWorkersClaim),
+        Box::new(StepDownBeforeResign),
+        Box::new(NoEarlyRescue),
+        Box::new(AttemptsWithinBudget),
+        Box::new(PeriodicFiresDueSlot),
     ]
 }
 
@@ -519,6 +558,9 @@ pub(crate) mod test_support {
             lost_claim_grace_ms: 2_000,
             cancel_grace_ms: 1_000,
             idle_poll_ms: 500,
+            epoch_unix_ms: 0,
+            periodic_every_ms: vec![("digest".into(), 10_000)],
+            stale_threshold_ms: 10_000,
             maintenance_interval_ms: 1_000,
             start_backoff_base_ms: 1_000,
             start_backoff_max_ms: 8_000,

@@ -286,6 +286,8 @@ mod tests {
             job: JobId(job),
             attempt,
             owner: "w".into(),
+            max_attempts: 10,
+            heartbeat_ms: 0,
         }
     }
     fn rescue(job: u64, attempt: u32) -> DbEvent {

@@ -131,6 +131,8 @@ mod tests {
             job: JobId(job),
             attempt,
             owner: "n1".into(),
+            max_attempts: 10,
+            heartbeat_ms: 0,
         }
     }
 

@@ -104,6 +104,8 @@ mod tests {
             job: JobId(7),
             attempt,
             owner: "n2#1".into(),
+            max_attempts: 10,
+            heartbeat_ms: 0,
         }
     }
 

@@ -82,6 +82,8 @@ mod tests {
             job: JobId(job),
             attempt: 1,
             owner: "n1#5e1f/default/0".into(),
+            max_attempts: 10,
+            heartbeat_ms: 0,
         }
     }
 

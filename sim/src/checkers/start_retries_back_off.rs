@@ -5,8 +5,11 @@
 //! after a failed attempt `n`: `min(base * 2^(n-1), max)` (jitter only adds).
 //! The backoff runs from the failure, so a start hook that takes seconds to
 //! fail does not hide a retry that skipped it. A maintainer run restarted in
-//! place counts its attempts from 1 again, so only consecutive numbers of one
-//! term on one host are compared.
+//! place counts its attempts from 1 again, and the stopped run's attempt may
+//! still fail later: so attempt `n + 1` is measured from the *first* failure
+//! of attempt `n` since attempt `n` last began on that host for that term
+//! (swarm seed 3009172: a stopped run's attempt 1 failed 229 ms before the
+//! new run's attempt 2, which had waited 1,035 ms after its own).
 //!
 //! Storage never sees it broken: a leader hammering a failing start hook does
 //! nothing it could refuse.
@@ -32,21 +35,26 @@ impl Checker for StartRetriesBackOff {
     }
 
     fn check(&self, history: &[Record], ctx: &CheckCtx) -> Vec<Violation> {
-        // Per host and term: the last failed attempt and its failure.
-        let mut failed: BTreeMap<(&str, Term), (u32, &Record)> = BTreeMap::new();
+        // Per host and term: the attempt last begun, and the earliest failure
+        // of that attempt number since.
+        let mut last: BTreeMap<(&str, Term), (u32, Option<&Record>)> = BTreeMap::new();
         let mut out = Vec::new();
         for r in history {
             let key = |term: &Term| (r.host.as_str(), *term);
             let (term, attempt) = match node_event(r) {
                 Some(Event::MaintainerStartFailed { term, attempt, .. }) => {
-                    failed.insert(key(term), (*attempt, r));
+                    if let Some((n, first)) = last.get_mut(&key(term)) {
+                        if *n == *attempt && first.is_none() {
+                            *first = Some(r);
+                        }
+                    }
                     continue;
                 }
                 Some(Event::MaintainerStartAttempt { term, attempt }) => (term, *attempt),
                 _ => continue,
             };
-            let Some((n, failure)) = failed.remove(&key(term)).filter(|(n, _)| n + 1 == attempt)
-            else {
+            let before = last.insert(key(term), (attempt, None));
+            let Some((n, Some(failure))) = before.filter(|(n, _)| n + 1 == attempt) else {
                 continue;
             };
             let floor_ms = ctx.start_backoff_floor_ms(n);
@@ -98,11 +106,26 @@ mod tests {
             .node(1_500, "n1", failed(2))
             .node(3_500, "n1", attempt(3))
             .node(3_600, "n1", attempt(1))
+            .node(3_650, "n2", attempt(1))
             .node(3_700, "n2", failed(1))
             .node(3_800, "n2", attempt(2));
         let v = StartRetriesBackOff.check(&h.0, &ctx(10_000));
         assert_eq!(v.len(), 1, "only n2's retry came early: {v:?}");
         assert!(v[0].message.starts_with("n2:"), "{}", v[0].message);
+    }
+
+    #[test]
+    fn a_stopped_run_failing_late_does_not_count_against_the_new_run() {
+        // Run 2's attempt 1 (at 46.6 s) hangs; run 3's attempt 1 fails at
+        // 49.84 s and its attempt 2 waits 1,035 ms; run 2's failure lands
+        // in between.
+        let h = H::new()
+            .node(46_600, "n1", attempt(1))
+            .node(48_850, "n1", attempt(1))
+            .node(49_840, "n1", failed(1))
+            .node(50_646, "n1", failed(1))
+            .node(50_875, "n1", attempt(2));
+        assert!(StartRetriesBackOff.check(&h.0, &ctx(60_000)).is_empty());
     }
 
     #[test]
