@@ -180,11 +180,18 @@ impl Offsets {
         lo.zip(hi).map_or(0, |(lo, hi)| hi.abs_diff(*lo))
     }
 
-    /// How far `host`'s wall clock fell back from where it was at `from_ms`,
-    /// at worst, over `[from_ms, to_ms]` (0 when it never went below).
-    pub(crate) fn fell_back_on(&self, host: &str, from_ms: u64, to_ms: u64) -> i64 {
+    /// How far `host`'s wall clock fell back, at worst, from where it was at
+    /// some instant of `[stamped_from_ms, from_ms]` (when a stamp was read) to
+    /// some instant of `[from_ms, to_ms]` (0 when it never went below).
+    pub(crate) fn fell_back_on(
+        &self,
+        host: &str,
+        stamped_from_ms: u64,
+        from_ms: u64,
+        to_ms: u64,
+    ) -> i64 {
         let at_start = self
-            .within(host, from_ms, from_ms)
+            .within(host, stamped_from_ms.min(from_ms), from_ms)
             .into_iter()
             .max()
             .unwrap_or(0);

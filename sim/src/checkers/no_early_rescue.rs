@@ -11,7 +11,9 @@
 //! jump stamps an earlier time than the claim did (swarm seed 61000454: a
 //! worker's clock stepped back 10.5 s, and its next heartbeat made its claim
 //! look 5 s older than its first stamp), so the stamp is lowered by how far
-//! the worker's clock fell back in between.
+//! the worker's clock fell back in between, counted from when the claim may
+//! have been sent: a claim stamped on a jumped clock and applied just after
+//! the jump ended (clock_skew seed 8085) is as old as the jump.
 //!
 //! Storage applies an early rescue without complaint: it is handed the
 //! cutoff. A worker whose claim is revoked early is cut off while it may still
@@ -62,8 +64,12 @@ impl Checker for NoEarlyRescue {
                     else {
                         continue;
                     };
-                    let stamp_ms =
-                        first_stamp_ms - offsets.fell_back_on(worker, claim.at_ms, r.at_ms);
+                    // The claim too may have been sent (and stamped) that
+                    // long before it was applied, on a clock that has since
+                    // stepped back (clock_skew seed 8085).
+                    let claim_sent_ms = claim.at_ms.saturating_sub(SENT_BEFORE_MS_MAX);
+                    let fell_ms = offsets.fell_back_on(worker, claim_sent_ms, claim.at_ms, r.at_ms);
+                    let stamp_ms = first_stamp_ms - fell_ms;
                     let sent_ms = r.at_ms.saturating_sub(SENT_BEFORE_MS_MAX);
                     let latest_clock_ms = i64::try_from(r.at_ms).unwrap_or(i64::MAX)
                         + offsets.most_ahead_within(sent_ms, r.at_ms)
@@ -160,6 +166,26 @@ mod tests {
             .db(0, claim(1, 8_000))
             .harness(500, "n1", HarnessEvent::ClockJump { jump_ms: -8_000 })
             .db(16_000, rescue(1));
+        assert!(NoEarlyRescue.check(&h.0, &ctx(20_000)).is_empty());
+    }
+
+    #[test]
+    fn a_claim_stamped_before_its_clock_fell_back_may_be_old() {
+        // n1's clock ran 8 s ahead until 1,000; its claim, sent then (stamp
+        // 9,000), was applied at 1,010, after the clock stepped back; its
+        // heartbeats since stamp true time, so at 17 s it is 16 s old.
+        let h = H::new()
+            .harness(
+                0,
+                "n1",
+                HarnessEvent::NodeBoot {
+                    boot: 1,
+                    skew_ms: 8_000,
+                },
+            )
+            .harness(1_000, "n1", HarnessEvent::ClockJump { jump_ms: -8_000 })
+            .db(1_010, claim(1, 9_000))
+            .db(17_000, rescue(1));
         assert!(NoEarlyRescue.check(&h.0, &ctx(20_000)).is_empty());
     }
 
