@@ -52,6 +52,10 @@ pub const STATES: &[(&str, &str)] = &[
         "a heartbeat told a worker its running job was asked to cancel, and the worker asked the handler to stop",
     ),
     (
+        "cancel_ignored_past_grace",
+        "a handler ignored a cancel request past cancel_grace; the worker dropped it and settled the job cancelled",
+    ),
+    (
         "cancel_races_finish",
         "an attempt finished its work while a cancel for it was pending; the finished work stands",
     ),

@@ -115,11 +115,23 @@ pub enum Bug {
     /// and never the one due. Storage inserts the slot it is given, once.
     /// Caught by `periodic_fires_due_slot`.
     PeriodicFiresNextSlot,
+    /// Keel's own: the hand's keeper never heartbeats the jobs a worker
+    /// claimed ahead, as before `hand.rs` existed, so a job waiting behind a
+    /// slow one goes stale and is rescued while its worker is healthy; the
+    /// worker then finds it lost and the attempt is spent unrun. Storage
+    /// applies the rescue it is asked for. Caught by `claims_kept_alive`.
+    HandKeeperIdle,
+    /// Keel's own: a handler stopped by a graceful shutdown is finalized as a
+    /// failed attempt (retried with backoff, or discarded on its last) rather
+    /// than given back, so every rolling restart spends an attempt of each job
+    /// it interrupts. Storage writes what it is asked. Caught by
+    /// `shutdown_gives_back`.
+    ShutdownSpendsAttempt,
 }
 
 impl Bug {
     /// Every planted bug, in a fixed order.
-    pub const ALL: [Bug; 21] = [
+    pub const ALL: [Bug; 23] = [
         Bug::StaleResign,
         Bug::CrossTermStop,
         Bug::SwallowedPanic,
@@ -141,6 +153,8 @@ impl Bug {
         Bug::RescueThresholdHalved,
         Bug::DiscardOffByOne,
         Bug::PeriodicFiresNextSlot,
+        Bug::HandKeeperIdle,
+        Bug::ShutdownSpendsAttempt,
     ];
 
     /// The bug's name as the CLI spells it.
@@ -167,6 +181,8 @@ impl Bug {
             Bug::RescueThresholdHalved => "rescue_threshold_halved",
             Bug::DiscardOffByOne => "discard_off_by_one",
             Bug::PeriodicFiresNextSlot => "periodic_fires_next_slot",
+            Bug::HandKeeperIdle => "hand_keeper_idle",
+            Bug::ShutdownSpendsAttempt => "shutdown_spends_attempt",
         }
     }
 }

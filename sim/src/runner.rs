@@ -303,6 +303,8 @@ pub fn check_ctx(timing: &Timing, scenario: &Scenario, end_at_ms: u64) -> CheckC
             })
             .unwrap_or_default(),
         stale_threshold_ms: ms(timing.jobs.stale_threshold),
+        claim_trust_ms: ms(timing.jobs.claim_trust),
+        heartbeat_interval_ms: ms(timing.jobs.heartbeat_interval),
         maintenance_interval_ms: ms(timing.jobs.maintenance_interval),
         start_backoff_base_ms: ms(m.backoff.base),
         start_backoff_max_ms: ms(m.backoff.max),

@@ -250,6 +250,24 @@ fn periodic_fires_next_slot_is_caught_by_periodic_fires_due_slot_and_replays() {
     );
 }
 
+#[test]
+fn hand_keeper_idle_is_caught_by_claims_kept_alive_and_replays() {
+    assert_caught_replayed_and_clean_without_the_bug(
+        Bug::HandKeeperIdle,
+        "claim_ahead",
+        "claims_kept_alive",
+    );
+}
+
+#[test]
+fn shutdown_spends_attempt_is_caught_by_shutdown_gives_back_and_replays() {
+    assert_caught_replayed_and_clean_without_the_bug(
+        Bug::ShutdownSpendsAttempt,
+        "shutdown_under_load",
+        "shutdown_gives_back",
+    );
+}
+
 /// The older bugs that break a promise a newer checker judges are caught by it
 /// too: a stale resign's retries outlive the term (`no_start_after_term_lost`),
 /// and a swallowed loop panic leaves the siblings ticking

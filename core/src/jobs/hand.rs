@@ -7,7 +7,9 @@
 //! each one every `heartbeat_interval`, as a running job's supervisor does, and
 //! records what storage answered: a fresher trust anchor (when the heartbeat was
 //! sent), or that the claim was lost or its cancel requested. The worker reads
-//! that record when it takes the job out of its hand to start it.
+//! that record when it takes the job out of its hand to start it. A held job
+//! whose cancel was requested is kept alive the same way until its turn, when
+//! the worker settles it cancelled without running it.
 //!
 //! [`JobsConfig::claim_ahead`]: super::JobsConfig::claim_ahead
 
@@ -87,6 +89,10 @@ impl Hand {
     /// drops this future when its hand is done (it runs in a `JoinSet`, so an
     /// aborted worker stops it too and the claims go stale as they should).
     pub(crate) async fn keep(self: Arc<Self>, shared: Arc<WorkerShared>, owner: String) {
+        // Planted `hand_keeper_idle` keeps nothing alive.
+        if crate::is_planted!(shared.plants, HandKeeperIdle) {
+            return std::future::pending().await;
+        }
         let mut interval = shared
             .clock
             .interval(shared.cfg.heartbeat_interval, MissedTickBehavior::Skip);
@@ -96,7 +102,10 @@ impl Hand {
             let claims: Vec<Claim> = self
                 .held()
                 .values()
-                .filter(|h| h.heard == Heard::Alive)
+                // A cancelled claim is kept alive too until the worker settles
+                // it at its turn: left to go stale, the rescuer would revoke it
+                // as if its worker were gone (found by `claims_kept_alive`).
+                .filter(|h| h.heard != Heard::Lost)
                 .map(|h| h.claim)
                 .collect();
             for claim in claims {

@@ -823,6 +823,55 @@ async fn a_job_lost_while_in_hand_is_dropped_unrun() {
     assert_eq!(claims, 1, "dropped without a claim event, then run");
 }
 
+/// A job whose cancel is requested while it waits in hand is settled
+/// cancelled when its turn comes, never started: the keeper heard the request,
+/// and kept the claim alive meanwhile, so the rescuer never took it for lost
+/// though the job ahead of it ran past `stale_threshold`.
+#[tokio::test(start_paused = true)]
+async fn a_job_cancelled_while_in_hand_is_settled_unrun() {
+    let f = Fixture::new();
+    let slow = f.store.enqueue(job("slow"), f.clock.now()).await;
+    let held = f.store.enqueue(job("quick"), f.clock.now()).await;
+    let (slow, held) = (slow.expect("ok").id(), held.expect("ok").id());
+    let rt = f
+        .builder("n1")
+        .jobs_config(JobsConfig {
+            claim_ahead: 1,
+            ..JobsConfig::default()
+        })
+        .queue("default", 1)
+        .handler("slow", |ctx: JobCtx, _p| async move {
+            ctx.clock
+                .sleep(JobsConfig::default().stale_threshold * 2)
+                .await;
+            Outcome::Completed
+        })
+        .handler("quick", |_ctx, _p| async move { Outcome::Completed })
+        .build()
+        .expect("valid")
+        .start()
+        .expect("started");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let asked = f.store.request_cancel(held, f.clock.now()).await;
+    assert_eq!(
+        asked.expect("ok"),
+        CancelResult::Requested,
+        "claimed, in hand"
+    );
+    assert_eq!(f.finished(slow).await, JobState::Completed);
+    assert_eq!(f.finished(held).await, JobState::Cancelled);
+    let started = f
+        .recorder
+        .events()
+        .into_iter()
+        .any(|e| matches!(e, crate::events::Event::HandlerStarted { job, .. } if job == held));
+    assert!(!started, "a cancelled job in hand never starts");
+    let row = f.store.get_job(held).await.expect("ok").expect("row");
+    let rescued = row.errors.iter().any(|e| e.contains("lost its worker"));
+    assert!(!rescued, "never rescued: {:?}", row.errors);
+    rt.shutdown(Duration::from_secs(5)).await;
+}
+
 /// The leadership terms each recorder saw won.
 fn terms_won(recorder: &Recorder) -> Vec<crate::storage::Term> {
     recorder
@@ -952,4 +1001,37 @@ async fn restarting_the_maintainer_in_place_keeps_the_term_and_runs_its_services
         .expect("ok"));
     assert_eq!(lease.term, term);
     rt.shutdown(Duration::from_secs(1)).await;
+}
+
+/// A handler that ignores a cancel request is dropped after `cancel_grace`,
+/// and its job is settled cancelled then, not a stale window later by the
+/// rescuer: the worker still held the claim.
+#[tokio::test(start_paused = true)]
+async fn a_handler_ignoring_a_cancel_is_dropped_and_its_job_cancelled_at_once() {
+    let f = Fixture::new();
+    let cfg = JobsConfig::default();
+    // The cancel is heard at the next heartbeat, then the grace runs out.
+    let settle_max = cfg.heartbeat_interval + cfg.cancel_grace + Duration::from_millis(500);
+    assert!(settle_max < cfg.stale_threshold, "sooner than the rescuer");
+    let id = f.store.enqueue(job("deaf"), f.clock.now()).await;
+    let id = id.expect("ok").id();
+    let rt = f
+        .builder("n1")
+        .jobs_config(cfg)
+        .queue("default", 1)
+        .handler("deaf", |ctx: JobCtx, _p| async move {
+            ctx.clock.sleep(Duration::from_secs(3_600)).await;
+            Outcome::Completed
+        })
+        .build()
+        .expect("valid")
+        .start()
+        .expect("started");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(f.state(id).await, JobState::Running);
+    let asked = f.store.request_cancel(id, f.clock.now()).await;
+    assert_eq!(asked.expect("ok"), CancelResult::Requested);
+    tokio::time::sleep(settle_max).await;
+    assert_eq!(f.state(id).await, JobState::Cancelled);
+    rt.shutdown(Duration::from_secs(5)).await;
 }

@@ -102,7 +102,8 @@ impl WorkerShared {
 enum Ended {
     /// The handler returned (or panicked, as `Err`).
     Returned(Result<Outcome, String>),
-    /// The worker dropped the handler; nothing is to be finalized.
+    /// The worker dropped the handler after its grace: its claim was lost or
+    /// untrusted (nothing to finalize), or a user's cancel was ignored.
     Dropped,
 }
 
@@ -296,7 +297,7 @@ impl Worker<'_> {
     }
 
     /// Run one claimed job; returns what to finalize, or `None` if the handler
-    /// was dropped and nothing is to be finalized.
+    /// was dropped with its claim lost or untrusted.
     async fn run_job(&self, job: Job, sent: Instant) -> Option<Done> {
         let shared = self.shared;
         let claim = Claim {
@@ -322,10 +323,25 @@ impl Worker<'_> {
             .instrument(span.clone())
             .await;
         shared.running().remove(&job.id);
-        let Ended::Returned(result) = ended else {
-            return None;
+        let fin = match ended {
+            Ended::Returned(result) => to_finalize(shared, &job, &running, self.stop, result),
+            // A handler that ignored a user's cancel past `cancel_grace` was
+            // dropped while its claim still stood: settle the cancel now
+            // rather than leave the job to the rescuer a stale window later
+            // (found by `claims_kept_alive`). The finalize is owner-guarded,
+            // so a claim lost meanwhile is left alone.
+            Ended::Dropped
+                if running
+                    .user_cancel
+                    .load(std::sync::atomic::Ordering::SeqCst) =>
+            {
+                crate::sometimes!("cancel_ignored_past_grace");
+                Finalize::Cancel {
+                    reason: "cancelled by request; the handler ignored it past cancel_grace".into(),
+                }
+            }
+            Ended::Dropped => return None,
         };
-        let fin = to_finalize(shared, &job, &running, self.stop, result);
         Some(Done { running, fin, span })
     }
 }
@@ -596,7 +612,9 @@ fn to_finalize(
     }
     // Stopped by shutdown and did not finish: give the job back without spending
     // the attempt, so another node takes it at once.
-    if stop.is_triggered() && outcome != Outcome::Completed {
+    // Planted `shutdown_spends_attempt` finalizes a stopped attempt as a failure.
+    let gives_back = !crate::is_planted!(shared.plants, ShutdownSpendsAttempt);
+    if gives_back && stop.is_triggered() && outcome != Outcome::Completed {
         return Finalize::Snooze { until: now };
     }
     // Planted `discard_off_by_one` lets a spent job retry once more.

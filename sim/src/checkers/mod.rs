@@ -29,7 +29,9 @@
 //! | A failed start is retried with exponential backoff (`maintenance` design note, `MaintainerConfig::backoff`) | [`start_retries_back_off`](StartRetriesBackOff) |
 //! | A stopped maintainer run's late start attempt is never installed (`Maintainer::run`, `TermHandle`) | none: the events do not say which maintainer run an attempt belongs to; `core/src/maintenance` unit tests hold it, and `no_cross_term_teardown` and `maintainer_liveness` see what a wrongly installed start would do |
 //! | A node asks to resign only a term it holds at that moment (`Elector::request_resign`, `Maintainer`) | [`no_stale_resign`](NoStaleResign) |
-//! | Jobs held in a worker's hand are heartbeated while they wait, and one heard lost or cancelled is not run (`hand.rs`, `JobsConfig::claim_ahead`) | [`no_double_execution`](NoDoubleExecution) for a lost one that ran anyway; none yet for the rest, though held jobs' rescues and cancels are recorded |
+//! | Jobs held in a worker's hand are heartbeated while they wait, as running ones are, so a worker that can reach storage never loses a claim to the rescuer; one heard lost is not run (`hand.rs`, `JobsConfig::claim_ahead`, `heartbeat_interval`) | [`claims_kept_alive`](ClaimsKeptAlive) (no rescue of a live claimant that could reach storage for the whole stale window, within the clock margin) and [`no_double_execution`](NoDoubleExecution) (no start on a claim storage had revoked) |
+//! | A job held in hand whose cancel was requested is not run, and its claim is kept alive until the worker settles it (`hand.rs`) | [`claims_kept_alive`](ClaimsKeptAlive) for the keeping alive; that it is not run: none, storage's taking of a running (or held) job's cancel request is not recorded, so the history cannot tell a held job that should not start; `core/src/jobs/tests.rs` (`a_job_cancelled_while_in_hand_is_settled_unrun`) holds it |
+//! | A handler that ignores a user's cancel past `cancel_grace` is dropped and its job settled cancelled at once, not left to the rescuer (`worker.rs`) | [`claims_kept_alive`](ClaimsKeptAlive) (the dropped handler's claim is not left to go stale) and [`stopped_handlers_end_in_grace`](StoppedHandlersEndInGrace) (the drop); `core/src/jobs/tests.rs` (`a_handler_ignoring_a_cancel_is_dropped_and_its_job_cancelled_at_once`) |
 //! | A local enqueue wakes an idle worker at once, and a storage signal does across processes (`RuntimeHandle::enqueue`, `JobStore::enqueue_signal`) | none: the simulated client enqueues over the network, so no run enqueues locally, and no simulated engine raises the signal; [`idle_workers_claim`](IdleWorkersClaim) holds the poll that backs both |
 //! | A leader starts its services or resigns within the give-up bound, and a maintainer runs again soon after faults stop (`MaintainerConfig::give_up_bound`) | [`maintainer_liveness`](MaintainerLiveness) |
 //! | A tracked task's panic is reported when it happens, not only at shutdown (`TaskRegistry`) | [`no_task_panics`](NoTaskPanics) |
@@ -51,7 +53,7 @@
 //! | An available job with an idle worker is claimed within a bounded delay (`JobsConfig::idle_poll`) | [`idle_workers_claim`](IdleWorkersClaim) (liveness, once faults stopped and the cluster converged; judged for jobs whose due time the history knows: new, scheduled, periodic and rescued ones, not a failed attempt's jittered retry) |
 //! | A job is claimed by priority, then due time, then id, and never from a paused queue (`JobStore::claim`, `pause_queue`) | none: storage alone decides it, inside one transaction; the conformance suite and `MemStorage`'s model test hold it for every engine (the simulator never pauses a queue) |
 //! | A failed job is retried until its attempts run out, then discarded; a snooze does not spend an attempt (`Outcome`) | [`attempts_within_budget`](AttemptsWithinBudget) (each claim records the budget as it stands, a snooze's included) |
-//! | A handler stopped by shutdown gives its job back without spending an attempt (`worker.rs`), and a job claimed just before a stop is given back unrun | none yet, though one could be written: `ShutdownEnded` names the released jobs and a give-back is a `scheduled` finalize (a spent attempt would be `retryable`); `core/src/jobs/tests.rs` (`shutdown_keeps_its_deadline_and_gives_stubborn_jobs_back`) holds it |
+//! | A handler stopped by shutdown gives its job back without spending an attempt, and a job claimed just before a stop is given back unrun (`RuntimeHandle::shutdown`, `worker.rs`) | [`shutdown_gives_back`](ShutdownGivesBack) for what a shutdown stops; a job claimed just before the stop and given back unrun is finalized `scheduled` without a `HandlerStarted`, which [`no_double_execution`](NoDoubleExecution) and `core/src/jobs/tests.rs` hold |
 //! | Finished jobs are kept for `retention`, then deleted (`JobsConfig::retention`) | none: the default retention (a day) outlasts every run, so no run deletes a finished job; `core/src/jobs/tests.rs` (`the_cleaner_keeps_a_finished_job_for_its_retention_then_deletes_it`) holds the cleaner, the conformance suite `cleanup` for a given cutoff on every engine |
 //! | A unique key matches at most one live job (`EnqueueRequest::unique_key`) | none: storage alone decides it, inside one transaction; the conformance suite and `MemStorage`'s model test hold it for every engine |
 //! | Bad settings and bad input are refused with an error naming the field (`*Config::validate`) | none: not a property of a run; each config's unit tests hold it |
@@ -59,6 +61,7 @@
 mod attempts_within_budget;
 mod belief;
 mod bounded_shutdown;
+mod claims_kept_alive;
 mod exactly_once_effects;
 mod finished_work_stands;
 mod idle_workers_claim;
@@ -79,6 +82,7 @@ mod periodic_fires_due_slot;
 mod periodic_once;
 mod retry_respects_backoff;
 mod scheduled_not_early;
+mod shutdown_gives_back;
 mod siblings_stop_on_loop_panic;
 mod start_retries_back_off;
 mod step_down_before_resign;
@@ -94,6 +98,7 @@ use crate::history::{Ev, HarnessEvent, Record};
 
 pub use attempts_within_budget::AttemptsWithinBudget;
 pub use bounded_shutdown::BoundedShutdown;
+pub use claims_kept_alive::ClaimsKeptAlive;
 pub use exactly_once_effects::ExactlyOnceEffects;
 pub use finished_work_stands::FinishedWorkStands;
 pub use idle_workers_claim::IdleWorkersClaim;
@@ -114,6 +119,7 @@ pub use periodic_fires_due_slot::PeriodicFiresDueSlot;
 pub use periodic_once::PeriodicOnce;
 pub use retry_respects_backoff::RetryRespectsBackoff;
 pub use scheduled_not_early::ScheduledNotEarly;
+pub use shutdown_gives_back::ShutdownGivesBack;
 pub use siblings_stop_on_loop_panic::SiblingsStopOnLoopPanic;
 pub use start_retries_back_off::StartRetriesBackOff;
 pub use step_down_before_resign::StepDownBeforeResign;
@@ -151,6 +157,11 @@ pub struct CheckCtx {
     /// A claim whose heartbeat is older than this is revoked
     /// (`JobsConfig::stale_threshold`).
     pub stale_threshold_ms: u64,
+    /// How long a worker trusts a claim without a good heartbeat
+    /// (`JobsConfig::claim_trust`).
+    pub claim_trust_ms: u64,
+    /// How often a claim is heartbeated (`JobsConfig::heartbeat_interval`).
+    pub heartbeat_interval_ms: u64,
     /// How often the leader's rescuer, scheduler and cleaner run
     /// (`JobsConfig::maintenance_interval`).
     pub maintenance_interval_ms: u64,
@@ -252,7 +263,7 @@ pub trait Checker: Send + Sync {
 /// Each planted bug with the scenario and invariant that catch it: the pairs
 /// `tests/tests/planted_bugs.rs` proves, which `bench-sim`, the shrink test and
 /// `ci/shrink-report` measure.
-pub const PLANTED_BUG_CATCHERS: [(keel::planted::Bug, &str, &str); 21] = {
+pub const PLANTED_BUG_CATCHERS: [(keel::planted::Bug, &str, &str); 23] = {
     use keel::planted::Bug;
     [
         (Bug::StaleResign, "stale_retries", "no_stale_resign"),
@@ -340,6 +351,12 @@ pub const PLANTED_BUG_CATCHERS: [(keel::planted::Bug, &str, &str); 21] = {
             "periodic_failover",
             "periodic_fires_due_slot",
         ),
+        (Bug::HandKeeperIdle, "claim_ahead", "claims_kept_alive"),
+        (
+            Bug::ShutdownSpendsAttempt,
+            "shutdown_under_load",
+            "shutdown_gives_back",
+        ),
     ]
 };
 
@@ -372,6 +389,8 @@ pub fn all() -> Vec<Box<dyn Checker>> {
         Box::new(NoEarlyRescue),
         Box::new(AttemptsWithinBudget),
         Box::new(PeriodicFiresDueSlot),
+        Box::new(ClaimsKeptAlive),
+        Box::new(ShutdownGivesBack),
     ]
 }
 
@@ -561,6 +580,8 @@ pub(crate) mod test_support {
             epoch_unix_ms: 0,
             periodic_every_ms: vec![("digest".into(), 10_000)],
             stale_threshold_ms: 10_000,
+            claim_trust_ms: 6_000,
+            heartbeat_interval_ms: 1_000,
             maintenance_interval_ms: 1_000,
             start_backoff_base_ms: 1_000,
             start_backoff_max_ms: 8_000,

@@ -22,6 +22,13 @@
 //!   rescuer may revoke it.
 //! * **run after terminal**: a `HandlerStarted { job, .. }` after a terminal
 //!   `FinalizeApplied` or a `CancelApplied` of that job.
+//! * **started on a revoked claim**: a `HandlerStarted { job, a }` after `a`'s
+//!   claim was revoked. A worker starts a claimed job only while its claim is
+//!   at most half its `claim_trust` old since a good heartbeat (else it asks
+//!   storage first), and storage revokes only past `stale_threshold`, so this
+//!   needs a worker that ran a job it had heard was lost, or clocks further
+//!   apart than `stale_threshold - claim_trust / 2` (then excused: keel's
+//!   documented clock margin).
 //! * **finalized under a running handler**: storage applies a finalize of
 //!   `(job, a)` while a handler of `(job, a)` still runs. The owner finalizes only
 //!   after its handler ended, so this is another worker writing over the claim
@@ -32,6 +39,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use keel::events::Event;
 use keel::storage::JobId;
 
+use super::belief::Offsets;
 use super::{CheckCtx, Checker, Violation};
 use crate::history::{DbEvent, Ev, HarnessEvent, Record};
 
@@ -51,6 +59,7 @@ struct Interval<'a> {
 
 #[derive(Default)]
 struct Scan<'a> {
+    offsets: Offsets,
     open: Vec<Interval<'a>>,
     revoked: BTreeMap<(JobId, u32), &'a Record>,
     terminal: BTreeMap<JobId, &'a Record>,
@@ -83,7 +92,10 @@ impl Checker for NoDoubleExecution {
 
 impl<'a> Scan<'a> {
     fn run(history: &'a [Record], ctx: &CheckCtx) -> Self {
-        let mut scan = Scan::default();
+        let mut scan = Scan {
+            offsets: Offsets::of(history),
+            ..Scan::default()
+        };
         for r in history {
             scan.step(history, ctx, r);
         }
@@ -117,6 +129,7 @@ impl<'a> Scan<'a> {
         let host = r.host.as_str();
         match &r.ev {
             Ev::Node(Event::HandlerStarted { job, attempt }) => {
+                self.started_revoked(ctx, r, *job, *attempt);
                 self.start(history, r, *job, *attempt)
             }
             Ev::Node(Event::HandlerEnded { job, attempt, .. }) => {
@@ -152,6 +165,27 @@ impl<'a> Scan<'a> {
             }
             _ => {}
         }
+    }
+
+    /// A start of `(job, attempt)` by `r` after storage revoked its claim.
+    fn started_revoked(&mut self, ctx: &CheckCtx, r: &'a Record, job: JobId, attempt: u32) {
+        let Some(revoked) = self.revoked.get(&(job, attempt)).copied() else {
+            return;
+        };
+        let margin_ms = ctx
+            .stale_threshold_ms
+            .saturating_sub(ctx.claim_trust_ms / 2);
+        let claimed_ms = r.at_ms.saturating_sub(ctx.stale_threshold_ms);
+        if self.offsets.spread(claimed_ms, r.at_ms) > margin_ms {
+            return;
+        }
+        let message = format!(
+            "{job} attempt {attempt} started on {} {}ms after storage revoked its claim",
+            r.host,
+            r.at_ms - revoked.at_ms
+        );
+        self.out
+            .push(violation(r, message, vec![revoked.clone(), r.clone()]));
     }
 
     fn start(&mut self, history: &'a [Record], r: &'a Record, job: JobId, attempt: u32) {
@@ -331,6 +365,47 @@ mod tests {
             )
             .db(2_000, claim(1, 2));
         assert_eq!(slack(retried), None);
+    }
+
+    #[test]
+    fn fires_when_a_handler_starts_on_a_claim_storage_had_revoked() {
+        // Claimed at 0, rescued at 11 s (its worker held it unheard), then
+        // started at 12 s as if its claim stood.
+        let h =
+            H::new()
+                .db(0, claim(1, 1))
+                .db(11_000, rescue(1, 1))
+                .node(12_000, "n1", started(1, 1));
+        let v = NoDoubleExecution.check(&h.0, &ctx(20_000));
+        assert_eq!(v.len(), 1, "{v:?}");
+        assert!(
+            v[0].message
+                .contains("job-1 attempt 1 started on n1 1000ms after storage revoked its claim"),
+            "{}",
+            v[0].message
+        );
+        // The same with the nodes' clocks 8 s apart: the documented margin.
+        let skewed = H::new()
+            .harness(
+                0,
+                "n1",
+                HarnessEvent::NodeBoot {
+                    boot: 1,
+                    skew_ms: 0,
+                },
+            )
+            .harness(
+                0,
+                "n2",
+                HarnessEvent::NodeBoot {
+                    boot: 1,
+                    skew_ms: 8_000,
+                },
+            )
+            .db(0, claim(1, 1))
+            .db(11_000, rescue(1, 1))
+            .node(12_000, "n1", started(1, 1));
+        assert!(NoDoubleExecution.check(&skewed.0, &ctx(20_000)).is_empty());
     }
 
     #[test]
