@@ -127,11 +127,23 @@ pub enum Bug {
     /// it interrupts. Storage writes what it is asked. Caught by
     /// `shutdown_gives_back`.
     ShutdownSpendsAttempt,
+    /// Keel's own: a worker finishing a job after a graceful shutdown began
+    /// still claims its next batch with the finalize, then hands the batch
+    /// straight back unrun: needless claim churn while the node leaves, and
+    /// jobs held by a node that will not run them. Storage applies every
+    /// claim it is asked for. Caught by `no_claim_after_shutdown`.
+    ClaimsWhileStopping,
+    /// Keel's own: a leader shutting down steps down without resigning, so
+    /// its lease runs out its TTL before a peer may take over: every rolling
+    /// restart of the leader leaves the cluster without maintenance that
+    /// long. Storage cannot see a resign never sent. Caught by
+    /// `leader_resigns_at_shutdown`.
+    ShutdownSkipsResign,
 }
 
 impl Bug {
     /// Every planted bug, in a fixed order.
-    pub const ALL: [Bug; 23] = [
+    pub const ALL: [Bug; 25] = [
         Bug::StaleResign,
         Bug::CrossTermStop,
         Bug::SwallowedPanic,
@@ -155,6 +167,8 @@ impl Bug {
         Bug::PeriodicFiresNextSlot,
         Bug::HandKeeperIdle,
         Bug::ShutdownSpendsAttempt,
+        Bug::ClaimsWhileStopping,
+        Bug::ShutdownSkipsResign,
     ];
 
     /// The bug's name as the CLI spells it.
@@ -183,6 +197,8 @@ impl Bug {
             Bug::PeriodicFiresNextSlot => "periodic_fires_next_slot",
             Bug::HandKeeperIdle => "hand_keeper_idle",
             Bug::ShutdownSpendsAttempt => "shutdown_spends_attempt",
+            Bug::ClaimsWhileStopping => "claims_while_stopping",
+            Bug::ShutdownSkipsResign => "shutdown_skips_resign",
         }
     }
 }

@@ -311,6 +311,7 @@ pub fn check_ctx(timing: &Timing, scenario: &Scenario, end_at_ms: u64) -> CheckC
         heal_converge_ms,
         lease_ttl_ms: ms(e.lease_ttl),
         safety_margin_ms: ms(e.safety_margin),
+        resign_cooldown_ms: ms(e.resign_cooldown),
         retry_base_ms: ms(timing.jobs.retry.base),
         retry_max_ms: ms(timing.jobs.retry.max),
     }

@@ -268,6 +268,24 @@ fn shutdown_spends_attempt_is_caught_by_shutdown_gives_back_and_replays() {
     );
 }
 
+#[test]
+fn claims_while_stopping_is_caught_by_no_claim_after_shutdown_and_replays() {
+    assert_caught_replayed_and_clean_without_the_bug(
+        Bug::ClaimsWhileStopping,
+        "shutdown_under_load",
+        "no_claim_after_shutdown",
+    );
+}
+
+#[test]
+fn shutdown_skips_resign_is_caught_by_leader_resigns_at_shutdown_and_replays() {
+    assert_caught_replayed_and_clean_without_the_bug(
+        Bug::ShutdownSkipsResign,
+        "zombies",
+        "leader_resigns_at_shutdown",
+    );
+}
+
 /// The older bugs that break a promise a newer checker judges are caught by it
 /// too: a stale resign's retries outlive the term (`no_start_after_term_lost`),
 /// and a swallowed loop panic leaves the siblings ticking

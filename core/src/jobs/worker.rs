@@ -293,7 +293,10 @@ impl Worker<'_> {
 
     /// Whether the worker takes another job once this one is done.
     fn goes_on(&self) -> bool {
-        !self.retire.is_triggered() && !self.stop.is_triggered()
+        // Planted `claims_while_stopping` claims on through a shutdown.
+        let stopping = self.stop.is_triggered()
+            && !crate::is_planted!(self.shared.plants, ClaimsWhileStopping);
+        !self.retire.is_triggered() && !stopping
     }
 
     /// Run one claimed job; returns what to finalize, or `None` if the handler

@@ -360,7 +360,10 @@ impl Elector {
             });
             // TermLost marks the belief's end, so it comes before the resign: a
             // successor may be granted the moment storage hears it.
-            if why != StepDown::LeaseMovedOn && !resign_first {
+            // Planted `shutdown_skips_resign` leaves the lease to run out.
+            let skip = why == StepDown::Shutdown
+                && crate::is_planted!(self.cfg.plants, ShutdownSkipsResign);
+            if why != StepDown::LeaseMovedOn && !resign_first && !skip {
                 // After a closed window storage may only have been slow (or this
                 // process frozen): a resign it hears lets a successor in at once
                 // instead of after the rest of the TTL, and being term-scoped it

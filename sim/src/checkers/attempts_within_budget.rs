@@ -3,12 +3,18 @@
 //! or a shutdown's give-back does not spend one. Each claim records the
 //! attempt it makes and the job's budget as it stands then (a snooze adds
 //! one), so a `ClaimApplied` with `attempt > max_attempts` means the last
-//! attempt's failure was not the end of the job.
+//! attempt's failure was not the end of the job; and a worker's discard of
+//! an attempt that failed (or panicked) with attempts left in its claim's
+//! budget means the job ended early. A handler's own `Outcome::Discard`
+//! ends it at any attempt.
 //!
 //! Storage writes whatever outcome the worker or rescuer asks for, so it
 //! takes a retry of a spent job without complaint.
 
-use keel::storage::JobId;
+use std::collections::BTreeMap;
+
+use keel::events::Event;
+use keel::storage::{JobId, JobState};
 
 use super::{CheckCtx, Checker, Violation};
 use crate::history::{DbEvent, Ev, Record};
@@ -16,34 +22,78 @@ use crate::history::{DbEvent, Ev, Record};
 /// See the [module docs](self).
 pub struct AttemptsWithinBudget;
 
+const NAME: &str = "attempts_within_budget";
+
 impl Checker for AttemptsWithinBudget {
     fn name(&self) -> &'static str {
-        "attempts_within_budget"
+        NAME
     }
 
     fn check(&self, history: &[Record], _ctx: &CheckCtx) -> Vec<Violation> {
-        history
-            .iter()
-            .filter_map(|r| match &r.ev {
+        // Per attempt: the budget its claim recorded, and how its handler ended.
+        let mut budget: BTreeMap<(JobId, u32), u32> = BTreeMap::new();
+        let mut ended: BTreeMap<(JobId, u32), (&Record, &str)> = BTreeMap::new();
+        let mut out = Vec::new();
+        for r in history {
+            match &r.ev {
                 Ev::Db(DbEvent::ClaimApplied {
                     job,
                     attempt,
                     max_attempts,
                     ..
-                }) if attempt > max_attempts => Some(Violation {
-                    invariant: "attempts_within_budget",
-                    at_ms: r.at_ms,
-                    message: format!(
-                        "{job} was claimed for attempt {attempt} of a budget of {max_attempts}"
-                    ),
-                    witnesses: last_end(history, r, *job)
-                        .into_iter()
-                        .chain([r.clone()])
-                        .collect(),
-                }),
-                _ => None,
-            })
-            .collect()
+                }) => {
+                    budget.insert((*job, *attempt), *max_attempts);
+                    if attempt > max_attempts {
+                        out.push(Violation {
+                            invariant: NAME,
+                            at_ms: r.at_ms,
+                            message: format!(
+                                "{job} was claimed for attempt {attempt} of a budget of {max_attempts}"
+                            ),
+                            witnesses: last_end(history, r, *job)
+                                .into_iter()
+                                .chain([r.clone()])
+                                .collect(),
+                        });
+                    }
+                }
+                Ev::Node(Event::HandlerEnded {
+                    job,
+                    attempt,
+                    outcome,
+                }) => {
+                    ended.insert((*job, *attempt), (r, outcome.as_str()));
+                }
+                Ev::Db(DbEvent::FinalizeApplied {
+                    job,
+                    attempt,
+                    state: JobState::Discarded,
+                }) => {
+                    let Some(max) = budget.get(&(*job, *attempt)) else {
+                        continue;
+                    };
+                    let Some((end, outcome)) = ended.get(&(*job, *attempt)) else {
+                        continue;
+                    };
+                    // A handler's own `Outcome::Discard` ends the job at once.
+                    let failed = outcome.starts_with("failed") || outcome.starts_with("panicked");
+                    if attempt >= max || !failed {
+                        continue;
+                    }
+                    out.push(Violation {
+                        invariant: NAME,
+                        at_ms: r.at_ms,
+                        message: format!(
+                            "{job} was discarded after failing attempt {attempt} of a budget of {max}: \
+                             attempts were left"
+                        ),
+                        witnesses: vec![(*end).clone(), r.clone()],
+                    });
+                }
+                _ => {}
+            }
+        }
+        out
     }
 }
 
@@ -64,7 +114,6 @@ fn last_end(history: &[Record], claim: &Record, job: JobId) -> Option<Record> {
 mod tests {
     use super::*;
     use crate::checkers::test_support::{ctx, H};
-    use keel::storage::JobState;
 
     fn claim(attempt: u32, max_attempts: u32) -> DbEvent {
         DbEvent::ClaimApplied {
@@ -121,6 +170,51 @@ mod tests {
             v[0].witnesses.len(),
             2,
             "the retry that should have been a discard"
+        );
+    }
+
+    fn ended(attempt: u32, outcome: &str) -> Event {
+        Event::HandlerEnded {
+            job: JobId(1),
+            attempt,
+            outcome: outcome.into(),
+        }
+    }
+    fn discarded(attempt: u32) -> DbEvent {
+        DbEvent::FinalizeApplied {
+            job: JobId(1),
+            attempt,
+            state: JobState::Discarded,
+        }
+    }
+
+    #[test]
+    fn a_discard_on_the_last_attempt_or_by_the_handler_passes() {
+        let last = H::new()
+            .db(0, claim(2, 2))
+            .node(100, "n1", ended(2, "failed: boom"))
+            .db(120, discarded(2));
+        assert!(AttemptsWithinBudget.check(&last.0, &ctx(10_000)).is_empty());
+        let own = H::new()
+            .db(0, claim(1, 5))
+            .node(100, "n1", ended(1, "discarded: bad payload"))
+            .db(120, discarded(1));
+        assert!(AttemptsWithinBudget.check(&own.0, &ctx(10_000)).is_empty());
+    }
+
+    #[test]
+    fn fires_when_a_failure_with_attempts_left_is_discarded() {
+        let h = H::new()
+            .db(0, claim(1, 3))
+            .node(100, "n1", ended(1, "panicked: boom"))
+            .db(120, discarded(1));
+        let v = AttemptsWithinBudget.check(&h.0, &ctx(10_000));
+        assert_eq!(v.len(), 1, "{v:?}");
+        assert!(
+            v[0].message
+                .contains("discarded after failing attempt 1 of a budget of 3"),
+            "{}",
+            v[0].message
         );
     }
 }

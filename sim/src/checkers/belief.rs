@@ -219,6 +219,20 @@ impl Offsets {
             .unwrap_or(0)
     }
 
+    /// The earliest true time a call that `host` stamped `stamp_ms` on its
+    /// wall clock (a claim's first heartbeat) may have been sent, given it
+    /// was sent within `[since_ms, applied_ms]`: the stamp less the furthest
+    /// that clock ran ahead in between.
+    pub(crate) fn sent_no_earlier_than(
+        &self,
+        host: &str,
+        stamp_ms: i64,
+        since_ms: u64,
+        applied_ms: u64,
+    ) -> i64 {
+        stamp_ms - self.ahead_on(host, since_ms, applied_ms)
+    }
+
     /// The furthest `host`'s wall clock ran ahead of true time at some instant of
     /// `[from_ms, to_ms]` (negative when it ran behind throughout).
     pub(crate) fn ahead_on(&self, host: &str, from_ms: u64, to_ms: u64) -> i64 {

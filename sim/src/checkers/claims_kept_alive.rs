@@ -24,6 +24,7 @@ use keel::events::Event;
 use keel::storage::JobId;
 
 use super::belief::Offsets;
+use super::no_early_rescue::SENT_BEFORE_MS_MAX;
 use super::{CheckCtx, Checker, Violation};
 use crate::history::{DbEvent, Ev, HarnessEvent, Record};
 
@@ -36,7 +37,7 @@ const NAME: &str = "claims_kept_alive";
 /// process ended or began to (crash, shutdown, restart), and the stretches
 /// `[from, to]` it was cut off or frozen; and when storage was faulty.
 #[derive(Default)]
-struct Impaired<'a> {
+pub(crate) struct Impaired<'a> {
     /// Per host: stretches cut off from the database or frozen.
     transient: BTreeMap<&'a str, Vec<(u64, u64)>>,
     /// Per host: when a process of it ended or began to.
@@ -48,7 +49,7 @@ struct Impaired<'a> {
 }
 
 impl<'a> Impaired<'a> {
-    fn of(history: &'a [Record]) -> Self {
+    pub(crate) fn of(history: &'a [Record]) -> Self {
         let mut out = Impaired::default();
         let mut open: BTreeMap<(&str, &str), u64> = BTreeMap::new();
         let mut storage_since: Option<u64> = None;
@@ -101,30 +102,36 @@ impl<'a> Impaired<'a> {
         out
     }
 
-    /// Whether the process that claimed at `claimed_ms` on `host` may have
-    /// failed to keep its claim alive up to `rescued_ms`: it ended since, or
-    /// it was impaired during the stale window, or while the claim's reply
-    /// travelled (`reply_ms` after it; a claim whose reply was lost is one its
-    /// worker never knew it held).
-    fn excused(
-        &self,
-        host: &str,
-        claimed_ms: u64,
-        rescued_ms: u64,
-        stale_ms: u64,
-        reply_ms: u64,
-    ) -> bool {
+    /// Whether the process that made a claim on `host` may have failed to
+    /// keep it alive up to `rescued_ms`: it ended since the claim was sent
+    /// (swarm seed 3001025: a process killed with its claim in flight), or it
+    /// was impaired during the stale window, or while the
+    /// claim travelled (`claim`: from when it may have been sent to when its
+    /// reply was due; a claim slowed past the client's timeout, or whose reply
+    /// was lost, is one its worker never knew it held).
+    fn excused(&self, host: &str, claim: (u64, u64), rescued_ms: u64, stale_ms: u64) -> bool {
+        let (sent_ms, replied_by) = claim;
         let from = rescued_ms.saturating_sub(stale_ms);
-        let replied_by = claimed_ms.saturating_add(reply_ms);
         let overlaps = |(a, b): &(u64, u64)| {
-            (*a <= rescued_ms && *b >= from) || (*a <= replied_by && *b >= claimed_ms)
+            (*a <= rescued_ms && *b >= from) || (*a <= replied_by && *b >= sent_ms)
         };
         let ended = self
             .ended
             .get(host)
-            .is_some_and(|at| at.iter().any(|t| (claimed_ms..=rescued_ms).contains(t)));
+            .is_some_and(|at| at.iter().any(|t| (sent_ms..=rescued_ms).contains(t)));
         ended
             || self.storage.iter().any(overlaps)
+            || self
+                .transient
+                .get(host)
+                .is_some_and(|spans| spans.iter().any(overlaps))
+    }
+
+    /// Whether `host` was cut off from the database or frozen, or storage was
+    /// faulty, at some instant of `[from_ms, to_ms]`.
+    pub(crate) fn during(&self, host: &str, from_ms: u64, to_ms: u64) -> bool {
+        let overlaps = |(a, b): &(u64, u64)| *a <= to_ms && *b >= from_ms;
+        self.storage.iter().any(overlaps)
             || self
                 .transient
                 .get(host)
@@ -152,8 +159,8 @@ impl Checker for ClaimsKeptAlive {
         let margin_ms = ctx
             .stale_threshold_ms
             .saturating_sub(2 * ctx.heartbeat_interval_ms);
-        // Per claim: its ClaimApplied and the claimant's host.
-        let mut claims: BTreeMap<(JobId, u32), (&Record, &str)> = BTreeMap::new();
+        // Per claim: its ClaimApplied, its stamp and the claimant's host.
+        let mut claims: BTreeMap<(JobId, u32), (&Record, i64, &str)> = BTreeMap::new();
         let mut out = Vec::new();
         for r in history {
             match &r.ev {
@@ -161,9 +168,10 @@ impl Checker for ClaimsKeptAlive {
                     job,
                     attempt,
                     owner,
+                    heartbeat_ms,
                     ..
                 }) => {
-                    claims.insert((*job, *attempt), (r, impaired.host(owner)));
+                    claims.insert((*job, *attempt), (r, *heartbeat_ms, impaired.host(owner)));
                 }
                 Ev::Db(DbEvent::FinalizeApplied { job, attempt, .. }) => {
                     claims.remove(&(*job, *attempt));
@@ -190,17 +198,25 @@ impl Checker for ClaimsKeptAlive {
                     claims.remove(&(*job, *attempt));
                 }
                 Ev::Db(DbEvent::RescueApplied { job, attempt }) => {
-                    let Some((claim, host)) = claims.remove(&(*job, *attempt)) else {
+                    let Some((claim, stamp_ms, host)) = claims.remove(&(*job, *attempt)) else {
                         continue;
                     };
+                    // The claim was sent when its stamp was read, on a clock
+                    // at most this far ahead (storage_faults-style slow
+                    // calls: swarm seed 3000174's claim, sent into a slow
+                    // database, was applied after the fault ended).
+                    let since_ms = claim.at_ms.saturating_sub(SENT_BEFORE_MS_MAX);
+                    let sent_ms =
+                        offsets.sent_no_earlier_than(host, stamp_ms, since_ms, claim.at_ms);
+                    let sent_ms = u64::try_from(sent_ms).unwrap_or(0).min(claim.at_ms);
+                    let replied_by = claim.at_ms.saturating_add(ctx.heartbeat_interval_ms);
                     let from = r.at_ms.saturating_sub(ctx.stale_threshold_ms);
                     if claim.at_ms > from
                         || impaired.excused(
                             host,
-                            claim.at_ms,
+                            (sent_ms, replied_by),
                             r.at_ms,
                             ctx.stale_threshold_ms,
-                            ctx.heartbeat_interval_ms,
                         )
                         || offsets.spread(from, r.at_ms) > margin_ms
                     {

@@ -27,6 +27,10 @@
 //! | Nothing done for term T stops or alters another term's services (`maintenance` design note) | [`no_cross_term_teardown`](NoCrossTermTeardown) |
 //! | Losing T cancels T's start: no further start attempt begins (`maintenance` design note) | [`no_start_after_term_lost`](NoStartAfterTermLost) |
 //! | A failed start is retried with exponential backoff (`maintenance` design note, `MaintainerConfig::backoff`) | [`start_retries_back_off`](StartRetriesBackOff) |
+//! | On shutdown a held term is resigned so a peer takes over without waiting out the lease (`Elector::run`) | [`leader_resigns_at_shutdown`](LeaderResignsAtShutdown) (unless the host was cut off, frozen or storage faulty meanwhile, or the lease moved on) |
+//! | After a requested resign the node stays out for `resign_cooldown`, so another node can take over (`ElectorConfig::resign_cooldown`) | [`resign_cooldown_kept`](ResignCooldownKept) (on the node's own process; a restarted process starts afresh), unproven: no scenario yet makes a maintainer exhaust its start retries (the partitions that race slow starts in `stale_retries` take the term away first), so no requested resign, and no planted bug of it, is ever reached; `core/src/leadership/elector.rs` unit tests hold the cooldown |
+//! | A second `run` of an elector or maintainer while one is in progress is a no-op, and a maintainer restarted in place keeps the term while workers keep running (`Elector::run`, `Maintainer::run`, `RuntimeHandle::restart_maintainer`) | none: no scenario runs a second concurrent `run`; `core` unit tests (`a_second_concurrent_run_is_a_no_op_and_never_panics`, `restarting_the_maintainer_in_place_keeps_the_term_and_runs_its_services_again`) hold it, and `one_leader_per_term` and `maintainer_liveness` judge restarts in `zombies` |
+//! | Added services start before the built-in ones, so a failing start hook fails the attempt before anything else starts; losing the term triggers the token of the start attempt in flight (`RuntimeBuilder::service`, `maintenance` design note) | none: the order of services within one start attempt and the token a hook sees are not recorded; `core/src/maintenance` unit tests hold them |
 //! | A stopped maintainer run's late start attempt is never installed (`Maintainer::run`, `TermHandle`) | none: the events do not say which maintainer run an attempt belongs to; `core/src/maintenance` unit tests hold it, and `no_cross_term_teardown` and `maintainer_liveness` see what a wrongly installed start would do |
 //! | A node asks to resign only a term it holds at that moment (`Elector::request_resign`, `Maintainer`) | [`no_stale_resign`](NoStaleResign) |
 //! | Jobs held in a worker's hand are heartbeated while they wait, as running ones are, so a worker that can reach storage never loses a claim to the rescuer; one heard lost is not run (`hand.rs`, `JobsConfig::claim_ahead`, `heartbeat_interval`) | [`claims_kept_alive`](ClaimsKeptAlive) (no rescue of a live claimant that could reach storage for the whole stale window, within the clock margin) and [`no_double_execution`](NoDoubleExecution) (no start on a claim storage had revoked) |
@@ -34,16 +38,18 @@
 //! | A handler that ignores a user's cancel past `cancel_grace` is dropped and its job settled cancelled at once, not left to the rescuer (`worker.rs`) | [`claims_kept_alive`](ClaimsKeptAlive) (the dropped handler's claim is not left to go stale) and [`stopped_handlers_end_in_grace`](StoppedHandlersEndInGrace) (the drop); `core/src/jobs/tests.rs` (`a_handler_ignoring_a_cancel_is_dropped_and_its_job_cancelled_at_once`) |
 //! | A local enqueue wakes an idle worker at once, and a storage signal does across processes (`RuntimeHandle::enqueue`, `JobStore::enqueue_signal`) | none: the simulated client enqueues over the network, so no run enqueues locally, and no simulated engine raises the signal; [`idle_workers_claim`](IdleWorkersClaim) holds the poll that backs both |
 //! | A leader starts its services or resigns within the give-up bound, and a maintainer runs again soon after faults stop (`MaintainerConfig::give_up_bound`) | [`maintainer_liveness`](MaintainerLiveness) |
-//! | A tracked task's panic is reported when it happens, not only at shutdown (`TaskRegistry`) | [`no_task_panics`](NoTaskPanics) |
+//! | A tracked task's panic is reported when it happens, not only at shutdown (`TaskRegistry`) | none for the reporting: the simulator injects panics into handlers and watcher loops, not into the runtime's own tracked tasks, so a swallowed task panic would leave no trace; `core/src/shutdown.rs` unit tests hold the reporting. [`no_task_panics`](NoTaskPanics) judges the other side: no runtime task panics at all |
 //! | Two attempts of one job never run at once: attempt fencing, a lost heartbeat stops the handler within one interval, claims fence themselves after `claim_trust` (`jobs`, `ARCHITECTURE.md`) | [`no_double_execution`](NoDoubleExecution), with `lost_claim_grace_ms` of slack after a revoke (one heartbeat interval and request timeout: the worker hears of it at its next heartbeat); an overlap inside that slack goes unreported |
-//! | A handler's effect is applied once per key, by the attempt that holds the claim (`JobStore::apply_effect`) | [`exactly_once_effects`](ExactlyOnceEffects) |
+//! | A handler's effect is applied once per key, by the attempt that holds the claim (`JobStore::apply_effect`) | [`exactly_once_effects`](ExactlyOnceEffects) for once per key; that the writer held the claim is storage's fencing, inside one transaction (the conformance suite holds it for every engine), and [`no_double_execution`](NoDoubleExecution) sees a second attempt running at all |
 //! | Every enqueued job reaches a final state once faults stop: rescues, finalize retries, cancels that survive a rescue (`jobs`) | [`no_lost_jobs`](NoLostJobs) |
 //! | A handler's or loop's panic is surfaced (`Watcher`, `catch_panic`) | [`panics_surfaced`](PanicsSurfaced) |
 //! | A loop's panic stops its sibling loops (`Watcher`: the first to end signals the others) | [`siblings_stop_on_loop_panic`](SiblingsStopOnLoopPanic) |
+//! | A loop whose tick returns an error stops its siblings as a panic does, stopping them does not trigger the watcher's token, and a loop's first tick runs at once (`Watcher`) | none: the simulator's loops fail only by panicking, and a tick's start is not recorded; `core/src/watcher.rs` unit tests (`a_failing_loop_stops_its_siblings_and_its_error_is_returned_by_name`, `shutdown_before_the_first_tick_ends_every_loop_with_zero_ticks`) hold it |
 //! | A slow tick is followed by the next on schedule, never a burst (`MissedTickBehavior::Skip` everywhere) | [`no_tick_burst`](NoTickBurst) |
 //! | Graceful shutdown returns within its deadline plus one heartbeat interval (`RuntimeHandle::shutdown`) | [`bounded_shutdown`](BoundedShutdown), allowing one tick of the slowest job-runtime loop (heartbeat, supervisor, maintenance: all 1 s by default) |
 //! | A handler asked to stop (a cancel, an untrusted or lost claim) ends within `cancel_grace`, or at once for a lost claim, else its worker drops it (`JobsConfig::cancel_grace`, `Handler`) | [`stopped_handlers_end_in_grace`](StoppedHandlersEndInGrace) |
-//! | Each periodic slot is enqueued at most once cluster-wide, by a current term (`fire_periodic`) | [`periodic_once`](PeriodicOnce) |
+//! | Each periodic slot is enqueued at most once cluster-wide, by a current term (`fire_periodic`) | [`periodic_once`](PeriodicOnce) for at most once; that the firing term was current is storage's term fencing (the insert records no term), held by the conformance suite |
+//! | A cron slot missed by more than `CRON_CATCH_UP` is skipped rather than fired late (`jobs::maintenance`) | none: `periodic_fires_due_slot` judges fixed periods, and no scenario draws a cron schedule with a failover longer than the catch-up window; `core/src/jobs/maintenance.rs` (`cron_slots_are_the_latest_fire_time_within_the_catch_up_window`) holds it |
 //! | A periodic schedule's latest due slot is enqueued at each tick of the leader's enqueuer, never a slot before its time; a cron slot missed in a failover is caught up within `CRON_CATCH_UP` (`PeriodicJob::slot`) | [`periodic_fires_due_slot`](PeriodicFiresDueSlot) for fixed periods once the heal converged, and early slots always; the cron catch-up by `jobs::maintenance`'s unit tests (the simulated cron runs every 3 s, inside its catch-up) |
 //! | A cancel that lands as a handler completes never rewrites the finished job (`worker.rs`) | [`finished_work_stands`](FinishedWorkStands) |
 //! | A cancel of a running job reaches its handler at once on the cancelling node, and elsewhere at the worker's next heartbeat (`RuntimeHandle::cancel`, `JobStore::request_cancel`) | none: storage's taking of a running job's cancel request is not recorded (only a queued job's `CancelApplied`), and the simulated client cancels through storage, never `RuntimeHandle::cancel`, so no run times the delivery; `core/src/jobs/tests.rs` holds that a cancel stops a running handler, on one node and without timing. A heard cancel is then [`stopped_handlers_end_in_grace`](StoppedHandlersEndInGrace)'s (a same-node cancel triggers the token without an event, so its grace is not judged) |
@@ -53,6 +59,7 @@
 //! | An available job with an idle worker is claimed within a bounded delay (`JobsConfig::idle_poll`) | [`idle_workers_claim`](IdleWorkersClaim) (liveness, once faults stopped and the cluster converged; judged for jobs whose due time the history knows: new, scheduled, periodic and rescued ones, not a failed attempt's jittered retry) |
 //! | A job is claimed by priority, then due time, then id, and never from a paused queue (`JobStore::claim`, `pause_queue`) | none: storage alone decides it, inside one transaction; the conformance suite and `MemStorage`'s model test hold it for every engine (the simulator never pauses a queue) |
 //! | A failed job is retried until its attempts run out, then discarded; a snooze does not spend an attempt (`Outcome`) | [`attempts_within_budget`](AttemptsWithinBudget) (each claim records the budget as it stands, a snooze's included) |
+//! | Once a graceful shutdown begins a runtime claims nothing more: a stopping worker only finalizes (`RuntimeHandle::shutdown`, `worker.rs`) | [`no_claim_after_shutdown`](NoClaimAfterShutdown) (a claim's send time from its stamp, less the claimer's clock lead) |
 //! | A handler stopped by shutdown gives its job back without spending an attempt, and a job claimed just before a stop is given back unrun (`RuntimeHandle::shutdown`, `worker.rs`) | [`shutdown_gives_back`](ShutdownGivesBack) for what a shutdown stops; a job claimed just before the stop and given back unrun is finalized `scheduled` without a `HandlerStarted`, which [`no_double_execution`](NoDoubleExecution) and `core/src/jobs/tests.rs` hold |
 //! | Finished jobs are kept for `retention`, then deleted (`JobsConfig::retention`) | none: the default retention (a day) outlasts every run, so no run deletes a finished job; `core/src/jobs/tests.rs` (`the_cleaner_keeps_a_finished_job_for_its_retention_then_deletes_it`) holds the cleaner, the conformance suite `cleanup` for a given cutoff on every engine |
 //! | A unique key matches at most one live job (`EnqueueRequest::unique_key`) | none: storage alone decides it, inside one transaction; the conformance suite and `MemStorage`'s model test hold it for every engine |
@@ -66,10 +73,12 @@ mod exactly_once_effects;
 mod finished_work_stands;
 mod idle_workers_claim;
 mod leader_acts_in_trust;
+mod leader_resigns_at_shutdown;
 mod maintainer_liveness;
+mod no_claim_after_shutdown;
 mod no_cross_term_teardown;
 mod no_double_execution;
-mod no_early_rescue;
+pub(crate) mod no_early_rescue;
 mod no_lost_jobs;
 mod no_stale_resign;
 mod no_start_after_term_lost;
@@ -80,6 +89,7 @@ mod one_leader_per_term;
 mod panics_surfaced;
 mod periodic_fires_due_slot;
 mod periodic_once;
+mod resign_cooldown_kept;
 mod retry_respects_backoff;
 mod scheduled_not_early;
 mod shutdown_gives_back;
@@ -103,7 +113,9 @@ pub use exactly_once_effects::ExactlyOnceEffects;
 pub use finished_work_stands::FinishedWorkStands;
 pub use idle_workers_claim::IdleWorkersClaim;
 pub use leader_acts_in_trust::LeaderActsInTrust;
+pub use leader_resigns_at_shutdown::LeaderResignsAtShutdown;
 pub use maintainer_liveness::MaintainerLiveness;
+pub use no_claim_after_shutdown::NoClaimAfterShutdown;
 pub use no_cross_term_teardown::NoCrossTermTeardown;
 pub use no_double_execution::NoDoubleExecution;
 pub use no_early_rescue::NoEarlyRescue;
@@ -117,6 +129,7 @@ pub use one_leader_per_term::OneLeaderPerTerm;
 pub use panics_surfaced::PanicsSurfaced;
 pub use periodic_fires_due_slot::PeriodicFiresDueSlot;
 pub use periodic_once::PeriodicOnce;
+pub use resign_cooldown_kept::ResignCooldownKept;
 pub use retry_respects_backoff::RetryRespectsBackoff;
 pub use scheduled_not_early::ScheduledNotEarly;
 pub use shutdown_gives_back::ShutdownGivesBack;
@@ -176,6 +189,9 @@ pub struct CheckCtx {
     pub lease_ttl_ms: u64,
     /// The clock error between nodes that leadership tolerates.
     pub safety_margin_ms: u64,
+    /// How long an elector stays out after a requested resign
+    /// (`ElectorConfig::resign_cooldown`).
+    pub resign_cooldown_ms: u64,
     /// A failed job's first retry backoff, before jitter.
     pub retry_base_ms: u64,
     /// The cap on any retry backoff, before jitter.
@@ -263,7 +279,7 @@ pub trait Checker: Send + Sync {
 /// Each planted bug with the scenario and invariant that catch it: the pairs
 /// `tests/tests/planted_bugs.rs` proves, which `bench-sim`, the shrink test and
 /// `ci/shrink-report` measure.
-pub const PLANTED_BUG_CATCHERS: [(keel::planted::Bug, &str, &str); 23] = {
+pub const PLANTED_BUG_CATCHERS: [(keel::planted::Bug, &str, &str); 25] = {
     use keel::planted::Bug;
     [
         (Bug::StaleResign, "stale_retries", "no_stale_resign"),
@@ -357,6 +373,16 @@ pub const PLANTED_BUG_CATCHERS: [(keel::planted::Bug, &str, &str); 23] = {
             "shutdown_under_load",
             "shutdown_gives_back",
         ),
+        (
+            Bug::ClaimsWhileStopping,
+            "shutdown_under_load",
+            "no_claim_after_shutdown",
+        ),
+        (
+            Bug::ShutdownSkipsResign,
+            "zombies",
+            "leader_resigns_at_shutdown",
+        ),
     ]
 };
 
@@ -391,6 +417,9 @@ pub fn all() -> Vec<Box<dyn Checker>> {
         Box::new(PeriodicFiresDueSlot),
         Box::new(ClaimsKeptAlive),
         Box::new(ShutdownGivesBack),
+        Box::new(NoClaimAfterShutdown),
+        Box::new(LeaderResignsAtShutdown),
+        Box::new(ResignCooldownKept),
     ]
 }
 
@@ -588,6 +617,7 @@ pub(crate) mod test_support {
             heal_converge_ms: 40_000,
             lease_ttl_ms: 5_000,
             safety_margin_ms: 1_000,
+            resign_cooldown_ms: 5_000,
             retry_base_ms: 1_000,
             retry_max_ms: 300_000,
         }

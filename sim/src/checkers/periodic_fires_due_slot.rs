@@ -24,9 +24,12 @@ pub struct PeriodicFiresDueSlot;
 
 const NAME: &str = "periodic_fires_due_slot";
 
-/// How long after its tick a slot's insert may land: a storage round trip
-/// for each schedule fired before it, and a step of stamp slack.
-pub const FIRE_WITHIN_MS: u64 = 500;
+/// How long after its tick each schedule's insert may take: the enqueuer
+/// fires the schedules in turn, one storage call each, and a call may take up
+/// to the storage client's 1 s request timeout (swarm seed 3003635: three
+/// schedules, the third inserted 520 ms after the tick, under a 500 ms bound
+/// for all).
+pub const FIRE_WITHIN_MS_PER_SCHEDULE: u64 = 1_000;
 
 impl Checker for PeriodicFiresDueSlot {
     fn name(&self) -> &'static str {
@@ -101,7 +104,7 @@ fn early_slots(history: &[Record], offsets: &Offsets, ctx: &CheckCtx) -> Vec<Vio
 }
 
 /// Once the heal converged: enqueuer ticks whose due slot was not fired by the
-/// tick plus [`FIRE_WITHIN_MS`].
+/// tick plus [`FIRE_WITHIN_MS_PER_SCHEDULE`] for each schedule.
 fn unfired_slots(history: &[Record], offsets: &Offsets, ctx: &CheckCtx) -> Vec<Violation> {
     let inserts: Vec<(&Record, &str, i64)> = history
         .iter()
@@ -113,9 +116,11 @@ fn unfired_slots(history: &[Record], offsets: &Offsets, ctx: &CheckCtx) -> Vec<V
         })
         .collect();
     let from_ms = ctx.heal_at_ms + ctx.converge_bound_ms;
+    let schedules = u64::try_from(ctx.periodic_every_ms.len()).unwrap_or(u64::MAX);
+    let fire_within_ms = FIRE_WITHIN_MS_PER_SCHEDULE.saturating_mul(schedules);
     // A tick in the run's last moments may fire after the history ends.
     let judged = |r: &&Record| {
-        r.at_ms >= from_ms && r.at_ms + FIRE_WITHIN_MS <= ctx.end_at_ms && is_enqueuer_tick(r)
+        r.at_ms >= from_ms && r.at_ms + fire_within_ms <= ctx.end_at_ms && is_enqueuer_tick(r)
     };
     let mut out = Vec::new();
     for tick in history.iter().filter(judged) {
@@ -126,14 +131,14 @@ fn unfired_slots(history: &[Record], offsets: &Offsets, ctx: &CheckCtx) -> Vec<V
             let every = i64::try_from(*every_ms).unwrap_or(i64::MAX).max(1);
             let due = now_ms.div_euclid(every) * every;
             let fired = inserts.iter().any(|(r, n, slot)| {
-                n == name && *slot == due && r.at_ms <= tick.at_ms + FIRE_WITHIN_MS
+                n == name && *slot == due && r.at_ms <= tick.at_ms + fire_within_ms
             });
             if fired {
                 continue;
             }
             out.push(Violation {
                 invariant: NAME,
-                at_ms: tick.at_ms + FIRE_WITHIN_MS,
+                at_ms: tick.at_ms + fire_within_ms,
                 message: format!(
                     "{}'s enqueuer ticked at {}ms with slot {due} of {name} due, and it was not fired",
                     tick.host, tick.at_ms

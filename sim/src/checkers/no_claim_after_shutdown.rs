@@ -1,0 +1,171 @@
+//! `no_claim_after_shutdown`: once a graceful shutdown begins, a runtime
+//! claims no more jobs (`RuntimeHandle::shutdown`: "stop claiming"; a
+//! retiring or stopping worker only finalizes). A `ClaimApplied` for an owner
+//! whose process began shutting down breaks the promise when the claim was
+//! sent after the shutdown began. The claim's send time is read from its
+//! stamp (`ClaimApplied::heartbeat_ms`, the claimer's wall clock just before
+//! it sent the call), less the furthest that host's clock ran ahead since
+//! shortly before the shutdown, so a claim in flight when the shutdown began
+//! (a held link, a slow reply) is never counted.
+//!
+//! Storage applies every claim it is asked for; only the shutdown around it
+//! shows the worker should not have asked.
+
+use std::collections::BTreeMap;
+
+use keel::events::Event;
+
+use super::belief::Offsets;
+use super::no_early_rescue::{SENT_BEFORE_MS_MAX, STAMP_SLACK_MS};
+use super::{CheckCtx, Checker, Violation};
+use crate::history::{DbEvent, Ev, HarnessEvent, Record};
+
+/// See the [module docs](self).
+pub struct NoClaimAfterShutdown;
+
+const NAME: &str = "no_claim_after_shutdown";
+
+impl Checker for NoClaimAfterShutdown {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn check(&self, history: &[Record], _ctx: &CheckCtx) -> Vec<Violation> {
+        let offsets = Offsets::of(history);
+        // Each holder id's host, and the hosts shutting down, since when.
+        let mut host_of: BTreeMap<&str, &str> = BTreeMap::new();
+        let mut stopping: BTreeMap<&str, &Record> = BTreeMap::new();
+        let mut out = Vec::new();
+        for r in history {
+            let host = r.host.as_str();
+            match &r.ev {
+                Ev::Node(Event::RuntimeStarted { holder }) => {
+                    host_of.insert(holder.as_str(), host);
+                    stopping.remove(host);
+                }
+                Ev::Node(Event::ShutdownBegan { .. }) => {
+                    stopping.insert(host, r);
+                }
+                Ev::Harness(HarnessEvent::Crash | HarnessEvent::NodeBoot { .. }) => {
+                    stopping.remove(host);
+                }
+                Ev::Db(DbEvent::ClaimApplied {
+                    job,
+                    attempt,
+                    owner,
+                    heartbeat_ms,
+                    ..
+                }) => {
+                    let holder = owner.split('/').next().unwrap_or(owner);
+                    let Some(claimer) = host_of.get(holder) else {
+                        continue;
+                    };
+                    let Some(began) = stopping.get(claimer) else {
+                        continue;
+                    };
+                    let since_ms = began.at_ms.saturating_sub(SENT_BEFORE_MS_MAX);
+                    let sent_ms =
+                        offsets.sent_no_earlier_than(claimer, *heartbeat_ms, since_ms, r.at_ms);
+                    let began_ms = i64::try_from(began.at_ms).unwrap_or(i64::MAX);
+                    if sent_ms <= began_ms + STAMP_SLACK_MS {
+                        continue;
+                    }
+                    out.push(Violation {
+                        invariant: NAME,
+                        at_ms: r.at_ms,
+                        message: format!(
+                            "{job} attempt {attempt} was claimed by {owner}, sent at {sent_ms}ms or \
+                             later, after {claimer}'s shutdown began at {}ms",
+                            began.at_ms
+                        ),
+                        witnesses: vec![(*began).clone(), r.clone()],
+                    });
+                }
+                _ => {}
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checkers::test_support::{ctx, H};
+    use keel::storage::JobId;
+
+    fn started() -> Event {
+        Event::RuntimeStarted {
+            holder: "n1#a".into(),
+        }
+    }
+    fn began() -> Event {
+        Event::ShutdownBegan { deadline_ms: 5_000 }
+    }
+    /// A claim applied at its `at`, stamped `stamp_ms` on the claimer's clock.
+    fn claim(stamp_ms: i64) -> DbEvent {
+        DbEvent::ClaimApplied {
+            job: JobId(1),
+            attempt: 1,
+            owner: "n1#a/default/0".into(),
+            max_attempts: 10,
+            heartbeat_ms: stamp_ms,
+        }
+    }
+
+    #[test]
+    fn a_claim_sent_before_the_shutdown_or_by_a_new_process_passes() {
+        // Sent at 990, applied after the shutdown began at 1,000.
+        let in_flight = H::new()
+            .node(0, "n1", started())
+            .node(1_000, "n1", began())
+            .db(1_500, claim(990));
+        assert!(NoClaimAfterShutdown
+            .check(&in_flight.0, &ctx(10_000))
+            .is_empty());
+        let restarted = H::new()
+            .node(0, "n1", started())
+            .node(1_000, "n1", began())
+            .node(3_000, "n1", started())
+            .db(3_500, claim(3_480));
+        assert!(NoClaimAfterShutdown
+            .check(&restarted.0, &ctx(10_000))
+            .is_empty());
+    }
+
+    #[test]
+    fn a_claim_stamped_by_a_clock_running_ahead_passes() {
+        // n1's clock runs 2 s ahead: the stamp 2,900 was read at true 900.
+        let h = H::new()
+            .harness(
+                0,
+                "n1",
+                HarnessEvent::NodeBoot {
+                    boot: 1,
+                    skew_ms: 2_000,
+                },
+            )
+            .node(0, "n1", started())
+            .node(1_000, "n1", began())
+            .db(1_200, claim(2_900));
+        assert!(NoClaimAfterShutdown.check(&h.0, &ctx(10_000)).is_empty());
+    }
+
+    #[test]
+    fn fires_on_a_claim_sent_after_the_shutdown_began() {
+        let h = H::new()
+            .node(0, "n1", started())
+            .node(1_000, "n1", began())
+            .db(1_520, claim(1_500));
+        let v = NoClaimAfterShutdown.check(&h.0, &ctx(10_000));
+        assert_eq!(v.len(), 1, "{v:?}");
+        assert!(
+            v[0].message.contains(
+                "job-1 attempt 1 was claimed by n1#a/default/0, sent at 1500ms or later, \
+                 after n1's shutdown began at 1000ms"
+            ),
+            "{}",
+            v[0].message
+        );
+    }
+}
