@@ -113,51 +113,27 @@ fn last_end(history: &[Record], claim: &Record, job: JobId) -> Option<Record> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::checkers::test_support::{ctx, H};
-
-    fn claim(attempt: u32, max_attempts: u32) -> DbEvent {
-        DbEvent::ClaimApplied {
-            job: JobId(1),
-            attempt,
-            owner: "n1#a/default/0".into(),
-            max_attempts,
-            heartbeat_ms: 0,
-        }
-    }
-    fn retried(attempt: u32) -> DbEvent {
-        DbEvent::FinalizeApplied {
-            job: JobId(1),
-            attempt,
-            state: JobState::Retryable,
-        }
-    }
+    use crate::checkers::test_support::{ctx, job_claimed, job_ended, job_finalized, H};
 
     #[test]
     fn claims_within_the_budget_and_a_snoozed_one_pass() {
         let h = H::new()
-            .db(0, claim(1, 2))
-            .db(100, retried(1))
-            .db(1_200, claim(2, 2))
-            .db(
-                1_300,
-                DbEvent::FinalizeApplied {
-                    job: JobId(1),
-                    attempt: 2,
-                    state: JobState::Scheduled,
-                },
-            )
-            .db(1_400, claim(3, 3));
+            .db(0, job_claimed(1, 2, 0))
+            .db(100, job_finalized(1, JobState::Retryable))
+            .db(1_200, job_claimed(2, 2, 0))
+            .db(1_300, job_finalized(2, JobState::Scheduled))
+            .db(1_400, job_claimed(3, 3, 0));
         assert!(AttemptsWithinBudget.check(&h.0, &ctx(10_000)).is_empty());
     }
 
     #[test]
     fn fires_when_a_spent_job_is_claimed_again() {
         let h = H::new()
-            .db(0, claim(1, 2))
-            .db(100, retried(1))
-            .db(1_200, claim(2, 2))
-            .db(1_300, retried(2))
-            .db(3_400, claim(3, 2));
+            .db(0, job_claimed(1, 2, 0))
+            .db(100, job_finalized(1, JobState::Retryable))
+            .db(1_200, job_claimed(2, 2, 0))
+            .db(1_300, job_finalized(2, JobState::Retryable))
+            .db(3_400, job_claimed(3, 2, 0));
         let v = AttemptsWithinBudget.check(&h.0, &ctx(10_000));
         assert_eq!(v.len(), 1, "{v:?}");
         assert!(
@@ -173,41 +149,26 @@ mod tests {
         );
     }
 
-    fn ended(attempt: u32, outcome: &str) -> Event {
-        Event::HandlerEnded {
-            job: JobId(1),
-            attempt,
-            outcome: outcome.into(),
-        }
-    }
-    fn discarded(attempt: u32) -> DbEvent {
-        DbEvent::FinalizeApplied {
-            job: JobId(1),
-            attempt,
-            state: JobState::Discarded,
-        }
-    }
-
     #[test]
     fn a_discard_on_the_last_attempt_or_by_the_handler_passes() {
         let last = H::new()
-            .db(0, claim(2, 2))
-            .node(100, "n1", ended(2, "failed: boom"))
-            .db(120, discarded(2));
+            .db(0, job_claimed(2, 2, 0))
+            .node(100, "n1", job_ended(2, "failed: boom"))
+            .db(120, job_finalized(2, JobState::Discarded));
         assert!(AttemptsWithinBudget.check(&last.0, &ctx(10_000)).is_empty());
         let own = H::new()
-            .db(0, claim(1, 5))
-            .node(100, "n1", ended(1, "discarded: bad payload"))
-            .db(120, discarded(1));
+            .db(0, job_claimed(1, 5, 0))
+            .node(100, "n1", job_ended(1, "discarded: bad payload"))
+            .db(120, job_finalized(1, JobState::Discarded));
         assert!(AttemptsWithinBudget.check(&own.0, &ctx(10_000)).is_empty());
     }
 
     #[test]
     fn fires_when_a_failure_with_attempts_left_is_discarded() {
         let h = H::new()
-            .db(0, claim(1, 3))
-            .node(100, "n1", ended(1, "panicked: boom"))
-            .db(120, discarded(1));
+            .db(0, job_claimed(1, 3, 0))
+            .node(100, "n1", job_ended(1, "panicked: boom"))
+            .db(120, job_finalized(1, JobState::Discarded));
         let v = AttemptsWithinBudget.check(&h.0, &ctx(10_000));
         assert_eq!(v.len(), 1, "{v:?}");
         assert!(

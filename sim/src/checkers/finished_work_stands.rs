@@ -58,40 +58,25 @@ impl Checker for FinishedWorkStands {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::checkers::test_support::{ctx, H};
-
-    fn ended(outcome: &str) -> Event {
-        Event::HandlerEnded {
-            job: JobId(1),
-            attempt: 1,
-            outcome: outcome.into(),
-        }
-    }
-    fn finalized(state: JobState) -> DbEvent {
-        DbEvent::FinalizeApplied {
-            job: JobId(1),
-            attempt: 1,
-            state,
-        }
-    }
+    use crate::checkers::test_support::{ctx, job_ended, job_finalized, H};
 
     #[test]
     fn completed_work_recorded_completed_passes_and_failed_work_may_be_cancelled() {
         let h = H::new()
-            .node(1, "n1", ended("completed"))
-            .db(2, finalized(JobState::Completed));
+            .node(1, "n1", job_ended(1, "completed"))
+            .db(2, job_finalized(1, JobState::Completed));
         assert!(FinishedWorkStands.check(&h.0, &ctx(10)).is_empty());
         let h = H::new()
-            .node(1, "n1", ended("failed: x"))
-            .db(2, finalized(JobState::Cancelled));
+            .node(1, "n1", job_ended(1, "failed: x"))
+            .db(2, job_finalized(1, JobState::Cancelled));
         assert!(FinishedWorkStands.check(&h.0, &ctx(10)).is_empty());
     }
 
     #[test]
     fn fires_when_completed_work_is_recorded_cancelled() {
         let h = H::new()
-            .node(1, "n1", ended("completed"))
-            .db(2, finalized(JobState::Cancelled));
+            .node(1, "n1", job_ended(1, "completed"))
+            .db(2, job_finalized(1, JobState::Cancelled));
         let v = FinishedWorkStands.check(&h.0, &ctx(10));
         assert_eq!(v.len(), 1);
         assert!(v[0].message.contains("recorded Cancelled"));

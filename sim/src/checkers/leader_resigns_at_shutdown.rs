@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use keel::events::Event;
 use keel::storage::Term;
 
-use super::claims_kept_alive::Impaired;
+use super::health::Impaired;
 use super::{CheckCtx, Checker, Violation};
 use crate::history::{DbEvent, Ev, HarnessEvent, Record};
 

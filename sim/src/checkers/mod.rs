@@ -71,6 +71,7 @@ mod bounded_shutdown;
 mod claims_kept_alive;
 mod exactly_once_effects;
 mod finished_work_stands;
+mod health;
 mod idle_workers_claim;
 mod leader_acts_in_trust;
 mod leader_resigns_at_shutdown;
@@ -567,6 +568,7 @@ pub(crate) mod test_support {
     //! A tiny builder for hand-written histories.
     use super::*;
     use crate::history::DbEvent;
+    use keel::storage::JobId;
 
     pub(crate) struct H(pub Vec<Record>);
 
@@ -659,6 +661,44 @@ pub(crate) mod test_support {
         Event::TermLost {
             term: Term(t),
             reason: "trust_window_expired".into(),
+        }
+    }
+
+    /// Job 1's attempt `attempt` ended with `outcome` on its handler's node.
+    pub(crate) fn job_ended(attempt: u32, outcome: &str) -> Event {
+        Event::HandlerEnded {
+            job: JobId(1),
+            attempt,
+            outcome: outcome.into(),
+        }
+    }
+
+    /// Storage recorded job 1's attempt `attempt` as `state`.
+    pub(crate) fn job_finalized(attempt: u32, state: keel::storage::JobState) -> DbEvent {
+        DbEvent::FinalizeApplied {
+            job: JobId(1),
+            attempt,
+            state,
+        }
+    }
+
+    /// Storage applied worker `n1#a/default/0`'s claim of job 1's attempt
+    /// `attempt`, with the job's budget and the claim's first heartbeat stamp.
+    pub(crate) fn job_claimed(attempt: u32, max_attempts: u32, stamp_ms: i64) -> DbEvent {
+        DbEvent::ClaimApplied {
+            job: JobId(1),
+            attempt,
+            owner: "n1#a/default/0".into(),
+            max_attempts,
+            heartbeat_ms: stamp_ms,
+        }
+    }
+
+    /// The rescuer revoked job 1's attempt `attempt`.
+    pub(crate) fn job_rescued(attempt: u32) -> DbEvent {
+        DbEvent::RescueApplied {
+            job: JobId(1),
+            attempt,
         }
     }
 }

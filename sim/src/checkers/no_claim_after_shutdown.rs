@@ -16,6 +16,7 @@ use std::collections::BTreeMap;
 use keel::events::Event;
 
 use super::belief::Offsets;
+use super::health::Hosts;
 use super::no_early_rescue::{SENT_BEFORE_MS_MAX, STAMP_SLACK_MS};
 use super::{CheckCtx, Checker, Violation};
 use crate::history::{DbEvent, Ev, HarnessEvent, Record};
@@ -32,21 +33,18 @@ impl Checker for NoClaimAfterShutdown {
 
     fn check(&self, history: &[Record], _ctx: &CheckCtx) -> Vec<Violation> {
         let offsets = Offsets::of(history);
-        // Each holder id's host, and the hosts shutting down, since when.
-        let mut host_of: BTreeMap<&str, &str> = BTreeMap::new();
+        let hosts = Hosts::of(history);
+        // The hosts shutting down, since when.
         let mut stopping: BTreeMap<&str, &Record> = BTreeMap::new();
         let mut out = Vec::new();
         for r in history {
             let host = r.host.as_str();
             match &r.ev {
-                Ev::Node(Event::RuntimeStarted { holder }) => {
-                    host_of.insert(holder.as_str(), host);
-                    stopping.remove(host);
-                }
                 Ev::Node(Event::ShutdownBegan { .. }) => {
                     stopping.insert(host, r);
                 }
-                Ev::Harness(HarnessEvent::Crash | HarnessEvent::NodeBoot { .. }) => {
+                Ev::Node(Event::RuntimeStarted { .. })
+                | Ev::Harness(HarnessEvent::Crash | HarnessEvent::NodeBoot { .. }) => {
                     stopping.remove(host);
                 }
                 Ev::Db(DbEvent::ClaimApplied {
@@ -56,10 +54,7 @@ impl Checker for NoClaimAfterShutdown {
                     heartbeat_ms,
                     ..
                 }) => {
-                    let holder = owner.split('/').next().unwrap_or(owner);
-                    let Some(claimer) = host_of.get(holder) else {
-                        continue;
-                    };
+                    let claimer = hosts.of_owner(owner);
                     let Some(began) = stopping.get(claimer) else {
                         continue;
                     };
@@ -91,8 +86,7 @@ impl Checker for NoClaimAfterShutdown {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::checkers::test_support::{ctx, H};
-    use keel::storage::JobId;
+    use crate::checkers::test_support::{ctx, job_claimed, H};
 
     fn started() -> Event {
         Event::RuntimeStarted {
@@ -103,15 +97,6 @@ mod tests {
         Event::ShutdownBegan { deadline_ms: 5_000 }
     }
     /// A claim applied at its `at`, stamped `stamp_ms` on the claimer's clock.
-    fn claim(stamp_ms: i64) -> DbEvent {
-        DbEvent::ClaimApplied {
-            job: JobId(1),
-            attempt: 1,
-            owner: "n1#a/default/0".into(),
-            max_attempts: 10,
-            heartbeat_ms: stamp_ms,
-        }
-    }
 
     #[test]
     fn a_claim_sent_before_the_shutdown_or_by_a_new_process_passes() {
@@ -119,7 +104,7 @@ mod tests {
         let in_flight = H::new()
             .node(0, "n1", started())
             .node(1_000, "n1", began())
-            .db(1_500, claim(990));
+            .db(1_500, job_claimed(1, 10, 990));
         assert!(NoClaimAfterShutdown
             .check(&in_flight.0, &ctx(10_000))
             .is_empty());
@@ -127,7 +112,7 @@ mod tests {
             .node(0, "n1", started())
             .node(1_000, "n1", began())
             .node(3_000, "n1", started())
-            .db(3_500, claim(3_480));
+            .db(3_500, job_claimed(1, 10, 3_480));
         assert!(NoClaimAfterShutdown
             .check(&restarted.0, &ctx(10_000))
             .is_empty());
@@ -147,7 +132,7 @@ mod tests {
             )
             .node(0, "n1", started())
             .node(1_000, "n1", began())
-            .db(1_200, claim(2_900));
+            .db(1_200, job_claimed(1, 10, 2_900));
         assert!(NoClaimAfterShutdown.check(&h.0, &ctx(10_000)).is_empty());
     }
 
@@ -156,7 +141,7 @@ mod tests {
         let h = H::new()
             .node(0, "n1", started())
             .node(1_000, "n1", began())
-            .db(1_520, claim(1_500));
+            .db(1_520, job_claimed(1, 10, 1_500));
         let v = NoClaimAfterShutdown.check(&h.0, &ctx(10_000));
         assert_eq!(v.len(), 1, "{v:?}");
         assert!(

@@ -105,34 +105,23 @@ fn worker_node(owner: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::checkers::test_support::{ctx, H};
+    use crate::checkers::test_support::{ctx, job_claimed, job_rescued, H};
     use crate::history::HarnessEvent;
 
     /// Attempt `at`'s claim, its first heartbeat stamped at `stamp_ms`.
-    fn claim(at: u32, stamp_ms: i64) -> DbEvent {
-        DbEvent::ClaimApplied {
-            job: JobId(1),
-            attempt: at,
-            owner: "n1#a/default/0".into(),
-            max_attempts: 10,
-            heartbeat_ms: stamp_ms,
-        }
-    }
-    fn rescue(at: u32) -> DbEvent {
-        DbEvent::RescueApplied {
-            job: JobId(1),
-            attempt: at,
-        }
-    }
 
     #[test]
     fn a_rescue_past_the_threshold_on_some_clock_passes() {
         // The test context's stale threshold is 10 s.
-        let h = H::new().db(0, claim(1, 0)).db(10_500, rescue(1));
+        let h = H::new()
+            .db(0, job_claimed(1, 10, 0))
+            .db(10_500, job_rescued(1));
         assert!(NoEarlyRescue.check(&h.0, &ctx(20_000)).is_empty());
         // The claim was sent at 0 and applied 3 s later (a held link); the
         // rescue 8 s after the apply is 11 s after the stamp.
-        let late = H::new().db(3_000, claim(1, 0)).db(11_000, rescue(1));
+        let late = H::new()
+            .db(3_000, job_claimed(1, 10, 0))
+            .db(11_000, job_rescued(1));
         assert!(NoEarlyRescue.check(&late.0, &ctx(20_000)).is_empty());
         // A node's clock ran 2 s ahead: the rescuer may have been on it.
         let skewed = H::new()
@@ -144,8 +133,8 @@ mod tests {
                     skew_ms: 2_000,
                 },
             )
-            .db(0, claim(1, 0))
-            .db(8_500, rescue(1));
+            .db(0, job_claimed(1, 10, 0))
+            .db(8_500, job_rescued(1));
         assert!(NoEarlyRescue.check(&skewed.0, &ctx(20_000)).is_empty());
     }
 
@@ -163,9 +152,9 @@ mod tests {
                     skew_ms: 8_000,
                 },
             )
-            .db(0, claim(1, 8_000))
+            .db(0, job_claimed(1, 10, 8_000))
             .harness(500, "n1", HarnessEvent::ClockJump { jump_ms: -8_000 })
-            .db(16_000, rescue(1));
+            .db(16_000, job_rescued(1));
         assert!(NoEarlyRescue.check(&h.0, &ctx(20_000)).is_empty());
     }
 
@@ -184,14 +173,16 @@ mod tests {
                 },
             )
             .harness(1_000, "n1", HarnessEvent::ClockJump { jump_ms: -8_000 })
-            .db(1_010, claim(1, 9_000))
-            .db(17_000, rescue(1));
+            .db(1_010, job_claimed(1, 10, 9_000))
+            .db(17_000, job_rescued(1));
         assert!(NoEarlyRescue.check(&h.0, &ctx(20_000)).is_empty());
     }
 
     #[test]
     fn fires_on_a_rescue_before_the_threshold_on_every_clock() {
-        let h = H::new().db(0, claim(1, 0)).db(6_000, rescue(1));
+        let h = H::new()
+            .db(0, job_claimed(1, 10, 0))
+            .db(6_000, job_rescued(1));
         let v = NoEarlyRescue.check(&h.0, &ctx(20_000));
         assert_eq!(v.len(), 1, "{v:?}");
         assert!(

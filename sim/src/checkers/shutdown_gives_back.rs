@@ -84,37 +84,23 @@ impl Checker for ShutdownGivesBack {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::checkers::test_support::{ctx, H};
+    use crate::checkers::test_support::{ctx, job_ended, job_finalized, H};
 
     fn began() -> Event {
         Event::ShutdownBegan { deadline_ms: 1_000 }
-    }
-    fn ended(outcome: &str) -> Event {
-        Event::HandlerEnded {
-            job: JobId(1),
-            attempt: 1,
-            outcome: outcome.into(),
-        }
-    }
-    fn finalized(state: JobState) -> DbEvent {
-        DbEvent::FinalizeApplied {
-            job: JobId(1),
-            attempt: 1,
-            state,
-        }
     }
 
     #[test]
     fn a_given_back_or_completed_attempt_and_a_failure_before_the_shutdown_pass() {
         let h = H::new()
             .node(1_000, "n1", began())
-            .node(1_500, "n1", ended("failed: stopped while slow"))
-            .db(1_520, finalized(JobState::Scheduled));
+            .node(1_500, "n1", job_ended(1, "failed: stopped while slow"))
+            .db(1_520, job_finalized(1, JobState::Scheduled));
         assert!(ShutdownGivesBack.check(&h.0, &ctx(10_000)).is_empty());
         let before = H::new()
-            .node(500, "n1", ended("failed: boom"))
+            .node(500, "n1", job_ended(1, "failed: boom"))
             .node(1_000, "n1", began())
-            .db(1_020, finalized(JobState::Retryable));
+            .db(1_020, job_finalized(1, JobState::Retryable));
         assert!(ShutdownGivesBack.check(&before.0, &ctx(10_000)).is_empty());
     }
 
@@ -122,8 +108,8 @@ mod tests {
     fn fires_when_a_stopped_attempt_is_spent() {
         let h = H::new()
             .node(1_000, "n1", began())
-            .node(2_000, "n1", ended("aborted"))
-            .db(2_020, finalized(JobState::Retryable));
+            .node(2_000, "n1", job_ended(1, "aborted"))
+            .db(2_020, job_finalized(1, JobState::Retryable));
         let v = ShutdownGivesBack.check(&h.0, &ctx(10_000));
         assert_eq!(v.len(), 1, "{v:?}");
         assert!(
