@@ -8,7 +8,6 @@
 use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
-use keel::clock::Timestamp;
 use keel::storage::{
     poll_ready, Claim, EnqueueRequest, Finalize, MemStorage, SqliteEngine, Storage,
 };
@@ -25,15 +24,15 @@ fn engines() -> Vec<(&'static str, Arc<dyn Storage>)> {
     ]
 }
 
-fn enqueue(store: &dyn Storage, now: Timestamp) {
+fn enqueue(store: &dyn Storage) {
     let req = EnqueueRequest::new("noop", json!({"i": 1})).queue(QUEUE);
-    poll_ready(store.enqueue(req, now))
+    poll_ready(store.enqueue(req))
         .expect("engine answers at once")
         .expect("enqueue");
 }
 
-fn claim(store: &dyn Storage, now: Timestamp) -> Claim {
-    let jobs = poll_ready(store.claim(QUEUE, OWNER, 1, now))
+fn claim(store: &dyn Storage) -> Claim {
+    let jobs = poll_ready(store.claim(QUEUE, OWNER, 1))
         .expect("engine answers at once")
         .expect("claim");
     let job = jobs.first().expect("a job to claim");
@@ -44,27 +43,20 @@ fn claim(store: &dyn Storage, now: Timestamp) -> Claim {
 }
 
 fn hot_paths(c: &mut Criterion) {
-    let now = Timestamp(1_700_000_000_000);
     for (name, store) in engines() {
         let store = store.as_ref();
-        c.bench_function(&format!("{name}/enqueue"), |b| {
-            b.iter(|| enqueue(store, now))
-        });
+        c.bench_function(&format!("{name}/enqueue"), |b| b.iter(|| enqueue(store)));
         c.bench_function(&format!("{name}/claim"), |b| {
-            b.iter_batched(
-                || enqueue(store, now),
-                |()| claim(store, now),
-                BatchSize::SmallInput,
-            )
+            b.iter_batched(|| enqueue(store), |()| claim(store), BatchSize::SmallInput)
         });
         c.bench_function(&format!("{name}/finalize"), |b| {
             b.iter_batched(
                 || {
-                    enqueue(store, now);
-                    claim(store, now)
+                    enqueue(store);
+                    claim(store)
                 },
                 |claim| {
-                    poll_ready(store.finalize(claim, OWNER, Finalize::Completed, now))
+                    poll_ready(store.finalize(claim, OWNER, Finalize::Completed))
                         .expect("engine answers at once")
                         .expect("finalize")
                 },
@@ -73,9 +65,9 @@ fn hot_paths(c: &mut Criterion) {
         });
         c.bench_function(&format!("{name}/job_end_to_end"), |b| {
             b.iter(|| {
-                enqueue(store, now);
-                let claim = claim(store, now);
-                poll_ready(store.finalize(claim, OWNER, Finalize::Completed, now))
+                enqueue(store);
+                let claim = claim(store);
+                poll_ready(store.finalize(claim, OWNER, Finalize::Completed))
                     .expect("engine answers at once")
                     .expect("finalize")
             })

@@ -173,13 +173,11 @@ async fn enqueue_all(handle: &RuntimeHandle, jobs: u64, feed: Feed) -> Result<()
 
 /// Enqueue `jobs` jobs up front, straight into storage, for [`Feed::Backlog`].
 async fn preload(storage: SharedStorage, jobs: u64) -> Result<(), BenchError> {
-    use keel::clock::Clock;
-    let clock = SystemClock::new();
     let mut i = 0;
     while i < jobs {
         let n = (jobs - i).min(ENQUEUE_BATCH as u64);
         storage
-            .enqueue_batch((i..i + n).map(job).collect(), clock.now())
+            .enqueue_batch((i..i + n).map(job).collect())
             .await
             .map_err(|e| err("enqueue_batch")(e.to_string()))?;
         i += n;
@@ -297,8 +295,6 @@ pub async fn latency(
 
 /// Enqueue `per_s` jobs a second straight into storage until aborted.
 async fn background_load(storage: SharedStorage, per_s: u64) {
-    use keel::clock::Clock;
-    let clock = SystemClock::new();
     let per_batch = (per_s * LOAD_BATCH_INTERVAL.as_millis() as u64 / 1000).max(1);
     let mut tick = tokio::time::interval(LOAD_BATCH_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -306,7 +302,7 @@ async fn background_load(storage: SharedStorage, per_s: u64) {
     loop {
         tick.tick().await;
         let batch = (i..i + per_batch).map(job).collect();
-        if storage.enqueue_batch(batch, clock.now()).await.is_err() {
+        if storage.enqueue_batch(batch).await.is_err() {
             return;
         }
         i += per_batch;

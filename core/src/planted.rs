@@ -139,11 +139,17 @@ pub enum Bug {
     /// long. Storage cannot see a resign never sent. Caught by
     /// `leader_resigns_at_shutdown`.
     ShutdownSkipsResign,
+    /// Keel before issue 18: the rescuer judges a claim stale on its own wall
+    /// clock, not storage's, so a rescuer whose clock runs ahead (a skewed host,
+    /// an NTP step after a VM resumes) revokes claims whose workers are alive
+    /// and trusted. Storage applies the window it is handed. Caught by
+    /// `no_early_rescue`.
+    RescueOnCallerClock,
 }
 
 impl Bug {
     /// Every planted bug, in a fixed order.
-    pub const ALL: [Bug; 25] = [
+    pub const ALL: [Bug; 26] = [
         Bug::StaleResign,
         Bug::CrossTermStop,
         Bug::SwallowedPanic,
@@ -169,6 +175,7 @@ impl Bug {
         Bug::ShutdownSpendsAttempt,
         Bug::ClaimsWhileStopping,
         Bug::ShutdownSkipsResign,
+        Bug::RescueOnCallerClock,
     ];
 
     /// The bug's name as the CLI spells it.
@@ -199,6 +206,7 @@ impl Bug {
             Bug::ShutdownSpendsAttempt => "shutdown_spends_attempt",
             Bug::ClaimsWhileStopping => "claims_while_stopping",
             Bug::ShutdownSkipsResign => "shutdown_skips_resign",
+            Bug::RescueOnCallerClock => "rescue_on_caller_clock",
         }
     }
 }

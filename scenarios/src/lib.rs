@@ -182,6 +182,16 @@ pub struct Faults {
     /// How long a jumped clock stays ahead.
     #[serde(default)]
     pub clock_jump_dur_ms: [u64; 2],
+    /// Share of clock jumps that step the clock back instead, in percent.
+    #[serde(default)]
+    pub clock_jump_back_pct: u64,
+    /// Share of clock jumps that hit the database host's clock (storage's, the
+    /// one that judges leases and claims) rather than a node's, in percent.
+    #[serde(default)]
+    pub db_clock_jump_pct: u64,
+    /// Largest wall-clock skew of the database host, either direction.
+    #[serde(default)]
+    pub db_skew_ms_max: u64,
     /// Windows in which the database host misbehaves.
     #[serde(default)]
     pub storage_faults_per_min: f64,
@@ -191,12 +201,17 @@ pub struct Faults {
     /// Share of requests affected in a window, in percent.
     #[serde(default)]
     pub storage_fault_pct: [u64; 2],
-    /// What a window does, drawn per window: any of `error`, `lost_reply`, `slow`.
+    /// What a window does, drawn per window: any of `error`, `lost_reply`,
+    /// `slow` (applied late), `slow_reply` (applied at once, answered late).
     #[serde(default)]
     pub storage_fault_modes: Vec<String>,
-    /// Delay of a `slow` window.
+    /// Delay of a `slow` or `slow_reply` window.
     #[serde(default)]
     pub slow_storage_ms: [u64; 2],
+    /// How long each node's storage client waits for a reply before the
+    /// outcome is unknown, in ms (0: the simulator's 1 s default).
+    #[serde(default)]
+    pub storage_timeout_ms: u64,
     /// Injected panics in one tick of one node's watcher loop.
     #[serde(default)]
     pub loop_panics_per_min: f64,
@@ -436,11 +451,11 @@ impl Scenario {
         if let Some(m) = f
             .storage_fault_modes
             .iter()
-            .find(|m| !["error", "lost_reply", "slow"].contains(&m.as_str()))
+            .find(|m| !["error", "lost_reply", "slow", "slow_reply"].contains(&m.as_str()))
         {
             return bad(
                 "faults.storage_fault_modes",
-                format!("{m:?} is not one of error, lost_reply, slow"),
+                format!("{m:?} is not one of error, lost_reply, slow, slow_reply"),
             );
         }
         if f.storage_faults_per_min > 0.0 && f.storage_fault_modes.is_empty() {
@@ -448,6 +463,14 @@ impl Scenario {
                 "faults.storage_fault_modes",
                 "must name at least one mode when storage faults are on".into(),
             );
+        }
+        for (field, pct) in [
+            ("faults.clock_jump_back_pct", f.clock_jump_back_pct),
+            ("faults.db_clock_jump_pct", f.db_clock_jump_pct),
+        ] {
+            if pct > 100 {
+                return bad(field, format!("must be at most 100, got {pct}"));
+            }
         }
         if f.hook_fail_pct[1] > 100 || f.storage_fault_pct[1] > 100 {
             return bad(

@@ -25,6 +25,7 @@ use keel::storage::{
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
 use std::sync::Mutex as StdMutex;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Mutex;
@@ -62,18 +63,24 @@ async fn read_frame(stream: &mut BoxStream) -> io::Result<Vec<u8>> {
 }
 
 /// The term of the live lease an acquire may replace, read just before it is
-/// applied and judged on the acquire's own `now`, as storage judges it.
+/// applied and judged on storage's clock, as storage judges it.
 async fn live_term_before(store: &dyn Storage, op: &Op) -> Option<Term> {
-    let Op::TryAcquire { name, now, .. } = op else {
+    let Op::TryAcquire { name, .. } = op else {
         return None;
     };
     let lease = store.get_lease(name).await.ok()??;
-    (lease.holder.is_some() && lease.is_live(*now)).then_some(lease.term)
+    let now = store.time().await.ok()?;
+    (lease.holder.is_some() && lease.is_live(now)).then_some(lease.term)
 }
 
 /// Record what `op` changed in the database, judged by its reply; `evicted` is
 /// the live term an acquire found before it was applied.
-fn record(history: &History, op: &Op, reply: &Reply, evicted: Option<Term>) {
+fn record(
+    history: &History,
+    (issued_ms, op): (u64, &Op),
+    reply: &Reply,
+    (evicted, storage_ms): (Option<Term>, i64),
+) {
     let events = match (op, reply) {
         (Op::TryAcquire { holder, .. }, Reply::Lease(Some(lease))) => vec![DbEvent::LeaseGranted {
             holder: holder.clone(),
@@ -90,7 +97,7 @@ fn record(history: &History, op: &Op, reply: &Reply, evicted: Option<Term>) {
                 term: *term,
             }]
         }
-        _ => job_events(op, reply),
+        _ => job_events((issued_ms, storage_ms), op, reply),
     };
     for event in events {
         history.push(DB_HOST, Ev::Db(event));
@@ -98,13 +105,18 @@ fn record(history: &History, op: &Op, reply: &Reply, evicted: Option<Term>) {
 }
 
 /// The job-table changes `op` made, judged by its reply; part of [`record`].
-fn job_events(op: &Op, reply: &Reply) -> Vec<DbEvent> {
+fn job_events((issued_ms, storage_ms): (u64, i64), op: &Op, reply: &Reply) -> Vec<DbEvent> {
     let inserted = |req: &EnqueueRequest, o: &EnqueueOutcome| match o {
         EnqueueOutcome::Inserted(job) => {
-            let scheduled = req.scheduled_at.map(|at| DbEvent::JobScheduled {
-                job: *job,
-                due_ms: at.0 - crate::clock::EPOCH_UNIX_MS,
-            });
+            let at_ms = req
+                .scheduled_at
+                .map(|at| at.0 - crate::clock::EPOCH_UNIX_MS);
+            let in_ms = req
+                .scheduled_in
+                .map(|d| storage_ms + i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+            let scheduled = at_ms
+                .or(in_ms)
+                .map(|due_ms| DbEvent::JobScheduled { job: *job, due_ms });
             std::iter::once(DbEvent::JobInserted { job: *job })
                 .chain(scheduled)
                 .collect()
@@ -118,7 +130,7 @@ fn job_events(op: &Op, reply: &Reply) -> Vec<DbEvent> {
             .zip(os)
             .flat_map(|(req, o)| inserted(req, o))
             .collect(),
-        (Op::Claim { owner, .. }, Reply::Jobs(jobs)) => claimed(owner, jobs),
+        (Op::Claim { owner, .. }, Reply::Jobs(jobs)) => claimed(issued_ms, owner, jobs),
         (Op::Finalize { claim, outcome, .. }, Reply::Finalized(result)) => {
             finalized(*claim, outcome, *result)
         }
@@ -132,7 +144,7 @@ fn job_events(op: &Op, reply: &Reply) -> Vec<DbEvent> {
             Reply::FinalizedAndClaimed((result, jobs)),
         ) => {
             let mut events = finalized(*claim, outcome, *result);
-            events.extend(claimed(owner, jobs));
+            events.extend(claimed(issued_ms, owner, jobs));
             events
         }
         (Op::ApplyEffect { claim, key, .. }, Reply::Effect(EffectResult::Applied)) => {
@@ -147,6 +159,7 @@ fn job_events(op: &Op, reply: &Reply) -> Vec<DbEvent> {
             .map(|c| DbEvent::RescueApplied {
                 job: c.job,
                 attempt: c.attempt,
+                issued_ms,
             })
             .collect(),
         (Op::RequestCancel { job, .. }, Reply::Cancel(CancelResult::Cancelled)) => {
@@ -164,7 +177,7 @@ fn job_events(op: &Op, reply: &Reply) -> Vec<DbEvent> {
 }
 
 /// The claims a claim call made.
-fn claimed(owner: &str, jobs: &[Job]) -> Vec<DbEvent> {
+fn claimed(issued_ms: u64, owner: &str, jobs: &[Job]) -> Vec<DbEvent> {
     let claim = |j: &Job| DbEvent::ClaimApplied {
         job: j.id,
         attempt: j.attempt,
@@ -173,6 +186,7 @@ fn claimed(owner: &str, jobs: &[Job]) -> Vec<DbEvent> {
         heartbeat_ms: j
             .heartbeat_at
             .map_or(0, |t| t.0 - crate::clock::EPOCH_UNIX_MS),
+        issued_ms,
     };
     jobs.iter().map(claim).collect()
 }
@@ -198,6 +212,24 @@ fn finalized_state(outcome: &Finalize) -> JobState {
         Finalize::Snooze { .. } => JobState::Scheduled,
         Finalize::Cancel { .. } => JobState::Cancelled,
     }
+}
+
+/// One request on the wire: the storage call, and when its caller made it.
+///
+/// `issued_ms` is instrumentation, not part of keel's storage API (which takes
+/// no caller time): the true simulated time at which the node called storage,
+/// before any wait for its connection. The checkers read it from the
+/// [`DbEvent`]s that carry it, to know when a claim or a rescue was decided.
+#[derive(Debug, Serialize, Deserialize)]
+struct Request {
+    issued_ms: u64,
+    op: Op,
+}
+
+/// True simulated time, in ms since the run began (not any host's wall clock).
+fn true_now_ms() -> u64 {
+    let elapsed = turmoil::sim_elapsed().unwrap_or_else(turmoil::elapsed);
+    u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Serve `store` on `DB_PORT` until the host stops.
@@ -229,8 +261,8 @@ async fn serve_connection(
     faults: DbFaults,
 ) {
     while let Ok(body) = read_frame(&mut stream).await {
-        let op = match serde_json::from_slice::<Op>(&body) {
-            Ok(op) => op,
+        let Request { issued_ms, op } = match serde_json::from_slice::<Request>(&body) {
+            Ok(request) => request,
             Err(e) => {
                 let reply = Reply::Err(StorageError::Backend(format!("bad request: {e}")));
                 let Ok(bytes) = serde_json::to_vec(&reply) else {
@@ -251,12 +283,21 @@ async fn serve_connection(
         } else {
             let evicted = live_term_before(store.as_ref(), &op).await;
             let reply = ops::apply(store.as_ref(), op.clone()).await;
-            record(&history, &op, &reply, evicted);
+            let storage_ms = store
+                .time()
+                .await
+                .map_or(0, |t| t.0 - crate::clock::EPOCH_UNIX_MS);
+            record(&history, (issued_ms, &op), &reply, (evicted, storage_ms));
             reply
         };
         if fault == Some(StorageFault::LostReply) {
             // Applied, but the caller never hears: an ambiguous outcome.
             return;
+        }
+        if let Some(StorageFault::SlowReply { ms }) = fault {
+            // Applied (and stamped) at once, answered late: a slow commit
+            // acknowledgement.
+            tokio::time::sleep(Duration::from_millis(ms)).await;
         }
         let Ok(bytes) = serde_json::to_vec(&reply) else {
             return;
@@ -276,6 +317,11 @@ pub enum StorageFault {
     LostReply,
     /// Wait `ms` before applying it.
     Slow {
+        /// The delay.
+        ms: u64,
+    },
+    /// Apply it at once, then wait `ms` before replying.
+    SlowReply {
         /// The delay.
         ms: u64,
     },
@@ -358,7 +404,12 @@ pub struct Wire {
 #[async_trait]
 impl Transport for Wire {
     async fn call(&self, op: Op) -> StorageResult<Reply> {
-        let body = serde_json::to_vec(&op).map_err(|e| StorageError::Backend(e.to_string()))?;
+        let request = Request {
+            issued_ms: true_now_ms(),
+            op,
+        };
+        let body =
+            serde_json::to_vec(&request).map_err(|e| StorageError::Backend(e.to_string()))?;
         // One request at a time per connection. The stream is taken out of the slot
         // for the exchange and put back only after a complete one: if the caller
         // drops this future mid-exchange (a `select` deadline), the stream goes with
@@ -402,20 +453,18 @@ impl Transport for Wire {
 
 #[cfg(test)]
 mod tests {
-    use keel::clock::Timestamp;
     use keel::storage::{Claim, EnqueueRequest, JobId};
 
     use super::*;
 
     fn recorded(op: &Op, reply: &Reply) -> Vec<Ev> {
         let history = History::new();
-        record(&history, op, reply, None);
+        record(&history, (0, op), reply, (None, 0));
         history.snapshot().into_iter().map(|r| r.ev).collect()
     }
 
     #[test]
     fn applied_job_changes_are_recorded_and_refusals_are_not() {
-        let now = Timestamp(0);
         let claim = Claim {
             job: JobId(4),
             attempt: 2,
@@ -424,11 +473,10 @@ mod tests {
             claim,
             owner: "n1".into(),
             outcome,
-            now,
         };
         let retry = finalize(Finalize::Retry {
             error: "e".into(),
-            at: now,
+            delay: std::time::Duration::ZERO,
         });
         assert_eq!(
             recorded(&retry, &Reply::Finalized(FinalizeResult::Applied)),
@@ -441,7 +489,6 @@ mod tests {
         assert!(recorded(&retry, &Reply::Finalized(FinalizeResult::Stale)).is_empty());
         let batch = Op::EnqueueBatch {
             reqs: vec![EnqueueRequest::new("k", serde_json::Value::Null); 2],
-            now,
         };
         let outcomes = vec![
             EnqueueOutcome::Duplicate(JobId(1)),
@@ -451,15 +498,13 @@ mod tests {
             recorded(&batch, &Reply::EnqueuedBatch(outcomes)),
             vec![Ev::Db(DbEvent::JobInserted { job: JobId(7) })]
         );
-        let rescue = Op::RescueStale {
-            stale_before: now,
-            now,
-        };
+        let rescue = Op::RescueStale { stale_after_ms: 0 };
         assert_eq!(
             recorded(&rescue, &Reply::Claims(vec![claim])),
             vec![Ev::Db(DbEvent::RescueApplied {
                 job: JobId(4),
                 attempt: 2,
+                issued_ms: 0,
             })]
         );
     }

@@ -340,7 +340,7 @@ impl Model {
                             format!("resign of {term} by {holder} applied"),
                         );
                     }
-                    DbEvent::RescueApplied { job, attempt } => {
+                    DbEvent::RescueApplied { job, attempt, .. } => {
                         mark(
                             "rescue",
                             Glyph::Dot,

@@ -119,6 +119,9 @@ pub enum Target {
     /// (resolved from the history), else the leader: the moment stale retries
     /// are born.
     Starting,
+    /// The database host itself: only its clock jumps (storage's clock, the
+    /// one that judges leases and claims).
+    Db,
 }
 
 impl fmt::Display for Target {
@@ -127,6 +130,7 @@ impl fmt::Display for Target {
             Target::Node(i) => write!(f, "n{}", i + 1),
             Target::Leader => f.write_str("leader"),
             Target::Starting => f.write_str("starting"),
+            Target::Db => f.write_str("db"),
         }
     }
 }
@@ -200,6 +204,7 @@ impl fmt::Display for Fault {
                     StorageFault::Error => "error".to_owned(),
                     StorageFault::LostReply => "lost_reply".to_owned(),
                     StorageFault::Slow { ms } => format!("slow:{ms}ms"),
+                    StorageFault::SlowReply { ms } => format!("slow_reply:{ms}ms"),
                 };
                 write!(f, "{} storage {mode} {pct}% for {dur_ms}ms", self.at_ms)
             }
@@ -246,6 +251,8 @@ impl fmt::Display for Fault {
 pub struct FaultPlan {
     /// Wall-clock skew per node, in ms.
     pub skews_ms: Vec<i64>,
+    /// Wall-clock skew of the database host (storage's clock), in ms.
+    pub db_skew_ms: i64,
     /// Faults, ordered by start time.
     pub faults: Vec<Fault>,
 }
@@ -267,13 +274,19 @@ fn aimed(rng: &mut ChaCha8Rng, f: &scenarios::Faults, nodes: usize, aim: f64) ->
 }
 
 /// The slot of `target` in a per-target table: each node, then "leader", then
-/// "starting".
+/// "starting", then the database host.
 fn target_slot(target: Target, nodes: usize) -> usize {
     match target {
         Target::Node(i) => i,
         Target::Leader => nodes,
         Target::Starting => nodes + 1,
+        Target::Db => nodes + 2,
     }
+}
+
+/// Slots in a per-target table for `nodes` nodes ([`target_slot`]).
+fn target_slots(nodes: usize) -> usize {
+    nodes + 3
 }
 
 fn storage_fault(rng: &mut ChaCha8Rng, f: &scenarios::Faults) -> FaultKind {
@@ -284,6 +297,9 @@ fn storage_fault(rng: &mut ChaCha8Rng, f: &scenarios::Faults) -> FaultKind {
     let fault = match mode {
         "lost_reply" => StorageFault::LostReply,
         "slow" => StorageFault::Slow {
+            ms: draw(rng, f.slow_storage_ms),
+        },
+        "slow_reply" => StorageFault::SlowReply {
             ms: draw(rng, f.slow_storage_ms),
         },
         _ => StorageFault::Error,
@@ -334,6 +350,10 @@ pub(crate) fn draw_target(
     match kind {
         4 => Target::Node(0),
         2 => Target::Node(rng.random_range(0..nodes)),
+        // Drawn only when the scenario asks, so other plans keep their stream.
+        3 if f.db_clock_jump_pct > 0 && rng.random_range(0..100) < f.db_clock_jump_pct => {
+            Target::Db
+        }
         _ => aimed(rng, f, nodes, aim),
     }
 }
@@ -358,10 +378,17 @@ pub(crate) fn draw_kind(
             delay_ms: draw(rng, f.hook_delay_ms),
             fail_pct: draw(rng, f.hook_fail_pct),
         },
-        3 => FaultKind::ClockJump {
-            jump_ms: i64::try_from(draw(rng, f.clock_jump_ms)).unwrap_or(i64::MAX),
-            dur_ms: draw(rng, f.clock_jump_dur_ms),
-        },
+        3 => {
+            let jump_ms = i64::try_from(draw(rng, f.clock_jump_ms)).unwrap_or(i64::MAX);
+            let dur_ms = draw(rng, f.clock_jump_dur_ms);
+            // Drawn only when the scenario asks, so other plans keep their stream.
+            let back =
+                f.clock_jump_back_pct > 0 && rng.random_range(0..100) < f.clock_jump_back_pct;
+            FaultKind::ClockJump {
+                jump_ms: if back { -jump_ms } else { jump_ms },
+                dur_ms,
+            }
+        }
         4 => storage_fault(rng, f),
         5 => FaultKind::Shutdown {
             deadline_ms: draw(rng, f.shutdown_deadline_ms),
@@ -410,9 +437,15 @@ impl FaultPlan {
         ];
         let skew = i64::try_from(f.skew_ms_max).unwrap_or(i64::MAX);
         let skews_ms = (0..nodes).map(|_| rng.random_range(-skew..=skew)).collect();
-        // Per target (each node, then "leader", then "starting") and kind: when the last fault of
-        // that kind ends.
-        let mut busy_until = vec![[0u64; 8]; nodes + 2];
+        let db_skew = i64::try_from(f.db_skew_ms_max).unwrap_or(i64::MAX);
+        let db_skew_ms = if db_skew > 0 {
+            rng.random_range(-db_skew..=db_skew)
+        } else {
+            0
+        };
+        // Per target (each node, then "leader", "starting", the database) and
+        // kind: when the last fault of that kind ends.
+        let mut busy_until = vec![[0u64; 8]; target_slots(nodes)];
         let loops = scenario.loops.len().max(1);
         let mut faults = Vec::new();
         for second in 0..scenario.duration_s {
@@ -438,7 +471,11 @@ impl FaultPlan {
         }
         faults.extend(process_faults(scenario, seed));
         faults.sort_by_key(|f| (f.at_ms, f.target));
-        FaultPlan { skews_ms, faults }
+        FaultPlan {
+            skews_ms,
+            db_skew_ms,
+            faults,
+        }
     }
 }
 
@@ -493,6 +530,9 @@ impl fmt::Display for FaultPlan {
         for (i, skew) in self.skews_ms.iter().enumerate() {
             writeln!(f, "0 skew n{} {skew}ms", i + 1)?;
         }
+        if self.db_skew_ms != 0 {
+            writeln!(f, "0 skew db {}ms", self.db_skew_ms)?;
+        }
         for fault in &self.faults {
             writeln!(f, "{fault}")?;
         }
@@ -507,6 +547,11 @@ pub enum PlanLine {
     Skew {
         /// Node index (0-based; `n1` is 0).
         node: usize,
+        /// The skew.
+        ms: i64,
+    },
+    /// `0 skew db Xms`: the database host's wall clock runs `X` ms off.
+    DbSkew {
         /// The skew.
         ms: i64,
     },
@@ -561,6 +606,7 @@ fn parse_target(word: &str) -> Option<Target> {
     match word {
         "leader" => Some(Target::Leader),
         "starting" => Some(Target::Starting),
+        "db" => Some(Target::Db),
         _ => {
             let n: usize = word.strip_prefix('n')?.parse().ok()?;
             n.checked_sub(1).map(Target::Node)
@@ -572,14 +618,22 @@ fn parse_storage_mode(word: &str) -> Result<StorageFault, String> {
     match word {
         "error" => Ok(StorageFault::Error),
         "lost_reply" => Ok(StorageFault::LostReply),
-        _ => word
-            .strip_prefix("slow:")
-            .and_then(|ms| ms.strip_suffix("ms"))
-            .and_then(|ms| ms.parse().ok())
-            .map(|ms| StorageFault::Slow { ms })
-            .ok_or_else(|| {
-                format!("storage mode: {word:?} is not error, lost_reply or slow:<n>ms")
-            }),
+        _ => {
+            let ms = |prefix: &str| {
+                word.strip_prefix(prefix)
+                    .and_then(|ms| ms.strip_suffix("ms"))
+                    .and_then(|ms| ms.parse().ok())
+            };
+            ms("slow:")
+                .map(|ms| StorageFault::Slow { ms })
+                .or_else(|| ms("slow_reply:").map(|ms| StorageFault::SlowReply { ms }))
+                .ok_or_else(|| {
+                    format!(
+                        "storage mode: {word:?} is not error, lost_reply, slow:<n>ms or \
+                         slow_reply:<n>ms"
+                    )
+                })
+        }
     }
 }
 
@@ -598,12 +652,20 @@ impl std::str::FromStr for PlanLine {
             .map_err(|_| format!("time: {at:?} is not a whole number of simulated ms"))?;
         let kind_word = w.next("fault")?;
         if kind_word == "skew" {
-            let Target::Node(node) = w.target()? else {
-                return Err("target: a skew belongs to one node (n1, n2, ...)".into());
+            let line = match w.target()? {
+                Target::Node(node) => PlanLine::Skew {
+                    node,
+                    ms: w.number("skew", "ms")?,
+                },
+                Target::Db => PlanLine::DbSkew {
+                    ms: w.number("skew", "ms")?,
+                },
+                _ => {
+                    return Err("target: a skew belongs to one host (n1, n2, ..., db)".into());
+                }
             };
-            let ms = w.number("skew", "ms")?;
             w.end()?;
-            return Ok(PlanLine::Skew { node, ms });
+            return Ok(line);
         }
         let (target, kind) = match kind_word {
             "partition" => (
@@ -749,6 +811,7 @@ impl FaultPlan {
     pub fn from_lines(nodes: usize, lines: Vec<PlanLine>) -> Result<FaultPlan, String> {
         let mut plan = FaultPlan {
             skews_ms: vec![0; nodes],
+            db_skew_ms: 0,
             faults: Vec::new(),
         };
         for line in lines {
@@ -759,6 +822,7 @@ impl FaultPlan {
                     })?;
                     *slot = ms;
                 }
+                PlanLine::DbSkew { ms } => plan.db_skew_ms = ms,
                 PlanLine::Fault(fault) => {
                     if let Target::Node(i) = fault.target {
                         if i >= nodes && !matches!(fault.kind, FaultKind::Storage { .. }) {
@@ -822,6 +886,45 @@ mod parse_tests {
         assert_eq!(seen.len(), 12, "every fault kind drawn: {seen:?}");
     }
 
+    /// `clock_skew` draws ten-minute skews and jumps either way, on the
+    /// database host too; its plans, `0 skew db` included, read back whole.
+    #[test]
+    fn clock_plans_reach_the_database_host_and_step_both_ways() {
+        let s = scenarios::by_name("clock_skew").expect("scenario");
+        let (mut db_jumps, mut back_jumps, mut db_skews) = (0, 0, 0);
+        for seed in 0..20 {
+            let plan = FaultPlan::generate(&s, seed);
+            db_skews += usize::from(plan.db_skew_ms != 0);
+            for f in &plan.faults {
+                if let FaultKind::ClockJump { jump_ms, .. } = f.kind {
+                    assert!(jump_ms.unsigned_abs() <= 600_000, "{f}");
+                    back_jumps += usize::from(jump_ms < 0);
+                    db_jumps += usize::from(f.target == Target::Db);
+                }
+            }
+            let back: Vec<PlanLine> = plan
+                .to_string()
+                .lines()
+                .map(|l| l.parse().unwrap_or_else(|e| panic!("{l}: {e}")))
+                .collect();
+            assert_eq!(FaultPlan::from_lines(plan.skews_ms.len(), back), Ok(plan));
+        }
+        assert!(db_jumps > 0 && back_jumps > 0 && db_skews > 0);
+        let slow: PlanLine = "10 storage slow_reply:1500ms 30% for 2000ms"
+            .parse()
+            .expect("parses");
+        assert!(matches!(
+            slow,
+            PlanLine::Fault(Fault {
+                kind: FaultKind::Storage {
+                    fault: StorageFault::SlowReply { ms: 1_500 },
+                    ..
+                },
+                ..
+            })
+        ));
+    }
+
     #[test]
     fn bad_lines_name_the_field() {
         let err = |l: &str| l.parse::<PlanLine>().expect_err(l);
@@ -832,6 +935,7 @@ mod parse_tests {
         assert!(err("10 storage slow 5% for 1ms").starts_with("storage mode:"));
         assert!(err("10 bounce n2 5ms extra").contains("unexpected"));
         assert!(err("0 skew leader 5ms").starts_with("target:"));
+        assert_eq!("0 skew db -5ms".parse(), Ok(PlanLine::DbSkew { ms: -5 }));
         let fault: PlanLine = "10 partition n3 5ms".parse().expect("parses");
         assert!(FaultPlan::from_lines(2, vec![fault])
             .expect_err("n3 of 2")

@@ -46,12 +46,13 @@ pub enum DbEvent {
         /// The new job.
         job: JobId,
     },
-    /// The job just inserted asked not to run before `due_ms` (true time since
-    /// the simulation's epoch); recorded only for a `scheduled_at` request.
+    /// The job just inserted asked not to run before `due_ms` on storage's
+    /// clock; recorded only for a scheduled request (`scheduled_at`, or
+    /// `scheduled_in` from storage's clock as it inserted the job).
     JobScheduled {
         /// The new job.
         job: JobId,
-        /// Its `scheduled_at`, in ms since the simulation's epoch.
+        /// Its due time on storage's clock, in ms since the simulation's epoch.
         due_ms: i64,
     },
     /// A claim moved `job` to running as attempt `attempt`, owned by `owner`.
@@ -65,9 +66,14 @@ pub enum DbEvent {
         /// The job's attempt budget as the claim found it (a snooze or a
         /// shutdown's give-back adds one).
         max_attempts: u32,
-        /// The claim's first heartbeat, stamped with the claimer's wall clock
-        /// when it sent the claim, in ms since the simulation's epoch.
+        /// The claim's first heartbeat, stamped by storage's clock (the
+        /// database host's) when it applied the claim, in ms since the
+        /// simulation's epoch.
         heartbeat_ms: i64,
+        /// When the claimer called storage, in true time (ms since the run
+        /// began): the harness's record of the request, not keel's.
+        #[serde(default)]
+        issued_ms: u64,
     },
     /// A finalize of `(job, attempt)` was applied; the job is now in `state`.
     FinalizeApplied {
@@ -93,6 +99,10 @@ pub enum DbEvent {
         job: JobId,
         /// The revoked attempt.
         attempt: u32,
+        /// When the rescuer called storage, in true time (ms since the run
+        /// began).
+        #[serde(default)]
+        issued_ms: u64,
     },
     /// A cancel moved a job that was not running straight to cancelled.
     CancelApplied {

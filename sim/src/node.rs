@@ -65,6 +65,9 @@ impl Timing {
         if let Some(w) = &scenario.workload {
             timing.jobs.claim_ahead = w.claim_ahead;
         }
+        if scenario.faults.storage_timeout_ms > 0 {
+            timing.request_timeout = Duration::from_millis(scenario.faults.storage_timeout_ms);
+        }
         timing.jobs.validate().map_err(|e| {
             let field = if e.field == "claim_ahead" {
                 "workload.claim_ahead"

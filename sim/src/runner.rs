@@ -12,11 +12,12 @@ use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use keel::clock::SharedClock;
 use keel::events::Event;
 use keel::jobs::JobsConfig;
 use keel::planted::{Bug, PlantedBugs};
 use keel::shutdown::panic_message;
-use keel::storage::{poll_ready, MemStorage, SqliteEngine, Storage};
+use keel::storage::{poll_ready, MemStorage, SqliteEngine, SqliteOptions, Storage};
 use scenarios::Scenario;
 
 use crate::checkers::{self, CheckCtx, Checker, Violation};
@@ -70,12 +71,14 @@ impl StorageKind {
     /// Every engine the simulator can serve.
     pub const ALL: [StorageKind; 2] = [StorageKind::Mem, StorageKind::Sqlite];
 
-    /// A fresh, empty store of this kind.
-    pub fn open(self) -> Result<Arc<dyn Storage>, SimError> {
+    /// A fresh, empty store of this kind whose time is `clock`'s (the database
+    /// host's: every stored time is judged on it).
+    pub fn open(self, clock: SharedClock) -> Result<Arc<dyn Storage>, SimError> {
         Ok(match self {
-            StorageKind::Mem => Arc::new(MemStorage::new()),
+            StorageKind::Mem => Arc::new(MemStorage::with_clock(clock)),
             StorageKind::Sqlite => Arc::new(
-                SqliteEngine::in_memory().map_err(|e| SimError::Sim(format!("sqlite: {e}")))?,
+                SqliteEngine::in_memory_with(SqliteOptions::default().clock(clock))
+                    .map_err(|e| SimError::Sim(format!("sqlite: {e}")))?,
             ),
         })
     }
@@ -334,7 +337,10 @@ pub fn slack(result: &RunResult) -> BTreeMap<&'static str, u64> {
     let Ok(timing) = Timing::for_scenario(&scenario) else {
         return BTreeMap::new();
     };
-    let ctx = check_ctx(&timing, &scenario, result.simulated_ms());
+    let ctx = checkers::after_storage_steps(
+        check_ctx(&timing, &scenario, result.simulated_ms()),
+        &result.history,
+    );
     scenario
         .invariants
         .iter()
@@ -471,7 +477,16 @@ fn simulate(spec: &RunSpec, work: &Work) -> Result<RunResult, SimError> {
         .enable_random_order()
         .build();
     let history = History::new();
-    let store = spec.storage.open()?;
+    // The database host's wall clock: storage judges every stored time on it.
+    let db_skew = Arc::new(AtomicI64::new(plan.db_skew_ms));
+    if plan.db_skew_ms != 0 {
+        // Storage's clock runs off from the start: a jump at 0 to the checkers.
+        let jump_ms = plan.db_skew_ms;
+        history.push_at(0, DB_HOST, Ev::Harness(HarnessEvent::ClockJump { jump_ms }));
+    }
+    let store = spec
+        .storage
+        .open(Arc::new(SimClock::shared(db_skew.clone())))?;
     let store_for_harness = store.clone();
     let db_history = history.clone();
     let db_faults = DbFaults::new(spec.seed ^ 0x6462_6661_756c_7473);
@@ -525,6 +540,7 @@ fn simulate(spec: &RunSpec, work: &Work) -> Result<RunResult, SimError> {
         hooks,
         history: history.clone(),
         store: store_for_harness,
+        db_skew,
         nodes: plan.skews_ms.len(),
         skews: skews.clone(),
         db_faults,
@@ -562,7 +578,7 @@ fn simulate(spec: &RunSpec, work: &Work) -> Result<RunResult, SimError> {
     );
     history.push_at(end_at, HARNESS_HOST, Ev::Harness(HarnessEvent::End));
     let records = history.take();
-    let ctx = check_ctx(&timing, scenario, end_at);
+    let ctx = checkers::after_storage_steps(check_ctx(&timing, scenario, end_at), &records);
     let mut violations = check_named(scenario, &work.invariants, &records, &ctx)?;
     for checker in &work.extra {
         violations.extend(checker.check(&records, &ctx));
@@ -610,6 +626,8 @@ struct Driver {
     hooks: HookFaults,
     history: History,
     store: Arc<dyn Storage>,
+    /// The database host's clock skew: its clock judges the lease.
+    db_skew: Arc<AtomicI64>,
     nodes: usize,
     /// Each node's clock skew, which clock jumps change.
     skews: Vec<Arc<AtomicI64>>,
@@ -631,6 +649,9 @@ struct Driver {
     /// back, whether it was partitioned (else paused).
     away: Vec<(usize, u64, bool)>,
 }
+
+/// What [`Driver::resolve`] answers for a fault on the database host.
+const DB_SLOT: usize = usize::MAX;
 
 /// The host a replacement process for node `index` runs on.
 fn replacement_name(index: usize) -> String {
@@ -669,6 +690,17 @@ impl Driver {
         }
     }
 
+    /// Step storage's clock (the database host's) by `fault`'s jump, times
+    /// `sign` (1 as the jump starts, -1 as it ends).
+    fn jump_db_clock(&self, fault: &Fault, now_ms: u64, sign: i64) {
+        let FaultKind::ClockJump { jump_ms, .. } = fault.kind else {
+            return;
+        };
+        let jump_ms = jump_ms * sign;
+        self.db_skew.fetch_add(jump_ms, Ordering::SeqCst);
+        self.record(now_ms, DB_HOST, HarnessEvent::ClockJump { jump_ms });
+    }
+
     /// The node `fault` hits now, or `None` when it cannot apply: nobody leads, or
     /// a fault of the same kind already holds that node.
     fn resolve(&self, fault: &Fault, now_ms: u64) -> Option<usize> {
@@ -676,6 +708,9 @@ impl Driver {
             Target::Node(i) => i,
             Target::Leader => self.leader(now_ms)?,
             Target::Starting => self.starting().or_else(|| self.leader(now_ms))?,
+            // Only a clock jump can hit the database host.
+            Target::Db if matches!(fault.kind, FaultKind::ClockJump { .. }) => DB_SLOT,
+            Target::Db => return None,
         };
         let busy = self.active.iter().any(|(f, n)| {
             *n == node
@@ -685,9 +720,10 @@ impl Driver {
         (!busy).then_some(node)
     }
 
-    /// The node holding a live lease, by the database's state.
+    /// The node holding a live lease, by the database's state and clock.
     fn leader(&self, now_ms: u64) -> Option<usize> {
-        let now = keel::clock::Timestamp(crate::clock::EPOCH_UNIX_MS + i64::try_from(now_ms).ok()?);
+        let db_ms = i64::try_from(now_ms).ok()? + self.db_skew.load(Ordering::SeqCst);
+        let now = keel::clock::Timestamp(crate::clock::EPOCH_UNIX_MS + db_ms);
         // Both engines answer at once; `None` here would only skip aiming a fault.
         let lease = poll_ready(self.store.get_lease(LEASE_NAME))?.ok()??;
         if !lease.is_live(now) {
@@ -784,6 +820,9 @@ impl Driver {
     }
 
     fn start(&mut self, sim: &mut turmoil::Sim<'_>, fault: &Fault, node: usize, now_ms: u64) {
+        if node == DB_SLOT {
+            return self.jump_db_clock(fault, now_ms, 1);
+        }
         let host = node_name(node);
         match fault.kind {
             FaultKind::Replace {
@@ -815,6 +854,7 @@ impl Driver {
                     StorageFault::Error => "error".to_owned(),
                     StorageFault::LostReply => "lost_reply".to_owned(),
                     StorageFault::Slow { ms } => format!("slow:{ms}"),
+                    StorageFault::SlowReply { ms } => format!("slow_reply:{ms}"),
                 };
                 self.record(now_ms, DB_HOST, HarnessEvent::StorageFault { fault, pct });
             }
@@ -872,6 +912,9 @@ impl Driver {
     }
 
     fn end(&mut self, sim: &mut turmoil::Sim<'_>, fault: &Fault, node: usize, now_ms: u64) {
+        if node == DB_SLOT {
+            return self.jump_db_clock(fault, now_ms, -1);
+        }
         let host = node_name(node);
         match fault.kind {
             FaultKind::Replace { partitioned, .. } => {

@@ -186,6 +186,9 @@ impl FaultScript {
                 out.push_str(&format!("0 skew n{} {skew}ms\n", i + 1));
             }
         }
+        if plan.db_skew_ms != 0 {
+            out.push_str(&format!("0 skew db {}ms\n", plan.db_skew_ms));
+        }
         for fault in &plan.faults {
             out.push_str(&format!("{fault}\n"));
         }

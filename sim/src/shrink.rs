@@ -388,6 +388,7 @@ mod tests {
     fn plan(faults: Vec<Fault>, nodes: usize) -> FaultPlan {
         FaultPlan {
             skews_ms: vec![0; nodes],
+            db_skew_ms: 0,
             faults,
         }
     }

@@ -19,7 +19,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use keel::clock::Timestamp;
 use keel::events::Event;
 use keel::jobs::{Handler, JobCtx, Outcome};
 use keel::storage::{EnqueueRequest, JobId, JobStore};
@@ -128,10 +127,10 @@ impl WorkloadPlan {
                 .queue(QUEUE)
                 .max_attempts(attempts);
             if rng.random_range(0..100) < w.scheduled_pct {
+                // Relative, as a client that cannot trust its own clock
+                // schedules: due on storage's clock, however far off it is.
                 let ahead_ms = rng.random_range(1_000..=10_000);
-                req.scheduled_at = Some(Timestamp(
-                    crate::clock::EPOCH_UNIX_MS + (at_ms + ahead_ms) as i64,
-                ));
+                req = req.scheduled_in(Duration::from_millis(ahead_ms));
             }
             let unique = rng.random_range(0..100) < w.unique_pct;
             if unique || b == "hang" {
@@ -211,16 +210,13 @@ pub async fn client_main(plan: WorkloadPlan, history: History) -> turmoil::Resul
     let mut cancels = plan.cancels.iter().peekable();
     for job in &plan.jobs {
         while let Some((at, target)) = cancels.next_if(|(at, _)| *at <= job.at_ms) {
-            cancel(&storage, &clock, &ids, *at, *target).await;
+            cancel(&storage, &ids, *at, *target).await;
         }
         sleep_until(job.at_ms).await;
         // Retry until storage answers: an ambiguous enqueue may insert twice,
         // which at-least-once delivery must absorb anyway.
         let outcome = loop {
-            match storage
-                .enqueue(job.req.clone(), keel::clock::Clock::now(clock.as_ref()))
-                .await
-            {
+            match storage.enqueue(job.req.clone()).await {
                 Ok(o) => break o,
                 Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
             }
@@ -236,7 +232,7 @@ pub async fn client_main(plan: WorkloadPlan, history: History) -> turmoil::Resul
         );
     }
     for (at, target) in cancels {
-        cancel(&storage, &clock, &ids, *at, *target).await;
+        cancel(&storage, &ids, *at, *target).await;
     }
     std::future::pending::<()>().await;
     Ok(())
@@ -249,21 +245,11 @@ async fn sleep_until(at_ms: u64) {
     }
 }
 
-async fn cancel(
-    storage: &impl JobStore,
-    clock: &Arc<SimClock>,
-    ids: &BTreeMap<usize, JobId>,
-    at_ms: u64,
-    target: usize,
-) {
+async fn cancel(storage: &impl JobStore, ids: &BTreeMap<usize, JobId>, at_ms: u64, target: usize) {
     sleep_until(at_ms).await;
     let Some(job) = ids.get(&target) else { return };
     for _ in 0..10 {
-        if storage
-            .request_cancel(*job, keel::clock::Clock::now(clock.as_ref()))
-            .await
-            .is_ok()
-        {
+        if storage.request_cancel(*job).await.is_ok() {
             return;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;

@@ -52,16 +52,16 @@ fn client() -> (RemoteStorage, SharedClock) {
 /// and the next call read it as its own answer.
 #[test]
 fn a_call_dropped_mid_exchange_does_not_hand_its_reply_to_the_next_call() {
-    let store = Arc::new(MemStorage::new());
+    let store = Arc::new(MemStorage::with_clock(Arc::new(SimClock::new(0))));
     let mut sim = sim_with_db(store.clone());
     sim.client("node", async move {
-        let (remote, clock) = client();
+        let (remote, _clock) = client();
         let ttl = Duration::from_secs(10);
         assert!(remote.get_lease("m").await?.is_none(), "connected");
         // Dropped after sending: the reply takes 40 ms round trip.
         let dropped = tokio::time::timeout(
             Duration::from_millis(5),
-            remote.try_acquire("m", "node", ttl, clock.now()),
+            remote.try_acquire("m", "node", ttl),
         )
         .await;
         assert!(dropped.is_err(), "the deadline fired first");
@@ -71,7 +71,7 @@ fn a_call_dropped_mid_exchange_does_not_hand_its_reply_to_the_next_call() {
             .await?
             .expect("the dropped acquire was applied");
         let accepted = remote
-            .maintenance_heartbeat("m", "node", lease.term, clock.now())
+            .maintenance_heartbeat("m", "node", lease.term)
             .await?;
         assert!(accepted, "the heartbeat got its own answer");
         Ok(())
@@ -83,14 +83,14 @@ fn a_call_dropped_mid_exchange_does_not_hand_its_reply_to_the_next_call() {
 /// A partition is `Unavailable` before the request leaves and `Ambiguous` after.
 #[test]
 fn partitions_surface_as_unavailable_or_ambiguous_and_the_client_recovers() {
-    let store = Arc::new(MemStorage::new());
+    let store = Arc::new(MemStorage::with_clock(Arc::new(SimClock::new(0))));
     let mut sim = sim_with_db(store);
     sim.client("node", async move {
         let (remote, clock) = client();
         assert!(remote.get_lease("m").await?.is_none());
         // Cut the link after the request arrived (20 ms) and before its reply
         // does (40 ms): applied, but the caller cannot know.
-        let call = remote.try_acquire("m", "node", Duration::from_secs(10), clock.now());
+        let call = remote.try_acquire("m", "node", Duration::from_secs(10));
         let cut = async {
             tokio::time::sleep(Duration::from_millis(30)).await;
             turmoil::partition("node", DB_HOST);

@@ -6,28 +6,58 @@
 //! `mem::finalize_is_idempotent`; an engine that cannot run here is listed with
 //! its trials ignored, never passed. Each case gets a fresh, empty store and a
 //! fresh current-thread runtime.
+//!
+//! Storage judges every stored time on its own clock, never the caller's: each
+//! store is opened on a [`ManualClock`] the case moves. `s.now(t).call(..)` sets
+//! that clock to `t` and makes the call, so every case states the time storage
+//! judges each call at, whichever engine runs it.
 
 mod engines;
 
 use std::future::Future;
+use std::ops::Deref;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use engines::EngineKind;
-use keel::clock::Timestamp;
+use keel::clock::{Clock, ManualClock, Timestamp};
 use keel::storage::job::{
     ATTEMPTS_MAX, ERRORS_KEPT_MAX, NAME_LEN_MAX, PAYLOAD_BYTES_MAX, UNIQUE_KEY_LEN_MAX,
 };
 use keel::storage::{
     CancelResult, Claim, EffectResult, EnqueueOutcome, EnqueueRequest, Finalize, FinalizeResult,
     HeartbeatStatus, Job, JobId, JobState, Lease, PeriodicOutcome, QueueConfig, SharedStorage,
-    StateCounts, StorageError, StorageResult, Term,
+    StateCounts, Storage, StorageError, StorageResult, Term,
 };
 use libtest_mimic::{Arguments, Failed};
 use serde_json::json;
 
-type Store = SharedStorage;
+/// A store under test and storage's clock, which it judges every time on.
+#[derive(Clone)]
+struct Store {
+    store: SharedStorage,
+    clock: Arc<ManualClock>,
+}
+
+impl Store {
+    /// Set storage's clock to `now` and hand back the store:
+    /// `s.now(at(5)).heartbeat(c, "w")` is a heartbeat judged at `at(5)`.
+    fn now(&self, now: Timestamp) -> &dyn Storage {
+        self.clock.set(now);
+        &*self.store
+    }
+}
+
+/// Calls that do not read the clock go straight to the store.
+impl Deref for Store {
+    type Target = dyn Storage;
+
+    fn deref(&self) -> &Self::Target {
+        &*self.store
+    }
+}
+
 /// Storage errors fail a case through `?`; wrong answers fail it by panicking.
 type Outcome = Result<(), Failed>;
 type CaseFn = Arc<dyn Fn(Store) -> Pin<Box<dyn Future<Output = Outcome>>> + Send + Sync>;
@@ -64,6 +94,8 @@ fn cases() -> Vec<Case> {
         lease_resign_keeps_the_term_counter,
         lease_maintenance_heartbeat_is_fenced,
         lease_names_are_independent,
+        // Time.
+        every_engine_judges_time_on_its_own_clock_not_the_callers,
         // Enqueue.
         enqueue_assigns_ids_in_order_and_keeps_the_request,
         enqueue_future_is_scheduled_past_or_now_is_available,
@@ -127,8 +159,10 @@ fn main() {
         for Case { name, run } in cases() {
             trials.push(engines::trial(kind, name, move || {
                 engines::block_on(async move {
-                    let store = kind.open(&format!("{}::{name}", kind.name())).await?;
-                    run(store).await
+                    let clock = Arc::new(ManualClock::new(T0));
+                    let test = format!("{}::{name}", kind.name());
+                    let store = kind.open(&test, clock.clone()).await?;
+                    run(Store { store, clock }).await
                 })
             }));
         }
@@ -145,6 +179,10 @@ const TTL: Duration = Duration::from_secs(10);
 
 fn at(ms: i64) -> Timestamp {
     Timestamp(T0.0 + ms)
+}
+
+fn ms(ms: u64) -> Duration {
+    Duration::from_millis(ms)
 }
 
 fn req() -> EnqueueRequest {
@@ -202,14 +240,14 @@ async fn job(s: &Store, id: JobId) -> StorageResult<Job> {
 }
 
 async fn enqueue(s: &Store, req: EnqueueRequest, now: Timestamp) -> StorageResult<JobId> {
-    match s.enqueue(req, now).await? {
+    match s.now(now).enqueue(req).await? {
         EnqueueOutcome::Inserted(id) => Ok(id),
         dup => panic!("expected a new job, got {dup:?}"),
     }
 }
 
 async fn claim_one(s: &Store, owner: &str, now: Timestamp) -> StorageResult<Job> {
-    let mut jobs = s.claim("mail", owner, 1, now).await?;
+    let mut jobs = s.now(now).claim("mail", owner, 1).await?;
     assert_eq!(jobs.len(), 1, "one job claimed: {jobs:?}");
     Ok(jobs.remove(0))
 }
@@ -220,7 +258,8 @@ async fn ids_claimed(
     limit: u32,
     now: Timestamp,
 ) -> StorageResult<Vec<u64>> {
-    Ok(s.claim(queue, "w", limit, now)
+    Ok(s.now(now)
+        .claim(queue, "w", limit)
         .await?
         .iter()
         .map(|j| j.id.0)
@@ -239,17 +278,18 @@ fn counts(pairs: &[(JobState, u64)]) -> StateCounts {
     StateCounts(pairs.iter().copied().collect())
 }
 
-fn retry(error: &str, at: Timestamp) -> Finalize {
+/// A retry `delay` after storage's now.
+fn retry(error: &str, delay: Duration) -> Finalize {
     Finalize::Retry {
         error: error.into(),
-        at,
+        delay,
     }
 }
 
 // ---------------------------------------------------------------- leases
 
 async fn lease_every_grant_starts_a_new_term(s: Store) -> Outcome {
-    let first = s.try_acquire("m", "a", TTL, T0).await?;
+    let first = s.now(T0).try_acquire("m", "a", TTL).await?;
     let expected = Lease {
         name: "m".into(),
         term: Term(1),
@@ -258,7 +298,7 @@ async fn lease_every_grant_starts_a_new_term(s: Store) -> Outcome {
     };
     assert_eq!(first, Some(expected));
     // The same holder acquiring again still gets a fresh term.
-    let again = s.try_acquire("m", "a", TTL, at(5_000)).await?;
+    let again = s.now(at(5_000)).try_acquire("m", "a", TTL).await?;
     let expected = Lease {
         name: "m".into(),
         term: Term(2),
@@ -268,24 +308,18 @@ async fn lease_every_grant_starts_a_new_term(s: Store) -> Outcome {
     assert_eq!(again, Some(expected.clone()));
     assert_eq!(s.get_lease("m").await?, Some(expected));
     // The old term is fenced off even for its own holder.
-    assert!(!s.renew("m", "a", Term(1), TTL, at(6_000)).await?);
-    assert!(
-        !s.maintenance_heartbeat("m", "a", Term(1), at(6_000))
-            .await?
-    );
-    assert!(
-        s.maintenance_heartbeat("m", "a", Term(2), at(6_000))
-            .await?
-    );
+    assert!(!s.now(at(6_000)).renew("m", "a", Term(1), TTL).await?);
+    assert!(!s.maintenance_heartbeat("m", "a", Term(1)).await?);
+    assert!(s.maintenance_heartbeat("m", "a", Term(2)).await?);
     Ok(())
 }
 
 async fn lease_is_refused_while_live_and_taken_over_once_expired(s: Store) -> Outcome {
-    let a = s.try_acquire("m", "a", TTL, T0).await?;
-    assert_eq!(s.try_acquire("m", "b", TTL, at(9_999)).await?, None);
+    let a = s.now(T0).try_acquire("m", "a", TTL).await?;
+    assert_eq!(s.now(at(9_999)).try_acquire("m", "b", TTL).await?, None);
     assert_eq!(s.get_lease("m").await?, a, "a refusal changes nothing");
     // Expiry is exclusive: at `expires_at` the grant has lapsed.
-    let b = s.try_acquire("m", "b", TTL, at(10_000)).await?;
+    let b = s.now(at(10_000)).try_acquire("m", "b", TTL).await?;
     let expected = Lease {
         name: "m".into(),
         term: Term(2),
@@ -293,42 +327,43 @@ async fn lease_is_refused_while_live_and_taken_over_once_expired(s: Store) -> Ou
         expires_at: at(20_000),
     };
     assert_eq!(b, Some(expected.clone()));
-    assert_eq!(s.try_acquire("m", "a", TTL, at(10_001)).await?, None);
-    assert!(!s.renew("m", "a", Term(1), TTL, at(10_002)).await?);
+    assert_eq!(s.now(at(10_001)).try_acquire("m", "a", TTL).await?, None);
+    assert!(!s.now(at(10_002)).renew("m", "a", Term(1), TTL).await?);
     assert_eq!(s.get_lease("m").await?, Some(expected));
     Ok(())
 }
 
 async fn lease_renew_extends_and_never_shortens(s: Store) -> Outcome {
-    s.try_acquire("m", "a", TTL, at(10_000)).await?;
-    assert!(s.renew("m", "a", Term(1), TTL, at(15_000)).await?);
+    s.now(at(10_000)).try_acquire("m", "a", TTL).await?;
+    assert!(s.now(at(15_000)).renew("m", "a", Term(1), TTL).await?);
     let expires = |l: Option<Lease>| l.map(|l| l.expires_at);
     assert_eq!(expires(s.get_lease("m").await?), Some(at(25_000)));
-    // A renewal from a clock running behind, or with a shorter ttl, keeps the
-    // later expiry already promised.
-    assert!(s.renew("m", "a", Term(1), TTL, at(1_000)).await?);
+    // A renewal after storage's clock stepped back, or with a shorter ttl,
+    // keeps the later expiry already promised.
+    assert!(s.now(at(1_000)).renew("m", "a", Term(1), TTL).await?);
     assert!(
-        s.renew("m", "a", Term(1), Duration::ZERO, at(24_000))
+        s.now(at(24_000))
+            .renew("m", "a", Term(1), Duration::ZERO)
             .await?
     );
     assert_eq!(expires(s.get_lease("m").await?), Some(at(25_000)));
     // The holder of the current term may renew even after expiry while no one
     // else took the lease.
-    assert!(s.renew("m", "a", Term(1), TTL, at(30_000)).await?);
+    assert!(s.now(at(30_000)).renew("m", "a", Term(1), TTL).await?);
     assert_eq!(expires(s.get_lease("m").await?), Some(at(40_000)));
-    assert!(!s.renew("m", "b", Term(1), TTL, at(30_000)).await?);
-    assert!(!s.renew("absent", "a", Term(1), TTL, at(30_000)).await?);
+    assert!(!s.now(at(30_000)).renew("m", "b", Term(1), TTL).await?);
+    assert!(!s.now(at(30_000)).renew("absent", "a", Term(1), TTL).await?);
     assert_eq!(s.get_lease("absent").await?, None, "renew creates nothing");
     Ok(())
 }
 
 async fn lease_stale_term_cannot_renew_or_resign(s: Store) -> Outcome {
-    s.try_acquire("m", "a", TTL, T0).await?;
-    let b = s.try_acquire("m", "b", TTL, at(20_000)).await?;
-    assert!(!s.renew("m", "a", Term(1), TTL, at(21_000)).await?);
+    s.now(T0).try_acquire("m", "a", TTL).await?;
+    let b = s.now(at(20_000)).try_acquire("m", "b", TTL).await?;
+    assert!(!s.now(at(21_000)).renew("m", "a", Term(1), TTL).await?);
     assert!(!s.resign("m", "a", Term(1)).await?);
     assert!(!s.resign("m", "b", Term(1)).await?, "b never held term 1");
-    assert!(!s.renew("m", "a", Term(2), TTL, at(21_000)).await?);
+    assert!(!s.now(at(21_000)).renew("m", "a", Term(2), TTL).await?);
     assert!(
         !s.resign("m", "a", Term(2)).await?,
         "a does not hold term 2"
@@ -342,7 +377,7 @@ async fn lease_stale_term_cannot_renew_or_resign(s: Store) -> Outcome {
 }
 
 async fn lease_resign_keeps_the_term_counter(s: Store) -> Outcome {
-    s.try_acquire("m", "a", TTL, T0).await?;
+    s.now(T0).try_acquire("m", "a", TTL).await?;
     assert!(s.resign("m", "a", Term(1)).await?);
     let resigned = Lease {
         name: "m".into(),
@@ -352,11 +387,11 @@ async fn lease_resign_keeps_the_term_counter(s: Store) -> Outcome {
     };
     assert_eq!(s.get_lease("m").await?, Some(resigned.clone()));
     assert!(!s.resign("m", "a", Term(1)).await?, "already resigned");
-    assert!(!s.renew("m", "a", Term(1), TTL, at(1)).await?);
-    assert!(!s.maintenance_heartbeat("m", "a", Term(1), at(1)).await?);
+    assert!(!s.now(at(1)).renew("m", "a", Term(1), TTL).await?);
+    assert!(!s.maintenance_heartbeat("m", "a", Term(1)).await?);
     assert_eq!(s.get_lease("m").await?, Some(resigned));
     // A resigned lease is free at once, under the next term.
-    let b = s.try_acquire("m", "b", TTL, at(1)).await?;
+    let b = s.now(at(1)).try_acquire("m", "b", TTL).await?;
     assert_eq!(
         b.map(|l| (l.term, l.holder)),
         Some((Term(2), Some("b".into())))
@@ -365,31 +400,105 @@ async fn lease_resign_keeps_the_term_counter(s: Store) -> Outcome {
 }
 
 async fn lease_maintenance_heartbeat_is_fenced(s: Store) -> Outcome {
-    let granted = s.try_acquire("m", "a", TTL, T0).await?;
-    assert!(s.maintenance_heartbeat("m", "a", Term(1), at(1)).await?);
-    assert!(!s.maintenance_heartbeat("m", "b", Term(1), at(1)).await?);
-    assert!(!s.maintenance_heartbeat("m", "a", Term(2), at(1)).await?);
-    assert!(
-        !s.maintenance_heartbeat("absent", "a", Term(1), at(1))
-            .await?
-    );
+    let granted = s.now(T0).try_acquire("m", "a", TTL).await?;
+    assert!(s.maintenance_heartbeat("m", "a", Term(1)).await?);
+    assert!(!s.maintenance_heartbeat("m", "b", Term(1)).await?);
+    assert!(!s.maintenance_heartbeat("m", "a", Term(2)).await?);
+    assert!(!s.maintenance_heartbeat("absent", "a", Term(1)).await?);
     assert_eq!(s.get_lease("m").await?, granted, "it writes no lease");
-    s.try_acquire("m", "a", TTL, at(2)).await?;
-    assert!(!s.maintenance_heartbeat("m", "a", Term(1), at(3)).await?);
-    assert!(s.maintenance_heartbeat("m", "a", Term(2), at(3)).await?);
+    s.now(at(2)).try_acquire("m", "a", TTL).await?;
+    assert!(!s.maintenance_heartbeat("m", "a", Term(1)).await?);
+    assert!(s.maintenance_heartbeat("m", "a", Term(2)).await?);
     Ok(())
 }
 
 async fn lease_names_are_independent(s: Store) -> Outcome {
     assert_eq!(s.get_lease("m").await?, None);
-    s.try_acquire("m", "a", TTL, T0).await?;
-    let n = s.try_acquire("n", "b", TTL, T0).await?;
+    s.now(T0).try_acquire("m", "a", TTL).await?;
+    let n = s.now(T0).try_acquire("n", "b", TTL).await?;
     assert_eq!(
         n.map(|l| (l.term, l.holder)),
         Some((Term(1), Some("b".into())))
     );
-    assert!(!s.maintenance_heartbeat("n", "a", Term(1), T0).await?);
-    assert!(s.maintenance_heartbeat("m", "a", Term(1), T0).await?);
+    assert!(!s.maintenance_heartbeat("n", "a", Term(1)).await?);
+    assert!(s.maintenance_heartbeat("m", "a", Term(1)).await?);
+    Ok(())
+}
+
+// ---------------------------------------------------------------- time
+
+/// Storage's clock alone judges expiry and staleness: callers send durations,
+/// never a time of their own, so however far their clocks are off (here a's an
+/// hour behind storage's, b's an hour ahead) they cannot end a hold early or
+/// keep one past its time.
+async fn every_engine_judges_time_on_its_own_clock_not_the_callers(s: Store) -> Outcome {
+    let hour = Duration::from_secs(3_600);
+    let a_clock = ManualClock::new(T0.minus(hour));
+    let b_clock = ManualClock::new(T0.plus(hour));
+    // Time passes alike for storage and both callers; only storage's is read.
+    let pass = |d: Duration| {
+        s.clock.advance(d);
+        a_clock.advance(d);
+        b_clock.advance(d);
+    };
+    s.clock.set(T0);
+    assert_eq!(s.time().await?, T0, "time() reads storage's clock");
+
+    // A lease: granted for ttl from storage's now.
+    let a = s.try_acquire("m", "a", TTL).await?.expect("granted");
+    assert_eq!(a.expires_at, T0.plus(TTL), "not from a's clock");
+    pass(ms(9_900));
+    assert_eq!(s.time().await?, at(9_900));
+    // By b's clock a's grant lapsed long ago; by storage's, 100 ms remain. No
+    // ttl of b's changes that.
+    assert!(!a.is_live(b_clock.now()) && a.is_live(s.clock.now()));
+    for ttl in [TTL, Duration::ZERO, hour] {
+        let refused = s.try_acquire("m", "b", ttl).await?;
+        assert_eq!(refused, None, "b is refused (ttl {ttl:?})");
+    }
+    assert_eq!(s.get_lease("m").await?, Some(a.clone()), "nothing changed");
+    pass(ms(100));
+    assert_eq!(s.time().await?, at(10_000));
+    // By a's clock its grant is live for another hour; by storage's it lapsed.
+    assert!(a.is_live(a_clock.now()));
+    let b = s.try_acquire("m", "b", TTL).await?;
+    let expected = Lease {
+        name: "m".into(),
+        term: Term(2),
+        holder: Some("b".into()),
+        expires_at: at(20_000),
+    };
+    assert_eq!(b, Some(expected.clone()));
+    assert!(!s.renew("m", "a", a.term, hour).await?, "a's term is over");
+    assert_eq!(s.get_lease("m").await?, Some(expected));
+
+    // A claim heartbeated at t is stale only once storage's clock passes
+    // t + stale_after.
+    let stale_after = Duration::from_secs(30);
+    s.enqueue(req()).await?;
+    let claimed = s.claim("mail", "w", 1).await?;
+    let c = claim_of(&claimed[0]);
+    pass(ms(5_000));
+    let t = s.time().await?;
+    assert_eq!(t, at(15_000));
+    assert_eq!(s.heartbeat(c, "w").await?, HeartbeatStatus::Alive);
+    assert_eq!(job(&s, c.job).await?.heartbeat_at, Some(t), "storage's t");
+    pass(stale_after);
+    assert_eq!(s.time().await?, t.plus(stale_after));
+    assert_eq!(
+        s.rescue_stale(stale_after).await?,
+        Vec::new(),
+        "exactly stale_after old is not stale"
+    );
+    assert_eq!(job(&s, c.job).await?.state, JobState::Running);
+    pass(ms(1));
+    assert_eq!(s.rescue_stale(stale_after).await?, vec![c]);
+    let rescued = job(&s, c.job).await?;
+    assert_eq!(
+        (rescued.state, rescued.scheduled_at),
+        (JobState::Retryable, t.plus(stale_after).plus(ms(1))),
+        "due at storage's now"
+    );
     Ok(())
 }
 
@@ -404,15 +513,15 @@ async fn enqueue_assigns_ids_in_order_and_keeps_the_request(s: Store) -> Outcome
     let second = EnqueueRequest::new("report", json!(null));
     let third = req().scheduled_at(at(500));
     assert_eq!(
-        s.enqueue(first.clone(), T0).await?,
+        s.now(T0).enqueue(first.clone()).await?,
         EnqueueOutcome::Inserted(JobId(1))
     );
     assert_eq!(
-        s.enqueue(second.clone(), at(1)).await?,
+        s.now(at(1)).enqueue(second.clone()).await?,
         EnqueueOutcome::Inserted(JobId(2))
     );
     assert_eq!(
-        s.enqueue(third.clone(), at(2)).await?,
+        s.now(at(2)).enqueue(third.clone()).await?,
         EnqueueOutcome::Inserted(JobId(3))
     );
     let expected = Job {
@@ -470,7 +579,7 @@ async fn enqueue_unique_key_answers_with_the_existing_job(s: Store) -> Outcome {
     enqueue(&s, first.clone(), T0).await?;
     let other_payload = EnqueueRequest::new("other", json!(2)).unique_key("k");
     assert_eq!(
-        s.enqueue(other_payload, at(1)).await?,
+        s.now(at(1)).enqueue(other_payload).await?,
         EnqueueOutcome::Duplicate(JobId(1))
     );
     assert_eq!(job(&s, JobId(1)).await?, fresh(1, &first, T0), "unchanged");
@@ -478,9 +587,9 @@ async fn enqueue_unique_key_answers_with_the_existing_job(s: Store) -> Outcome {
     assert_eq!(enqueue(&s, req().unique_key("k2"), at(2)).await?, JobId(2));
     // Finished jobs keep their key until cleaned up.
     let c = claim_of(&claim_one(&s, "w", at(3)).await?);
-    s.finalize(c, "w", Finalize::Completed, at(4)).await?;
+    s.now(at(4)).finalize(c, "w", Finalize::Completed).await?;
     assert_eq!(
-        s.enqueue(req().unique_key("k"), at(5)).await?,
+        s.now(at(5)).enqueue(req().unique_key("k")).await?,
         EnqueueOutcome::Duplicate(JobId(1))
     );
     assert_eq!(s.count_by_state().await?.0.values().sum::<u64>(), 2);
@@ -488,13 +597,13 @@ async fn enqueue_unique_key_answers_with_the_existing_job(s: Store) -> Outcome {
 }
 
 async fn enqueue_batch_inserts_in_order(s: Store) -> Outcome {
-    assert_eq!(s.enqueue_batch(Vec::new(), T0).await?, Vec::new());
+    assert_eq!(s.now(T0).enqueue_batch(Vec::new()).await?, Vec::new());
     let reqs = vec![
         req(),
         EnqueueRequest::new("b", json!(1)).priority(0),
         req().scheduled_at(at(100)),
     ];
-    let out = s.enqueue_batch(reqs.clone(), T0).await?;
+    let out = s.now(T0).enqueue_batch(reqs.clone()).await?;
     assert_eq!(
         out,
         vec![
@@ -513,7 +622,7 @@ async fn enqueue_batch_inserts_in_order(s: Store) -> Outcome {
 async fn enqueue_batch_is_all_or_nothing(s: Store) -> Outcome {
     enqueue(&s, req(), T0).await?;
     let bad = vec![req(), req().unique_key("k"), req().priority(10)];
-    assert_eq!(field(s.enqueue_batch(bad, at(1)).await), "priority");
+    assert_eq!(field(s.now(at(1)).enqueue_batch(bad).await), "priority");
     assert_eq!(
         s.count_by_state().await?,
         counts(&[(JobState::Available, 1)]),
@@ -533,7 +642,7 @@ async fn enqueue_batch_with_duplicate_keys(s: Store) -> Outcome {
         req(),
     ];
     assert_eq!(
-        s.enqueue_batch(batch, at(1)).await?,
+        s.now(at(1)).enqueue_batch(batch).await?,
         vec![
             EnqueueOutcome::Inserted(JobId(2)),
             EnqueueOutcome::Duplicate(JobId(2)),
@@ -551,6 +660,8 @@ async fn enqueue_batch_with_duplicate_keys(s: Store) -> Outcome {
 // ---------------------------------------------------------------- claim
 
 async fn claim_goes_by_priority_then_due_time_then_id(s: Store) -> Outcome {
+    // Storage's clock steps back between these: 2 is due before 1, though
+    // enqueued after it.
     enqueue(&s, req().priority(5), at(10)).await?; // 1
     enqueue(&s, req().priority(5), at(0)).await?; // 2
     enqueue(&s, req().priority(1), at(20)).await?; // 3
@@ -563,7 +674,7 @@ async fn claim_goes_by_priority_then_due_time_then_id(s: Store) -> Outcome {
     // enqueued first but is due after 8.
     enqueue(&s, req().scheduled_at(at(100)), at(40)).await?; // 7
     enqueue(&s, req(), at(60)).await?; // 8
-    assert_eq!(s.promote_due(at(200)).await?, 1);
+    assert_eq!(s.now(at(200)).promote_due().await?, 1);
     assert_eq!(ids_claimed(&s, "mail", 10, at(200)).await?, vec![8, 7]);
     assert_eq!(
         ids_claimed(&s, "nowhere", 10, at(30)).await?,
@@ -608,19 +719,20 @@ async fn claim_leaves_jobs_that_are_not_available(s: Store) -> Outcome {
         ids_claimed(&s, "mail", 10, at(2_000)).await?,
         Vec::<u64>::new()
     );
-    assert_eq!(s.promote_due(at(2_000)).await?, 1);
+    assert_eq!(s.now(at(2_000)).promote_due().await?, 1);
     let c = claim_of(&claim_one(&s, "w", at(2_000)).await?);
     assert_eq!(
         ids_claimed(&s, "mail", 10, at(2_001)).await?,
         Vec::<u64>::new()
     );
-    s.finalize(c, "w", retry("boom", at(2_500)), at(2_002))
+    s.now(at(2_002))
+        .finalize(c, "w", retry("boom", ms(500)))
         .await?;
     assert_eq!(
         ids_claimed(&s, "mail", 10, at(3_000)).await?,
         Vec::<u64>::new()
     );
-    assert_eq!(s.promote_due(at(3_000)).await?, 1);
+    assert_eq!(s.now(at(3_000)).promote_due().await?, 1);
     assert_eq!(ids_claimed(&s, "mail", 10, at(3_000)).await?, vec![1]);
     Ok(())
 }
@@ -638,9 +750,10 @@ async fn claim_starts_a_new_attempt(s: Store) -> Outcome {
     };
     assert_eq!(claimed, expected);
     assert_eq!(job(&s, JobId(1)).await?, expected);
-    s.finalize(claim_of(&claimed), "w1", retry("boom", at(8)), at(8))
+    s.now(at(8))
+        .finalize(claim_of(&claimed), "w1", retry("boom", Duration::ZERO))
         .await?;
-    s.promote_due(at(8)).await?;
+    s.now(at(8)).promote_due().await?;
     let second = claim_one(&s, "w2", at(9)).await?;
     let expected = Job {
         state: JobState::Running,
@@ -662,14 +775,17 @@ async fn heartbeat_alive_refreshes_the_claim(s: Store) -> Outcome {
     enqueue(&s, req(), T0).await?;
     let claimed = claim_one(&s, "w", at(0)).await?;
     let c = claim_of(&claimed);
-    assert_eq!(s.heartbeat(c, "w", at(5)).await?, HeartbeatStatus::Alive);
+    assert_eq!(
+        s.now(at(5)).heartbeat(c, "w").await?,
+        HeartbeatStatus::Alive
+    );
     let expected = Job {
         heartbeat_at: Some(at(5)),
         ..claimed
     };
     assert_eq!(job(&s, c.job).await?, expected);
     // The fresh heartbeat keeps the rescuer away.
-    assert_eq!(s.rescue_stale(at(3), at(6)).await?, Vec::new());
+    assert_eq!(s.now(at(6)).rescue_stale(ms(3)).await?, Vec::new());
     assert_eq!(job(&s, c.job).await?, expected);
     Ok(())
 }
@@ -678,11 +794,11 @@ async fn heartbeat_reports_cancel_requested(s: Store) -> Outcome {
     enqueue(&s, req(), T0).await?;
     let c = claim_of(&claim_one(&s, "w", at(0)).await?);
     assert_eq!(
-        s.request_cancel(c.job, at(1)).await?,
+        s.now(at(1)).request_cancel(c.job).await?,
         CancelResult::Requested
     );
     assert_eq!(
-        s.heartbeat(c, "w", at(2)).await?,
+        s.now(at(2)).heartbeat(c, "w").await?,
         HeartbeatStatus::CancelRequested
     );
     let j = job(&s, c.job).await?;
@@ -698,34 +814,39 @@ async fn heartbeat_is_lost_for_a_stale_claim(s: Store) -> Outcome {
     let claimed = claim_one(&s, "w1", at(0)).await?;
     let c = claim_of(&claimed);
     let lost = HeartbeatStatus::Lost;
-    assert_eq!(s.heartbeat(c, "w2", at(1)).await?, lost, "wrong owner");
+    assert_eq!(s.now(at(1)).heartbeat(c, "w2").await?, lost, "wrong owner");
     let ahead = Claim { attempt: 2, ..c };
     let behind = Claim { attempt: 0, ..c };
-    assert_eq!(s.heartbeat(ahead, "w1", at(1)).await?, lost);
-    assert_eq!(s.heartbeat(behind, "w1", at(1)).await?, lost);
+    assert_eq!(s.now(at(1)).heartbeat(ahead, "w1").await?, lost);
+    assert_eq!(s.now(at(1)).heartbeat(behind, "w1").await?, lost);
     let missing = Claim {
         job: JobId(99),
         attempt: 1,
     };
-    assert_eq!(s.heartbeat(missing, "w1", at(1)).await?, lost);
+    assert_eq!(s.now(at(1)).heartbeat(missing, "w1").await?, lost);
     assert_eq!(
         job(&s, c.job).await?,
         claimed,
         "refused beats change nothing"
     );
     // Rescued and claimed again: the old claim is lost, the new one alive.
-    s.rescue_stale(at(60_000), at(60_000)).await?;
-    assert_eq!(s.heartbeat(c, "w1", at(60_001)).await?, lost);
-    s.promote_due(at(60_000)).await?;
+    s.now(at(60_000)).rescue_stale(Duration::ZERO).await?;
+    assert_eq!(s.now(at(60_001)).heartbeat(c, "w1").await?, lost);
+    s.now(at(60_000)).promote_due().await?;
     let c2 = claim_of(&claim_one(&s, "w2", at(60_002)).await?);
-    assert_eq!(s.heartbeat(c, "w1", at(60_003)).await?, lost);
+    assert_eq!(s.now(at(60_003)).heartbeat(c, "w1").await?, lost);
     assert_eq!(
-        s.heartbeat(c2, "w2", at(60_003)).await?,
+        s.now(at(60_003)).heartbeat(c2, "w2").await?,
         HeartbeatStatus::Alive
     );
-    s.finalize(c2, "w2", Finalize::Completed, at(60_004))
+    s.now(at(60_004))
+        .finalize(c2, "w2", Finalize::Completed)
         .await?;
-    assert_eq!(s.heartbeat(c2, "w2", at(60_005)).await?, lost, "finished");
+    assert_eq!(
+        s.now(at(60_005)).heartbeat(c2, "w2").await?,
+        lost,
+        "finished"
+    );
     Ok(())
 }
 
@@ -741,7 +862,7 @@ async fn finalize_completed_ends_the_job(s: Store) -> Outcome {
     let claimed = running(&s, &req()).await?;
     let c = claim_of(&claimed);
     assert_eq!(
-        s.finalize(c, "w", Finalize::Completed, at(5)).await?,
+        s.now(at(5)).finalize(c, "w", Finalize::Completed).await?,
         FinalizeResult::Applied
     );
     let expected = Job {
@@ -760,22 +881,25 @@ async fn finalize_retry_records_the_error_and_waits(s: Store) -> Outcome {
     let claimed = running(&s, &req()).await?;
     let c = claim_of(&claimed);
     assert_eq!(
-        s.finalize(c, "w", retry("boom", at(5_000)), at(5)).await?,
+        s.now(at(5))
+            .finalize(c, "w", retry("boom", ms(5_000)))
+            .await?,
         FinalizeResult::Applied
     );
+    // Due the delay after storage's now when it was finalized.
     let expected = Job {
         state: JobState::Retryable,
         owner: None,
         heartbeat_at: None,
-        scheduled_at: at(5_000),
+        scheduled_at: at(5_005),
         finalized_attempt: Some(1),
         errors: vec!["boom".into()],
         ..claimed
     };
     assert_eq!(job(&s, c.job).await?, expected);
-    assert_eq!(s.promote_due(at(4_999)).await?, 0);
-    assert_eq!(s.promote_due(at(5_000)).await?, 1);
-    let again = claim_one(&s, "w", at(5_001)).await?;
+    assert_eq!(s.now(at(5_004)).promote_due().await?, 0);
+    assert_eq!(s.now(at(5_005)).promote_due().await?, 1);
+    let again = claim_one(&s, "w", at(5_006)).await?;
     assert_eq!((again.attempt, again.errors), (2, vec!["boom".to_owned()]));
     Ok(())
 }
@@ -787,7 +911,7 @@ async fn finalize_discard_ends_the_job(s: Store) -> Outcome {
         error: "bad input".into(),
     };
     assert_eq!(
-        s.finalize(c, "w", discard, at(5)).await?,
+        s.now(at(5)).finalize(c, "w", discard).await?,
         FinalizeResult::Applied
     );
     let expected = Job {
@@ -806,26 +930,27 @@ async fn finalize_discard_ends_the_job(s: Store) -> Outcome {
 async fn finalize_snooze_gives_back_an_attempt(s: Store) -> Outcome {
     let claimed = running(&s, &req().max_attempts(1)).await?;
     let c = claim_of(&claimed);
-    let snooze = Finalize::Snooze { until: at(500) };
+    let snooze = Finalize::Snooze { delay: ms(500) };
     assert_eq!(
-        s.finalize(c, "w", snooze, at(5)).await?,
+        s.now(at(5)).finalize(c, "w", snooze).await?,
         FinalizeResult::Applied
     );
     let expected = Job {
         state: JobState::Scheduled,
         owner: None,
         heartbeat_at: None,
-        scheduled_at: at(500),
+        scheduled_at: at(505),
         max_attempts: 2,
         finalized_attempt: Some(1),
         ..claimed
     };
     assert_eq!(job(&s, c.job).await?, expected);
-    assert_eq!(s.promote_due(at(500)).await?, 1);
-    let second = claim_one(&s, "w", at(500)).await?;
+    assert_eq!(s.now(at(504)).promote_due().await?, 0);
+    assert_eq!(s.now(at(505)).promote_due().await?, 1);
+    let second = claim_one(&s, "w", at(505)).await?;
     assert_eq!(second.attempt, 2);
     // The given-back attempt was the last: a lost worker now discards it.
-    s.rescue_stale(at(60_000), at(60_000)).await?;
+    s.now(at(60_000)).rescue_stale(Duration::ZERO).await?;
     assert_eq!(job(&s, c.job).await?.state, JobState::Discarded);
     Ok(())
 }
@@ -837,7 +962,7 @@ async fn finalize_cancel_ends_the_job(s: Store) -> Outcome {
         reason: "operator said stop".into(),
     };
     assert_eq!(
-        s.finalize(c, "w", cancel, at(5)).await?,
+        s.now(at(5)).finalize(c, "w", cancel).await?,
         FinalizeResult::Applied
     );
     let expected = Job {
@@ -856,29 +981,32 @@ async fn finalize_cancel_ends_the_job(s: Store) -> Outcome {
 async fn finalize_is_idempotent(s: Store) -> Outcome {
     let c = claim_of(&running(&s, &req()).await?);
     assert_eq!(
-        s.finalize(c, "w", Finalize::Completed, at(5)).await?,
+        s.now(at(5)).finalize(c, "w", Finalize::Completed).await?,
         FinalizeResult::Applied
     );
     let done = job(&s, c.job).await?;
     let again = FinalizeResult::AlreadyFinalized;
-    assert_eq!(s.finalize(c, "w", Finalize::Completed, at(6)).await?, again);
+    assert_eq!(
+        s.now(at(6)).finalize(c, "w", Finalize::Completed).await?,
+        again
+    );
     let discard = Finalize::Discard { error: "x".into() };
-    assert_eq!(s.finalize(c, "w", discard, at(7)).await?, again);
+    assert_eq!(s.now(at(7)).finalize(c, "w", discard).await?, again);
     assert_eq!(job(&s, c.job).await?, done, "retries change nothing");
     // A retried finalize of an attempt that was retried is still answered as
     // such while the next attempt runs.
     let c = claim_of(&running(&s, &req()).await?);
-    s.finalize(c, "w", retry("boom", at(10)), at(8)).await?;
+    s.now(at(8)).finalize(c, "w", retry("boom", ms(2))).await?;
     assert_eq!(
-        s.finalize(c, "w", retry("boom", at(10)), at(9)).await?,
+        s.now(at(9)).finalize(c, "w", retry("boom", ms(2))).await?,
         again
     );
-    s.promote_due(at(10)).await?;
+    s.now(at(10)).promote_due().await?;
     let c2 = claim_of(&claim_one(&s, "w", at(10)).await?);
     assert_eq!(c2.attempt, 2);
     let running = job(&s, c.job).await?;
     assert_eq!(
-        s.finalize(c, "w", Finalize::Completed, at(11)).await?,
+        s.now(at(11)).finalize(c, "w", Finalize::Completed).await?,
         again
     );
     assert_eq!(job(&s, c.job).await?, running);
@@ -892,7 +1020,8 @@ async fn finalize_and_claim_finalizes_then_claims_the_next(s: Store) -> Outcome 
         enqueue(&s, req().priority(0), T0).await?,
     );
     let (result, next) = s
-        .finalize_and_claim(claim_of(&first), "w", Finalize::Completed, "mail", 1, at(5))
+        .now(at(5))
+        .finalize_and_claim(claim_of(&first), "w", Finalize::Completed, "mail", 1)
         .await?;
     assert_eq!(result, FinalizeResult::Applied);
     assert_eq!(job(&s, first.id).await?.state, JobState::Completed);
@@ -902,26 +1031,22 @@ async fn finalize_and_claim_finalizes_then_claims_the_next(s: Store) -> Outcome 
     assert_eq!((next[0].attempt, next[0].owner.as_deref()), (1, Some("w")));
     // A stale finalize changes nothing, and the claim still goes ahead.
     let (result, next) = s
-        .finalize_and_claim(claim_of(&first), "x", Finalize::Completed, "mail", 5, at(6))
+        .now(at(6))
+        .finalize_and_claim(claim_of(&first), "x", Finalize::Completed, "mail", 5)
         .await?;
     assert_eq!(result, FinalizeResult::AlreadyFinalized);
     assert_eq!(next.iter().map(|j| j.id).collect::<Vec<_>>(), vec![second]);
     // Nothing left to claim: the finalize alone.
     let (result, next) = s
-        .finalize_and_claim(
-            claim_of(&next[0]),
-            "x",
-            Finalize::Completed,
-            "mail",
-            1,
-            at(7),
-        )
+        .now(at(7))
+        .finalize_and_claim(claim_of(&next[0]), "x", Finalize::Completed, "mail", 1)
         .await?;
     assert_eq!((result, next.len()), (FinalizeResult::Applied, 0));
     // Bad input names the field and applies nothing.
     let held = claim_of(&job(&s, third).await?);
     let bad = s
-        .finalize_and_claim(held, "w", Finalize::Completed, "a b", 1, at(8))
+        .now(at(8))
+        .finalize_and_claim(held, "w", Finalize::Completed, "a b", 1)
         .await;
     assert_eq!(field(bad), "queue");
     assert_eq!(
@@ -936,10 +1061,15 @@ async fn finalize_is_stale_for_a_lost_claim(s: Store) -> Outcome {
     let claimed = running(&s, &req()).await?;
     let c = claim_of(&claimed);
     let stale = FinalizeResult::Stale;
-    assert_eq!(s.finalize(c, "x", Finalize::Completed, at(1)).await?, stale);
+    assert_eq!(
+        s.now(at(1)).finalize(c, "x", Finalize::Completed).await?,
+        stale
+    );
     let ahead = Claim { attempt: 2, ..c };
     assert_eq!(
-        s.finalize(ahead, "w", Finalize::Completed, at(1)).await?,
+        s.now(at(1))
+            .finalize(ahead, "w", Finalize::Completed)
+            .await?,
         stale
     );
     let missing = Claim {
@@ -947,15 +1077,19 @@ async fn finalize_is_stale_for_a_lost_claim(s: Store) -> Outcome {
         attempt: 1,
     };
     assert_eq!(
-        s.finalize(missing, "w", Finalize::Completed, at(1)).await?,
+        s.now(at(1))
+            .finalize(missing, "w", Finalize::Completed)
+            .await?,
         stale
     );
     assert_eq!(job(&s, c.job).await?, claimed, "nothing changed");
-    s.rescue_stale(at(60_000), at(60_000)).await?;
+    s.now(at(60_000)).rescue_stale(Duration::ZERO).await?;
     let rescued = job(&s, c.job).await?;
     assert_eq!(rescued.state, JobState::Retryable);
     assert_eq!(
-        s.finalize(c, "w", Finalize::Completed, at(60_001)).await?,
+        s.now(at(60_001))
+            .finalize(c, "w", Finalize::Completed)
+            .await?,
         stale
     );
     assert_eq!(job(&s, c.job).await?, rescued, "nothing changed");
@@ -965,9 +1099,9 @@ async fn finalize_is_stale_for_a_lost_claim(s: Store) -> Outcome {
 async fn finalize_after_cancel_request_never_runs_again(s: Store) -> Outcome {
     // Each outcome on its own job, cancel requested while it ran.
     let outcomes = [
-        (retry("boom", at(9_000)), JobState::Cancelled, Some(at(5))),
+        (retry("boom", ms(9_000)), JobState::Cancelled, Some(at(5))),
         (
-            Finalize::Snooze { until: at(9_000) },
+            Finalize::Snooze { delay: ms(9_000) },
             JobState::Cancelled,
             Some(at(5)),
         ),
@@ -982,9 +1116,9 @@ async fn finalize_after_cancel_request_never_runs_again(s: Store) -> Outcome {
         let claimed = running(&s, &req()).await?;
         assert_eq!(claimed.id, JobId(i as u64 + 1));
         let c = claim_of(&claimed);
-        s.request_cancel(c.job, at(1)).await?;
+        s.now(at(1)).request_cancel(c.job).await?;
         assert_eq!(
-            s.finalize(c, "w", outcome.clone(), at(5)).await?,
+            s.now(at(5)).finalize(c, "w", outcome.clone()).await?,
             FinalizeResult::Applied
         );
         let j = job(&s, c.job).await?;
@@ -1004,9 +1138,10 @@ async fn finalize_keeps_the_newest_errors(s: Store) -> Outcome {
     let rounds = ERRORS_KEPT_MAX as i64 + 2;
     enqueue(&s, req().max_attempts(ATTEMPTS_MAX), T0).await?;
     for i in 1..=rounds {
-        s.promote_due(at(i)).await?;
+        s.now(at(i)).promote_due().await?;
         let c = claim_of(&claim_one(&s, "w", at(i)).await?);
-        s.finalize(c, "w", retry(&format!("e{i}"), at(i + 1)), at(i))
+        s.now(at(i))
+            .finalize(c, "w", retry(&format!("e{i}"), ms(1)))
             .await?;
     }
     let kept: Vec<String> = (3..=rounds).map(|i| format!("e{i}")).collect();
@@ -1031,8 +1166,10 @@ async fn effect_is_written_once_across_attempts(s: Store) -> Outcome {
         s.apply_effect(c1, "w", "logged", json!("x")).await?,
         EffectResult::Applied
     );
-    s.finalize(c1, "w", retry("boom", at(1)), at(1)).await?;
-    s.promote_due(at(1)).await?;
+    s.now(at(1))
+        .finalize(c1, "w", retry("boom", Duration::ZERO))
+        .await?;
+    s.now(at(1)).promote_due().await?;
     let c2 = claim_of(&claim_one(&s, "w2", at(2)).await?);
     assert_eq!(
         s.apply_effect(c2, "w2", "sent", json!(2)).await?,
@@ -1061,10 +1198,12 @@ async fn effect_is_refused_to_a_stale_claim(s: Store) -> Outcome {
         attempt: 1,
     };
     assert_eq!(s.apply_effect(missing, "w", "a", json!(1)).await?, refused);
-    s.rescue_stale(at(60_000), at(60_000)).await?;
+    s.now(at(60_000)).rescue_stale(Duration::ZERO).await?;
     assert_eq!(s.apply_effect(c, "w", "b", json!(1)).await?, refused);
     let c2 = claim_of(&running(&s, &req()).await?);
-    s.finalize(c2, "w", Finalize::Completed, at(60_001)).await?;
+    s.now(at(60_001))
+        .finalize(c2, "w", Finalize::Completed)
+        .await?;
     assert_eq!(s.apply_effect(c2, "w", "c", json!(1)).await?, refused);
     for (id, key) in [(c.job, "a"), (c.job, "b"), (c2.job, "c")] {
         assert_eq!(s.get_effect(id, key).await?, None, "{id} {key}");
@@ -1078,12 +1217,14 @@ async fn cancel_ends_an_idle_job_at_once(s: Store) -> Outcome {
     enqueue(&s, req(), T0).await?; // 1: available
     enqueue(&s, req().scheduled_at(at(9_000)), T0).await?; // 2: scheduled
     let c = claim_of(&claim_one(&s, "w", at(0)).await?); // claims 1
-    s.finalize(c, "w", retry("boom", at(9_000)), at(1)).await?; // 1: retryable
+    s.now(at(1))
+        .finalize(c, "w", retry("boom", ms(9_000)))
+        .await?; // 1: retryable
     enqueue(&s, req(), at(2)).await?; // 3: available
     for id in [1, 2, 3] {
         let before = job(&s, JobId(id)).await?;
         assert_eq!(
-            s.request_cancel(JobId(id), at(10)).await?,
+            s.now(at(10)).request_cancel(JobId(id)).await?,
             CancelResult::Cancelled
         );
         let expected = Job {
@@ -1093,11 +1234,11 @@ async fn cancel_ends_an_idle_job_at_once(s: Store) -> Outcome {
         };
         assert_eq!(job(&s, JobId(id)).await?, expected);
         assert_eq!(
-            s.request_cancel(JobId(id), at(11)).await?,
+            s.now(at(11)).request_cancel(JobId(id)).await?,
             CancelResult::AlreadyFinished
         );
     }
-    s.promote_due(at(10_000)).await?;
+    s.now(at(10_000)).promote_due().await?;
     assert_eq!(
         ids_claimed(&s, "mail", 10, at(10_000)).await?,
         Vec::<u64>::new()
@@ -1109,7 +1250,7 @@ async fn cancel_of_a_running_job_is_requested(s: Store) -> Outcome {
     let claimed = running(&s, &req()).await?;
     let c = claim_of(&claimed);
     assert_eq!(
-        s.request_cancel(c.job, at(1)).await?,
+        s.now(at(1)).request_cancel(c.job).await?,
         CancelResult::Requested
     );
     let expected = Job {
@@ -1118,13 +1259,13 @@ async fn cancel_of_a_running_job_is_requested(s: Store) -> Outcome {
     };
     assert_eq!(job(&s, c.job).await?, expected);
     assert_eq!(
-        s.request_cancel(c.job, at(2)).await?,
+        s.now(at(2)).request_cancel(c.job).await?,
         CancelResult::Requested
     );
     // The attempt finished the work anyway: the outcome stands.
-    s.finalize(c, "w", Finalize::Completed, at(3)).await?;
+    s.now(at(3)).finalize(c, "w", Finalize::Completed).await?;
     assert_eq!(
-        s.request_cancel(c.job, at(4)).await?,
+        s.now(at(4)).request_cancel(c.job).await?,
         CancelResult::AlreadyFinished
     );
     let done = job(&s, c.job).await?;
@@ -1134,14 +1275,14 @@ async fn cancel_of_a_running_job_is_requested(s: Store) -> Outcome {
     );
     let c2 = claim_of(&running(&s, &req()).await?);
     let discard = Finalize::Discard { error: "d".into() };
-    s.finalize(c2, "w", discard, at(5)).await?;
+    s.now(at(5)).finalize(c2, "w", discard).await?;
     assert_eq!(
-        s.request_cancel(c2.job, at(6)).await?,
+        s.now(at(6)).request_cancel(c2.job).await?,
         CancelResult::AlreadyFinished
     );
     assert_eq!(job(&s, c2.job).await?.state, JobState::Discarded);
     assert_eq!(
-        s.request_cancel(JobId(99), at(7)).await?,
+        s.now(at(7)).request_cancel(JobId(99)).await?,
         CancelResult::NotFound
     );
     assert_eq!(s.get_job(JobId(99)).await?, None);
@@ -1151,8 +1292,8 @@ async fn cancel_of_a_running_job_is_requested(s: Store) -> Outcome {
 async fn cancel_request_survives_a_rescue(s: Store) -> Outcome {
     let claimed = running(&s, &req()).await?;
     let c = claim_of(&claimed);
-    s.request_cancel(c.job, at(1)).await?;
-    assert_eq!(s.rescue_stale(at(60_000), at(60_001)).await?, vec![c]);
+    s.now(at(1)).request_cancel(c.job).await?;
+    assert_eq!(s.now(at(60_001)).rescue_stale(ms(1)).await?, vec![c]);
     let expected = Job {
         state: JobState::Cancelled,
         owner: None,
@@ -1173,12 +1314,16 @@ async fn rescue_returns_stale_claims_by_id_and_makes_them_due(s: Store) -> Outco
         enqueue(&s, req().max_attempts(3), T0).await?;
     }
     enqueue(&s, req().scheduled_at(at(1)), T0).await?; // 5: never claimed
-    let claimed = s.claim("mail", "w", 4, at(0)).await?;
+    let claimed = s.now(at(0)).claim("mail", "w", 4).await?;
     assert_eq!(claimed.len(), 4);
-    s.heartbeat(claim_of(&claimed[1]), "w", at(50_000)).await?;
-    // A heartbeat exactly at the horizon is not stale.
-    s.heartbeat(claim_of(&claimed[3]), "w", at(30_000)).await?;
-    let revoked = s.rescue_stale(at(30_000), at(60_000)).await?;
+    s.now(at(50_000))
+        .heartbeat(claim_of(&claimed[1]), "w")
+        .await?;
+    // A heartbeat exactly `stale_after` old is not stale.
+    s.now(at(30_000))
+        .heartbeat(claim_of(&claimed[3]), "w")
+        .await?;
+    let revoked = s.now(at(60_000)).rescue_stale(ms(30_000)).await?;
     assert_eq!(revoked, vec![claim_of(&claimed[0]), claim_of(&claimed[2])]);
     let expected = Job {
         state: JobState::Retryable,
@@ -1192,17 +1337,20 @@ async fn rescue_returns_stale_claims_by_id_and_makes_them_due(s: Store) -> Outco
     assert_eq!(job(&s, JobId(2)).await?.state, JobState::Running);
     assert_eq!(job(&s, JobId(4)).await?.state, JobState::Running);
     assert_eq!(job(&s, JobId(5)).await?.state, JobState::Scheduled);
-    assert_eq!(s.rescue_stale(at(30_000), at(60_000)).await?, Vec::new());
+    assert_eq!(
+        s.now(at(60_000)).rescue_stale(ms(30_000)).await?,
+        Vec::new()
+    );
     // Due at once: the next promotion makes both rescued jobs available (and
     // the scheduled one, due long ago).
-    assert_eq!(s.promote_due(at(60_000)).await?, 3);
+    assert_eq!(s.now(at(60_000)).promote_due().await?, 3);
     Ok(())
 }
 
 async fn rescue_discards_a_job_whose_attempts_are_spent(s: Store) -> Outcome {
     let claimed = running(&s, &req().max_attempts(1)).await?;
     let c = claim_of(&claimed);
-    assert_eq!(s.rescue_stale(at(60_000), at(60_001)).await?, vec![c]);
+    assert_eq!(s.now(at(60_001)).rescue_stale(ms(1)).await?, vec![c]);
     let expected = Job {
         state: JobState::Discarded,
         owner: None,
@@ -1216,19 +1364,21 @@ async fn rescue_discards_a_job_whose_attempts_are_spent(s: Store) -> Outcome {
 }
 
 async fn promote_due_counts_due_jobs(s: Store) -> Outcome {
-    assert_eq!(s.promote_due(T0).await?, 0, "empty store");
+    assert_eq!(s.now(T0).promote_due().await?, 0, "empty store");
     enqueue(&s, req().scheduled_at(at(100)), T0).await?; // 1
     enqueue(&s, req().scheduled_at(at(200)), T0).await?; // 2
     enqueue(&s, req(), T0).await?; // 3: claimed, then retryable at 150
-    let c = claim_of(&s.claim("mail", "w", 1, T0).await?[0]);
+    let c = claim_of(&s.now(T0).claim("mail", "w", 1).await?[0]);
     assert_eq!(c.job, JobId(3));
-    s.finalize(c, "w", retry("boom", at(150)), at(1)).await?;
+    s.now(at(50))
+        .finalize(c, "w", retry("boom", ms(100)))
+        .await?;
     enqueue(&s, req(), T0).await?; // 4: available already
-    assert_eq!(s.promote_due(at(99)).await?, 0);
-    assert_eq!(s.promote_due(at(150)).await?, 2);
-    assert_eq!(s.promote_due(at(150)).await?, 0);
+    assert_eq!(s.now(at(99)).promote_due().await?, 0);
+    assert_eq!(s.now(at(150)).promote_due().await?, 2);
+    assert_eq!(s.now(at(150)).promote_due().await?, 0);
     assert_eq!(job(&s, JobId(2)).await?.state, JobState::Scheduled);
-    assert_eq!(s.promote_due(at(1_000)).await?, 1);
+    assert_eq!(s.now(at(1_000)).promote_due().await?, 1);
     assert_eq!(
         s.count_by_state().await?,
         counts(&[(JobState::Available, 4)])
@@ -1241,12 +1391,13 @@ async fn cleanup_deletes_old_finished_jobs_by_id_up_to_limit(s: Store) -> Outcom
         enqueue(&s, req(), T0).await?;
     }
     // Finished out of id order: 3, then 1, then 2.
-    s.request_cancel(JobId(3), at(10)).await?;
+    s.now(at(10)).request_cancel(JobId(3)).await?;
     let c = claim_of(&claim_one(&s, "w", at(11)).await?);
-    s.finalize(c, "w", Finalize::Discard { error: "d".into() }, at(20))
+    s.now(at(20))
+        .finalize(c, "w", Finalize::Discard { error: "d".into() })
         .await?;
     let c = claim_of(&claim_one(&s, "w", at(21)).await?);
-    s.finalize(c, "w", Finalize::Completed, at(30)).await?;
+    s.now(at(30)).finalize(c, "w", Finalize::Completed).await?;
     assert_eq!(
         (
             job(&s, JobId(1)).await?.state,
@@ -1258,18 +1409,28 @@ async fn cleanup_deletes_old_finished_jobs_by_id_up_to_limit(s: Store) -> Outcom
     enqueue(&s, req(), T0).await?; // 4: available
     enqueue(&s, req().scheduled_at(at(9_000)), T0).await?; // 5: scheduled
     enqueue(&s, req().queue("q2"), T0).await?; // 6: running
-    s.claim("q2", "w", 1, at(0)).await?;
+    s.now(at(0)).claim("q2", "w", 1).await?;
     enqueue(&s, req().queue("q3"), T0).await?; // 7: retryable
-    let c = claim_of(&s.claim("q3", "w", 1, at(0)).await?[0]);
-    s.finalize(c, "w", retry("boom", at(9_000)), at(1)).await?;
-    assert_eq!(s.cleanup(at(10), 100).await?, 0, "the horizon is exclusive");
-    assert_eq!(s.cleanup(at(1_000), 0).await?, 0);
-    assert_eq!(s.cleanup(at(1_000), 1).await?, 1);
+    let c = claim_of(&s.now(at(0)).claim("q3", "w", 1).await?[0]);
+    s.now(at(1))
+        .finalize(c, "w", retry("boom", ms(9_000)))
+        .await?;
+    // From here storage's clock reads 1_010, and the retention picks the
+    // horizon: a retention of 1_000 keeps what finished at 10 (the horizon is
+    // exclusive), one of 10 drops everything that finished by 1_000.
+    s.clock.set(at(1_010));
+    assert_eq!(
+        s.cleanup(ms(1_000), 100).await?,
+        0,
+        "the horizon is exclusive"
+    );
+    assert_eq!(s.cleanup(ms(10), 0).await?, 0);
+    assert_eq!(s.cleanup(ms(10), 1).await?, 1);
     assert_eq!(s.get_job(JobId(1)).await?, None, "lowest id first");
-    assert_eq!(s.cleanup(at(25), 100).await?, 1, "only 3 is old enough");
+    assert_eq!(s.cleanup(ms(985), 100).await?, 1, "only 3 is old enough");
     assert_eq!(s.get_job(JobId(3)).await?, None);
-    assert_eq!(s.cleanup(at(1_000), 100).await?, 1);
-    assert_eq!(s.cleanup(at(1_000), 100).await?, 0);
+    assert_eq!(s.cleanup(ms(10), 100).await?, 1);
+    assert_eq!(s.cleanup(ms(10), 100).await?, 0);
     assert_eq!(
         s.count_by_state().await?,
         counts(&[
@@ -1286,19 +1447,19 @@ async fn cleanup_frees_unique_keys_and_effects_and_never_reuses_ids(s: Store) ->
     enqueue(&s, req(), T0).await?;
     enqueue(&s, req().unique_key("k"), T0).await?;
     let c1 = claim_of(&claim_one(&s, "w", at(0)).await?);
-    s.finalize(c1, "w", Finalize::Completed, at(1)).await?;
+    s.now(at(1)).finalize(c1, "w", Finalize::Completed).await?;
     let c2 = claim_of(&claim_one(&s, "w", at(2)).await?);
     assert_eq!(c2.job, JobId(2));
     s.apply_effect(c2, "w", "sent", json!(1)).await?;
     s.apply_effect(c2, "w", "logged", json!(2)).await?;
-    s.finalize(c2, "w", Finalize::Completed, at(3)).await?;
-    assert_eq!(s.cleanup(at(100), 100).await?, 2);
+    s.now(at(3)).finalize(c2, "w", Finalize::Completed).await?;
+    assert_eq!(s.now(at(100)).cleanup(ms(50), 100).await?, 2);
     assert_eq!(s.get_effect(JobId(2), "sent").await?, None);
     assert_eq!(s.get_effect(JobId(2), "logged").await?, None);
     assert_eq!(s.count_by_state().await?, StateCounts::default());
     // The key is free again; the new job gets a new id, never a deleted one's.
     assert_eq!(
-        s.enqueue(req().unique_key("k"), at(101)).await?,
+        s.now(at(101)).enqueue(req().unique_key("k")).await?,
         EnqueueOutcome::Inserted(JobId(3))
     );
     // The new job starts with no effects.
@@ -1312,24 +1473,15 @@ async fn cleanup_frees_unique_keys_and_effects_and_never_reuses_ids(s: Store) ->
 
 async fn cleanup_keeps_a_periodic_slot_fired(s: Store) -> Outcome {
     let lease = s
-        .try_acquire("maintainer", "n1", TTL, T0)
+        .now(T0)
+        .try_acquire("maintainer", "n1", TTL)
         .await?
         .expect("granted");
-    let fire = || {
-        s.fire_periodic(
-            "digest",
-            at(60_000),
-            "maintainer",
-            "n1",
-            lease.term,
-            req(),
-            T0,
-        )
-    };
+    let fire = || s.fire_periodic("digest", at(60_000), "maintainer", "n1", lease.term, req());
     assert_eq!(fire().await?, PeriodicOutcome::Fired(JobId(1)));
     let c = claim_of(&claim_one(&s, "w", at(1)).await?);
-    s.finalize(c, "w", Finalize::Completed, at(2)).await?;
-    assert_eq!(s.cleanup(at(100), 100).await?, 1);
+    s.now(at(2)).finalize(c, "w", Finalize::Completed).await?;
+    assert_eq!(s.now(at(100)).cleanup(ms(50), 100).await?, 1);
     assert_eq!(s.get_job(JobId(1)).await?, None);
     assert_eq!(
         fire().await?,
@@ -1350,9 +1502,9 @@ async fn list_unfinished_by_id_up_to_limit(s: Store) -> Outcome {
     enqueue(&s, req(), T0).await?; // 4: running
     enqueue(&s, req().queue("q2"), T0).await?; // 5: cancelled
     let c = claim_of(&claim_one(&s, "w", at(0)).await?);
-    s.finalize(c, "w", Finalize::Completed, at(1)).await?;
+    s.now(at(1)).finalize(c, "w", Finalize::Completed).await?;
     claim_one(&s, "w", at(2)).await?;
-    s.request_cancel(JobId(5), at(3)).await?;
+    s.now(at(3)).request_cancel(JobId(5)).await?;
     let ids = |v: &[u64]| v.iter().map(|&i| JobId(i)).collect::<Vec<_>>();
     assert_eq!(s.list_unfinished(10).await?, ids(&[2, 3, 4]));
     assert_eq!(s.list_unfinished(2).await?, ids(&[2, 3]));
@@ -1377,16 +1529,19 @@ async fn count_by_state_counts_every_state(s: Store) -> Outcome {
     }
     let take = |q: &'static str| {
         let s = s.clone();
-        async move { Ok::<_, StorageError>(claim_of(&s.claim(q, "w", 1, at(0)).await?[0])) }
+        async move { Ok::<_, StorageError>(claim_of(&s.now(at(0)).claim(q, "w", 1).await?[0])) }
     };
     take("run").await?;
     let c = take("retry").await?;
-    s.finalize(c, "w", retry("boom", at(9_000)), at(1)).await?;
+    s.now(at(1))
+        .finalize(c, "w", retry("boom", ms(9_000)))
+        .await?;
     let c = take("done").await?;
-    s.finalize(c, "w", Finalize::Completed, at(1)).await?;
-    s.request_cancel(JobId(6), at(1)).await?;
+    s.now(at(1)).finalize(c, "w", Finalize::Completed).await?;
+    s.now(at(1)).request_cancel(JobId(6)).await?;
     let c = take("discard").await?;
-    s.finalize(c, "w", Finalize::Discard { error: "d".into() }, at(1))
+    s.now(at(1))
+        .finalize(c, "w", Finalize::Discard { error: "d".into() })
         .await?;
     let all = counts(&[
         (JobState::Scheduled, 1),
@@ -1425,10 +1580,10 @@ async fn queue_settings_round_trip(s: Store) -> Outcome {
 // ---------------------------------------------------------------- periodic
 
 async fn fire_periodic_fires_each_slot_once_for_the_current_term(s: Store) -> Outcome {
-    s.try_acquire("maintainer", "a", TTL, T0).await?;
+    s.now(T0).try_acquire("maintainer", "a", TTL).await?;
     let slot = at(60_000);
     let fire = |name: &'static str, slot, holder: &'static str, term, r| {
-        s.fire_periodic(name, slot, "maintainer", holder, Term(term), r, T0)
+        s.fire_periodic(name, slot, "maintainer", holder, Term(term), r)
     };
     let digest = EnqueueRequest::new("digest", json!({"slot": 1})).queue("cron");
     assert_eq!(
@@ -1455,12 +1610,12 @@ async fn fire_periodic_fires_each_slot_once_for_the_current_term(s: Store) -> Ou
     assert_eq!(fire("digest", slot, "a", 0, req()).await?, stale);
     assert_eq!(fire("new", slot, "b", 1, req()).await?, stale);
     let no_lease = s
-        .fire_periodic("new", slot, "absent", "a", Term(1), req(), T0)
+        .fire_periodic("new", slot, "absent", "a", Term(1), req())
         .await?;
     assert_eq!(no_lease, stale);
     s.resign("maintainer", "a", Term(1)).await?;
     assert_eq!(fire("new", slot, "a", 1, req()).await?, stale, "resigned");
-    s.try_acquire("maintainer", "b", TTL, at(1)).await?;
+    s.now(at(1)).try_acquire("maintainer", "b", TTL).await?;
     assert_eq!(fire("new", slot, "a", 1, req()).await?, stale);
     assert_eq!(
         fire("new", slot, "b", 2, req()).await?,
@@ -1481,9 +1636,11 @@ async fn fire_periodic_fires_each_slot_once_for_the_current_term(s: Store) -> Ou
 }
 
 // ---------------------------------------------------------------- validation
+//
+// Storage's clock stays at T0 throughout: validation does not depend on time.
 
 async fn validation_of_enqueue_names_the_field(s: Store) -> Outcome {
-    s.try_acquire("m", "a", TTL, T0).await?;
+    s.try_acquire("m", "a", TTL).await?;
     let long = |n: usize| "q".repeat(n);
     let bad = [
         (req().queue(""), "queue"),
@@ -1508,13 +1665,13 @@ async fn validation_of_enqueue_names_the_field(s: Store) -> Outcome {
     ];
     for (i, (r, expected)) in bad.into_iter().enumerate() {
         let what = format!("bad request {i}");
-        assert_eq!(field(s.enqueue(r.clone(), T0).await), expected, "{what}");
+        assert_eq!(field(s.enqueue(r.clone()).await), expected, "{what}");
         assert_eq!(
-            field(s.enqueue_batch(vec![req(), r.clone()], T0).await),
+            field(s.enqueue_batch(vec![req(), r.clone()]).await),
             expected,
             "batch: {what}"
         );
-        let fired = s.fire_periodic("p", T0, "m", "a", Term(1), r, T0).await;
+        let fired = s.fire_periodic("p", T0, "m", "a", Term(1), r).await;
         assert_eq!(field(fired), expected, "periodic: {what}");
     }
     assert_eq!(s.count_by_state().await?, StateCounts::default());
@@ -1535,9 +1692,7 @@ async fn validation_of_enqueue_names_the_field(s: Store) -> Outcome {
         assert_eq!(enqueue(&s, r.clone(), T0).await?, JobId(id));
         assert_eq!(job(&s, JobId(id)).await?, fresh(id, &r, T0));
     }
-    let fired = s
-        .fire_periodic("p", T0, "m", "a", Term(1), req(), T0)
-        .await?;
+    let fired = s.fire_periodic("p", T0, "m", "a", Term(1), req()).await?;
     assert_eq!(fired, PeriodicOutcome::Fired(JobId(7)));
     Ok(())
 }
@@ -1551,11 +1706,11 @@ async fn validation_of_leases_names_the_field(s: Store) -> Outcome {
         ("m", long.as_str(), "holder"),
     ] {
         let t = Term(1);
-        assert_eq!(field(s.try_acquire(name, holder, TTL, T0).await), expected);
-        assert_eq!(field(s.renew(name, holder, t, TTL, T0).await), expected);
+        assert_eq!(field(s.try_acquire(name, holder, TTL).await), expected);
+        assert_eq!(field(s.renew(name, holder, t, TTL).await), expected);
         assert_eq!(field(s.resign(name, holder, t).await), expected);
         assert_eq!(
-            field(s.maintenance_heartbeat(name, holder, t, T0).await),
+            field(s.maintenance_heartbeat(name, holder, t).await),
             expected
         );
     }
@@ -1563,16 +1718,16 @@ async fn validation_of_leases_names_the_field(s: Store) -> Outcome {
     assert_eq!(field(s.get_lease(&long).await), "lease name");
     assert_eq!(s.get_lease("m").await?, None, "nothing granted");
     let edge = "n".repeat(128);
-    let granted = s.try_acquire(&edge, &edge, TTL, T0).await?;
+    let granted = s.try_acquire(&edge, &edge, TTL).await?;
     assert_eq!(granted.map(|l| l.term), Some(Term(1)));
     Ok(())
 }
 
 async fn validation_of_claims_effects_periodics_and_queues_names_the_field(s: Store) -> Outcome {
     enqueue(&s, req(), T0).await?;
-    assert_eq!(field(s.claim("", "w", 1, T0).await), "queue");
-    assert_eq!(field(s.claim("a b", "w", 1, T0).await), "queue");
-    assert_eq!(field(s.claim("mail", "", 1, T0).await), "holder");
+    assert_eq!(field(s.claim("", "w", 1).await), "queue");
+    assert_eq!(field(s.claim("a b", "w", 1).await), "queue");
+    assert_eq!(field(s.claim("mail", "", 1).await), "holder");
     assert_eq!(
         job(&s, JobId(1)).await?.state,
         JobState::Available,
@@ -1589,11 +1744,9 @@ async fn validation_of_claims_effects_periodics_and_queues_names_the_field(s: St
     );
     assert_eq!(s.get_effect(c.job, "").await?, None);
     assert_eq!(s.get_effect(c.job, "a b").await?, None);
-    s.try_acquire("m", "a", TTL, T0).await?;
+    s.try_acquire("m", "a", TTL).await?;
     for name in ["", "a b"] {
-        let fired = s
-            .fire_periodic(name, T0, "m", "a", Term(1), req(), T0)
-            .await;
+        let fired = s.fire_periodic(name, T0, "m", "a", Term(1), req()).await;
         assert_eq!(field(fired), "periodic name");
     }
     let bad_queue = QueueConfig {

@@ -232,6 +232,18 @@ fn rescue_threshold_halved_is_caught_by_no_early_rescue_and_replays() {
     );
 }
 
+/// The behaviour before storage's clock judged claims: a rescuer whose wall
+/// clock runs ahead revokes live claims. `clock_skew` (clocks ten minutes
+/// apart, stepping either way, on every host) catches it within its seed bound.
+#[test]
+fn rescue_on_caller_clock_is_caught_by_no_early_rescue_and_replays() {
+    assert_caught_replayed_and_clean_without_the_bug(
+        Bug::RescueOnCallerClock,
+        "clock_skew",
+        "no_early_rescue",
+    );
+}
+
 #[test]
 fn discard_off_by_one_is_caught_by_attempts_within_budget_and_replays() {
     assert_caught_replayed_and_clean_without_the_bug(

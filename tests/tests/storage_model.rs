@@ -4,6 +4,11 @@
 //! reply must be equal. A mismatch fails with the op's index, the op and both
 //! replies, and proptest shrinks the sequence to a minimal one.
 //!
+//! Storage judges time on its own clock, so the model and the engine share one
+//! [`ManualClock`], set to the run's time before every call; steps pass only
+//! durations (a lease's ttl, a staleness window, a retention, a retry or snooze
+//! delay), never a time of their own.
+//!
 //! The seed is fixed so runs are repeatable; set `PROPTEST_RNG_SEED` to explore
 //! others. The last trial proves the comparison can fail: an engine whose
 //! heartbeat forgets to check the owner must be caught.
@@ -13,10 +18,12 @@ mod engines;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use engines::EngineKind;
-use keel::clock::Timestamp;
+use keel::clock::{ManualClock, SharedClock, Timestamp};
 use keel::storage::ops::{apply, Op, Remote, Reply, Transport};
 use keel::storage::{
     Claim, EnqueueRequest, Finalize, JobId, JobStore, MemStorage, PeriodicOutcome, QueueConfig,
@@ -59,16 +66,18 @@ fn seed() -> u64 {
 /// Hold `kind` to the model for its share of random sequences.
 fn check_engine(kind: EngineKind) -> Result<(), Failed> {
     let seed = seed();
-    check(kind.model_cases(), seed, |case| async move {
-        kind.open(&format!("{}::model_{case}", kind.name())).await
+    check(kind.model_cases(), seed, |case, clock| async move {
+        kind.open(&format!("{}::model_{case}", kind.name()), clock)
+            .await
     })
     .map_err(|e| format!("{e}\n(seed {seed}: rerun with PROPTEST_RNG_SEED={seed})").into())
 }
 
-/// Run `cases` random sequences; each opens a fresh engine with `open(case)`.
+/// Run `cases` random sequences; each opens a fresh engine with
+/// `open(case, clock)`, on the clock the model of that case reads too.
 fn check<F, Fut>(cases: u32, seed: u64, open: F) -> Result<(), TestError<Vec<Step>>>
 where
-    F: Fn(u32) -> Fut,
+    F: Fn(u32, SharedClock) -> Fut,
     Fut: Future<Output = Result<SharedStorage, String>>,
 {
     let config = Config {
@@ -83,21 +92,33 @@ where
         let case = opened.fetch_add(1, Ordering::Relaxed);
         // A fresh runtime per case, like the fresh store.
         engines::block_on(async {
-            let engine = open(case).await.map_err(TestCaseError::fail)?;
-            let model = MemStorage::new();
-            compare(&model, &*engine, &steps)
+            let clock = Arc::new(ManualClock::new(T0));
+            let engine = open(case, clock.clone())
+                .await
+                .map_err(TestCaseError::fail)?;
+            let model = MemStorage::with_clock(clock.clone());
+            compare(&model, &*engine, &clock, &steps)
                 .await
                 .map_err(TestCaseError::fail)
         })
     })
 }
 
-/// Apply `steps` to both stores, then compare everything they hold.
-async fn compare(model: &dyn Storage, engine: &dyn Storage, steps: &[Step]) -> Result<(), String> {
+/// Apply `steps` to both stores, then compare everything they hold. `clock` is
+/// storage's clock, which both stores read: set to the run's time before each
+/// call.
+async fn compare(
+    model: &dyn Storage,
+    engine: &dyn Storage,
+    clock: &ManualClock,
+    steps: &[Step],
+) -> Result<(), String> {
     let mut run = Run::default();
     for (i, step) in steps.iter().enumerate() {
         let Some(op) = run.op(step) else { continue };
-        let want = same(model, engine, op, &format!("op #{i}")).await?;
+        clock.set(run.now());
+        let at = format!("op #{i} (storage at T0+{}ms)", run.clock);
+        let want = same(model, engine, op, &at).await?;
         run.observe(&want);
     }
     let mut finale = vec![Op::CountByState, Op::ListUnfinished { limit: u32::MAX }];
@@ -182,13 +203,14 @@ enum Step {
         job: JobPick,
     },
     RescueStale {
-        stale_ms: i64,
+        stale_after_ms: u64,
     },
     PromoteDue,
     Cleanup {
-        age_ms: i64,
+        retention_ms: u64,
         limit: u32,
     },
+    Time,
     SetQueue {
         queue: usize,
         paused: bool,
@@ -267,9 +289,11 @@ enum Who {
 #[derive(Clone, Debug)]
 enum OutcomeSpec {
     Completed,
-    Retry(i64),
+    /// The backoff, in ms from storage's now.
+    Retry(u64),
     Discard,
-    Snooze(i64),
+    /// The delay, in ms from storage's now.
+    Snooze(u64),
     Cancel,
 }
 
@@ -331,12 +355,17 @@ fn job_pick() -> impl Strategy<Value = JobPick> {
     any::<Index>().prop_map(JobPick)
 }
 
+/// A retry or snooze delay in ms: often zero (due at once), else up to 3 s.
+fn delay_ms() -> impl Strategy<Value = u64> {
+    prop_oneof![1 => Just(0u64), 6 => 1u64..3_000]
+}
+
 fn outcome() -> impl Strategy<Value = OutcomeSpec> {
     prop_oneof![
         Just(OutcomeSpec::Completed),
-        (-500i64..3_000).prop_map(OutcomeSpec::Retry),
+        delay_ms().prop_map(OutcomeSpec::Retry),
         Just(OutcomeSpec::Discard),
-        (-500i64..3_000).prop_map(OutcomeSpec::Snooze),
+        delay_ms().prop_map(OutcomeSpec::Snooze),
         Just(OutcomeSpec::Cancel),
     ]
 }
@@ -357,10 +386,13 @@ fn step() -> impl Strategy<Value = Step> {
         ),
         1 => (job_pick(), 0..EFFECT_KEYS.len()).prop_map(|(job, key)| Step::GetEffect { job, key }),
         2 => job_pick().prop_map(|job| Step::RequestCancel { job }),
-        // Negative: a horizon ahead of now (a rescuer whose clock runs ahead).
-        3 => (-1_000i64..2_000).prop_map(|stale_ms| Step::RescueStale { stale_ms }),
+        // Zero: everything not heartbeated at this very millisecond is stale.
+        3 => prop_oneof![1 => Just(0u64), 2 => 1u64..2_000]
+            .prop_map(|stale_after_ms| Step::RescueStale { stale_after_ms }),
         3 => Just(Step::PromoteDue),
-        1 => (0i64..3_000, 0u32..=3).prop_map(|(age_ms, limit)| Step::Cleanup { age_ms, limit }),
+        1 => (0u64..3_000, 0u32..=3)
+            .prop_map(|(retention_ms, limit)| Step::Cleanup { retention_ms, limit }),
+        1 => Just(Step::Time),
         1 => (0..QUEUES.len(), prop::bool::weighted(0.3))
             .prop_map(|(queue, paused)| Step::SetQueue { queue, paused }),
         1 => (0..QUEUES.len()).prop_map(|queue| Step::GetQueue { queue }),
@@ -390,7 +422,8 @@ fn step() -> impl Strategy<Value = Step> {
 /// What a run has seen, to turn steps into concrete ops.
 #[derive(Default)]
 struct Run {
-    /// Milliseconds since `T0`.
+    /// Storage's time, in milliseconds since `T0`: the shared clock is set to
+    /// it before each call.
     clock: i64,
     /// Every claim handed out, with its owner; stale ones stay, on purpose.
     claims: Vec<(Claim, String)>,
@@ -453,9 +486,9 @@ impl Run {
         }
     }
 
+    /// The op a step makes, to be applied once storage's clock reads
+    /// [`now`](Self::now); `None` for a step that only moves the clock.
     fn op(&mut self, step: &Step) -> Option<Op> {
-        let now = self.now();
-        let at = |offset: i64| Timestamp(now.0 + offset);
         let op = match step {
             Step::AdvanceClock(ms) => {
                 self.clock += ms;
@@ -463,11 +496,9 @@ impl Run {
             }
             Step::Enqueue(spec) => Op::Enqueue {
                 req: self.req(spec),
-                now,
             },
             Step::EnqueueBatch(specs) => Op::EnqueueBatch {
                 reqs: specs.iter().map(|s| self.req(s)).collect(),
-                now,
             },
             Step::Claim {
                 queue,
@@ -477,11 +508,10 @@ impl Run {
                 queue: QUEUES[*queue].into(),
                 owner: OWNERS[*owner].into(),
                 limit: *limit,
-                now,
             },
             Step::Heartbeat { claim, owner } => {
                 let (claim, owner) = self.claim(claim, *owner);
-                Op::Heartbeat { claim, owner, now }
+                Op::Heartbeat { claim, owner }
             }
             Step::Finalize {
                 claim,
@@ -494,12 +524,14 @@ impl Run {
                     OutcomeSpec::Completed => Finalize::Completed,
                     OutcomeSpec::Retry(d) => Finalize::Retry {
                         error: format!("failed at {}", self.clock),
-                        at: at(*d),
+                        delay: Duration::from_millis(*d),
                     },
                     OutcomeSpec::Discard => Finalize::Discard {
                         error: "discarded".into(),
                     },
-                    OutcomeSpec::Snooze(d) => Finalize::Snooze { until: at(*d) },
+                    OutcomeSpec::Snooze(d) => Finalize::Snooze {
+                        delay: Duration::from_millis(*d),
+                    },
                     OutcomeSpec::Cancel => Finalize::Cancel {
                         reason: "cancelled".into(),
                     },
@@ -511,13 +543,11 @@ impl Run {
                         outcome,
                         queue: QUEUES[*queue].into(),
                         limit: *limit,
-                        now,
                     },
                     None => Op::Finalize {
                         claim,
                         owner,
                         outcome,
-                        now,
                     },
                 }
             }
@@ -539,19 +569,19 @@ impl Run {
                 job: self.job(job),
                 key: EFFECT_KEYS[*key].into(),
             },
-            Step::RequestCancel { job } => Op::RequestCancel {
-                job: self.job(job),
-                now,
+            Step::RequestCancel { job } => Op::RequestCancel { job: self.job(job) },
+            Step::RescueStale { stale_after_ms } => Op::RescueStale {
+                stale_after_ms: *stale_after_ms,
             },
-            Step::RescueStale { stale_ms } => Op::RescueStale {
-                stale_before: at(-stale_ms),
-                now,
-            },
-            Step::PromoteDue => Op::PromoteDue { now },
-            Step::Cleanup { age_ms, limit } => Op::Cleanup {
-                finished_before: at(-age_ms),
+            Step::PromoteDue => Op::PromoteDue,
+            Step::Cleanup {
+                retention_ms,
+                limit,
+            } => Op::Cleanup {
+                retention_ms: *retention_ms,
                 limit: *limit,
             },
+            Step::Time => Op::Time,
             Step::SetQueue { queue, paused } => Op::SetQueue {
                 config: QueueConfig {
                     name: QUEUES[*queue].into(),
@@ -570,7 +600,6 @@ impl Run {
                 name: LEASES[*lease].into(),
                 holder: HOLDERS[*holder].into(),
                 ttl_ms: *ttl_ms,
-                now,
             },
             Step::Renew {
                 lease,
@@ -583,7 +612,6 @@ impl Run {
                     holder,
                     term,
                     ttl_ms: *ttl_ms,
-                    now,
                 }
             }
             Step::Resign { lease, grant } => {
@@ -600,7 +628,6 @@ impl Run {
                     name: LEASES[*lease].into(),
                     holder,
                     term,
-                    now,
                 }
             }
             Step::GetLease { lease } => Op::GetLease {
@@ -621,7 +648,6 @@ impl Run {
                     holder,
                     term,
                     req: self.req(req),
-                    now,
                 }
             }
             Step::CountByState => Op::CountByState,
@@ -672,14 +698,14 @@ struct HeartbeatIgnoresOwner(MemStorage);
 impl Transport for HeartbeatIgnoresOwner {
     async fn call(&self, op: Op) -> StorageResult<Reply> {
         let op = match op {
-            Op::Heartbeat { claim, now, .. } => {
+            Op::Heartbeat { claim, .. } => {
                 let owner = self
                     .0
                     .get_job(claim.job)
                     .await?
                     .and_then(|j| j.owner)
                     .unwrap_or_default();
-                Op::Heartbeat { claim, owner, now }
+                Op::Heartbeat { claim, owner }
             }
             op => op,
         };
@@ -688,8 +714,9 @@ impl Transport for HeartbeatIgnoresOwner {
 }
 
 fn catches_a_wrong_engine() -> Result<(), Failed> {
-    let result = check(256, SEED_DEFAULT, |_| async {
-        Ok(std::sync::Arc::new(Remote(HeartbeatIgnoresOwner(MemStorage::new()))) as SharedStorage)
+    let result = check(256, SEED_DEFAULT, |_, clock| async move {
+        let wrong = HeartbeatIgnoresOwner(MemStorage::with_clock(clock));
+        Ok(Arc::new(Remote(wrong)) as SharedStorage)
     });
     match result {
         Err(TestError::Fail(why, minimal)) => {

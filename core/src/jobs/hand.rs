@@ -109,8 +109,8 @@ impl Hand {
                 .map(|h| h.claim)
                 .collect();
             for claim in claims {
-                let (now, sent) = (shared.clock.now(), shared.clock.monotonic());
-                let heard = shared.storage.heartbeat(claim, &owner, now).await;
+                let sent = shared.clock.monotonic();
+                let heard = shared.storage.heartbeat(claim, &owner).await;
                 self.record(claim, sent, heard.ok());
             }
         }

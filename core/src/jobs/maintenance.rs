@@ -48,14 +48,9 @@ where
     });
 }
 
-fn minus(now: Timestamp, d: Duration) -> Timestamp {
-    Timestamp(
-        now.0
-            .saturating_sub(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
-    )
-}
-
-/// Revokes claims whose heartbeat is older than `stale_threshold`.
+/// Revokes claims whose heartbeat is older than `stale_threshold` on storage's
+/// clock: the rescuer's own wall clock has no say, so a rescuer whose clock runs
+/// minutes ahead cannot take a live job from its worker.
 #[derive(Clone, Debug)]
 pub struct Rescuer {
     /// How often it runs.
@@ -73,14 +68,14 @@ impl Service for Rescuer {
     async fn start(&self, ctx: &ServiceCtx) -> Result<(), ServiceError> {
         let stale = self.stale_threshold;
         spawn_loop(ctx, "rescuer", self.interval, move |ctx| async move {
-            let now = ctx.clock.now();
             // Planted `rescue_threshold_halved` slips a unit.
             let stale = if crate::is_planted!(ctx.elector.plants(), RescueThresholdHalved) {
                 stale / 2
             } else {
                 stale
             };
-            if let Ok(claims) = ctx.storage.rescue_stale(minus(now, stale), now).await {
+            let stale = caller_clock_window(&ctx, stale).await;
+            if let Ok(claims) = ctx.storage.rescue_stale(stale).await {
                 for c in claims {
                     emit(
                         ctx.observer.as_ref(),
@@ -95,6 +90,21 @@ impl Service for Rescuer {
         });
         Ok(())
     }
+}
+
+/// Planted `rescue_on_caller_clock` judges staleness on the rescuer's own wall
+/// clock, as keel did before storage's clock judged: it shrinks the window by how
+/// far its clock runs ahead of storage's, so a rescuer whose clock jumped forward
+/// takes claims whose workers are alive. Without the plant, `stale` as given.
+async fn caller_clock_window(ctx: &ServiceCtx, stale: Duration) -> Duration {
+    if !crate::is_planted!(ctx.elector.plants(), RescueOnCallerClock) {
+        return stale;
+    }
+    let Ok(storage_now) = ctx.storage.time().await else {
+        return stale;
+    };
+    let ahead_ms = ctx.clock.now().0.saturating_sub(storage_now.0);
+    stale.saturating_sub(Duration::from_millis(u64::try_from(ahead_ms).unwrap_or(0)))
 }
 
 /// Makes due scheduled and retryable jobs available.
@@ -112,7 +122,7 @@ impl Service for Scheduler {
 
     async fn start(&self, ctx: &ServiceCtx) -> Result<(), ServiceError> {
         spawn_loop(ctx, "scheduler", self.interval, |ctx| async move {
-            let _promoted = ctx.storage.promote_due(ctx.clock.now()).await;
+            let _promoted = ctx.storage.promote_due().await;
         });
         Ok(())
     }
@@ -138,10 +148,7 @@ impl Service for Cleaner {
     async fn start(&self, ctx: &ServiceCtx) -> Result<(), ServiceError> {
         let (retention, batch) = (self.retention, self.batch);
         spawn_loop(ctx, "cleaner", self.interval, move |ctx| async move {
-            let _deleted = ctx
-                .storage
-                .cleanup(minus(ctx.clock.now(), retention), batch)
-                .await;
+            let _deleted = ctx.storage.cleanup(retention, batch).await;
         });
         Ok(())
     }
@@ -195,6 +202,8 @@ impl PeriodicJob {
 }
 
 /// Fires each periodic schedule's current slot, fenced by the leader's term.
+/// Slots are found on storage's clock (read once a round), so a leader whose
+/// wall clock is off fires neither early nor late.
 #[derive(Clone, Debug)]
 pub struct PeriodicEnqueuer {
     /// How often it looks for a new slot.
@@ -214,8 +223,12 @@ impl Service for PeriodicEnqueuer {
         spawn_loop(ctx, "periodic_enqueuer", self.interval, move |ctx| {
             let jobs = jobs.clone();
             async move {
+                // No reading of storage's clock, no round: its next tick tries again.
+                let Ok(now) = ctx.storage.time().await else {
+                    return;
+                };
                 for job in jobs.iter() {
-                    fire(&ctx, job).await;
+                    fire(&ctx, job, now).await;
                 }
             }
         });
@@ -223,8 +236,8 @@ impl Service for PeriodicEnqueuer {
     }
 }
 
-async fn fire(ctx: &ServiceCtx, job: &PeriodicJob) {
-    let now = ctx.clock.now();
+/// Fire `job`'s slot at `now`, storage's time.
+async fn fire(ctx: &ServiceCtx, job: &PeriodicJob, now: Timestamp) {
     let Some(slot) = job.slot(now) else { return };
     // Planted `periodic_fires_next_slot` rounds a fixed period up.
     let slot = match &job.schedule {
@@ -244,7 +257,6 @@ async fn fire(ctx: &ServiceCtx, job: &PeriodicJob) {
             &ctx.holder,
             ctx.term,
             job.request.clone(),
-            now,
         )
         .await;
     let (id, inserted) = match fired {

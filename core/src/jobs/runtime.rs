@@ -593,11 +593,7 @@ impl RuntimeHandle {
 
     /// Enqueue a job; wakes one of this node's idle workers.
     pub async fn enqueue(&self, req: EnqueueRequest) -> Result<EnqueueOutcome, RuntimeError> {
-        let outcome = self
-            .shared
-            .storage
-            .enqueue(req, self.shared.clock.now())
-            .await?;
+        let outcome = self.shared.storage.enqueue(req).await?;
         self.enqueued(outcome);
         Ok(outcome)
     }
@@ -607,11 +603,7 @@ impl RuntimeHandle {
         &self,
         reqs: Vec<EnqueueRequest>,
     ) -> Result<Vec<EnqueueOutcome>, RuntimeError> {
-        let outcomes = self
-            .shared
-            .storage
-            .enqueue_batch(reqs, self.shared.clock.now())
-            .await?;
+        let outcomes = self.shared.storage.enqueue_batch(reqs).await?;
         outcomes.iter().for_each(|o| self.enqueued(*o));
         Ok(outcomes)
     }
@@ -636,11 +628,7 @@ impl RuntimeHandle {
     /// Cancel a job from any node: recorded in storage, and if it runs here its
     /// handler is told at once; elsewhere its worker hears at the next heartbeat.
     pub async fn cancel(&self, job: JobId) -> Result<CancelResult, RuntimeError> {
-        let result = self
-            .shared
-            .storage
-            .request_cancel(job, self.shared.clock.now())
-            .await?;
+        let result = self.shared.storage.request_cancel(job).await?;
         if result == CancelResult::Requested {
             if let Some(running) = self.shared.running().get(&job) {
                 running.user_cancel.store(true, Ordering::SeqCst);
@@ -738,11 +726,11 @@ impl RuntimeHandle {
                 };
                 emit(shared.observer.as_ref(), &shared.node, event);
                 let fin = Finalize::Snooze {
-                    until: shared.clock.now(),
+                    delay: Duration::ZERO,
                 };
                 let ok = shared
                     .storage
-                    .finalize(running.claim, &running.owner, fin, shared.clock.now())
+                    .finalize(running.claim, &running.owner, fin)
                     .await;
                 if ok.is_ok() {
                     released.push(running.claim.job);

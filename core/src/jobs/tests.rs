@@ -21,10 +21,11 @@ struct Fixture {
 
 impl Fixture {
     fn new() -> Self {
+        let clock = TestClock::new();
         Self {
-            store: Arc::new(MemStorage::new()),
+            store: Arc::new(MemStorage::with_clock(clock.clone())),
             recorder: Recorder::new(),
-            clock: TestClock::new(),
+            clock,
         }
     }
 
@@ -295,10 +296,10 @@ async fn a_worker_that_loses_its_claim_drops_the_handler_and_finalizes_nothing()
         })
         .await;
     // Another node's rescuer revokes the claim (as if this worker had stalled).
-    let later = f.clock.now().plus(Duration::from_secs(60));
+    tokio::time::sleep(Duration::from_millis(1)).await;
     assert_eq!(
         f.store
-            .rescue_stale(later, f.clock.now())
+            .rescue_stale(Duration::ZERO)
             .await
             .expect("ok")
             .len(),
@@ -502,21 +503,26 @@ impl crate::storage::ops::Transport for SlowBeats {
         &self,
         op: crate::storage::ops::Op,
     ) -> crate::storage::StorageResult<crate::storage::ops::Reply> {
-        if matches!(op, crate::storage::ops::Op::Heartbeat { .. }) {
-            let delay = match self.beats.fetch_add(1, Ordering::SeqCst) {
-                0 => self.first,
-                _ => Duration::from_secs(3600),
-            };
-            tokio::time::sleep(delay).await;
+        if !matches!(op, crate::storage::ops::Op::Heartbeat { .. }) {
+            return Ok(crate::storage::ops::apply(self.store.as_ref(), op).await);
         }
-        Ok(crate::storage::ops::apply(self.store.as_ref(), op).await)
+        if self.beats.fetch_add(1, Ordering::SeqCst) > 0 {
+            // Later heartbeats never arrive.
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+        }
+        // The first is applied at once (stamped on storage's clock when it
+        // arrives), but its reply comes late: the worst case for the
+        // worker's trust.
+        let reply = crate::storage::ops::apply(self.store.as_ref(), op).await;
+        tokio::time::sleep(self.first).await;
+        Ok(reply)
     }
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_slow_heartbeat_reply_does_not_extend_trust_past_the_rescue() {
-    // Storage records a heartbeat at the time it was sent, so the worker's
-    // trust must be anchored there too; anchored at the (late) reply, the
+    // Storage may record a heartbeat as soon as it is sent, so the worker's
+    // trust must be anchored at the send; anchored at the (late) reply, the
     // handler would outlive the moment the rescuer may hand the job on.
     let f = Fixture::new();
     let cfg = JobsConfig::default();
@@ -548,13 +554,7 @@ async fn a_slow_heartbeat_reply_does_not_extend_trust_past_the_rescue() {
     // (the first one, sent one interval after the start).
     tokio::time::sleep(cfg.heartbeat_interval + cfg.stale_threshold + Duration::from_millis(200))
         .await;
-    let threshold = i64::try_from(cfg.stale_threshold.as_millis()).expect("small");
-    let stale_before = crate::clock::Timestamp(f.clock.now().0 - threshold);
-    let revoked = f
-        .store
-        .rescue_stale(stale_before, f.clock.now())
-        .await
-        .expect("ok");
+    let revoked = f.store.rescue_stale(cfg.stale_threshold).await.expect("ok");
     assert_eq!(revoked.len(), 1, "storage sees the claim as stale");
     assert!(
         f.recorder
@@ -592,7 +592,7 @@ async fn one_wake_up_spreads_a_backlog_over_every_idle_worker() {
     let mut ids = Vec::new();
     for _ in 0..7 {
         // Straight into storage: no wake-up for these.
-        let outcome = f.store.enqueue(job("work"), f.clock.now()).await;
+        let outcome = f.store.enqueue(job("work")).await;
         ids.push(outcome.expect("enqueued").id());
     }
     let began = f.clock.monotonic();
@@ -630,7 +630,7 @@ async fn backlog_time(claim_ahead: u32) -> Duration {
     let runs = Arc::new(AtomicU32::new(0));
     let mut ids = Vec::new();
     for _ in 0..20 {
-        let outcome = f.store.enqueue(job("count"), f.clock.now()).await;
+        let outcome = f.store.enqueue(job("count")).await;
         ids.push(outcome.expect("enqueued").id());
     }
     let storage: SharedStorage = Arc::new(crate::storage::ops::Remote(Distant(f.store.clone())));
@@ -683,8 +683,8 @@ async fn hand_of_slow_then_quick<T: crate::storage::ops::Transport + 'static>(
     mid_run: impl AsyncFnOnce(&Fixture, &T),
 ) -> (usize, Vec<u32>) {
     let f = Fixture::new();
-    let first = f.store.enqueue(job("slow"), f.clock.now()).await;
-    let second = f.store.enqueue(job("quick"), f.clock.now()).await;
+    let first = f.store.enqueue(job("slow")).await;
+    let second = f.store.enqueue(job("quick")).await;
     let (first, second) = (first.expect("ok").id(), second.expect("ok").id());
     let remote = Arc::new(crate::storage::ops::Remote(transport(f.store.clone())));
     let storage: SharedStorage = remote.clone();
@@ -735,9 +735,7 @@ async fn a_job_held_in_hand_is_kept_alive_and_runs_on_its_claim() {
     let slow = cfg.stale_threshold + Duration::from_secs(1);
     let rescue = async |f: &Fixture, _: &Flaky| {
         tokio::time::sleep(cfg.stale_threshold + Duration::from_millis(500)).await;
-        let threshold = i64::try_from(cfg.stale_threshold.as_millis()).expect("small");
-        let stale_before = crate::clock::Timestamp(f.clock.now().0 - threshold);
-        let revoked = f.store.rescue_stale(stale_before, f.clock.now()).await;
+        let revoked = f.store.rescue_stale(cfg.stale_threshold).await;
         assert_eq!(revoked.expect("ok"), vec![], "nothing in hand went stale");
     };
     let (claims, starts) = hand_of_slow_then_quick(slow, Flaky::healthy, rescue).await;
@@ -760,9 +758,7 @@ async fn a_job_that_went_stale_in_hand_is_not_started_on_its_old_claim() {
         tokio::time::sleep(Duration::from_millis(500)).await;
         flaky.set_failing(true);
         tokio::time::sleep(cfg.stale_threshold + Duration::from_millis(500)).await;
-        let threshold = i64::try_from(cfg.stale_threshold.as_millis()).expect("small");
-        let stale_before = crate::clock::Timestamp(f.clock.now().0 - threshold);
-        let revoked = f.store.rescue_stale(stale_before, f.clock.now()).await;
+        let revoked = f.store.rescue_stale(cfg.stale_threshold).await;
         assert_eq!(
             revoked.expect("ok").len(),
             2,
@@ -812,9 +808,7 @@ async fn a_job_lost_while_in_hand_is_dropped_unrun() {
     };
     let rescue = async |f: &Fixture, t: &DeafToHeldJob| {
         tokio::time::sleep(cfg.stale_threshold + Duration::from_millis(500)).await;
-        let threshold = i64::try_from(cfg.stale_threshold.as_millis()).expect("small");
-        let stale_before = crate::clock::Timestamp(f.clock.now().0 - threshold);
-        let revoked = f.store.rescue_stale(stale_before, f.clock.now()).await;
+        let revoked = f.store.rescue_stale(cfg.stale_threshold).await;
         assert_eq!(revoked.expect("ok").len(), 1, "only the job in hand");
         t.deaf.store(false, Ordering::SeqCst);
     };
@@ -830,8 +824,8 @@ async fn a_job_lost_while_in_hand_is_dropped_unrun() {
 #[tokio::test(start_paused = true)]
 async fn a_job_cancelled_while_in_hand_is_settled_unrun() {
     let f = Fixture::new();
-    let slow = f.store.enqueue(job("slow"), f.clock.now()).await;
-    let held = f.store.enqueue(job("quick"), f.clock.now()).await;
+    let slow = f.store.enqueue(job("slow")).await;
+    let held = f.store.enqueue(job("quick")).await;
     let (slow, held) = (slow.expect("ok").id(), held.expect("ok").id());
     let rt = f
         .builder("n1")
@@ -852,7 +846,7 @@ async fn a_job_cancelled_while_in_hand_is_settled_unrun() {
         .start()
         .expect("started");
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let asked = f.store.request_cancel(held, f.clock.now()).await;
+    let asked = f.store.request_cancel(held).await;
     assert_eq!(
         asked.expect("ok"),
         CancelResult::Requested,
@@ -992,11 +986,10 @@ async fn restarting_the_maintainer_in_place_keeps_the_term_and_runs_its_services
         .count();
     assert_eq!(started, 2, "stopped and started again for the same term");
     // Its heartbeat is written again: storage accepts the term's writes.
-    let now = f.clock.now();
     let lease = f.store.lease(MAINTENANCE_LEASE).expect("lease");
     assert!(f
         .store
-        .maintenance_heartbeat(MAINTENANCE_LEASE, rt.holder(), term, now)
+        .maintenance_heartbeat(MAINTENANCE_LEASE, rt.holder(), term)
         .await
         .expect("ok"));
     assert_eq!(lease.term, term);
@@ -1013,7 +1006,7 @@ async fn a_handler_ignoring_a_cancel_is_dropped_and_its_job_cancelled_at_once() 
     // The cancel is heard at the next heartbeat, then the grace runs out.
     let settle_max = cfg.heartbeat_interval + cfg.cancel_grace + Duration::from_millis(500);
     assert!(settle_max < cfg.stale_threshold, "sooner than the rescuer");
-    let id = f.store.enqueue(job("deaf"), f.clock.now()).await;
+    let id = f.store.enqueue(job("deaf")).await;
     let id = id.expect("ok").id();
     let rt = f
         .builder("n1")
@@ -1029,7 +1022,7 @@ async fn a_handler_ignoring_a_cancel_is_dropped_and_its_job_cancelled_at_once() 
         .expect("started");
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(f.state(id).await, JobState::Running);
-    let asked = f.store.request_cancel(id, f.clock.now()).await;
+    let asked = f.store.request_cancel(id).await;
     assert_eq!(asked.expect("ok"), CancelResult::Requested);
     tokio::time::sleep(settle_max).await;
     assert_eq!(f.state(id).await, JobState::Cancelled);

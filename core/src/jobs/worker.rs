@@ -124,10 +124,9 @@ pub(crate) async fn worker_loop(
     // with each).
     let mut empty_polls: u32 = 0;
     while !retire.is_triggered() && !stop.is_triggered() {
-        let now = shared.clock.now();
         let was_woken = std::mem::take(&mut woken);
         let sent = shared.clock.monotonic();
-        let wait = match shared.storage.claim(&queue, &owner, hand, now).await {
+        let wait = match shared.storage.claim(&queue, &owner, hand).await {
             Ok(jobs) if !jobs.is_empty() => {
                 // A wake-up carries no count: one may stand for a whole batch.
                 // Pass it on, so idle workers join one by one while work lasts
@@ -283,8 +282,8 @@ impl Worker<'_> {
             return Ok(shared.clock.monotonic());
         }
         crate::sometimes!("claimed_ahead_renewed");
-        let (now, renewed) = (shared.clock.now(), shared.clock.monotonic());
-        match shared.storage.heartbeat(held.claim, self.owner, now).await {
+        let renewed = shared.clock.monotonic();
+        match shared.storage.heartbeat(held.claim, self.owner).await {
             Ok(HeartbeatStatus::Alive) => Ok(renewed),
             Ok(status) => Err(Some(Heard::from(status))),
             Err(_) => Err(None),
@@ -359,8 +358,10 @@ struct Done {
 /// Give back a job claimed for this worker that it will not run (it is
 /// stopping): no attempt is spent, and another node may take it at once.
 async fn give_back(shared: &Arc<WorkerShared>, owner: &str, job: &Job) {
-    let until = shared.clock.now();
-    settle_unrun(shared, owner, job, Finalize::Snooze { until }).await;
+    let give_back = Finalize::Snooze {
+        delay: Duration::ZERO,
+    };
+    settle_unrun(shared, owner, job, give_back).await;
 }
 
 /// Finalize a job claimed for this worker without running it.
@@ -505,11 +506,10 @@ impl<'a> Beat<'a> {
                 self.running.claim,
                 self.running.owner.clone(),
             );
-            let now = self.shared.clock.now();
             self.sent = self.shared.clock.monotonic();
-            self.call = Some(Box::pin(async move {
-                storage.heartbeat(claim, &owner, now).await
-            }));
+            self.call = Some(Box::pin(
+                async move { storage.heartbeat(claim, &owner).await },
+            ));
         }
         // Once stopping, only the call is awaited: the trust deadline has done its
         // job, and re-arming an expired one would spin.
@@ -590,7 +590,6 @@ fn to_finalize(
     stop: &ShutdownToken,
     result: Result<Outcome, String>,
 ) -> Finalize {
-    let now = shared.clock.now();
     let user_cancel = running
         .user_cancel
         .load(std::sync::atomic::Ordering::SeqCst);
@@ -618,7 +617,9 @@ fn to_finalize(
     // Planted `shutdown_spends_attempt` finalizes a stopped attempt as a failure.
     let gives_back = !crate::is_planted!(shared.plants, ShutdownSpendsAttempt);
     if gives_back && stop.is_triggered() && outcome != Outcome::Completed {
-        return Finalize::Snooze { until: now };
+        return Finalize::Snooze {
+            delay: Duration::ZERO,
+        };
     }
     // Planted `discard_off_by_one` lets a spent job retry once more.
     let spent = if crate::is_planted!(shared.plants, DiscardOffByOne) {
@@ -632,19 +633,19 @@ fn to_finalize(
         Outcome::Failed(error) => {
             let mut rng = shared.rng.lock().unwrap_or_else(|p| p.into_inner());
             let delay = shared.cfg.retry.delay(job.attempt, &mut *rng);
-            // The backoff counts from the failure: planted
-            // `retry_backoff_from_due` counts it from when the attempt was due.
-            let from = if crate::is_planted!(shared.plants, RetryBackoffFromDue) {
-                job.scheduled_at
+            // The backoff counts from the failure, on storage's clock: planted
+            // `retry_backoff_from_due` counts it from when the attempt was due,
+            // taking off the time the job waited before its claim.
+            let delay = if crate::is_planted!(shared.plants, RetryBackoffFromDue) {
+                let claimed = job.heartbeat_at.unwrap_or(job.scheduled_at);
+                let waited_ms = u64::try_from(claimed.0 - job.scheduled_at.0).unwrap_or(0);
+                delay.saturating_sub(Duration::from_millis(waited_ms))
             } else {
-                now
+                delay
             };
-            Finalize::Retry {
-                error,
-                at: from.plus(delay),
-            }
+            Finalize::Retry { error, delay }
         }
-        Outcome::Snooze(d) => Finalize::Snooze { until: now.plus(d) },
+        Outcome::Snooze(delay) => Finalize::Snooze { delay },
         Outcome::Cancel(reason) => Finalize::Cancel { reason },
         Outcome::Discard(error) => Finalize::Discard { error },
     }
@@ -693,22 +694,16 @@ async fn finalize_then_claim(
     let mut result = "error: no attempt".to_owned();
     let mut ambiguous = false;
     for _ in 0..shared.cfg.finalize_attempts_max {
-        let now = shared.clock.now();
         let call = match next_queue.take() {
             Some(queue) => shared
                 .storage
-                .finalize_and_claim(claim, &owner, fin.clone(), queue, hand, now)
+                .finalize_and_claim(claim, &owner, fin.clone(), queue, hand)
                 .await
                 .map(|(r, jobs)| {
                     claimed = jobs;
                     r
                 }),
-            None => {
-                shared
-                    .storage
-                    .finalize(claim, &owner, fin.clone(), now)
-                    .await
-            }
+            None => shared.storage.finalize(claim, &owner, fin.clone()).await,
         };
         match call {
             Ok(r) => {

@@ -388,12 +388,9 @@ impl Elector {
         let cfg = &self.cfg;
         loop {
             let started = self.clock.monotonic();
-            let attempt = self.storage.try_acquire(
-                &cfg.lease_name,
-                &cfg.holder,
-                cfg.lease_ttl,
-                self.clock.now(),
-            );
+            let attempt = self
+                .storage
+                .try_acquire(&cfg.lease_name, &cfg.holder, cfg.lease_ttl);
             let trusted_until = started + cfg.lease_ttl - cfg.safety_margin;
             // A reply later than the trust window is useless, so the call is
             // bounded by it, whatever the storage's own timeouts are.
@@ -454,13 +451,9 @@ impl Elector {
                 return self.trust_window_closed(trusted_until);
             }
             let attempt_start = self.clock.monotonic();
-            let renew = self.storage.renew(
-                &cfg.lease_name,
-                &cfg.holder,
-                term,
-                cfg.lease_ttl,
-                self.clock.now(),
-            );
+            let renew = self
+                .storage
+                .renew(&cfg.lease_name, &cfg.holder, term, cfg.lease_ttl);
             let renewed = tokio::select! {
                 biased;
                 () = shutdown.wait() => return StepDown::Shutdown,
@@ -638,8 +631,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_single_elector_wins_term_1_renews_it_and_holds_it() {
-        let mem = Arc::new(MemStorage::new());
         let clock = TestClock::new();
+        let mem = Arc::new(MemStorage::with_clock(clock.clone()));
         let a = node("a", &mem, &clock);
         let shutdown = ShutdownToken::new();
         let run = spawn(&a.elector, &shutdown);
@@ -703,8 +696,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn two_electors_lead_one_at_a_time_and_a_partitioned_leader_steps_down_within_its_trust_window(
     ) {
-        let mem = Arc::new(MemStorage::new());
         let clock = TestClock::new();
+        let mem = Arc::new(MemStorage::with_clock(clock.clone()));
         let a = node("a", &mem, &clock);
         let b = node("b", &mem, &clock);
         let cfg = ElectorConfig::new(LEASE, "a");
@@ -819,8 +812,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn request_resign_is_ignored_for_a_term_not_held_and_honoured_for_the_held_term() {
-        let mem = Arc::new(MemStorage::new());
         let clock = TestClock::new();
+        let mem = Arc::new(MemStorage::with_clock(clock.clone()));
         let a = node("a", &mem, &clock);
         let cfg = ElectorConfig::new(LEASE, "a");
         let shutdown = ShutdownToken::new();
@@ -894,8 +887,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_resign_request_made_while_not_leader_is_dropped_and_never_resigns_a_term_won_later()
     {
-        let mem = Arc::new(MemStorage::new());
         let clock = TestClock::new();
+        let mem = Arc::new(MemStorage::with_clock(clock.clone()));
         let a = node("a", &mem, &clock);
         // Asked before it ever led: for the very term it will win.
         a.elector.request_resign(Term(1));
@@ -918,8 +911,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_leader_whose_trust_window_closed_resigns_so_its_successor_need_not_wait_out_the_lease(
     ) {
-        let mem = Arc::new(MemStorage::new());
         let clock = TestClock::new();
+        let mem = Arc::new(MemStorage::with_clock(clock.clone()));
         let a = node("a", &mem, &clock);
         let b = node("b", &mem, &clock);
         let cfg = ElectorConfig::new(LEASE, "a");
@@ -967,8 +960,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn an_elector_runs_again_after_its_run_returned_and_a_concurrent_second_run_is_a_no_op() {
-        let mem = Arc::new(MemStorage::new());
         let clock = TestClock::new();
+        let mem = Arc::new(MemStorage::with_clock(clock.clone()));
         let a = node("a", &mem, &clock);
         let first = ShutdownToken::new();
         let run = spawn(&a.elector, &first);

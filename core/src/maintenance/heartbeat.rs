@@ -46,7 +46,7 @@ impl Service for MaintenanceHeartbeat {
         // maintenance for a term that is over.
         let accepted = ctx
             .storage
-            .maintenance_heartbeat(&ctx.lease_name, &ctx.holder, ctx.term, ctx.clock.now())
+            .maintenance_heartbeat(&ctx.lease_name, &ctx.holder, ctx.term)
             .await?;
         if !accepted {
             return Err(ServiceError::Start {
@@ -65,8 +65,7 @@ impl Service for MaintenanceHeartbeat {
                     () = ctx2.token.wait() => return,
                     _ = tick.tick() => {}
                 }
-                let now = ctx2.clock.now();
-                let write = ctx2.storage.maintenance_heartbeat(&ctx2.lease_name, &ctx2.holder, ctx2.term, now);
+                let write = ctx2.storage.maintenance_heartbeat(&ctx2.lease_name, &ctx2.holder, ctx2.term);
                 if let Ok(false) = write.await {
                     tracing::info!(term = %ctx2.term, "maintenance heartbeat refused: term is over");
                 }

@@ -439,9 +439,9 @@ mod tests {
         service: &Arc<ScriptedService>,
         run_maintainer: bool,
     ) -> Node {
-        let mem = Arc::new(MemStorage::new());
-        let storage = FlakyStorage::new(mem.clone());
         let clock = TestClock::new();
+        let mem = Arc::new(MemStorage::with_clock(clock.clone()));
+        let storage = FlakyStorage::new(mem.clone());
         let events = Recorder::new();
         let elector = Elector::new(
             ElectorConfig::new(LEASE, "a"),

@@ -16,6 +16,7 @@
 //! reply was lost can retry safely.
 
 use std::fmt;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -113,8 +114,13 @@ pub struct EnqueueRequest {
     pub payload: serde_json::Value,
     /// Lower runs first; `0..=9`.
     pub priority: u8,
-    /// Not before this time; `None` means now.
+    /// Not before this time on storage's clock; `None` means now (or
+    /// `scheduled_in` from now).
     pub scheduled_at: Option<Timestamp>,
+    /// Not before this long after storage inserts it, on storage's clock; at
+    /// most one of this and `scheduled_at`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduled_in: Option<Duration>,
     /// Attempts before the job is discarded.
     pub max_attempts: u32,
     /// At most one retained job per key; a second enqueue returns the first.
@@ -139,6 +145,7 @@ impl EnqueueRequest {
             payload,
             priority: Self::PRIORITY_DEFAULT,
             scheduled_at: None,
+            scheduled_in: None,
             max_attempts: Self::MAX_ATTEMPTS_DEFAULT,
             unique_key: None,
         }
@@ -181,9 +188,28 @@ impl EnqueueRequest {
         self
     }
 
-    /// Run it no earlier than `at`.
+    /// Run it no earlier than `at`, as storage's clock reads it: an instant
+    /// read off the enqueuing machine's clock is off by however far that
+    /// clock is from storage's.
     pub fn scheduled_at(mut self, at: Timestamp) -> Self {
         self.scheduled_at = Some(at);
+        self.scheduled_in = None;
+        self
+    }
+
+    /// Run it no earlier than `delay` after storage inserts it, on storage's
+    /// clock: unlike [`scheduled_at`](Self::scheduled_at), untouched by how
+    /// far the enqueuing machine's clock is off.
+    ///
+    /// ```
+    /// use keel::storage::EnqueueRequest;
+    /// let req = EnqueueRequest::new("digest", serde_json::json!({}))
+    ///     .scheduled_in(std::time::Duration::from_secs(30));
+    /// assert_eq!(req.scheduled_in, Some(std::time::Duration::from_secs(30)));
+    /// ```
+    pub fn scheduled_in(mut self, delay: Duration) -> Self {
+        self.scheduled_in = Some(delay);
+        self.scheduled_at = None;
         self
     }
 
@@ -213,6 +239,12 @@ impl EnqueueRequest {
             return Err(invalid(
                 "max_attempts",
                 format!("must be 1..={ATTEMPTS_MAX}, got {}", self.max_attempts),
+            ));
+        }
+        if self.scheduled_at.is_some() && self.scheduled_in.is_some() {
+            return Err(invalid(
+                "scheduled_in",
+                "set at most one of scheduled_at and scheduled_in".into(),
             ));
         }
         if let Some(key) = &self.unique_key {
@@ -343,22 +375,23 @@ pub enum HeartbeatStatus {
 pub enum Finalize {
     /// Done.
     Completed,
-    /// Failed; run again at `at`.
+    /// Failed; run again `delay` from now on storage's clock.
     Retry {
         /// Why it failed.
         error: String,
-        /// When to run again.
-        at: Timestamp,
+        /// How long to wait before the next attempt (the backoff).
+        delay: Duration,
     },
     /// Failed for good.
     Discard {
         /// Why.
         error: String,
     },
-    /// Run again at `until` without spending an attempt.
+    /// Run again `delay` from now on storage's clock, without spending an
+    /// attempt.
     Snooze {
-        /// When to run again.
-        until: Timestamp,
+        /// How long to wait; zero makes it due at once.
+        delay: Duration,
     },
     /// Stopped on request.
     Cancel {

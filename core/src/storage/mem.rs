@@ -2,22 +2,37 @@
 //!
 //! A plain in-memory map behind a mutex. It is the model every real engine is held
 //! to, and the engine the simulator's database host serves, so it must stay
-//! simple enough to be obviously right and fully deterministic (`BTreeMap`, no
-//! clock of its own).
+//! simple enough to be obviously right and fully deterministic (`BTreeMap`, and
+//! time only from the [`Clock`] it was given: the database host's in the
+//! simulator, a [`ManualClock`](crate::clock::ManualClock) in the conformance
+//! suites).
 
 use std::collections::BTreeMap;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
 
 use super::{validate_holder, validate_lease_name, Lease, LeaseStore, StorageResult, Term};
-use crate::clock::Timestamp;
+use crate::clock::{SharedClock, SystemClock, Timestamp};
 
 /// The in-memory reference storage. See the [module docs](self).
-#[derive(Debug, Default)]
 pub struct MemStorage {
     state: Mutex<State>,
+    /// Storage's clock: every stored time is judged against it.
+    clock: SharedClock,
+}
+
+impl std::fmt::Debug for MemStorage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemStorage").finish_non_exhaustive()
+    }
+}
+
+impl Default for MemStorage {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 #[derive(Debug, Default)]
@@ -27,9 +42,22 @@ pub(super) struct State {
 }
 
 impl MemStorage {
-    /// An empty store.
+    /// An empty store on the machine's wall clock.
     pub fn new() -> Self {
-        Self::default()
+        Self::with_clock(Arc::new(SystemClock::new()))
+    }
+
+    /// An empty store whose time is `clock`'s.
+    pub fn with_clock(clock: SharedClock) -> Self {
+        Self {
+            state: Mutex::default(),
+            clock,
+        }
+    }
+
+    /// Storage's clock, now.
+    pub(super) fn now(&self) -> Timestamp {
+        self.clock.now()
     }
 
     pub(super) fn state(&self) -> MutexGuard<'_, State> {
@@ -94,9 +122,8 @@ impl LeaseStore for MemStorage {
         name: &str,
         holder: &str,
         ttl: Duration,
-        now: Timestamp,
     ) -> StorageResult<Option<Lease>> {
-        self.try_acquire_now(name, holder, ttl, now)
+        self.try_acquire_now(name, holder, ttl, self.now())
     }
 
     async fn renew(
@@ -105,15 +132,15 @@ impl LeaseStore for MemStorage {
         holder: &str,
         term: Term,
         ttl: Duration,
-        now: Timestamp,
     ) -> StorageResult<bool> {
         validate_lease_name(name)?;
         validate_holder(holder)?;
+        let now = self.now();
         let mut state = self.state();
         match state.leases.get_mut(name) {
             Some(l) if l.term == term && l.holder.as_deref() == Some(holder) => {
-                // Never shorten a grant: a renewal computed from a clock that runs
-                // behind must not expire a lease earlier than already promised.
+                // Never shorten a grant: after storage's clock stepped back, a
+                // renewal must not expire a lease earlier than already promised.
                 l.expires_at = l.expires_at.max(now.plus(ttl));
                 Ok(true)
             }
@@ -145,7 +172,6 @@ impl LeaseStore for MemStorage {
         name: &str,
         holder: &str,
         term: Term,
-        _now: Timestamp,
     ) -> StorageResult<bool> {
         validate_lease_name(name)?;
         validate_holder(holder)?;
@@ -156,6 +182,7 @@ impl LeaseStore for MemStorage {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::ManualClock;
     use crate::storage::StorageError;
 
     const TTL: Duration = Duration::from_secs(10);
@@ -165,6 +192,13 @@ mod tests {
             .build()
             .expect("runtime")
             .block_on(f)
+    }
+
+    /// A store on a clock the test moves, reading `at` to begin with.
+    fn store_at(at: Timestamp) -> (Arc<ManualClock>, MemStorage) {
+        let clock = Arc::new(ManualClock::new(at));
+        let s = MemStorage::with_clock(clock.clone());
+        (clock, s)
     }
 
     #[test]
@@ -192,30 +226,28 @@ mod tests {
 
     #[test]
     fn stale_term_cannot_renew_or_resign_a_newer_term() {
-        let s = MemStorage::new();
+        let (clock, s) = store_at(Timestamp(0));
         s.try_acquire_now("m", "a", TTL, Timestamp(0)).expect("ok");
         s.try_acquire_now("m", "b", TTL, Timestamp(20_000))
             .expect("ok");
         block(async {
-            assert!(!s
-                .renew("m", "a", Term(1), TTL, Timestamp(21_000))
-                .await
-                .expect("ok"));
+            clock.set(Timestamp(21_000));
+            assert!(!s.renew("m", "a", Term(1), TTL).await.expect("ok"));
             assert!(!s.resign("m", "a", Term(1)).await.expect("ok"));
             assert!(!s.resign("m", "b", Term(1)).await.expect("ok"));
             assert!(s
-                .maintenance_heartbeat("m", "b", Term(2), Timestamp(0))
+                .maintenance_heartbeat("m", "b", Term(2))
                 .await
                 .expect("ok"));
             assert!(!s
-                .maintenance_heartbeat("m", "a", Term(1), Timestamp(0))
+                .maintenance_heartbeat("m", "a", Term(1))
                 .await
                 .expect("ok"));
             assert!(s.resign("m", "b", Term(2)).await.expect("ok"));
             let lease = s.get_lease("m").await.expect("ok").expect("row kept");
             assert_eq!(lease.holder, None);
             assert!(!s
-                .maintenance_heartbeat("m", "b", Term(2), Timestamp(0))
+                .maintenance_heartbeat("m", "b", Term(2))
                 .await
                 .expect("ok"));
         });
@@ -231,14 +263,14 @@ mod tests {
 
     #[test]
     fn renew_never_shortens_a_grant() {
-        let s = MemStorage::new();
-        s.try_acquire_now("m", "a", TTL, Timestamp(10_000))
-            .expect("ok");
+        let (clock, s) = store_at(Timestamp(10_000));
         block(async {
-            assert!(s
-                .renew("m", "a", Term(1), TTL, Timestamp(1_000))
-                .await
-                .expect("ok"));
+            let lease = s.try_acquire("m", "a", TTL).await.expect("ok");
+            assert_eq!(lease.map(|l| l.expires_at), Some(Timestamp(20_000)));
+            // Storage's clock steps back: the renewal is accepted, but the grant
+            // keeps its later expiry.
+            clock.set(Timestamp(1_000));
+            assert!(s.renew("m", "a", Term(1), TTL).await.expect("ok"));
             let lease = s.get_lease("m").await.expect("ok").expect("row");
             assert_eq!(lease.expires_at, Timestamp(20_000));
         });

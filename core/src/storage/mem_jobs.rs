@@ -4,6 +4,7 @@
 //! async trait methods only lock and delegate, so the model reads top to bottom.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
 use async_trait::async_trait;
 
@@ -217,19 +218,17 @@ impl MemStorage {
 
 #[async_trait]
 impl JobStore for MemStorage {
-    async fn enqueue(&self, req: EnqueueRequest, now: Timestamp) -> StorageResult<EnqueueOutcome> {
+    async fn enqueue(&self, req: EnqueueRequest) -> StorageResult<EnqueueOutcome> {
         req.validate()?;
+        let now = self.now();
         Ok(self.state().jobs.insert(req, now))
     }
 
-    async fn enqueue_batch(
-        &self,
-        reqs: Vec<EnqueueRequest>,
-        now: Timestamp,
-    ) -> StorageResult<Vec<EnqueueOutcome>> {
+    async fn enqueue_batch(&self, reqs: Vec<EnqueueRequest>) -> StorageResult<Vec<EnqueueOutcome>> {
         for req in &reqs {
             req.validate()?;
         }
+        let now = self.now();
         let mut state = self.state();
         Ok(reqs
             .into_iter()
@@ -237,24 +236,15 @@ impl JobStore for MemStorage {
             .collect())
     }
 
-    async fn claim(
-        &self,
-        queue: &str,
-        owner: &str,
-        limit: u32,
-        now: Timestamp,
-    ) -> StorageResult<Vec<Job>> {
+    async fn claim(&self, queue: &str, owner: &str, limit: u32) -> StorageResult<Vec<Job>> {
         validate_name("queue", queue)?;
         super::validate_holder(owner)?;
+        let now = self.now();
         Ok(self.state().jobs.claim(queue, owner, limit, now))
     }
 
-    async fn heartbeat(
-        &self,
-        claim: Claim,
-        owner: &str,
-        now: Timestamp,
-    ) -> StorageResult<HeartbeatStatus> {
+    async fn heartbeat(&self, claim: Claim, owner: &str) -> StorageResult<HeartbeatStatus> {
+        let now = self.now();
         Ok(self.state().jobs.heartbeat(claim, owner, now))
     }
 
@@ -263,8 +253,8 @@ impl JobStore for MemStorage {
         claim: Claim,
         owner: &str,
         outcome: Finalize,
-        now: Timestamp,
     ) -> StorageResult<FinalizeResult> {
+        let now = self.now();
         Ok(self.state().jobs.finalize(claim, owner, outcome, now))
     }
 
@@ -275,10 +265,10 @@ impl JobStore for MemStorage {
         outcome: Finalize,
         queue: &str,
         limit: u32,
-        now: Timestamp,
     ) -> StorageResult<(FinalizeResult, Vec<Job>)> {
         validate_name("queue", queue)?;
         super::validate_holder(owner)?;
+        let now = self.now();
         let jobs = &mut self.state().jobs;
         let result = jobs.finalize(claim, owner, outcome, now);
         Ok((result, jobs.claim(queue, owner, limit, now)))
@@ -304,24 +294,28 @@ impl JobStore for MemStorage {
             .cloned())
     }
 
-    async fn request_cancel(&self, job: JobId, now: Timestamp) -> StorageResult<CancelResult> {
+    async fn request_cancel(&self, job: JobId) -> StorageResult<CancelResult> {
+        let now = self.now();
         Ok(self.state().jobs.request_cancel(job, now))
     }
 
-    async fn rescue_stale(
-        &self,
-        stale_before: Timestamp,
-        now: Timestamp,
-    ) -> StorageResult<Vec<Claim>> {
-        Ok(self.state().jobs.rescue_stale(stale_before, now))
+    async fn rescue_stale(&self, stale_after: Duration) -> StorageResult<Vec<Claim>> {
+        let now = self.now();
+        Ok(self.state().jobs.rescue_stale(now.minus(stale_after), now))
     }
 
-    async fn promote_due(&self, now: Timestamp) -> StorageResult<u64> {
+    async fn promote_due(&self) -> StorageResult<u64> {
+        let now = self.now();
         Ok(self.state().jobs.promote_due(now))
     }
 
-    async fn cleanup(&self, finished_before: Timestamp, limit: u32) -> StorageResult<u64> {
+    async fn cleanup(&self, retention: Duration, limit: u32) -> StorageResult<u64> {
+        let finished_before = self.now().minus(retention);
         Ok(self.state().jobs.cleanup(finished_before, limit))
+    }
+
+    async fn time(&self) -> StorageResult<Timestamp> {
+        Ok(self.now())
     }
 
     async fn get_job(&self, job: JobId) -> StorageResult<Option<Job>> {
@@ -356,10 +350,10 @@ impl JobStore for MemStorage {
         holder: &str,
         term: Term,
         req: EnqueueRequest,
-        now: Timestamp,
     ) -> StorageResult<PeriodicOutcome> {
         validate_name("periodic name", name)?;
         req.validate()?;
+        let now = self.now();
         let mut state = self.state();
         let current = state
             .leases
@@ -381,15 +375,28 @@ impl JobStore for MemStorage {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::ManualClock;
     use crate::storage::job::PAYLOAD_BYTES_MAX;
     use crate::storage::{LeaseStore, StorageError};
     use serde_json::json;
+    use std::sync::Arc;
     use std::time::Duration;
 
     const T0: Timestamp = Timestamp(1_000_000);
 
     fn at(ms: i64) -> Timestamp {
         Timestamp(T0.0 + ms)
+    }
+
+    fn ms(ms: u64) -> Duration {
+        Duration::from_millis(ms)
+    }
+
+    /// A store on a clock the test moves, reading `T0` to begin with.
+    fn store() -> (Arc<ManualClock>, MemStorage) {
+        let clock = Arc::new(ManualClock::new(T0));
+        let s = MemStorage::with_clock(clock.clone());
+        (clock, s)
     }
 
     fn block<F: std::future::Future>(f: F) -> F::Output {
@@ -403,8 +410,8 @@ mod tests {
         EnqueueRequest::new("email", json!({"to": "a@b"})).queue("mail")
     }
 
-    async fn claim_one(s: &MemStorage, owner: &str, now: Timestamp) -> Job {
-        let jobs = s.claim("mail", owner, 1, now).await.expect("claim");
+    async fn claim_one(s: &MemStorage, owner: &str) -> Job {
+        let jobs = s.claim("mail", owner, 1).await.expect("claim");
         assert_eq!(jobs.len(), 1, "one job claimed");
         jobs.into_iter().next().expect("one")
     }
@@ -443,9 +450,11 @@ mod tests {
                         0 => Finalize::Completed,
                         1 => Finalize::Retry {
                             error: "e".into(),
-                            at: at(step * 10 + 30),
+                            delay: ms(30),
                         },
-                        _ => Finalize::Snooze { until: now },
+                        _ => Finalize::Snooze {
+                            delay: Duration::ZERO,
+                        },
                     };
                     jobs.finalize(claim_of(&job), "w", outcome, now);
                 }
@@ -469,18 +478,25 @@ mod tests {
 
     #[test]
     fn claims_go_by_priority_then_due_time_then_id_and_skip_paused_queues() {
-        let s = MemStorage::new();
+        let (clock, s) = store();
         block(async {
-            let late = s.enqueue(req().priority(5), at(10)).await.expect("ok").id();
-            let early = s.enqueue(req().priority(5), at(0)).await.expect("ok").id();
-            let urgent = s.enqueue(req().priority(1), at(20)).await.expect("ok").id();
+            clock.set(at(10));
+            let late = s.enqueue(req().priority(5)).await.expect("ok").id();
+            // Storage's clock steps back: `early` is due before `late`, though
+            // enqueued after it.
+            clock.set(at(0));
+            let early = s.enqueue(req().priority(5)).await.expect("ok").id();
+            clock.set(at(20));
+            let urgent = s.enqueue(req().priority(1)).await.expect("ok").id();
+            clock.set(at(0));
             let future = s
-                .enqueue(req().priority(0).scheduled_at(at(1_000)), at(0))
+                .enqueue(req().priority(0).scheduled_at(at(1_000)))
                 .await
                 .expect("ok")
                 .id();
+            clock.set(at(30));
             let got: Vec<JobId> = s
-                .claim("mail", "w", 10, at(30))
+                .claim("mail", "w", 10)
                 .await
                 .expect("ok")
                 .iter()
@@ -502,12 +518,10 @@ mod tests {
             })
             .await
             .expect("ok");
-            assert_eq!(s.promote_due(at(1_000)).await.expect("ok"), 1);
+            clock.set(at(1_000));
+            assert_eq!(s.promote_due().await.expect("ok"), 1);
             assert!(
-                s.claim("mail", "w", 10, at(1_000))
-                    .await
-                    .expect("ok")
-                    .is_empty(),
+                s.claim("mail", "w", 10).await.expect("ok").is_empty(),
                 "paused"
             );
         });
@@ -515,16 +529,10 @@ mod tests {
 
     #[test]
     fn a_unique_key_answers_with_the_existing_job() {
-        let s = MemStorage::new();
+        let (_clock, s) = store();
         block(async {
-            let first = s
-                .enqueue(req().unique_key("welcome:42"), T0)
-                .await
-                .expect("ok");
-            let again = s
-                .enqueue(req().unique_key("welcome:42"), T0)
-                .await
-                .expect("ok");
+            let first = s.enqueue(req().unique_key("welcome:42")).await.expect("ok");
+            let again = s.enqueue(req().unique_key("welcome:42")).await.expect("ok");
             assert!(matches!(first, EnqueueOutcome::Inserted(_)));
             assert_eq!(again, EnqueueOutcome::Duplicate(first.id()));
         });
@@ -532,10 +540,10 @@ mod tests {
 
     #[test]
     fn the_attempt_fences_heartbeat_finalize_and_effects_after_a_rescue() {
-        let s = MemStorage::new();
+        let (clock, s) = store();
         block(async {
-            s.enqueue(req().max_attempts(3), T0).await.expect("ok");
-            let first = claim_one(&s, "w1", at(0)).await;
+            s.enqueue(req().max_attempts(3)).await.expect("ok");
+            let first = claim_one(&s, "w1").await;
             let old = claim_of(&first);
             assert_eq!(
                 s.apply_effect(old, "w1", "sent", json!(1))
@@ -544,24 +552,23 @@ mod tests {
                 EffectResult::Applied
             );
             // w1 goes silent; the rescuer revokes its claim and w2 takes the job.
+            clock.set(at(60_000));
+            assert_eq!(s.rescue_stale(Duration::ZERO).await.expect("ok"), vec![old]);
             assert_eq!(
-                s.rescue_stale(at(60_000), at(60_000)).await.expect("ok"),
-                vec![old]
-            );
-            assert_eq!(
-                s.promote_due(at(60_000)).await.expect("ok"),
+                s.promote_due().await.expect("ok"),
                 1,
                 "rescued jobs are due at once"
             );
-            let second = claim_one(&s, "w2", at(60_000)).await;
+            let second = claim_one(&s, "w2").await;
             assert_eq!(second.attempt, 2);
             let new = claim_of(&second);
+            clock.set(at(60_001));
             assert_eq!(
-                s.heartbeat(old, "w1", at(60_001)).await.expect("ok"),
+                s.heartbeat(old, "w1").await.expect("ok"),
                 HeartbeatStatus::Lost
             );
             assert_eq!(
-                s.finalize(old, "w1", Finalize::Completed, at(60_001))
+                s.finalize(old, "w1", Finalize::Completed)
                     .await
                     .expect("ok"),
                 FinalizeResult::Stale
@@ -583,18 +590,21 @@ mod tests {
                 Some(json!(1)),
                 "written exactly once"
             );
+            clock.set(at(60_002));
             assert_eq!(
-                s.heartbeat(new, "w2", at(60_002)).await.expect("ok"),
+                s.heartbeat(new, "w2").await.expect("ok"),
                 HeartbeatStatus::Alive
             );
+            clock.set(at(60_003));
             assert_eq!(
-                s.finalize(new, "w2", Finalize::Completed, at(60_003))
+                s.finalize(new, "w2", Finalize::Completed)
                     .await
                     .expect("ok"),
                 FinalizeResult::Applied
             );
+            clock.set(at(60_004));
             assert_eq!(
-                s.finalize(new, "w2", Finalize::Completed, at(60_004))
+                s.finalize(new, "w2", Finalize::Completed)
                     .await
                     .expect("ok"),
                 FinalizeResult::AlreadyFinalized
@@ -609,30 +619,35 @@ mod tests {
 
     #[test]
     fn retries_snoozes_and_exhausted_rescues_follow_the_state_machine() {
-        let s = MemStorage::new();
+        let (clock, s) = store();
         block(async {
-            let id = s.enqueue(req().max_attempts(2), T0).await.expect("ok").id();
-            let a1 = claim_of(&claim_one(&s, "w", at(0)).await);
+            let id = s.enqueue(req().max_attempts(2)).await.expect("ok").id();
+            let a1 = claim_of(&claim_one(&s, "w").await);
+            // Failed at at(1), due again at at(5_000).
+            clock.set(at(1));
             let retry = Finalize::Retry {
                 error: "boom".into(),
-                at: at(5_000),
+                delay: ms(5_000 - 1),
             };
             assert_eq!(
-                s.finalize(a1, "w", retry, at(1)).await.expect("ok"),
+                s.finalize(a1, "w", retry).await.expect("ok"),
                 FinalizeResult::Applied
             );
+            clock.set(at(4_999));
             assert!(
-                s.claim("mail", "w", 1, at(4_999))
-                    .await
-                    .expect("ok")
-                    .is_empty(),
+                s.claim("mail", "w", 1).await.expect("ok").is_empty(),
                 "not due yet"
             );
-            assert_eq!(s.promote_due(at(5_000)).await.expect("ok"), 1);
-            let a2 = claim_of(&claim_one(&s, "w", at(5_000)).await);
-            let snooze = Finalize::Snooze { until: at(6_000) };
+            clock.set(at(5_000));
+            assert_eq!(s.promote_due().await.expect("ok"), 1);
+            let a2 = claim_of(&claim_one(&s, "w").await);
+            // Snoozed at at(5_001) until at(6_000).
+            clock.set(at(5_001));
+            let snooze = Finalize::Snooze {
+                delay: ms(6_000 - 5_001),
+            };
             assert_eq!(
-                s.finalize(a2, "w", snooze, at(5_001)).await.expect("ok"),
+                s.finalize(a2, "w", snooze).await.expect("ok"),
                 FinalizeResult::Applied
             );
             assert_eq!(
@@ -640,14 +655,13 @@ mod tests {
                 Some(3),
                 "a snooze spends no attempt"
             );
-            s.promote_due(at(6_000)).await.expect("ok");
-            let a3 = claim_of(&claim_one(&s, "w", at(6_000)).await);
+            clock.set(at(6_000));
+            s.promote_due().await.expect("ok");
+            let a3 = claim_of(&claim_one(&s, "w").await);
             assert_eq!(a3.attempt, 3);
             // The worker dies on its last attempt: the rescuer discards the job.
-            assert_eq!(
-                s.rescue_stale(at(70_000), at(70_000)).await.expect("ok"),
-                vec![a3]
-            );
+            clock.set(at(70_000));
+            assert_eq!(s.rescue_stale(Duration::ZERO).await.expect("ok"), vec![a3]);
             let job = s.get_job(id).await.expect("ok").expect("row");
             assert_eq!(job.state, JobState::Discarded);
             assert_eq!(job.errors.first().map(String::as_str), Some("boom"));
@@ -656,44 +670,50 @@ mod tests {
 
     #[test]
     fn cancel_is_immediate_when_idle_requested_when_running_and_never_rewrites_an_outcome() {
-        let s = MemStorage::new();
+        let (clock, s) = store();
         block(async {
             let idle = s
-                .enqueue(req().scheduled_at(at(9_000)), T0)
+                .enqueue(req().scheduled_at(at(9_000)))
                 .await
                 .expect("ok")
                 .id();
+            clock.set(at(1));
             assert_eq!(
-                s.request_cancel(idle, at(1)).await.expect("ok"),
+                s.request_cancel(idle).await.expect("ok"),
                 CancelResult::Cancelled
             );
-            let busy = s.enqueue(req(), T0).await.expect("ok").id();
-            let c = claim_of(&claim_one(&s, "w", at(2)).await);
+            clock.set(T0);
+            let busy = s.enqueue(req()).await.expect("ok").id();
+            clock.set(at(2));
+            let c = claim_of(&claim_one(&s, "w").await);
             assert_eq!(c.job, busy);
+            clock.set(at(3));
             assert_eq!(
-                s.request_cancel(busy, at(3)).await.expect("ok"),
+                s.request_cancel(busy).await.expect("ok"),
                 CancelResult::Requested
             );
+            clock.set(at(4));
             assert_eq!(
-                s.heartbeat(c, "w", at(4)).await.expect("ok"),
+                s.heartbeat(c, "w").await.expect("ok"),
                 HeartbeatStatus::CancelRequested
             );
+            clock.set(at(5));
             assert_eq!(
-                s.finalize(c, "w", Finalize::Completed, at(5))
-                    .await
-                    .expect("ok"),
+                s.finalize(c, "w", Finalize::Completed).await.expect("ok"),
                 FinalizeResult::Applied
             );
+            clock.set(at(6));
             assert_eq!(
-                s.request_cancel(busy, at(6)).await.expect("ok"),
+                s.request_cancel(busy).await.expect("ok"),
                 CancelResult::AlreadyFinished
             );
             assert_eq!(
                 s.get_job(busy).await.expect("ok").map(|j| j.state),
                 Some(JobState::Completed)
             );
+            clock.set(at(7));
             assert_eq!(
-                s.request_cancel(JobId(999), at(7)).await.expect("ok"),
+                s.request_cancel(JobId(999)).await.expect("ok"),
                 CancelResult::NotFound
             );
         });
@@ -701,28 +721,35 @@ mod tests {
 
     #[test]
     fn a_cancel_requested_while_running_survives_a_rescue_and_a_failed_attempt() {
-        let s = MemStorage::new();
+        let (clock, s) = store();
         block(async {
-            let rescued = s.enqueue(req(), T0).await.expect("ok").id();
-            let c = claim_of(&claim_one(&s, "w", at(0)).await);
+            let rescued = s.enqueue(req()).await.expect("ok").id();
+            let c = claim_of(&claim_one(&s, "w").await);
+            clock.set(at(1));
             assert_eq!(
-                s.request_cancel(rescued, at(1)).await.expect("ok"),
+                s.request_cancel(rescued).await.expect("ok"),
                 CancelResult::Requested
             );
-            s.rescue_stale(at(60_000), at(60_000)).await.expect("ok");
+            clock.set(at(60_000));
+            s.rescue_stale(Duration::ZERO).await.expect("ok");
             assert_eq!(
                 s.get_job(c.job).await.expect("ok").map(|j| j.state),
                 Some(JobState::Cancelled)
             );
-            let failed = s.enqueue(req(), T0).await.expect("ok").id();
-            let c = claim_of(&claim_one(&s, "w", at(60_001)).await);
+            clock.set(T0);
+            let failed = s.enqueue(req()).await.expect("ok").id();
+            clock.set(at(60_001));
+            let c = claim_of(&claim_one(&s, "w").await);
             assert_eq!(c.job, failed);
-            s.request_cancel(failed, at(60_002)).await.expect("ok");
+            clock.set(at(60_002));
+            s.request_cancel(failed).await.expect("ok");
+            // Failed at at(60_003), due again at at(61_000).
+            clock.set(at(60_003));
             let retry = Finalize::Retry {
                 error: "boom".into(),
-                at: at(61_000),
+                delay: ms(61_000 - 60_003),
             };
-            s.finalize(c, "w", retry, at(60_003)).await.expect("ok");
+            s.finalize(c, "w", retry).await.expect("ok");
             assert_eq!(
                 s.get_job(failed).await.expect("ok").map(|j| j.state),
                 Some(JobState::Cancelled)
@@ -732,28 +759,33 @@ mod tests {
 
     #[test]
     fn cleanup_removes_only_old_finished_jobs_and_frees_their_unique_keys() {
-        let s = MemStorage::new();
+        const RETENTION: Duration = Duration::from_secs(1);
+        let (clock, s) = store();
         block(async {
-            let id = s.enqueue(req().unique_key("k"), T0).await.expect("ok").id();
-            s.enqueue(req(), T0).await.expect("ok");
-            let c = claim_of(&claim_one(&s, "w", at(0)).await);
+            let id = s.enqueue(req().unique_key("k")).await.expect("ok").id();
+            s.enqueue(req()).await.expect("ok");
+            let c = claim_of(&claim_one(&s, "w").await);
             assert_eq!(c.job, id);
-            s.finalize(c, "w", Finalize::Completed, at(10))
-                .await
-                .expect("ok");
+            clock.set(at(10));
+            s.finalize(c, "w", Finalize::Completed).await.expect("ok");
+            // Finished at at(10): exactly RETENTION old is not older than the
+            // horizon; a millisecond more is.
+            clock.set(at(10).plus(RETENTION));
             assert_eq!(
-                s.cleanup(at(10), 100).await.expect("ok"),
+                s.cleanup(RETENTION, 100).await.expect("ok"),
                 0,
                 "not older than the horizon"
             );
-            assert_eq!(s.cleanup(at(11), 100).await.expect("ok"), 1);
+            clock.set(at(11).plus(RETENTION));
+            assert_eq!(s.cleanup(RETENTION, 100).await.expect("ok"), 1);
             let counts = s.count_by_state().await.expect("ok");
             assert_eq!(
                 (counts.get(JobState::Available), counts.unfinished()),
                 (1, 1)
             );
+            clock.set(at(12).plus(RETENTION));
             assert!(matches!(
-                s.enqueue(req().unique_key("k"), at(12)).await.expect("ok"),
+                s.enqueue(req().unique_key("k")).await.expect("ok"),
                 EnqueueOutcome::Inserted(_)
             ));
         });
@@ -761,15 +793,15 @@ mod tests {
 
     #[test]
     fn a_periodic_slot_fires_once_and_only_for_the_current_term() {
-        let s = MemStorage::new();
+        let (_clock, s) = store();
         block(async {
             let lease = s
-                .try_acquire("maintainer", "n1", Duration::from_secs(5), T0)
+                .try_acquire("maintainer", "n1", Duration::from_secs(5))
                 .await
                 .expect("ok")
                 .expect("granted");
             let fire = |holder: &'static str, term| {
-                s.fire_periodic("digest", at(60_000), "maintainer", holder, term, req(), T0)
+                s.fire_periodic("digest", at(60_000), "maintainer", holder, term, req())
             };
             let fired = fire("n1", lease.term).await.expect("ok");
             let PeriodicOutcome::Fired(id) = fired else {
@@ -792,37 +824,33 @@ mod tests {
 
     #[test]
     fn bad_input_names_the_field_and_a_bad_batch_inserts_nothing() {
-        let s = MemStorage::new();
+        let (_clock, s) = store();
         let field = |e: StorageError| match e {
             StorageError::Invalid { field, .. } => field,
             other => panic!("not a validation error: {other}"),
         };
         block(async {
             assert_eq!(
-                field(s.enqueue(req().queue(""), T0).await.expect_err("empty")),
+                field(s.enqueue(req().queue("")).await.expect_err("empty")),
                 "queue"
             );
             assert_eq!(
-                field(s.enqueue(req().queue("a b"), T0).await.expect_err("space")),
+                field(s.enqueue(req().queue("a b")).await.expect_err("space")),
                 "queue"
             );
             assert_eq!(
-                field(
-                    s.enqueue(req().max_attempts(0), T0)
-                        .await
-                        .expect_err("zero")
-                ),
+                field(s.enqueue(req().max_attempts(0)).await.expect_err("zero")),
                 "max_attempts"
             );
             assert_eq!(
-                field(s.enqueue(req().priority(10), T0).await.expect_err("ten")),
+                field(s.enqueue(req().priority(10)).await.expect_err("ten")),
                 "priority"
             );
             let big = EnqueueRequest::new("k", json!("x".repeat(PAYLOAD_BYTES_MAX)));
-            assert_eq!(field(s.enqueue(big, T0).await.expect_err("big")), "payload");
+            assert_eq!(field(s.enqueue(big).await.expect_err("big")), "payload");
             let batch = vec![req(), req().queue("")];
             assert_eq!(
-                field(s.enqueue_batch(batch, T0).await.expect_err("bad item")),
+                field(s.enqueue_batch(batch).await.expect_err("bad item")),
                 "queue"
             );
             assert_eq!(
@@ -830,8 +858,86 @@ mod tests {
                 0,
                 "nothing inserted"
             );
-            let ok = s.enqueue_batch(vec![req(), req()], T0).await.expect("ok");
+            let ok = s.enqueue_batch(vec![req(), req()]).await.expect("ok");
             assert_eq!(ok.len(), 2);
+        });
+    }
+
+    /// Staleness is judged on storage's clock alone: a claim goes stale only once
+    /// storage's clock is `stale_after` past its last heartbeat, and a storage
+    /// clock that steps back never makes a claim stale.
+    #[test]
+    fn scheduled_in_is_counted_on_storages_clock_from_the_insert() {
+        let (clock, s) = store();
+        block(async {
+            clock.set(at(5_000));
+            let id = s
+                .enqueue(req().scheduled_in(ms(2_000)))
+                .await
+                .expect("ok")
+                .id();
+            let job = s.get_job(id).await.expect("ok").expect("row");
+            assert_eq!(
+                (job.state, job.scheduled_at),
+                (JobState::Scheduled, at(7_000))
+            );
+            clock.set(at(6_999));
+            assert_eq!(s.promote_due().await.expect("ok"), 0, "not due yet");
+            clock.set(at(7_000));
+            assert_eq!(s.promote_due().await.expect("ok"), 1);
+            let mut both = req().scheduled_in(ms(1));
+            both.scheduled_at = Some(at(0));
+            let err = s.enqueue(both).await.expect_err("both set");
+            assert!(
+                matches!(err, StorageError::Invalid { ref field, .. } if field == "scheduled_in"),
+                "{err}"
+            );
+        });
+    }
+
+    #[test]
+    fn storage_clock_judges_staleness_not_the_caller() {
+        const STALE_AFTER: Duration = Duration::from_secs(30);
+        let (clock, s) = store();
+        block(async {
+            s.enqueue(req()).await.expect("ok");
+            let c = claim_of(&claim_one(&s, "w").await);
+            clock.set(at(1_000));
+            assert_eq!(
+                s.heartbeat(c, "w").await.expect("ok"),
+                HeartbeatStatus::Alive
+            );
+            let job = s.get_job(c.job).await.expect("ok").expect("row");
+            assert_eq!(job.heartbeat_at, Some(at(1_000)), "storage's time");
+
+            // Storage's clock steps back, even to before the claim: however short
+            // the window, nothing is stale.
+            clock.set(at(-60_000));
+            assert!(s.rescue_stale(STALE_AFTER).await.expect("ok").is_empty());
+            assert!(s.rescue_stale(Duration::ZERO).await.expect("ok").is_empty());
+
+            // Forward again, but not yet `stale_after` past the heartbeat.
+            clock.set(at(1_000).plus(STALE_AFTER).minus(ms(1)));
+            assert!(
+                s.rescue_stale(STALE_AFTER).await.expect("ok").is_empty(),
+                "heartbeat is younger than stale_after"
+            );
+            assert_eq!(
+                s.get_job(c.job).await.expect("ok").map(|j| j.state),
+                Some(JobState::Running)
+            );
+
+            // Past it: revoked.
+            clock.set(at(1_000).plus(STALE_AFTER).plus(ms(1)));
+            assert_eq!(
+                s.rescue_stale(STALE_AFTER).await.expect("ok"),
+                vec![c],
+                "heartbeat is older than stale_after"
+            );
+            assert_eq!(
+                s.heartbeat(c, "w").await.expect("ok"),
+                HeartbeatStatus::Lost
+            );
         });
     }
 }

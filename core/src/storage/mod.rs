@@ -7,9 +7,18 @@
 //!   serves it from its database host and every other engine is held to it.
 //! * [`PostgresStorage`]: PostgreSQL, for several machines sharing one database.
 //!
-//! Every operation that compares with "now" takes the time from the caller's
-//! [`Clock`](crate::clock::Clock), so the simulator decides it and storage never
-//! reads a clock of its own.
+//! # One clock judges
+//!
+//! Every operation that compares a stored time with "now" (lease expiry and
+//! takeover, claim staleness, due times, periodic slots, retention) reads
+//! **storage's** clock, never the caller's: [`MemStorage`] and SQLite read the
+//! [`Clock`](crate::clock::Clock) they were opened with (the machine's by
+//! default, the database host's in the simulator), PostgreSQL its server's
+//! `now()`. So callers pass durations (a lease's ttl, a staleness window, a retry
+//! delay), never timestamps of their own: a node whose wall clock is minutes off
+//! or jumps cannot end another node's hold early. A node's own clock only bounds
+//! how long it trusts what it holds, on its monotonic clock, from when it sent the
+//! call that granted or renewed the hold.
 //!
 //! # Leases and terms
 //!
@@ -64,12 +73,12 @@ pub struct Lease {
     pub term: Term,
     /// Who was granted `term`; `None` once that term resigned.
     pub holder: Option<String>,
-    /// When the grant lapses unless renewed, in the granting caller's wall time.
+    /// When the grant lapses unless renewed, on storage's clock.
     pub expires_at: Timestamp,
 }
 
 impl Lease {
-    /// Whether some holder still has this lease at `now`.
+    /// Whether some holder still has this lease at `now` (storage's time).
     pub fn is_live(&self, now: Timestamp) -> bool {
         self.holder.is_some() && now < self.expires_at
     }
@@ -108,26 +117,26 @@ pub type StorageResult<T> = Result<T, StorageError>;
 /// Leader leases with strictly increasing terms.
 #[async_trait]
 pub trait LeaseStore: Send + Sync {
-    /// Take lease `name` for `holder` until `now + ttl` if it is absent, expired,
-    /// resigned, or already `holder`'s. Every grant starts a new term. Returns the
-    /// granted lease, or `None` when another holder's grant is still live.
+    /// Take lease `name` for `holder` until `ttl` from now on storage's clock if
+    /// it is absent, expired, resigned, or already `holder`'s. Every grant starts a
+    /// new term. Returns the granted lease, or `None` when another holder's grant
+    /// is still live.
     async fn try_acquire(
         &self,
         name: &str,
         holder: &str,
         ttl: Duration,
-        now: Timestamp,
     ) -> StorageResult<Option<Lease>>;
 
-    /// Extend `holder`'s grant of `term` to `now + ttl`. Returns `false` when the
-    /// lease has moved on to another term or holder.
+    /// Extend `holder`'s grant of `term` to `ttl` from now on storage's clock
+    /// (never shortening it). Returns `false` when the lease has moved on to
+    /// another term or holder.
     async fn renew(
         &self,
         name: &str,
         holder: &str,
         term: Term,
         ttl: Duration,
-        now: Timestamp,
     ) -> StorageResult<bool>;
 
     /// Give up `holder`'s grant of `term`. Returns `false`, and changes nothing,
@@ -144,7 +153,6 @@ pub trait LeaseStore: Send + Sync {
         name: &str,
         holder: &str,
         term: Term,
-        now: Timestamp,
     ) -> StorageResult<bool>;
 }
 
@@ -165,34 +173,19 @@ pub enum PeriodicOutcome {
 #[async_trait]
 pub trait JobStore: Send + Sync {
     /// Insert a job, or return the existing one with the same unique key.
-    async fn enqueue(&self, req: EnqueueRequest, now: Timestamp) -> StorageResult<EnqueueOutcome>;
+    async fn enqueue(&self, req: EnqueueRequest) -> StorageResult<EnqueueOutcome>;
 
     /// Insert many jobs at once: all are validated before any is inserted.
-    async fn enqueue_batch(
-        &self,
-        reqs: Vec<EnqueueRequest>,
-        now: Timestamp,
-    ) -> StorageResult<Vec<EnqueueOutcome>>;
+    async fn enqueue_batch(&self, reqs: Vec<EnqueueRequest>) -> StorageResult<Vec<EnqueueOutcome>>;
 
     /// Claim up to `limit` due jobs of `queue` for `owner`: by priority, then due
     /// time, then id. Each claim increments the job's attempt. A paused queue
     /// hands out nothing.
-    async fn claim(
-        &self,
-        queue: &str,
-        owner: &str,
-        limit: u32,
-        now: Timestamp,
-    ) -> StorageResult<Vec<Job>>;
+    async fn claim(&self, queue: &str, owner: &str, limit: u32) -> StorageResult<Vec<Job>>;
 
     /// Refresh a live claim; says whether to go on, stop for a cancel, or stop
     /// because the claim is gone.
-    async fn heartbeat(
-        &self,
-        claim: Claim,
-        owner: &str,
-        now: Timestamp,
-    ) -> StorageResult<HeartbeatStatus>;
+    async fn heartbeat(&self, claim: Claim, owner: &str) -> StorageResult<HeartbeatStatus>;
 
     /// Record how an attempt ended. Idempotent for the same claim; a no-op for a
     /// stale one.
@@ -201,7 +194,6 @@ pub trait JobStore: Send + Sync {
         claim: Claim,
         owner: &str,
         outcome: Finalize,
-        now: Timestamp,
     ) -> StorageResult<FinalizeResult>;
 
     /// [`finalize`](Self::finalize) `claim`, then [`claim`](Self::claim) up to
@@ -219,9 +211,8 @@ pub trait JobStore: Send + Sync {
         outcome: Finalize,
         queue: &str,
         limit: u32,
-        now: Timestamp,
     ) -> StorageResult<(FinalizeResult, Vec<Job>)> {
-        finalize_then_claim(self, claim, owner, outcome, queue, limit, now).await
+        finalize_then_claim(self, claim, owner, outcome, queue, limit).await
     }
 
     /// Write `value` under `key` for the job, once: only while `claim` is live,
@@ -239,22 +230,24 @@ pub trait JobStore: Send + Sync {
 
     /// Cancel a job: at once if it is not running, through its worker's next
     /// heartbeat if it is. A finished job keeps its outcome.
-    async fn request_cancel(&self, job: JobId, now: Timestamp) -> StorageResult<CancelResult>;
+    async fn request_cancel(&self, job: JobId) -> StorageResult<CancelResult>;
 
-    /// Running jobs whose heartbeat is older than `stale_before` go back to
-    /// retryable (due now), or to discarded when their attempts are spent. Returns
-    /// the claims that were revoked.
-    async fn rescue_stale(
-        &self,
-        stale_before: Timestamp,
-        now: Timestamp,
-    ) -> StorageResult<Vec<Claim>>;
+    /// Running jobs whose last heartbeat (or claim) is more than `stale_after`
+    /// old on storage's clock go back to retryable (due now), or to discarded when
+    /// their attempts are spent. Returns the claims that were revoked.
+    async fn rescue_stale(&self, stale_after: Duration) -> StorageResult<Vec<Claim>>;
 
-    /// Scheduled and retryable jobs that are due become available. Returns how many.
-    async fn promote_due(&self, now: Timestamp) -> StorageResult<u64>;
+    /// Scheduled and retryable jobs that are due on storage's clock become
+    /// available. Returns how many.
+    async fn promote_due(&self) -> StorageResult<u64>;
 
-    /// Delete up to `limit` finished jobs that finished before `finished_before`.
-    async fn cleanup(&self, finished_before: Timestamp, limit: u32) -> StorageResult<u64>;
+    /// Delete up to `limit` finished jobs that finished at least `retention` ago
+    /// on storage's clock.
+    async fn cleanup(&self, retention: Duration, limit: u32) -> StorageResult<u64>;
+
+    /// Storage's clock: the time every stored time is judged against. The
+    /// periodic enqueuer reads it to find a schedule's due slot.
+    async fn time(&self) -> StorageResult<Timestamp>;
 
     /// One job.
     async fn get_job(&self, job: JobId) -> StorageResult<Option<Job>>;
@@ -290,7 +283,6 @@ pub trait JobStore: Send + Sync {
         holder: &str,
         term: Term,
         req: EnqueueRequest,
-        now: Timestamp,
     ) -> StorageResult<PeriodicOutcome>;
 }
 
@@ -401,16 +393,12 @@ pub(crate) async fn finalize_then_claim<S: JobStore + ?Sized>(
     outcome: Finalize,
     queue: &str,
     limit: u32,
-    now: Timestamp,
 ) -> StorageResult<(FinalizeResult, Vec<Job>)> {
     // Bad input fails the whole call before anything is applied.
     job::validate_name("queue", queue)?;
     validate_holder(owner)?;
-    let result = store.finalize(claim, owner, outcome, now).await?;
-    let next = store
-        .claim(queue, owner, limit, now)
-        .await
-        .unwrap_or_default();
+    let result = store.finalize(claim, owner, outcome).await?;
+    let next = store.claim(queue, owner, limit).await.unwrap_or_default();
     Ok((result, next))
 }
 

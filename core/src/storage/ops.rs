@@ -32,14 +32,12 @@ pub enum Op {
         name: String,
         holder: String,
         ttl_ms: u64,
-        now: Timestamp,
     },
     Renew {
         name: String,
         holder: String,
         term: Term,
         ttl_ms: u64,
-        now: Timestamp,
     },
     Resign {
         name: String,
@@ -53,32 +51,26 @@ pub enum Op {
         name: String,
         holder: String,
         term: Term,
-        now: Timestamp,
     },
     Enqueue {
         req: EnqueueRequest,
-        now: Timestamp,
     },
     EnqueueBatch {
         reqs: Vec<EnqueueRequest>,
-        now: Timestamp,
     },
     Claim {
         queue: String,
         owner: String,
         limit: u32,
-        now: Timestamp,
     },
     Heartbeat {
         claim: Claim,
         owner: String,
-        now: Timestamp,
     },
     Finalize {
         claim: Claim,
         owner: String,
         outcome: Finalize,
-        now: Timestamp,
     },
     FinalizeAndClaim {
         claim: Claim,
@@ -86,7 +78,6 @@ pub enum Op {
         outcome: Finalize,
         queue: String,
         limit: u32,
-        now: Timestamp,
     },
     ApplyEffect {
         claim: Claim,
@@ -100,19 +91,16 @@ pub enum Op {
     },
     RequestCancel {
         job: JobId,
-        now: Timestamp,
     },
     RescueStale {
-        stale_before: Timestamp,
-        now: Timestamp,
+        stale_after_ms: u64,
     },
-    PromoteDue {
-        now: Timestamp,
-    },
+    PromoteDue,
     Cleanup {
-        finished_before: Timestamp,
+        retention_ms: u64,
         limit: u32,
     },
+    Time,
     GetJob {
         job: JobId,
     },
@@ -133,7 +121,6 @@ pub enum Op {
         holder: String,
         term: Term,
         req: EnqueueRequest,
-        now: Timestamp,
     },
 }
 
@@ -149,6 +136,7 @@ impl Op {
                 | Op::CountByState
                 | Op::ListUnfinished { .. }
                 | Op::GetQueue { .. }
+                | Op::Time
         )
     }
 }
@@ -176,6 +164,7 @@ pub enum Reply {
     Counts(StateCounts),
     Queue(Option<QueueConfig>),
     Periodic(PeriodicOutcome),
+    Time(Timestamp),
     Err(StorageError),
 }
 
@@ -191,9 +180,8 @@ pub async fn apply(store: &dyn Storage, op: Op) -> Reply {
             name,
             holder,
             ttl_ms,
-            now,
         } => store
-            .try_acquire(&name, &holder, ttl(ttl_ms), now)
+            .try_acquire(&name, &holder, ttl(ttl_ms))
             .await
             .map(Reply::Lease),
         Op::Renew {
@@ -201,49 +189,34 @@ pub async fn apply(store: &dyn Storage, op: Op) -> Reply {
             holder,
             term,
             ttl_ms,
-            now,
         } => store
-            .renew(&name, &holder, term, ttl(ttl_ms), now)
+            .renew(&name, &holder, term, ttl(ttl_ms))
             .await
             .map(Reply::Bool),
         Op::Resign { name, holder, term } => {
             store.resign(&name, &holder, term).await.map(Reply::Bool)
         }
         Op::GetLease { name } => store.get_lease(&name).await.map(Reply::Lease),
-        Op::MaintenanceHeartbeat {
-            name,
-            holder,
-            term,
-            now,
-        } => store
-            .maintenance_heartbeat(&name, &holder, term, now)
+        Op::MaintenanceHeartbeat { name, holder, term } => store
+            .maintenance_heartbeat(&name, &holder, term)
             .await
             .map(Reply::Bool),
-        Op::Enqueue { req, now } => store.enqueue(req, now).await.map(Reply::Enqueued),
-        Op::EnqueueBatch { reqs, now } => store
-            .enqueue_batch(reqs, now)
-            .await
-            .map(Reply::EnqueuedBatch),
+        Op::Enqueue { req } => store.enqueue(req).await.map(Reply::Enqueued),
+        Op::EnqueueBatch { reqs } => store.enqueue_batch(reqs).await.map(Reply::EnqueuedBatch),
         Op::Claim {
             queue,
             owner,
             limit,
-            now,
-        } => store
-            .claim(&queue, &owner, limit, now)
-            .await
-            .map(Reply::Jobs),
-        Op::Heartbeat { claim, owner, now } => store
-            .heartbeat(claim, &owner, now)
-            .await
-            .map(Reply::Heartbeat),
+        } => store.claim(&queue, &owner, limit).await.map(Reply::Jobs),
+        Op::Heartbeat { claim, owner } => {
+            store.heartbeat(claim, &owner).await.map(Reply::Heartbeat)
+        }
         Op::Finalize {
             claim,
             owner,
             outcome,
-            now,
         } => store
-            .finalize(claim, &owner, outcome, now)
+            .finalize(claim, &owner, outcome)
             .await
             .map(Reply::Finalized),
         Op::FinalizeAndClaim {
@@ -252,9 +225,8 @@ pub async fn apply(store: &dyn Storage, op: Op) -> Reply {
             outcome,
             queue,
             limit,
-            now,
         } => store
-            .finalize_and_claim(claim, &owner, outcome, &queue, limit, now)
+            .finalize_and_claim(claim, &owner, outcome, &queue, limit)
             .await
             .map(Reply::FinalizedAndClaimed),
         Op::ApplyEffect {
@@ -267,19 +239,20 @@ pub async fn apply(store: &dyn Storage, op: Op) -> Reply {
             .await
             .map(Reply::Effect),
         Op::GetEffect { job, key } => store.get_effect(job, &key).await.map(Reply::EffectValue),
-        Op::RequestCancel { job, now } => store.request_cancel(job, now).await.map(Reply::Cancel),
-        Op::RescueStale { stale_before, now } => store
-            .rescue_stale(stale_before, now)
+        Op::RequestCancel { job } => store.request_cancel(job).await.map(Reply::Cancel),
+        Op::RescueStale { stale_after_ms } => store
+            .rescue_stale(ttl(stale_after_ms))
             .await
             .map(Reply::Claims),
-        Op::PromoteDue { now } => store.promote_due(now).await.map(Reply::Count),
+        Op::PromoteDue => store.promote_due().await.map(Reply::Count),
         Op::Cleanup {
-            finished_before,
+            retention_ms,
             limit,
         } => store
-            .cleanup(finished_before, limit)
+            .cleanup(ttl(retention_ms), limit)
             .await
             .map(Reply::Count),
+        Op::Time => store.time().await.map(Reply::Time),
         Op::GetJob { job } => store
             .get_job(job)
             .await
@@ -295,9 +268,8 @@ pub async fn apply(store: &dyn Storage, op: Op) -> Reply {
             holder,
             term,
             req,
-            now,
         } => store
-            .fire_periodic(&name, slot, &lease, &holder, term, req, now)
+            .fire_periodic(&name, slot, &lease, &holder, term, req)
             .await
             .map(Reply::Periodic),
     };
@@ -332,15 +304,13 @@ impl<T: Transport> LeaseStore for Remote<T> {
         name: &str,
         holder: &str,
         ttl: Duration,
-        now: Timestamp,
     ) -> StorageResult<Option<Lease>> {
         expect_reply!(
             self,
             Op::TryAcquire {
                 name: name.into(),
                 holder: holder.into(),
-                ttl_ms: ms(ttl),
-                now
+                ttl_ms: ms(ttl)
             },
             Lease
         )
@@ -352,7 +322,6 @@ impl<T: Transport> LeaseStore for Remote<T> {
         holder: &str,
         term: Term,
         ttl: Duration,
-        now: Timestamp,
     ) -> StorageResult<bool> {
         expect_reply!(
             self,
@@ -360,8 +329,7 @@ impl<T: Transport> LeaseStore for Remote<T> {
                 name: name.into(),
                 holder: holder.into(),
                 term,
-                ttl_ms: ms(ttl),
-                now
+                ttl_ms: ms(ttl)
             },
             Bool
         )
@@ -388,15 +356,13 @@ impl<T: Transport> LeaseStore for Remote<T> {
         name: &str,
         holder: &str,
         term: Term,
-        now: Timestamp,
     ) -> StorageResult<bool> {
         expect_reply!(
             self,
             Op::MaintenanceHeartbeat {
                 name: name.into(),
                 holder: holder.into(),
-                term,
-                now
+                term
             },
             Bool
         )
@@ -405,49 +371,32 @@ impl<T: Transport> LeaseStore for Remote<T> {
 
 #[async_trait]
 impl<T: Transport> JobStore for Remote<T> {
-    async fn enqueue(&self, req: EnqueueRequest, now: Timestamp) -> StorageResult<EnqueueOutcome> {
-        expect_reply!(self, Op::Enqueue { req, now }, Enqueued)
+    async fn enqueue(&self, req: EnqueueRequest) -> StorageResult<EnqueueOutcome> {
+        expect_reply!(self, Op::Enqueue { req }, Enqueued)
     }
 
-    async fn enqueue_batch(
-        &self,
-        reqs: Vec<EnqueueRequest>,
-        now: Timestamp,
-    ) -> StorageResult<Vec<EnqueueOutcome>> {
-        expect_reply!(self, Op::EnqueueBatch { reqs, now }, EnqueuedBatch)
+    async fn enqueue_batch(&self, reqs: Vec<EnqueueRequest>) -> StorageResult<Vec<EnqueueOutcome>> {
+        expect_reply!(self, Op::EnqueueBatch { reqs }, EnqueuedBatch)
     }
 
-    async fn claim(
-        &self,
-        queue: &str,
-        owner: &str,
-        limit: u32,
-        now: Timestamp,
-    ) -> StorageResult<Vec<Job>> {
+    async fn claim(&self, queue: &str, owner: &str, limit: u32) -> StorageResult<Vec<Job>> {
         expect_reply!(
             self,
             Op::Claim {
                 queue: queue.into(),
                 owner: owner.into(),
-                limit,
-                now
+                limit
             },
             Jobs
         )
     }
 
-    async fn heartbeat(
-        &self,
-        claim: Claim,
-        owner: &str,
-        now: Timestamp,
-    ) -> StorageResult<HeartbeatStatus> {
+    async fn heartbeat(&self, claim: Claim, owner: &str) -> StorageResult<HeartbeatStatus> {
         expect_reply!(
             self,
             Op::Heartbeat {
                 claim,
-                owner: owner.into(),
-                now
+                owner: owner.into()
             },
             Heartbeat
         )
@@ -458,15 +407,13 @@ impl<T: Transport> JobStore for Remote<T> {
         claim: Claim,
         owner: &str,
         outcome: Finalize,
-        now: Timestamp,
     ) -> StorageResult<FinalizeResult> {
         expect_reply!(
             self,
             Op::Finalize {
                 claim,
                 owner: owner.into(),
-                outcome,
-                now
+                outcome
             },
             Finalized
         )
@@ -479,7 +426,6 @@ impl<T: Transport> JobStore for Remote<T> {
         outcome: Finalize,
         queue: &str,
         limit: u32,
-        now: Timestamp,
     ) -> StorageResult<(FinalizeResult, Vec<Job>)> {
         expect_reply!(
             self,
@@ -488,8 +434,7 @@ impl<T: Transport> JobStore for Remote<T> {
                 owner: owner.into(),
                 outcome,
                 queue: queue.into(),
-                limit,
-                now
+                limit
             },
             FinalizedAndClaimed
         )
@@ -525,31 +470,31 @@ impl<T: Transport> JobStore for Remote<T> {
         )
     }
 
-    async fn request_cancel(&self, job: JobId, now: Timestamp) -> StorageResult<CancelResult> {
-        expect_reply!(self, Op::RequestCancel { job, now }, Cancel)
+    async fn request_cancel(&self, job: JobId) -> StorageResult<CancelResult> {
+        expect_reply!(self, Op::RequestCancel { job }, Cancel)
     }
 
-    async fn rescue_stale(
-        &self,
-        stale_before: Timestamp,
-        now: Timestamp,
-    ) -> StorageResult<Vec<Claim>> {
-        expect_reply!(self, Op::RescueStale { stale_before, now }, Claims)
+    async fn rescue_stale(&self, stale_after: Duration) -> StorageResult<Vec<Claim>> {
+        let op = Op::RescueStale {
+            stale_after_ms: ms(stale_after),
+        };
+        expect_reply!(self, op, Claims)
     }
 
-    async fn promote_due(&self, now: Timestamp) -> StorageResult<u64> {
-        expect_reply!(self, Op::PromoteDue { now }, Count)
+    async fn promote_due(&self) -> StorageResult<u64> {
+        expect_reply!(self, Op::PromoteDue, Count)
     }
 
-    async fn cleanup(&self, finished_before: Timestamp, limit: u32) -> StorageResult<u64> {
-        expect_reply!(
-            self,
-            Op::Cleanup {
-                finished_before,
-                limit
-            },
-            Count
-        )
+    async fn cleanup(&self, retention: Duration, limit: u32) -> StorageResult<u64> {
+        let op = Op::Cleanup {
+            retention_ms: ms(retention),
+            limit,
+        };
+        expect_reply!(self, op, Count)
+    }
+
+    async fn time(&self) -> StorageResult<Timestamp> {
+        expect_reply!(self, Op::Time, Time)
     }
 
     async fn get_job(&self, job: JobId) -> StorageResult<Option<Job>> {
@@ -580,7 +525,6 @@ impl<T: Transport> JobStore for Remote<T> {
         holder: &str,
         term: Term,
         req: EnqueueRequest,
-        now: Timestamp,
     ) -> StorageResult<PeriodicOutcome> {
         let op = Op::FirePeriodic {
             name: name.into(),
@@ -589,7 +533,6 @@ impl<T: Transport> JobStore for Remote<T> {
             holder: holder.into(),
             term,
             req,
-            now,
         };
         expect_reply!(self, op, Periodic)
     }

@@ -16,7 +16,10 @@ use crate::clock::Timestamp;
 impl Job {
     /// A new row for `req`, enqueued at `now` with id `id`.
     pub fn from_request(id: JobId, req: EnqueueRequest, now: Timestamp) -> Job {
-        let scheduled_at = req.scheduled_at.unwrap_or(now);
+        let scheduled_at = req
+            .scheduled_at
+            .or(req.scheduled_in.map(|delay| now.plus(delay)))
+            .unwrap_or(now);
         let state = if scheduled_at <= now {
             JobState::Available
         } else {
@@ -108,19 +111,19 @@ impl Job {
         self.finalized_attempt = Some(claim.attempt);
         let (state, at) = match outcome {
             Finalize::Completed => (JobState::Completed, None),
-            Finalize::Retry { error, at } => {
+            Finalize::Retry { error, delay } => {
                 self.push_error(error);
-                (JobState::Retryable, Some(at))
+                (JobState::Retryable, Some(now.plus(delay)))
             }
             Finalize::Discard { error } => {
                 self.push_error(error);
                 (JobState::Discarded, None)
             }
-            Finalize::Snooze { until } => {
+            Finalize::Snooze { delay } => {
                 // A snooze does not spend an attempt: the next claim's increment is
                 // given back through the budget.
                 self.max_attempts += 1;
-                (JobState::Scheduled, Some(until))
+                (JobState::Scheduled, Some(now.plus(delay)))
             }
             Finalize::Cancel { reason } => {
                 self.push_error(reason);

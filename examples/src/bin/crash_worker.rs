@@ -196,16 +196,15 @@ async fn main() -> ExitCode {
     };
 
     if let Some(n) = args.enqueue {
-        let now = SystemClock::new().now();
         let reqs = (0..n)
             .map(|i| {
                 let due = args.spread_ms * u64::from(i) / u64::from(n.max(1));
                 EnqueueRequest::new("crash_job", json!({"n": i}))
                     .max_attempts(args.max_attempts)
-                    .scheduled_at(now.plus(Duration::from_millis(due)))
+                    .scheduled_in(Duration::from_millis(due))
             })
             .collect();
-        return match storage.enqueue_batch(reqs, now).await {
+        return match storage.enqueue_batch(reqs).await {
             Ok(outcomes) => {
                 for outcome in outcomes {
                     if let EnqueueOutcome::Inserted(id) = outcome {

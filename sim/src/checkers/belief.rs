@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 use keel::events::Event;
 use keel::storage::Term;
 
+use crate::db::DB_HOST;
 use crate::history::{Ev, HarnessEvent, Record};
 
 /// One stretch of true time in which `host` trusted `term`: from a grant or
@@ -149,37 +150,6 @@ impl Offsets {
         std::iter::once(before).chain(during).collect()
     }
 
-    /// How far any host's wall clock ran ahead of `host`'s, at worst, taking
-    /// `host`'s offset anywhere in `[host_from_ms, host_to_ms]` and the others'
-    /// anywhere in `[from_ms, to_ms]`: the error a judgement that compared the
-    /// two clocks may have made.
-    pub(crate) fn ahead_of(
-        &self,
-        host: &str,
-        (host_from_ms, host_to_ms): (u64, u64),
-        (from_ms, to_ms): (u64, u64),
-    ) -> i64 {
-        let least = self
-            .within(host, host_from_ms, host_to_ms)
-            .into_iter()
-            .min()
-            .unwrap_or(0);
-        self.most_ahead(from_ms, to_ms) - least
-    }
-
-    /// The widest gap between any two hosts' wall clocks at instants of
-    /// `[from_ms, to_ms]`, at worst: the error a comparison of a time one host
-    /// stamped with another host's clock may make.
-    pub(crate) fn spread(&self, from_ms: u64, to_ms: u64) -> u64 {
-        let all: Vec<i64> = self
-            .steps
-            .keys()
-            .flat_map(|h| self.within(h, from_ms, to_ms))
-            .collect();
-        let (lo, hi) = (all.iter().min(), all.iter().max());
-        lo.zip(hi).map_or(0, |(lo, hi)| hi.abs_diff(*lo))
-    }
-
     /// How far `host`'s wall clock fell back, at worst, from where it was at
     /// some instant of `[stamped_from_ms, from_ms]` (when a stamp was read) to
     /// some instant of `[from_ms, to_ms]` (0 when it never went below).
@@ -203,36 +173,6 @@ impl Offsets {
         (at_start - least).max(0)
     }
 
-    /// The furthest any host's wall clock ran ahead of true time at some
-    /// instant of `[from_ms, to_ms]`.
-    pub(crate) fn most_ahead_within(&self, from_ms: u64, to_ms: u64) -> i64 {
-        self.most_ahead(from_ms, to_ms)
-    }
-
-    /// The furthest any host's wall clock ran ahead of true time at some instant
-    /// of `[from_ms, to_ms]` (negative when every clock ran behind).
-    fn most_ahead(&self, from_ms: u64, to_ms: u64) -> i64 {
-        self.steps
-            .keys()
-            .flat_map(|h| self.within(h, from_ms, to_ms))
-            .max()
-            .unwrap_or(0)
-    }
-
-    /// The earliest true time a call that `host` stamped `stamp_ms` on its
-    /// wall clock (a claim's first heartbeat) may have been sent, given it
-    /// was sent within `[since_ms, applied_ms]`: the stamp less the furthest
-    /// that clock ran ahead in between.
-    pub(crate) fn sent_no_earlier_than(
-        &self,
-        host: &str,
-        stamp_ms: i64,
-        since_ms: u64,
-        applied_ms: u64,
-    ) -> i64 {
-        stamp_ms - self.ahead_on(host, since_ms, applied_ms)
-    }
-
     /// The furthest `host`'s wall clock ran ahead of true time at some instant of
     /// `[from_ms, to_ms]` (negative when it ran behind throughout).
     pub(crate) fn ahead_on(&self, host: &str, from_ms: u64, to_ms: u64) -> i64 {
@@ -240,6 +180,50 @@ impl Offsets {
             .into_iter()
             .max()
             .unwrap_or(0)
+    }
+}
+
+/// Storage's clock: the database host's offset from true time, from its
+/// `ClockJump` records (its skew is a jump at 0). Storage judges every stored
+/// time on this clock, so only its steps, never the nodes' clocks, can make a
+/// hold look older or younger than it is.
+impl Offsets {
+    /// Storage's wall time at true time `at_ms`, in ms since the epoch.
+    pub(crate) fn storage_ms(&self, at_ms: u64) -> i64 {
+        let offset = self.within(DB_HOST, at_ms, at_ms)[0];
+        i64::try_from(at_ms).unwrap_or(i64::MAX) + offset
+    }
+
+    /// How far storage's clock stepped, at worst, between instants of
+    /// `[from_ms, to_ms]` (0 when it kept true time): the error a comparison of
+    /// two of its stamps taken in that span may make.
+    pub(crate) fn storage_moved(&self, from_ms: u64, to_ms: u64) -> u64 {
+        let all = self.within(DB_HOST, from_ms, to_ms);
+        let (lo, hi) = (all.iter().min(), all.iter().max());
+        lo.zip(hi).map_or(0, |(lo, hi)| hi.abs_diff(*lo))
+    }
+
+    /// When the last step back of storage's clock has been made up: its time
+    /// plus the step, for the latest such end (0 when it never stepped back).
+    /// Until then storage's clock reads behind where it read before, so leases
+    /// and claims last longer and due times come later than the runtime's
+    /// liveness bounds count on.
+    pub(crate) fn storage_caught_up_ms(&self) -> u64 {
+        let Some(steps) = self.steps.get(DB_HOST) else {
+            return 0;
+        };
+        steps
+            .windows(2)
+            .filter(|w| w[1].1 < w[0].1)
+            .map(|w| w[1].0 + w[0].1.abs_diff(w[1].1))
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// How far storage's clock fell back, at worst, from some instant of
+    /// `[from_ms, to_ms]` to a later one (0 when it never went below).
+    pub(crate) fn storage_fell_back(&self, from_ms: u64, to_ms: u64) -> i64 {
+        self.fell_back_on(DB_HOST, from_ms, from_ms, to_ms)
     }
 }
 
@@ -300,9 +284,10 @@ mod tests {
             .harness(5_000, "n2", HarnessEvent::ClockJump { jump_ms: 1_500 })
             .harness(9_000, "n2", HarnessEvent::ClockJump { jump_ms: -1_500 });
         let o = Offsets::of(&h.0);
-        assert_eq!(o.ahead_of("n1", (0, 1_000), (0, 1_000)), 500);
-        assert_eq!(o.ahead_of("n1", (0, 1_000), (4_000, 6_000)), 2_000);
-        assert_eq!(o.ahead_of("n1", (0, 1_000), (9_500, 10_000)), 500);
+        assert_eq!(o.ahead_on("n1", 0, 1_000), -300);
+        assert_eq!(o.ahead_on("n2", 4_000, 6_000), 1_700);
+        assert_eq!(o.ahead_on("n2", 9_500, 10_000), 200);
+        assert_eq!(o.fell_back_on("n2", 5_000, 5_000, 9_000), 1_500);
         let replaced = H::new()
             .harness(
                 0,
@@ -337,9 +322,32 @@ mod tests {
             .harness(3_000, "n2", HarnessEvent::ClockJump { jump_ms: -2_000 });
         let o = Offsets::of(&replaced.0);
         assert_eq!(
-            o.ahead_of("n3", (4_000, 4_000), (4_000, 5_000)),
+            o.ahead_on("n2r", 4_000, 5_000),
             100,
             "n2r's clock came back with n2's"
+        );
+    }
+
+    #[test]
+    fn storages_clock_is_the_database_hosts() {
+        let h = H::new()
+            .harness(0, DB_HOST, HarnessEvent::ClockJump { jump_ms: 600_000 })
+            .harness(5_000, DB_HOST, HarnessEvent::ClockJump { jump_ms: -2_000 })
+            .harness(6_000, "n1", HarnessEvent::ClockJump { jump_ms: 9_000 });
+        let o = Offsets::of(&h.0);
+        assert_eq!(o.storage_ms(1_000), 601_000);
+        assert_eq!(o.storage_ms(5_000), 603_000);
+        assert_eq!(o.storage_moved(1_000, 4_000), 0, "a skew is no step");
+        assert_eq!(
+            o.storage_moved(1_000, 7_000),
+            2_000,
+            "the nodes' jumps are not storage's"
+        );
+        assert_eq!(o.storage_fell_back(1_000, 7_000), 2_000);
+        assert_eq!(
+            o.storage_caught_up_ms(),
+            7_000,
+            "the 2 s step back, made up"
         );
     }
 }

@@ -8,12 +8,13 @@
 //! the job to the rescuer, as documented), and over the whole stale window before the rescue
 //! (`[t - stale_threshold, t]`) it was neither paused nor partitioned from
 //! the database, no storage fault was on (nor while the claim's reply
-//! travelled: a lost reply leaves a claim its worker never knew of), and the
-//! nodes' clocks stayed within
-//! `stale_threshold - 2 * heartbeat_interval` of each other (a wider spread
-//! lets a rescuer running ahead revoke a live claim: keel's documented clock
-//! margin). The claimant is found by its holder id, so a replacement process
-//! running under a node's name is judged on its own host.
+//! travelled: a lost reply leaves a claim its worker never knew of), and
+//! storage's clock, which judges staleness, did not step by more than
+//! `stale_threshold - 2 * heartbeat_interval` in that window (a forward step
+//! of the one judging clock ages every claim at once: keel's documented
+//! limit). The nodes' own clocks have no say, however far they are off. The
+//! claimant is found by its holder id, so a replacement process running under
+//! a node's name is judged on its own host.
 //!
 //! Storage applies the rescue it is asked for; only the claimant's health
 //! shows the claim was alive.
@@ -25,7 +26,6 @@ use keel::storage::JobId;
 
 use super::belief::Offsets;
 use super::health::Impaired;
-use super::no_early_rescue::SENT_BEFORE_MS_MAX;
 use super::{CheckCtx, Checker, Violation};
 use crate::history::{DbEvent, Ev, Record};
 
@@ -65,8 +65,8 @@ impl Checker for ClaimsKeptAlive {
         let margin_ms = ctx
             .stale_threshold_ms
             .saturating_sub(2 * ctx.heartbeat_interval_ms);
-        // Per claim: its ClaimApplied, its stamp and the claimant's host.
-        let mut claims: BTreeMap<(JobId, u32), (&Record, i64, &str)> = BTreeMap::new();
+        // Per claim: its ClaimApplied, when it was sent and the claimant's host.
+        let mut claims: BTreeMap<(JobId, u32), (&Record, u64, &str)> = BTreeMap::new();
         let mut out = Vec::new();
         for r in history {
             match &r.ev {
@@ -74,12 +74,12 @@ impl Checker for ClaimsKeptAlive {
                     job,
                     attempt,
                     owner,
-                    heartbeat_ms,
+                    issued_ms,
                     ..
                 }) => {
                     claims.insert(
                         (*job, *attempt),
-                        (r, *heartbeat_ms, impaired.hosts.of_owner(owner)),
+                        (r, *issued_ms, impaired.hosts.of_owner(owner)),
                     );
                 }
                 Ev::Db(DbEvent::FinalizeApplied { job, attempt, .. }) => {
@@ -106,18 +106,13 @@ impl Checker for ClaimsKeptAlive {
                 }) if reason == "claim_untrusted" => {
                     claims.remove(&(*job, *attempt));
                 }
-                Ev::Db(DbEvent::RescueApplied { job, attempt }) => {
-                    let Some((claim, stamp_ms, host)) = claims.remove(&(*job, *attempt)) else {
+                Ev::Db(DbEvent::RescueApplied { job, attempt, .. }) => {
+                    let Some((claim, sent_ms, host)) = claims.remove(&(*job, *attempt)) else {
                         continue;
                     };
-                    // The claim was sent when its stamp was read, on a clock
-                    // at most this far ahead (storage_faults-style slow
-                    // calls: swarm seed 3000174's claim, sent into a slow
-                    // database, was applied after the fault ended).
-                    let since_ms = claim.at_ms.saturating_sub(SENT_BEFORE_MS_MAX);
-                    let sent_ms =
-                        offsets.sent_no_earlier_than(host, stamp_ms, since_ms, claim.at_ms);
-                    let sent_ms = u64::try_from(sent_ms).unwrap_or(0).min(claim.at_ms);
+                    // A claim sent into a slow database may be applied after
+                    // the fault ended (swarm seed 3000174): its travel counts.
+                    let sent_ms = sent_ms.min(claim.at_ms);
                     let replied_by = claim.at_ms.saturating_add(ctx.heartbeat_interval_ms);
                     let from = r.at_ms.saturating_sub(ctx.stale_threshold_ms);
                     if claim.at_ms > from
@@ -128,7 +123,7 @@ impl Checker for ClaimsKeptAlive {
                             r.at_ms,
                             ctx.stale_threshold_ms,
                         )
-                        || offsets.spread(from, r.at_ms) > margin_ms
+                        || offsets.storage_moved(from, r.at_ms) > margin_ms
                     {
                         continue;
                     }
@@ -229,5 +224,29 @@ mod tests {
             "{}",
             v[0].message
         );
+    }
+
+    #[test]
+    fn only_a_step_of_storages_clock_excuses_a_rescue() {
+        // Storage's clock stepped 9 s ahead just before the rescue: every
+        // claim aged at once, keel's documented limit.
+        let stepped = H::new()
+            .db(0, job_claimed(1, 10, 0))
+            .harness(12_000, "db", HarnessEvent::ClockJump { jump_ms: 9_000 })
+            .db(12_500, job_rescued(1));
+        assert!(ClaimsKeptAlive.check(&stepped.0, &ctx(30_000)).is_empty());
+        // A node's clock 10 minutes ahead has no say.
+        let skewed = H::new()
+            .harness(
+                0,
+                "n2",
+                HarnessEvent::NodeBoot {
+                    boot: 1,
+                    skew_ms: 600_000,
+                },
+            )
+            .db(0, job_claimed(1, 10, 0))
+            .db(12_500, job_rescued(1));
+        assert_eq!(ClaimsKeptAlive.check(&skewed.0, &ctx(30_000)).len(), 1);
     }
 }

@@ -21,8 +21,8 @@
 //! for [`idle_bound_ms`] (longer for a job the scheduler must promote first)
 //! breaks the promise. A job's queue is the one its
 //! claims name; a job never claimed is judged only when every slot serves one
-//! queue. Claims compare due times with the claimer's wall clock, so the bound
-//! grows by how far apart the nodes' clocks were. The claim order (priority,
+//! queue. Claims compare due times with storage's clock, so the bound grows
+//! by how far that clock stepped; the nodes' clocks have no say. The claim order (priority,
 //! due time, id) only decides which of several waiting jobs an idle worker
 //! takes first; a worker that takes one is no longer idle, so the rest are not
 //! held against it.
@@ -117,6 +117,8 @@ impl<'a> Ahead<'a> {
 /// The scan's state at one point of the history.
 struct Scan<'a> {
     ahead: Ahead<'a>,
+    /// Storage's clock, on which due times are set.
+    offsets: Offsets,
     slots: BTreeMap<&'a str, Slot>,
     /// Per node host, its live holder id, and whether it is shutting down.
     live: BTreeMap<&'a str, (&'a str, bool)>,
@@ -139,7 +141,7 @@ impl Checker for IdleWorkersClaim {
 
     fn check(&self, history: &[Record], ctx: &CheckCtx) -> Vec<Violation> {
         let from_ms = ctx.heal_at_ms + ctx.converge_bound_ms;
-        let spread_ms = Offsets::of(history).spread(from_ms, ctx.end_at_ms);
+        let spread_ms = Offsets::of(history).storage_moved(from_ms, ctx.end_at_ms);
         let bound_ms = |promoted| idle_bound_ms(ctx, promoted) + spread_ms;
         let mut scan = Scan::new(history);
         for r in history {
@@ -161,6 +163,7 @@ impl<'a> Scan<'a> {
         }
         Scan {
             ahead: Ahead::of(history),
+            offsets: Offsets::of(history),
             slots: BTreeMap::new(),
             live: BTreeMap::new(),
             waiting: BTreeMap::new(),
@@ -247,7 +250,9 @@ impl<'a> Scan<'a> {
                 self.wait(*job, at, r, false);
             }
             Ev::Db(DbEvent::JobScheduled { job, due_ms }) => {
-                let due = u64::try_from(*due_ms).unwrap_or(0).max(at);
+                // Due on storage's clock; in true time, as its offset stood.
+                let lead_ms = self.offsets.storage_ms(at) - i64::try_from(at).unwrap_or(i64::MAX);
+                let due = u64::try_from(due_ms - lead_ms).unwrap_or(0).max(at);
                 self.wait(*job, due, r, true);
             }
             Ev::Db(DbEvent::CancelApplied { job }) => {
@@ -270,7 +275,7 @@ impl<'a> Scan<'a> {
             Ev::Db(DbEvent::FinalizeApplied { job, attempt, .. }) => {
                 self.release(*job, *attempt, at);
             }
-            Ev::Db(DbEvent::RescueApplied { job, attempt }) => {
+            Ev::Db(DbEvent::RescueApplied { job, attempt, .. }) => {
                 self.release(*job, *attempt, at);
                 // A rescue that cancelled or discarded the job ends it: only
                 // one claimed again, or still unfinished at the end, waits.
@@ -309,6 +314,7 @@ mod tests {
             owner: owner.into(),
             max_attempts: 10,
             heartbeat_ms: 0,
+            issued_ms: 0,
         }
     }
     fn done(job: u64) -> DbEvent {
@@ -377,6 +383,7 @@ mod tests {
         let rescued = |job: u64| DbEvent::RescueApplied {
             job: JobId(job),
             attempt: 1,
+            issued_ms: 0,
         };
         let h = idle_from_30s(&[4, 5])
             .db(51_000, rescued(4))

@@ -22,7 +22,7 @@
 //! | --- | --- |
 //! | Terms strictly increase and each has one holder; a live lease moves on only when no process of its holder id still believes in it (`leadership`, `identity`) | [`one_leader_per_term`](OneLeaderPerTerm) |
 //! | A node stops believing before it resigns, and does not resign a lease that already moved on (`leadership` design note) | [`step_down_before_resign`](StepDownBeforeResign) |
-//! | No node believes it leads a term once a later one was granted to another holder, so no two nodes believe they lead at one true instant, unless their clocks were more than `safety_margin` apart (`leadership` design note) | [`one_believed_leader`](OneBelievedLeader) (true time) |
+//! | No node believes it leads a term once a later one was granted to another holder, so no two nodes believe they lead at one true instant, however far the nodes' clocks are off, unless storage's clock stepped forward by more than `safety_margin` (`leadership` design note, `storage` "One clock judges") | [`one_believed_leader`](OneBelievedLeader) (true time) |
 //! | A leader's services act only inside their term's trust window, even as a frozen process thaws (`ServiceCtx::leads`) | [`leader_acts_in_trust`](LeaderActsInTrust) (true time) |
 //! | Nothing done for term T stops or alters another term's services (`maintenance` design note) | [`no_cross_term_teardown`](NoCrossTermTeardown) |
 //! | Losing T cancels T's start: no further start attempt begins (`maintenance` design note) | [`no_start_after_term_lost`](NoStartAfterTermLost) |
@@ -33,7 +33,7 @@
 //! | Added services start before the built-in ones, so a failing start hook fails the attempt before anything else starts; losing the term triggers the token of the start attempt in flight (`RuntimeBuilder::service`, `maintenance` design note) | none: the order of services within one start attempt and the token a hook sees are not recorded; `core/src/maintenance` unit tests hold them |
 //! | A stopped maintainer run's late start attempt is never installed (`Maintainer::run`, `TermHandle`) | none: the events do not say which maintainer run an attempt belongs to; `core/src/maintenance` unit tests hold it, and `no_cross_term_teardown` and `maintainer_liveness` see what a wrongly installed start would do |
 //! | A node asks to resign only a term it holds at that moment (`Elector::request_resign`, `Maintainer`) | [`no_stale_resign`](NoStaleResign) |
-//! | Jobs held in a worker's hand are heartbeated while they wait, as running ones are, so a worker that can reach storage never loses a claim to the rescuer; one heard lost is not run (`hand.rs`, `JobsConfig::claim_ahead`, `heartbeat_interval`) | [`claims_kept_alive`](ClaimsKeptAlive) (no rescue of a live claimant that could reach storage for the whole stale window, within the clock margin) and [`no_double_execution`](NoDoubleExecution) (no start on a claim storage had revoked) |
+//! | Jobs held in a worker's hand are heartbeated while they wait, as running ones are, so a worker that can reach storage never loses a claim to the rescuer; one heard lost is not run (`hand.rs`, `JobsConfig::claim_ahead`, `heartbeat_interval`) | [`claims_kept_alive`](ClaimsKeptAlive) (no rescue of a live claimant that could reach storage for the whole stale window, unless storage's clock stepped past the claim margin) and [`no_double_execution`](NoDoubleExecution) (no start on a claim storage had revoked) |
 //! | A job held in hand whose cancel was requested is not run, and its claim is kept alive until the worker settles it (`hand.rs`) | [`claims_kept_alive`](ClaimsKeptAlive) for the keeping alive; that it is not run: none, storage's taking of a running (or held) job's cancel request is not recorded, so the history cannot tell a held job that should not start; `core/src/jobs/tests.rs` (`a_job_cancelled_while_in_hand_is_settled_unrun`) holds it |
 //! | A handler that ignores a user's cancel past `cancel_grace` is dropped and its job settled cancelled at once, not left to the rescuer (`worker.rs`) | [`claims_kept_alive`](ClaimsKeptAlive) (the dropped handler's claim is not left to go stale) and [`stopped_handlers_end_in_grace`](StoppedHandlersEndInGrace) (the drop); `core/src/jobs/tests.rs` (`a_handler_ignoring_a_cancel_is_dropped_and_its_job_cancelled_at_once`) |
 //! | A local enqueue wakes an idle worker at once, and a storage signal does across processes (`RuntimeHandle::enqueue`, `JobStore::enqueue_signal`) | none: the simulated client enqueues over the network, so no run enqueues locally, and no simulated engine raises the signal; [`idle_workers_claim`](IdleWorkersClaim) holds the poll that backs both |
@@ -50,16 +50,16 @@
 //! | A handler asked to stop (a cancel, an untrusted or lost claim) ends within `cancel_grace`, or at once for a lost claim, else its worker drops it (`JobsConfig::cancel_grace`, `Handler`) | [`stopped_handlers_end_in_grace`](StoppedHandlersEndInGrace) |
 //! | Each periodic slot is enqueued at most once cluster-wide, by a current term (`fire_periodic`) | [`periodic_once`](PeriodicOnce) for at most once; that the firing term was current is storage's term fencing (the insert records no term), held by the conformance suite |
 //! | A cron slot missed by more than `CRON_CATCH_UP` is skipped rather than fired late (`jobs::maintenance`) | none: `periodic_fires_due_slot` judges fixed periods, and no scenario draws a cron schedule with a failover longer than the catch-up window; `core/src/jobs/maintenance.rs` (`cron_slots_are_the_latest_fire_time_within_the_catch_up_window`) holds it |
-//! | A periodic schedule's latest due slot is enqueued at each tick of the leader's enqueuer, never a slot before its time; a cron slot missed in a failover is caught up within `CRON_CATCH_UP` (`PeriodicJob::slot`) | [`periodic_fires_due_slot`](PeriodicFiresDueSlot) for fixed periods once the heal converged, and early slots always; the cron catch-up by `jobs::maintenance`'s unit tests (the simulated cron runs every 3 s, inside its catch-up) |
+//! | A periodic schedule's latest due slot on storage's clock is enqueued at each tick of the leader's enqueuer, never a slot before its time, whatever the leader's clock reads; a cron slot missed in a failover is caught up within `CRON_CATCH_UP` (`PeriodicJob::slot`) | [`periodic_fires_due_slot`](PeriodicFiresDueSlot) for fixed periods once the heal converged, and early slots always; the cron catch-up by `jobs::maintenance`'s unit tests (the simulated cron runs every 3 s, inside its catch-up) |
 //! | A cancel that lands as a handler completes never rewrites the finished job (`worker.rs`) | [`finished_work_stands`](FinishedWorkStands) |
 //! | A cancel of a running job reaches its handler at once on the cancelling node, and elsewhere at the worker's next heartbeat (`RuntimeHandle::cancel`, `JobStore::request_cancel`) | none: storage's taking of a running job's cancel request is not recorded (only a queued job's `CancelApplied`), and the simulated client cancels through storage, never `RuntimeHandle::cancel`, so no run times the delivery; `core/src/jobs/tests.rs` holds that a cancel stops a running handler, on one node and without timing. A heard cancel is then [`stopped_handlers_end_in_grace`](StoppedHandlersEndInGrace)'s (a same-node cancel triggers the token without an event, so its grace is not judged) |
-//! | A failed attempt's retry is due no earlier than its backoff after the failure (`JobsConfig::retry`, `backoff`) | [`retry_respects_backoff`](RetryRespectsBackoff) (true time: storage takes an early retry without complaint) |
-//! | A scheduled job is not claimed before its `scheduled_at` (`EnqueueRequest`) | [`scheduled_not_early`](ScheduledNotEarly) (true time, on the claimer's clock) |
-//! | The rescuer revokes a claim only once its heartbeat is older than `stale_threshold` (`JobsConfig::stale_threshold`) | [`no_early_rescue`](NoEarlyRescue), for the stretch the history shows: a claim stamps the first heartbeat, later ones are not recorded (one per running job per second would dominate the history), so a rescue is judged against its claim, less the clock spread |
+//! | A failed attempt's retry is due no earlier than its backoff after the failure, on storage's clock (`JobsConfig::retry`, `backoff`, `Finalize::Retry`) | [`retry_respects_backoff`](RetryRespectsBackoff) (true time, less any step of storage's clock: storage takes an early retry without complaint) |
+//! | A scheduled job is not claimed before its `scheduled_at` on storage's clock (`EnqueueRequest`, `JobStore::claim`) | [`scheduled_not_early`](ScheduledNotEarly) (true time, less storage's clock lead) |
+//! | The rescuer revokes a claim only once its heartbeat is older than `stale_threshold` on storage's clock, whatever the rescuer's clock reads (`JobsConfig::stale_threshold`, `JobStore::rescue_stale`) | [`no_early_rescue`](NoEarlyRescue), for the stretch the history shows: a claim stamps the first heartbeat, later ones are not recorded (one per running job per second would dominate the history), so a rescue is judged against its claim, less any step back of storage's clock |
 //! | An available job with an idle worker is claimed within a bounded delay (`JobsConfig::idle_poll`) | [`idle_workers_claim`](IdleWorkersClaim) (liveness, once faults stopped and the cluster converged; judged for jobs whose due time the history knows: new, scheduled, periodic and rescued ones, not a failed attempt's jittered retry) |
 //! | A job is claimed by priority, then due time, then id, and never from a paused queue (`JobStore::claim`, `pause_queue`) | none: storage alone decides it, inside one transaction; the conformance suite and `MemStorage`'s model test hold it for every engine (the simulator never pauses a queue) |
 //! | A failed job is retried until its attempts run out, then discarded; a snooze does not spend an attempt (`Outcome`) | [`attempts_within_budget`](AttemptsWithinBudget) (each claim records the budget as it stands, a snooze's included) |
-//! | Once a graceful shutdown begins a runtime claims nothing more: a stopping worker only finalizes (`RuntimeHandle::shutdown`, `worker.rs`) | [`no_claim_after_shutdown`](NoClaimAfterShutdown) (a claim's send time from its stamp, less the claimer's clock lead) |
+//! | Once a graceful shutdown begins a runtime claims nothing more: a stopping worker only finalizes (`RuntimeHandle::shutdown`, `worker.rs`) | [`no_claim_after_shutdown`](NoClaimAfterShutdown) (when the claim was issued, as the harness records each storage call) |
 //! | A handler stopped by shutdown gives its job back without spending an attempt, and a job claimed just before a stop is given back unrun (`RuntimeHandle::shutdown`, `worker.rs`) | [`shutdown_gives_back`](ShutdownGivesBack) for what a shutdown stops; a job claimed just before the stop and given back unrun is finalized `scheduled` without a `HandlerStarted`, which [`no_double_execution`](NoDoubleExecution) and `core/src/jobs/tests.rs` hold |
 //! | Finished jobs are kept for `retention`, then deleted (`JobsConfig::retention`) | none: the default retention (a day) outlasts every run, so no run deletes a finished job; `core/src/jobs/tests.rs` (`the_cleaner_keeps_a_finished_job_for_its_retention_then_deletes_it`) holds the cleaner, the conformance suite `cleanup` for a given cutoff on every engine |
 //! | A unique key matches at most one live job (`EnqueueRequest::unique_key`) | none: storage alone decides it, inside one transaction; the conformance suite and `MemStorage`'s model test hold it for every engine |
@@ -280,7 +280,7 @@ pub trait Checker: Send + Sync {
 /// Each planted bug with the scenario and invariant that catch it: the pairs
 /// `tests/tests/planted_bugs.rs` proves, which `bench-sim`, the shrink test and
 /// `ci/shrink-report` measure.
-pub const PLANTED_BUG_CATCHERS: [(keel::planted::Bug, &str, &str); 25] = {
+pub const PLANTED_BUG_CATCHERS: [(keel::planted::Bug, &str, &str); 26] = {
     use keel::planted::Bug;
     [
         (Bug::StaleResign, "stale_retries", "no_stale_resign"),
@@ -384,8 +384,21 @@ pub const PLANTED_BUG_CATCHERS: [(keel::planted::Bug, &str, &str); 25] = {
             "zombies",
             "leader_resigns_at_shutdown",
         ),
+        (Bug::RescueOnCallerClock, "clock_skew", "no_early_rescue"),
     ]
 };
+
+/// `ctx` with its heal moved to when storage's clock caught up with its last
+/// step back, if later: until then leases and claims last longer, and due
+/// times come later, by that step, so the liveness bounds, which count from
+/// the heal, would blame the runtime for storage's clock (keel's documented
+/// limit: a step of the one judging clock delays every hold's end by the
+/// step). Safety is judged as before.
+pub fn after_storage_steps(mut ctx: CheckCtx, history: &[Record]) -> CheckCtx {
+    let caught_up_ms = belief::Offsets::of(history).storage_caught_up_ms();
+    ctx.heal_at_ms = ctx.heal_at_ms.max(caught_up_ms);
+    ctx
+}
 
 /// Every checker, in a fixed order.
 pub fn all() -> Vec<Box<dyn Checker>> {
@@ -683,7 +696,9 @@ pub(crate) mod test_support {
     }
 
     /// Storage applied worker `n1#a/default/0`'s claim of job 1's attempt
-    /// `attempt`, with the job's budget and the claim's first heartbeat stamp.
+    /// `attempt`, with the job's budget and the claim's first heartbeat stamp
+    /// on storage's clock; the worker issued it at that time in true time (a
+    /// storage clock that keeps true time).
     pub(crate) fn job_claimed(attempt: u32, max_attempts: u32, stamp_ms: i64) -> DbEvent {
         DbEvent::ClaimApplied {
             job: JobId(1),
@@ -691,6 +706,7 @@ pub(crate) mod test_support {
             owner: "n1#a/default/0".into(),
             max_attempts,
             heartbeat_ms: stamp_ms,
+            issued_ms: u64::try_from(stamp_ms).unwrap_or(0),
         }
     }
 
@@ -699,6 +715,7 @@ pub(crate) mod test_support {
         DbEvent::RescueApplied {
             job: JobId(1),
             attempt,
+            issued_ms: 0,
         }
     }
 }

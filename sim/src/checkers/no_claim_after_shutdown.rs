@@ -2,11 +2,9 @@
 //! claims no more jobs (`RuntimeHandle::shutdown`: "stop claiming"; a
 //! retiring or stopping worker only finalizes). A `ClaimApplied` for an owner
 //! whose process began shutting down breaks the promise when the claim was
-//! sent after the shutdown began. The claim's send time is read from its
-//! stamp (`ClaimApplied::heartbeat_ms`, the claimer's wall clock just before
-//! it sent the call), less the furthest that host's clock ran ahead since
-//! shortly before the shutdown, so a claim in flight when the shutdown began
-//! (a held link, a slow reply) is never counted.
+//! issued after the shutdown began: the harness records when each storage call
+//! was made (`ClaimApplied::issued_ms`, true time), so a claim in flight when
+//! the shutdown began (a held link, a slow reply) is never counted.
 //!
 //! Storage applies every claim it is asked for; only the shutdown around it
 //! shows the worker should not have asked.
@@ -15,9 +13,8 @@ use std::collections::BTreeMap;
 
 use keel::events::Event;
 
-use super::belief::Offsets;
 use super::health::Hosts;
-use super::no_early_rescue::{SENT_BEFORE_MS_MAX, STAMP_SLACK_MS};
+use super::no_early_rescue::STAMP_SLACK_MS;
 use super::{CheckCtx, Checker, Violation};
 use crate::history::{DbEvent, Ev, HarnessEvent, Record};
 
@@ -32,7 +29,6 @@ impl Checker for NoClaimAfterShutdown {
     }
 
     fn check(&self, history: &[Record], _ctx: &CheckCtx) -> Vec<Violation> {
-        let offsets = Offsets::of(history);
         let hosts = Hosts::of(history);
         // The hosts shutting down, since when.
         let mut stopping: BTreeMap<&str, &Record> = BTreeMap::new();
@@ -51,18 +47,15 @@ impl Checker for NoClaimAfterShutdown {
                     job,
                     attempt,
                     owner,
-                    heartbeat_ms,
+                    issued_ms,
                     ..
                 }) => {
                     let claimer = hosts.of_owner(owner);
                     let Some(began) = stopping.get(claimer) else {
                         continue;
                     };
-                    let since_ms = began.at_ms.saturating_sub(SENT_BEFORE_MS_MAX);
-                    let sent_ms =
-                        offsets.sent_no_earlier_than(claimer, *heartbeat_ms, since_ms, r.at_ms);
-                    let began_ms = i64::try_from(began.at_ms).unwrap_or(i64::MAX);
-                    if sent_ms <= began_ms + STAMP_SLACK_MS {
+                    let sent_ms = *issued_ms;
+                    if sent_ms <= began.at_ms + STAMP_SLACK_MS.unsigned_abs() {
                         continue;
                     }
                     out.push(Violation {
@@ -87,6 +80,7 @@ impl Checker for NoClaimAfterShutdown {
 mod tests {
     use super::*;
     use crate::checkers::test_support::{ctx, job_claimed, H};
+    use crate::history::HarnessEvent;
 
     fn started() -> Event {
         Event::RuntimeStarted {
@@ -96,8 +90,6 @@ mod tests {
     fn began() -> Event {
         Event::ShutdownBegan { deadline_ms: 5_000 }
     }
-    /// A claim applied at its `at`, stamped `stamp_ms` on the claimer's clock.
-
     #[test]
     fn a_claim_sent_before_the_shutdown_or_by_a_new_process_passes() {
         // Sent at 990, applied after the shutdown began at 1,000.
@@ -119,20 +111,21 @@ mod tests {
     }
 
     #[test]
-    fn a_claim_stamped_by_a_clock_running_ahead_passes() {
-        // n1's clock runs 2 s ahead: the stamp 2,900 was read at true 900.
+    fn only_when_the_claim_was_issued_counts_not_any_clock() {
+        // n1's clock runs 10 minutes ahead; its claim, issued at true 900,
+        // was applied after the shutdown began.
         let h = H::new()
             .harness(
                 0,
                 "n1",
                 HarnessEvent::NodeBoot {
                     boot: 1,
-                    skew_ms: 2_000,
+                    skew_ms: 600_000,
                 },
             )
             .node(0, "n1", started())
             .node(1_000, "n1", began())
-            .db(1_200, job_claimed(1, 10, 2_900));
+            .db(1_200, job_claimed(1, 10, 900));
         assert!(NoClaimAfterShutdown.check(&h.0, &ctx(10_000)).is_empty());
     }
 

@@ -16,7 +16,10 @@
 //!   claim was never revoked (storage handed out a job twice).
 //! * **outlived its claim**: an interval of `(job, a)` closes (or the run ends)
 //!   more than `lost_claim_grace_ms` after `a`'s claim was revoked, not counting
-//!   time its process was frozen (a paused process runs nothing). A worker learns
+//!   time its process was frozen (a paused process runs nothing) and any
+//!   step of storage's clock in the stale window before the revoke, up to
+//!   `claim_trust` (it aged the claim by that much while its worker, cut off,
+//!   still trusted it). A worker learns
 //!   of a revoked claim at its next heartbeat and must drop the handler then
 //!   (source document 003, M1); a partitioned worker stops on its own before the
 //!   rescuer may revoke it.
@@ -25,10 +28,11 @@
 //! * **started on a revoked claim**: a `HandlerStarted { job, a }` after `a`'s
 //!   claim was revoked. A worker starts a claimed job only while its claim is
 //!   at most half its `claim_trust` old since a good heartbeat (else it asks
-//!   storage first), and storage revokes only past `stale_threshold`, so this
-//!   needs a worker that ran a job it had heard was lost, or clocks further
-//!   apart than `stale_threshold - claim_trust / 2` (then excused: keel's
-//!   documented clock margin).
+//!   storage first), and storage revokes only past `stale_threshold` on its
+//!   own clock, so this needs a worker that ran a job it had heard was lost,
+//!   or storage's clock stepping by more than `stale_threshold - claim_trust /
+//!   2` (then excused: a forward step of the one judging clock ages every
+//!   claim, keel's documented limit). The nodes' clocks have no say.
 //! * **finalized under a running handler**: storage applies a finalize of
 //!   `(job, a)` while a handler of `(job, a)` still runs. The owner finalizes only
 //!   after its handler ended, so this is another worker writing over the claim
@@ -141,7 +145,7 @@ impl<'a> Scan<'a> {
             | Ev::Node(Event::ShutdownEnded { .. }) => {
                 self.close_where(history, ctx, r, |i| i.host == host);
             }
-            Ev::Db(DbEvent::RescueApplied { job, attempt }) => {
+            Ev::Db(DbEvent::RescueApplied { job, attempt, .. }) => {
                 self.revoke(ctx, r, *job, *attempt);
             }
             Ev::Db(DbEvent::ClaimApplied { job, attempt, .. }) => {
@@ -176,7 +180,7 @@ impl<'a> Scan<'a> {
             .stale_threshold_ms
             .saturating_sub(ctx.claim_trust_ms / 2);
         let claimed_ms = r.at_ms.saturating_sub(ctx.stale_threshold_ms);
-        if self.offsets.spread(claimed_ms, r.at_ms) > margin_ms {
+        if self.offsets.storage_moved(claimed_ms, r.at_ms) > margin_ms {
             return;
         }
         let message = format!(
@@ -261,12 +265,23 @@ impl<'a> Scan<'a> {
         if revoked.seq < i.started {
             return;
         }
-        // A frozen process runs nothing: only the time it ran counts.
+        // A frozen process runs nothing: only the time it ran counts. A
+        // forward step of storage's clock in the stale window before the
+        // revoke aged the claim by that step while its worker (cut off, so
+        // deaf to the revoke) still rightly trusted it, keel's documented
+        // limit; but never past `claim_trust`, by when a worker stops on its
+        // own, and a worker that heard the revoke stops within the grace.
         let frozen = super::frozen_ms(history, i.host, revoked.at_ms, at.at_ms);
+        let from_ms = revoked.at_ms.saturating_sub(ctx.stale_threshold_ms);
+        let stepped = self
+            .offsets
+            .storage_moved(from_ms, revoked.at_ms)
+            .min(ctx.claim_trust_ms);
         let over = at
             .at_ms
             .saturating_sub(revoked.at_ms)
-            .saturating_sub(frozen);
+            .saturating_sub(frozen)
+            .saturating_sub(stepped);
         self.near(ctx.lost_claim_grace_ms.saturating_sub(over));
         if over <= ctx.lost_claim_grace_ms {
             return;
@@ -322,12 +337,14 @@ mod tests {
             owner: "w".into(),
             max_attempts: 10,
             heartbeat_ms: 0,
+            issued_ms: 0,
         }
     }
     fn rescue(job: u64, attempt: u32) -> DbEvent {
         DbEvent::RescueApplied {
             job: JobId(job),
             attempt,
+            issued_ms: 0,
         }
     }
 
@@ -384,16 +401,8 @@ mod tests {
             "{}",
             v[0].message
         );
-        // The same with the nodes' clocks 8 s apart: the documented margin.
+        // The nodes' clocks 8 s apart change nothing: storage judged.
         let skewed = H::new()
-            .harness(
-                0,
-                "n1",
-                HarnessEvent::NodeBoot {
-                    boot: 1,
-                    skew_ms: 0,
-                },
-            )
             .harness(
                 0,
                 "n2",
@@ -405,7 +414,18 @@ mod tests {
             .db(0, claim(1, 1))
             .db(11_000, rescue(1, 1))
             .node(12_000, "n1", started(1, 1));
-        assert!(NoDoubleExecution.check(&skewed.0, &ctx(20_000)).is_empty());
+        assert_eq!(NoDoubleExecution.check(&skewed.0, &ctx(20_000)).len(), 1);
+        // Storage's clock stepping 8 s ahead is the documented limit.
+        let stepped = H::new()
+            .db(0, claim(1, 1))
+            .harness(
+                5_000,
+                crate::db::DB_HOST,
+                HarnessEvent::ClockJump { jump_ms: 8_000 },
+            )
+            .db(11_000, rescue(1, 1))
+            .node(12_000, "n1", started(1, 1));
+        assert!(NoDoubleExecution.check(&stepped.0, &ctx(20_000)).is_empty());
     }
 
     #[test]

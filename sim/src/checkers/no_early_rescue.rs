@@ -1,23 +1,19 @@
-//! `no_early_rescue`: the rescuer revokes a claim only once its heartbeat is
-//! older than `stale_threshold` (`JobsConfig::stale_threshold`). A job's
-//! heartbeats are not recorded (one per running job per second would dominate
-//! the history), but its claim records the first one: the claimer's wall-clock
-//! stamp (`ClaimApplied::heartbeat_ms`). The rescuer judges staleness on its
-//! own wall clock when it sends the rescue, so a `RescueApplied` of `(job, a)`
-//! at true time `t` is early when even the clock most ahead over the time the
-//! rescue may have been in flight reads less than the threshold past the
-//! earliest stamp any heartbeat could have left. Later heartbeats stamp later
-//! times, unless the worker's clock fell back: a heartbeat after a backward
-//! jump stamps an earlier time than the claim did (swarm seed 61000454: a
-//! worker's clock stepped back 10.5 s, and its next heartbeat made its claim
-//! look 5 s older than its first stamp), so the stamp is lowered by how far
-//! the worker's clock fell back in between, counted from when the claim may
-//! have been sent: a claim stamped on a jumped clock and applied just after
-//! the jump ended (clock_skew seed 8085) is as old as the jump.
+//! `no_early_rescue`: the rescuer revokes a claim only once its last heartbeat
+//! is more than `stale_threshold` (`JobsConfig::stale_threshold`) old on
+//! storage's clock, the one clock that judges claims. A job's heartbeats are
+//! not recorded (one per running job per second would dominate the history),
+//! but its claim records the first one: storage's stamp when it applied the
+//! claim (`ClaimApplied::heartbeat_ms`). Later heartbeats stamp later times,
+//! unless storage's clock fell back in between, so a `RescueApplied` of
+//! `(job, a)` at true time `t` is early when storage's clock at `t` reads no
+//! more than the threshold past that stamp, lowered by how far storage's clock
+//! fell back since the claim. The rescuer's own clock has no say: a rescue it
+//! judged on its own wall clock (planted `rescue_on_caller_clock`) is early
+//! whenever that clock ran ahead of storage's.
 //!
-//! Storage applies an early rescue without complaint: it is handed the
-//! cutoff. A worker whose claim is revoked early is cut off while it may still
-//! trust its claim, which `no_double_execution` sees only if the next attempt
+//! Storage applies an early rescue without complaint: it is handed the window.
+//! A worker whose claim is revoked early is cut off while it may still trust
+//! its claim, which `no_double_execution` sees only if the next attempt
 //! overlaps it.
 
 use std::collections::BTreeMap;
@@ -34,11 +30,6 @@ pub struct NoEarlyRescue;
 /// Slack for the history stamping a host's events up to one 20 ms step late.
 pub const STAMP_SLACK_MS: i64 = 20;
 
-/// How long before it is applied a rescue may have been sent, its cutoff
-/// read from the rescuer's clock then: a request timeout, or a paused
-/// rescuer's held link (the longest pause any scenario draws is 12 s).
-pub const SENT_BEFORE_MS_MAX: u64 = 15_000;
-
 impl Checker for NoEarlyRescue {
     fn name(&self) -> &'static str {
         "no_early_rescue"
@@ -46,7 +37,7 @@ impl Checker for NoEarlyRescue {
 
     fn check(&self, history: &[Record], ctx: &CheckCtx) -> Vec<Violation> {
         let offsets = Offsets::of(history);
-        let mut claimed: BTreeMap<(JobId, u32), (&Record, i64, &str)> = BTreeMap::new();
+        let mut claimed: BTreeMap<(JobId, u32), (&Record, i64)> = BTreeMap::new();
         let mut out = Vec::new();
         for r in history {
             match &r.ev {
@@ -54,27 +45,18 @@ impl Checker for NoEarlyRescue {
                     job,
                     attempt,
                     heartbeat_ms,
-                    owner,
                     ..
                 }) => {
-                    claimed.insert((*job, *attempt), (r, *heartbeat_ms, worker_node(owner)));
+                    claimed.insert((*job, *attempt), (r, *heartbeat_ms));
                 }
-                Ev::Db(DbEvent::RescueApplied { job, attempt }) => {
-                    let Some((claim, first_stamp_ms, worker)) = claimed.get(&(*job, *attempt))
-                    else {
+                Ev::Db(DbEvent::RescueApplied { job, attempt, .. }) => {
+                    let Some((claim, first_stamp_ms)) = claimed.get(&(*job, *attempt)) else {
                         continue;
                     };
-                    // The claim too may have been sent (and stamped) that
-                    // long before it was applied, on a clock that has since
-                    // stepped back (clock_skew seed 8085).
-                    let claim_sent_ms = claim.at_ms.saturating_sub(SENT_BEFORE_MS_MAX);
-                    let fell_ms = offsets.fell_back_on(worker, claim_sent_ms, claim.at_ms, r.at_ms);
-                    let stamp_ms = first_stamp_ms - fell_ms;
-                    let sent_ms = r.at_ms.saturating_sub(SENT_BEFORE_MS_MAX);
-                    let latest_clock_ms = i64::try_from(r.at_ms).unwrap_or(i64::MAX)
-                        + offsets.most_ahead_within(sent_ms, r.at_ms)
-                        + STAMP_SLACK_MS;
-                    let age_ms = latest_clock_ms - stamp_ms;
+                    let stamp_ms = first_stamp_ms - offsets.storage_fell_back(claim.at_ms, r.at_ms);
+                    // The history may stamp the rescue a step after storage
+                    // read its clock for it.
+                    let age_ms = offsets.storage_ms(r.at_ms) + STAMP_SLACK_MS - stamp_ms;
                     let stale_ms = i64::try_from(ctx.stale_threshold_ms).unwrap_or(i64::MAX);
                     if age_ms >= stale_ms {
                         continue;
@@ -84,7 +66,7 @@ impl Checker for NoEarlyRescue {
                         at_ms: r.at_ms,
                         message: format!(
                             "{job} attempt {attempt} was rescued when its first heartbeat was at most \
-                             {age_ms}ms old on any clock; the stale threshold is {}ms",
+                             {age_ms}ms old on storage's clock; the stale threshold is {}ms",
                             ctx.stale_threshold_ms
                         ),
                         witnesses: vec![(*claim).clone(), r.clone()],
@@ -97,97 +79,67 @@ impl Checker for NoEarlyRescue {
     }
 }
 
-/// The node a worker's owner id (`node#incarnation/queue/slot`) runs on.
-fn worker_node(owner: &str) -> &str {
-    owner.split(['/', '#']).next().unwrap_or(owner)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::checkers::test_support::{ctx, job_claimed, job_rescued, H};
+    use crate::db::DB_HOST;
     use crate::history::HarnessEvent;
 
-    /// Attempt `at`'s claim, its first heartbeat stamped at `stamp_ms`.
+    /// Storage's clock (the database host's) steps by `jump_ms` at `at_ms`.
+    fn storage_jump(h: H, at_ms: u64, jump_ms: i64) -> H {
+        h.harness(at_ms, DB_HOST, HarnessEvent::ClockJump { jump_ms })
+    }
 
     #[test]
-    fn a_rescue_past_the_threshold_on_some_clock_passes() {
+    fn a_rescue_past_the_threshold_on_storages_clock_passes() {
         // The test context's stale threshold is 10 s.
         let h = H::new()
             .db(0, job_claimed(1, 10, 0))
             .db(10_500, job_rescued(1));
         assert!(NoEarlyRescue.check(&h.0, &ctx(20_000)).is_empty());
-        // The claim was sent at 0 and applied 3 s later (a held link); the
-        // rescue 8 s after the apply is 11 s after the stamp.
-        let late = H::new()
-            .db(3_000, job_claimed(1, 10, 0))
-            .db(11_000, job_rescued(1));
-        assert!(NoEarlyRescue.check(&late.0, &ctx(20_000)).is_empty());
-        // A node's clock ran 2 s ahead: the rescuer may have been on it.
-        let skewed = H::new()
+        // Storage's clock runs 2 s ahead throughout: its stamps and its
+        // judgement agree, so only true ages count.
+        let skewed = storage_jump(H::new(), 0, 2_000)
+            .db(0, job_claimed(1, 10, 2_000))
+            .db(10_500, job_rescued(1));
+        assert!(NoEarlyRescue.check(&skewed.0, &ctx(20_000)).is_empty());
+    }
+
+    #[test]
+    fn a_storage_clock_that_fell_back_may_have_aged_a_claim() {
+        // Storage's clock ran 8 s ahead when it stamped the claim (8,000 at
+        // true 0), then stepped back to true time: the worker's last
+        // heartbeat, at 1 s, stamped 1,000, so a rescue at 11.5 s is 10.5 s
+        // past it, though 3.5 s past the claim's stamp.
+        let h = storage_jump(H::new(), 0, 8_000)
+            .db(0, job_claimed(1, 10, 8_000))
+            .harness(500, DB_HOST, HarnessEvent::ClockJump { jump_ms: -8_000 })
+            .db(11_500, job_rescued(1));
+        assert!(NoEarlyRescue.check(&h.0, &ctx(20_000)).is_empty());
+    }
+
+    #[test]
+    fn fires_on_a_rescue_judged_on_a_clock_running_ahead_of_storages() {
+        // n2's clock runs 4 s ahead: a rescuer judging on it (planted
+        // `rescue_on_caller_clock`) revokes at 6.5 s what storage's clock
+        // says is 6.5 s old.
+        let h = H::new()
             .harness(
                 0,
                 "n2",
                 HarnessEvent::NodeBoot {
                     boot: 1,
-                    skew_ms: 2_000,
+                    skew_ms: 4_000,
                 },
             )
             .db(0, job_claimed(1, 10, 0))
-            .db(8_500, job_rescued(1));
-        assert!(NoEarlyRescue.check(&skewed.0, &ctx(20_000)).is_empty());
-    }
-
-    #[test]
-    fn a_worker_clock_that_fell_back_may_have_aged_its_claim() {
-        // n1 claims with its clock 8 s ahead (stamp 8,000 at true 0), then
-        // steps back to true time: its last heartbeat, at 1 s, stamped 1,000,
-        // so a rescue at 16 s is 15 s past it, though 8 s past the claim's.
-        let h = H::new()
-            .harness(
-                0,
-                "n1",
-                HarnessEvent::NodeBoot {
-                    boot: 1,
-                    skew_ms: 8_000,
-                },
-            )
-            .db(0, job_claimed(1, 10, 8_000))
-            .harness(500, "n1", HarnessEvent::ClockJump { jump_ms: -8_000 })
-            .db(16_000, job_rescued(1));
-        assert!(NoEarlyRescue.check(&h.0, &ctx(20_000)).is_empty());
-    }
-
-    #[test]
-    fn a_claim_stamped_before_its_clock_fell_back_may_be_old() {
-        // n1's clock ran 8 s ahead until 1,000; its claim, sent then (stamp
-        // 9,000), was applied at 1,010, after the clock stepped back; its
-        // heartbeats since stamp true time, so at 17 s it is 16 s old.
-        let h = H::new()
-            .harness(
-                0,
-                "n1",
-                HarnessEvent::NodeBoot {
-                    boot: 1,
-                    skew_ms: 8_000,
-                },
-            )
-            .harness(1_000, "n1", HarnessEvent::ClockJump { jump_ms: -8_000 })
-            .db(1_010, job_claimed(1, 10, 9_000))
-            .db(17_000, job_rescued(1));
-        assert!(NoEarlyRescue.check(&h.0, &ctx(20_000)).is_empty());
-    }
-
-    #[test]
-    fn fires_on_a_rescue_before_the_threshold_on_every_clock() {
-        let h = H::new()
-            .db(0, job_claimed(1, 10, 0))
-            .db(6_000, job_rescued(1));
+            .db(6_500, job_rescued(1));
         let v = NoEarlyRescue.check(&h.0, &ctx(20_000));
         assert_eq!(v.len(), 1, "{v:?}");
         assert!(
             v[0].message
-                .contains("at most 6020ms old on any clock; the stale threshold is 10000ms"),
+                .contains("at most 6520ms old on storage's clock; the stale threshold is 10000ms"),
             "{}",
             v[0].message
         );

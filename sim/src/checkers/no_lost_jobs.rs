@@ -133,6 +133,7 @@ mod tests {
             owner: "n1".into(),
             max_attempts: 10,
             heartbeat_ms: 0,
+            issued_ms: 0,
         }
     }
 
@@ -171,6 +172,7 @@ mod tests {
                 DbEvent::RescueApplied {
                     job: JobId(1),
                     attempt: 1,
+                    issued_ms: 0,
                 },
             )
             .db(5, DbEvent::JobInserted { job: JobId(9) })

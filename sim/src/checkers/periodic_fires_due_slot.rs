@@ -5,18 +5,20 @@
 //! * **Due slot fired.** Once faults have stopped and the cluster converged
 //!   (`heal_at_ms + converge_bound_ms`), each enqueuer tick
 //!   (`LeaderActed { service: "periodic_enqueuer" }` on host `h` at `t`) makes
-//!   the slot due on `h`'s clock at `t` fired by `t` plus a round trip: its
+//!   the slot due on storage's clock at `t` fired by `t` plus a round trip
+//!   (the enqueuer reads storage's clock, `JobStore::time`, each round): its
 //!   `PeriodicInserted` exists by then (fired at this tick or an earlier one).
 //!   Judged for the scenario's fixed-period schedules (`workload.periodic`);
 //!   a cron slot may be skipped by design past `CRON_CATCH_UP`.
 //! * **No slot early.** A leader inserts no slot (`PeriodicFired { inserted:
-//!   true }` on its host) later than its own clock when it reported the
-//!   insert, judged always.
+//!   true }` on its host) later than storage's clock when it reported the
+//!   insert, judged always. The leader's own clock has no say.
 
 use keel::events::Event;
 
 use super::belief::Offsets;
 use super::{CheckCtx, Checker, Violation};
+use crate::db::DB_HOST;
 use crate::history::{DbEvent, Ev, Record};
 
 /// See the [module docs](self).
@@ -45,12 +47,9 @@ impl Checker for PeriodicFiresDueSlot {
     }
 }
 
-/// `host`'s wall clock at true time `at_ms`, in ms since the Unix epoch (its
-/// largest offset at that instant).
-fn clock_of(offsets: &Offsets, ctx: &CheckCtx, host: &str, at_ms: u64) -> i64 {
-    ctx.epoch_unix_ms
-        + i64::try_from(at_ms).unwrap_or(i64::MAX)
-        + offsets.ahead_on(host, at_ms, at_ms)
+/// Storage's wall clock at true time `at_ms`, in ms since the Unix epoch.
+fn storage_clock(offsets: &Offsets, ctx: &CheckCtx, at_ms: u64) -> i64 {
+    ctx.epoch_unix_ms + offsets.storage_ms(at_ms)
 }
 
 fn is_enqueuer_tick(r: &Record) -> bool {
@@ -58,7 +57,7 @@ fn is_enqueuer_tick(r: &Record) -> bool {
 }
 
 /// Slots a leader inserted (`PeriodicFired { inserted: true }` on its host)
-/// that were later than its own clock at the enqueuer tick that fired them.
+/// that were later than storage's clock at the enqueuer round that fired them.
 fn early_slots(history: &[Record], offsets: &Offsets, ctx: &CheckCtx) -> Vec<Violation> {
     let mut last_tick: std::collections::BTreeMap<&str, &Record> = Default::default();
     let mut out = Vec::new();
@@ -79,10 +78,10 @@ fn early_slots(history: &[Record], offsets: &Offsets, ctx: &CheckCtx) -> Vec<Vio
         let Some(tick) = last_tick.get(r.host.as_str()) else {
             continue;
         };
-        // The slot was read off the leader's clock between its tick and the
+        // The slot was read off storage's clock between the tick and the
         // report of the insert (each schedule fires in turn, a round trip
-        // each): at most its clock at the report, whatever it jumped through.
-        let ahead = offsets.ahead_on(&r.host, tick.at_ms, r.at_ms);
+        // each): at most that clock at the report, whatever it jumped through.
+        let ahead = offsets.ahead_on(DB_HOST, tick.at_ms, r.at_ms);
         let clock =
             ctx.epoch_unix_ms + i64::try_from(r.at_ms).unwrap_or(i64::MAX) + ahead + STAMP_SLACK_MS;
         if *slot_ms <= clock {
@@ -92,7 +91,7 @@ fn early_slots(history: &[Record], offsets: &Offsets, ctx: &CheckCtx) -> Vec<Vio
             invariant: NAME,
             at_ms: r.at_ms,
             message: format!(
-                "{} fired slot {slot_ms} of {name} (its tick at {}ms), {}ms before its clock reached it",
+                "{} fired slot {slot_ms} of {name} (its tick at {}ms), {}ms before storage's clock reached it",
                 r.host,
                 tick.at_ms,
                 slot_ms - clock
@@ -126,7 +125,7 @@ fn unfired_slots(history: &[Record], offsets: &Offsets, ctx: &CheckCtx) -> Vec<V
     for tick in history.iter().filter(judged) {
         // A host's events are stamped up to a step late: the tick may have
         // read its clock a step before its stamp, one slot earlier.
-        let now_ms = clock_of(offsets, ctx, &tick.host, tick.at_ms) - STAMP_SLACK_MS;
+        let now_ms = storage_clock(offsets, ctx, tick.at_ms) - STAMP_SLACK_MS;
         for (name, every_ms) in &ctx.periodic_every_ms {
             let every = i64::try_from(*every_ms).unwrap_or(i64::MAX).max(1);
             let due = now_ms.div_euclid(every) * every;

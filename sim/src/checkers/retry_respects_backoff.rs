@@ -1,11 +1,12 @@
 //! `retry_respects_backoff`: a failed attempt's retry is claimed no earlier than
-//! its backoff after the failure, judged in true time.
+//! its backoff after the failure was recorded, judged in true time.
 //!
-//! The worker that saw attempt `a` fail makes the job due `delay(a)` later on
-//! its own wall clock (`base * 2^(a-1)`, capped, plus jitter that only adds);
-//! the leader's scheduler promotes it on its own. So between the handler's end
-//! and the claim of attempt `a + 1` at least the backoff's floor must pass,
-//! less how far another clock ran ahead of the failing worker's. Storage
+//! The worker that saw attempt `a` fail asks storage to make the job due
+//! `delay(a)` later (`base * 2^(a-1)`, capped, plus jitter that only adds),
+//! counted on storage's clock from when the finalize is applied; claims judge
+//! due times on that clock too. So between the applied finalize and the claim
+//! of attempt `a + 1` at least the backoff's floor must pass, less how far
+//! storage's clock stepped in between. The nodes' clocks have no say. Storage
 //! accepts an early retry without complaint: only this checker sees it.
 
 use std::collections::BTreeMap;
@@ -54,10 +55,9 @@ impl Checker for RetryRespectsBackoff {
                         continue;
                     }
                     let floor_ms = ctx.retry_floor_ms(failed);
-                    let ahead_ms =
-                        offsets.ahead_of(&end.host, (end.at_ms, end.at_ms), (end.at_ms, r.at_ms));
-                    let waited_ms = r.at_ms - end.at_ms;
-                    let allowed_ms = floor_ms.saturating_sub(u64::try_from(ahead_ms).unwrap_or(0));
+                    let ahead_ms = offsets.storage_moved(fin.at_ms, r.at_ms);
+                    let waited_ms = r.at_ms - fin.at_ms;
+                    let allowed_ms = floor_ms.saturating_sub(ahead_ms);
                     if waited_ms >= allowed_ms {
                         continue;
                     }
@@ -65,10 +65,10 @@ impl Checker for RetryRespectsBackoff {
                         invariant: "retry_respects_backoff",
                         at_ms: r.at_ms,
                         message: format!(
-                            "{job} attempt {failed} failed on {} at {}ms and attempt {attempt} was \
-                             claimed {waited_ms}ms later; its backoff is at least {floor_ms}ms \
-                             (clocks at most {ahead_ms}ms apart)",
-                            end.host, end.at_ms
+                            "{job} attempt {failed} failed on {} and was recorded at {}ms, and \
+                             attempt {attempt} was claimed {waited_ms}ms later; its backoff is at \
+                             least {floor_ms}ms (storage's clock stepped at most {ahead_ms}ms)",
+                            end.host, fin.at_ms
                         ),
                         witnesses: vec![(*end).clone(), fin.clone(), r.clone()],
                     });
@@ -106,6 +106,7 @@ mod tests {
             owner: "n2#1".into(),
             max_attempts: 10,
             heartbeat_ms: 0,
+            issued_ms: 0,
         }
     }
 
@@ -124,34 +125,40 @@ mod tests {
         let v = RetryRespectsBackoff.check(&early.0, &ctx(10_000));
         assert_eq!(v.len(), 1, "{v:?}");
         assert!(
-            v[0].message.contains("claimed 500ms later"),
+            v[0].message.contains("claimed 490ms later"),
             "{}",
             v[0].message
         );
     }
 
     #[test]
-    fn a_clock_ahead_of_the_failing_workers_excuses_its_lead() {
-        let h = H::new()
-            .harness(
-                0,
-                "n1",
-                crate::history::HarnessEvent::NodeBoot {
-                    boot: 1,
-                    skew_ms: 0,
-                },
-            )
+    fn only_a_step_of_storages_clock_excuses_an_early_retry() {
+        // A node's clock 10 minutes ahead has no say.
+        let skewed = H::new()
             .harness(
                 0,
                 "n2",
                 crate::history::HarnessEvent::NodeBoot {
                     boot: 1,
-                    skew_ms: 1_600,
+                    skew_ms: 600_000,
                 },
             )
             .node(1_000, "n1", ended(2))
             .db(1_010, retryable(2))
             .db(1_500, claimed(3));
-        assert!(RetryRespectsBackoff.check(&h.0, &ctx(10_000)).is_empty());
+        assert_eq!(RetryRespectsBackoff.check(&skewed.0, &ctx(10_000)).len(), 1);
+        // Storage's clock stepping 1.6 s ahead made the retry due early.
+        let stepped = H::new()
+            .node(1_000, "n1", ended(2))
+            .db(1_010, retryable(2))
+            .harness(
+                1_100,
+                crate::db::DB_HOST,
+                crate::history::HarnessEvent::ClockJump { jump_ms: 1_600 },
+            )
+            .db(1_500, claimed(3));
+        assert!(RetryRespectsBackoff
+            .check(&stepped.0, &ctx(10_000))
+            .is_empty());
     }
 }

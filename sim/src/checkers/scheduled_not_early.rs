@@ -2,17 +2,19 @@
 //! before that time, judged in true time.
 //!
 //! Every engine's claim takes only rows with `scheduled_at <= now`, `now` being
-//! the claiming worker's wall clock, whoever made the row available (the
-//! enqueuer, or the leader's scheduler promoting it). So the first claim comes
-//! no earlier than `scheduled_at` less how far the claimer's clock ran ahead of
-//! true time between the insert and the claim. A job claimed before its time
-//! looks like any other claim to storage: only this checker sees it.
+//! storage's clock (the database host's), whoever made the row available (the
+//! enqueue, or the leader's scheduler promoting it). So the first claim comes
+//! no earlier than storage's clock reads `scheduled_at`: true time, less how
+//! far storage's clock ran ahead of it. The claimer's own clock has no say. A
+//! job claimed before its time looks like any other claim to storage: only
+//! this checker sees it.
 
 use std::collections::BTreeMap;
 
 use keel::storage::JobId;
 
 use super::belief::Offsets;
+use super::no_early_rescue::STAMP_SLACK_MS;
 use super::{CheckCtx, Checker, Violation};
 use crate::history::{DbEvent, Ev, Record};
 
@@ -38,12 +40,9 @@ impl Checker for ScheduledNotEarly {
                     let Some((due_ms, set)) = due.remove(job) else {
                         continue;
                     };
-                    // A worker's owner id is `holder/queue/slot`, its holder id
-                    // `node#incarnation`.
-                    let node = owner.split(['/', '#']).next().unwrap_or(owner);
-                    let ahead_ms = offsets.ahead_on(node, set.at_ms, r.at_ms).max(0);
                     let at_ms = i64::try_from(r.at_ms).unwrap_or(i64::MAX);
-                    if at_ms >= due_ms - ahead_ms {
+                    let ahead_ms = offsets.storage_ms(r.at_ms) - at_ms;
+                    if at_ms + ahead_ms + STAMP_SLACK_MS >= due_ms {
                         continue;
                     }
                     out.push(Violation {
@@ -51,7 +50,7 @@ impl Checker for ScheduledNotEarly {
                         at_ms: r.at_ms,
                         message: format!(
                             "{job} was scheduled for {due_ms}ms and claimed at {}ms, {}ms early \
-                             ({owner}'s clock ran at most {ahead_ms}ms ahead)",
+                             by {owner}, when storage's clock ran {ahead_ms}ms ahead",
                             r.at_ms,
                             due_ms - at_ms
                         ),
@@ -69,6 +68,7 @@ impl Checker for ScheduledNotEarly {
 mod tests {
     use super::*;
     use crate::checkers::test_support::{ctx, H};
+    use crate::db::DB_HOST;
     use crate::history::HarnessEvent;
 
     fn scheduled(job: u64, due_ms: i64) -> DbEvent {
@@ -84,6 +84,7 @@ mod tests {
             owner: "n1#5e1f/default/0".into(),
             max_attempts: 10,
             heartbeat_ms: 0,
+            issued_ms: 0,
         }
     }
 
@@ -97,28 +98,20 @@ mod tests {
     }
 
     #[test]
-    fn a_claim_on_time_or_excused_by_the_claimers_clock_ahead_holds() {
+    fn a_claim_on_time_or_excused_by_storages_clock_ahead_holds() {
         let on_time = H::new().db(100, scheduled(1, 5_000)).db(5_000, claim(1));
         assert!(ScheduledNotEarly.check(&on_time.0, &ctx(10_000)).is_empty());
         let ahead = H::new()
-            .harness(
-                0,
-                "n1",
-                HarnessEvent::NodeBoot {
-                    boot: 1,
-                    skew_ms: 0,
-                },
-            )
-            .harness(50, "n1", HarnessEvent::ClockJump { jump_ms: 4_000 })
+            .harness(50, DB_HOST, HarnessEvent::ClockJump { jump_ms: 4_000 })
             .db(100, scheduled(1, 5_000))
             .db(1_200, claim(1));
         assert!(ScheduledNotEarly.check(&ahead.0, &ctx(10_000)).is_empty());
-        // Another node's clock running ahead excuses nothing.
-        let other = H::new()
-            .harness(50, "n2", HarnessEvent::ClockJump { jump_ms: 4_000 })
+        // The claimer's clock running ahead excuses nothing.
+        let claimer = H::new()
+            .harness(50, "n1", HarnessEvent::ClockJump { jump_ms: 4_000 })
             .db(100, scheduled(1, 5_000))
             .db(1_200, claim(1));
-        assert_eq!(ScheduledNotEarly.check(&other.0, &ctx(10_000)).len(), 1);
+        assert_eq!(ScheduledNotEarly.check(&claimer.0, &ctx(10_000)).len(), 1);
         // Only the first claim is judged; a retry has its own due time.
         let retried = on_time.db(5_100, claim(1));
         assert!(ScheduledNotEarly.check(&retried.0, &ctx(10_000)).is_empty());

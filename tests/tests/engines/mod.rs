@@ -5,12 +5,20 @@
 //! An engine that cannot run here (not wired yet, or its server is not
 //! configured) still gets its trials, marked ignored, so the run lists them by
 //! name as ignored and never as passed.
+//!
+//! Every engine is opened on a clock the test hands it (a
+//! [`ManualClock`](keel::clock::ManualClock)): storage judges every stored time
+//! against its own clock, never the caller's, so engines compared side by side
+//! must read the same one. PostgreSQL gets it through
+//! [`PostgresOptions::clock`](keel::storage::PostgresOptions::clock) instead of
+//! judging on the server's `now()`.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use keel::storage::{MemStorage, SharedStorage};
+use keel::clock::SharedClock;
+use keel::storage::{MemStorage, PostgresOptions, SharedStorage, SqliteOptions};
 use libtest_mimic::{Failed, Trial};
 
 /// The environment variable naming the PostgreSQL server the tests may use.
@@ -19,13 +27,15 @@ pub const PG_URL_ENV: &str = "KEEL_PG_URL";
 /// Every storage engine under test.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EngineKind {
-    /// The reference model itself: the suite must pass on it by definition.
+    /// The reference model itself (`MemStorage::with_clock`): the suite must
+    /// pass on it by definition.
     Mem,
-    /// `SqliteEngine::in_memory()`.
+    /// `SqliteEngine::in_memory_with(options)`.
     Sqlite,
-    /// `SqliteStorage::open(path)` on a fresh file.
+    /// `SqliteStorage::open_with(path, options)` on a fresh file.
     SqliteFile,
-    /// `PostgresStorage` on a fresh schema of the server at `KEEL_PG_URL`.
+    /// `PostgresStorage` on a fresh schema of the server at `KEEL_PG_URL`, on
+    /// the test's clock rather than the server's.
     Postgres,
 }
 
@@ -72,24 +82,30 @@ impl EngineKind {
     }
 
     /// A fresh, empty store for the test called `test` (unique per process, so
-    /// an engine may derive a file name or schema from it).
-    pub async fn open(self, test: &str) -> Result<SharedStorage, String> {
+    /// an engine may derive a file name or schema from it), judging time on
+    /// `clock`: hand every engine of one comparison the same clock.
+    pub async fn open(self, test: &str, clock: SharedClock) -> Result<SharedStorage, String> {
         let _ = test;
         match self {
-            EngineKind::Mem => Ok(Arc::new(MemStorage::new())),
-            EngineKind::Sqlite => keel::storage::SqliteEngine::in_memory()
-                .map(|e| Arc::new(e) as SharedStorage)
-                .map_err(|e| e.to_string()),
+            EngineKind::Mem => Ok(Arc::new(MemStorage::with_clock(clock))),
+            EngineKind::Sqlite => {
+                keel::storage::SqliteEngine::in_memory_with(SqliteOptions::default().clock(clock))
+                    .map(|e| Arc::new(e) as SharedStorage)
+                    .map_err(|e| e.to_string())
+            }
             EngineKind::SqliteFile => {
                 let dir = scratch_dir();
                 std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
                 // A new file per open: the model test opens thousands.
                 let n = FILES.fetch_add(1, Ordering::Relaxed);
                 let path = dir.join(format!("{n}.db"));
-                keel::storage::SqliteStorage::open(&path)
-                    .await
-                    .map(|s| Arc::new(s) as SharedStorage)
-                    .map_err(|e| e.to_string())
+                keel::storage::SqliteStorage::open_with(
+                    &path,
+                    SqliteOptions::default().clock(clock),
+                )
+                .await
+                .map(|s| Arc::new(s) as SharedStorage)
+                .map_err(|e| e.to_string())
             }
             EngineKind::Postgres => {
                 let url = std::env::var(PG_URL_ENV).map_err(|e| e.to_string())?;
@@ -97,9 +113,10 @@ impl EngineKind {
                 // PostgreSQL names are at most 63 bytes, so a counter, not the name.
                 let n = FILES.fetch_add(1, Ordering::Relaxed);
                 let schema = format!("keel_t{}_{n}", std::process::id());
-                let options = keel::storage::PostgresOptions::default()
+                let options = PostgresOptions::new()
                     .pool_size(2)
-                    .listen(false);
+                    .listen(false)
+                    .clock(clock);
                 SCHEMAS
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
@@ -134,7 +151,7 @@ pub fn cleanup() {
     };
     block_on(async {
         for schema in schemas {
-            let options = keel::storage::PostgresOptions::default()
+            let options = PostgresOptions::new()
                 .schema(schema.clone())
                 .pool_size(1)
                 .listen(false);

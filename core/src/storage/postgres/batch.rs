@@ -14,6 +14,12 @@
 //! the slow path, which tells a repeat from a stale claim. A claim takes due rows
 //! in claim order for its own owner, and the rows of one batch go to its calls in
 //! the order they arrived.
+//!
+//! Each call brings its own time source ([`NowParam`]: `None` for the server's
+//! `now()`, or a test clock's reading). A completion is stamped with its own
+//! call's; a claiming statement serves several calls and is judged at their
+//! earliest (the server's `now()` if any call asks for it, as every call of a
+//! store without a test clock does).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -22,8 +28,7 @@ use deadpool_postgres::{GenericClient, Pool};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use super::rows::{job_from_row, sql_id, JOB_COLUMNS};
-use super::{map_error, Fail};
-use crate::clock::Timestamp;
+use super::{map_error, now_from, now_sql, Fail, NowParam};
 use crate::storage::{Claim, Job, StorageError, StorageResult};
 
 /// The most calls one batch carries; more wait for the next. Bounds the size of
@@ -41,7 +46,8 @@ pub(super) struct ClaimAsk {
 struct Call {
     complete: Option<(Claim, String)>,
     claim: Option<ClaimAsk>,
-    now: Timestamp,
+    /// The time this call is judged at.
+    now: NowParam,
     reply: oneshot::Sender<Answer>,
 }
 
@@ -82,12 +88,12 @@ impl Batcher {
         Batcher { calls }
     }
 
-    /// Send one call and wait for its answer.
+    /// Send one call, judged at `now`, and wait for its answer.
     pub(super) async fn call(
         &self,
         complete: Option<(Claim, String)>,
         claim: Option<ClaimAsk>,
-        now: Timestamp,
+        now: NowParam,
     ) -> Answer {
         let (reply, answer) = oneshot::channel();
         let call = Call {
@@ -230,7 +236,7 @@ async fn complete_all<C: GenericClient>(
             ids.push(id);
             attempts.push(i64::from(claim.attempt));
             owners.push(owner.as_bytes());
-            ats.push(call.now.0);
+            ats.push(call.now);
             calls.push(i);
         }
     }
@@ -238,7 +244,7 @@ async fn complete_all<C: GenericClient>(
         return Ok(BTreeSet::new());
     }
     let run = async {
-        let statement = client.prepare_cached(completion.sql()).await?;
+        let statement = client.prepare_cached(&completion.sql()).await?;
         let rows = client
             .query(&statement, &[&ids, &attempts, &owners, &ats])
             .await?;
@@ -259,31 +265,32 @@ async fn complete_all<C: GenericClient>(
 
 impl Completion {
     /// The completing statement: `$1..$4` are the ids, attempts, owners and
-    /// times of the completions; it returns the ids it applied to. Both forms
-    /// apply only to a live claim (running, same attempt and owner).
-    fn sql(self) -> &'static str {
+    /// time sources ([`NowParam`]s, `NULL` for the server's `now()`) of the
+    /// completions; it returns the ids it applied to. Both forms apply only to a
+    /// live claim (running, same attempt and owner).
+    fn sql(self) -> String {
         match self {
-            Completion::Keep => {
+            Completion::Keep => format!(
                 "UPDATE keel_jobs j SET state = 'completed', owner = NULL, heartbeat_at = NULL, \
-                 finalized_attempt = c.attempt, finalized_at = c.at \
+                 finalized_attempt = c.attempt, finalized_at = {} \
                  FROM unnest($1::bigint[], $2::bigint[], $3::bytea[], $4::bigint[]) \
                  AS c(id, attempt, owner, at) \
                  WHERE j.id = c.id AND j.state = 'running' AND j.attempt = c.attempt \
-                 AND j.owner = c.owner RETURNING j.id"
-            }
+                 AND j.owner = c.owner RETURNING j.id",
+                now_from("c.at")
+            ),
             // The job's effects go with it. An effect written by a call racing its
             // own job's completion (apply_effect holds the row, so the delete waits
             // for it) commits after this statement's snapshot and is left behind:
             // a row no job id will name again (ids are never reused).
-            Completion::Delete => {
-                "WITH gone AS (DELETE FROM keel_jobs j \
+            Completion::Delete => "WITH gone AS (DELETE FROM keel_jobs j \
                  USING unnest($1::bigint[], $2::bigint[], $3::bytea[], $4::bigint[]) \
                  AS c(id, attempt, owner, at) \
                  WHERE j.id = c.id AND j.state = 'running' AND j.attempt = c.attempt \
                  AND j.owner = c.owner RETURNING j.id), \
                  effects AS (DELETE FROM keel_effects e USING gone WHERE e.job_id = gone.id) \
                  SELECT id FROM gone"
-            }
+                .to_owned(),
         }
     }
 }
@@ -313,9 +320,10 @@ async fn claim_all<C: GenericClient>(
 /// heartbeat now). Row `n` in claim order goes to the owner in slot `n` of an
 /// array holding each call's owner `limit` times, in call order, so the calls
 /// share the due rows as they would have claimed them one after another.
-/// `SKIP LOCKED`: concurrent claimers each take different rows. `now` is the
-/// batch's earliest: no call is handed a job before it was due, and a claim's
-/// heartbeat is never later than its worker's own clock said.
+/// `SKIP LOCKED`: concurrent claimers each take different rows. The time is
+/// the calls' earliest source (`None`, the server's `now()`, orders first): no
+/// call is handed a job before it was due at its own time, and no claim's
+/// heartbeat is later than its call's time.
 async fn claim_queue<C: GenericClient>(
     client: &C,
     batch: &[Call],
@@ -329,11 +337,7 @@ async fn claim_queue<C: GenericClient>(
             slots.extend(std::iter::repeat_n((i, ask.owner.as_bytes()), n));
         }
     }
-    let now = calls
-        .iter()
-        .map(|&i| batch[i].now)
-        .min()
-        .unwrap_or(Timestamp(0));
+    let now: NowParam = calls.iter().map(|&i| batch[i].now).min().flatten();
     let owners: Vec<&[u8]> = slots.iter().map(|(_, o)| *o).collect();
     let limit = i64::try_from(owners.len()).unwrap_or(i64::MAX);
     let returning: Vec<String> = JOB_COLUMNS
@@ -342,20 +346,21 @@ async fn claim_queue<C: GenericClient>(
         .collect();
     let sql = format!(
         "WITH locked AS (SELECT id, priority, scheduled_at FROM keel_jobs \
-         WHERE queue = $1 AND state = 'available' AND scheduled_at <= $2 \
+         WHERE queue = $1 AND state = 'available' AND scheduled_at <= {now} \
          AND NOT EXISTS (SELECT 1 FROM keel_queues WHERE name = $1 AND paused) \
          ORDER BY priority, scheduled_at, id LIMIT $3 FOR UPDATE SKIP LOCKED), \
          due AS (SELECT id, row_number() OVER (ORDER BY priority, scheduled_at, id) AS n \
          FROM locked) \
          UPDATE keel_jobs j SET state = 'running', attempt = j.attempt + 1, \
-         owner = ($4::bytea[])[due.n::int], heartbeat_at = $2 \
+         owner = ($4::bytea[])[due.n::int], heartbeat_at = {now} \
          FROM due WHERE j.id = due.id RETURNING {}, due.n",
-        returning.join(", ")
+        returning.join(", "),
+        now = now_sql(2),
     );
     let run = async {
         let statement = client.prepare_cached(&sql).await?;
         let rows = client
-            .query(&statement, &[&queue, &now.0, &limit, &owners])
+            .query(&statement, &[&queue, &now, &limit, &owners])
             .await?;
         let mut jobs: BTreeMap<usize, Vec<Job>> = BTreeMap::new();
         for row in &rows {

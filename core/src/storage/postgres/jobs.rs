@@ -1,7 +1,12 @@
 //! [`JobStore`] for [`PostgresStorage`]: find and lock rows in SQL, change them
 //! with the model's rules (`rules.rs`), write them back in the same transaction.
+//!
+//! Each trait method reads its time source once ([`PostgresStorage::now_param`])
+//! and hands it to every statement it runs; a rule applied in Rust gets the
+//! time the statement that locked its row read (see the module docs, "Time").
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use deadpool_postgres::Transaction;
@@ -12,13 +17,13 @@ use super::rows::{
     job_from_row, job_id, json_of, lock_job, notify, read_rows, select_jobs, sql_id, write_job,
     write_jobs, JobInserter, JOB_COLUMNS,
 };
-use super::{read, transact, Fail, PostgresStorage};
+use super::{now_sql, read, read_now, transact, Fail, NowParam, PostgresStorage};
 use crate::clock::Timestamp;
 use crate::storage::job::validate_name;
 use crate::storage::{
-    finalize_then_claim, validate_holder, CancelResult, Claim, EffectResult, EnqueueOutcome,
-    EnqueueRequest, Finalize, FinalizeResult, HeartbeatStatus, Job, JobId, JobStore,
-    PeriodicOutcome, QueueConfig, StateCounts, StorageResult, Term,
+    validate_holder, CancelResult, Claim, EffectResult, EnqueueOutcome, EnqueueRequest, Finalize,
+    FinalizeResult, HeartbeatStatus, Job, JobId, JobStore, PeriodicOutcome, QueueConfig,
+    StateCounts, StorageResult, Term,
 };
 
 /// `WHERE` clause of terminal states; the same list as `JobState::is_terminal`.
@@ -28,12 +33,12 @@ async fn enqueue_tx(
     tx: &Transaction<'_>,
     channel: &str,
     reqs: &[EnqueueRequest],
-    now: Timestamp,
+    now: NowParam,
 ) -> Result<Vec<EnqueueOutcome>, Fail> {
-    let mut inserter = JobInserter::lock(tx).await?;
+    let mut inserter = JobInserter::lock(tx, now).await?;
     let mut outcomes = Vec::with_capacity(reqs.len());
     for req in reqs {
-        outcomes.push(inserter.insert(tx, req.clone(), now).await?);
+        outcomes.push(inserter.insert(tx, req.clone()).await?);
     }
     inserter.finish(tx).await?;
     notify(tx, channel, reqs.iter().map(|r| r.queue.as_str())).await?;
@@ -77,9 +82,11 @@ async fn apply_effect_tx(
 async fn rescue_tx(
     tx: &Transaction<'_>,
     channel: &str,
-    stale_before: Timestamp,
-    now: Timestamp,
+    stale_after: Duration,
+    now: NowParam,
 ) -> Result<Vec<Claim>, Fail> {
+    let now = read_now(tx, now).await?;
+    let stale_before = now.minus(stale_after);
     let sql = format!(
         "SELECT {JOB_COLUMNS} FROM keel_jobs WHERE state = 'running' \
          AND (heartbeat_at IS NULL OR heartbeat_at < $1) ORDER BY id FOR UPDATE"
@@ -95,16 +102,16 @@ async fn rescue_tx(
     Ok(claims)
 }
 
-async fn promote_tx(tx: &Transaction<'_>, channel: &str, now: Timestamp) -> Result<u64, Fail> {
+async fn promote_tx(tx: &Transaction<'_>, channel: &str, now: NowParam) -> Result<u64, Fail> {
     // The set-based form of `Job::is_due` and its transition to available.
-    let statement = tx
-        .prepare_cached(
-            "WITH promoted AS (UPDATE keel_jobs SET state = 'available' \
-             WHERE state IN ('scheduled', 'retryable') AND scheduled_at <= $1 RETURNING queue) \
-             SELECT queue, count(*) FROM promoted GROUP BY queue",
-        )
-        .await?;
-    let rows = tx.query(&statement, &[&now.0]).await?;
+    let sql = format!(
+        "WITH promoted AS (UPDATE keel_jobs SET state = 'available' \
+         WHERE state IN ('scheduled', 'retryable') AND scheduled_at <= {} RETURNING queue) \
+         SELECT queue, count(*) FROM promoted GROUP BY queue",
+        now_sql(1)
+    );
+    let statement = tx.prepare_cached(&sql).await?;
+    let rows = tx.query(&statement, &[&now]).await?;
     let mut promoted = 0u64;
     let mut queues = Vec::with_capacity(rows.len());
     for row in &rows {
@@ -126,7 +133,7 @@ async fn fire_periodic_tx(
     holder: &str,
     term: Term,
     req: &EnqueueRequest,
-    now: Timestamp,
+    now: NowParam,
 ) -> Result<PeriodicOutcome, Fail> {
     // The lease row stays locked until commit, so the term cannot move on (and a
     // second firing of this slot waits) between this check and the insert.
@@ -139,8 +146,8 @@ async fn fire_periodic_tx(
     if let Some(row) = tx.query_opt(&statement, &[&name, &slot.0]).await? {
         return Ok(PeriodicOutcome::AlreadyFired(job_id(row.try_get(0)?)?));
     }
-    let mut inserter = JobInserter::lock(tx).await?;
-    let id = inserter.insert(tx, req.clone(), now).await?.id();
+    let mut inserter = JobInserter::lock(tx, now).await?;
+    let id = inserter.insert(tx, req.clone()).await?.id();
     inserter.finish(tx).await?;
     let sql_job = sql_id(id).ok_or_else(|| Fail::Corrupt(format!("{id} out of range")))?;
     let statement = tx
@@ -152,6 +159,44 @@ async fn fire_periodic_tx(
 }
 
 impl PostgresStorage {
+    /// [`JobStore::claim`] at `now`, inputs validated.
+    async fn claim_at(
+        &self,
+        queue: &str,
+        owner: &str,
+        limit: u32,
+        now: NowParam,
+    ) -> StorageResult<Vec<Job>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let ask = ClaimAsk {
+            queue: queue.into(),
+            owner: owner.into(),
+            limit,
+        };
+        self.batcher.call(None, Some(ask), now).await.claimed
+    }
+
+    /// [`JobStore::finalize`] at `now`: a completion goes through the batcher,
+    /// and what it does not apply settles by the rules.
+    async fn finalize_at(
+        &self,
+        claim: Claim,
+        owner: &str,
+        outcome: Finalize,
+        now: NowParam,
+    ) -> StorageResult<FinalizeResult> {
+        if outcome == Finalize::Completed {
+            let live = Some((claim, owner.to_owned()));
+            if self.batcher.call(live, None, now).await.completed? {
+                return Ok(FinalizeResult::Applied);
+            }
+            // Not a live claim: the rules tell a repeat from a stale one.
+        }
+        self.finalize_by_rules(claim, owner, outcome, now).await
+    }
+
     /// Finalize through the model's rules on the locked row: what any outcome
     /// but `Completed`, or a claim that is not live (a repeat or a stale one),
     /// takes.
@@ -160,10 +205,10 @@ impl PostgresStorage {
         claim: Claim,
         owner: &str,
         outcome: Finalize,
-        now: Timestamp,
+        now: NowParam,
     ) -> StorageResult<FinalizeResult> {
-        transact!(self, |tx| match lock_job(&tx, claim.job).await? {
-            Some(mut job) => {
+        transact!(self, |tx| match lock_job(&tx, claim.job, now).await? {
+            Some((mut job, now)) => {
                 let result = job.finalize_with(claim, owner, outcome.clone(), now);
                 if result == FinalizeResult::Applied {
                     write_job(&tx, &job).await?;
@@ -177,8 +222,9 @@ impl PostgresStorage {
 
 #[async_trait]
 impl JobStore for PostgresStorage {
-    async fn enqueue(&self, req: EnqueueRequest, now: Timestamp) -> StorageResult<EnqueueOutcome> {
+    async fn enqueue(&self, req: EnqueueRequest) -> StorageResult<EnqueueOutcome> {
         req.validate()?;
+        let now = self.now_param();
         let reqs = [req];
         let outcomes = transact!(self, |tx| enqueue_tx(&tx, &self.channel, &reqs, now)
             .await?)?;
@@ -188,49 +234,28 @@ impl JobStore for PostgresStorage {
             .expect("one outcome per request"))
     }
 
-    async fn enqueue_batch(
-        &self,
-        reqs: Vec<EnqueueRequest>,
-        now: Timestamp,
-    ) -> StorageResult<Vec<EnqueueOutcome>> {
+    async fn enqueue_batch(&self, reqs: Vec<EnqueueRequest>) -> StorageResult<Vec<EnqueueOutcome>> {
         for req in &reqs {
             req.validate()?;
         }
         if reqs.is_empty() {
             return Ok(Vec::new());
         }
+        let now = self.now_param();
         transact!(self, |tx| enqueue_tx(&tx, &self.channel, &reqs, now)
             .await?)
     }
 
-    async fn claim(
-        &self,
-        queue: &str,
-        owner: &str,
-        limit: u32,
-        now: Timestamp,
-    ) -> StorageResult<Vec<Job>> {
+    async fn claim(&self, queue: &str, owner: &str, limit: u32) -> StorageResult<Vec<Job>> {
         validate_name("queue", queue)?;
         validate_holder(owner)?;
-        if limit == 0 {
-            return Ok(Vec::new());
-        }
-        let ask = ClaimAsk {
-            queue: queue.into(),
-            owner: owner.into(),
-            limit,
-        };
-        self.batcher.call(None, Some(ask), now).await.claimed
+        self.claim_at(queue, owner, limit, self.now_param()).await
     }
 
-    async fn heartbeat(
-        &self,
-        claim: Claim,
-        owner: &str,
-        now: Timestamp,
-    ) -> StorageResult<HeartbeatStatus> {
-        transact!(self, |tx| match lock_job(&tx, claim.job).await? {
-            Some(mut job) => {
+    async fn heartbeat(&self, claim: Claim, owner: &str) -> StorageResult<HeartbeatStatus> {
+        let now = self.now_param();
+        transact!(self, |tx| match lock_job(&tx, claim.job, now).await? {
+            Some((mut job, now)) => {
                 let status = job.beat(claim, owner, now);
                 if status != HeartbeatStatus::Lost {
                     write_job(&tx, &job).await?;
@@ -246,16 +271,9 @@ impl JobStore for PostgresStorage {
         claim: Claim,
         owner: &str,
         outcome: Finalize,
-        now: Timestamp,
     ) -> StorageResult<FinalizeResult> {
-        if outcome == Finalize::Completed {
-            let live = Some((claim, owner.to_owned()));
-            if self.batcher.call(live, None, now).await.completed? {
-                return Ok(FinalizeResult::Applied);
-            }
-            // Not a live claim: the rules tell a repeat from a stale one.
-        }
-        self.finalize_by_rules(claim, owner, outcome, now).await
+        self.finalize_at(claim, owner, outcome, self.now_param())
+            .await
     }
 
     async fn finalize_and_claim(
@@ -265,13 +283,18 @@ impl JobStore for PostgresStorage {
         outcome: Finalize,
         queue: &str,
         limit: u32,
-        now: Timestamp,
     ) -> StorageResult<(FinalizeResult, Vec<Job>)> {
-        if outcome != Finalize::Completed || limit == 0 {
-            return finalize_then_claim(self, claim, owner, outcome, queue, limit, now).await;
-        }
+        // Bad input fails the whole call before anything is applied.
         validate_name("queue", queue)?;
         validate_holder(owner)?;
+        // Both halves are judged at one reading of the time source.
+        let now = self.now_param();
+        if outcome != Finalize::Completed || limit == 0 {
+            // In turn, as the trait's default does.
+            let result = self.finalize_at(claim, owner, outcome, now).await?;
+            let next = self.claim_at(queue, owner, limit, now).await;
+            return Ok((result, next.unwrap_or_default()));
+        }
         let ask = ClaimAsk {
             queue: queue.into(),
             owner: owner.into(),
@@ -324,9 +347,10 @@ impl JobStore for PostgresStorage {
         })
     }
 
-    async fn request_cancel(&self, job: JobId, now: Timestamp) -> StorageResult<CancelResult> {
-        transact!(self, |tx| match lock_job(&tx, job).await? {
-            Some(mut row) => {
+    async fn request_cancel(&self, job: JobId) -> StorageResult<CancelResult> {
+        let now = self.now_param();
+        transact!(self, |tx| match lock_job(&tx, job, now).await? {
+            Some((mut row, now)) => {
                 let result = row.cancel_at(now);
                 if result != CancelResult::AlreadyFinished {
                     write_job(&tx, &row).await?;
@@ -337,20 +361,19 @@ impl JobStore for PostgresStorage {
         })
     }
 
-    async fn rescue_stale(
-        &self,
-        stale_before: Timestamp,
-        now: Timestamp,
-    ) -> StorageResult<Vec<Claim>> {
-        transact!(self, |tx| rescue_tx(&tx, &self.channel, stale_before, now)
+    async fn rescue_stale(&self, stale_after: Duration) -> StorageResult<Vec<Claim>> {
+        let now = self.now_param();
+        transact!(self, |tx| rescue_tx(&tx, &self.channel, stale_after, now)
             .await?)
     }
 
-    async fn promote_due(&self, now: Timestamp) -> StorageResult<u64> {
+    async fn promote_due(&self) -> StorageResult<u64> {
+        let now = self.now_param();
         transact!(self, |tx| promote_tx(&tx, &self.channel, now).await?)
     }
 
-    async fn cleanup(&self, finished_before: Timestamp, limit: u32) -> StorageResult<u64> {
+    async fn cleanup(&self, retention: Duration, limit: u32) -> StorageResult<u64> {
+        let now = self.now_param();
         // Effects go with their job; periodic slots stay. A finished job gets no
         // new effects, so the effects this statement's snapshot sees are all.
         let sql = format!(
@@ -361,6 +384,7 @@ impl JobStore for PostgresStorage {
              SELECT count(*) FROM gone"
         );
         transact!(self, |tx| {
+            let finished_before = read_now(&tx, now).await?.minus(retention);
             let statement = tx.prepare_cached(&sql).await?;
             let row = tx
                 .query_one(&statement, &[&finished_before.0, &i64::from(limit)])
@@ -368,6 +392,11 @@ impl JobStore for PostgresStorage {
             let count: i64 = row.try_get(0)?;
             u64::try_from(count).map_err(|_| Fail::Corrupt("negative count".into()))?
         })
+    }
+
+    async fn time(&self) -> StorageResult<Timestamp> {
+        let now = self.now_param();
+        read!(self, |client| read_now(&client, now).await?)
     }
 
     async fn get_job(&self, job: JobId) -> StorageResult<Option<Job>> {
@@ -472,10 +501,10 @@ impl JobStore for PostgresStorage {
         holder: &str,
         term: Term,
         req: EnqueueRequest,
-        now: Timestamp,
     ) -> StorageResult<PeriodicOutcome> {
         validate_name("periodic name", name)?;
         req.validate()?;
+        let now = self.now_param();
         transact!(self, |tx| fire_periodic_tx(
             &tx,
             &self.channel,

@@ -1,4 +1,5 @@
-//! [`LeaseStore`] for [`PostgresStorage`]: the rules of `MemStorage`'s leases.
+//! [`LeaseStore`] for [`PostgresStorage`]: the rules of `MemStorage`'s leases,
+//! judged on the server's clock (or a test clock; see the module docs, "Time").
 
 use std::time::Duration;
 
@@ -7,7 +8,7 @@ use deadpool_postgres::Transaction;
 use tokio_postgres::Row;
 
 use super::rows::{read_rows, text_of};
-use super::{read, transact, Fail, PostgresStorage};
+use super::{now_sql, plus_sql, read, sql_ms, transact, Fail, NowParam, PostgresStorage};
 use crate::clock::Timestamp;
 use crate::storage::{
     validate_holder, validate_lease_name, Lease, LeaseStore, StorageResult, Term,
@@ -52,18 +53,20 @@ async fn try_acquire_tx(
     name: &str,
     holder: &str,
     ttl: Duration,
-    now: Timestamp,
+    now: NowParam,
 ) -> Result<Option<Lease>, Fail> {
     // Make sure a row exists before locking it, so two first acquirers queue on
     // one row lock instead of both seeing "absent". The placeholder (term 0, no
-    // holder) is never live, so it grants exactly as an absent lease does.
-    let statement = tx
-        .prepare_cached(
-            "INSERT INTO keel_leases (name, term, holder, expires_at) VALUES ($1, 0, NULL, 0) \
-             ON CONFLICT (name) DO NOTHING",
-        )
-        .await?;
-    tx.execute(&statement, &[&name.as_bytes()]).await?;
+    // holder) is never live, so it grants exactly as an absent lease does. The
+    // same statement reads the time this transaction judges at.
+    let sql = format!(
+        "WITH placeholder AS (INSERT INTO keel_leases (name, term, holder, expires_at) \
+         VALUES ($1, 0, NULL, 0) ON CONFLICT (name) DO NOTHING) SELECT {}",
+        now_sql(2)
+    );
+    let statement = tx.prepare_cached(&sql).await?;
+    let row = tx.query_one(&statement, &[&name.as_bytes(), &now]).await?;
+    let now = Timestamp(row.try_get(0)?);
     let previous = lock_lease(tx, name)
         .await?
         .expect("the row was inserted or already present");
@@ -105,10 +108,10 @@ impl LeaseStore for PostgresStorage {
         name: &str,
         holder: &str,
         ttl: Duration,
-        now: Timestamp,
     ) -> StorageResult<Option<Lease>> {
         validate_lease_name(name)?;
         validate_holder(holder)?;
+        let now = self.now_param();
         transact!(self, |tx| try_acquire_tx(&tx, name, holder, ttl, now)
             .await?)
     }
@@ -119,27 +122,27 @@ impl LeaseStore for PostgresStorage {
         holder: &str,
         term: Term,
         ttl: Duration,
-        now: Timestamp,
     ) -> StorageResult<bool> {
         validate_lease_name(name)?;
         validate_holder(holder)?;
         let Some(term) = sql_term(term) else {
             return Ok(false);
         };
-        let until = now.plus(ttl).0;
+        let now = self.now_param();
+        let ttl = sql_ms(ttl);
+        // Never shorten a grant: after the server's clock stepped back, a renewal
+        // must not expire a lease earlier than already promised.
+        let sql = format!(
+            "UPDATE keel_leases SET expires_at = GREATEST(expires_at, {}) \
+             WHERE name = $1 AND term = $2 AND holder = $3",
+            plus_sql(&now_sql(4), "$5::bigint")
+        );
         transact!(self, |tx| {
-            // Never shorten a grant: a renewal computed from a clock that runs
-            // behind must not expire a lease earlier than already promised.
-            let statement = tx
-                .prepare_cached(
-                    "UPDATE keel_leases SET expires_at = GREATEST(expires_at, $4) \
-                     WHERE name = $1 AND term = $2 AND holder = $3",
-                )
-                .await?;
+            let statement = tx.prepare_cached(&sql).await?;
             let changed = tx
                 .execute(
                     &statement,
-                    &[&name.as_bytes(), &term, &holder.as_bytes(), &until],
+                    &[&name.as_bytes(), &term, &holder.as_bytes(), &now, &ttl],
                 )
                 .await?;
             changed == 1
@@ -189,7 +192,6 @@ impl LeaseStore for PostgresStorage {
         name: &str,
         holder: &str,
         term: Term,
-        _now: Timestamp,
     ) -> StorageResult<bool> {
         validate_lease_name(name)?;
         validate_holder(holder)?;

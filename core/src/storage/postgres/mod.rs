@@ -10,6 +10,22 @@
 //! * `listen`: a task on one dedicated connection turns `NOTIFY`s from other
 //!   processes into [`JobStore::enqueue_signal`](super::JobStore::enqueue_signal).
 //!
+//! # Time
+//!
+//! Every judgment against "now" (lease expiry, claim due times and staleness,
+//! retry and snooze delays, promotion, retention) is made on the **server's**
+//! clock: each statement that needs the time computes it as
+//! `COALESCE($n::bigint, <server now in ms>)`, where the server's now is
+//! PostgreSQL's `now()`, the start of the statement's transaction (so one
+//! transaction sees one time). Callers pass only durations, so no client's wall
+//! clock reaches a stored time. The `$n` parameter is `NULL` in production; a
+//! test hands the store a clock with [`PostgresOptions::clock`], and then every
+//! statement of a call gets that clock's reading, taken once per call, in its
+//! place, which lets the conformance suite judge PostgreSQL reply by reply
+//! against [`MemStorage`](super::MemStorage) at times it decides. Where the
+//! model's rules run in Rust on a locked row, the same expression comes back
+//! with the row (or from the transaction's first statement).
+//!
 //! Job ids come from a counter row, not a sequence: sequences skip values on
 //! rollback and on `ON CONFLICT`, and the model hands out 1, 2, 3, ... with no gaps.
 //! Strings that callers choose freely (lease names, holders, owners, unique keys)
@@ -35,6 +51,7 @@ use tokio_postgres::NoTls;
 use tokio_util::sync::DropGuard;
 
 use super::{OpenError, StorageError, StorageResult};
+use crate::clock::{SharedClock, Timestamp};
 
 /// How many times a transaction that lost a serialization race or a deadlock is
 /// run again before the error is returned.
@@ -46,12 +63,25 @@ const CONNECT_TIMEOUT_DEFAULT: Duration = Duration::from_secs(10);
 const IDENTIFIER_LEN_MAX: usize = 63;
 
 /// Settings for [`PostgresStorage::connect_with`].
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct PostgresOptions {
     schema: String,
     pool_size: usize,
     listen: bool,
     delete_completed: bool,
+    clock: Option<SharedClock>,
+}
+
+impl std::fmt::Debug for PostgresOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresOptions")
+            .field("schema", &self.schema)
+            .field("pool_size", &self.pool_size)
+            .field("listen", &self.listen)
+            .field("delete_completed", &self.delete_completed)
+            .field("test_clock", &self.clock.is_some())
+            .finish()
+    }
 }
 
 impl PostgresOptions {
@@ -68,6 +98,7 @@ impl PostgresOptions {
             pool_size: Self::POOL_SIZE_DEFAULT,
             listen: true,
             delete_completed: false,
+            clock: None,
         }
     }
 
@@ -110,6 +141,19 @@ impl PostgresOptions {
     /// an operator reads.
     pub fn delete_completed(mut self, on: bool) -> Self {
         self.delete_completed = on;
+        self
+    }
+
+    /// A test clock: every call is judged at this clock's time instead of the
+    /// server's `now()`; leave unset in production.
+    ///
+    /// Each call reads the clock once and judges all of its statements at that
+    /// reading, as [`MemStorage`](super::MemStorage) does, so the conformance
+    /// suite can hold this engine to the model at times it decides (a
+    /// [`ManualClock`](crate::clock::ManualClock)). Several processes sharing a
+    /// database would each judge by their own clock: never set this there.
+    pub fn clock(mut self, clock: SharedClock) -> Self {
+        self.clock = Some(clock);
         self
     }
 
@@ -168,6 +212,8 @@ pub struct PostgresStorage {
     _listener: Option<DropGuard>,
     /// Claims and completions, batched (`batch.rs`).
     batcher: batch::Batcher,
+    /// [`PostgresOptions::clock`]: `None` judges on the server's `now()`.
+    clock: Option<SharedClock>,
 }
 
 impl std::fmt::Debug for PostgresStorage {
@@ -244,6 +290,7 @@ impl PostgresStorage {
             channel,
             signal,
             _listener: listener,
+            clock: options.clock,
         })
     }
 
@@ -263,6 +310,13 @@ impl PostgresStorage {
             .map_err(|e| map_error(Fail::Pg(e)))
     }
 
+    /// The time one call is judged at, as the `$n` of [`now_sql`]: the test
+    /// clock's reading ([`PostgresOptions::clock`]), or `None` for the server's
+    /// `now()`. Read once per call, and passed to each of its statements.
+    fn now_param(&self) -> NowParam {
+        self.clock.as_ref().map(|clock| clock.now().0)
+    }
+
     /// A pooled connection; failing to get one means nothing was sent.
     async fn client(&self) -> StorageResult<deadpool_postgres::Object> {
         self.pool
@@ -270,6 +324,50 @@ impl PostgresStorage {
             .await
             .map_err(|e| StorageError::Unavailable(error_chain(&e)))
     }
+}
+
+/// Where a statement's "now" comes from: `Some(ms)` a test clock's reading,
+/// `None` the server's (see the module docs, "Time").
+pub(super) type NowParam = Option<i64>;
+
+/// The server's time in milliseconds since the Unix epoch: `now()`, the start
+/// of the current transaction.
+const SERVER_NOW_MS: &str = "floor(extract(epoch from now()) * 1000)::bigint";
+
+/// The SQL of "now" in ms for a statement whose parameter `$n` is a
+/// [`NowParam`]: the test clock's reading if set, else the server's time.
+pub(super) fn now_sql(n: usize) -> String {
+    now_from(&format!("${n}::bigint"))
+}
+
+/// [`now_sql`] for a [`NowParam`] that the SQL expression `source` yields (a
+/// column of an array the statement unnests, say).
+pub(super) fn now_from(source: &str) -> String {
+    format!("COALESCE({source}, {SERVER_NOW_MS})")
+}
+
+/// A duration in whole milliseconds, saturating: what SQL adds to or subtracts
+/// from a time, as [`Timestamp::plus`] and [`Timestamp::minus`] do.
+pub(super) fn sql_ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// SQL for `at + ms` (both `bigint`, `ms` not negative), saturating at the
+/// largest `bigint` as [`Timestamp::plus`] does instead of failing.
+pub(super) fn plus_sql(at: &str, ms: &str) -> String {
+    format!("(LEAST({at}, 9223372036854775807 - {ms}) + {ms})")
+}
+
+/// Read the time statement `$1` of a call is judged at (a [`NowParam`]), for
+/// rules that run in Rust; in a transaction, later statements see the same.
+pub(super) async fn read_now<C: deadpool_postgres::GenericClient>(
+    client: &C,
+    now: NowParam,
+) -> Result<Timestamp, Fail> {
+    let sql = format!("SELECT {}", now_sql(1));
+    let statement = client.prepare_cached(&sql).await?;
+    let row = client.query_one(&statement, &[&now]).await?;
+    Ok(Timestamp(row.try_get(0)?))
 }
 
 /// The `NOTIFY` channel for `schema`: per schema, so deployments sharing a

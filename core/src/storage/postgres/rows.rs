@@ -4,7 +4,7 @@ use deadpool_postgres::Transaction;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 
-use super::Fail;
+use super::{now_sql, Fail, NowParam};
 use crate::clock::Timestamp;
 use crate::storage::{EnqueueOutcome, EnqueueRequest, Job, JobId, JobState};
 
@@ -98,13 +98,28 @@ pub(super) async fn select_jobs(
         .collect()
 }
 
-/// Lock one job row for the rest of the transaction, if it exists.
-pub(super) async fn lock_job(tx: &Transaction<'_>, id: JobId) -> Result<Option<Job>, Fail> {
+/// Lock one job row for the rest of the transaction, if it exists, with the
+/// time `now` says this transaction judges at (for the rules to apply).
+pub(super) async fn lock_job(
+    tx: &Transaction<'_>,
+    id: JobId,
+    now: NowParam,
+) -> Result<Option<(Job, Timestamp)>, Fail> {
     let Some(id) = sql_id(id) else {
         return Ok(None);
     };
-    let sql = format!("SELECT {JOB_COLUMNS} FROM keel_jobs WHERE id = $1 FOR UPDATE");
-    Ok(select_jobs(tx, &sql, &[&id]).await?.into_iter().next())
+    let sql = format!(
+        "SELECT {JOB_COLUMNS}, {} FROM keel_jobs WHERE id = $1 FOR UPDATE",
+        now_sql(2)
+    );
+    let statement = tx.prepare_cached(&sql).await?;
+    match tx.query_opt(&statement, &[&id, &now]).await? {
+        Some(row) => {
+            let at = row.try_get(JOB_COLUMNS.split(',').count())?;
+            Ok(Some((job_from_row(&row)?, Timestamp(at))))
+        }
+        None => Ok(None),
+    }
 }
 
 /// Write back the columns the rules in `rules.rs` may change.
@@ -151,17 +166,24 @@ pub(super) async fn write_jobs(tx: &Transaction<'_>, jobs: &[Job]) -> Result<(),
 pub(super) struct JobInserter {
     last_id: i64,
     dirty: bool,
+    /// The time every job this inserter makes is enqueued at.
+    now: Timestamp,
 }
 
 impl JobInserter {
-    pub(super) async fn lock(tx: &Transaction<'_>) -> Result<JobInserter, Fail> {
-        let statement = tx
-            .prepare_cached("SELECT value FROM keel_counters WHERE name = 'job_id' FOR UPDATE")
-            .await?;
-        let row = tx.query_one(&statement, &[]).await?;
+    /// Lock the counter, and read the time `now` says this transaction judges
+    /// at: every job inserted is enqueued then.
+    pub(super) async fn lock(tx: &Transaction<'_>, now: NowParam) -> Result<JobInserter, Fail> {
+        let sql = format!(
+            "SELECT value, {} FROM keel_counters WHERE name = 'job_id' FOR UPDATE",
+            now_sql(1)
+        );
+        let statement = tx.prepare_cached(&sql).await?;
+        let row = tx.query_one(&statement, &[&now]).await?;
         Ok(JobInserter {
             last_id: row.try_get(0)?,
             dirty: false,
+            now: Timestamp(row.try_get(1)?),
         })
     }
 
@@ -171,7 +193,6 @@ impl JobInserter {
         &mut self,
         tx: &Transaction<'_>,
         req: EnqueueRequest,
-        now: Timestamp,
     ) -> Result<EnqueueOutcome, Fail> {
         if let Some(key) = &req.unique_key {
             let statement = tx
@@ -184,7 +205,7 @@ impl JobInserter {
         self.last_id += 1;
         self.dirty = true;
         let id = job_id(self.last_id)?;
-        let job = Job::from_request(id, req, now);
+        let job = Job::from_request(id, req, self.now);
         insert_row(tx, &job).await?;
         Ok(EnqueueOutcome::Inserted(id))
     }

@@ -3,24 +3,24 @@
 //! conformance suite and the model test in `tests/`. Each test works in a schema
 //! of its own and drops it at the end. Without `KEEL_PG_URL` they say so and pass;
 //! the cross-engine conformance suite reports those skips properly.
+//!
+//! Tests that move time hand the store a [`ManualClock`] through
+//! [`PostgresOptions::clock`]; the rest judge on the server's clock.
 
 use std::time::Duration;
 
 use serde_json::json;
 
 use super::*;
-use crate::clock::Timestamp;
+use crate::clock::{Clock, ManualClock, SystemClock, Timestamp};
+use crate::storage::ops::{apply, Op, Reply};
 use crate::storage::{
     Claim, EffectResult, EnqueueOutcome, EnqueueRequest, Finalize, FinalizeResult, Job, JobId,
-    JobState, JobStore, LeaseStore, Term,
+    JobState, JobStore, Lease, LeaseStore, MemStorage, Term,
 };
 
 const T0: Timestamp = Timestamp(1_000_000);
 const TTL: Duration = Duration::from_secs(10);
-
-fn at(ms: i64) -> Timestamp {
-    Timestamp(T0.0 + ms)
-}
 
 fn pg_url(test: &str) -> Option<String> {
     let url = std::env::var("KEEL_PG_URL").ok();
@@ -83,8 +83,8 @@ fn req() -> EnqueueRequest {
     EnqueueRequest::new("email", json!({"to": "a@b"})).queue("mail")
 }
 
-async fn claim_one(s: &PostgresStorage, owner: &str, now: Timestamp) -> Job {
-    let jobs = s.claim("mail", owner, 1, now).await.expect("claim");
+async fn claim_one(s: &PostgresStorage, owner: &str) -> Job {
+    let jobs = s.claim("mail", owner, 1).await.expect("claim");
     assert_eq!(jobs.len(), 1, "one job claimed");
     jobs.into_iter().next().expect("one")
 }
@@ -103,7 +103,7 @@ async fn migrations_are_idempotent_even_when_processes_connect_at_once() {
     let a = a.expect("a");
     b.expect("b");
     c.expect("c");
-    let id = a.enqueue(req(), T0).await.expect("enqueue").id();
+    let id = a.enqueue(req()).await.expect("enqueue").id();
     let again = PostgresStorage::connect_with(&url, options())
         .await
         .expect("reconnect");
@@ -158,19 +158,19 @@ async fn a_version_1_schema_upgrades_and_keeps_unique_keys() {
         .expect("upgrade on connect");
     let old = JobId(7);
     assert_eq!(
-        s.enqueue(req().unique_key("k"), T0).await.expect("enqueue"),
+        s.enqueue(req().unique_key("k")).await.expect("enqueue"),
         EnqueueOutcome::Duplicate(old),
         "a key written before the upgrade still dedupes"
     );
-    let fresh = s.enqueue(req().unique_key("n"), T0).await.expect("enqueue");
+    let fresh = s.enqueue(req().unique_key("n")).await.expect("enqueue");
     assert!(matches!(fresh, EnqueueOutcome::Inserted(_)), "{fresh:?}");
     assert_eq!(
-        s.enqueue(req().unique_key("n"), T0).await.expect("enqueue"),
+        s.enqueue(req().unique_key("n")).await.expect("enqueue"),
         EnqueueOutcome::Duplicate(fresh.id()),
         "a key written after the upgrade dedupes"
     );
-    s.enqueue(req(), T0).await.expect("keyless");
-    s.enqueue(req(), T0).await.expect("keyless");
+    s.enqueue(req()).await.expect("keyless");
+    s.enqueue(req()).await.expect("keyless");
     let entries: i64 = pg
         .query_one(&format!("SELECT count(*) FROM \"{schema}\".keel_jobs"), &[])
         .await
@@ -358,11 +358,9 @@ async fn concurrent_acquirers_of_a_new_lease_grant_it_once() {
     let tasks: Vec<_> = (0..8)
         .map(|i| {
             let s = s.clone();
-            tokio::spawn(async move {
-                s.try_acquire("m", &format!("n{i}"), TTL, Timestamp(0))
-                    .await
-                    .expect("ok")
-            })
+            tokio::spawn(
+                async move { s.try_acquire("m", &format!("n{i}"), TTL).await.expect("ok") },
+            )
         })
         .collect();
     let mut granted = Vec::new();
@@ -385,12 +383,11 @@ async fn strings_the_model_accepts_round_trip_including_nul() {
             EnqueueRequest::new("k", payload.clone())
                 .queue("mail")
                 .unique_key("u\0k"),
-            T0,
         )
         .await
         .expect("ok")
         .id();
-    let job = claim_one(&s, "w\0x", T0).await;
+    let job = claim_one(&s, "w\0x").await;
     assert_eq!(
         (
             &job.payload,
@@ -400,11 +397,11 @@ async fn strings_the_model_accepts_round_trip_including_nul() {
         (&payload, Some("w\0x"), Some("u\0k"))
     );
     assert_eq!(
-        s.enqueue(req().unique_key("u\0k"), T0).await.expect("ok"),
+        s.enqueue(req().unique_key("u\0k")).await.expect("ok"),
         EnqueueOutcome::Duplicate(id)
     );
     let lease = s
-        .try_acquire("l\0", "h\0", TTL, T0)
+        .try_acquire("l\0", "h\0", TTL)
         .await
         .expect("ok")
         .expect("granted");
@@ -432,12 +429,9 @@ async fn an_enqueue_elsewhere_raises_the_signal() {
         tokio::pin!(notified);
         notified.as_mut().enable();
         if i == 2 {
-            quiet
-                .enqueue_batch(vec![req(), req()], T0)
-                .await
-                .expect("ok");
+            quiet.enqueue_batch(vec![req(), req()]).await.expect("ok");
         } else {
-            quiet.enqueue(req(), T0).await.expect("ok");
+            quiet.enqueue(req()).await.expect("ok");
         }
         tokio::time::timeout(Duration::from_secs(10), notified)
             .await
@@ -488,7 +482,7 @@ async fn concurrent_claimers_never_share_a_job() {
         return;
     };
     let reqs = (0..JOBS).map(|i| req().priority((i % 3) as u8)).collect();
-    s.enqueue_batch(reqs, T0).await.expect("ok");
+    s.enqueue_batch(reqs).await.expect("ok");
     let s = Arc::new(s);
     let tasks: Vec<_> = (0..8)
         .map(|w| {
@@ -497,7 +491,7 @@ async fn concurrent_claimers_never_share_a_job() {
                 let owner = format!("w{w}");
                 let mut mine = Vec::new();
                 loop {
-                    let jobs = s.claim("mail", &owner, 3, at(1)).await.expect("claim");
+                    let jobs = s.claim("mail", &owner, 3).await.expect("claim");
                     if jobs.is_empty() {
                         return mine;
                     }
@@ -526,7 +520,7 @@ async fn batched_completions_and_claims_keep_every_call_its_own() {
         return;
     };
     let reqs = (0..JOBS).map(|i| req().priority((i % 4) as u8)).collect();
-    s.enqueue_batch(reqs, T0).await.expect("ok");
+    s.enqueue_batch(reqs).await.expect("ok");
     let s = Arc::new(s);
     let tasks: Vec<_> = (0..12)
         .map(|w| {
@@ -534,7 +528,7 @@ async fn batched_completions_and_claims_keep_every_call_its_own() {
             tokio::spawn(async move {
                 let owner = format!("w{w}");
                 let mut done = Vec::new();
-                let mut held = s.claim("mail", &owner, 1, at(1)).await.expect("claim");
+                let mut held = s.claim("mail", &owner, 1).await.expect("claim");
                 while let Some(job) = held.pop() {
                     assert_eq!(job.owner.as_deref(), Some(owner.as_str()));
                     let claim = Claim {
@@ -542,7 +536,7 @@ async fn batched_completions_and_claims_keep_every_call_its_own() {
                         attempt: job.attempt,
                     };
                     let (result, next) = s
-                        .finalize_and_claim(claim, &owner, Finalize::Completed, "mail", 1, at(2))
+                        .finalize_and_claim(claim, &owner, Finalize::Completed, "mail", 1)
                         .await
                         .expect("finalize and claim");
                     assert_eq!(result, FinalizeResult::Applied);
@@ -571,8 +565,8 @@ async fn delete_completed_deletes_only_what_a_live_claim_completes() {
         return;
     };
     let reqs = vec![req().unique_key("k"), req(), req(), req()];
-    s.enqueue_batch(reqs, T0).await.expect("enqueue");
-    let held = s.claim("mail", "w", 4, at(1)).await.expect("claim");
+    s.enqueue_batch(reqs).await.expect("enqueue");
+    let held = s.claim("mail", "w", 4).await.expect("claim");
     let claims: Vec<Claim> = held
         .iter()
         .map(|j| Claim {
@@ -586,21 +580,21 @@ async fn delete_completed_deletes_only_what_a_live_claim_completes() {
     let applied = s.apply_effect(a, "w", "sent", json!(1)).await;
     assert_eq!(applied.expect("effect"), EffectResult::Applied);
 
-    let done = s.finalize(a, "w", Finalize::Completed, at(2)).await;
+    let done = s.finalize(a, "w", Finalize::Completed).await;
     assert_eq!(done.expect("finalize"), FinalizeResult::Applied);
     assert_eq!(s.get_job(a.job).await.expect("get"), None, "deleted");
     assert_eq!(s.get_effect(a.job, "sent").await.expect("get"), None);
-    let again = s.finalize(a, "w", Finalize::Completed, at(3)).await;
+    let again = s.finalize(a, "w", Finalize::Completed).await;
     assert_eq!(again.expect("finalize"), FinalizeResult::Stale);
 
     let (done, next) = s
-        .finalize_and_claim(b, "w", Finalize::Completed, "mail", 1, at(2))
+        .finalize_and_claim(b, "w", Finalize::Completed, "mail", 1)
         .await
         .expect("finalize and claim");
     assert_eq!((done, next.len()), (FinalizeResult::Applied, 0));
     assert_eq!(s.get_job(b.job).await.expect("get"), None, "deleted");
 
-    let other = s.finalize(c, "x", Finalize::Completed, at(2)).await;
+    let other = s.finalize(c, "x", Finalize::Completed).await;
     assert_eq!(other.expect("finalize"), FinalizeResult::Stale, "not x's");
     let kept = s.get_job(c.job).await.expect("get").map(|j| j.state);
     assert_eq!(
@@ -610,12 +604,12 @@ async fn delete_completed_deletes_only_what_a_live_claim_completes() {
     );
 
     let reason = "no".to_owned();
-    let cancelled = s.finalize(d, "w", Finalize::Cancel { reason }, at(2)).await;
+    let cancelled = s.finalize(d, "w", Finalize::Cancel { reason }).await;
     assert_eq!(cancelled.expect("finalize"), FinalizeResult::Applied);
     let kept = s.get_job(d.job).await.expect("get").map(|j| j.state);
     assert_eq!(kept, Some(JobState::Cancelled), "only completions delete");
 
-    let reused = s.enqueue(req().unique_key("k"), at(3)).await;
+    let reused = s.enqueue(req().unique_key("k")).await;
     assert!(
         matches!(reused.expect("enqueue"), EnqueueOutcome::Inserted(id) if id != a.job),
         "a completed job's key is free again"
@@ -651,7 +645,7 @@ async fn the_listener_reconnects_when_its_connection_is_killed() {
             let notified = signal.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            quiet.enqueue(req(), T0).await.expect("ok");
+            quiet.enqueue(req()).await.expect("ok");
             if tokio::time::timeout(Duration::from_millis(200), notified)
                 .await
                 .is_ok()
@@ -674,14 +668,13 @@ async fn a_mixed_case_schema_keeps_its_case() {
         return;
     };
     assert!(s.schema().starts_with("keel_test_MixedCase_"));
-    let id = s.enqueue(req(), T0).await.expect("ok").id();
+    let id = s.enqueue(req()).await.expect("ok").id();
     assert_eq!(s.get_job(id).await.expect("ok").map(|j| j.id), Some(id));
     s.drop_schema().await.expect("drop");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_worker_wakes_at_once_for_a_job_another_process_enqueued() {
-    use crate::clock::{Clock, SystemClock};
     use crate::jobs::{JobsConfig, Outcome, Runtime};
     let test = "runtime_wake";
     let Some(producer) = fresh(test).await else {
@@ -718,14 +711,276 @@ async fn an_idle_worker_wakes_at_once_for_a_job_another_process_enqueued() {
     .expect("start");
     // Let the worker find the queue empty and go idle.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    producer
-        .enqueue(req(), SystemClock.now())
-        .await
-        .expect("enqueue");
+    producer.enqueue(req()).await.expect("enqueue");
     tokio::time::timeout(Duration::from_secs(5), done_rx.recv())
         .await
         .expect("woken by NOTIFY, not by the 60 s poll")
         .expect("handler ran");
     runtime.shutdown(Duration::from_secs(5)).await;
     producer.drop_schema().await.expect("drop");
+}
+
+/// Without a test clock the server's clock judges: callers send durations
+/// only, so a second process cannot take a live lease however it calls, a
+/// renewal cannot shorten a grant, and every stored time is the server's,
+/// which (the server is local) is close to this machine's.
+#[tokio::test]
+async fn without_a_test_clock_the_servers_clock_judges() {
+    let test = "server_clock";
+    let Some(s) = fresh(test).await else { return };
+    let Some(url) = pg_url(test) else { return };
+    let options = PostgresOptions::new().schema(s.schema()).listen(false);
+    let other = PostgresStorage::connect_with(&url, options)
+        .await
+        .expect("a second caller");
+    let slack = Duration::from_secs(5);
+    let near = |t: Timestamp, from: Timestamp, to: Timestamp| {
+        from.minus(slack) <= t && t <= to.plus(slack)
+    };
+
+    let before = SystemClock.now();
+    let server = s.time().await.expect("time");
+    let after = SystemClock.now();
+    assert!(
+        near(server, before, after),
+        "{server} not in {before}..{after}"
+    );
+
+    let ttl = Duration::from_secs(60);
+    let granted = s
+        .try_acquire("m", "a", ttl)
+        .await
+        .expect("acquire")
+        .expect("granted");
+    let after = SystemClock.now();
+    assert!(
+        near(granted.expires_at, before.plus(ttl), after.plus(ttl)),
+        "expires {} = the server's now + ttl",
+        granted.expires_at
+    );
+    for ttl in [ttl, Duration::ZERO] {
+        assert_eq!(
+            other.try_acquire("m", "b", ttl).await.expect("acquire"),
+            None,
+            "a's grant is live on the server's clock"
+        );
+    }
+    assert!(s
+        .renew("m", "a", granted.term, Duration::ZERO)
+        .await
+        .expect("renew"));
+    let lease = other.get_lease("m").await.expect("get").expect("kept");
+    assert_eq!(lease.expires_at, granted.expires_at, "never shortened");
+
+    // Jobs: enqueued, claimed and delayed on the server's clock.
+    let id = s.enqueue(req()).await.expect("enqueue").id();
+    let job = claim_one(&other, "w").await;
+    let after = SystemClock.now();
+    assert_eq!(job.id, id, "due at once");
+    assert!(near(job.created_at, before, after), "{}", job.created_at);
+    let beat = job.heartbeat_at.expect("claimed");
+    assert!(near(beat, before, after), "{beat}");
+    let claim = Claim {
+        job: id,
+        attempt: job.attempt,
+    };
+    let retry = Finalize::Retry {
+        error: "boom".into(),
+        delay: Duration::from_secs(60),
+    };
+    let done = other.finalize(claim, "w", retry).await.expect("finalize");
+    assert_eq!(done, FinalizeResult::Applied);
+    let job = s.get_job(id).await.expect("get").expect("kept");
+    assert!(
+        job.state == JobState::Retryable && job.scheduled_at >= beat.plus(Duration::from_secs(60)),
+        "{job:?}"
+    );
+    assert_eq!(s.promote_due().await.expect("promote"), 0, "not due yet");
+    s.drop_schema().await.expect("drop");
+}
+
+/// One step of [`a_test_clock_judges_every_call_as_the_model_does`]. A test
+/// script, built once: the size gap between variants costs nothing.
+#[allow(clippy::large_enum_variant)]
+enum Step {
+    Advance(Duration),
+    Set(Timestamp),
+    Call(Op),
+}
+
+/// With [`PostgresOptions::clock`], every call is judged at the test clock's
+/// time: reply by reply the same as [`MemStorage`] on the same clock, through
+/// leases (expiry, takeover, renewals that never shorten), due times, retry and
+/// snooze delays, the batched claim and completion, rescue, cleanup and
+/// periodic slots.
+#[tokio::test]
+async fn a_test_clock_judges_every_call_as_the_model_does() {
+    use Step::{Advance, Call, Set};
+    let clock = Arc::new(ManualClock::new(T0));
+    let Some(s) = fresh_with("test_clock", |o| o.clock(clock.clone())).await else {
+        return;
+    };
+    let model = MemStorage::with_clock(clock.clone());
+    let secs = Duration::from_secs;
+    let ms = |d: Duration| u64::try_from(d.as_millis()).expect("small");
+    let claim = |job: u64, attempt: u32| Claim {
+        job: JobId(job),
+        attempt,
+    };
+    let lease = |holder: &str, ttl: Duration| Op::TryAcquire {
+        name: "m".into(),
+        holder: holder.into(),
+        ttl_ms: ms(ttl),
+    };
+    let finalize = |job: u64, attempt: u32, outcome: Finalize| Op::Finalize {
+        claim: claim(job, attempt),
+        owner: "w".into(),
+        outcome,
+    };
+    let get = |job: u64| Op::GetJob { job: JobId(job) };
+    let claim_mail = |limit: u32| Op::Claim {
+        queue: "mail".into(),
+        owner: "w".into(),
+        limit,
+    };
+    let periodic = Op::FirePeriodic {
+        name: "p".into(),
+        slot: T0,
+        lease: "m".into(),
+        holder: "b".into(),
+        term: Term(2),
+        req: req(),
+    };
+    let script = vec![
+        Call(Op::Time),
+        // Leases: expiry and takeover; a renewal never shortens.
+        Call(lease("a", TTL)),
+        Advance(TTL - Duration::from_millis(1)),
+        Call(lease("b", TTL)),
+        Set(T0.minus(secs(60))),
+        Call(Op::Renew {
+            name: "m".into(),
+            holder: "a".into(),
+            term: Term(1),
+            ttl_ms: ms(TTL),
+        }),
+        Call(Op::GetLease { name: "m".into() }),
+        Set(T0.plus(TTL)),
+        Call(lease("b", TTL)),
+        Call(Op::MaintenanceHeartbeat {
+            name: "m".into(),
+            holder: "b".into(),
+            term: Term(2),
+        }),
+        // Jobs: due times, then retry and snooze delays.
+        Set(T0),
+        Call(Op::Enqueue { req: req() }),
+        Call(Op::Enqueue {
+            req: req().scheduled_at(T0.plus(secs(5))),
+        }),
+        Call(Op::EnqueueBatch {
+            reqs: vec![req(), req().unique_key("k"), req().unique_key("k")],
+        }),
+        Call(claim_mail(2)),
+        Advance(secs(1)),
+        Call(Op::Heartbeat {
+            claim: claim(1, 1),
+            owner: "w".into(),
+        }),
+        Call(finalize(
+            1,
+            1,
+            Finalize::Retry {
+                error: "boom".into(),
+                delay: secs(3),
+            },
+        )),
+        Call(finalize(3, 1, Finalize::Snooze { delay: secs(2) })),
+        Call(get(1)),
+        Call(get(3)),
+        Call(Op::PromoteDue),
+        Advance(secs(2)),
+        Call(Op::PromoteDue),
+        Advance(secs(1)),
+        Call(Op::PromoteDue),
+        Advance(secs(1)),
+        Call(Op::PromoteDue),
+        // The batched paths: a claim, then a completion with the next claims.
+        Call(claim_mail(1)),
+        Call(Op::FinalizeAndClaim {
+            claim: claim(4, 1),
+            owner: "w".into(),
+            outcome: Finalize::Completed,
+            queue: "mail".into(),
+            limit: 2,
+        }),
+        Call(Op::FinalizeAndClaim {
+            claim: claim(3, 2),
+            owner: "w".into(),
+            outcome: Finalize::Retry {
+                error: "again".into(),
+                delay: secs(1),
+            },
+            queue: "mail".into(),
+            limit: 1,
+        }),
+        Call(Op::RequestCancel { job: JobId(2) }),
+        Call(get(4)),
+        // Staleness: rescued once the heartbeat is older than the window.
+        Advance(secs(10)),
+        Call(Op::RescueStale {
+            stale_after_ms: ms(secs(10)),
+        }),
+        Advance(Duration::from_millis(1)),
+        Call(Op::RescueStale {
+            stale_after_ms: ms(secs(10)),
+        }),
+        Call(get(1)),
+        Call(get(2)),
+        // Retention: finished jobs age out on the clock.
+        Call(Op::Cleanup {
+            retention_ms: ms(secs(11)),
+            limit: 10,
+        }),
+        Call(Op::Cleanup {
+            retention_ms: ms(secs(10)),
+            limit: 10,
+        }),
+        Call(get(4)),
+        Call(Op::Enqueue {
+            req: req().unique_key("k"),
+        }),
+        // A periodic slot fires once, its job enqueued at the clock's time.
+        Call(periodic.clone()),
+        Call(periodic),
+        Call(get(6)),
+        Call(Op::CountByState),
+        Call(Op::Time),
+    ];
+    let mut replies = Vec::new();
+    for (i, step) in script.into_iter().enumerate() {
+        match step {
+            Advance(d) => clock.advance(d),
+            Set(at) => clock.set(at),
+            Call(op) => {
+                let expected = apply(&model, op.clone()).await;
+                let got = apply(&s, op.clone()).await;
+                assert_eq!(got, expected, "step {i}: {op:?}");
+                replies.push(got);
+            }
+        }
+    }
+    // The script did what it says (the model judged as intended).
+    assert_eq!(replies.first(), Some(&Reply::Time(T0)));
+    let taken = Lease {
+        name: "m".into(),
+        term: Term(2),
+        holder: Some("b".into()),
+        expires_at: T0.plus(TTL).plus(TTL),
+    };
+    assert!(replies.contains(&Reply::Lease(Some(taken))), "{replies:?}");
+    let rescued = Reply::Claims(vec![claim(1, 2), claim(2, 1)]);
+    assert!(replies.contains(&rescued), "{replies:?}");
+    assert!(replies.contains(&Reply::Count(1)), "{replies:?}");
+    s.drop_schema().await.expect("drop");
 }

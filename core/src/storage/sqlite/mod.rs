@@ -24,17 +24,27 @@
 //! within the busy timeout gets [`StorageError::Unavailable`] (nothing was
 //! applied), and its caller retries. Several processes may share one file.
 //!
-//! Time never comes from SQLite: every query that compares with "now" binds the
-//! caller's [`Timestamp`](crate::clock::Timestamp).
+//! # Time
+//!
+//! Time comes from the engine's [`Clock`](crate::clock::Clock): the machine's
+//! wall clock ([`SystemClock`]) by default, or the one [`SqliteOptions::clock`]
+//! names (the simulator passes its database host's clock, tests a
+//! [`ManualClock`](crate::clock::ManualClock)). Never from SQLite, and never
+//! from the caller: callers pass durations (a lease's ttl, a staleness window, a
+//! retry delay). Each call reads the clock once, when it holds the database's
+//! write lock (a read: at its start), and judges every stored time against that
+//! one reading. Processes sharing a file should share a clock too; on one
+//! machine they do.
 
 mod schema;
 mod store;
 #[cfg(test)]
 mod tests;
 
+use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Mutex, MutexGuard};
+use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -43,6 +53,7 @@ use rusqlite::{Connection, ErrorCode, OpenFlags};
 
 use super::ops::{Op, Remote, Reply, Transport};
 use super::{poll_ready, OpenError, StorageError, StorageResult};
+use crate::clock::{SharedClock, SystemClock, Timestamp};
 
 pub use schema::SCHEMA_VERSION;
 
@@ -68,11 +79,22 @@ pub enum Durability {
 }
 
 /// Settings for opening a SQLite database.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct SqliteOptions {
     busy_timeout: Duration,
     durability: Durability,
     idle_spin: Duration,
+    clock: SharedClock,
+}
+
+impl fmt::Debug for SqliteOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqliteOptions")
+            .field("busy_timeout", &self.busy_timeout)
+            .field("durability", &self.durability)
+            .field("idle_spin", &self.idle_spin)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for SqliteOptions {
@@ -81,6 +103,7 @@ impl Default for SqliteOptions {
             busy_timeout: BUSY_TIMEOUT_DEFAULT,
             durability: Durability::Full,
             idle_spin: IDLE_SPIN_DEFAULT,
+            clock: Arc::new(SystemClock::new()),
         }
     }
 }
@@ -106,15 +129,34 @@ impl SqliteOptions {
         self.idle_spin = spin;
         self
     }
+
+    /// Storage's clock: the time every stored time is judged against (lease
+    /// expiry, claim staleness, due times, retention). The machine's wall clock
+    /// ([`SystemClock`]) by default; the simulator passes its database host's
+    /// clock, tests a [`ManualClock`](crate::clock::ManualClock).
+    pub fn clock(mut self, clock: SharedClock) -> Self {
+        self.clock = clock;
+        self
+    }
 }
 
 /// The synchronous SQL core. See the [module docs](self).
-#[derive(Debug)]
 pub struct SqliteEngine {
     conn: Mutex<Connection>,
     /// Set while [`execute_group`](Self::execute_group) holds one transaction
     /// open across several calls.
     grouped: AtomicBool,
+    /// Storage's clock: every stored time is judged against it.
+    clock: SharedClock,
+}
+
+impl fmt::Debug for SqliteEngine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqliteEngine")
+            .field("conn", &self.conn)
+            .field("grouped", &self.grouped)
+            .finish_non_exhaustive()
+    }
 }
 
 impl SqliteEngine {
@@ -145,13 +187,20 @@ impl SqliteEngine {
         Self::prepare(conn, &target, &options, true)
     }
 
-    /// A private in-memory database (for the simulator and tests).
+    /// A private in-memory database (for the simulator and tests), on the
+    /// machine's wall clock.
     pub fn in_memory() -> Result<Self, OpenError> {
+        Self::in_memory_with(SqliteOptions::default())
+    }
+
+    /// [`in_memory`](Self::in_memory) with settings: the simulator passes its
+    /// database host's [`clock`](SqliteOptions::clock).
+    pub fn in_memory_with(options: SqliteOptions) -> Result<Self, OpenError> {
         let conn = Connection::open_in_memory().map_err(|e| OpenError::Backend {
             target: ":memory:".into(),
             reason: e.to_string(),
         })?;
-        Self::prepare(conn, ":memory:", &SqliteOptions::default(), false)
+        Self::prepare(conn, ":memory:", &options, false)
     }
 
     fn prepare(
@@ -196,7 +245,13 @@ impl SqliteEngine {
         Ok(Self {
             conn: Mutex::new(conn),
             grouped: AtomicBool::new(false),
+            clock: options.clock.clone(),
         })
+    }
+
+    /// Storage's clock, now.
+    fn now(&self) -> Timestamp {
+        self.clock.now()
     }
 
     fn conn(&self) -> MutexGuard<'_, Connection> {
@@ -217,6 +272,17 @@ impl SqliteEngine {
             Scope::WRITE
         };
         scope.run(&conn, f).map_err(storage_error)
+    }
+
+    /// [`write`](Self::write) with storage's now, read once when the write lock
+    /// is held: every stored time the call compares or writes is judged against
+    /// that one reading, and a call that waited for another process's lock
+    /// does not act on a time from before it waited.
+    fn write_now<T>(
+        &self,
+        f: impl FnOnce(&Connection, Timestamp) -> rusqlite::Result<T>,
+    ) -> StorageResult<T> {
+        self.write(|tx| f(tx, self.now()))
     }
 
     /// Run `f` on a consistent snapshot (inside a group: the group's own).

@@ -1,6 +1,6 @@
 //! `LeaseStore` and `JobStore` for [`SqliteEngine`]: find rows, apply the
 //! model's [rules](crate::storage::rules) to them, write them back, all in one
-//! transaction per call.
+//! transaction per call, judged against one reading of the engine's clock.
 
 use std::time::Duration;
 
@@ -245,11 +245,10 @@ impl LeaseStore for SqliteEngine {
         name: &str,
         holder: &str,
         ttl: Duration,
-        now: Timestamp,
     ) -> StorageResult<Option<Lease>> {
         validate_lease_name(name)?;
         validate_holder(holder)?;
-        self.write(|tx| {
+        self.write_now(|tx, now| {
             let previous = lease(tx, name)?;
             let grantable = previous
                 .as_ref()
@@ -279,12 +278,12 @@ impl LeaseStore for SqliteEngine {
         holder: &str,
         term: Term,
         ttl: Duration,
-        now: Timestamp,
     ) -> StorageResult<bool> {
         validate_lease_name(name)?;
         validate_holder(holder)?;
-        self.write(|tx| {
-            // Never shorten a grant (see MemStorage::renew).
+        self.write_now(|tx, now| {
+            // Never shorten a grant, even after storage's clock stepped back
+            // (see MemStorage::renew).
             let changed = tx
                 .prepare_cached(
                     "UPDATE keel_leases SET expires_at = max(expires_at, ?4) \
@@ -320,7 +319,6 @@ impl LeaseStore for SqliteEngine {
         name: &str,
         holder: &str,
         term: Term,
-        _now: Timestamp,
     ) -> StorageResult<bool> {
         validate_lease_name(name)?;
         validate_holder(holder)?;
@@ -330,41 +328,26 @@ impl LeaseStore for SqliteEngine {
 
 #[async_trait]
 impl JobStore for SqliteEngine {
-    async fn enqueue(&self, req: EnqueueRequest, now: Timestamp) -> StorageResult<EnqueueOutcome> {
+    async fn enqueue(&self, req: EnqueueRequest) -> StorageResult<EnqueueOutcome> {
         req.validate()?;
-        self.write(|tx| insert(tx, req, now))
+        self.write_now(|tx, now| insert(tx, req, now))
     }
 
-    async fn enqueue_batch(
-        &self,
-        reqs: Vec<EnqueueRequest>,
-        now: Timestamp,
-    ) -> StorageResult<Vec<EnqueueOutcome>> {
+    async fn enqueue_batch(&self, reqs: Vec<EnqueueRequest>) -> StorageResult<Vec<EnqueueOutcome>> {
         for req in &reqs {
             req.validate()?;
         }
-        self.write(|tx| reqs.into_iter().map(|r| insert(tx, r, now)).collect())
+        self.write_now(|tx, now| reqs.into_iter().map(|r| insert(tx, r, now)).collect())
     }
 
-    async fn claim(
-        &self,
-        queue: &str,
-        owner: &str,
-        limit: u32,
-        now: Timestamp,
-    ) -> StorageResult<Vec<Job>> {
+    async fn claim(&self, queue: &str, owner: &str, limit: u32) -> StorageResult<Vec<Job>> {
         validate_name("queue", queue)?;
         validate_holder(owner)?;
-        self.write(|tx| claim_in(tx, queue, owner, limit, now))
+        self.write_now(|tx, now| claim_in(tx, queue, owner, limit, now))
     }
 
-    async fn heartbeat(
-        &self,
-        claim: Claim,
-        owner: &str,
-        now: Timestamp,
-    ) -> StorageResult<HeartbeatStatus> {
-        self.write(|tx| {
+    async fn heartbeat(&self, claim: Claim, owner: &str) -> StorageResult<HeartbeatStatus> {
+        self.write_now(|tx, now| {
             let Some(mut job) = load(tx, claim.job)? else {
                 return Ok(HeartbeatStatus::Lost);
             };
@@ -381,9 +364,8 @@ impl JobStore for SqliteEngine {
         claim: Claim,
         owner: &str,
         outcome: Finalize,
-        now: Timestamp,
     ) -> StorageResult<FinalizeResult> {
-        self.write(|tx| finalize_in(tx, claim, owner, outcome, now))
+        self.write_now(|tx, now| finalize_in(tx, claim, owner, outcome, now))
     }
 
     async fn finalize_and_claim(
@@ -393,11 +375,11 @@ impl JobStore for SqliteEngine {
         outcome: Finalize,
         queue: &str,
         limit: u32,
-        now: Timestamp,
     ) -> StorageResult<(FinalizeResult, Vec<Job>)> {
         validate_name("queue", queue)?;
         validate_holder(owner)?;
-        self.write(|tx| {
+        // One reading for both halves, as the model does.
+        self.write_now(|tx, now| {
             let result = finalize_in(tx, claim, owner, outcome, now)?;
             Ok((result, claim_in(tx, queue, owner, limit, now)?))
         })
@@ -438,8 +420,8 @@ impl JobStore for SqliteEngine {
         })
     }
 
-    async fn request_cancel(&self, job: JobId, now: Timestamp) -> StorageResult<CancelResult> {
-        self.write(|tx| {
+    async fn request_cancel(&self, job: JobId) -> StorageResult<CancelResult> {
+        self.write_now(|tx, now| {
             let Some(mut row) = load(tx, job)? else {
                 return Ok(CancelResult::NotFound);
             };
@@ -451,12 +433,9 @@ impl JobStore for SqliteEngine {
         })
     }
 
-    async fn rescue_stale(
-        &self,
-        stale_before: Timestamp,
-        now: Timestamp,
-    ) -> StorageResult<Vec<Claim>> {
-        self.write(|tx| {
+    async fn rescue_stale(&self, stale_after: Duration) -> StorageResult<Vec<Claim>> {
+        self.write_now(|tx, now| {
+            let stale_before = now.minus(stale_after);
             let stale = jobs_where(
                 tx,
                 "state = 'running' AND (heartbeat_at IS NULL OR heartbeat_at < ?1) ORDER BY id",
@@ -472,8 +451,8 @@ impl JobStore for SqliteEngine {
         })
     }
 
-    async fn promote_due(&self, now: Timestamp) -> StorageResult<u64> {
-        self.write(|tx| {
+    async fn promote_due(&self) -> StorageResult<u64> {
+        self.write_now(|tx, now| {
             let promoted = tx
                 .prepare_cached(
                     "UPDATE keel_jobs SET state = 'available' \
@@ -484,8 +463,9 @@ impl JobStore for SqliteEngine {
         })
     }
 
-    async fn cleanup(&self, finished_before: Timestamp, limit: u32) -> StorageResult<u64> {
-        self.write(|tx| {
+    async fn cleanup(&self, retention: Duration, limit: u32) -> StorageResult<u64> {
+        self.write_now(|tx, now| {
+            let finished_before = now.minus(retention);
             let doomed: Vec<u64> = tx
                 .prepare_cached(
                     "SELECT id FROM keel_jobs \
@@ -502,6 +482,10 @@ impl JobStore for SqliteEngine {
             }
             Ok(doomed.len() as u64)
         })
+    }
+
+    async fn time(&self) -> StorageResult<Timestamp> {
+        Ok(self.now())
     }
 
     async fn get_job(&self, job: JobId) -> StorageResult<Option<Job>> {
@@ -570,11 +554,10 @@ impl JobStore for SqliteEngine {
         holder: &str,
         term: Term,
         req: EnqueueRequest,
-        now: Timestamp,
     ) -> StorageResult<PeriodicOutcome> {
         validate_name("periodic name", name)?;
         req.validate()?;
-        self.write(|tx| {
+        self.write_now(|tx, now| {
             if !holds(tx, lease_name, holder, term)? {
                 return Ok(PeriodicOutcome::StaleTerm);
             }
