@@ -205,9 +205,14 @@ pub struct Faults {
     /// `slow` (applied late), `slow_reply` (applied at once, answered late).
     #[serde(default)]
     pub storage_fault_modes: Vec<String>,
-    /// Delay of a `slow` or `slow_reply` window.
+    /// Delay of a `slow` window (and of a `slow_reply` one unless
+    /// `slow_reply_ms` is set).
     #[serde(default)]
     pub slow_storage_ms: [u64; 2],
+    /// Delay of a `slow_reply` window's replies; `[0, 0]` takes
+    /// `slow_storage_ms`.
+    #[serde(default)]
+    pub slow_reply_ms: [u64; 2],
     /// How long each node's storage client waits for a reply before the
     /// outcome is unknown, in ms (0: the simulator's 1 s default).
     #[serde(default)]
@@ -428,6 +433,7 @@ impl Scenario {
             ("faults.storage_fault_ms", f.storage_fault_ms),
             ("faults.storage_fault_pct", f.storage_fault_pct),
             ("faults.slow_storage_ms", f.slow_storage_ms),
+            ("faults.slow_reply_ms", f.slow_reply_ms),
             ("faults.shutdown_deadline_ms", f.shutdown_deadline_ms),
             ("faults.shutdown_down_ms", f.shutdown_down_ms),
             ("faults.slow_tick_ms", f.slow_tick_ms),

@@ -300,7 +300,14 @@ fn storage_fault(rng: &mut ChaCha8Rng, f: &scenarios::Faults) -> FaultKind {
             ms: draw(rng, f.slow_storage_ms),
         },
         "slow_reply" => StorageFault::SlowReply {
-            ms: draw(rng, f.slow_storage_ms),
+            ms: draw(
+                rng,
+                if f.slow_reply_ms == [0, 0] {
+                    f.slow_storage_ms
+                } else {
+                    f.slow_reply_ms
+                },
+            ),
         },
         _ => StorageFault::Error,
     };

@@ -235,6 +235,7 @@ const KINDS: [Kind; 12] = [
             f.storage_fault_pct = s.storage_fault_pct;
             f.storage_fault_modes = s.storage_fault_modes.clone();
             f.slow_storage_ms = s.slow_storage_ms;
+            f.slow_reply_ms = s.slow_reply_ms;
             f.storage_timeout_ms = s.storage_timeout_ms;
         },
         narrow: |f, rng| {

@@ -203,10 +203,15 @@ impl<'a> Scan<'a> {
                 vec![(*end).clone(), r.clone()],
             ));
         }
+        // Only an older attempt still running counts here: an older attempt
+        // starting beside a newer one started on a claim the newer one's
+        // claim revoked, which `started_revoked` judges (swarm seed 3005939:
+        // a claimed-ahead job started from a hand after a step of storage's
+        // clock let the rescuer hand it on).
         for i in self
             .open
             .iter()
-            .filter(|i| i.job == job && i.attempt != attempt)
+            .filter(|i| i.job == job && i.attempt < attempt)
         {
             if !self.revoked.contains_key(&(job, i.attempt)) {
                 let first = &history[i.started];
@@ -513,6 +518,23 @@ mod tests {
         );
         let seqs: Vec<usize> = v[0].witnesses.iter().map(|w| w.seq).collect();
         assert_eq!(seqs, vec![1, 2, 5, 6], "start, revoke, lost, end");
+    }
+
+    #[test]
+    fn an_older_attempt_starting_beside_a_newer_one_started_on_a_revoked_claim() {
+        let h = H::new()
+            .db(0, claim(1, 1))
+            .db(5_000, claim(1, 2))
+            .node(5_100, "n2", started(1, 2))
+            .node(5_300, "n1", started(1, 1));
+        let v = NoDoubleExecution.check(&h.0, &ctx(20_000));
+        assert_eq!(v.len(), 1, "{v:?}");
+        assert!(
+            v[0].message
+                .contains("attempt 1 started on n1 300ms after storage revoked its claim"),
+            "{}",
+            v[0].message
+        );
     }
 
     #[test]
