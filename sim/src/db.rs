@@ -283,10 +283,16 @@ async fn serve_connection(
         } else {
             let evicted = live_term_before(store.as_ref(), &op).await;
             let reply = ops::apply(store.as_ref(), op.clone()).await;
-            let storage_ms = store
-                .time()
-                .await
-                .map_or(0, |t| t.0 - crate::clock::EPOCH_UNIX_MS);
+            // Storage's time, for a `scheduled_in` enqueue's due time: read
+            // for enqueues only, not on every request.
+            let storage_ms = if matches!(op, Op::Enqueue { .. } | Op::EnqueueBatch { .. }) {
+                store
+                    .time()
+                    .await
+                    .map_or(0, |t| t.0 - crate::clock::EPOCH_UNIX_MS)
+            } else {
+                0
+            };
             record(&history, (issued_ms, &op), &reply, (evicted, storage_ms));
             reply
         };
