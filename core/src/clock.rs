@@ -65,6 +65,53 @@ impl fmt::Display for Timestamp {
     }
 }
 
+/// Clock-rate error the runtime's defaults tolerate, in parts per million: 1%,
+/// a hundred times what an NTP-disciplined clock drifts, room for a VM under
+/// steal time. Both [`ElectorConfig`](crate::leadership::ElectorConfig) and
+/// [`JobsConfig`](crate::jobs::JobsConfig) carry it as `clock_drift_max_ppm`.
+pub const CLOCK_DRIFT_MAX_PPM_DEFAULT: u32 = 10_000;
+
+/// The largest clock-rate error a configuration may claim to tolerate, in
+/// parts per million (20%): past it a "clock" is broken hardware, and the
+/// margins it would need leave no trust worth having.
+pub const CLOCK_DRIFT_MAX_PPM_LIMIT: u32 = 200_000;
+
+const PPM: u128 = 1_000_000;
+
+/// The longest a node may trust a hold that storage keeps for `hold`, counted
+/// on the node's own monotonic clock from the send of the request that set it,
+/// when every clock (the node's and storage's) may run fast or slow by up to
+/// `drift_ppm` parts per million.
+///
+/// The relation every margin in keel keeps (`d` = `drift_ppm` / 10⁶): the node's
+/// clock may run slow by `d` while storage's runs fast by `d`, so a trust of
+/// `t` on the node lasts `t / (1 - d)` of true time while the hold lasts
+/// `hold / (1 + d)`, and `t / (1 - d) <= hold / (1 + d)` gives
+///
+/// ```text
+/// trust <= hold * (1 - d) / (1 + d)     i.e.   margin >= hold * 2d / (1 + d)
+/// ```
+///
+/// There is no term for how late a reply comes: trust counts from the send,
+/// and storage stamps a hold when it applies the request, never before the
+/// send, so a reply however late only shortens the trust it brings (and a
+/// reply after the window closed is not trusted at all). The elector keeps it
+/// with `lease_ttl - safety_margin` against `lease_ttl`; a worker with
+/// `claim_trust + cancel_grace` against `stale_threshold`.
+///
+/// ```
+/// use std::time::Duration;
+/// use keel::clock::trust_bound;
+/// // A 5 s lease at 1% drift: trust at most 4.90 s, a margin of 99 ms or more.
+/// assert_eq!(trust_bound(Duration::from_secs(5), 10_000).as_millis(), 4_900);
+/// assert_eq!(trust_bound(Duration::from_secs(5), 0), Duration::from_secs(5));
+/// ```
+pub fn trust_bound(hold: Duration, drift_ppm: u32) -> Duration {
+    let d = u128::from(drift_ppm.min(CLOCK_DRIFT_MAX_PPM_LIMIT));
+    let ns = hold.as_nanos() * (PPM - d) / (PPM + d);
+    Duration::from_nanos(u64::try_from(ns).unwrap_or(u64::MAX))
+}
+
 /// A boxed future returned by [`Clock::sleep`].
 pub type Sleep = Pin<Box<dyn Future<Output = ()> + Send>>;
 

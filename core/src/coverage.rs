@@ -100,6 +100,10 @@ pub const STATES: &[(&str, &str)] = &[
         "a lease grant or renewal was answered more than the safety margin after it was sent (a slow database or a frozen process)",
     ),
     (
+        "lease_reply_in_last_margin_of_trust",
+        "a lease grant or renewal was answered inside the last safety_margin of the trust window it started or extended",
+    ),
+    (
         "loop_panic_stops_siblings",
         "a watcher loop panicked while sibling loops ran; the watcher stopped them and returned the panic",
     ),

@@ -145,11 +145,18 @@ pub enum Bug {
     /// and trusted. Storage applies the window it is handed. Caught by
     /// `no_early_rescue`.
     RescueOnCallerClock,
+    /// Keel's own, an "optimisation" of issue 18's design: trust is counted on
+    /// the monotonic clock from the send and storage's clock alone judges
+    /// expiry, so the elector reasons that skew needs no margin and trusts the
+    /// whole TTL. True while every clock keeps time; a node whose clock runs
+    /// slow, or storage's fast, then believes it leads after storage let the
+    /// lease go. Only clock drift exposes it. Caught by `one_believed_leader`.
+    TrustWholeTtl,
 }
 
 impl Bug {
     /// Every planted bug, in a fixed order.
-    pub const ALL: [Bug; 26] = [
+    pub const ALL: [Bug; 27] = [
         Bug::StaleResign,
         Bug::CrossTermStop,
         Bug::SwallowedPanic,
@@ -176,6 +183,7 @@ impl Bug {
         Bug::ClaimsWhileStopping,
         Bug::ShutdownSkipsResign,
         Bug::RescueOnCallerClock,
+        Bug::TrustWholeTtl,
     ];
 
     /// The bug's name as the CLI spells it.
@@ -207,6 +215,7 @@ impl Bug {
             Bug::ClaimsWhileStopping => "claims_while_stopping",
             Bug::ShutdownSkipsResign => "shutdown_skips_resign",
             Bug::RescueOnCallerClock => "rescue_on_caller_clock",
+            Bug::TrustWholeTtl => "trust_whole_ttl",
         }
     }
 }

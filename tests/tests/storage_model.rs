@@ -222,6 +222,8 @@ enum Step {
         lease: usize,
         holder: usize,
         ttl_ms: u64,
+        /// The caller's newest term (fenced acquire), or unfenced.
+        known: Option<u64>,
     },
     Renew {
         lease: usize,
@@ -396,8 +398,8 @@ fn step() -> impl Strategy<Value = Step> {
         1 => (0..QUEUES.len(), prop::bool::weighted(0.3))
             .prop_map(|(queue, paused)| Step::SetQueue { queue, paused }),
         1 => (0..QUEUES.len()).prop_map(|queue| Step::GetQueue { queue }),
-        2 => (lease.clone(), 0..HOLDERS.len(), 500u64..=5_000)
-            .prop_map(|(lease, holder, ttl_ms)| Step::Acquire { lease, holder, ttl_ms }),
+        2 => (lease.clone(), 0..HOLDERS.len(), 500u64..=5_000, prop::option::of(0u64..4))
+            .prop_map(|(lease, holder, ttl_ms, known)| Step::Acquire { lease, holder, ttl_ms, known }),
         1 => (lease.clone(), grant(), 0u64..=5_000)
             .prop_map(|(lease, grant, ttl_ms)| Step::Renew { lease, grant, ttl_ms }),
         1 => (lease.clone(), grant()).prop_map(|(lease, grant)| Step::Resign { lease, grant }),
@@ -596,10 +598,12 @@ impl Run {
                 lease,
                 holder,
                 ttl_ms,
+                known,
             } => Op::TryAcquire {
                 name: LEASES[*lease].into(),
                 holder: HOLDERS[*holder].into(),
                 ttl_ms: *ttl_ms,
+                known: known.map(keel::storage::Term),
             },
             Step::Renew {
                 lease,

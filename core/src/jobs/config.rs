@@ -54,6 +54,11 @@ pub struct JobsConfig {
     /// (storage was unreachable) is renewed before it starts, so the rescuer
     /// cannot have handed it on.
     pub claim_ahead: u32,
+    /// How far, in parts per million, any host's clock may run fast or slow:
+    /// a worker's and storage's. `validate` then asks `claim_trust +
+    /// cancel_grace <= stale_threshold * (1 - d) / (1 + d)`
+    /// ([`trust_bound`](crate::clock::trust_bound)).
+    pub clock_drift_max_ppm: u32,
 }
 
 /// A [`JobsConfig`] setting that cannot work; names the field.
@@ -95,6 +100,7 @@ impl Default for JobsConfig {
             retention: Duration::from_secs(24 * 3600),
             cleanup_batch: 1000,
             claim_ahead: 0,
+            clock_drift_max_ppm: crate::clock::CLOCK_DRIFT_MAX_PPM_DEFAULT,
         }
     }
 }
@@ -128,6 +134,30 @@ impl JobsConfig {
         // job to another worker, or two attempts run at once.
         if self.claim_trust + self.cancel_grace >= self.stale_threshold {
             return err("stale_threshold", "must exceed claim_trust + cancel_grace");
+        }
+        let ppm = self.clock_drift_max_ppm;
+        if ppm > crate::clock::CLOCK_DRIFT_MAX_PPM_LIMIT {
+            return Err(JobsConfigError {
+                field: "clock_drift_max_ppm",
+                reason: format!("must be at most 200000 (20%), got {ppm}"),
+            });
+        }
+        // A worker running slow by the bound, beside storage running fast by
+        // it, must still drop its handler before the claim may be rescued.
+        let held = self.claim_trust + self.cancel_grace;
+        let bound = crate::clock::trust_bound(self.stale_threshold, ppm);
+        if held > bound {
+            return Err(JobsConfigError {
+                field: "stale_threshold",
+                reason: format!(
+                    "must be at least (claim_trust + cancel_grace) * (1 + d) / (1 - d) for \
+                     clock_drift_max_ppm {ppm}: claim_trust + cancel_grace is {} ms, but \
+                     stale_threshold {} ms allows {} ms",
+                    held.as_millis(),
+                    self.stale_threshold.as_millis(),
+                    bound.as_millis()
+                ),
+            });
         }
         if self.finalize_attempts_max == 0 {
             return err("finalize_attempts_max", "must be at least 1");
@@ -164,5 +194,30 @@ mod tests {
             ..JobsConfig::default()
         };
         assert_eq!(cfg.validate().map_err(|e| e.field), Err("claim_ahead"));
+    }
+
+    #[test]
+    fn a_drift_bound_the_rescue_window_cannot_absorb_is_refused_by_name() {
+        // 7 s held against a 10 s window: fine up to d = 3/17 (17.6%).
+        let ok = JobsConfig {
+            clock_drift_max_ppm: 170_000,
+            ..JobsConfig::default()
+        };
+        ok.validate().expect("17% fits");
+        let tight = JobsConfig {
+            clock_drift_max_ppm: 180_000,
+            ..JobsConfig::default()
+        };
+        let err = tight.validate().expect_err("18% does not");
+        assert_eq!(err.field, "stale_threshold");
+        assert!(err.reason.contains("clock_drift_max_ppm 180000"), "{err}");
+        let absurd = JobsConfig {
+            clock_drift_max_ppm: 300_000,
+            ..JobsConfig::default()
+        };
+        assert_eq!(
+            absurd.validate().map_err(|e| e.field),
+            Err("clock_drift_max_ppm")
+        );
     }
 }

@@ -36,9 +36,17 @@ pub struct ElectorConfig {
     pub lease_ttl: Duration,
     /// How often the leader renews.
     pub renew_interval: Duration,
-    /// Subtracted from the TTL to get the trust window; absorbs clock skew between
-    /// this node and the clock that judges expiry.
+    /// Subtracted from the TTL to get the trust window: absorbs how far this
+    /// node's clock may run slow, and storage's fast, within one TTL. Must be at
+    /// least `lease_ttl * 2d / (1 + d)` for `d = clock_drift_max_ppm / 10⁶`
+    /// ([`trust_bound`](crate::clock::trust_bound)); wall-clock skew needs none,
+    /// since trust is counted on the monotonic clock and storage's clock alone
+    /// judges expiry.
     pub safety_margin: Duration,
+    /// How far, in parts per million, any host's clock may run fast or slow:
+    /// this node's and storage's. `validate` refuses a `safety_margin` too small
+    /// for it.
+    pub clock_drift_max_ppm: u32,
     /// How often a follower tries to acquire.
     pub acquire_interval: Duration,
     /// After resigning, how long to stay out so another node can take over.
@@ -63,7 +71,9 @@ impl ElectorConfig {
     pub const LEASE_TTL_DEFAULT: Duration = Duration::from_secs(5);
     /// Renew interval default: several renewals fit in one TTL.
     pub const RENEW_INTERVAL_DEFAULT: Duration = Duration::from_secs(1);
-    /// Safety margin default: the clock skew between nodes that leadership tolerates.
+    /// Safety margin default: ten times what the default TTL needs at
+    /// [`CLOCK_DRIFT_MAX_PPM_DEFAULT`](crate::clock::CLOCK_DRIFT_MAX_PPM_DEFAULT)
+    /// (99 ms), so a deployment may raise the drift bound to 10% unchanged.
     pub const SAFETY_MARGIN_DEFAULT: Duration = Duration::from_secs(1);
     /// Acquire interval default.
     pub const ACQUIRE_INTERVAL_DEFAULT: Duration = Duration::from_secs(1);
@@ -78,6 +88,7 @@ impl ElectorConfig {
             lease_ttl: Self::LEASE_TTL_DEFAULT,
             renew_interval: Self::RENEW_INTERVAL_DEFAULT,
             safety_margin: Self::SAFETY_MARGIN_DEFAULT,
+            clock_drift_max_ppm: crate::clock::CLOCK_DRIFT_MAX_PPM_DEFAULT,
             acquire_interval: Self::ACQUIRE_INTERVAL_DEFAULT,
             resign_cooldown: Self::RESIGN_COOLDOWN_DEFAULT,
             #[cfg(feature = "planted-bugs")]
@@ -111,6 +122,38 @@ impl ElectorConfig {
         if needed.is_none_or(|needed| self.lease_ttl <= needed) {
             return err("lease_ttl", "must exceed safety_margin + renew_interval");
         }
+        self.validate_drift()
+    }
+
+    /// The margin keeps [`trust_bound`](crate::clock::trust_bound)'s relation:
+    /// a node running slow by the drift bound, beside storage running fast by
+    /// it, stops trusting before storage lets the lease go.
+    fn validate_drift(&self) -> Result<(), ElectorConfigError> {
+        let ppm = self.clock_drift_max_ppm;
+        if ppm > crate::clock::CLOCK_DRIFT_MAX_PPM_LIMIT {
+            return Err(ElectorConfigError {
+                field: "clock_drift_max_ppm",
+                reason: format!(
+                    "must be at most {} (20%), got {ppm}",
+                    crate::clock::CLOCK_DRIFT_MAX_PPM_LIMIT
+                ),
+            });
+        }
+        let trust_max = crate::clock::trust_bound(self.lease_ttl, ppm);
+        let margin_min = self.lease_ttl.saturating_sub(trust_max);
+        if self.safety_margin < margin_min {
+            return Err(ElectorConfigError {
+                field: "safety_margin",
+                reason: format!(
+                    "must be at least lease_ttl * 2d / (1 + d) = {} ms for lease_ttl {} ms and \
+                     clock_drift_max_ppm {ppm}, got {} ms: a node whose clock runs slow would \
+                     trust past a lease that storage's fast clock lets go",
+                    margin_min.as_millis(),
+                    self.lease_ttl.as_millis(),
+                    self.safety_margin.as_millis()
+                ),
+            });
+        }
         Ok(())
     }
 }
@@ -118,6 +161,10 @@ impl ElectorConfig {
 struct State {
     leadership: Leadership,
     trusted_until: Option<Instant>,
+    /// The newest term this elector was granted (`Term(0)`: none yet): sent
+    /// with every acquire, so a late one of its own cannot evict a term it
+    /// won since ([`LeaseStore::try_acquire_fenced`](crate::storage::LeaseStore::try_acquire_fenced)).
+    known: Term,
 }
 
 /// The resign channel's receiving end, lent to one run at a time: taking it is
@@ -223,6 +270,7 @@ impl Elector {
             state: Mutex::new(State {
                 leadership: Leadership::Follower,
                 trusted_until: None,
+                known: Term(0),
             }),
             changes,
             resign_tx,
@@ -388,10 +436,14 @@ impl Elector {
         let cfg = &self.cfg;
         loop {
             let started = self.clock.monotonic();
-            let attempt = self
-                .storage
-                .try_acquire(&cfg.lease_name, &cfg.holder, cfg.lease_ttl);
-            let trusted_until = started + cfg.lease_ttl - cfg.safety_margin;
+            // Planted `incarnation_blind_holder` is keel before incarnations,
+            // whose acquires named no term either.
+            let known = Some(self.state().known)
+                .filter(|_| !crate::is_planted!(cfg.plants, IncarnationBlindHolder));
+            let attempt =
+                self.storage
+                    .try_acquire_fenced(&cfg.lease_name, &cfg.holder, cfg.lease_ttl, known);
+            let trusted_until = started + self.trust_window();
             // A reply later than the trust window is useless, so the call is
             // bounded by it, whatever the storage's own timeouts are.
             let granted = tokio::select! {
@@ -401,13 +453,18 @@ impl Elector {
                 () = self.sleep_until(trusted_until) => Ok(None),
             };
             if let Ok(Some(lease)) = granted {
+                {
+                    let mut state = self.state();
+                    state.known = state.known.max(lease.term);
+                }
                 let now = self.clock.monotonic();
                 self.mark_late_reply(started, now);
+                self.mark_reply_near_trust_end(trusted_until);
                 if now < trusted_until {
                     // Planted `trust_from_reply` counts the window from the reply,
                     // so a slow reply stretches trust past the lease.
                     if crate::is_planted!(cfg.plants, TrustFromReply) {
-                        return Some((lease.term, now + cfg.lease_ttl - cfg.safety_margin));
+                        return Some((lease.term, now + self.trust_window()));
                     }
                     return Some((lease.term, trusted_until));
                 }
@@ -471,6 +528,7 @@ impl Elector {
             match renewed {
                 Ok(true) => {
                     self.mark_late_reply(attempt_start, self.clock.monotonic());
+                    self.mark_reply_near_trust_end(trusted_until);
                     // The window counts from the request's send, never its reply:
                     // storage started the TTL no earlier than that.
                     let anchor = if crate::is_planted!(cfg.plants, TrustFromReply) {
@@ -478,7 +536,7 @@ impl Elector {
                     } else {
                         attempt_start
                     };
-                    trusted_until = trusted_until.max(anchor + cfg.lease_ttl - cfg.safety_margin);
+                    trusted_until = trusted_until.max(anchor + self.trust_window());
                     self.state().trusted_until = Some(trusted_until);
                     next_renew = attempt_start + cfg.renew_interval;
                     let trusted_for_ms = self.trusted_for_ms(trusted_until);
@@ -505,6 +563,27 @@ impl Elector {
             answered.saturating_duration_since(sent) > self.cfg.safety_margin,
             "lease_reply_after_safety_margin"
         );
+    }
+
+    /// Coverage: a grant or renewal answered inside the last safety margin of
+    /// the window it was to start or extend: the late reply a margin exists for.
+    fn mark_reply_near_trust_end(&self, trusted_until: Instant) {
+        let left = trusted_until.saturating_duration_since(self.clock.monotonic());
+        crate::sometimes!(
+            !left.is_zero() && left <= self.cfg.safety_margin,
+            "lease_reply_in_last_margin_of_trust"
+        );
+    }
+
+    /// How long a grant or renewal is trusted from its send: the TTL less the
+    /// margin that covers clock drift ([`crate::clock::trust_bound`]).
+    fn trust_window(&self) -> Duration {
+        // Planted `trust_whole_ttl` spends the margin: "trust counts on the
+        // monotonic clock and storage alone judges expiry, so skew needs none".
+        if crate::is_planted!(self.cfg.plants, TrustWholeTtl) {
+            return self.cfg.lease_ttl;
+        }
+        self.cfg.lease_ttl - self.cfg.safety_margin
     }
 
     /// The trust window closed without a renewal: step down (the caller then
@@ -1012,6 +1091,25 @@ mod tests {
 
         cfg.lease_ttl = cfg.safety_margin + cfg.renew_interval + Duration::from_millis(1);
         cfg.validate().expect("just above the bound");
+    }
+
+    #[test]
+    fn validate_refuses_a_margin_the_drift_bound_cannot_live_with() {
+        let mut cfg = ElectorConfig::new(LEASE, "a");
+        // 5 s TTL: 10% drift needs 909 ms of margin, 12% needs 1.07 s.
+        cfg.clock_drift_max_ppm = 100_000;
+        cfg.validate().expect("1 s covers 10%");
+        cfg.clock_drift_max_ppm = 120_000;
+        let err = cfg.validate().expect_err("1 s does not cover 12%");
+        assert_eq!(err.field, "safety_margin");
+        assert!(err.reason.contains("1071 ms"), "{err}");
+        cfg.safety_margin = Duration::from_millis(1_100);
+        cfg.validate().expect("a wider margin does");
+        cfg.clock_drift_max_ppm = 250_000;
+        assert_eq!(
+            cfg.validate().expect_err("past the limit").field,
+            "clock_drift_max_ppm"
+        );
     }
 
     #[test]

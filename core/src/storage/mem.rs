@@ -76,14 +76,23 @@ impl MemStorage {
         ttl: Duration,
         now: Timestamp,
     ) -> StorageResult<Option<Lease>> {
+        self.try_acquire_fenced_now(name, holder, ttl, None, now)
+    }
+
+    /// Synchronous core of [`LeaseStore::try_acquire_fenced`].
+    pub fn try_acquire_fenced_now(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl: Duration,
+        known: Option<Term>,
+        now: Timestamp,
+    ) -> StorageResult<Option<Lease>> {
         validate_lease_name(name)?;
         validate_holder(holder)?;
         let mut state = self.state();
         let previous = state.leases.get(name);
-        let grantable = match previous {
-            None => true,
-            Some(lease) => !lease.is_live(now) || lease.holder.as_deref() == Some(holder),
-        };
+        let grantable = previous.is_none_or(|l| l.grantable(holder, known, now));
         if !grantable {
             return Ok(None);
         }
@@ -117,13 +126,14 @@ impl MemStorage {
 
 #[async_trait]
 impl LeaseStore for MemStorage {
-    async fn try_acquire(
+    async fn try_acquire_fenced(
         &self,
         name: &str,
         holder: &str,
         ttl: Duration,
+        known: Option<Term>,
     ) -> StorageResult<Option<Lease>> {
-        self.try_acquire_now(name, holder, ttl, self.now())
+        self.try_acquire_fenced_now(name, holder, ttl, known, self.now())
     }
 
     async fn renew(
@@ -222,6 +232,27 @@ mod tests {
             .try_acquire_now("m", "b", TTL, Timestamp(20_000))
             .expect("ok");
         assert_eq!(b.map(|l| l.term), Some(Term(3)));
+    }
+
+    #[test]
+    fn a_fenced_acquire_replaces_only_a_term_its_caller_heard_of() {
+        let s = MemStorage::new();
+        let at = Timestamp(0);
+        let won = |l: Option<Lease>| l.map(|l| l.term);
+        let first = s.try_acquire_fenced_now("m", "a", TTL, Some(Term(0)), at);
+        assert_eq!(won(first.expect("ok")), Some(Term(1)));
+        // A late acquire "a" sent before it won T1: refused, T1 stands.
+        let late = s.try_acquire_fenced_now("m", "a", TTL, Some(Term(0)), at);
+        assert_eq!(late.expect("ok"), None);
+        // "a" heard of T1 (it held it, stepped down): takes the lease back.
+        let again = s.try_acquire_fenced_now("m", "a", TTL, Some(Term(1)), at);
+        assert_eq!(won(again.expect("ok")), Some(Term(2)));
+        // Unfenced: any live grant of "a"'s is replaced, as before.
+        let blind = s.try_acquire_fenced_now("m", "a", TTL, None, at);
+        assert_eq!(won(blind.expect("ok")), Some(Term(3)));
+        // Another holder still waits for expiry, whatever it knows.
+        let other = s.try_acquire_fenced_now("m", "b", TTL, Some(Term(9)), at);
+        assert_eq!(other.expect("ok"), None);
     }
 
     #[test]

@@ -82,6 +82,15 @@ impl Lease {
     pub fn is_live(&self, now: Timestamp) -> bool {
         self.holder.is_some() && now < self.expires_at
     }
+
+    /// Whether this lease may be granted to `holder` at `now`, by a caller
+    /// that was last granted term `known`: when it is not live, or when it is
+    /// `holder`'s own and the caller has heard of its term (see
+    /// [`LeaseStore::try_acquire_fenced`]). Every engine grants by this rule.
+    pub fn grantable(&self, holder: &str, known: Option<Term>, now: Timestamp) -> bool {
+        !self.is_live(now)
+            || (self.holder.as_deref() == Some(holder) && known.is_none_or(|k| k >= self.term))
+    }
 }
 
 /// Why a storage call failed.
@@ -121,11 +130,35 @@ pub trait LeaseStore: Send + Sync {
     /// it is absent, expired, resigned, or already `holder`'s. Every grant starts a
     /// new term. Returns the granted lease, or `None` when another holder's grant
     /// is still live.
+    ///
+    /// An unfenced [`try_acquire_fenced`](Self::try_acquire_fenced): a live
+    /// grant of `holder`'s own is always replaced.
     async fn try_acquire(
         &self,
         name: &str,
         holder: &str,
         ttl: Duration,
+    ) -> StorageResult<Option<Lease>> {
+        self.try_acquire_fenced(name, holder, ttl, None).await
+    }
+
+    /// [`try_acquire`](Self::try_acquire) by a caller whose newest grant of
+    /// `name` was term `known` (`Term(0)`: none yet): a live grant of
+    /// `holder`'s own is replaced only if its term is at most `known`.
+    ///
+    /// This fences the caller's own late requests. An acquire whose reply was
+    /// lost or came after the caller's timeout may still be applied after a
+    /// later acquire won a term; named by the older `known`, it is refused
+    /// instead of evicting the term its caller now leads. A caller that heard
+    /// of the live term (it held it, stepped down, and its resign was lost)
+    /// still takes the lease back at once. `None` replaces any live grant of
+    /// `holder`'s, as `try_acquire` does.
+    async fn try_acquire_fenced(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl: Duration,
+        known: Option<Term>,
     ) -> StorageResult<Option<Lease>>;
 
     /// Extend `holder`'s grant of `term` to `ttl` from now on storage's clock

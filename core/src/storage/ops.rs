@@ -32,6 +32,9 @@ pub enum Op {
         name: String,
         holder: String,
         ttl_ms: u64,
+        /// The caller's newest term (`try_acquire_fenced`); absent: unfenced.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        known: Option<Term>,
     },
     Renew {
         name: String,
@@ -180,8 +183,9 @@ pub async fn apply(store: &dyn Storage, op: Op) -> Reply {
             name,
             holder,
             ttl_ms,
+            known,
         } => store
-            .try_acquire(&name, &holder, ttl(ttl_ms))
+            .try_acquire_fenced(&name, &holder, ttl(ttl_ms), known)
             .await
             .map(Reply::Lease),
         Op::Renew {
@@ -299,18 +303,20 @@ macro_rules! expect_reply {
 
 #[async_trait]
 impl<T: Transport> LeaseStore for Remote<T> {
-    async fn try_acquire(
+    async fn try_acquire_fenced(
         &self,
         name: &str,
         holder: &str,
         ttl: Duration,
+        known: Option<Term>,
     ) -> StorageResult<Option<Lease>> {
         expect_reply!(
             self,
             Op::TryAcquire {
                 name: name.into(),
                 holder: holder.into(),
-                ttl_ms: ms(ttl)
+                ttl_ms: ms(ttl),
+                known,
             },
             Lease
         )

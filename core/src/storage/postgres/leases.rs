@@ -53,6 +53,7 @@ async fn try_acquire_tx(
     name: &str,
     holder: &str,
     ttl: Duration,
+    known: Option<Term>,
     now: NowParam,
 ) -> Result<Option<Lease>, Fail> {
     // Make sure a row exists before locking it, so two first acquirers queue on
@@ -70,7 +71,7 @@ async fn try_acquire_tx(
     let previous = lock_lease(tx, name)
         .await?
         .expect("the row was inserted or already present");
-    let grantable = !previous.is_live(now) || previous.holder.as_deref() == Some(holder);
+    let grantable = previous.grantable(holder, known, now);
     if !grantable {
         return Ok(None);
     }
@@ -103,17 +104,20 @@ async fn try_acquire_tx(
 
 #[async_trait]
 impl LeaseStore for PostgresStorage {
-    async fn try_acquire(
+    async fn try_acquire_fenced(
         &self,
         name: &str,
         holder: &str,
         ttl: Duration,
+        known: Option<Term>,
     ) -> StorageResult<Option<Lease>> {
         validate_lease_name(name)?;
         validate_holder(holder)?;
         let now = self.now_param();
-        transact!(self, |tx| try_acquire_tx(&tx, name, holder, ttl, now)
-            .await?)
+        transact!(self, |tx| try_acquire_tx(
+            &tx, name, holder, ttl, known, now
+        )
+        .await?)
     }
 
     async fn renew(

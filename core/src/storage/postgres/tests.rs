@@ -831,6 +831,7 @@ async fn a_test_clock_judges_every_call_as_the_model_does() {
         name: "m".into(),
         holder: holder.into(),
         ttl_ms: ms(ttl),
+        known: None,
     };
     let finalize = |job: u64, attempt: u32, outcome: Finalize| Op::Finalize {
         claim: claim(job, attempt),

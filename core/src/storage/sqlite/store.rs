@@ -240,11 +240,12 @@ fn holds(tx: &Connection, name: &str, holder: &str, term: Term) -> rusqlite::Res
 
 #[async_trait]
 impl LeaseStore for SqliteEngine {
-    async fn try_acquire(
+    async fn try_acquire_fenced(
         &self,
         name: &str,
         holder: &str,
         ttl: Duration,
+        known: Option<Term>,
     ) -> StorageResult<Option<Lease>> {
         validate_lease_name(name)?;
         validate_holder(holder)?;
@@ -252,7 +253,7 @@ impl LeaseStore for SqliteEngine {
             let previous = lease(tx, name)?;
             let grantable = previous
                 .as_ref()
-                .is_none_or(|l| !l.is_live(now) || l.holder.as_deref() == Some(holder));
+                .is_none_or(|l| l.grantable(holder, known, now));
             if !grantable {
                 return Ok(None);
             }
