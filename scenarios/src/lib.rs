@@ -214,9 +214,30 @@ pub struct Faults {
     #[serde(default)]
     pub slow_reply_ms: [u64; 2],
     /// How long each node's storage client waits for a reply before the
-    /// outcome is unknown, in ms (0: the simulator's 1 s default).
+    /// outcome is unknown, in ms: one number, or `[min, max]` drawn per run
+    /// (0: the simulator's 1 s default).
+    #[serde(default, deserialize_with = "one_or_range")]
+    pub storage_timeout_ms: [u64; 2],
+    /// Largest clock-rate error of a host, either way, in parts per million:
+    /// each host, the database's too, draws its rate from `±drift_ppm_max`.
+    /// One oscillator drives both of a host's clocks, so its sleeps, timeouts,
+    /// trust windows and wall time all run fast or slow by it.
     #[serde(default)]
-    pub storage_timeout_ms: u64,
+    pub drift_ppm_max: u64,
+    /// Share of rate draws, in percent, taken from `±drift_rare_ppm_max`
+    /// instead: the rare host far off (a VM under steal time).
+    #[serde(default)]
+    pub drift_rare_pct: u64,
+    /// The rare hosts' largest rate error, in ppm.
+    #[serde(default)]
+    pub drift_rare_ppm_max: u64,
+    /// Rate changes per minute: one host's rate turns to a fresh draw for a
+    /// while, then back.
+    #[serde(default)]
+    pub drift_changes_per_min: f64,
+    /// How long a changed rate lasts.
+    #[serde(default)]
+    pub drift_change_ms: [u64; 2],
     /// Injected panics in one tick of one node's watcher loop.
     #[serde(default)]
     pub loop_panics_per_min: f64,
@@ -303,6 +324,25 @@ fn line_of(text: &str, field: &str) -> Option<usize> {
 fn always() -> [u64; 2] {
     [100, 100]
 }
+
+/// A range written as one number (`3000`, read as `[3000, 3000]`) or as
+/// `[min, max]`.
+fn one_or_range<'de, D: serde::Deserializer<'de>>(d: D) -> Result<[u64; 2], D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrRange {
+        One(u64),
+        Range([u64; 2]),
+    }
+    Ok(match OneOrRange::deserialize(d)? {
+        OneOrRange::One(n) => [n, n],
+        OneOrRange::Range(r) => r,
+    })
+}
+
+/// The most a scenario's hosts may drift, in ppm: keel's own limit on what a
+/// configuration may claim to tolerate (`keel::clock::CLOCK_DRIFT_MAX_PPM_LIMIT`).
+pub const DRIFT_PPM_MAX: u64 = 200_000;
 
 /// A scenario that could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -437,6 +477,8 @@ impl Scenario {
             ("faults.shutdown_deadline_ms", f.shutdown_deadline_ms),
             ("faults.shutdown_down_ms", f.shutdown_down_ms),
             ("faults.slow_tick_ms", f.slow_tick_ms),
+            ("faults.storage_timeout_ms", f.storage_timeout_ms),
+            ("faults.drift_change_ms", f.drift_change_ms),
         ] {
             if lo > hi {
                 return bad(field, format!("min {lo} exceeds max {hi}"));
@@ -470,9 +512,27 @@ impl Scenario {
                 "must name at least one mode when storage faults are on".into(),
             );
         }
+        for (field, ppm) in [
+            ("faults.drift_ppm_max", f.drift_ppm_max),
+            ("faults.drift_rare_ppm_max", f.drift_rare_ppm_max),
+        ] {
+            if ppm > DRIFT_PPM_MAX {
+                return bad(
+                    field,
+                    format!("must be at most {DRIFT_PPM_MAX} (20%), got {ppm}"),
+                );
+            }
+        }
+        if f.drift_changes_per_min > 0.0 && f.drift_change_ms[1] == 0 {
+            return bad(
+                "faults.drift_change_ms",
+                "must be positive when drift changes are on".into(),
+            );
+        }
         for (field, pct) in [
             ("faults.clock_jump_back_pct", f.clock_jump_back_pct),
             ("faults.db_clock_jump_pct", f.db_clock_jump_pct),
+            ("faults.drift_rare_pct", f.drift_rare_pct),
         ] {
             if pct > 100 {
                 return bad(field, format!("must be at most 100, got {pct}"));
@@ -493,6 +553,7 @@ impl Scenario {
             ("faults.shutdowns_per_min", f.shutdowns_per_min),
             ("faults.loop_panics_per_min", f.loop_panics_per_min),
             ("faults.slow_ticks_per_min", f.slow_ticks_per_min),
+            ("faults.drift_changes_per_min", f.drift_changes_per_min),
         ] {
             if !(0.0..=600.0).contains(&rate) {
                 return bad(field, format!("must be in 0..=600, got {rate}"));

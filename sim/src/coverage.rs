@@ -1,6 +1,10 @@
 //! Coverage over a seed set: which rare states (`keel::sometimes!` markers) a
 //! scenario's runs reached, and in how many seeds.
 //!
+//! Most states are the runtime's own markers; a few ([`HARNESS_STATES`]) are
+//! facts about the simulated world that no runtime code can see, such as a
+//! host whose clock runs at the wrong rate, read from the history after a run.
+//!
 //! A scenario declares in `reach` the states it exists to reach. One seed need
 //! not reach them all; its default seed set must, or the scenario tests nothing
 //! of what it claims. `cargo test -p sim` enforces that on the default seeds and
@@ -22,12 +26,40 @@ pub struct UnknownState {
     pub valid: String,
 }
 
+/// States of the simulated world rather than of the runtime, with what each
+/// means; counted from a run's history by [`harness_states`].
+pub const HARNESS_STATES: &[(&str, &str)] = &[(
+    "drifting_host_held_lease",
+    "a node believed it led while its clock ran at least 1% fast or slow",
+)];
+
+/// A host's clock is "drifting" for coverage from this rate error on, in ppm:
+/// ten thousand times what NTP allows, and past where a margin left for skew
+/// alone would hold.
+const DRIFTING_PPM: u64 = 10_000;
+
+/// Whether `name` is a runtime state or a harness state.
+pub fn is_known(name: &str) -> bool {
+    keel::coverage::is_known(name) || HARNESS_STATES.iter().any(|(n, _)| *n == name)
+}
+
+/// The harness states `history` reached, with how many times.
+pub fn harness_states(history: &[crate::history::Record]) -> BTreeMap<String, u64> {
+    let offsets = crate::checkers::belief::Offsets::of(history);
+    let drifting = crate::checkers::belief::beliefs(history)
+        .iter()
+        .filter(|b| offsets.rate_ppm(&b.host, b.from_ms).unsigned_abs() >= DRIFTING_PPM)
+        .count();
+    let mut out = BTreeMap::new();
+    if drifting > 0 {
+        out.insert("drifting_host_held_lease".to_owned(), drifting as u64);
+    }
+    out
+}
+
 /// Check that every state `scenario` declares in `reach` is a known one.
 pub fn check_reach(scenario: &Scenario) -> Result<(), UnknownState> {
-    let unknown = scenario
-        .reach
-        .iter()
-        .find(|name| !keel::coverage::is_known(name));
+    let unknown = scenario.reach.iter().find(|name| !is_known(name));
     match unknown {
         None => Ok(()),
         Some(name) => Err(UnknownState {
@@ -35,6 +67,7 @@ pub fn check_reach(scenario: &Scenario) -> Result<(), UnknownState> {
             name: name.clone(),
             valid: keel::coverage::STATES
                 .iter()
+                .chain(HARNESS_STATES)
                 .map(|(n, _)| *n)
                 .collect::<Vec<_>>()
                 .join(", "),

@@ -438,6 +438,13 @@ impl Model {
                             format!("wall clock jumped {jump_ms:+} ms"),
                         );
                     }
+                    HarnessEvent::ClockRate { ppm } => {
+                        mark(
+                            "fault clock",
+                            Glyph::Diamond,
+                            format!("clock rate {ppm:+} ppm"),
+                        );
+                    }
                     HarnessEvent::HealPhase => {
                         m.rules.push((at, "heal", "heal phase".into()));
                     }

@@ -66,6 +66,15 @@ pub enum FaultKind {
         /// For how long.
         dur_ms: u64,
     },
+    /// The host's clock rate turns `ppm` fast (negative: slow) for `dur_ms`,
+    /// then back to the rate it drew for the run (NTP slewing hard, a VM
+    /// under steal time, a migration to other hardware).
+    Drift {
+        /// The rate error meanwhile, in parts per million.
+        ppm: i64,
+        /// For how long.
+        dur_ms: u64,
+    },
     /// Freeze the node's process for `dur_ms` (SIGSTOP/SIGCONT, a VM freeze):
     /// no timers, no sends, no replies; then it resumes with both clocks
     /// jumped by the pause.
@@ -119,8 +128,8 @@ pub enum Target {
     /// (resolved from the history), else the leader: the moment stale retries
     /// are born.
     Starting,
-    /// The database host itself: only its clock jumps (storage's clock, the
-    /// one that judges leases and claims).
+    /// The database host itself: only its clock jumps and drifts (storage's
+    /// clock, the one that judges leases and claims).
     Db,
 }
 
@@ -155,6 +164,7 @@ impl Fault {
                 FaultKind::Bounce { down_ms } => down_ms,
                 FaultKind::HookFault { window_ms, .. } => window_ms,
                 FaultKind::ClockJump { dur_ms, .. } => dur_ms,
+                FaultKind::Drift { dur_ms, .. } => dur_ms,
                 FaultKind::Storage { dur_ms, .. } => dur_ms,
                 FaultKind::Pause { dur_ms } => dur_ms,
                 FaultKind::RestartRuntime { deadline_ms } => deadline_ms,
@@ -231,6 +241,9 @@ impl fmt::Display for Fault {
                     self.at_ms
                 )
             }
+            FaultKind::Drift { ppm, dur_ms } => {
+                write!(f, "{} drift {node} {ppm}ppm for {dur_ms}ms", self.at_ms)
+            }
             FaultKind::HookFault {
                 window_ms,
                 delay_ms,
@@ -253,6 +266,14 @@ pub struct FaultPlan {
     pub skews_ms: Vec<i64>,
     /// Wall-clock skew of the database host (storage's clock), in ms.
     pub db_skew_ms: i64,
+    /// Clock-rate error per node for the run, in ppm (drift faults change it
+    /// for a while).
+    pub drifts_ppm: Vec<i64>,
+    /// Clock-rate error of the database host, in ppm.
+    pub db_drift_ppm: i64,
+    /// How long every node's storage client waits for a reply, in ms (0: the
+    /// scenario's fixed timeout, or the simulator's default).
+    pub request_timeout_ms: u64,
     /// Faults, ordered by start time.
     pub faults: Vec<Fault>,
 }
@@ -321,10 +342,13 @@ fn storage_fault(rng: &mut ChaCha8Rng, f: &scenarios::Faults) -> FaultKind {
 /// Fault kinds a plan draws, by index: the order of `shape::KINDS` and of the
 /// scenario's rate fields (partitions, bounces, hook faults, clock jumps,
 /// storage faults, shutdowns, loop panics, slow ticks, then the process
-/// faults: pauses, maintainer restarts, runtime restarts, replacements).
-pub const KIND_COUNT: usize = 12;
+/// faults: pauses, maintainer restarts, runtime restarts, replacements; then
+/// drift changes, drawn from a stream of their own too).
+pub const KIND_COUNT: usize = 13;
 /// Index of the first process fault kind (drawn from a stream of its own).
 const PROCESS_KINDS_FROM: usize = 8;
+/// Index of drift changes (drawn from a stream of their own).
+const DRIFT_KIND: usize = 12;
 
 /// The index of `kind` in the order [`KIND_COUNT`] describes.
 pub fn kind_index(kind: &FaultKind) -> usize {
@@ -341,6 +365,7 @@ pub fn kind_index(kind: &FaultKind) -> usize {
         FaultKind::RestartMaintainer => 9,
         FaultKind::RestartRuntime { .. } => 10,
         FaultKind::Replace { .. } => 11,
+        FaultKind::Drift { .. } => DRIFT_KIND,
     }
 }
 
@@ -361,6 +386,8 @@ pub(crate) fn draw_target(
         3 if f.db_clock_jump_pct > 0 && rng.random_range(0..100) < f.db_clock_jump_pct => {
             Target::Db
         }
+        // Storage's clock drifts as often as any one node's.
+        DRIFT_KIND if rng.random_range(0..=nodes) == nodes => Target::Db,
         _ => aimed(rng, f, nodes, aim),
     }
 }
@@ -414,6 +441,10 @@ pub(crate) fn draw_kind(
         9 => FaultKind::RestartMaintainer,
         10 => FaultKind::RestartRuntime {
             deadline_ms: draw(rng, f.restart_deadline_ms),
+        },
+        DRIFT_KIND => FaultKind::Drift {
+            ppm: draw_ppm(rng, f),
+            dur_ms: draw(rng, f.drift_change_ms),
         },
         _ => FaultKind::Replace {
             dur_ms: draw(rng, f.replace_ms),
@@ -477,12 +508,135 @@ impl FaultPlan {
             }
         }
         faults.extend(process_faults(scenario, seed));
+        let time = TimeDraws::generate(scenario, seed);
+        faults.extend(time.faults);
         faults.sort_by_key(|f| (f.at_ms, f.target));
         FaultPlan {
             skews_ms,
             db_skew_ms,
+            drifts_ppm: time.drifts_ppm,
+            db_drift_ppm: time.db_drift_ppm,
+            request_timeout_ms: time.request_timeout_ms,
             faults,
         }
+    }
+
+    /// The largest clock-rate error any host has at any point of the run, in
+    /// ppm: what the checkers allow for when they turn a host's durations into
+    /// true time.
+    pub fn drift_max_ppm(&self) -> u64 {
+        let changes = self.faults.iter().filter_map(|f| match f.kind {
+            FaultKind::Drift { ppm, .. } => Some(ppm),
+            _ => None,
+        });
+        let all = self.drifts_ppm.iter().copied().chain([self.db_drift_ppm]);
+        all.chain(changes).map(i64::unsigned_abs).max().unwrap_or(0)
+    }
+
+    /// The lines before the faults: skews, rates and the request timeout,
+    /// zero ones left out unless `with_zero_skews` (a printed plan lists every
+    /// node's skew; a shrunk script only what is set).
+    pub fn header(&self, with_zero_skews: bool) -> String {
+        let mut out = String::new();
+        for (i, skew) in self.skews_ms.iter().enumerate() {
+            if with_zero_skews || *skew != 0 {
+                out.push_str(&format!("0 skew n{} {skew}ms\n", i + 1));
+            }
+        }
+        if self.db_skew_ms != 0 {
+            out.push_str(&format!("0 skew db {}ms\n", self.db_skew_ms));
+        }
+        for (i, ppm) in self.drifts_ppm.iter().enumerate() {
+            if *ppm != 0 {
+                out.push_str(&format!("0 drift n{} {ppm}ppm\n", i + 1));
+            }
+        }
+        if self.db_drift_ppm != 0 {
+            out.push_str(&format!("0 drift db {}ppm\n", self.db_drift_ppm));
+        }
+        if self.request_timeout_ms != 0 {
+            out.push_str(&format!(
+                "0 request_timeout {}ms\n",
+                self.request_timeout_ms
+            ));
+        }
+        out
+    }
+}
+
+/// Salt of the clock-rate and timeout draws' own random stream: a scenario
+/// without drift or a timeout range draws exactly the plan it drew before.
+const TIME_SALT: u64 = 0x6472_6966_7473;
+
+/// A rate error drawn from `f`: within `drift_ppm_max` either way, or in
+/// `drift_rare_pct` of draws within `drift_rare_ppm_max`.
+fn draw_ppm(rng: &mut ChaCha8Rng, f: &scenarios::Faults) -> i64 {
+    let rare = f.drift_rare_pct > 0 && rng.random_range(0..100) < f.drift_rare_pct;
+    let max = if rare {
+        f.drift_rare_ppm_max
+    } else {
+        f.drift_ppm_max
+    };
+    let max = i64::try_from(max).unwrap_or(i64::MAX);
+    rng.random_range(-max..=max)
+}
+
+/// What a plan draws about time itself: each host's rate, rate changes, and
+/// the storage client's timeout.
+struct TimeDraws {
+    drifts_ppm: Vec<i64>,
+    db_drift_ppm: i64,
+    request_timeout_ms: u64,
+    faults: Vec<Fault>,
+}
+
+impl TimeDraws {
+    fn generate(scenario: &Scenario, seed: u64) -> Self {
+        let f = &scenario.faults;
+        let nodes = scenario.nodes as usize;
+        let mut out = TimeDraws {
+            drifts_ppm: vec![0; nodes],
+            db_drift_ppm: 0,
+            request_timeout_ms: 0,
+            faults: Vec::new(),
+        };
+        let drifts = f.drift_ppm_max > 0 || f.drift_rare_pct > 0;
+        let [lo, hi] = f.storage_timeout_ms;
+        if !drifts && lo == hi {
+            return out;
+        }
+        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ TIME_SALT);
+        if lo != hi {
+            out.request_timeout_ms = rng.random_range(lo..=hi);
+        }
+        if !drifts {
+            return out;
+        }
+        out.drifts_ppm = (0..nodes).map(|_| draw_ppm(&mut rng, f)).collect();
+        out.db_drift_ppm = draw_ppm(&mut rng, f);
+        let rate = f.drift_changes_per_min;
+        let mut busy_until = vec![0u64; target_slots(nodes)];
+        let loops = scenario.loops.len().max(1);
+        for second in 0..scenario.duration_s {
+            if rate <= 0.0 || !rng.random_bool((rate / 60.0).clamp(0.0, 1.0)) {
+                continue;
+            }
+            let at_ms = second * 1000 + rng.random_range(0..1000);
+            let target = draw_target(DRIFT_KIND, &mut rng, f, nodes);
+            let kind = draw_kind(DRIFT_KIND, &mut rng, f, loops);
+            let slot = target_slot(target, nodes);
+            if at_ms < busy_until[slot] {
+                continue;
+            }
+            let fault = Fault {
+                at_ms,
+                target,
+                kind,
+            };
+            busy_until[slot] = fault.end_ms();
+            out.faults.push(fault);
+        }
+        out
     }
 }
 
@@ -534,12 +688,7 @@ fn process_faults(scenario: &Scenario, seed: u64) -> Vec<Fault> {
 
 impl fmt::Display for FaultPlan {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, skew) in self.skews_ms.iter().enumerate() {
-            writeln!(f, "0 skew n{} {skew}ms", i + 1)?;
-        }
-        if self.db_skew_ms != 0 {
-            writeln!(f, "0 skew db {}ms", self.db_skew_ms)?;
-        }
+        f.write_str(&self.header(true))?;
         for fault in &self.faults {
             writeln!(f, "{fault}")?;
         }
@@ -561,6 +710,19 @@ pub enum PlanLine {
     DbSkew {
         /// The skew.
         ms: i64,
+    },
+    /// `0 drift nI Xppm` / `0 drift db Xppm`: a host's clock rate error for
+    /// the run (`node` is `None` for the database host).
+    Drift {
+        /// Node index, or `None` for the database host.
+        node: Option<usize>,
+        /// The rate error.
+        ppm: i64,
+    },
+    /// `0 request_timeout Xms`: every node's storage client timeout.
+    RequestTimeout {
+        /// The timeout.
+        ms: u64,
     },
     /// A fault, in the form [`Fault`]'s `Display` writes.
     Fault(Fault),
@@ -674,7 +836,41 @@ impl std::str::FromStr for PlanLine {
             w.end()?;
             return Ok(line);
         }
+        // `0 drift n1 200ppm` is the run's rate; `at drift n1 200ppm for Xms`
+        // a drift fault.
+        if kind_word == "drift" && !line.contains(" for ") {
+            let node = match w.target()? {
+                Target::Node(node) => Some(node),
+                Target::Db => None,
+                _ => return Err("target: a rate belongs to one host (n1, n2, ..., db)".into()),
+            };
+            let ppm = w.number("drift", "ppm")?;
+            w.end()?;
+            check_ppm(ppm)?;
+            return Ok(PlanLine::Drift { node, ppm });
+        }
+        if kind_word == "request_timeout" {
+            let ms = w.ms("request_timeout")?;
+            w.end()?;
+            if ms == 0 {
+                return Err("request_timeout: must be positive".into());
+            }
+            return Ok(PlanLine::RequestTimeout { ms });
+        }
         let (target, kind) = match kind_word {
+            "drift" => {
+                let target = w.target()?;
+                let ppm = w.number("drift", "ppm")?;
+                check_ppm(ppm)?;
+                w.literal("for")?;
+                (
+                    target,
+                    FaultKind::Drift {
+                        ppm,
+                        dur_ms: w.ms("duration")?,
+                    },
+                )
+            }
             "partition" => (
                 w.target()?,
                 FaultKind::Partition {
@@ -796,9 +992,9 @@ impl std::str::FromStr for PlanLine {
             }
             other => {
                 return Err(format!(
-                    "fault: unknown kind {other:?}; valid: skew, partition, bounce, storage, \
-                     shutdown, loop_panic, slow_tick, clock_jump, hook_fault, pause, \
-                     restart_maintainer, restart_runtime, replace"
+                    "fault: unknown kind {other:?}; valid: skew, drift, request_timeout, \
+                     partition, bounce, storage, shutdown, loop_panic, slow_tick, clock_jump, \
+                     hook_fault, pause, restart_maintainer, restart_runtime, replace"
                 ))
             }
         };
@@ -811,16 +1007,33 @@ impl std::str::FromStr for PlanLine {
     }
 }
 
+/// A scripted rate must be one a clock could have.
+fn check_ppm(ppm: i64) -> Result<(), String> {
+    let limit = crate::clock::DRIFT_PPM_LIMIT;
+    if ppm.abs() > limit {
+        return Err(format!("drift: {ppm}ppm is past ±{limit}ppm"));
+    }
+    Ok(())
+}
+
 impl FaultPlan {
+    /// No fault, no skew, no drift, for `nodes` nodes.
+    pub fn quiet(nodes: usize) -> FaultPlan {
+        FaultPlan {
+            skews_ms: vec![0; nodes],
+            db_skew_ms: 0,
+            drifts_ppm: vec![0; nodes],
+            db_drift_ppm: 0,
+            request_timeout_ms: 0,
+            faults: Vec::new(),
+        }
+    }
+
     /// Assemble a plan from parsed lines for `nodes` nodes (skews not given are
     /// zero). Faults are put in time order; a skew or fixed target past the last
     /// node is an error naming it.
     pub fn from_lines(nodes: usize, lines: Vec<PlanLine>) -> Result<FaultPlan, String> {
-        let mut plan = FaultPlan {
-            skews_ms: vec![0; nodes],
-            db_skew_ms: 0,
-            faults: Vec::new(),
-        };
+        let mut plan = FaultPlan::quiet(nodes);
         for line in lines {
             match line {
                 PlanLine::Skew { node, ms } => {
@@ -830,6 +1043,17 @@ impl FaultPlan {
                     *slot = ms;
                 }
                 PlanLine::DbSkew { ms } => plan.db_skew_ms = ms,
+                PlanLine::Drift { node: None, ppm } => plan.db_drift_ppm = ppm,
+                PlanLine::Drift {
+                    node: Some(node),
+                    ppm,
+                } => {
+                    let slot = plan.drifts_ppm.get_mut(node).ok_or_else(|| {
+                        format!("drift: n{} is past the last node n{nodes}", node + 1)
+                    })?;
+                    *slot = ppm;
+                }
+                PlanLine::RequestTimeout { ms } => plan.request_timeout_ms = ms,
                 PlanLine::Fault(fault) => {
                     if let Target::Node(i) = fault.target {
                         if i >= nodes && !matches!(fault.kind, FaultKind::Storage { .. }) {
@@ -890,7 +1114,7 @@ mod parse_tests {
                 seen.insert(text.split_whitespace().nth(1).map(str::to_owned));
             }
         }
-        assert_eq!(seen.len(), 12, "every fault kind drawn: {seen:?}");
+        assert_eq!(seen.len(), 13, "every fault kind drawn: {seen:?}");
     }
 
     /// `clock_skew` draws ten-minute skews and jumps either way, on the
@@ -909,12 +1133,7 @@ mod parse_tests {
                     db_jumps += usize::from(f.target == Target::Db);
                 }
             }
-            let back: Vec<PlanLine> = plan
-                .to_string()
-                .lines()
-                .map(|l| l.parse().unwrap_or_else(|e| panic!("{l}: {e}")))
-                .collect();
-            assert_eq!(FaultPlan::from_lines(plan.skews_ms.len(), back), Ok(plan));
+            assert_reads_back(plan);
         }
         assert!(db_jumps > 0 && back_jumps > 0 && db_skews > 0);
         let slow: PlanLine = "10 storage slow_reply:1500ms 30% for 2000ms"
@@ -932,6 +1151,47 @@ mod parse_tests {
         ));
     }
 
+    /// `plan`, printed and parsed line by line, is `plan` again.
+    fn assert_reads_back(plan: FaultPlan) {
+        let back: Vec<PlanLine> = plan
+            .to_string()
+            .lines()
+            .map(|l| l.parse().unwrap_or_else(|e| panic!("{l}: {e}")))
+            .collect();
+        assert_eq!(FaultPlan::from_lines(plan.skews_ms.len(), back), Ok(plan));
+    }
+
+    /// `clock_drift` draws a rate per host, changes of rate (on the database
+    /// host too) and a timeout per run; scenarios without them draw none, so
+    /// their plans are the ones they drew before rates existed.
+    #[test]
+    fn drift_plans_set_every_host_s_rate_and_read_back_whole() {
+        let s = scenarios::by_name("clock_drift").expect("scenario");
+        let (mut changes, mut db_changes, mut rare, mut timeouts) = (0, 0, 0, Vec::new());
+        for seed in 0..20 {
+            let plan = FaultPlan::generate(&s, seed);
+            assert!(plan.drift_max_ppm() <= 100_000, "{plan}");
+            rare += plan.drifts_ppm.iter().filter(|p| p.abs() > 30_000).count();
+            timeouts.push(plan.request_timeout_ms);
+            for f in &plan.faults {
+                if let FaultKind::Drift { .. } = f.kind {
+                    changes += 1;
+                    db_changes += usize::from(f.target == Target::Db);
+                }
+            }
+            assert_reads_back(plan);
+        }
+        assert!(changes > 0 && db_changes > 0 && rare > 0);
+        assert!(
+            timeouts.iter().all(|t| (300..=8_000).contains(t)),
+            "{timeouts:?}"
+        );
+        assert!(timeouts.iter().any(|t| *t < 1_000) && timeouts.iter().any(|t| *t > 3_000));
+        let quiet = FaultPlan::generate(&scenarios::by_name("clock_skew").expect("s"), 3);
+        assert_eq!(quiet.drift_max_ppm(), 0);
+        assert_eq!(quiet.request_timeout_ms, 0);
+    }
+
     #[test]
     fn bad_lines_name_the_field() {
         let err = |l: &str| l.parse::<PlanLine>().expect_err(l);
@@ -943,6 +1203,17 @@ mod parse_tests {
         assert!(err("10 bounce n2 5ms extra").contains("unexpected"));
         assert!(err("0 skew leader 5ms").starts_with("target:"));
         assert_eq!("0 skew db -5ms".parse(), Ok(PlanLine::DbSkew { ms: -5 }));
+        assert!(err("0 drift n1 5ms").starts_with("drift:"));
+        assert!(err("0 drift n1 900000ppm").starts_with("drift:"));
+        assert!(err("0 drift leader 5ppm").starts_with("target:"));
+        assert!(err("0 request_timeout 0ms").starts_with("request_timeout:"));
+        assert_eq!(
+            "0 drift db -2500ppm".parse(),
+            Ok(PlanLine::Drift {
+                node: None,
+                ppm: -2_500
+            })
+        );
         let fault: PlanLine = "10 partition n3 5ms".parse().expect("parses");
         assert!(FaultPlan::from_lines(2, vec![fault])
             .expect_err("n3 of 2")

@@ -203,6 +203,12 @@ pub enum HarnessEvent {
         /// The jump.
         jump_ms: i64,
     },
+    /// This host's clocks run `ppm` parts per million fast (negative: slow)
+    /// from here on: recorded at 0 for a run's drawn rate and at every change.
+    ClockRate {
+        /// The rate error.
+        ppm: i64,
+    },
     /// Faults stopped; liveness must converge from here.
     HealPhase,
     /// A simulated handler running attempt `attempt` of `job` on this host is

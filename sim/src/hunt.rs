@@ -588,6 +588,7 @@ fn widen(f: &mut Faults, b: &Bounds<'_>) {
     f.pause_ms = b.range(|f| f.pause_ms);
     f.restart_deadline_ms = b.range(|f| f.restart_deadline_ms);
     f.replace_ms = b.range(|f| f.replace_ms);
+    f.drift_change_ms = b.range(|f| f.drift_change_ms);
     f.replace_overlap_ms = b.range(|f| f.replace_overlap_ms);
     if f.storage_fault_modes.is_empty() {
         f.storage_fault_modes = b.template.storage_fault_modes.clone();
@@ -612,6 +613,7 @@ fn stretch(rng: &mut ChaCha8Rng, kind: &mut FaultKind, b: &Bounds<'_>) {
             (deadline_ms, b.range(|f| f.shutdown_deadline_ms))
         }
         FaultKind::Replace { dur_ms, .. } => (dur_ms, b.range(|f| f.replace_ms)),
+        FaultKind::Drift { dur_ms, .. } => (dur_ms, b.range(|f| f.drift_change_ms)),
         FaultKind::LoopPanic { .. } | FaultKind::RestartMaintainer => return,
     };
     let factor: f64 = rng.random_range(0.5..=2.0);
@@ -819,6 +821,9 @@ mod tests {
             .0;
         let mut result = outcome(c, &[])?;
         result.history = history;
+        // The grace counts one request timeout: the default 1 s, not the
+        // one the candidate's plan drew.
+        result.plan.request_timeout_ms = 0;
         Ok(result)
     }
 

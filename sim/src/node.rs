@@ -18,7 +18,7 @@ use keel::watcher::Watcher;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::clock::SimClock;
+use crate::clock::{Drift, SimClock};
 use crate::db::{remote_storage, DB_HOST, DB_PORT, REQUEST_TIMEOUT_DEFAULT};
 use crate::history::{fnv1a, Ev, HarnessEvent, History, HostObserver, FNV_OFFSET};
 use crate::net::TurmoilNetwork;
@@ -65,18 +65,48 @@ impl Timing {
         if let Some(w) = &scenario.workload {
             timing.jobs.claim_ahead = w.claim_ahead;
         }
-        if scenario.faults.storage_timeout_ms > 0 {
-            timing.request_timeout = Duration::from_millis(scenario.faults.storage_timeout_ms);
+        let f = &scenario.faults;
+        // A fixed timeout here; a range is drawn per run into the plan
+        // ([`Timing::with_plan`]).
+        let [lo, hi] = f.storage_timeout_ms;
+        if lo > 0 && lo == hi {
+            timing.request_timeout = Duration::from_millis(lo);
         }
+        // The runtime is told how far clocks may drift: the scenario's bound.
+        let rare = if f.drift_rare_pct > 0 {
+            f.drift_rare_ppm_max
+        } else {
+            0
+        };
+        let drift = u32::try_from(f.drift_ppm_max.max(rare)).unwrap_or(u32::MAX);
+        let drift = drift.max(timing.jobs.clock_drift_max_ppm);
+        timing.jobs.clock_drift_max_ppm = drift;
+        timing.elector.clock_drift_max_ppm = drift;
+        let name = &scenario.name;
         timing.jobs.validate().map_err(|e| {
-            let field = if e.field == "claim_ahead" {
-                "workload.claim_ahead"
-            } else {
-                e.field
+            let field = match e.field {
+                "claim_ahead" => "workload.claim_ahead",
+                "stale_threshold" | "clock_drift_max_ppm" => "faults.drift_ppm_max",
+                other => other,
             };
-            format!("scenario {}: {field}: {}", scenario.name, e.reason)
+            format!("scenario {name}: {field}: {}", e.reason)
+        })?;
+        timing.elector.validate().map_err(|e| {
+            let field = match e.field {
+                "safety_margin" | "clock_drift_max_ppm" => "faults.drift_ppm_max",
+                other => other,
+            };
+            format!("scenario {name}: {field}: {}", e.reason)
         })?;
         Ok(timing)
+    }
+
+    /// These settings with the plan's drawn request timeout, if it drew one.
+    pub fn with_plan(mut self, plan: &crate::faults::FaultPlan) -> Self {
+        if plan.request_timeout_ms > 0 {
+            self.request_timeout = Duration::from_millis(plan.request_timeout_ms);
+        }
+        self
     }
 }
 
@@ -205,6 +235,9 @@ pub struct NodeSetup {
     pub seed: u64,
     /// Wall-clock skew, shared with the harness so it can make the clock jump.
     pub skew_ms: Arc<AtomicI64>,
+    /// The machine's clock-rate error, shared with the harness so it can
+    /// change it (and with a replacement process on the same machine).
+    pub drift: Drift,
     /// Planted bugs.
     pub plants: PlantedBugs,
     /// Runtime settings.
@@ -265,7 +298,9 @@ impl RestartRequests {
 impl NodeSetup {
     /// This host's clock: its skew, frozen while the host is paused.
     fn clock(&self) -> SimClock {
-        SimClock::shared(self.skew_ms.clone()).gated(self.pause.clone())
+        SimClock::shared(self.skew_ms.clone())
+            .drifting(self.drift.clone())
+            .gated(self.pause.clone())
     }
 }
 

@@ -21,7 +21,7 @@ use keel::storage::{poll_ready, MemStorage, SqliteEngine, SqliteOptions, Storage
 use scenarios::Scenario;
 
 use crate::checkers::{self, CheckCtx, Checker, Violation};
-use crate::clock::SimClock;
+use crate::clock::{Drift, SimClock};
 use crate::db::{self, DbFaults, StorageFault, DB_HOST};
 use crate::faults::{Fault, FaultKind, FaultPlan, Target};
 use crate::history::{trace_hash, Ev, HarnessEvent, History, Record};
@@ -317,6 +317,7 @@ pub fn check_ctx(timing: &Timing, scenario: &Scenario, end_at_ms: u64) -> CheckC
         resign_cooldown_ms: ms(e.resign_cooldown),
         retry_base_ms: ms(timing.jobs.retry.base),
         retry_max_ms: ms(timing.jobs.retry.max),
+        drift_ppm: 0,
     }
 }
 
@@ -337,6 +338,7 @@ pub fn slack(result: &RunResult) -> BTreeMap<&'static str, u64> {
     let Ok(timing) = Timing::for_scenario(&scenario) else {
         return BTreeMap::new();
     };
+    let timing = timing.with_plan(&result.plan);
     let ctx = checkers::after_storage_steps(
         check_ctx(&timing, &scenario, result.simulated_ms()),
         &result.history,
@@ -466,7 +468,9 @@ fn simulate(spec: &RunSpec, work: &Work) -> Result<RunResult, SimError> {
     };
     let fault_ms = scenario.duration_s * 1000;
     let end_ms = fault_ms + scenario.heal_s * 1000;
-    let timing = Timing::for_scenario(scenario).map_err(SimError::Sim)?;
+    let timing = Timing::for_scenario(scenario)
+        .map_err(SimError::Sim)?
+        .with_plan(&plan);
     let mut sim = turmoil::Builder::new()
         .rng_seed(spec.seed)
         .epoch(SimClock::epoch())
@@ -484,9 +488,18 @@ fn simulate(spec: &RunSpec, work: &Work) -> Result<RunResult, SimError> {
         let jump_ms = plan.db_skew_ms;
         history.push_at(0, DB_HOST, Ev::Harness(HarnessEvent::ClockJump { jump_ms }));
     }
-    let store = spec
-        .storage
-        .open(Arc::new(SimClock::shared(db_skew.clone())))?;
+    let db_drift = Drift::new(plan.db_drift_ppm);
+    let drifts: Vec<Drift> = plan.drifts_ppm.iter().map(|p| Drift::new(*p)).collect();
+    let rates = drifts.iter().enumerate().map(|(i, d)| (node_name(i), d));
+    for (host, drift) in std::iter::once((DB_HOST.to_owned(), &db_drift)).chain(rates) {
+        if drift.ppm() != 0 {
+            let ppm = drift.ppm();
+            history.push_at(0, &host, Ev::Harness(HarnessEvent::ClockRate { ppm }));
+        }
+    }
+    let store = spec.storage.open(Arc::new(
+        SimClock::shared(db_skew.clone()).drifting(db_drift.clone()),
+    ))?;
     let store_for_harness = store.clone();
     let db_history = history.clone();
     let db_faults = DbFaults::new(spec.seed ^ 0x6462_6661_756c_7473);
@@ -515,6 +528,7 @@ fn simulate(spec: &RunSpec, work: &Work) -> Result<RunResult, SimError> {
             name: node_name(i),
             seed: spec.seed,
             skew_ms: skew.clone(),
+            drift: drifts[i].clone(),
             plants: plants.clone(),
             timing: timing.clone(),
             history: history.clone(),
@@ -541,6 +555,10 @@ fn simulate(spec: &RunSpec, work: &Work) -> Result<RunResult, SimError> {
         history: history.clone(),
         store: store_for_harness,
         db_skew,
+        db_drift,
+        drifts,
+        drift_base: plan.drifts_ppm.clone(),
+        db_drift_base: plan.db_drift_ppm,
         nodes: plan.skews_ms.len(),
         skews: skews.clone(),
         db_faults,
@@ -584,13 +602,15 @@ fn simulate(spec: &RunSpec, work: &Work) -> Result<RunResult, SimError> {
         violations.extend(checker.check(&records, &ctx));
     }
     violations.sort_by_key(|v| v.at_ms);
+    let mut coverage = coverage_taken();
+    coverage.extend(crate::coverage::harness_states(&records));
     Ok(RunResult {
         spec: spec.clone(),
         plan,
         trace_hash: trace_hash(&records),
         history: records,
         violations,
-        coverage: coverage_taken(),
+        coverage,
     })
 }
 
@@ -631,6 +651,13 @@ struct Driver {
     nodes: usize,
     /// Each node's clock skew, which clock jumps change.
     skews: Vec<Arc<AtomicI64>>,
+    /// The database host's clock rate.
+    db_drift: Drift,
+    /// Each node's clock rate, which drift faults change.
+    drifts: Vec<Drift>,
+    /// The rates the run drew, which a drift fault's end goes back to.
+    drift_base: Vec<i64>,
+    db_drift_base: i64,
     /// The database host's fault switch.
     db_faults: DbFaults,
     /// Graceful shutdowns asked of nodes.
@@ -709,7 +736,14 @@ impl Driver {
             Target::Leader => self.leader(now_ms)?,
             Target::Starting => self.starting().or_else(|| self.leader(now_ms))?,
             // Only a clock jump can hit the database host.
-            Target::Db if matches!(fault.kind, FaultKind::ClockJump { .. }) => DB_SLOT,
+            Target::Db
+                if matches!(
+                    fault.kind,
+                    FaultKind::ClockJump { .. } | FaultKind::Drift { .. }
+                ) =>
+            {
+                DB_SLOT
+            }
             Target::Db => return None,
         };
         let busy = self.active.iter().any(|(f, n)| {
@@ -819,12 +853,33 @@ impl Driver {
         self.record(now_ms, HARNESS_HOST, HarnessEvent::HealPhase);
     }
 
+    /// Set the rate of `node`'s clocks (the database host's for [`DB_SLOT`])
+    /// to `ppm`, from now on, or back to the run's drawn rate for `None`.
+    fn set_rate(&self, node: usize, ppm: Option<i64>, now_ms: u64) {
+        let (drift, host) = match self.drifts.get(node) {
+            Some(drift) => (drift, node_name(node)),
+            None => (&self.db_drift, DB_HOST.to_owned()),
+        };
+        let base = self
+            .drift_base
+            .get(node)
+            .copied()
+            .unwrap_or(self.db_drift_base);
+        let ppm = ppm.unwrap_or(base);
+        drift.set_ppm(ppm, Duration::from_millis(now_ms));
+        self.record(now_ms, &host, HarnessEvent::ClockRate { ppm });
+    }
+
     fn start(&mut self, sim: &mut turmoil::Sim<'_>, fault: &Fault, node: usize, now_ms: u64) {
+        if let FaultKind::Drift { ppm, .. } = fault.kind {
+            return self.set_rate(node, Some(ppm), now_ms);
+        }
         if node == DB_SLOT {
             return self.jump_db_clock(fault, now_ms, 1);
         }
         let host = node_name(node);
         match fault.kind {
+            FaultKind::Drift { .. } => {}
             FaultKind::Replace {
                 dur_ms,
                 partitioned,
@@ -912,11 +967,15 @@ impl Driver {
     }
 
     fn end(&mut self, sim: &mut turmoil::Sim<'_>, fault: &Fault, node: usize, now_ms: u64) {
+        if let FaultKind::Drift { .. } = fault.kind {
+            return self.set_rate(node, None, now_ms);
+        }
         if node == DB_SLOT {
             return self.jump_db_clock(fault, now_ms, -1);
         }
         let host = node_name(node);
         match fault.kind {
+            FaultKind::Drift { .. } => {}
             FaultKind::Replace { partitioned, .. } => {
                 if let Some(i) = self.away.iter().position(|(n, _, _)| *n == node) {
                     self.away.remove(i);
@@ -1000,7 +1059,10 @@ mod tests {
             if !scenario.invariants.iter().any(|i| i == "no_lost_jobs") {
                 continue;
             }
-            let timing = Timing::for_scenario(&scenario).expect("valid");
+            // At the longest request timeout the scenario may draw.
+            let mut timing = Timing::for_scenario(&scenario).expect("valid");
+            let longest = scenario.faults.storage_timeout_ms[1];
+            timing.request_timeout = timing.request_timeout.max(Duration::from_millis(longest));
             let ctx = check_ctx(&timing, &scenario, 0);
             let heal_ms = scenario.heal_s * 1000;
             assert!(
@@ -1010,6 +1072,29 @@ mod tests {
                 ctx.heal_converge_ms
             );
         }
+    }
+
+    /// The runtime is told the scenario's drift bound, and a scenario drifting
+    /// past what its margins cover is refused, naming the scenario's field.
+    #[test]
+    fn a_scenario_drifting_past_the_runtimes_margins_is_refused_by_name() {
+        let mut s = scenarios::by_name("clock_drift").expect("scenario");
+        let timing = Timing::for_scenario(&s).expect("10% fits a 1 s margin on 5 s");
+        assert_eq!(timing.elector.clock_drift_max_ppm, 100_000);
+        assert_eq!(timing.jobs.clock_drift_max_ppm, 100_000);
+        s.faults.drift_rare_ppm_max = 150_000;
+        let err = Timing::for_scenario(&s).expect_err("15% does not");
+        assert!(err.contains("faults.drift_ppm_max"), "{err}");
+        assert!(err.contains("safety_margin") || err.contains("2d"), "{err}");
+        let spec = RunSpec {
+            scenario: s,
+            seed: 0,
+            plant: None,
+            storage: Default::default(),
+            script: None,
+        };
+        let run = run_once(&spec).expect_err("refused before it runs");
+        assert!(run.to_string().contains("faults.drift_ppm_max"), "{run}");
     }
 
     #[test]

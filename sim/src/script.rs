@@ -181,14 +181,7 @@ impl FaultScript {
         out.push('\n');
         let plan = self.plan();
         // Zero skews are the default; leaving them out keeps a shrunk script short.
-        for (i, skew) in plan.skews_ms.iter().enumerate() {
-            if *skew != 0 {
-                out.push_str(&format!("0 skew n{} {skew}ms\n", i + 1));
-            }
-        }
-        if plan.db_skew_ms != 0 {
-            out.push_str(&format!("0 skew db {}ms\n", plan.db_skew_ms));
-        }
+        out.push_str(&plan.header(false));
         for fault in &plan.faults {
             out.push_str(&format!("{fault}\n"));
         }

@@ -79,7 +79,7 @@ fn draw(template: &Scenario, seed: u64) -> Scenario {
     let mut s = template.clone();
     s.swarm = false;
     s.shape_seed = Some(seed);
-    s.faults = faults(template, focus, &mut rng);
+    s.faults = faults(template, focus, &mut rng, seed);
     let keep = |rng: &mut ChaCha8Rng| focus.is_some() && rng.random_bool(FOCUS_KEEP);
     s.nodes = match focus {
         Some(f) if keep(&mut rng) => f.nodes,
@@ -112,7 +112,12 @@ fn draw(template: &Scenario, seed: u64) -> Scenario {
 
 /// The fault profile: the focus's kinds at its rates and ranges, and the
 /// template's others mixed in.
-fn faults(template: &Scenario, focus: Option<&Scenario>, rng: &mut ChaCha8Rng) -> Faults {
+fn faults(
+    template: &Scenario,
+    focus: Option<&Scenario>,
+    rng: &mut ChaCha8Rng,
+    seed: u64,
+) -> Faults {
     let t = &template.faults;
     let mut f = t.clone();
     let on_share = if focus.is_some() {
@@ -149,7 +154,32 @@ fn faults(template: &Scenario, focus: Option<&Scenario>, rng: &mut ChaCha8Rng) -
             f.db_skew_ms_max = rng.random_range(0..=t.db_skew_ms_max);
         }
     }
+    rates(&mut f, t, focus, seed);
     f
+}
+
+/// Salt of the clock-rate shape's own stream: drawn apart, so adding rates
+/// left every other part of a seed's shape as it was.
+const RATE_SALT: u64 = 0x0072_6174_6573;
+
+/// The seed's clock rates: a focus's own, else on in three seeds in four, at
+/// a share of the template's bounds (a focus without drift keeps the
+/// template's too, at the same odds: drift is the ground every fault stands
+/// on, not a fault of its own).
+fn rates(f: &mut Faults, t: &Faults, focus: Option<&Scenario>, seed: u64) {
+    if let Some(s) = focus.filter(|s| s.faults.drift_ppm_max > 0) {
+        f.drift_ppm_max = s.faults.drift_ppm_max;
+        f.drift_rare_pct = s.faults.drift_rare_pct;
+        f.drift_rare_ppm_max = s.faults.drift_rare_ppm_max;
+        return;
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ RATE_SALT);
+    if t.drift_ppm_max == 0 || !rng.random_bool(0.75) {
+        (f.drift_ppm_max, f.drift_rare_pct, f.drift_changes_per_min) = (0, 0, 0.0);
+        return;
+    }
+    f.drift_ppm_max = rng.random_range(1..=t.drift_ppm_max);
+    f.drift_rare_pct = rng.random_range(0..=t.drift_rare_pct);
 }
 
 /// The rate of fault kind `index` (in [`crate::faults::KIND_COUNT`] order) in `f`.
@@ -177,7 +207,7 @@ fn narrow(range: &mut [u64; 2], rng: &mut ChaCha8Rng) {
     }
 }
 
-const KINDS: [Kind; 12] = [
+const KINDS: [Kind; 13] = [
     Kind {
         get: |f| f.partitions_per_min,
         rate: |f| &mut f.partitions_per_min,
@@ -314,6 +344,15 @@ const KINDS: [Kind; 12] = [
             narrow(&mut f.replace_ms, rng);
             narrow(&mut f.replace_overlap_ms, rng);
         },
+    },
+    Kind {
+        get: |f| f.drift_changes_per_min,
+        rate: |f| &mut f.drift_changes_per_min,
+        copy: |f, s| {
+            f.drift_changes_per_min = s.drift_changes_per_min;
+            f.drift_change_ms = s.drift_change_ms;
+        },
+        narrow: |f, rng| narrow(&mut f.drift_change_ms, rng),
     },
 ];
 

@@ -64,7 +64,10 @@ impl Candidate {
         Size {
             faults: self.plan.faults.len(),
             nodes: self.scenario.nodes,
-            skewed: self.plan.skews_ms.iter().filter(|s| **s != 0).count(),
+            skewed: self.plan.skews_ms.iter().filter(|s| **s != 0).count()
+                + self.plan.drifts_ppm.iter().filter(|s| **s != 0).count()
+                + usize::from(self.plan.db_skew_ms != 0)
+                + usize::from(self.plan.db_drift_ppm != 0),
             jobs: self.scenario.workload.as_ref().map_or(0, |w| w.jobs),
             duration_s: self.scenario.duration_s,
             fault_ms: self.plan.faults.iter().map(|f| f.end_ms() - f.at_ms).sum(),
@@ -227,16 +230,32 @@ impl Shrinker<'_> {
         }
     }
 
+    /// Set clocks right: every skew and rate at once, else one at a time.
     fn drop_skews(&mut self) {
         let mut c = self.best.clone();
         c.plan.skews_ms.iter_mut().for_each(|s| *s = 0);
+        c.plan.drifts_ppm.iter_mut().for_each(|s| *s = 0);
+        (c.plan.db_skew_ms, c.plan.db_drift_ppm) = (0, 0);
         if self.try_keep(c) {
             return;
         }
-        for i in 0..self.best.plan.skews_ms.len() {
-            if self.best.plan.skews_ms[i] != 0 {
+        let per_node: [fn(&mut FaultPlan) -> &mut Vec<i64>; 2] =
+            [|p| &mut p.skews_ms, |p| &mut p.drifts_ppm];
+        for field in per_node {
+            for i in 0..field(&mut self.best.plan.clone()).len() {
                 let mut c = self.best.clone();
-                c.plan.skews_ms[i] = 0;
+                if field(&mut c.plan)[i] != 0 {
+                    field(&mut c.plan)[i] = 0;
+                    self.try_keep(c);
+                }
+            }
+        }
+        let db: [fn(&mut FaultPlan) -> &mut i64; 2] =
+            [|p| &mut p.db_skew_ms, |p| &mut p.db_drift_ppm];
+        for field in db {
+            let mut c = self.best.clone();
+            if *field(&mut c.plan) != 0 {
+                *field(&mut c.plan) = 0;
                 self.try_keep(c);
             }
         }
@@ -349,6 +368,9 @@ fn without_node(c: &Candidate, node: usize) -> Option<Candidate> {
     let mut out = c.clone();
     out.scenario.nodes -= 1;
     out.plan.skews_ms.remove(node);
+    if node < out.plan.drifts_ppm.len() {
+        out.plan.drifts_ppm.remove(node);
+    }
     for f in &mut out.plan.faults {
         if let Target::Node(i) = &mut f.target {
             if *i > node {
@@ -367,6 +389,7 @@ fn shortened(fault: &Fault) -> Option<Fault> {
     match &mut f.kind {
         FaultKind::Partition { dur_ms }
         | FaultKind::ClockJump { dur_ms, .. }
+        | FaultKind::Drift { dur_ms, .. }
         | FaultKind::Storage { dur_ms, .. }
         | FaultKind::Pause { dur_ms } => *dur_ms = half(*dur_ms)?,
         FaultKind::RestartRuntime { deadline_ms } => *deadline_ms = half(*deadline_ms)?,
@@ -387,9 +410,8 @@ mod tests {
 
     fn plan(faults: Vec<Fault>, nodes: usize) -> FaultPlan {
         FaultPlan {
-            skews_ms: vec![0; nodes],
-            db_skew_ms: 0,
             faults,
+            ..FaultPlan::quiet(nodes)
         }
     }
 

@@ -89,6 +89,7 @@ fn fault_name(kind: &FaultKind) -> String {
         FaultKind::RestartMaintainer => "restart_maintainer",
         FaultKind::RestartRuntime { .. } => "restart_runtime",
         FaultKind::Replace { .. } => "replace",
+        FaultKind::Drift { .. } => "drift",
     }
     .into()
 }

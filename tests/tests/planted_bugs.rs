@@ -244,6 +244,19 @@ fn rescue_on_caller_clock_is_caught_by_no_early_rescue_and_replays() {
     );
 }
 
+/// The margin spent on skew: a leader trusting the whole TTL from its send
+/// believes past a lease storage let go whenever its clock runs slow or
+/// storage's fast. `clock_drift` (rates up to 10% off) catches it; without
+/// drift nothing can (300 drift-free seeds of the same scenario hold).
+#[test]
+fn trust_whole_ttl_is_caught_by_one_believed_leader_and_replays() {
+    assert_caught_replayed_and_clean_without_the_bug(
+        Bug::TrustWholeTtl,
+        "clock_drift",
+        "one_believed_leader",
+    );
+}
+
 #[test]
 fn discard_off_by_one_is_caught_by_attempts_within_budget_and_replays() {
     assert_caught_replayed_and_clean_without_the_bug(

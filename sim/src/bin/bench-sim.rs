@@ -146,7 +146,7 @@ fn timed_run(spec: &RunSpec) -> Result<Timed, String> {
     std::hint::black_box(history::trace_hash(&result.history));
     let hash = t.elapsed();
     let scenario = sim::shape::concrete(&spec.scenario, spec.seed);
-    let timing = sim::node::Timing::for_scenario(&scenario)?;
+    let timing = sim::node::Timing::for_scenario(&scenario)?.with_plan(&result.plan);
     let ctx = runner::check_ctx(&timing, &scenario, result.simulated_ms());
     let t = wall_now();
     std::hint::black_box(runner::check(&scenario, &result.history, &ctx).ok());

@@ -31,8 +31,10 @@ pub(crate) struct Belief {
     pub ended_by: Option<usize>,
 }
 
-/// Every belief in `history`, in history order.
+/// Every belief in `history`, in history order. A window's length is the
+/// node's own time: on a clock running slow it lasts longer in true time.
 pub(crate) fn beliefs(history: &[Record]) -> Vec<Belief> {
+    let offsets = Offsets::of(history);
     let mut out: Vec<Belief> = Vec::new();
     // Per host: the term it leads and the indexes (into `out`) of its beliefs.
     let mut open: BTreeMap<&str, (Term, Vec<usize>)> = BTreeMap::new();
@@ -86,20 +88,28 @@ pub(crate) fn beliefs(history: &[Record]) -> Vec<Belief> {
             term,
             seq: r.seq,
             from_ms: r.at_ms,
-            until_ms: r.at_ms.saturating_add(trusted_for_ms),
+            until_ms: offsets.true_after(host, r.at_ms, trusted_for_ms),
             ended_by: None,
         });
     }
     out
 }
 
-/// Each node's wall-clock offset from true time as a step function: set at
-/// every boot (`NodeBoot.skew_ms`), moved by every `ClockJump`. A replacement
-/// process runs on the machine of the node it replaces, so it shares that
-/// node's clock, jumps included.
+/// Each host's wall-clock offset from true time: a step function set at every
+/// boot (`NodeBoot.skew_ms`) and moved by every `ClockJump`, plus what the
+/// host's rate error (`ClockRate`) has built up. A replacement process runs
+/// on the machine of the node it replaces, so it shares that node's clock,
+/// jumps and rate included.
+///
+/// Steps and drift count differently: a step of storage's clock is keel's
+/// documented limit and excuses what it causes (`storage_moved`), while a
+/// rate error within the runtime's `clock_drift_max_ppm` is for the runtime's
+/// margins to absorb and excuses nothing; it only moves where each clock reads.
 #[derive(Debug, Default)]
 pub(crate) struct Offsets {
     steps: BTreeMap<String, Vec<(u64, i64)>>,
+    /// Per machine: `(since_ms, ppm)`, in time order.
+    rates: BTreeMap<String, Vec<(u64, i64)>>,
     /// Replacement host → the node whose clock it reads.
     machine: BTreeMap<String, String>,
 }
@@ -112,6 +122,10 @@ impl Offsets {
                 o.machine.insert(r.host.clone(), node.clone());
             }
             let node = o.node(&r.host).to_owned();
+            if let Ev::Harness(HarnessEvent::ClockRate { ppm }) = r.ev {
+                o.rates.entry(node).or_default().push((r.at_ms, ppm));
+                continue;
+            }
             let next = match r.ev {
                 Ev::Harness(HarnessEvent::NodeBoot { skew_ms, .. }) => skew_ms,
                 Ev::Harness(HarnessEvent::ClockJump { jump_ms }) => {
@@ -131,6 +145,64 @@ impl Offsets {
 
     fn node<'a>(&'a self, host: &'a str) -> &'a str {
         self.machine.get(host).map_or(host, String::as_str)
+    }
+
+    /// How far `host`'s rate error has put its clocks ahead of true time
+    /// (negative: behind) at `at_ms`, in ms: the same sum `SimClock` makes.
+    pub(crate) fn drift_ms(&self, host: &str, at_ms: u64) -> i64 {
+        let Some(rates) = self.rates.get(self.node(host)) else {
+            return 0;
+        };
+        let (mut offset_ns, mut since, mut ppm) = (0i128, 0u64, 0i64);
+        for (at, next) in rates.iter().take_while(|(at, _)| *at <= at_ms) {
+            offset_ns += i128::from(at - since) * 1_000_000 * i128::from(ppm) / 1_000_000;
+            (since, ppm) = (*at, *next);
+        }
+        offset_ns += i128::from(at_ms - since) * 1_000_000 * i128::from(ppm) / 1_000_000;
+        i64::try_from(offset_ns.div_euclid(1_000_000)).unwrap_or(i64::MAX)
+    }
+
+    /// The true instant at which `host`'s own clock has seen `host_ms` pass
+    /// since `from_ms` (`from_ms + host_ms` on a clock keeping time).
+    pub(crate) fn true_after(&self, host: &str, from_ms: u64, host_ms: u64) -> u64 {
+        let Some(rates) = self.rates.get(self.node(host)) else {
+            return from_ms.saturating_add(host_ms);
+        };
+        // Walk the rate segments from `from_ms`, spending host time in each.
+        let rate_at = |t: u64| {
+            rates
+                .iter()
+                .take_while(|(at, _)| *at <= t)
+                .last()
+                .map_or(0, |(_, p)| *p)
+        };
+        let (mut t, mut left) = (from_ms, u128::from(host_ms) * 1_000_000);
+        for (at, _) in rates.iter().filter(|(at, _)| *at > from_ms) {
+            let per_ms = u128::try_from(1_000_000 + rate_at(t)).unwrap_or(0);
+            let span = u128::from(at - t) * per_ms;
+            if span >= left {
+                break;
+            }
+            left -= span;
+            t = *at;
+        }
+        let per_ms = u128::try_from(1_000_000 + rate_at(t)).unwrap_or(1).max(1);
+        t.saturating_add(u64::try_from(left.div_ceil(per_ms)).unwrap_or(u64::MAX))
+    }
+
+    /// `host`'s rate error at `at_ms`, in ppm.
+    pub(crate) fn rate_ppm(&self, host: &str, at_ms: u64) -> i64 {
+        let rates = self.rates.get(self.node(host)).into_iter().flatten();
+        rates
+            .take_while(|(at, _)| *at <= at_ms)
+            .last()
+            .map_or(0, |(_, p)| *p)
+    }
+
+    /// The largest rate error any host had in the run, in ppm.
+    pub(crate) fn drift_max_ppm(&self) -> u64 {
+        let all = self.rates.values().flatten();
+        all.map(|(_, p)| p.unsigned_abs()).max().unwrap_or(0)
     }
 
     /// The offsets `host` had at some instant of `[from_ms, to_ms]`.
@@ -176,10 +248,20 @@ impl Offsets {
     /// The furthest `host`'s wall clock ran ahead of true time at some instant of
     /// `[from_ms, to_ms]` (negative when it ran behind throughout).
     pub(crate) fn ahead_on(&self, host: &str, from_ms: u64, to_ms: u64) -> i64 {
-        self.within(host, from_ms, to_ms)
+        // Drift is monotone between rate changes, so its extremes fall on
+        // the span's ends and its changes.
+        let changes = self.rates.get(self.node(host)).into_iter().flatten();
+        let at = changes
+            .map(|(at, _)| *at)
+            .filter(|at| (from_ms..=to_ms).contains(at));
+        let drift = [from_ms, to_ms]
             .into_iter()
+            .chain(at)
+            .map(|t| self.drift_ms(host, t))
             .max()
-            .unwrap_or(0)
+            .unwrap_or(0);
+        let steps = self.within(host, from_ms, to_ms).into_iter().max();
+        steps.unwrap_or(0) + drift
     }
 }
 
@@ -190,7 +272,7 @@ impl Offsets {
 impl Offsets {
     /// Storage's wall time at true time `at_ms`, in ms since the epoch.
     pub(crate) fn storage_ms(&self, at_ms: u64) -> i64 {
-        let offset = self.within(DB_HOST, at_ms, at_ms)[0];
+        let offset = self.within(DB_HOST, at_ms, at_ms)[0] + self.drift_ms(DB_HOST, at_ms);
         i64::try_from(at_ms).unwrap_or(i64::MAX) + offset
     }
 

@@ -66,7 +66,7 @@
 //! | Bad settings and bad input are refused with an error naming the field (`*Config::validate`) | none: not a property of a run; each config's unit tests hold it |
 
 mod attempts_within_budget;
-mod belief;
+pub(crate) mod belief;
 mod bounded_shutdown;
 mod claims_kept_alive;
 mod exactly_once_effects;
@@ -197,6 +197,11 @@ pub struct CheckCtx {
     pub retry_base_ms: u64,
     /// The cap on any retry backoff, before jitter.
     pub retry_max_ms: u64,
+    /// The largest clock-rate error any host had in the run, in ppm (read
+    /// from the history by [`after_storage_steps`]): a host's `d` ms of sleep
+    /// or timeout last between [`shortest_ms`](Self::shortest_ms) and
+    /// [`longest_ms`](Self::longest_ms) of true time.
+    pub drift_ppm: u64,
 }
 
 impl CheckCtx {
@@ -207,6 +212,20 @@ impl CheckCtx {
         self.start_backoff_base_ms
             .saturating_mul(factor)
             .min(self.start_backoff_max_ms)
+    }
+
+    /// The most true time `host_ms` of some host's own time can take.
+    pub fn longest_ms(&self, host_ms: u64) -> u64 {
+        let d = u128::from(self.drift_ppm.min(999_999));
+        let ms = (u128::from(host_ms) * 1_000_000).div_ceil(1_000_000 - d);
+        u64::try_from(ms).unwrap_or(u64::MAX)
+    }
+
+    /// The least true time `host_ms` of some host's own time can take.
+    pub fn shortest_ms(&self, host_ms: u64) -> u64 {
+        let d = u128::from(self.drift_ppm);
+        let ms = u128::from(host_ms) * 1_000_000 / (1_000_000 + d);
+        u64::try_from(ms).unwrap_or(u64::MAX)
     }
 
     /// The least backoff after failed attempt `attempt`: jitter only adds.
@@ -280,7 +299,7 @@ pub trait Checker: Send + Sync {
 /// Each planted bug with the scenario and invariant that catch it: the pairs
 /// `tests/tests/planted_bugs.rs` proves, which `bench-sim`, the shrink test and
 /// `ci/shrink-report` measure.
-pub const PLANTED_BUG_CATCHERS: [(keel::planted::Bug, &str, &str); 26] = {
+pub const PLANTED_BUG_CATCHERS: [(keel::planted::Bug, &str, &str); 27] = {
     use keel::planted::Bug;
     [
         (Bug::StaleResign, "stale_retries", "no_stale_resign"),
@@ -385,6 +404,7 @@ pub const PLANTED_BUG_CATCHERS: [(keel::planted::Bug, &str, &str); 26] = {
             "leader_resigns_at_shutdown",
         ),
         (Bug::RescueOnCallerClock, "clock_skew", "no_early_rescue"),
+        (Bug::TrustWholeTtl, "clock_drift", "one_believed_leader"),
     ]
 };
 
@@ -394,9 +414,12 @@ pub const PLANTED_BUG_CATCHERS: [(keel::planted::Bug, &str, &str); 26] = {
 /// the heal, would blame the runtime for storage's clock (keel's documented
 /// limit: a step of the one judging clock delays every hold's end by the
 /// step). Safety is judged as before.
+///
+/// It also reads the run's clock rates: `ctx.drift_ppm` is the largest.
 pub fn after_storage_steps(mut ctx: CheckCtx, history: &[Record]) -> CheckCtx {
-    let caught_up_ms = belief::Offsets::of(history).storage_caught_up_ms();
-    ctx.heal_at_ms = ctx.heal_at_ms.max(caught_up_ms);
+    let offsets = belief::Offsets::of(history);
+    ctx.heal_at_ms = ctx.heal_at_ms.max(offsets.storage_caught_up_ms());
+    ctx.drift_ppm = offsets.drift_max_ppm();
     ctx
 }
 
@@ -635,6 +658,7 @@ pub(crate) mod test_support {
             resign_cooldown_ms: 5_000,
             retry_base_ms: 1_000,
             retry_max_ms: 300_000,
+            drift_ppm: 0,
         }
     }
 

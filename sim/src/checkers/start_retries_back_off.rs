@@ -57,7 +57,7 @@ impl Checker for StartRetriesBackOff {
             let Some((n, Some(failure))) = before.filter(|(n, _)| n + 1 == attempt) else {
                 continue;
             };
-            let floor_ms = ctx.start_backoff_floor_ms(n);
+            let floor_ms = ctx.shortest_ms(ctx.start_backoff_floor_ms(n));
             let gap_ms = r.at_ms - failure.at_ms;
             if gap_ms + STAMP_SLACK_MS >= floor_ms {
                 continue;

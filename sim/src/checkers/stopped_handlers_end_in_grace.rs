@@ -46,7 +46,7 @@ impl Checker for StoppedHandlersEndInGrace {
                     return None;
                 };
                 let grace_ms = match reason.as_str() {
-                    "cancel_requested" | "claim_untrusted" => ctx.cancel_grace_ms,
+                    "cancel_requested" | "claim_untrusted" => ctx.longest_ms(ctx.cancel_grace_ms),
                     "claim_lost" => 0,
                     _ => return None,
                 };
