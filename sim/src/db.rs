@@ -375,7 +375,12 @@ impl DbFaults {
     }
 }
 
-/// How long a request may wait for its reply before the outcome is ambiguous.
+/// How long a request may wait for its reply before the outcome is ambiguous,
+/// unless the scenario fixes or draws another (`faults.storage_timeout_ms`).
+/// No margin of keel's depends on it: trust counts from the send, so a reply
+/// later than any margin only shortens trust, and one after the window closed
+/// is not trusted (`clock_drift` draws timeouts from 300 ms to 8 s to hold
+/// that; see `keel::clock::trust_bound`).
 pub const REQUEST_TIMEOUT_DEFAULT: Duration = Duration::from_secs(1);
 
 /// keel storage on the far side of the simulated network. See the
