@@ -170,9 +170,13 @@ async fn execute(pool: &Pool, batch: Vec<Call>, completion: Completion) {
 }
 
 /// Run a batch's halves. A batch with both completions and claims runs them in
-/// one transaction, sent together and sharing one commit, so one WAL flush
-/// (with `synchronous_commit`, most of a statement's latency); either half
-/// failing rolls back both. A batch with one half (a lone claim on an idle
+/// one transaction sharing one commit, so one WAL flush (with
+/// `synchronous_commit`, most of a statement's latency); either half failing
+/// rolls back both. Completions go first, as the model applies a
+/// `finalize_and_claim`: sent together (`join!`), a claim statement whose
+/// statement was cached could reach the server before the completion, and a
+/// completion naming a claim the same batch had just handed out would then
+/// apply to it. A batch with one half (a lone claim on an idle
 /// queue, say) runs it autocommitted: one round trip, no `BEGIN`/`COMMIT`.
 #[allow(clippy::type_complexity)]
 async fn transact(
@@ -202,9 +206,10 @@ async fn transact(
         .transaction()
         .await
         .map_err(|e| map_error(Fail::Pg(e)))?;
-    let (completed, claimed) =
-        tokio::join!(complete_all(&tx, batch, completion), claim_all(&tx, batch));
-    let (completed, claimed) = (completed.map_err(map_error)?, claimed.map_err(map_error)?);
+    let completed = complete_all(&tx, batch, completion)
+        .await
+        .map_err(map_error)?;
+    let claimed = claim_all(&tx, batch).await.map_err(map_error)?;
     // The outcome of a commit that fails is unknown.
     tx.commit().await.map_err(|e| map_error(Fail::Commit(e)))?;
     Ok((completed, claimed))

@@ -307,6 +307,15 @@ impl JobStore for PostgresStorage {
         if answer.completed? {
             return Ok((FinalizeResult::Applied, next));
         }
+        // The batch judged the completion before its claims. If it then
+        // handed out this very attempt, the claim named was not live before
+        // (a made-up or future one), and the rules must not see the fresh one.
+        if next
+            .iter()
+            .any(|j| j.id == claim.job && j.attempt == claim.attempt)
+        {
+            return Ok((FinalizeResult::Stale, next));
+        }
         // Not a live claim: the rules tell a repeat from a stale one.
         Ok((
             self.finalize_by_rules(claim, owner, outcome, now).await?,

@@ -985,3 +985,32 @@ async fn a_test_clock_judges_every_call_as_the_model_does() {
     assert!(replies.contains(&Reply::Count(1)), "{replies:?}");
     s.drop_schema().await.expect("drop");
 }
+
+/// A batch's completions apply before its claims, as the model applies a
+/// `finalize_and_claim`. They used to be sent together, and a claim whose
+/// statement was already prepared on the connection reached the server before
+/// a completion still being prepared: a completion naming the attempt the
+/// same batch handed out then completed it, and so did the rules asked after
+/// the batch to tell a repeat from a stale call (found by the model test with
+/// `PROPTEST_RNG_SEED=1` during issue 18).
+#[tokio::test]
+async fn a_batched_completion_applies_before_the_claim_beside_it() {
+    let Some(s) = fresh_with("batch_order", |o| o.pool_size(1)).await else {
+        return;
+    };
+    // Prepare the claim statement, not the completion's, on the one connection.
+    assert!(s.claim("mail", "w", 1).await.expect("claim").is_empty());
+    let job = s.enqueue(req()).await.expect("enqueue").id();
+    // Attempt 1 of a job nobody claimed yet: completed in the same call that
+    // claims it, the completion must find no live claim.
+    let made_up = Claim { job, attempt: 1 };
+    let (result, next) = s
+        .finalize_and_claim(made_up, "w", Finalize::Completed, "mail", 1)
+        .await
+        .expect("call");
+    assert_eq!(result, FinalizeResult::Stale);
+    assert_eq!(next.iter().map(|j| j.id).collect::<Vec<_>>(), [job]);
+    let stored = s.get_job(job).await.expect("get").expect("the job");
+    assert_eq!(stored.state, JobState::Running, "claimed, not completed");
+    s.drop_schema().await.expect("drop");
+}
