@@ -1,0 +1,15 @@
+//! Keel's chaos harness: real worker processes on a real database (PostgreSQL
+//! or one SQLite file) under real faults, judged by the simulator's checkers.
+//!
+//! The simulator runs keel on simulated hosts and a simulated network; this
+//! crate runs it as real processes on loopback, between which faults are
+//! injected for real:
+//!
+//! * [`proxy`]: a TCP fault proxy between each process and PostgreSQL, which
+//!   partitions, delays, resets connections, and forwards a request while
+//!   dropping its reply (an ambiguous commit).
+//!
+//! Runs are not deterministic: a plan drawn from a seed repeats the same
+//! faults at the same offsets, not the same interleaving.
+
+pub mod proxy;
