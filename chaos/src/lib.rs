@@ -8,8 +8,12 @@
 //! * [`proxy`]: a TCP fault proxy between each process and PostgreSQL, which
 //!   partitions, delays, resets connections, and forwards a request while
 //!   dropping its reply (an ambiguous commit).
+//! * [`journal`]: each process appends the simulator's own history records to
+//!   a file of its own, surviving SIGKILL up to its last whole line; merged,
+//!   they are one history the simulator's checkers judge unchanged.
 //!
 //! Runs are not deterministic: a plan drawn from a seed repeats the same
 //! faults at the same offsets, not the same interleaving.
 
+pub mod journal;
 pub mod proxy;
