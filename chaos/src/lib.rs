@@ -8,6 +8,9 @@
 //! * [`proxy`]: a TCP fault proxy between each process and PostgreSQL, which
 //!   partitions, delays, resets connections, and forwards a request while
 //!   dropping its reply (an ambiguous commit).
+//! * [`plan`]: every fault of a run drawn from a seed (proxy faults, SIGKILL,
+//!   SIGSTOP past a lease, SIGTERM with a deadline, clock jumps, failing start
+//!   hooks), printed at the start and read back to repeat it.
 //! * [`journal`]: each process appends the simulator's own history records to
 //!   a file of its own, surviving SIGKILL up to its last whole line; merged,
 //!   they are one history the simulator's checkers judge unchanged.
@@ -16,4 +19,5 @@
 //! faults at the same offsets, not the same interleaving.
 
 pub mod journal;
+pub mod plan;
 pub mod proxy;

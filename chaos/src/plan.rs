@@ -1,0 +1,592 @@
+//! The chaos plan: every fault of a run, drawn from a seed before it starts,
+//! printed at the start and written with the result.
+//!
+//! A plan repeats a run's faults, not its interleaving: real processes on a
+//! real database schedule as the machine does. Faults of one kind never overlap
+//! on one process, so each has a clear start and end. One line per fault, the
+//! same text [`ChaosPlan`]'s `Display` writes and `FromStr` reads:
+//!
+//! ```text
+//! seed 7 processes 3 fault_ms 60000 heal_ms 30000
+//! 0 skew p2 -4200ms
+//! 1200 partition p1 3000ms
+//! 5100 pause p3 9000ms              # SIGSTOP, SIGCONT 9 s later
+//! 8000 kill p2 down 1500ms          # SIGKILL, restarted 1.5 s later
+//! 9300 terminate p1 deadline 2000ms down 1000ms
+//! 12000 drop_replies p3 800ms       # requests applied, replies lost
+//! 15000 delay p1 300ms for 4000ms
+//! 20000 reset p2                    # every connection of p2 reset
+//! 25000 clock_jump p1 90000ms for 10000ms
+//! 31000 hook_fail p2 60% for 8000ms
+//! ```
+//!
+//! ```
+//! use chaos::plan::{ChaosPlan, PlanConfig};
+//! let plan = ChaosPlan::generate(&PlanConfig::default(), 7);
+//! assert_eq!(plan.to_string().parse::<ChaosPlan>(), Ok(plan));
+//! ```
+
+use std::fmt;
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+/// One fault on one process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChaosKind {
+    /// The process's proxy holds every byte for `dur_ms`.
+    Partition {
+        /// How long.
+        dur_ms: u64,
+    },
+    /// The process's proxy delays each chunk by `ms` for `dur_ms`.
+    Delay {
+        /// Per chunk.
+        ms: u64,
+        /// How long.
+        dur_ms: u64,
+    },
+    /// The process's proxy forwards requests and drops replies for `dur_ms`.
+    DropReplies {
+        /// How long.
+        dur_ms: u64,
+    },
+    /// The process's proxy resets every connection at once.
+    Reset,
+    /// SIGKILL, and a new process under the same name `down_ms` later.
+    Kill {
+        /// Downtime.
+        down_ms: u64,
+    },
+    /// SIGSTOP, and SIGCONT `dur_ms` later: a process that wakes believing
+    /// it still leads and holds its claims.
+    Pause {
+        /// How long.
+        dur_ms: u64,
+    },
+    /// SIGTERM: a graceful shutdown within `deadline_ms`, and a new process
+    /// `down_ms` after it exited.
+    Terminate {
+        /// The shutdown deadline.
+        deadline_ms: u64,
+        /// Downtime after exit.
+        down_ms: u64,
+    },
+    /// The process's wall clock steps `jump_ms` (negative: back), and back
+    /// `dur_ms` later.
+    ClockJump {
+        /// How far.
+        jump_ms: i64,
+        /// For how long.
+        dur_ms: u64,
+    },
+    /// `pct` percent of the process's maintainer start hooks fail for `dur_ms`.
+    HookFail {
+        /// Share, in percent.
+        pct: u64,
+        /// How long.
+        dur_ms: u64,
+    },
+}
+
+/// Kinds in drawing order; an index into [`PlanConfig::rates_per_min`].
+pub const KINDS: [&str; 9] = [
+    "partition",
+    "delay",
+    "drop_replies",
+    "reset",
+    "kill",
+    "pause",
+    "terminate",
+    "clock_jump",
+    "hook_fail",
+];
+
+impl ChaosKind {
+    fn index(&self) -> usize {
+        match self {
+            ChaosKind::Partition { .. } => 0,
+            ChaosKind::Delay { .. } => 1,
+            ChaosKind::DropReplies { .. } => 2,
+            ChaosKind::Reset => 3,
+            ChaosKind::Kill { .. } => 4,
+            ChaosKind::Pause { .. } => 5,
+            ChaosKind::Terminate { .. } => 6,
+            ChaosKind::ClockJump { .. } => 7,
+            ChaosKind::HookFail { .. } => 8,
+        }
+    }
+
+    /// How long the fault lasts (a kill or shutdown: until the process is back).
+    pub fn dur_ms(&self) -> u64 {
+        match *self {
+            ChaosKind::Partition { dur_ms }
+            | ChaosKind::Delay { dur_ms, .. }
+            | ChaosKind::DropReplies { dur_ms }
+            | ChaosKind::Pause { dur_ms }
+            | ChaosKind::ClockJump { dur_ms, .. }
+            | ChaosKind::HookFail { dur_ms, .. } => dur_ms,
+            ChaosKind::Kill { down_ms } => down_ms,
+            ChaosKind::Terminate {
+                deadline_ms,
+                down_ms,
+            } => deadline_ms + down_ms,
+            ChaosKind::Reset => 0,
+        }
+    }
+}
+
+/// A fault at an offset from the run's start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChaosFault {
+    /// When, in ms since the run started.
+    pub at_ms: u64,
+    /// Which process (0-based; `p1` is 0).
+    pub process: usize,
+    /// What.
+    pub kind: ChaosKind,
+}
+
+/// How a plan is drawn: rates per minute of the fault phase, ranges in ms.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PlanConfig {
+    /// Worker processes.
+    pub processes: usize,
+    /// The fault phase.
+    pub fault_ms: u64,
+    /// The heal phase after it, with faults stopped.
+    pub heal_ms: u64,
+    /// Per kind, in [`KINDS`] order, across all processes.
+    pub rates_per_min: [f64; 9],
+    /// Partitions, drop-reply windows and delays last this long.
+    pub link_ms: [u64; 2],
+    /// Per-chunk delay.
+    pub delay_ms: [u64; 2],
+    /// Pauses: past the 5 s lease in most draws.
+    pub pause_ms: [u64; 2],
+    /// Downtime after a kill or a shutdown.
+    pub down_ms: [u64; 2],
+    /// Graceful shutdown deadlines.
+    pub deadline_ms: [u64; 2],
+    /// Clock jumps, either way.
+    pub jump_ms: [u64; 2],
+    /// Largest starting skew of a process's wall clock, either way.
+    pub skew_ms_max: u64,
+}
+
+impl Default for PlanConfig {
+    /// Three processes, a minute of faults and half a minute of heal, every
+    /// kind on: what the issue's 60 s runs use.
+    fn default() -> Self {
+        Self {
+            processes: 3,
+            fault_ms: 60_000,
+            heal_ms: 30_000,
+            rates_per_min: [3.0, 2.0, 2.0, 1.0, 1.5, 1.5, 1.0, 1.5, 1.0],
+            link_ms: [500, 8_000],
+            delay_ms: [20, 1_500],
+            pause_ms: [1_000, 12_000],
+            down_ms: [500, 4_000],
+            deadline_ms: [500, 3_000],
+            jump_ms: [1_000, 120_000],
+            skew_ms_max: 10_000,
+        }
+    }
+}
+
+/// Every fault of one run. See the [module docs](self).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChaosPlan {
+    /// The seed it was drawn from.
+    pub seed: u64,
+    /// Worker processes.
+    pub processes: usize,
+    /// The fault phase, ms.
+    pub fault_ms: u64,
+    /// The heal phase, ms.
+    pub heal_ms: u64,
+    /// Each process's wall-clock skew for the run.
+    pub skews_ms: Vec<i64>,
+    /// Faults in start order.
+    pub faults: Vec<ChaosFault>,
+}
+
+fn draw(rng: &mut ChaCha8Rng, [lo, hi]: [u64; 2]) -> u64 {
+    rng.random_range(lo..=hi.max(lo))
+}
+
+impl ChaosPlan {
+    /// The plan `cfg` draws under `seed`.
+    pub fn generate(cfg: &PlanConfig, seed: u64) -> Self {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let skew = i64::try_from(cfg.skew_ms_max).unwrap_or(i64::MAX);
+        let skews_ms = (0..cfg.processes)
+            .map(|_| rng.random_range(-skew..=skew))
+            .collect();
+        let mut busy_until = vec![[0u64; 9]; cfg.processes];
+        let mut faults = Vec::new();
+        for second in 0..cfg.fault_ms / 1000 {
+            for (k, rate) in cfg.rates_per_min.iter().enumerate() {
+                if *rate <= 0.0 || !rng.random_bool((rate / 60.0).clamp(0.0, 1.0)) {
+                    continue;
+                }
+                let at_ms = second * 1000 + rng.random_range(0..1000);
+                let process = rng.random_range(0..cfg.processes.max(1));
+                let kind = Self::draw_kind(k, cfg, &mut rng);
+                if at_ms < busy_until[process][k] {
+                    continue;
+                }
+                busy_until[process][k] = at_ms + kind.dur_ms();
+                faults.push(ChaosFault {
+                    at_ms,
+                    process,
+                    kind,
+                });
+            }
+        }
+        Self {
+            seed,
+            processes: cfg.processes,
+            fault_ms: cfg.fault_ms,
+            heal_ms: cfg.heal_ms,
+            skews_ms,
+            faults,
+        }
+    }
+
+    fn draw_kind(k: usize, cfg: &PlanConfig, rng: &mut ChaCha8Rng) -> ChaosKind {
+        match k {
+            0 => ChaosKind::Partition {
+                dur_ms: draw(rng, cfg.link_ms),
+            },
+            1 => ChaosKind::Delay {
+                ms: draw(rng, cfg.delay_ms),
+                dur_ms: draw(rng, cfg.link_ms),
+            },
+            2 => ChaosKind::DropReplies {
+                dur_ms: draw(rng, cfg.link_ms),
+            },
+            3 => ChaosKind::Reset,
+            4 => ChaosKind::Kill {
+                down_ms: draw(rng, cfg.down_ms),
+            },
+            5 => ChaosKind::Pause {
+                dur_ms: draw(rng, cfg.pause_ms),
+            },
+            6 => ChaosKind::Terminate {
+                deadline_ms: draw(rng, cfg.deadline_ms),
+                down_ms: draw(rng, cfg.down_ms),
+            },
+            7 => {
+                let jump = i64::try_from(draw(rng, cfg.jump_ms)).unwrap_or(i64::MAX);
+                ChaosKind::ClockJump {
+                    jump_ms: if rng.random_bool(0.5) { -jump } else { jump },
+                    dur_ms: draw(rng, cfg.link_ms),
+                }
+            }
+            _ => ChaosKind::HookFail {
+                pct: rng.random_range(30..=100),
+                dur_ms: draw(rng, cfg.link_ms),
+            },
+        }
+    }
+
+    /// How many faults of each kind, in [`KINDS`] order: the harness's table.
+    pub fn counts(&self) -> [usize; 9] {
+        let mut out = [0; 9];
+        for f in &self.faults {
+            out[f.kind.index()] += 1;
+        }
+        out
+    }
+}
+
+impl fmt::Display for ChaosFault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (at, p) = (self.at_ms, self.process + 1);
+        match self.kind {
+            ChaosKind::Partition { dur_ms } => write!(f, "{at} partition p{p} {dur_ms}ms"),
+            ChaosKind::Delay { ms, dur_ms } => {
+                write!(f, "{at} delay p{p} {ms}ms for {dur_ms}ms")
+            }
+            ChaosKind::DropReplies { dur_ms } => write!(f, "{at} drop_replies p{p} {dur_ms}ms"),
+            ChaosKind::Reset => write!(f, "{at} reset p{p}"),
+            ChaosKind::Kill { down_ms } => write!(f, "{at} kill p{p} down {down_ms}ms"),
+            ChaosKind::Pause { dur_ms } => write!(f, "{at} pause p{p} {dur_ms}ms"),
+            ChaosKind::Terminate {
+                deadline_ms,
+                down_ms,
+            } => write!(
+                f,
+                "{at} terminate p{p} deadline {deadline_ms}ms down {down_ms}ms"
+            ),
+            ChaosKind::ClockJump { jump_ms, dur_ms } => {
+                write!(f, "{at} clock_jump p{p} {jump_ms}ms for {dur_ms}ms")
+            }
+            ChaosKind::HookFail { pct, dur_ms } => {
+                write!(f, "{at} hook_fail p{p} {pct}% for {dur_ms}ms")
+            }
+        }
+    }
+}
+
+impl fmt::Display for ChaosPlan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "seed {} processes {} fault_ms {} heal_ms {}",
+            self.seed, self.processes, self.fault_ms, self.heal_ms
+        )?;
+        for (i, skew) in self.skews_ms.iter().enumerate() {
+            writeln!(f, "0 skew p{} {skew}ms", i + 1)?;
+        }
+        for fault in &self.faults {
+            writeln!(f, "{fault}")?;
+        }
+        Ok(())
+    }
+}
+
+/// A plan line that does not parse: its 1-based line and what is wrong,
+/// naming the field.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("plan line {line}: {reason}")]
+pub struct PlanError {
+    /// The 1-based line.
+    pub line: usize,
+    /// What is wrong, starting with the field.
+    pub reason: String,
+}
+
+/// The words of one line, read front to back; errors name the field.
+struct Words<'a>(std::str::SplitWhitespace<'a>);
+
+impl<'a> Words<'a> {
+    fn next(&mut self, field: &str) -> Result<&'a str, String> {
+        self.0.next().ok_or_else(|| format!("{field}: missing"))
+    }
+
+    fn literal(&mut self, word: &str) -> Result<(), String> {
+        match self.next(word)? {
+            w if w == word => Ok(()),
+            w => Err(format!("{word}: expected {word:?}, found {w:?}")),
+        }
+    }
+
+    fn number<T: std::str::FromStr>(&mut self, field: &str, unit: &str) -> Result<T, String> {
+        let word = self.next(field)?;
+        word.strip_suffix(unit)
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(|| format!("{field}: {word:?} is not a number followed by {unit:?}"))
+    }
+
+    fn process(&mut self, processes: usize) -> Result<usize, String> {
+        let word = self.next("process")?;
+        let n: usize = word
+            .strip_prefix('p')
+            .and_then(|n| n.parse().ok())
+            .filter(|n| (1..=processes).contains(n))
+            .ok_or_else(|| format!("process: {word:?} is not one of p1..p{processes}"))?;
+        Ok(n - 1)
+    }
+
+    fn end(mut self) -> Result<(), String> {
+        match self.0.next() {
+            None => Ok(()),
+            Some(w) => Err(format!("end: unexpected {w:?}")),
+        }
+    }
+}
+
+fn parse_line(w: &mut Words<'_>, processes: usize) -> Result<Line, String> {
+    let at = w.next("time")?;
+    let at_ms: u64 = at
+        .parse()
+        .map_err(|_| format!("time: {at:?} is not a whole number of ms"))?;
+    let kind = w.next("fault")?;
+    let process = w.process(processes)?;
+    let ms = |w: &mut Words<'_>, field: &str| w.number::<u64>(field, "ms");
+    let kind = match kind {
+        "skew" => return Ok(Line::Skew(process, w.number("skew", "ms")?)),
+        "partition" => ChaosKind::Partition {
+            dur_ms: ms(w, "duration")?,
+        },
+        "delay" => {
+            let per = ms(w, "delay")?;
+            w.literal("for")?;
+            ChaosKind::Delay {
+                ms: per,
+                dur_ms: ms(w, "duration")?,
+            }
+        }
+        "drop_replies" => ChaosKind::DropReplies {
+            dur_ms: ms(w, "duration")?,
+        },
+        "reset" => ChaosKind::Reset,
+        "kill" => {
+            w.literal("down")?;
+            ChaosKind::Kill {
+                down_ms: ms(w, "downtime")?,
+            }
+        }
+        "pause" => ChaosKind::Pause {
+            dur_ms: ms(w, "duration")?,
+        },
+        "terminate" => {
+            w.literal("deadline")?;
+            let deadline_ms = ms(w, "deadline")?;
+            w.literal("down")?;
+            ChaosKind::Terminate {
+                deadline_ms,
+                down_ms: ms(w, "downtime")?,
+            }
+        }
+        "clock_jump" => {
+            let jump_ms = w.number("jump", "ms")?;
+            w.literal("for")?;
+            ChaosKind::ClockJump {
+                jump_ms,
+                dur_ms: ms(w, "duration")?,
+            }
+        }
+        "hook_fail" => {
+            let pct = w.number("share", "%")?;
+            w.literal("for")?;
+            ChaosKind::HookFail {
+                pct,
+                dur_ms: ms(w, "duration")?,
+            }
+        }
+        other => {
+            return Err(format!(
+                "fault: unknown kind {other:?}; valid: skew, {}",
+                KINDS.join(", ")
+            ))
+        }
+    };
+    Ok(Line::Fault(ChaosFault {
+        at_ms,
+        process,
+        kind,
+    }))
+}
+
+enum Line {
+    Skew(usize, i64),
+    Fault(ChaosFault),
+}
+
+impl std::str::FromStr for ChaosPlan {
+    type Err = PlanError;
+
+    /// Read a plan as `Display` writes it.
+    fn from_str(text: &str) -> Result<Self, PlanError> {
+        // `#` starts a comment; blank lines are skipped.
+        let mut lines = text
+            .lines()
+            .map(|l| l.split('#').next().unwrap_or_default())
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty());
+        let err = |line: usize, reason: String| PlanError { line, reason };
+        let (i, head) = lines
+            .next()
+            .ok_or_else(|| err(1, "header: missing".into()))?;
+        let mut w = Words(head.split_whitespace());
+        let field = |w: &mut Words<'_>, name: &str| -> Result<u64, String> {
+            w.literal(name)?;
+            let v = w.next(name)?;
+            v.parse()
+                .map_err(|_| format!("{name}: {v:?} is not a whole number"))
+        };
+        let header = (|| {
+            let seed = field(&mut w, "seed")?;
+            let processes = usize::try_from(field(&mut w, "processes")?).unwrap_or(0);
+            let fault_ms = field(&mut w, "fault_ms")?;
+            let heal_ms = field(&mut w, "heal_ms")?;
+            Ok::<_, String>((seed, processes, fault_ms, heal_ms))
+        })()
+        .map_err(|r| err(i + 1, r))?;
+        let (seed, processes, fault_ms, heal_ms) = header;
+        if processes == 0 {
+            return Err(err(i + 1, "processes: must be positive".into()));
+        }
+        let mut plan = ChaosPlan {
+            seed,
+            processes,
+            fault_ms,
+            heal_ms,
+            skews_ms: vec![0; processes],
+            faults: Vec::new(),
+        };
+        for (i, raw) in lines {
+            let mut w = Words(raw.split_whitespace());
+            let parsed = parse_line(&mut w, processes).and_then(|l| w.end().map(|()| l));
+            match parsed.map_err(|r| err(i + 1, r))? {
+                Line::Skew(p, ms) => plan.skews_ms[p] = ms,
+                Line::Fault(f) => plan.faults.push(f),
+            }
+        }
+        Ok(plan)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_seed_decides_the_plan_and_its_text_reads_back() {
+        let cfg = PlanConfig::default();
+        let a = ChaosPlan::generate(&cfg, 7);
+        assert_eq!(a, ChaosPlan::generate(&cfg, 7));
+        assert_ne!(a, ChaosPlan::generate(&cfg, 8));
+        for seed in 0..20 {
+            let plan = ChaosPlan::generate(&cfg, seed);
+            assert_eq!(plan.to_string().parse::<ChaosPlan>(), Ok(plan.clone()));
+            for (i, x) in plan.faults.iter().enumerate() {
+                assert!(x.at_ms < cfg.fault_ms, "{x}");
+                for y in &plan.faults[i + 1..] {
+                    let same = x.process == y.process && x.kind.index() == y.kind.index();
+                    assert!(
+                        !same || y.at_ms >= x.at_ms + x.kind.dur_ms(),
+                        "{x} overlaps {y}"
+                    );
+                }
+            }
+        }
+        let all: usize = (0..20)
+            .map(|s| ChaosPlan::generate(&cfg, s).counts())
+            .map(|c| c.iter().filter(|n| **n > 0).count())
+            .max()
+            .unwrap_or(0);
+        assert_eq!(all, KINDS.len(), "some seed draws every kind");
+    }
+
+    #[test]
+    fn a_bad_line_names_its_line_and_field() {
+        let head = "seed 1 processes 2 fault_ms 1000 heal_ms 1000\n";
+        let err = |body: &str| {
+            format!("{head}{body}")
+                .parse::<ChaosPlan>()
+                .expect_err(body)
+        };
+        let field = |body: &str| {
+            let e = err(body);
+            assert_eq!(e.line, 2, "{e}");
+            e.reason.split(':').next().unwrap_or_default().to_owned()
+        };
+        assert_eq!(field("10 kill p3 down 5ms"), "process");
+        assert_eq!(field("x kill p1 down 5ms"), "time");
+        assert_eq!(field("10 melt p1"), "fault");
+        assert_eq!(field("10 kill p1 down 5"), "downtime");
+        assert_eq!(field("10 kill p1 down 5ms extra"), "end");
+        assert_eq!(field("10 hook_fail p1 60 for 5ms"), "share");
+        let header = "seed x processes 2".parse::<ChaosPlan>().expect_err("seed");
+        assert_eq!(
+            (header.line, header.reason.split(':').next()),
+            (1, Some("seed"))
+        );
+        let ok = format!("{head}# a note\n10 kill p2 down 5ms # killed\n").parse::<ChaosPlan>();
+        assert_eq!(ok.map(|p| p.faults.len()), Ok(1));
+    }
+}
