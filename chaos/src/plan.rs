@@ -30,6 +30,7 @@ use std::fmt;
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use sim::faults::Words;
 
 /// One fault on one process.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -358,44 +359,15 @@ pub struct PlanError {
     pub reason: String,
 }
 
-/// The words of one line, read front to back; errors name the field.
-struct Words<'a>(std::str::SplitWhitespace<'a>);
-
-impl<'a> Words<'a> {
-    fn next(&mut self, field: &str) -> Result<&'a str, String> {
-        self.0.next().ok_or_else(|| format!("{field}: missing"))
-    }
-
-    fn literal(&mut self, word: &str) -> Result<(), String> {
-        match self.next(word)? {
-            w if w == word => Ok(()),
-            w => Err(format!("{word}: expected {word:?}, found {w:?}")),
-        }
-    }
-
-    fn number<T: std::str::FromStr>(&mut self, field: &str, unit: &str) -> Result<T, String> {
-        let word = self.next(field)?;
-        word.strip_suffix(unit)
-            .and_then(|n| n.parse().ok())
-            .ok_or_else(|| format!("{field}: {word:?} is not a number followed by {unit:?}"))
-    }
-
-    fn process(&mut self, processes: usize) -> Result<usize, String> {
-        let word = self.next("process")?;
-        let n: usize = word
-            .strip_prefix('p')
-            .and_then(|n| n.parse().ok())
-            .filter(|n| (1..=processes).contains(n))
-            .ok_or_else(|| format!("process: {word:?} is not one of p1..p{processes}"))?;
-        Ok(n - 1)
-    }
-
-    fn end(mut self) -> Result<(), String> {
-        match self.0.next() {
-            None => Ok(()),
-            Some(w) => Err(format!("end: unexpected {w:?}")),
-        }
-    }
+/// The process a plan line names (`p1` is 0), one of `processes`.
+fn process(w: &mut Words<'_>, processes: usize) -> Result<usize, String> {
+    let word = w.next("process")?;
+    let n: usize = word
+        .strip_prefix('p')
+        .and_then(|n| n.parse().ok())
+        .filter(|n| (1..=processes).contains(n))
+        .ok_or_else(|| format!("process: {word:?} is not one of p1..p{processes}"))?;
+    Ok(n - 1)
 }
 
 fn parse_line(w: &mut Words<'_>, processes: usize) -> Result<Line, String> {
@@ -404,7 +376,7 @@ fn parse_line(w: &mut Words<'_>, processes: usize) -> Result<Line, String> {
         .parse()
         .map_err(|_| format!("time: {at:?} is not a whole number of ms"))?;
     let kind = w.next("fault")?;
-    let process = w.process(processes)?;
+    let process = process(w, processes)?;
     let ms = |w: &mut Words<'_>, field: &str| w.number::<u64>(field, "ms");
     let kind = match kind {
         "skew" => return Ok(Line::Skew(process, w.number("skew", "ms")?)),
@@ -491,7 +463,7 @@ impl std::str::FromStr for ChaosPlan {
         let (i, head) = lines
             .next()
             .ok_or_else(|| err(1, "header: missing".into()))?;
-        let mut w = Words(head.split_whitespace());
+        let mut w = Words::new(head);
         let field = |w: &mut Words<'_>, name: &str| -> Result<u64, String> {
             w.literal(name)?;
             let v = w.next(name)?;
@@ -519,7 +491,7 @@ impl std::str::FromStr for ChaosPlan {
             faults: Vec::new(),
         };
         for (i, raw) in lines {
-            let mut w = Words(raw.split_whitespace());
+            let mut w = Words::new(raw);
             let parsed = parse_line(&mut w, processes).and_then(|l| w.end().map(|()| l));
             match parsed.map_err(|r| err(i + 1, r))? {
                 Line::Skew(p, ms) => plan.skews_ms[p] = ms,
@@ -579,7 +551,9 @@ mod tests {
         assert_eq!(field("x kill p1 down 5ms"), "time");
         assert_eq!(field("10 melt p1"), "fault");
         assert_eq!(field("10 kill p1 down 5"), "downtime");
-        assert_eq!(field("10 kill p1 down 5ms extra"), "end");
+        assert!(err("10 kill p1 down 5ms extra")
+            .reason
+            .contains("unexpected \"extra\""));
         assert_eq!(field("10 hook_fail p1 60 for 5ms"), "share");
         let header = "seed x processes 2".parse::<ChaosPlan>().expect_err("seed");
         assert_eq!(

@@ -728,24 +728,35 @@ pub enum PlanLine {
     Fault(Fault),
 }
 
-/// The words of one plan line, read front to back; errors name the field.
-struct Words<'a> {
+/// The words of one plan line, read front to back; errors (`"field: why"`)
+/// name the field. Shared with the chaos harness's plan.
+pub struct Words<'a> {
     words: std::str::SplitWhitespace<'a>,
 }
 
 impl<'a> Words<'a> {
-    fn next(&mut self, field: &str) -> Result<&'a str, String> {
+    /// The words of `line`.
+    pub fn new(line: &'a str) -> Self {
+        Self {
+            words: line.split_whitespace(),
+        }
+    }
+
+    /// The next word, which `field` names.
+    pub fn next(&mut self, field: &str) -> Result<&'a str, String> {
         self.words.next().ok_or_else(|| format!("{field}: missing"))
     }
 
-    fn literal(&mut self, word: &str) -> Result<(), String> {
+    /// The next word, which must be `word`.
+    pub fn literal(&mut self, word: &str) -> Result<(), String> {
         match self.next(word)? {
             w if w == word => Ok(()),
             w => Err(format!("expected {word:?}, found {w:?}")),
         }
     }
 
-    fn number<T: std::str::FromStr>(&mut self, field: &str, unit: &str) -> Result<T, String> {
+    /// The next word as a number followed by `unit` (`"5ms"`, `"30%"`).
+    pub fn number<T: std::str::FromStr>(&mut self, field: &str, unit: &str) -> Result<T, String> {
         let word = self.next(field)?;
         word.strip_suffix(unit)
             .and_then(|n| n.parse().ok())
@@ -763,7 +774,8 @@ impl<'a> Words<'a> {
         })
     }
 
-    fn end(mut self) -> Result<(), String> {
+    /// No word left.
+    pub fn end(mut self) -> Result<(), String> {
         match self.words.next() {
             None => Ok(()),
             Some(w) => Err(format!("unexpected {w:?} at the end of the line")),
@@ -812,9 +824,7 @@ impl std::str::FromStr for PlanLine {
     /// Parse one line as [`FaultPlan`]'s `Display` writes it, so a printed plan
     /// reads back unchanged.
     fn from_str(line: &str) -> Result<Self, String> {
-        let mut w = Words {
-            words: line.split_whitespace(),
-        };
+        let mut w = Words::new(line);
         let at = w.next("time")?;
         let at_ms: u64 = at
             .parse()
