@@ -10,7 +10,8 @@
 //!   dropping its reply (an ambiguous commit).
 //! * [`plan`]: every fault of a run drawn from a seed (proxy faults, SIGKILL,
 //!   SIGSTOP past a lease, SIGTERM with a deadline, clock jumps, failing start
-//!   hooks), printed at the start and read back to repeat it.
+//!   hooks), printed at the start and read back to repeat it; a process's
+//!   wall clock under it is a [`plan::PlannedClock`] through keel's `Clock` seam.
 //! * [`journal`]: each process appends the simulator's own history records to
 //!   a file of its own, surviving SIGKILL up to its last whole line; merged,
 //!   they are one history the simulator's checkers judge unchanged.

@@ -564,3 +564,98 @@ mod tests {
         assert_eq!(ok.map(|p| p.faults.len()), Ok(1));
     }
 }
+
+/// A worker process's wall clock under its plan: the machine's clock plus the
+/// process's skew, plus every clock jump of the plan in effect now. Monotonic
+/// time and sleeps are the machine's (tokio's), as on a real host whose wall
+/// clock an NTP step moves.
+///
+/// The process carries out its own jumps: the harness cannot reach into its
+/// memory, so each process reads its part of the plan at start and applies it
+/// against the run's epoch on the machine's clock.
+#[derive(Clone, Debug)]
+pub struct PlannedClock {
+    epoch_unix_ms: i64,
+    skew_ms: i64,
+    /// `(from_ms, until_ms, jump_ms)` since the epoch.
+    jumps: Vec<(u64, u64, i64)>,
+}
+
+impl PlannedClock {
+    /// Process `process`'s clock in `plan`, for a run that began at
+    /// `epoch_unix_ms` on the machine's clock.
+    pub fn new(plan: &ChaosPlan, process: usize, epoch_unix_ms: i64) -> Self {
+        let jumps = plan
+            .faults
+            .iter()
+            .filter(|f| f.process == process)
+            .filter_map(|f| match f.kind {
+                ChaosKind::ClockJump { jump_ms, dur_ms } => {
+                    Some((f.at_ms, f.at_ms + dur_ms, jump_ms))
+                }
+                _ => None,
+            })
+            .collect();
+        Self {
+            epoch_unix_ms,
+            skew_ms: plan.skews_ms.get(process).copied().unwrap_or(0),
+            jumps,
+        }
+    }
+
+    /// How far this clock reads from the machine's at `elapsed_ms` into the
+    /// run: the skew plus the jumps in effect.
+    pub fn offset_at(&self, elapsed_ms: u64) -> i64 {
+        let jumped = self
+            .jumps
+            .iter()
+            .filter(|(from, until, _)| (*from..*until).contains(&elapsed_ms))
+            .map(|(_, _, jump)| *jump)
+            .sum::<i64>();
+        self.skew_ms + jumped
+    }
+}
+
+impl keel::clock::Clock for PlannedClock {
+    fn now(&self) -> keel::clock::Timestamp {
+        let machine = crate::journal::machine_now_ms();
+        let elapsed = u64::try_from(machine - self.epoch_unix_ms).unwrap_or(0);
+        keel::clock::Timestamp(machine + self.offset_at(elapsed))
+    }
+
+    fn monotonic(&self) -> tokio::time::Instant {
+        tokio::time::Instant::now()
+    }
+
+    fn sleep(&self, d: std::time::Duration) -> keel::clock::Sleep {
+        Box::pin(tokio::time::sleep(d))
+    }
+}
+
+#[cfg(test)]
+mod clock_tests {
+    use keel::clock::Clock;
+
+    use super::*;
+
+    #[test]
+    fn a_process_clock_carries_its_skew_and_its_own_jumps_only() {
+        let text = "seed 1 processes 2 fault_ms 60000 heal_ms 0\n\
+                    0 skew p1 -300ms\n\
+                    0 skew p2 500ms\n\
+                    1000 clock_jump p1 90000ms for 2000ms\n\
+                    1500 clock_jump p2 -4000ms for 1000ms\n";
+        let plan: ChaosPlan = text.parse().expect("plan");
+        let p1 = PlannedClock::new(&plan, 0, 0);
+        assert_eq!(p1.offset_at(999), -300);
+        assert_eq!(p1.offset_at(1_000), 89_700, "jumped");
+        assert_eq!(p1.offset_at(2_999), 89_700);
+        assert_eq!(p1.offset_at(3_000), -300, "and back");
+        let p2 = PlannedClock::new(&plan, 1, 0);
+        assert_eq!(p2.offset_at(1_600), -3_500, "its own jump, not p1's");
+        // Read live, it is the machine's clock plus the offset.
+        let live = PlannedClock::new(&plan, 1, crate::journal::machine_now_ms());
+        let off = live.now().as_millis() - crate::journal::machine_now_ms();
+        assert!((499..=501).contains(&off), "{off}");
+    }
+}
