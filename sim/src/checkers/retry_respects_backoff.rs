@@ -16,6 +16,7 @@ use keel::storage::{JobId, JobState};
 
 use super::belief::Offsets;
 use super::{CheckCtx, Checker, Violation};
+use crate::db::DB_HOST;
 use crate::history::{DbEvent, Ev, Record};
 
 /// See the [module docs](self).
@@ -56,7 +57,11 @@ impl Checker for RetryRespectsBackoff {
                     }
                     let floor_ms = ctx.retry_floor_ms(failed);
                     let ahead_ms = offsets.storage_moved(fin.at_ms, r.at_ms);
-                    let waited_ms = r.at_ms - fin.at_ms;
+                    // On storage's clock, which judges the due time: a fast
+                    // one (drift) lets a backoff pass in less true time.
+                    let drifted =
+                        offsets.drift_ms(DB_HOST, r.at_ms) - offsets.drift_ms(DB_HOST, fin.at_ms);
+                    let waited_ms = (r.at_ms - fin.at_ms).saturating_add_signed(drifted);
                     let allowed_ms = floor_ms.saturating_sub(ahead_ms);
                     if waited_ms >= allowed_ms {
                         continue;
@@ -129,6 +134,25 @@ mod tests {
             "{}",
             v[0].message
         );
+    }
+
+    /// Swarm seed 50122: storage's clock 0.5% fast let the 2 s backoff pass
+    /// in 1.99 s of true time. The backoff is judged on storage's clock.
+    #[test]
+    fn a_backoff_is_counted_on_storages_drifting_clock() {
+        let rate = |ppm| crate::history::HarnessEvent::ClockRate { ppm };
+        let fast = H::new()
+            .harness(0, DB_HOST, rate(5_000))
+            .node(1_000, "n1", ended(2))
+            .db(1_010, retryable(2))
+            .db(3_000, claimed(3));
+        assert!(RetryRespectsBackoff.check(&fast.0, &ctx(10_000)).is_empty());
+        let slow = H::new()
+            .harness(0, DB_HOST, rate(-5_000))
+            .node(1_000, "n1", ended(2))
+            .db(1_010, retryable(2))
+            .db(3_000, claimed(3));
+        assert_eq!(RetryRespectsBackoff.check(&slow.0, &ctx(10_000)).len(), 1);
     }
 
     #[test]
