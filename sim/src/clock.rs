@@ -99,9 +99,9 @@ impl Drift {
     }
 
     /// How far ahead of true time (negative: behind) the drift has put this
-    /// host's clocks at the current simulated instant, in ns.
-    fn offset_ns(&self) -> i128 {
-        self.state().offset_ns(sim_ns())
+    /// host's clocks at simulated time `at_ns`.
+    fn offset_ns(&self, at_ns: i128) -> i128 {
+        self.state().offset_ns(at_ns)
     }
 
     /// The simulated time this host's clock needs to see `d` pass, at the
@@ -161,14 +161,15 @@ impl Clock for SimClock {
         // The simulation's time, not this host's (`turmoil::elapsed`): a host
         // added mid-run (a replacement process) would otherwise boot with its
         // wall clock behind by the time it was added.
-        let at_ns = sim_ns() + self.drift.offset_ns();
+        let true_ns = sim_ns();
+        let at_ns = true_ns + self.drift.offset_ns(true_ns);
         let at_ms = i64::try_from(at_ns.div_euclid(1_000_000)).unwrap_or(i64::MAX);
         Timestamp(EPOCH_UNIX_MS + at_ms + self.skew_ms.load(Ordering::SeqCst))
     }
 
     fn monotonic(&self) -> Instant {
         let now = Instant::now(); // determinism-ok: tokio Instant, simulated
-        let off = self.drift.offset_ns();
+        let off = self.drift.offset_ns(sim_ns());
         let by = Duration::from_nanos(u64::try_from(off.unsigned_abs()).unwrap_or(u64::MAX));
         if off >= 0 {
             now + by

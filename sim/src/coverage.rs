@@ -46,7 +46,7 @@ pub fn is_known(name: &str) -> bool {
 /// The harness states `history` reached, with how many times.
 pub fn harness_states(history: &[crate::history::Record]) -> BTreeMap<String, u64> {
     let offsets = crate::checkers::belief::Offsets::of(history);
-    let drifting = crate::checkers::belief::beliefs(history)
+    let drifting = crate::checkers::belief::beliefs_on(history, &offsets)
         .iter()
         .filter(|b| offsets.rate_ppm(&b.host, b.from_ms).unsigned_abs() >= DRIFTING_PPM)
         .count();

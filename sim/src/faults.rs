@@ -481,32 +481,7 @@ impl FaultPlan {
         } else {
             0
         };
-        // Per target (each node, then "leader", "starting", the database) and
-        // kind: when the last fault of that kind ends.
-        let mut busy_until = vec![[0u64; 8]; target_slots(nodes)];
-        let loops = scenario.loops.len().max(1);
-        let mut faults = Vec::new();
-        for second in 0..scenario.duration_s {
-            for (kind, rate) in rates.iter().copied().enumerate() {
-                if rate <= 0.0 || !rng.random_bool((rate / 60.0).clamp(0.0, 1.0)) {
-                    continue;
-                }
-                let at_ms = second * 1000 + rng.random_range(0..1000);
-                let target = draw_target(kind, &mut rng, f, nodes);
-                let slot = target_slot(target, nodes);
-                let kind_value = draw_kind(kind, &mut rng, f, loops);
-                if at_ms < busy_until[slot][kind] {
-                    continue;
-                }
-                let fault = Fault {
-                    at_ms,
-                    target,
-                    kind: kind_value,
-                };
-                busy_until[slot][kind] = fault.end_ms();
-                faults.push(fault);
-            }
-        }
+        let mut faults = timeline(&mut rng, scenario, &rates, 0);
         faults.extend(process_faults(scenario, seed));
         let time = TimeDraws::generate(scenario, seed);
         faults.extend(time.faults);
@@ -614,28 +589,7 @@ impl TimeDraws {
         }
         out.drifts_ppm = (0..nodes).map(|_| draw_ppm(&mut rng, f)).collect();
         out.db_drift_ppm = draw_ppm(&mut rng, f);
-        let rate = f.drift_changes_per_min;
-        let mut busy_until = vec![0u64; target_slots(nodes)];
-        let loops = scenario.loops.len().max(1);
-        for second in 0..scenario.duration_s {
-            if rate <= 0.0 || !rng.random_bool((rate / 60.0).clamp(0.0, 1.0)) {
-                continue;
-            }
-            let at_ms = second * 1000 + rng.random_range(0..1000);
-            let target = draw_target(DRIFT_KIND, &mut rng, f, nodes);
-            let kind = draw_kind(DRIFT_KIND, &mut rng, f, loops);
-            let slot = target_slot(target, nodes);
-            if at_ms < busy_until[slot] {
-                continue;
-            }
-            let fault = Fault {
-                at_ms,
-                target,
-                kind,
-            };
-            busy_until[slot] = fault.end_ms();
-            out.faults.push(fault);
-        }
+        out.faults = timeline(&mut rng, scenario, &[f.drift_changes_per_min], DRIFT_KIND);
         out
     }
 }
@@ -658,28 +612,44 @@ fn process_faults(scenario: &Scenario, seed: u64) -> Vec<Fault> {
         return Vec::new();
     }
     let mut rng = ChaCha8Rng::seed_from_u64(seed ^ PROCESS_SALT);
+    timeline(&mut rng, scenario, &rates, PROCESS_KINDS_FROM)
+}
+
+/// Faults over the fault phase: each second, for each kind (index
+/// `first_kind + i` for `rates[i]`), a draw at its per-minute rate, then its
+/// time in the second, target and parameters. Faults of one kind never
+/// overlap on one target, so each has a clear start and end in the history.
+fn timeline(
+    rng: &mut ChaCha8Rng,
+    scenario: &Scenario,
+    rates: &[f64],
+    first_kind: usize,
+) -> Vec<Fault> {
+    let f = &scenario.faults;
     let nodes = scenario.nodes as usize;
     let loops = scenario.loops.len().max(1);
-    let mut busy_until = vec![[0u64; 4]; nodes + 2];
+    // Per target (each node, "leader", "starting", the database) and kind:
+    // when the last fault of that kind ends.
+    let mut busy_until = vec![vec![0u64; rates.len()]; target_slots(nodes)];
     let mut faults = Vec::new();
     for second in 0..scenario.duration_s {
-        for (kind, rate) in rates.iter().copied().enumerate() {
+        for (i, rate) in rates.iter().copied().enumerate() {
             if rate <= 0.0 || !rng.random_bool((rate / 60.0).clamp(0.0, 1.0)) {
                 continue;
             }
             let at_ms = second * 1000 + rng.random_range(0..1000);
-            let target = draw_target(PROCESS_KINDS_FROM + kind, &mut rng, f, nodes);
+            let target = draw_target(first_kind + i, rng, f, nodes);
             let slot = target_slot(target, nodes);
-            let kind_value = draw_kind(PROCESS_KINDS_FROM + kind, &mut rng, f, loops);
-            if at_ms < busy_until[slot][kind] {
+            let kind = draw_kind(first_kind + i, rng, f, loops);
+            if at_ms < busy_until[slot][i] {
                 continue;
             }
             let fault = Fault {
                 at_ms,
                 target,
-                kind: kind_value,
+                kind,
             };
-            busy_until[slot][kind] = fault.end_ms();
+            busy_until[slot][i] = fault.end_ms();
             faults.push(fault);
         }
     }

@@ -34,7 +34,11 @@ pub(crate) struct Belief {
 /// Every belief in `history`, in history order. A window's length is the
 /// node's own time: on a clock running slow it lasts longer in true time.
 pub(crate) fn beliefs(history: &[Record]) -> Vec<Belief> {
-    let offsets = Offsets::of(history);
+    beliefs_on(history, &Offsets::of(history))
+}
+
+/// [`beliefs`], with the history's clocks already read.
+pub(crate) fn beliefs_on(history: &[Record], offsets: &Offsets) -> Vec<Belief> {
     let mut out: Vec<Belief> = Vec::new();
     // Per host: the term it leads and the indexes (into `out`) of its beliefs.
     let mut open: BTreeMap<&str, (Term, Vec<usize>)> = BTreeMap::new();
