@@ -321,6 +321,19 @@ impl History {
     }
 }
 
+/// Where a host's own harness events go: the simulator's shared [`History`],
+/// or a chaos worker process's journal file.
+pub trait Sink: Send + Sync {
+    /// Record `ev` as happening on `host` now.
+    fn push(&self, host: &str, ev: Ev);
+}
+
+impl Sink for History {
+    fn push(&self, host: &str, ev: Ev) {
+        History::push(self, host, ev);
+    }
+}
+
 /// Records one host's keel events into the history.
 #[derive(Clone, Debug)]
 pub struct HostObserver {

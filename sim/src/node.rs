@@ -189,10 +189,22 @@ impl HookFaults {
 /// A maintainer start hook whose failures the harness injects. Like the hook in
 /// source document 002, a failing call does not return early on cancellation.
 /// Which calls fail inside a window is drawn from a per-boot seeded RNG.
-struct FlakyStartHook {
+pub struct FlakyStartHook {
     host: String,
     faults: HookFaults,
     rng: Mutex<ChaCha8Rng>,
+}
+
+impl FlakyStartHook {
+    /// `host`'s hook, failing as `faults` says for it; `seed` draws which
+    /// calls inside a fault window fail.
+    pub fn new(host: &str, faults: HookFaults, seed: u64) -> Self {
+        Self {
+            host: host.to_owned(),
+            faults,
+            rng: Mutex::new(ChaCha8Rng::seed_from_u64(seed)),
+        }
+    }
 }
 
 #[async_trait]
@@ -499,11 +511,7 @@ fn build_runtime(setup: &NodeSetup) -> Result<Runtime, Box<dyn std::error::Error
     ));
     let observer = Arc::new(HostObserver::new(name, setup.history.clone()));
     let rng_seed = setup.seed ^ (u64::from(boot) << 32) ^ fnv1a(FNV_OFFSET, name.as_bytes());
-    let hook = FlakyStartHook {
-        host: name.to_owned(),
-        faults: setup.hooks.clone(),
-        rng: Mutex::new(ChaCha8Rng::seed_from_u64(rng_seed.rotate_left(17))),
-    };
+    let hook = FlakyStartHook::new(name, setup.hooks.clone(), rng_seed.rotate_left(17));
     let node = setup.node.as_deref().unwrap_or(name);
     let mut builder = Runtime::builder(node, storage, clock)
         .observer(observer)

@@ -29,7 +29,7 @@ use serde_json::json;
 
 use crate::clock::SimClock;
 use crate::db::{remote_storage, DB_HOST, DB_PORT};
-use crate::history::{Ev, HarnessEvent, History};
+use crate::history::{Ev, HarnessEvent, History, Sink};
 use crate::net::TurmoilNetwork;
 use crate::node::{HandlerFactory, NodeJobs};
 
@@ -172,7 +172,7 @@ pub fn node_jobs(w: &Workload) -> NodeJobs {
     let handler: HandlerFactory = Arc::new(|host: &str, history: &History| {
         Arc::new(SimHandler {
             host: host.to_owned(),
-            history: history.clone(),
+            history: Arc::new(history.clone()),
         }) as Arc<dyn Handler>
     });
     let periodic_req = |schedule: &str| {
@@ -206,13 +206,30 @@ pub async fn client_main(plan: WorkloadPlan, history: History) -> turmoil::Resul
         clock.clone(),
         Duration::from_secs(1),
     );
+    let elapsed_ms = || u64::try_from(turmoil::elapsed().as_millis()).unwrap_or(u64::MAX);
+    drive_client(&plan, &storage, &history, elapsed_ms).await;
+    std::future::pending::<()>().await;
+    Ok(())
+}
+
+/// Carry out `plan` against `storage`: each enqueue and cancel at its time
+/// (`elapsed_ms` reads ms since the run began), each enqueue recorded as the
+/// client's `JobEnqueued`. The simulator's client host runs it, and so does a
+/// chaos run's client process on a real database.
+pub async fn drive_client(
+    plan: &WorkloadPlan,
+    storage: &(impl JobStore + ?Sized),
+    sink: &dyn Sink,
+    elapsed_ms: impl Fn() -> u64,
+) {
     let mut ids: BTreeMap<usize, JobId> = BTreeMap::new();
     let mut cancels = plan.cancels.iter().peekable();
     for job in &plan.jobs {
         while let Some((at, target)) = cancels.next_if(|(at, _)| *at <= job.at_ms) {
-            cancel(&storage, &ids, *at, *target).await;
+            sleep_until(&elapsed_ms, *at).await;
+            cancel(storage, &ids, *target).await;
         }
-        sleep_until(job.at_ms).await;
+        sleep_until(&elapsed_ms, job.at_ms).await;
         // Retry until storage answers: an ambiguous enqueue may insert twice,
         // which at-least-once delivery must absorb anyway.
         let outcome = loop {
@@ -223,7 +240,7 @@ pub async fn client_main(plan: WorkloadPlan, history: History) -> turmoil::Resul
         };
         ids.insert(job.key, outcome.id());
         let inserted = matches!(outcome, keel::storage::EnqueueOutcome::Inserted(_));
-        history.push(
+        sink.push(
             CLIENT_HOST,
             Ev::Node(Event::JobEnqueued {
                 job: outcome.id(),
@@ -232,21 +249,19 @@ pub async fn client_main(plan: WorkloadPlan, history: History) -> turmoil::Resul
         );
     }
     for (at, target) in cancels {
-        cancel(&storage, &ids, *at, *target).await;
+        sleep_until(&elapsed_ms, *at).await;
+        cancel(storage, &ids, *target).await;
     }
-    std::future::pending::<()>().await;
-    Ok(())
 }
 
-async fn sleep_until(at_ms: u64) {
-    let now_ms = u64::try_from(turmoil::elapsed().as_millis()).unwrap_or(u64::MAX);
+async fn sleep_until(elapsed_ms: &impl Fn() -> u64, at_ms: u64) {
+    let now_ms = elapsed_ms();
     if at_ms > now_ms {
         tokio::time::sleep(Duration::from_millis(at_ms - now_ms)).await;
     }
 }
 
-async fn cancel(storage: &impl JobStore, ids: &BTreeMap<usize, JobId>, at_ms: u64, target: usize) {
-    sleep_until(at_ms).await;
+async fn cancel(storage: &(impl JobStore + ?Sized), ids: &BTreeMap<usize, JobId>, target: usize) {
     let Some(job) = ids.get(&target) else { return };
     for _ in 0..10 {
         if storage.request_cancel(*job).await.is_ok() {
@@ -261,7 +276,7 @@ pub struct SimHandler {
     /// This node.
     pub host: String,
     /// Where injected panics are announced before they happen.
-    pub history: History,
+    pub history: Arc<dyn Sink>,
 }
 
 #[async_trait]
