@@ -24,24 +24,32 @@ use std::sync::Mutex;
 use keel::clock::SharedClock;
 use keel::events::{Event, Observer};
 use serde::{Deserialize, Serialize};
-use sim::history::{Ev, Record};
+use sim::history::{Ev, Record, Sink};
 
-/// One journal line: a record and the writer's own wall clock.
+/// One journal line: a record, its true time in µs since the run began (the
+/// order a merge keeps), and the writer's own wall clock.
 #[derive(Debug, Serialize, Deserialize)]
 struct Line {
     #[serde(flatten)]
     record: Record,
+    #[serde(default)]
+    at_us: i64,
     clock_ms: i64,
 }
 
 /// The machine's wall clock in Unix ms: the true time of a chaos run.
+pub fn machine_now_ms() -> i64 {
+    machine_now_us() / 1000
+}
+
+/// The machine's wall clock in Unix µs.
 // Real processes on one machine: its clock is the one every journal shares.
 #[allow(clippy::disallowed_methods)]
-pub fn machine_now_ms() -> i64 {
+pub fn machine_now_us() -> i64 {
     let since = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
-    i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
+    i64::try_from(since.as_micros()).unwrap_or(i64::MAX)
 }
 
 /// One process's journal. Also an [`Observer`], so a keel runtime records its
@@ -87,14 +95,21 @@ impl Journal {
     /// to the caller: a runtime's observer must not fail, and the harness
     /// counts what the journal holds.
     pub fn push(&self, ev: Ev) {
-        let at_ms = machine_now_ms().saturating_sub(self.epoch_unix_ms);
+        self.push_as(&self.host, ev);
+    }
+
+    /// Append `ev` as happening on `host`: the harness's journal records what
+    /// it did to each process (kills, pauses, jumps) under that process's name.
+    pub fn push_as(&self, host: &str, ev: Ev) {
+        let at_us = machine_now_us().saturating_sub(self.epoch_unix_ms * 1000);
         let line = Line {
             record: Record {
                 seq: self.seq.fetch_add(1, Ordering::SeqCst),
-                at_ms: u64::try_from(at_ms).unwrap_or(0),
-                host: self.host.clone(),
+                at_ms: u64::try_from(at_us / 1000).unwrap_or(0),
+                host: host.to_owned(),
                 ev,
             },
+            at_us,
             clock_ms: self.clock.now().as_millis(),
         };
         let mut text = match serde_json::to_string(&line) {
@@ -107,6 +122,12 @@ impl Journal {
         if let Err(e) = file.write_all(text.as_bytes()) {
             tracing::warn!(error = %e, host = %self.host, "journal: write failed");
         }
+    }
+}
+
+impl Sink for Journal {
+    fn push(&self, host: &str, ev: Ev) {
+        self.push_as(host, ev);
     }
 }
 
@@ -154,7 +175,36 @@ pub enum MergeError {
 /// each file's own order). A last line without its newline is a torn write and
 /// is dropped; any other bad line is an error naming its file and line.
 pub fn merge(paths: &[PathBuf]) -> Result<Merged, MergeError> {
-    let mut all: Vec<(u64, usize, usize, Line)> = Vec::new();
+    merge_with(paths, Vec::new())
+}
+
+/// [`merge`], with `extra` events from elsewhere (storage's, read from the
+/// database: `(µs since the run began, host, event)`) placed by their time;
+/// at equal times they come first.
+pub fn merge_with(paths: &[PathBuf], extra: Vec<(i64, String, Ev)>) -> Result<Merged, MergeError> {
+    let mut all: Vec<(i64, usize, usize, Line)> = extra
+        .into_iter()
+        .enumerate()
+        .map(|(i, (at_us, host, ev))| {
+            let at_ms = u64::try_from(at_us.max(0) / 1000).unwrap_or(0);
+            let record = Record {
+                seq: 0,
+                at_ms,
+                host,
+                ev,
+            };
+            (
+                at_us,
+                0,
+                i,
+                Line {
+                    record,
+                    at_us,
+                    clock_ms: 0,
+                },
+            )
+        })
+        .collect();
     let mut torn = 0;
     for (file_index, path) in paths.iter().enumerate() {
         let text = std::fs::read_to_string(path).map_err(|source| MergeError::Read {
@@ -172,7 +222,7 @@ pub fn merge(paths: &[PathBuf]) -> Result<Merged, MergeError> {
                 line: i + 1,
                 reason: e.to_string(),
             })?;
-            all.push((line.record.at_ms, file_index, i, line));
+            all.push((line.at_us, file_index + 1, i, line));
         }
     }
     all.sort_by_key(|(at, file, i, _)| (*at, *file, *i));

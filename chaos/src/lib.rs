@@ -19,6 +19,10 @@
 //! Runs are not deterministic: a plan drawn from a seed repeats the same
 //! faults at the same offsets, not the same interleaving.
 
+pub mod audit;
 pub mod journal;
+pub mod pg;
 pub mod plan;
+pub mod process;
 pub mod proxy;
+pub mod run;

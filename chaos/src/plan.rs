@@ -3,21 +3,26 @@
 //!
 //! A plan repeats a run's faults, not its interleaving: real processes on a
 //! real database schedule as the machine does. Faults of one kind never overlap
-//! on one process, so each has a clear start and end. One line per fault, the
+//! on one process, so each has a clear start and end. A fault the harness
+//! carries out (link faults and signals) may be aimed at `leader`: whichever
+//! process holds the lease at that moment, read from the database, or the
+//! named process if none does. One line per fault, the
 //! same text [`ChaosPlan`]'s `Display` writes and `FromStr` reads:
 //!
 //! ```text
 //! seed 7 processes 3 fault_ms 60000 heal_ms 30000
 //! 0 skew p2 -4200ms
 //! 1200 partition p1 3000ms
-//! 5100 pause p3 9000ms              # SIGSTOP, SIGCONT 9 s later
+//! 5100 pause leader p3 9000ms       # SIGSTOP whoever leads then (p3 if nobody)
 //! 8000 kill p2 down 1500ms          # SIGKILL, restarted 1.5 s later
 //! 9300 terminate p1 deadline 2000ms down 1000ms
 //! 12000 drop_replies p3 800ms       # requests applied, replies lost
 //! 15000 delay p1 300ms for 4000ms
 //! 20000 reset p2                    # every connection of p2 reset
 //! 25000 clock_jump p1 90000ms for 10000ms
-//! 31000 hook_fail p2 60% for 8000ms
+//! 31000 hook_fail p2 60% delay 4000ms for 8000ms
+//! 33000 hook_fail all 100% delay 3000ms for 25000ms  # every process's hooks
+//! 40000 db_clock_jump db 15000ms for 6000ms  # storage's clock steps
 //! ```
 //!
 //! ```
@@ -81,17 +86,29 @@ pub enum ChaosKind {
         /// For how long.
         dur_ms: u64,
     },
-    /// `pct` percent of the process's maintainer start hooks fail for `dur_ms`.
+    /// Storage's clock (the database server's, as every process computes it)
+    /// steps `jump_ms`, and back `dur_ms` later: an NTP step on the database
+    /// host. Written `db_clock_jump db`; its process is unused.
+    DbClockJump {
+        /// How far.
+        jump_ms: i64,
+        /// For how long.
+        dur_ms: u64,
+    },
+    /// `pct` percent of the process's maintainer start hooks fail, each after
+    /// `delay_ms`, for `dur_ms`.
     HookFail {
         /// Share, in percent.
         pct: u64,
+        /// How long a failing call takes.
+        delay_ms: u64,
         /// How long.
         dur_ms: u64,
     },
 }
 
 /// Kinds in drawing order; an index into [`PlanConfig::rates_per_min`].
-pub const KINDS: [&str; 9] = [
+pub const KINDS: [&str; KIND_COUNT] = [
     "partition",
     "delay",
     "drop_replies",
@@ -101,7 +118,11 @@ pub const KINDS: [&str; 9] = [
     "terminate",
     "clock_jump",
     "hook_fail",
+    "db_clock_jump",
 ];
+
+/// How many fault kinds there are.
+pub const KIND_COUNT: usize = 10;
 
 impl ChaosKind {
     fn index(&self) -> usize {
@@ -115,7 +136,21 @@ impl ChaosKind {
             ChaosKind::Terminate { .. } => 6,
             ChaosKind::ClockJump { .. } => 7,
             ChaosKind::HookFail { .. } => 8,
+            ChaosKind::DbClockJump { .. } => 9,
         }
+    }
+
+    /// Whether the harness carries it out (a link fault or a signal), so it can
+    /// be aimed at whoever leads then; clock jumps (a process's or storage's)
+    /// and hook faults are carried out by the processes themselves, from the
+    /// plan they read at start.
+    pub fn harness_carried(&self) -> bool {
+        !matches!(
+            self,
+            ChaosKind::ClockJump { .. }
+                | ChaosKind::HookFail { .. }
+                | ChaosKind::DbClockJump { .. }
+        )
     }
 
     /// How long the fault lasts (a kill or shutdown: until the process is back).
@@ -126,7 +161,8 @@ impl ChaosKind {
             | ChaosKind::DropReplies { dur_ms }
             | ChaosKind::Pause { dur_ms }
             | ChaosKind::ClockJump { dur_ms, .. }
-            | ChaosKind::HookFail { dur_ms, .. } => dur_ms,
+            | ChaosKind::HookFail { dur_ms, .. }
+            | ChaosKind::DbClockJump { dur_ms, .. } => dur_ms,
             ChaosKind::Kill { down_ms } => down_ms,
             ChaosKind::Terminate {
                 deadline_ms,
@@ -144,6 +180,11 @@ pub struct ChaosFault {
     pub at_ms: u64,
     /// Which process (0-based; `p1` is 0).
     pub process: usize,
+    /// Aimed at whichever process leads when it starts (`process` if none).
+    pub leader: bool,
+    /// Aimed at every process at once (`hook_fail all`: a dependency every
+    /// maintainer's start hook needs is down).
+    pub all: bool,
     /// What.
     pub kind: ChaosKind,
 }
@@ -158,12 +199,14 @@ pub struct PlanConfig {
     /// The heal phase after it, with faults stopped.
     pub heal_ms: u64,
     /// Per kind, in [`KINDS`] order, across all processes.
-    pub rates_per_min: [f64; 9],
-    /// Partitions, drop-reply windows and delays last this long.
+    pub rates_per_min: [f64; KIND_COUNT],
+    /// Partitions, drop-reply windows and delays last this long: past the
+    /// 5 s lease and the 10 s stale threshold in some draws.
     pub link_ms: [u64; 2],
     /// Per-chunk delay.
     pub delay_ms: [u64; 2],
-    /// Pauses: past the 5 s lease in most draws.
+    /// Pauses: past the 5 s lease in most draws, past the 10 s stale
+    /// threshold (a frozen worker's claims rescued) in some.
     pub pause_ms: [u64; 2],
     /// Downtime after a kill or a shutdown.
     pub down_ms: [u64; 2],
@@ -171,26 +214,48 @@ pub struct PlanConfig {
     pub deadline_ms: [u64; 2],
     /// Clock jumps, either way.
     pub jump_ms: [u64; 2],
+    /// Steps of storage's clock, either way: past the 10 s stale threshold
+    /// in some draws.
+    pub db_jump_ms: [u64; 2],
     /// Largest starting skew of a process's wall clock, either way.
     pub skew_ms_max: u64,
+    /// Windows of failing start hooks.
+    pub hook_window_ms: [u64; 2],
+    /// How long a failing start hook call takes.
+    pub hook_delay_ms: [u64; 2],
+    /// Share of start hook calls that fail in a window, in percent: a term
+    /// won inside one often spends every start attempt.
+    pub hook_fail_pct: [u64; 2],
+    /// Share of the faults the harness carries out that are aimed at the
+    /// leader, in percent.
+    pub leader_pct: u64,
+    /// Share of hook faults that hit every process at once, in percent.
+    pub hook_all_pct: u64,
 }
 
 impl Default for PlanConfig {
-    /// Three processes, a minute of faults and half a minute of heal, every
+    /// Three processes, a minute of faults and 50 s of heal (what `no_lost_jobs`
+    /// needs to judge, 48.9 s with the chaos settings), every
     /// kind on: what the issue's 60 s runs use.
     fn default() -> Self {
         Self {
             processes: 3,
             fault_ms: 60_000,
-            heal_ms: 30_000,
-            rates_per_min: [3.0, 2.0, 2.0, 1.0, 1.5, 1.5, 1.0, 1.5, 1.0],
-            link_ms: [500, 8_000],
+            heal_ms: 50_000,
+            rates_per_min: [4.0, 2.0, 2.0, 1.0, 1.5, 3.0, 1.5, 1.5, 3.0, 1.0],
+            link_ms: [500, 12_000],
             delay_ms: [20, 1_500],
-            pause_ms: [1_000, 12_000],
+            pause_ms: [1_000, 16_000],
             down_ms: [500, 4_000],
             deadline_ms: [500, 3_000],
             jump_ms: [1_000, 120_000],
+            db_jump_ms: [2_000, 30_000],
             skew_ms_max: 10_000,
+            hook_window_ms: [10_000, 40_000],
+            hook_fail_pct: [70, 100],
+            hook_delay_ms: [200, 6_000],
+            leader_pct: 40,
+            hook_all_pct: 50,
         }
     }
 }
@@ -224,7 +289,7 @@ impl ChaosPlan {
         let skews_ms = (0..cfg.processes)
             .map(|_| rng.random_range(-skew..=skew))
             .collect();
-        let mut busy_until = vec![[0u64; 9]; cfg.processes];
+        let mut busy_until = vec![[0u64; KIND_COUNT]; cfg.processes];
         let mut faults = Vec::new();
         for second in 0..cfg.fault_ms / 1000 {
             for (k, rate) in cfg.rates_per_min.iter().enumerate() {
@@ -234,6 +299,12 @@ impl ChaosPlan {
                 let at_ms = second * 1000 + rng.random_range(0..1000);
                 let process = rng.random_range(0..cfg.processes.max(1));
                 let kind = Self::draw_kind(k, cfg, &mut rng);
+                // Storage's clock is one for all: its steps never overlap.
+                let process = if k == 9 { 0 } else { process };
+                let leader = kind.harness_carried() && rng.random_range(0..100) < cfg.leader_pct;
+                let all = matches!(kind, ChaosKind::HookFail { .. })
+                    && rng.random_range(0..100) < cfg.hook_all_pct;
+                let process = if all { 0 } else { process };
                 if at_ms < busy_until[process][k] {
                     continue;
                 }
@@ -241,6 +312,8 @@ impl ChaosPlan {
                 faults.push(ChaosFault {
                     at_ms,
                     process,
+                    leader,
+                    all,
                     kind,
                 });
             }
@@ -285,16 +358,24 @@ impl ChaosPlan {
                     dur_ms: draw(rng, cfg.link_ms),
                 }
             }
+            9 => {
+                let jump = i64::try_from(draw(rng, cfg.db_jump_ms)).unwrap_or(i64::MAX);
+                ChaosKind::DbClockJump {
+                    jump_ms: if rng.random_bool(0.5) { -jump } else { jump },
+                    dur_ms: draw(rng, cfg.link_ms),
+                }
+            }
             _ => ChaosKind::HookFail {
-                pct: rng.random_range(30..=100),
-                dur_ms: draw(rng, cfg.link_ms),
+                pct: draw(rng, cfg.hook_fail_pct),
+                delay_ms: draw(rng, cfg.hook_delay_ms),
+                dur_ms: draw(rng, cfg.hook_window_ms),
             },
         }
     }
 
     /// How many faults of each kind, in [`KINDS`] order: the harness's table.
-    pub fn counts(&self) -> [usize; 9] {
-        let mut out = [0; 9];
+    pub fn counts(&self) -> [usize; KIND_COUNT] {
+        let mut out = [0; KIND_COUNT];
         for f in &self.faults {
             out[f.kind.index()] += 1;
         }
@@ -304,29 +385,42 @@ impl ChaosPlan {
 
 impl fmt::Display for ChaosFault {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let (at, p) = (self.at_ms, self.process + 1);
+        let at = self.at_ms;
+        let p = match (self.all, self.leader) {
+            (true, _) => "all".to_owned(),
+            (false, true) => format!("leader p{}", self.process + 1),
+            (false, false) => format!("p{}", self.process + 1),
+        };
         match self.kind {
-            ChaosKind::Partition { dur_ms } => write!(f, "{at} partition p{p} {dur_ms}ms"),
+            ChaosKind::Partition { dur_ms } => write!(f, "{at} partition {p} {dur_ms}ms"),
             ChaosKind::Delay { ms, dur_ms } => {
-                write!(f, "{at} delay p{p} {ms}ms for {dur_ms}ms")
+                write!(f, "{at} delay {p} {ms}ms for {dur_ms}ms")
             }
-            ChaosKind::DropReplies { dur_ms } => write!(f, "{at} drop_replies p{p} {dur_ms}ms"),
-            ChaosKind::Reset => write!(f, "{at} reset p{p}"),
-            ChaosKind::Kill { down_ms } => write!(f, "{at} kill p{p} down {down_ms}ms"),
-            ChaosKind::Pause { dur_ms } => write!(f, "{at} pause p{p} {dur_ms}ms"),
+            ChaosKind::DropReplies { dur_ms } => write!(f, "{at} drop_replies {p} {dur_ms}ms"),
+            ChaosKind::Reset => write!(f, "{at} reset {p}"),
+            ChaosKind::Kill { down_ms } => write!(f, "{at} kill {p} down {down_ms}ms"),
+            ChaosKind::Pause { dur_ms } => write!(f, "{at} pause {p} {dur_ms}ms"),
             ChaosKind::Terminate {
                 deadline_ms,
                 down_ms,
             } => write!(
                 f,
-                "{at} terminate p{p} deadline {deadline_ms}ms down {down_ms}ms"
+                "{at} terminate {p} deadline {deadline_ms}ms down {down_ms}ms"
             ),
             ChaosKind::ClockJump { jump_ms, dur_ms } => {
-                write!(f, "{at} clock_jump p{p} {jump_ms}ms for {dur_ms}ms")
+                write!(f, "{at} clock_jump {p} {jump_ms}ms for {dur_ms}ms")
             }
-            ChaosKind::HookFail { pct, dur_ms } => {
-                write!(f, "{at} hook_fail p{p} {pct}% for {dur_ms}ms")
+            ChaosKind::DbClockJump { jump_ms, dur_ms } => {
+                write!(f, "{at} db_clock_jump db {jump_ms}ms for {dur_ms}ms")
             }
+            ChaosKind::HookFail {
+                pct,
+                delay_ms,
+                dur_ms,
+            } => write!(
+                f,
+                "{at} hook_fail {p} {pct}% delay {delay_ms}ms for {dur_ms}ms"
+            ),
         }
     }
 }
@@ -360,8 +454,7 @@ pub struct PlanError {
 }
 
 /// The process a plan line names (`p1` is 0), one of `processes`.
-fn process(w: &mut Words<'_>, processes: usize) -> Result<usize, String> {
-    let word = w.next("process")?;
+fn process(word: &str, processes: usize) -> Result<usize, String> {
     let n: usize = word
         .strip_prefix('p')
         .and_then(|n| n.parse().ok())
@@ -376,10 +469,22 @@ fn parse_line(w: &mut Words<'_>, processes: usize) -> Result<Line, String> {
         .parse()
         .map_err(|_| format!("time: {at:?} is not a whole number of ms"))?;
     let kind = w.next("fault")?;
-    let process = process(w, processes)?;
+    let mut word = w.next("process")?;
+    let leader = word == "leader";
+    if leader {
+        word = w.next("process")?;
+    }
+    let all = word == "all";
+    let process = match (kind, word) {
+        ("db_clock_jump", "db") | ("hook_fail", "all") => 0,
+        ("db_clock_jump", other) => {
+            return Err(format!("process: a db_clock_jump names db, not {other:?}"))
+        }
+        _ => process(word, processes)?,
+    };
     let ms = |w: &mut Words<'_>, field: &str| w.number::<u64>(field, "ms");
     let kind = match kind {
-        "skew" => return Ok(Line::Skew(process, w.number("skew", "ms")?)),
+        "skew" if !leader => return Ok(Line::Skew(process, w.number("skew", "ms")?)),
         "partition" => ChaosKind::Partition {
             dur_ms: ms(w, "duration")?,
         },
@@ -421,11 +526,22 @@ fn parse_line(w: &mut Words<'_>, processes: usize) -> Result<Line, String> {
                 dur_ms: ms(w, "duration")?,
             }
         }
+        "db_clock_jump" => {
+            let jump_ms = w.number("jump", "ms")?;
+            w.literal("for")?;
+            ChaosKind::DbClockJump {
+                jump_ms,
+                dur_ms: ms(w, "duration")?,
+            }
+        }
         "hook_fail" => {
             let pct = w.number("share", "%")?;
+            w.literal("delay")?;
+            let delay_ms = ms(w, "delay")?;
             w.literal("for")?;
             ChaosKind::HookFail {
                 pct,
+                delay_ms,
                 dur_ms: ms(w, "duration")?,
             }
         }
@@ -436,9 +552,17 @@ fn parse_line(w: &mut Words<'_>, processes: usize) -> Result<Line, String> {
             ))
         }
     };
+    if leader && !kind.harness_carried() {
+        return Err(format!(
+            "process: a {} is carried out by the process itself and cannot be aimed at the leader",
+            KINDS[kind.index()]
+        ));
+    }
     Ok(Line::Fault(ChaosFault {
         at_ms,
         process,
+        leader,
+        all,
         kind,
     }))
 }
@@ -526,12 +650,19 @@ mod tests {
                 }
             }
         }
-        let all: usize = (0..20)
-            .map(|s| ChaosPlan::generate(&cfg, s).counts())
-            .map(|c| c.iter().filter(|n| **n > 0).count())
-            .max()
-            .unwrap_or(0);
-        assert_eq!(all, KINDS.len(), "some seed draws every kind");
+        let mut drawn = [0; KIND_COUNT];
+        for seed in 0..20 {
+            for (sum, n) in drawn
+                .iter_mut()
+                .zip(ChaosPlan::generate(&cfg, seed).counts())
+            {
+                *sum += n;
+            }
+        }
+        assert!(
+            drawn.iter().all(|n| *n > 0),
+            "every kind is drawn: {drawn:?}"
+        );
     }
 
     #[test]
@@ -554,7 +685,10 @@ mod tests {
         assert!(err("10 kill p1 down 5ms extra")
             .reason
             .contains("unexpected \"extra\""));
-        assert_eq!(field("10 hook_fail p1 60 for 5ms"), "share");
+        assert_eq!(field("10 hook_fail p1 60 delay 5ms for 5ms"), "share");
+        assert_eq!(field("10 clock_jump leader p1 5ms for 5ms"), "process");
+        assert_eq!(field("10 skew leader p1 5ms"), "fault");
+        assert_eq!(field("10 kill all down 5ms"), "process");
         let header = "seed x processes 2".parse::<ChaosPlan>().expect_err("seed");
         assert_eq!(
             (header.line, header.reason.split(':').next()),
@@ -591,7 +725,8 @@ impl PlannedClock {
             .filter(|f| f.process == process)
             .filter_map(|f| match f.kind {
                 ChaosKind::ClockJump { jump_ms, dur_ms } => {
-                    Some((f.at_ms, f.at_ms + dur_ms, jump_ms))
+                    // Faults stop when the heal phase begins.
+                    Some((f.at_ms, (f.at_ms + dur_ms).min(plan.fault_ms), jump_ms))
                 }
                 _ => None,
             })
@@ -601,6 +736,31 @@ impl PlannedClock {
             skew_ms: plan.skews_ms.get(process).copied().unwrap_or(0),
             jumps,
         }
+    }
+
+    /// Storage's clock under `plan`, or `None` if the plan never steps it:
+    /// the machine's clock plus every `db_clock_jump` in effect, computed alike
+    /// in every process (all run on one machine). Handed to keel's storage
+    /// ([`keel::storage::PostgresOptions::clock`],
+    /// [`keel::storage::SqliteOptions::clock`]) only when the plan steps it:
+    /// the harness cannot step the server's own clock without stepping the
+    /// machine's.
+    pub fn storage(plan: &ChaosPlan, epoch_unix_ms: i64) -> Option<Self> {
+        let jumps: Vec<_> = plan
+            .faults
+            .iter()
+            .filter_map(|f| match f.kind {
+                ChaosKind::DbClockJump { jump_ms, dur_ms } => {
+                    Some((f.at_ms, (f.at_ms + dur_ms).min(plan.fault_ms), jump_ms))
+                }
+                _ => None,
+            })
+            .collect();
+        (!jumps.is_empty()).then_some(Self {
+            epoch_unix_ms,
+            skew_ms: 0,
+            jumps,
+        })
     }
 
     /// How far this clock reads from the machine's at `elapsed_ms` into the
@@ -637,6 +797,25 @@ mod clock_tests {
     use keel::clock::Clock;
 
     use super::*;
+
+    #[test]
+    fn storage_steps_only_when_the_plan_steps_it_and_never_past_the_heal() {
+        let head = "seed 1 processes 2 fault_ms 10000 heal_ms 0\n";
+        let quiet: ChaosPlan = format!("{head}1000 clock_jump p1 5000ms for 2000ms\n")
+            .parse()
+            .expect("plan");
+        assert!(
+            PlannedClock::storage(&quiet, 0).is_none(),
+            "a process's jump is not storage's"
+        );
+        let stepped: ChaosPlan = format!("{head}8000 db_clock_jump db 15000ms for 9000ms\n")
+            .parse()
+            .expect("plan");
+        let db = PlannedClock::storage(&stepped, 0).expect("stepped");
+        assert_eq!(db.offset_at(7_999), 0);
+        assert_eq!(db.offset_at(8_000), 15_000);
+        assert_eq!(db.offset_at(10_000), 0, "faults stop when the heal begins");
+    }
 
     #[test]
     fn a_process_clock_carries_its_skew_and_its_own_jumps_only() {

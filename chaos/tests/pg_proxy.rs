@@ -13,28 +13,6 @@ use std::time::Duration;
 
 use chaos::proxy::{FaultProxy, LinkFault};
 use keel::storage::{EnqueueRequest, JobStore, PostgresOptions, PostgresStorage};
-use tokio_postgres::config::Host;
-
-/// Where `url`'s server listens, and the same URL pointed at `port` on
-/// 127.0.0.1 instead (user and database kept).
-async fn split(url: &str) -> (std::net::SocketAddr, impl Fn(u16) -> String) {
-    let config: tokio_postgres::Config = url.parse().expect("KEEL_PG_URL parses");
-    let host = match config.get_hosts().first() {
-        Some(Host::Tcp(h)) => h.clone(),
-        other => panic!("KEEL_PG_URL must name a TCP host, got {other:?}"),
-    };
-    let port = config.get_ports().first().copied().unwrap_or(5432);
-    let server = tokio::net::lookup_host((host.as_str(), port))
-        .await
-        .expect("resolve")
-        .next()
-        .expect("an address");
-    let user = config.get_user().unwrap_or("postgres").to_owned();
-    let db = config.get_dbname().unwrap_or("postgres").to_owned();
-    (server, move |p| {
-        format!("host=127.0.0.1 port={p} user={user} dbname={db} connect_timeout=2")
-    })
-}
 
 async fn drop_schema(url: &str, schema: &str) {
     let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
@@ -57,7 +35,10 @@ async fn a_dropped_reply_is_an_ambiguous_commit_on_postgres() {
     };
     let schema = format!("keel_chaos_proxy_{}", std::process::id());
     drop_schema(&url, &schema).await;
-    let (server, via) = split(&url).await;
+    let server = chaos::pg::server_addr(&url)
+        .await
+        .expect("KEEL_PG_URL's server");
+    let via = |port| chaos::pg::via_port(&url, port).expect("a proxied URL");
     let proxy = FaultProxy::start(server).await.expect("proxy");
     // One connection, so the warm-up prepares the claim statement on it.
     let options = || {
