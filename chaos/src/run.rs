@@ -449,6 +449,79 @@ struct Harness {
 }
 
 impl Harness {
+    /// Everything a run needs before its processes start: a proxy per worker
+    /// (PostgreSQL), each process's spec file, the harness's journal, and the
+    /// run's epoch (now). Returns the harness and the client's spec file.
+    async fn new(
+        cfg: &RunConfig,
+        engine: &Engine,
+        plan_path: &Path,
+    ) -> Result<(Self, PathBuf), ChaosError> {
+        let plan = &cfg.plan;
+        let mut proxies = Vec::new();
+        if let Database::Postgres(url) = &cfg.database {
+            let server = crate::pg::server_addr(url)
+                .await
+                .map_err(ChaosError::Setup)?;
+            for _ in 0..plan.processes {
+                proxies.push(
+                    FaultProxy::start(server)
+                        .await
+                        .map_err(|e| ChaosError::Setup(format!("proxy: {e}")))?,
+                );
+            }
+        }
+        let epoch_unix_ms = machine_now_ms();
+        let spec = |name: &str, index: usize| Spec {
+            name: name.to_owned(),
+            index,
+            engine: engine.clone(),
+            proxy_port: proxies.get(index).map(|p| p.addr().port()),
+            epoch_unix_ms,
+            plan: plan_path.to_path_buf(),
+            journal: cfg.dir.join(format!("{name}.jsonl")),
+            plant: cfg.plant.map(|b| b.name().to_owned()),
+        };
+        let mut procs = Vec::new();
+        for i in 0..plan.processes {
+            let name = format!("p{}", i + 1);
+            let path = cfg.dir.join(format!("{name}.spec.json"));
+            write(&path, &json(&spec(&name, i))?)?;
+            procs.push(Proc {
+                spec: path,
+                name,
+                child: None,
+                boot: 0,
+                paused: None,
+                terminating: None,
+                restart_at: None,
+                down_ms: 0,
+            });
+        }
+        let client_spec = cfg.dir.join("client.spec.json");
+        write(&client_spec, &json(&spec(sim::workload::CLIENT_HOST, 0))?)?;
+        let journal_path = cfg.dir.join("harness.jsonl");
+        let journal = Journal::open(
+            &journal_path,
+            HARNESS_HOST,
+            epoch_unix_ms,
+            Arc::new(SystemClock::new()),
+        )
+        .map_err(io_err(&journal_path))?;
+        let h = Harness {
+            exe: cfg.exe.clone(),
+            dir: cfg.dir.clone(),
+            epoch_unix_ms,
+            journal,
+            procs,
+            proxies,
+            skews_ms: plan.skews_ms.clone(),
+            injected: [0; KIND_COUNT],
+            db_clock: crate::plan::PlannedClock::storage(plan, epoch_unix_ms),
+        };
+        Ok((h, client_spec))
+    }
+
     fn elapsed_ms(&self) -> u64 {
         u64::try_from(machine_now_ms() - self.epoch_unix_ms).unwrap_or(0)
     }
@@ -614,6 +687,54 @@ impl Harness {
         Ok(())
     }
 
+    /// Carry out `plan` until the end of its heal phase: its steps at their
+    /// times, the heal, and the processes' supervision, on a [`TICK`].
+    async fn carry_out(&mut self, plan: &ChaosPlan, engine: &Engine) -> Result<(), ChaosError> {
+        let steps = actions(plan);
+        // Where each fault's start went: its end goes there too.
+        let mut aimed = std::collections::BTreeMap::new();
+        let mut next = 0;
+        let mut healed = false;
+        let end_ms = plan.fault_ms + plan.heal_ms;
+        loop {
+            let now = self.elapsed_ms();
+            while let Some(step) = steps.get(next).copied() {
+                if step.at_ms > now {
+                    break;
+                }
+                next += 1;
+                let f = &plan.faults[step.fault];
+                let p = match (step.starts, f.leader) {
+                    (Some(_), true) => self.leader(engine).await.unwrap_or(f.process),
+                    (Some(_), false) => f.process,
+                    (None, _) => aimed.get(&step.fault).copied().unwrap_or(f.process),
+                };
+                aimed.insert(step.fault, p);
+                let targets = if f.all {
+                    (0..plan.processes).collect()
+                } else {
+                    vec![p]
+                };
+                let mut applied = false;
+                for p in targets {
+                    applied |= self.apply(p, step.action, now)?;
+                }
+                if let (true, Some(k)) = (applied, step.starts) {
+                    self.injected[k] += 1;
+                }
+            }
+            if !healed && now >= plan.fault_ms {
+                self.heal()?;
+                healed = true;
+            }
+            self.supervise(now, plan.fault_ms)?;
+            if now >= end_ms {
+                return Ok(());
+            }
+            tokio::time::sleep(TICK).await;
+        }
+    }
+
     fn heal(&mut self) -> Result<(), ChaosError> {
         self.record(HARNESS_HOST, HarnessEvent::HealPhase);
         for proxy in &self.proxies {
@@ -664,6 +785,28 @@ fn start(exe: &Path, role: &str, spec: &Path, dir: &Path, name: &str) -> Result<
         })
 }
 
+/// Run the scenario's checkers over `records` with the bounds the runtime's
+/// settings imply; the run began at `epoch_unix_ms` on the machine's clock.
+fn judge(
+    scenario: &scenarios::Scenario,
+    timing: &Timing,
+    records: &[Record],
+    end_at_ms: u64,
+    epoch_unix_ms: i64,
+) -> Result<(Vec<Violation>, checkers::CheckCtx), ChaosError> {
+    let mut ctx = sim::runner::check_ctx(timing, scenario, end_at_ms);
+    ctx.epoch_unix_ms = epoch_unix_ms;
+    let ctx = checkers::after_storage_steps(ctx, records);
+    let mut violations = Vec::new();
+    for name in &scenario.invariants {
+        let checker = checkers::by_name(name)
+            .ok_or_else(|| ChaosError::Setup(format!("chaos.toml: unknown invariant {name}")))?;
+        violations.extend(checker.check(records, &ctx));
+    }
+    violations.sort_by_key(|v| v.at_ms);
+    Ok((violations, ctx))
+}
+
 /// Carry out one run. See the [module docs](self).
 pub async fn run(cfg: &RunConfig) -> Result<RunReport, ChaosError> {
     let started = tokio::time::Instant::now();
@@ -680,67 +823,9 @@ pub async fn run(cfg: &RunConfig) -> Result<RunReport, ChaosError> {
     let scenario = scenario(plan)?;
     let timing = Timing::for_scenario(&scenario).map_err(ChaosError::Setup)?;
     let engine = prepare(cfg).await?;
-    let mut proxies = Vec::new();
-    if let Database::Postgres(url) = &cfg.database {
-        let server = crate::pg::server_addr(url)
-            .await
-            .map_err(ChaosError::Setup)?;
-        for _ in 0..plan.processes {
-            proxies.push(
-                FaultProxy::start(server)
-                    .await
-                    .map_err(|e| ChaosError::Setup(format!("proxy: {e}")))?,
-            );
-        }
-    }
-    let epoch_unix_ms = machine_now_ms();
-    let spec = |name: &str, index: usize| Spec {
-        name: name.to_owned(),
-        index,
-        engine: engine.clone(),
-        proxy_port: proxies.get(index).map(|p| p.addr().port()),
-        epoch_unix_ms,
-        plan: plan_path.clone(),
-        journal: cfg.dir.join(format!("{name}.jsonl")),
-        plant: cfg.plant.map(|b| b.name().to_owned()),
-    };
-    let mut procs = Vec::new();
-    for i in 0..plan.processes {
-        let name = format!("p{}", i + 1);
-        let path = cfg.dir.join(format!("{name}.spec.json"));
-        write(&path, &json(&spec(&name, i))?)?;
-        procs.push(Proc {
-            spec: path,
-            name,
-            child: None,
-            boot: 0,
-            paused: None,
-            terminating: None,
-            restart_at: None,
-            down_ms: 0,
-        });
-    }
-    let client_spec = cfg.dir.join("client.spec.json");
-    write(&client_spec, &json(&spec(sim::workload::CLIENT_HOST, 0))?)?;
+    let (mut h, client_spec) = Harness::new(cfg, &engine, &plan_path).await?;
     let journal_path = cfg.dir.join("harness.jsonl");
-    let journal = Journal::open(
-        &journal_path,
-        HARNESS_HOST,
-        epoch_unix_ms,
-        Arc::new(SystemClock::new()),
-    )
-    .map_err(io_err(&journal_path))?;
-    let mut h = Harness {
-        exe: cfg.exe.clone(),
-        dir: cfg.dir.clone(),
-        epoch_unix_ms,
-        journal,
-        procs,
-        proxies,
-        skews_ms: plan.skews_ms.clone(),
-        injected: [0; KIND_COUNT],
-        db_clock: crate::plan::PlannedClock::storage(plan, epoch_unix_ms),
-    };
+    let epoch_unix_ms = h.epoch_unix_ms;
     let mut client = ClientGuard(Some(start(
         &cfg.exe,
         "client",
@@ -751,50 +836,7 @@ pub async fn run(cfg: &RunConfig) -> Result<RunReport, ChaosError> {
     for i in 0..plan.processes {
         h.spawn(i)?;
     }
-    let steps = actions(plan);
-    let mut aimed = std::collections::BTreeMap::new();
-    let mut next = 0;
-    let mut healed = false;
-    let end_ms = plan.fault_ms + plan.heal_ms;
-    loop {
-        let now = h.elapsed_ms();
-        while let Some(step) = steps.get(next).copied() {
-            if step.at_ms > now {
-                break;
-            }
-            next += 1;
-            let f = &plan.faults[step.fault];
-            let p = match (step.starts, f.leader) {
-                (Some(_), true) => h.leader(&engine).await.unwrap_or(f.process),
-                (Some(_), false) => f.process,
-                (None, _) => aimed.get(&step.fault).copied().unwrap_or(f.process),
-            };
-            aimed.insert(step.fault, p);
-            let targets = if f.all {
-                (0..plan.processes).collect()
-            } else {
-                vec![p]
-            };
-            let mut applied = false;
-            for p in targets {
-                applied |= h.apply(p, step.action, now)?;
-            }
-            if applied {
-                if let Some(k) = step.starts {
-                    h.injected[k] += 1;
-                }
-            }
-        }
-        if !healed && now >= plan.fault_ms {
-            h.heal()?;
-            healed = true;
-        }
-        h.supervise(now, plan.fault_ms)?;
-        if now >= end_ms {
-            break;
-        }
-        tokio::time::sleep(TICK).await;
-    }
+    h.carry_out(plan, &engine).await?;
     h.stop_all();
     client.stop();
     let (rows, unfinished) = read_back(&engine).await?;
@@ -827,16 +869,13 @@ pub async fn run(cfg: &RunConfig) -> Result<RunReport, ChaosError> {
     );
     paths.retain(|p| p.exists());
     let merged = merge_with(&paths, extra).map_err(|e| ChaosError::Setup(e.to_string()))?;
-    let mut ctx = sim::runner::check_ctx(&timing, &scenario, end_at_ms);
-    ctx.epoch_unix_ms = epoch_unix_ms;
-    let ctx = checkers::after_storage_steps(ctx, &merged.records);
-    let mut violations = Vec::new();
-    for name in &scenario.invariants {
-        let checker = checkers::by_name(name)
-            .ok_or_else(|| ChaosError::Setup(format!("chaos.toml: unknown invariant {name}")))?;
-        violations.extend(checker.check(&merged.records, &ctx));
-    }
-    violations.sort_by_key(|v| v.at_ms);
+    let (violations, ctx) = judge(
+        &scenario,
+        &timing,
+        &merged.records,
+        end_at_ms,
+        epoch_unix_ms,
+    )?;
     if let (Engine::Postgres { url, schema }, false) = (&engine, cfg.keep_schema) {
         let admin = pg_admin(url).await?;
         let _ = admin
