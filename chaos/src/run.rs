@@ -311,6 +311,7 @@ async fn prepare(cfg: &RunConfig) -> Result<Engine, ChaosError> {
         Database::Postgres(url) => {
             let schema = format!("keel_chaos_{}_{}", cfg.plan.seed, std::process::id());
             let admin = pg_admin(url).await?;
+            drop_orphaned_schemas(&admin).await?;
             admin
                 .batch_execute(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
                 .await
@@ -340,6 +341,38 @@ async fn prepare(cfg: &RunConfig) -> Result<Engine, ChaosError> {
             Ok(Engine::Sqlite { path })
         }
     }
+}
+
+/// Drop the schemas of earlier runs whose harness is gone (killed before it
+/// could drop its own): a run's schema is `keel_chaos_<seed>_<harness pid>`.
+async fn drop_orphaned_schemas(admin: &tokio_postgres::Client) -> Result<(), ChaosError> {
+    // Without /proc no pid can be checked: leave every schema be.
+    if !Path::new("/proc/self").exists() {
+        return Ok(());
+    }
+    let rows = admin
+        .query(
+            "SELECT nspname::TEXT FROM pg_namespace WHERE nspname LIKE 'keel\\_chaos\\_%'",
+            &[],
+        )
+        .await
+        .map_err(|e| ChaosError::Database(e.to_string()))?;
+    for row in rows {
+        let schema: String = row.get(0);
+        let pid = schema
+            .rsplit('_')
+            .next()
+            .and_then(|p| p.parse::<u32>().ok());
+        let alive = pid.is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
+        if pid.is_some() && !alive {
+            tracing::info!(%schema, "dropping an orphaned chaos schema");
+            admin
+                .batch_execute(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
+                .await
+                .map_err(|e| ChaosError::Database(e.to_string()))?;
+        }
+    }
+    Ok(())
 }
 
 async fn pg_admin(url: &str) -> Result<tokio_postgres::Client, ChaosError> {

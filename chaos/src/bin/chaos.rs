@@ -179,7 +179,15 @@ async fn process(spec: PathBuf, worker: bool) -> ExitCode {
         Ok(spec) => spec,
         Err(e) => return usage(&e.to_string()),
     };
-    // Every run stops by itself: a process whose harness is gone exits.
+    // Every run stops by itself: a process whose harness is gone exits. A
+    // stopped process cannot look, so on Linux the kernel kills it then; the
+    // watch below covers the rest (and a harness gone before this line).
+    #[cfg(target_os = "linux")]
+    if let Err(e) =
+        rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))
+    {
+        eprintln!("chaos: no parent-death signal ({e}); relying on the watch");
+    }
     let parent = std::os::unix::process::parent_id();
     tokio::spawn(async move {
         loop {
