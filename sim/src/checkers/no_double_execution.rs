@@ -23,6 +23,11 @@
 //!   of a revoked claim at its next heartbeat and must drop the handler then
 //!   (source document 003, M1); a partitioned worker stops on its own before the
 //!   rescuer may revoke it.
+//! * **ran on after hearing**: an interval of `(job, a)` on `h` closes (or the
+//!   run ends) more than `cancel_grace_ms` after `h` reported `ClaimLost { job,
+//!   a }`, not counting time `h` was frozen. The worker heard storage say the
+//!   claim is gone and must drop the handler at once, whatever storage's clock
+//!   or the request timeout did; the rule above bounds only when it must hear.
 //! * **run after terminal**: a `HandlerStarted { job, .. }` after a terminal
 //!   `FinalizeApplied` or a `CancelApplied` of that job.
 //! * **started on a revoked claim**: a `HandlerStarted { job, a }` after `a`'s
@@ -263,6 +268,9 @@ impl<'a> Scan<'a> {
     }
 
     fn close(&mut self, history: &'a [Record], ctx: &CheckCtx, i: Interval<'a>, at: &'a Record) {
+        if self.ran_on_after_hearing(history, ctx, i, at) {
+            return;
+        }
         let Some(revoked) = self.revoked.get(&(i.job, i.attempt)).copied() else {
             self.closed_at_ms.insert((i.job, i.attempt), at.at_ms);
             return;
@@ -304,6 +312,40 @@ impl<'a> Scan<'a> {
             i.job, i.attempt, i.host
         );
         self.out.push(violation(at, message, witnesses));
+    }
+}
+
+impl<'a> Scan<'a> {
+    /// Whether the handler of `i`, closing at `at`, ran on past `cancel_grace`
+    /// after its own worker reported hearing that the claim was lost (and so
+    /// was reported). A worker that hears `Lost` drops the handler at once
+    /// (source document 003, M1), whatever storage's clock did: measured, the
+    /// handler ends in the same millisecond in the simulator and within 16 ms
+    /// on a real database. Time its process was frozen does not count.
+    fn ran_on_after_hearing(
+        &mut self,
+        history: &'a [Record],
+        ctx: &CheckCtx,
+        i: Interval<'a>,
+        at: &'a Record,
+    ) -> bool {
+        let Some(lost) = history[i.started..at.seq].iter().find(|r| {
+            r.host == i.host && matches!(&r.ev, Ev::Node(Event::ClaimLost { job, attempt }) if *job == i.job && *attempt == i.attempt)
+        }) else {
+            return false;
+        };
+        let frozen = super::frozen_ms(history, i.host, lost.at_ms, at.at_ms);
+        let over = at.at_ms.saturating_sub(lost.at_ms).saturating_sub(frozen);
+        if over <= ctx.longest_ms(ctx.cancel_grace_ms) {
+            return false;
+        }
+        let message = format!(
+            "{} attempt {} kept running on {} for {over}ms after its worker heard the claim was lost",
+            i.job, i.attempt, i.host
+        );
+        let witnesses = vec![history[i.started].clone(), lost.clone(), at.clone()];
+        self.out.push(violation(at, message, witnesses));
+        true
     }
 }
 
@@ -512,12 +554,54 @@ mod tests {
         let v = NoDoubleExecution.check(&h.0, &ctx(40_000));
         assert_eq!(v.len(), 1, "{v:?}");
         assert!(
-            v[0].message.contains("kept running on n1 for 25000ms"),
+            v[0].message
+                .contains("kept running on n1 for 24000ms after its worker heard"),
             "{}",
             v[0]
         );
         let seqs: Vec<usize> = v[0].witnesses.iter().map(|w| w.seq).collect();
-        assert_eq!(seqs, vec![1, 2, 5, 6], "start, revoke, lost, end");
+        assert_eq!(seqs, vec![1, 5, 6], "start, lost, end");
+    }
+
+    /// A step of storage's clock excuses a handler that ran on after the
+    /// revoke while its worker could not know (up to `claim_trust`), but not
+    /// one whose worker heard the claim was lost and kept it running: the
+    /// rule that caught `heartbeat_ignores_lost_claim` behind such a step.
+    #[test]
+    fn a_storage_step_does_not_excuse_running_on_after_hearing_the_claim_was_lost() {
+        let lost = |heard_ms: u64, end_ms: u64| {
+            H::new()
+                .db(0, claim(1, 1))
+                .node(10, "n1", started(1, 1))
+                .harness(
+                    2_000,
+                    crate::db::DB_HOST,
+                    HarnessEvent::ClockJump { jump_ms: 20_000 },
+                )
+                .db(2_500, rescue(1, 1))
+                .node(
+                    heard_ms,
+                    "n1",
+                    Event::ClaimLost {
+                        job: JobId(1),
+                        attempt: 1,
+                    },
+                )
+                .node(end_ms, "n1", ended(1, 1))
+        };
+        // Heard at 3 s, dropped at once: holds.
+        assert!(NoDoubleExecution
+            .check(&lost(3_000, 3_000).0, &ctx(40_000))
+            .is_empty());
+        // Heard at 3 s, ran on to 9 s: within the revoke rule's allowance
+        // (grace plus the step, up to claim_trust), but not after hearing.
+        let v = NoDoubleExecution.check(&lost(3_000, 9_000).0, &ctx(40_000));
+        assert_eq!(v.len(), 1, "{v:?}");
+        assert!(
+            v[0].message.contains("for 6000ms after its worker heard"),
+            "{}",
+            v[0]
+        );
     }
 
     #[test]
