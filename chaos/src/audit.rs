@@ -347,8 +347,7 @@ fn row_events(row: &AuditRow, epoch_unix_ms: i64) -> Result<Vec<DbEvent>, String
 }
 
 fn state_of(text: &str) -> Result<JobState, String> {
-    serde_json::from_value(serde_json::Value::String(text.to_owned()))
-        .map_err(|_| format!("unknown job state {text:?}"))
+    JobState::parse(text).ok_or_else(|| format!("unknown job state {text:?}"))
 }
 
 /// What one job row change was; see the [module docs](self).
@@ -361,7 +360,7 @@ fn job_events(
     let job = JobId(new.id);
     let Some(old) = old else {
         let mut events = vec![DbEvent::JobInserted { job }];
-        if new.state == "scheduled" {
+        if state_of(&new.state)? == JobState::Scheduled {
             events.push(DbEvent::JobScheduled {
                 job,
                 due_ms: new.scheduled_at - epoch_unix_ms,

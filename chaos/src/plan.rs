@@ -125,7 +125,8 @@ pub const KINDS: [&str; KIND_COUNT] = [
 pub const KIND_COUNT: usize = 10;
 
 impl ChaosKind {
-    fn index(&self) -> usize {
+    /// Its position in [`KINDS`] (and in [`PlanConfig::rates_per_min`]).
+    pub fn index(&self) -> usize {
         match self {
             ChaosKind::Partition { .. } => 0,
             ChaosKind::Delay { .. } => 1,

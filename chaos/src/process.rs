@@ -157,11 +157,14 @@ pub(crate) fn read(path: &Path) -> Result<String, ChaosError> {
     })
 }
 
-/// Storage for a process, retried until the database answers: a process
-/// restarted into a partition waits it out, as a service's would.
-async fn connect(spec: &Spec, via_proxy: bool) -> SharedStorage {
+/// Storage for a process under `plan`, retried until the database answers:
+/// a process restarted into a partition waits it out, as a service's would.
+async fn connect(spec: &Spec, plan: &ChaosPlan, via_proxy: bool) -> SharedStorage {
+    // Storage's clock when the plan steps it; `None` leaves storage on its
+    // own (the server's, or the machine's for SQLite).
+    let clock = PlannedClock::storage(plan, spec.epoch_unix_ms).map(|c| Arc::new(c) as SharedClock);
     loop {
-        match try_connect(spec, via_proxy).await {
+        match try_connect(spec, clock.clone(), via_proxy).await {
             Ok(storage) => return storage,
             Err(e) => {
                 tracing::warn!(error = %e, "connect failed; retrying");
@@ -180,7 +183,11 @@ const CLIENT_POOL_SIZE: usize = 2;
 /// Wait between attempts to open storage.
 const CONNECT_RETRY: Duration = Duration::from_millis(500);
 
-async fn try_connect(spec: &Spec, via_proxy: bool) -> Result<SharedStorage, String> {
+async fn try_connect(
+    spec: &Spec,
+    clock: Option<SharedClock>,
+    via_proxy: bool,
+) -> Result<SharedStorage, String> {
     match &spec.engine {
         Engine::Postgres { url, schema } => {
             let url = match (via_proxy, spec.proxy_port) {
@@ -195,7 +202,7 @@ async fn try_connect(spec: &Spec, via_proxy: bool) -> Result<SharedStorage, Stri
                 CLIENT_POOL_SIZE
             };
             let mut options = PostgresOptions::new().schema(schema).pool_size(pool);
-            if let Some(clock) = db_clock(spec)? {
+            if let Some(clock) = clock {
                 options = options.clock(clock);
             }
             let storage = PostgresStorage::connect_with(&url, options)
@@ -206,7 +213,7 @@ async fn try_connect(spec: &Spec, via_proxy: bool) -> Result<SharedStorage, Stri
         Engine::Sqlite { path } => {
             // No polling thread per process: several share two cores.
             let mut options = SqliteOptions::default().idle_spin(Duration::ZERO);
-            if let Some(clock) = db_clock(spec)? {
+            if let Some(clock) = clock {
                 options = options.clock(clock);
             }
             let storage = SqliteStorage::open_with(path, options)
@@ -215,16 +222,6 @@ async fn try_connect(spec: &Spec, via_proxy: bool) -> Result<SharedStorage, Stri
             Ok(Arc::new(storage))
         }
     }
-}
-
-/// Storage's clock when the plan steps it; `None` leaves storage on its own
-/// (the server's, or the machine's for SQLite).
-fn db_clock(spec: &Spec) -> Result<Option<SharedClock>, String> {
-    let plan = spec.plan().map_err(|e| e.to_string())?;
-    Ok(
-        crate::plan::PlannedClock::storage(&plan, spec.epoch_unix_ms)
-            .map(|c| Arc::new(c) as SharedClock),
-    )
 }
 
 /// One worker process: keel's runtime as node `spec.name` until SIGTERM (a
@@ -241,7 +238,7 @@ pub async fn worker_main(spec: Spec) -> Result<(), ChaosError> {
         plan.clone(),
         hooks.clone(),
     ));
-    let storage = connect(&spec, true).await;
+    let storage = connect(&spec, &plan, true).await;
     let runtime = build_runtime(&spec, &scenario, &timing, storage, clock, journal, hooks)?;
     let handle = runtime
         .start()
@@ -376,7 +373,7 @@ pub async fn client_main(spec: Spec) -> Result<(), ChaosError> {
         .ok_or_else(|| ChaosError::Setup("chaos.toml: no [workload]".into()))?;
     let clock: SharedClock = Arc::new(keel::clock::SystemClock::new());
     let journal = open_journal(&spec, clock.clone())?;
-    let storage = connect(&spec, false).await;
+    let storage = connect(&spec, &plan, false).await;
     let work = WorkloadPlan::generate(workload, plan.seed);
     sim::workload::drive_client(&work, &*storage, &journal, || spec.elapsed_ms()).await;
     Ok(())

@@ -117,11 +117,6 @@ impl RunReport {
             self.dir.join("plan.txt").display()
         )
     }
-
-    /// The `q`-quantile of enqueue-to-start, in ms.
-    pub fn enqueue_to_start_quantile_ms(&self, q: f64) -> Option<u64> {
-        quantile(&self.enqueue_to_start_ms, q)
-    }
 }
 
 /// The `q`-quantile (nearest rank) of `values`.
@@ -180,7 +175,7 @@ fn actions(plan: &ChaosPlan) -> Vec<Step> {
     for (fault, f) in plan.faults.iter().enumerate() {
         let at = f.at_ms;
         let end_at = (at + f.kind.dur_ms()).min(plan.fault_ms);
-        let k = KINDS.iter().position(|n| *n == kind_name(&f.kind));
+        let k = Some(f.kind.index());
         let mut step = |at_ms, action, starts| {
             out.push(Step {
                 at_ms,
@@ -233,21 +228,6 @@ fn actions(plan: &ChaosPlan) -> Vec<Step> {
     // Ends before starts at one time: a fault ending and the next beginning.
     out.sort_by_key(|s| (s.at_ms, s.starts.is_some()));
     out
-}
-
-fn kind_name(kind: &ChaosKind) -> &'static str {
-    match kind {
-        ChaosKind::Partition { .. } => "partition",
-        ChaosKind::Delay { .. } => "delay",
-        ChaosKind::DropReplies { .. } => "drop_replies",
-        ChaosKind::Reset => "reset",
-        ChaosKind::Kill { .. } => "kill",
-        ChaosKind::Pause { .. } => "pause",
-        ChaosKind::Terminate { .. } => "terminate",
-        ChaosKind::ClockJump { .. } => "clock_jump",
-        ChaosKind::HookFail { .. } => "hook_fail",
-        ChaosKind::DbClockJump { .. } => "db_clock_jump",
-    }
 }
 
 /// Send `signal` (`STOP`, `CONT`, `TERM`) to `child` with the system's `kill`:
@@ -312,10 +292,7 @@ async fn prepare(cfg: &RunConfig) -> Result<Engine, ChaosError> {
             let schema = format!("keel_chaos_{}_{}", cfg.plan.seed, std::process::id());
             let admin = pg_admin(url).await?;
             drop_orphaned_schemas(&admin).await?;
-            admin
-                .batch_execute(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
-                .await
-                .map_err(|e| ChaosError::Database(e.to_string()))?;
+            drop_schema(&admin, &schema).await?;
             let options = PostgresOptions::new().schema(&schema).listen(false);
             let store = PostgresStorage::connect_with(url, options)
                 .await
@@ -366,13 +343,17 @@ async fn drop_orphaned_schemas(admin: &tokio_postgres::Client) -> Result<(), Cha
         let alive = pid.is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
         if pid.is_some() && !alive {
             tracing::info!(%schema, "dropping an orphaned chaos schema");
-            admin
-                .batch_execute(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
-                .await
-                .map_err(|e| ChaosError::Database(e.to_string()))?;
+            drop_schema(admin, &schema).await?;
         }
     }
     Ok(())
+}
+
+async fn drop_schema(admin: &tokio_postgres::Client, schema: &str) -> Result<(), ChaosError> {
+    admin
+        .batch_execute(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
+        .await
+        .map_err(|e| ChaosError::Database(e.to_string()))
 }
 
 async fn pg_admin(url: &str) -> Result<tokio_postgres::Client, ChaosError> {
@@ -600,11 +581,10 @@ impl Harness {
                 None => return Ok(false),
             },
             Action::Kill { down_ms } => {
-                let Some(mut child) = self.procs[i].child.take() else {
+                if !running {
                     return Ok(false);
-                };
-                let _ = child.kill();
-                let _ = child.wait();
+                }
+                reap(self.procs[i].child.take());
                 self.record(&name, HarnessEvent::Crash);
                 let p = &mut self.procs[i];
                 p.paused = None;
@@ -693,7 +673,7 @@ impl Harness {
                     (Some(_), Some(_)) => {
                         p.child = None;
                         p.terminating = None;
-                        p.restart_at = Some((now + p.down_ms).min(restarts_by.max(now)));
+                        p.restart_at = Some(now + p.down_ms);
                     }
                     (Some(status), None) => {
                         tracing::warn!(process = %name, %status, "exited unasked");
@@ -702,9 +682,7 @@ impl Harness {
                         self.record(&name, HarnessEvent::Crash);
                     }
                     (None, Some(kill_at)) if now >= kill_at => {
-                        let _ = child.kill();
-                        let _ = child.wait();
-                        p.child = None;
+                        reap(p.child.take());
                         p.terminating = None;
                         p.restart_at = Some(now + p.down_ms);
                         self.record(&name, HarnessEvent::Crash);
@@ -782,10 +760,7 @@ impl Harness {
 
     fn stop_all(&mut self) {
         for p in &mut self.procs {
-            if let Some(mut child) = p.child.take() {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
+            reap(p.child.take());
         }
     }
 }
@@ -793,6 +768,15 @@ impl Harness {
 impl Drop for Harness {
     fn drop(&mut self) {
         self.stop_all();
+    }
+}
+
+/// SIGKILL `child`, if any (a stopped one too), and wait for it; it may be
+/// gone already.
+fn reap(child: Option<Child>) {
+    if let Some(mut child) = child {
+        let _ = child.kill();
+        let _ = child.wait();
     }
 }
 
@@ -910,10 +894,7 @@ pub async fn run(cfg: &RunConfig) -> Result<RunReport, ChaosError> {
         epoch_unix_ms,
     )?;
     if let (Engine::Postgres { url, schema }, false) = (&engine, cfg.keep_schema) {
-        let admin = pg_admin(url).await?;
-        let _ = admin
-            .batch_execute(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
-            .await;
+        drop_schema(&pg_admin(url).await?, schema).await?;
     }
     let report = RunReport {
         engine: engine.name(),
@@ -946,10 +927,7 @@ struct ClientGuard(Option<Child>);
 
 impl ClientGuard {
     fn stop(&mut self) {
-        if let Some(mut child) = self.0.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        reap(self.0.take());
     }
 }
 

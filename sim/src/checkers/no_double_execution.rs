@@ -80,6 +80,9 @@ struct Scan<'a> {
     closed_at_ms: BTreeMap<(JobId, u32), u64>,
     /// The least slack any revoked claim's handler left (see `slack_ms`).
     slack_ms: Option<u64>,
+    /// Per `(host, job, attempt)`: the first `ClaimLost` that host reported
+    /// since its handler of that attempt started.
+    heard: BTreeMap<(&'a str, JobId, u32), &'a Record>,
 }
 
 impl Checker for NoDoubleExecution {
@@ -140,6 +143,9 @@ impl<'a> Scan<'a> {
             Ev::Node(Event::HandlerStarted { job, attempt }) => {
                 self.started_revoked(ctx, r, *job, *attempt);
                 self.start(history, r, *job, *attempt)
+            }
+            Ev::Node(Event::ClaimLost { job, attempt }) => {
+                self.heard.entry((host, *job, *attempt)).or_insert(r);
             }
             Ev::Node(Event::HandlerEnded { job, attempt, .. }) => {
                 self.close_where(history, ctx, r, |i| {
@@ -227,6 +233,7 @@ impl<'a> Scan<'a> {
         }
         self.open
             .retain(|i| !(i.host == r.host && i.job == job && i.attempt == attempt));
+        self.heard.remove(&(r.host.as_str(), job, attempt));
         self.open.push(Interval {
             host: r.host.as_str(),
             job,
@@ -299,9 +306,7 @@ impl<'a> Scan<'a> {
         if over <= ctx.lost_claim_grace_ms {
             return;
         }
-        let lost = history[i.started..at.seq].iter().find(|r| {
-            r.host == i.host && matches!(&r.ev, Ev::Node(Event::ClaimLost { job, attempt }) if *job == i.job && *attempt == i.attempt)
-        });
+        let lost = self.heard.get(&(i.host, i.job, i.attempt)).copied();
         let witnesses = [Some(&history[i.started]), Some(revoked), lost, Some(at)]
             .into_iter()
             .flatten()
@@ -329,9 +334,7 @@ impl<'a> Scan<'a> {
         i: Interval<'a>,
         at: &'a Record,
     ) -> bool {
-        let Some(lost) = history[i.started..at.seq].iter().find(|r| {
-            r.host == i.host && matches!(&r.ev, Ev::Node(Event::ClaimLost { job, attempt }) if *job == i.job && *attempt == i.attempt)
-        }) else {
+        let Some(lost) = self.heard.get(&(i.host, i.job, i.attempt)).copied() else {
             return false;
         };
         let frozen = super::frozen_ms(history, i.host, lost.at_ms, at.at_ms);
