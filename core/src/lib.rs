@@ -39,6 +39,7 @@ macro_rules! is_planted {
 }
 pub(crate) use is_planted;
 
+pub mod admin;
 pub mod backoff;
 pub mod clock;
 pub mod coverage;

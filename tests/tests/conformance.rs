@@ -21,14 +21,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use engines::EngineKind;
+use engines::SharedStorage;
 use keel::clock::{Clock, ManualClock, Timestamp};
+use keel::storage::admin::{DISCARD_REASON, LIST_LIMIT_MAX};
 use keel::storage::job::{
-    ATTEMPTS_MAX, ERRORS_KEPT_MAX, NAME_LEN_MAX, PAYLOAD_BYTES_MAX, UNIQUE_KEY_LEN_MAX,
+    ATTEMPTS_KEPT_MAX, ATTEMPTS_MAX, ERRORS_KEPT_MAX, NAME_LEN_MAX, PAYLOAD_BYTES_MAX,
+    UNIQUE_KEY_LEN_MAX,
 };
 use keel::storage::{
-    CancelResult, Claim, EffectResult, EnqueueOutcome, EnqueueRequest, Finalize, FinalizeResult,
-    HeartbeatStatus, Job, JobId, JobState, Lease, PeriodicOutcome, QueueConfig, SharedStorage,
-    StateCounts, Storage, StorageError, StorageResult, Term,
+    AdminOutcome, AdminStorage, Attempt, AttemptOutcome, CancelResult, Claim, EffectResult,
+    EnqueueOutcome, EnqueueRequest, Finalize, FinalizeResult, HeartbeatStatus, Job, JobFilter,
+    JobId, JobPage, JobState, Lease, PeriodicOutcome, QueueConfig, QueueSummary, ScheduleRecord,
+    StateCounts, StorageError, StorageResult, Term,
 };
 use libtest_mimic::{Arguments, Failed};
 use serde_json::json;
@@ -43,7 +47,7 @@ struct Store {
 impl Store {
     /// Set storage's clock to `now` and hand back the store:
     /// `s.now(at(5)).heartbeat(c, "w")` is a heartbeat judged at `at(5)`.
-    fn now(&self, now: Timestamp) -> &dyn Storage {
+    fn now(&self, now: Timestamp) -> &dyn AdminStorage {
         self.clock.set(now);
         &*self.store
     }
@@ -51,7 +55,7 @@ impl Store {
 
 /// Calls that do not read the clock go straight to the store.
 impl Deref for Store {
-    type Target = dyn Storage;
+    type Target = dyn AdminStorage;
 
     fn deref(&self) -> &Self::Target {
         &*self.store
@@ -148,6 +152,23 @@ fn cases() -> Vec<Case> {
         validation_of_enqueue_names_the_field,
         validation_of_leases_names_the_field,
         validation_of_claims_effects_periodics_and_queues_names_the_field,
+        // Attempts.
+        attempts_record_a_retry_then_a_completion,
+        attempts_record_a_lost_worker_and_each_ending,
+        attempts_keep_the_newest_records,
+        attempts_keep_owners_and_errors_of_any_characters,
+        // The operator's calls.
+        admin_list_jobs_filters_by_state_queue_and_kind,
+        admin_list_jobs_pages_newest_first,
+        admin_list_jobs_validation_names_the_field,
+        admin_list_effects_by_key,
+        admin_list_queues_counts_jobs_and_shows_settings,
+        admin_list_leases_by_name,
+        admin_list_schedules_keeps_each_latest_slot,
+        admin_retry_makes_a_job_that_is_not_running_due_now,
+        admin_changes_leave_a_running_job_to_its_claim,
+        admin_discard_ends_a_job_that_waits,
+        admin_delete_removes_a_job_and_its_effects,
     ]
 }
 
@@ -176,6 +197,8 @@ fn main() {
 
 const T0: Timestamp = Timestamp(1_700_000_000_000);
 const TTL: Duration = Duration::from_secs(10);
+/// The schedule text periodic slots are fired with.
+const EVERY_MINUTE: &str = "every 60s";
 
 fn at(ms: i64) -> Timestamp {
     Timestamp(T0.0 + ms)
@@ -222,6 +245,38 @@ fn fresh(id: u64, req: &EnqueueRequest, now: Timestamp) -> Job {
         finalized_attempt: None,
         errors: Vec::new(),
         unique_key: req.unique_key.clone(),
+        attempts: Vec::new(),
+    }
+}
+
+/// The record of attempt `attempt`, claimed by `owner` at `started_at` and
+/// still running.
+fn started(attempt: u32, owner: &str, started_at: Timestamp) -> Attempt {
+    Attempt {
+        attempt,
+        owner: owner.into(),
+        started_at,
+        ended_at: None,
+        outcome: None,
+        error: None,
+    }
+}
+
+/// The record of attempt `attempt`, claimed by `owner` at `started_at`, that
+/// ended at `ended_at` with `outcome` (and `error`).
+fn ended(
+    attempt: u32,
+    owner: &str,
+    started_at: Timestamp,
+    ended_at: Timestamp,
+    outcome: AttemptOutcome,
+    error: Option<&str>,
+) -> Attempt {
+    Attempt {
+        ended_at: Some(ended_at),
+        outcome: Some(outcome),
+        error: error.map(Into::into),
+        ..started(attempt, owner, started_at)
     }
 }
 
@@ -542,6 +597,7 @@ async fn enqueue_assigns_ids_in_order_and_keeps_the_request(s: Store) -> Outcome
         finalized_attempt: None,
         errors: Vec::new(),
         unique_key: Some("welcome:1".into()),
+        attempts: Vec::new(),
     };
     assert_eq!(job(&s, JobId(1)).await?, expected);
     assert_eq!(job(&s, JobId(2)).await?, fresh(2, &second, at(1)));
@@ -699,7 +755,7 @@ async fn claim_skips_a_paused_queue_until_unpaused(s: Store) -> Outcome {
     enqueue(&s, req().queue("other"), T0).await?;
     let mut config = QueueConfig {
         name: "mail".into(),
-        workers: 2,
+        workers: Some(2),
         paused: true,
     };
     s.set_queue(config.clone()).await?;
@@ -746,6 +802,7 @@ async fn claim_starts_a_new_attempt(s: Store) -> Outcome {
         attempt: 1,
         owner: Some("w1".into()),
         heartbeat_at: Some(at(7)),
+        attempts: vec![started(1, "w1", at(7))],
         ..fresh(1, &r, T0)
     };
     assert_eq!(claimed, expected);
@@ -763,6 +820,10 @@ async fn claim_starts_a_new_attempt(s: Store) -> Outcome {
         scheduled_at: at(8),
         finalized_attempt: Some(1),
         errors: vec!["boom".into()],
+        attempts: vec![
+            ended(1, "w1", at(7), at(8), AttemptOutcome::Failed, Some("boom")),
+            started(2, "w2", at(9)),
+        ],
         ..fresh(1, &r, T0)
     };
     assert_eq!(second, expected);
@@ -781,6 +842,7 @@ async fn heartbeat_alive_refreshes_the_claim(s: Store) -> Outcome {
     );
     let expected = Job {
         heartbeat_at: Some(at(5)),
+        attempts: vec![started(1, "w", at(0))],
         ..claimed
     };
     assert_eq!(job(&s, c.job).await?, expected);
@@ -871,6 +933,7 @@ async fn finalize_completed_ends_the_job(s: Store) -> Outcome {
         heartbeat_at: None,
         finalized_at: Some(at(5)),
         finalized_attempt: Some(1),
+        attempts: vec![ended(1, "w", at(0), at(5), AttemptOutcome::Completed, None)],
         ..claimed
     };
     assert_eq!(job(&s, c.job).await?, expected);
@@ -894,6 +957,14 @@ async fn finalize_retry_records_the_error_and_waits(s: Store) -> Outcome {
         scheduled_at: at(5_005),
         finalized_attempt: Some(1),
         errors: vec!["boom".into()],
+        attempts: vec![ended(
+            1,
+            "w",
+            at(0),
+            at(5),
+            AttemptOutcome::Failed,
+            Some("boom"),
+        )],
         ..claimed
     };
     assert_eq!(job(&s, c.job).await?, expected);
@@ -921,6 +992,14 @@ async fn finalize_discard_ends_the_job(s: Store) -> Outcome {
         finalized_at: Some(at(5)),
         finalized_attempt: Some(1),
         errors: vec!["bad input".into()],
+        attempts: vec![ended(
+            1,
+            "w",
+            at(0),
+            at(5),
+            AttemptOutcome::Discarded,
+            Some("bad input"),
+        )],
         ..claimed
     };
     assert_eq!(job(&s, c.job).await?, expected);
@@ -942,6 +1021,7 @@ async fn finalize_snooze_gives_back_an_attempt(s: Store) -> Outcome {
         scheduled_at: at(505),
         max_attempts: 2,
         finalized_attempt: Some(1),
+        attempts: vec![ended(1, "w", at(0), at(5), AttemptOutcome::Snoozed, None)],
         ..claimed
     };
     assert_eq!(job(&s, c.job).await?, expected);
@@ -972,6 +1052,14 @@ async fn finalize_cancel_ends_the_job(s: Store) -> Outcome {
         finalized_at: Some(at(5)),
         finalized_attempt: Some(1),
         errors: vec!["operator said stop".into()],
+        attempts: vec![ended(
+            1,
+            "w",
+            at(0),
+            at(5),
+            AttemptOutcome::Cancelled,
+            Some("operator said stop"),
+        )],
         ..claimed
     };
     assert_eq!(job(&s, c.job).await?, expected);
@@ -1255,6 +1343,7 @@ async fn cancel_of_a_running_job_is_requested(s: Store) -> Outcome {
     );
     let expected = Job {
         cancel_requested: true,
+        attempts: vec![started(1, "w", at(0))],
         ..claimed
     };
     assert_eq!(job(&s, c.job).await?, expected);
@@ -1301,6 +1390,14 @@ async fn cancel_request_survives_a_rescue(s: Store) -> Outcome {
         cancel_requested: true,
         finalized_at: Some(at(60_001)),
         errors: vec!["attempt 1 lost its worker".into()],
+        attempts: vec![ended(
+            1,
+            "w",
+            at(0),
+            at(60_001),
+            AttemptOutcome::Lost,
+            Some("attempt 1 lost its worker"),
+        )],
         ..claimed
     };
     assert_eq!(job(&s, c.job).await?, expected);
@@ -1331,6 +1428,14 @@ async fn rescue_returns_stale_claims_by_id_and_makes_them_due(s: Store) -> Outco
         heartbeat_at: None,
         scheduled_at: at(60_000),
         errors: vec!["attempt 1 lost its worker".into()],
+        attempts: vec![ended(
+            1,
+            "w",
+            at(0),
+            at(60_000),
+            AttemptOutcome::Lost,
+            Some("attempt 1 lost its worker"),
+        )],
         ..claimed[0].clone()
     };
     assert_eq!(job(&s, JobId(1)).await?, expected);
@@ -1357,6 +1462,14 @@ async fn rescue_discards_a_job_whose_attempts_are_spent(s: Store) -> Outcome {
         heartbeat_at: None,
         finalized_at: Some(at(60_001)),
         errors: vec!["attempt 1 lost its worker".into()],
+        attempts: vec![ended(
+            1,
+            "w",
+            at(0),
+            at(60_001),
+            AttemptOutcome::Lost,
+            Some("attempt 1 lost its worker"),
+        )],
         ..claimed
     };
     assert_eq!(job(&s, c.job).await?, expected);
@@ -1477,7 +1590,17 @@ async fn cleanup_keeps_a_periodic_slot_fired(s: Store) -> Outcome {
         .try_acquire("maintainer", "n1", TTL)
         .await?
         .expect("granted");
-    let fire = || s.fire_periodic("digest", at(60_000), "maintainer", "n1", lease.term, req());
+    let fire = || {
+        s.fire_periodic(
+            "digest",
+            at(60_000),
+            EVERY_MINUTE,
+            "maintainer",
+            "n1",
+            lease.term,
+            req(),
+        )
+    };
     assert_eq!(fire().await?, PeriodicOutcome::Fired(JobId(1)));
     let c = claim_of(&claim_one(&s, "w", at(1)).await?);
     s.now(at(2)).finalize(c, "w", Finalize::Completed).await?;
@@ -1561,14 +1684,14 @@ async fn queue_settings_round_trip(s: Store) -> Outcome {
     assert_eq!(s.get_queue("mail").await?, None);
     let config = QueueConfig {
         name: "mail".into(),
-        workers: 3,
+        workers: Some(3),
         paused: false,
     };
     s.set_queue(config.clone()).await?;
     assert_eq!(s.get_queue("mail").await?, Some(config));
     let replaced = QueueConfig {
         name: "mail".into(),
-        workers: 5,
+        workers: Some(5),
         paused: true,
     };
     s.set_queue(replaced.clone()).await?;
@@ -1583,7 +1706,15 @@ async fn fire_periodic_fires_each_slot_once_for_the_current_term(s: Store) -> Ou
     s.now(T0).try_acquire("maintainer", "a", TTL).await?;
     let slot = at(60_000);
     let fire = |name: &'static str, slot, holder: &'static str, term, r| {
-        s.fire_periodic(name, slot, "maintainer", holder, Term(term), r)
+        s.fire_periodic(
+            name,
+            slot,
+            EVERY_MINUTE,
+            "maintainer",
+            holder,
+            Term(term),
+            r,
+        )
     };
     let digest = EnqueueRequest::new("digest", json!({"slot": 1})).queue("cron");
     assert_eq!(
@@ -1610,7 +1741,7 @@ async fn fire_periodic_fires_each_slot_once_for_the_current_term(s: Store) -> Ou
     assert_eq!(fire("digest", slot, "a", 0, req()).await?, stale);
     assert_eq!(fire("new", slot, "b", 1, req()).await?, stale);
     let no_lease = s
-        .fire_periodic("new", slot, "absent", "a", Term(1), req())
+        .fire_periodic("new", slot, EVERY_MINUTE, "absent", "a", Term(1), req())
         .await?;
     assert_eq!(no_lease, stale);
     s.resign("maintainer", "a", Term(1)).await?;
@@ -1671,7 +1802,9 @@ async fn validation_of_enqueue_names_the_field(s: Store) -> Outcome {
             expected,
             "batch: {what}"
         );
-        let fired = s.fire_periodic("p", T0, "m", "a", Term(1), r).await;
+        let fired = s
+            .fire_periodic("p", T0, EVERY_MINUTE, "m", "a", Term(1), r)
+            .await;
         assert_eq!(field(fired), expected, "periodic: {what}");
     }
     assert_eq!(s.count_by_state().await?, StateCounts::default());
@@ -1692,7 +1825,9 @@ async fn validation_of_enqueue_names_the_field(s: Store) -> Outcome {
         assert_eq!(enqueue(&s, r.clone(), T0).await?, JobId(id));
         assert_eq!(job(&s, JobId(id)).await?, fresh(id, &r, T0));
     }
-    let fired = s.fire_periodic("p", T0, "m", "a", Term(1), req()).await?;
+    let fired = s
+        .fire_periodic("p", T0, EVERY_MINUTE, "m", "a", Term(1), req())
+        .await?;
     assert_eq!(fired, PeriodicOutcome::Fired(JobId(7)));
     Ok(())
 }
@@ -1746,16 +1881,894 @@ async fn validation_of_claims_effects_periodics_and_queues_names_the_field(s: St
     assert_eq!(s.get_effect(c.job, "a b").await?, None);
     s.try_acquire("m", "a", TTL).await?;
     for name in ["", "a b"] {
-        let fired = s.fire_periodic(name, T0, "m", "a", Term(1), req()).await;
+        let fired = s
+            .fire_periodic(name, T0, EVERY_MINUTE, "m", "a", Term(1), req())
+            .await;
         assert_eq!(field(fired), "periodic name");
     }
     let bad_queue = QueueConfig {
         name: "".into(),
-        workers: 1,
+        workers: Some(1),
         paused: true,
     };
     assert_eq!(field(s.set_queue(bad_queue).await), "queue");
     assert_eq!(s.get_queue("").await?, None);
     assert_eq!(s.count_by_state().await?, counts(&[(JobState::Running, 1)]));
+    Ok(())
+}
+
+// ---------------------------------------------------------------- attempts
+
+async fn attempts_record_a_retry_then_a_completion(s: Store) -> Outcome {
+    enqueue(&s, req().max_attempts(3), T0).await?;
+    let first = claim_one(&s, "w1", at(1)).await?;
+    let c1 = claim_of(&first);
+    let running_one = started(1, "w1", at(1));
+    assert_eq!(first.attempts, vec![running_one.clone()], "the claimed row");
+    // Heartbeats and refused finalizes leave the record alone.
+    s.now(at(2)).heartbeat(c1, "w1").await?;
+    assert_eq!(
+        s.now(at(2)).finalize(c1, "x", Finalize::Completed).await?,
+        FinalizeResult::Stale
+    );
+    assert_eq!(job(&s, c1.job).await?.attempts, vec![running_one]);
+    s.now(at(3))
+        .finalize(c1, "w1", retry("boom", Duration::ZERO))
+        .await?;
+    let one = ended(1, "w1", at(1), at(3), AttemptOutcome::Failed, Some("boom"));
+    assert_eq!(job(&s, c1.job).await?.attempts, vec![one.clone()]);
+    assert_eq!(
+        s.now(at(4))
+            .finalize(c1, "w1", retry("boom", Duration::ZERO))
+            .await?,
+        FinalizeResult::AlreadyFinalized
+    );
+    assert_eq!(job(&s, c1.job).await?.attempts, vec![one.clone()]);
+    s.now(at(4)).promote_due().await?;
+    let second = claim_one(&s, "w2", at(5)).await?;
+    let c2 = claim_of(&second);
+    assert_eq!(second.attempts, vec![one.clone(), started(2, "w2", at(5))]);
+    s.now(at(6)).finalize(c2, "w2", Finalize::Completed).await?;
+    let two = ended(2, "w2", at(5), at(6), AttemptOutcome::Completed, None);
+    assert_eq!(
+        job(&s, c1.job).await?.attempts,
+        vec![one.clone(), two.clone()]
+    );
+    assert_eq!(
+        s.now(at(7)).finalize(c2, "w2", Finalize::Completed).await?,
+        FinalizeResult::AlreadyFinalized
+    );
+    let listed = s.list_jobs(JobFilter::all(1)).await?;
+    assert_eq!(listed.jobs, vec![job(&s, c1.job).await?]);
+    assert_eq!(listed.jobs[0].attempts, vec![one, two]);
+    // A completion that claims the next job in the same call records both.
+    enqueue(&s, req(), at(8)).await?; // 2
+    enqueue(&s, req(), at(8)).await?; // 3
+    let c = claim_of(&claim_one(&s, "w", at(9)).await?);
+    assert_eq!(c.job, JobId(2));
+    let (result, next) = s
+        .now(at(10))
+        .finalize_and_claim(c, "w", Finalize::Completed, "mail", 1)
+        .await?;
+    assert_eq!(result, FinalizeResult::Applied);
+    assert_eq!(
+        job(&s, JobId(2)).await?.attempts,
+        vec![ended(
+            1,
+            "w",
+            at(9),
+            at(10),
+            AttemptOutcome::Completed,
+            None
+        )]
+    );
+    assert_eq!(next.len(), 1);
+    assert_eq!(next[0].attempts, vec![started(1, "w", at(10))]);
+    assert_eq!(next, vec![job(&s, JobId(3)).await?]);
+    Ok(())
+}
+
+async fn attempts_record_a_lost_worker_and_each_ending(s: Store) -> Outcome {
+    enqueue(&s, req().max_attempts(3), T0).await?; // 1
+    let c1 = claim_of(&claim_one(&s, "w1", at(0)).await?);
+    assert_eq!(s.now(at(60_000)).rescue_stale(ms(30_000)).await?, vec![c1]);
+    let lost = ended(
+        1,
+        "w1",
+        at(0),
+        at(60_000),
+        AttemptOutcome::Lost,
+        Some("attempt 1 lost its worker"),
+    );
+    assert_eq!(job(&s, c1.job).await?.attempts, vec![lost.clone()]);
+    // The lost worker's late finalize is stale and records nothing.
+    assert_eq!(
+        s.now(at(60_001))
+            .finalize(c1, "w1", Finalize::Completed)
+            .await?,
+        FinalizeResult::Stale
+    );
+    assert_eq!(job(&s, c1.job).await?.attempts, vec![lost.clone()]);
+    s.now(at(60_001)).promote_due().await?;
+    let c2 = claim_of(&claim_one(&s, "w2", at(60_002)).await?);
+    let discard = Finalize::Discard {
+        error: "bad".into(),
+    };
+    s.now(at(60_003)).finalize(c2, "w2", discard).await?;
+    let discarded = ended(
+        2,
+        "w2",
+        at(60_002),
+        at(60_003),
+        AttemptOutcome::Discarded,
+        Some("bad"),
+    );
+    assert_eq!(job(&s, c1.job).await?.attempts, vec![lost, discarded]);
+    // Each other ending, on a job of its own; with a cancel requested, a
+    // failed attempt ends the job cancelled but is recorded as failed.
+    let cancel = Finalize::Cancel {
+        reason: "stop".into(),
+    };
+    let endings = [
+        (
+            Finalize::Snooze { delay: ms(10) },
+            false,
+            JobState::Scheduled,
+            AttemptOutcome::Snoozed,
+            None,
+        ),
+        (
+            cancel,
+            false,
+            JobState::Cancelled,
+            AttemptOutcome::Cancelled,
+            Some("stop"),
+        ),
+        (
+            retry("boom", ms(10)),
+            true,
+            JobState::Cancelled,
+            AttemptOutcome::Failed,
+            Some("boom"),
+        ),
+        (
+            Finalize::Completed,
+            true,
+            JobState::Completed,
+            AttemptOutcome::Completed,
+            None,
+        ),
+    ];
+    for (i, (outcome, cancel, state, ended_as, error)) in endings.into_iter().enumerate() {
+        let id = enqueue(&s, req(), at(70_000)).await?;
+        let c = claim_of(&claim_one(&s, "w", at(70_001)).await?);
+        assert_eq!(c.job, id);
+        if cancel {
+            s.now(at(70_002)).request_cancel(id).await?;
+        }
+        s.now(at(70_003)).finalize(c, "w", outcome).await?;
+        let j = job(&s, id).await?;
+        let record = ended(1, "w", at(70_001), at(70_003), ended_as, error);
+        assert_eq!((j.state, j.attempts), (state, vec![record]), "ending {i}");
+    }
+    Ok(())
+}
+
+async fn attempts_keep_the_newest_records(s: Store) -> Outcome {
+    // Snoozes give each attempt back, so a job can be claimed past the cap.
+    enqueue(&s, req().max_attempts(1), T0).await?;
+    let rounds = ATTEMPTS_KEPT_MAX as u32 + 2;
+    for i in 1..=rounds {
+        let t = at(i64::from(i));
+        s.now(t).promote_due().await?;
+        let c = claim_of(&claim_one(&s, "w", t).await?);
+        assert_eq!(c.attempt, i);
+        let snooze = Finalize::Snooze {
+            delay: Duration::ZERO,
+        };
+        s.now(t).finalize(c, "w", snooze).await?;
+    }
+    let snoozed = |i: u32| {
+        let t = at(i64::from(i));
+        ended(i, "w", t, t, AttemptOutcome::Snoozed, None)
+    };
+    let kept: Vec<Attempt> = (3..=rounds).map(snoozed).collect();
+    assert_eq!(kept.len(), ATTEMPTS_KEPT_MAX);
+    assert_eq!(job(&s, JobId(1)).await?.attempts, kept, "newest last");
+    // A claim drops the oldest to make room, and its completion closes it.
+    s.now(at(1_000)).promote_due().await?;
+    let claimed = claim_one(&s, "w", at(1_000)).await?;
+    let mut expected: Vec<Attempt> = (4..=rounds).map(snoozed).collect();
+    expected.push(started(rounds + 1, "w", at(1_000)));
+    assert_eq!(claimed.attempts, expected);
+    s.now(at(1_001))
+        .finalize(claim_of(&claimed), "w", Finalize::Completed)
+        .await?;
+    expected.pop();
+    expected.push(ended(
+        rounds + 1,
+        "w",
+        at(1_000),
+        at(1_001),
+        AttemptOutcome::Completed,
+        None,
+    ));
+    assert_eq!(job(&s, JobId(1)).await?.attempts, expected);
+    Ok(())
+}
+
+/// Any string the model accepts as an owner or an error survives in the
+/// record: NUL, quotes, backslashes, newlines, non-ASCII.
+async fn attempts_keep_owners_and_errors_of_any_characters(s: Store) -> Outcome {
+    let owner = "w\0\"x\\\n\u{e9}";
+    let error = "e\0 \"quoted\" \\ \u{1F600}";
+    enqueue(&s, req().max_attempts(3), T0).await?;
+    let c1 = claim_of(&claim_one(&s, owner, at(1)).await?);
+    s.now(at(2))
+        .finalize(c1, owner, retry(error, Duration::ZERO))
+        .await?;
+    s.now(at(2)).promote_due().await?;
+    let second = claim_one(&s, owner, at(3)).await?;
+    let one = ended(1, owner, at(1), at(2), AttemptOutcome::Failed, Some(error));
+    assert_eq!(second.attempts, vec![one.clone(), started(2, owner, at(3))]);
+    s.now(at(4))
+        .finalize(claim_of(&second), owner, Finalize::Completed)
+        .await?;
+    let done = job(&s, c1.job).await?;
+    let two = ended(2, owner, at(3), at(4), AttemptOutcome::Completed, None);
+    assert_eq!(
+        (done.state, &done.attempts, &done.errors),
+        (
+            JobState::Completed,
+            &vec![one, two],
+            &vec![error.to_owned()]
+        )
+    );
+    assert_eq!(s.list_jobs(JobFilter::all(5)).await?.jobs, vec![done]);
+    Ok(())
+}
+
+// ---------------------------------------------------------------- admin
+
+/// A page's ids, newest first, and its cursor.
+fn page_ids(page: &JobPage) -> (Vec<u64>, Option<u64>) {
+    (
+        page.jobs.iter().map(|j| j.id.0).collect(),
+        page.next.map(|n| n.0),
+    )
+}
+
+async fn listed(s: &Store, filter: JobFilter) -> StorageResult<(Vec<u64>, Option<u64>)> {
+    Ok(page_ids(&s.list_jobs(filter).await?))
+}
+
+/// Jobs older than `before`, `limit` at a time.
+fn page(before: Option<u64>, limit: u32) -> JobFilter {
+    JobFilter {
+        before: before.map(JobId),
+        ..JobFilter::all(limit)
+    }
+}
+
+async fn admin_list_jobs_filters_by_state_queue_and_kind(s: Store) -> Outcome {
+    assert_eq!(s.list_jobs(JobFilter::all(10)).await?, JobPage::default());
+    enqueue(&s, req(), T0).await?; // 1: mail/email, completed
+    let report = EnqueueRequest::new("report", json!(1)).queue("mail");
+    enqueue(&s, report, T0).await?; // 2: mail/report, available
+    enqueue(&s, req().queue("q2"), T0).await?; // 3: q2/email, available
+    enqueue(&s, req().scheduled_at(at(9_000)), T0).await?; // 4: mail/email, scheduled
+    let c = claim_of(&claim_one(&s, "w", at(1)).await?);
+    assert_eq!(c.job, JobId(1));
+    s.now(at(2)).finalize(c, "w", Finalize::Completed).await?;
+    enqueue(&s, req().priority(0), at(3)).await?; // 5: mail/email, running
+    assert_eq!(claim_one(&s, "w", at(4)).await?.id, JobId(5));
+    let all = s.list_jobs(JobFilter::all(10)).await?;
+    assert_eq!(page_ids(&all), (vec![5, 4, 3, 2, 1], None));
+    for listed in &all.jobs {
+        assert_eq!(*listed, job(&s, listed.id).await?, "whole rows");
+    }
+    let by = |states: &[JobState], queue: Option<&str>, kind: Option<&str>| JobFilter {
+        states: states.to_vec(),
+        queue: queue.map(Into::into),
+        kind: kind.map(Into::into),
+        ..JobFilter::all(10)
+    };
+    use JobState::{Available, Completed, Retryable, Running, Scheduled};
+    let cases: [(JobFilter, Vec<u64>); 8] = [
+        (by(&[Available], None, None), vec![3, 2]),
+        (by(&[Scheduled, Available], None, None), vec![4, 3, 2]),
+        (by(&[Retryable], None, None), vec![]),
+        (by(&[], Some("mail"), None), vec![5, 4, 2, 1]),
+        (by(&[], None, Some("report")), vec![2]),
+        (
+            by(&[Running, Completed], Some("mail"), Some("email")),
+            vec![5, 1],
+        ),
+        (by(&[Available], Some("q2"), Some("report")), vec![]),
+        (by(&[], Some("nowhere"), None), vec![]),
+    ];
+    for (filter, ids) in cases {
+        assert_eq!(listed(&s, filter.clone()).await?, (ids, None), "{filter:?}");
+    }
+    Ok(())
+}
+
+async fn admin_list_jobs_pages_newest_first(s: Store) -> Outcome {
+    for _ in 0..7 {
+        enqueue(&s, req(), T0).await?;
+    }
+    for id in [2, 4, 6] {
+        s.now(at(1)).request_cancel(JobId(id)).await?;
+    }
+    // Each page but the last names where the next one starts.
+    let mut pages = Vec::new();
+    let mut before = None;
+    loop {
+        let listed = s.list_jobs(page(before, 3)).await?;
+        pages.push(page_ids(&listed));
+        match listed.next {
+            Some(next) => before = Some(next.0),
+            None => break,
+        }
+    }
+    assert_eq!(
+        pages,
+        vec![
+            (vec![7, 6, 5], Some(5)),
+            (vec![4, 3, 2], Some(2)),
+            (vec![1], None),
+        ]
+    );
+    // A last page filled exactly still says it is the last.
+    assert_eq!(
+        listed(&s, page(None, 7)).await?,
+        (vec![7, 6, 5, 4, 3, 2, 1], None)
+    );
+    assert_eq!(
+        listed(&s, page(None, 6)).await?,
+        (vec![7, 6, 5, 4, 3, 2], Some(2))
+    );
+    let available = |before: Option<u64>, limit| JobFilter {
+        states: vec![JobState::Available],
+        ..page(before, limit)
+    };
+    assert_eq!(listed(&s, available(None, 2)).await?, (vec![7, 5], Some(5)));
+    assert_eq!(listed(&s, available(Some(5), 2)).await?, (vec![3, 1], None));
+    let cancelled = JobFilter {
+        states: vec![JobState::Cancelled],
+        ..page(Some(6), 1)
+    };
+    assert_eq!(listed(&s, cancelled).await?, (vec![4], Some(4)));
+    // The cursor need not name a job that passes the filter, or exists.
+    assert_eq!(listed(&s, page(Some(1), 5)).await?, (vec![], None));
+    assert_eq!(listed(&s, page(Some(99), 2)).await?, (vec![7, 6], Some(6)));
+    // Jobs enqueued since come first; a cursor's pages stay where they were.
+    enqueue(&s, req(), at(2)).await?; // 8
+    assert_eq!(listed(&s, page(None, 2)).await?, (vec![8, 7], Some(7)));
+    assert_eq!(
+        listed(&s, page(Some(5), 3)).await?,
+        (vec![4, 3, 2], Some(2))
+    );
+    Ok(())
+}
+
+async fn admin_list_jobs_validation_names_the_field(s: Store) -> Outcome {
+    enqueue(&s, req(), T0).await?;
+    for limit in [0, LIST_LIMIT_MAX + 1, u32::MAX] {
+        let all = JobFilter::all(limit);
+        assert_eq!(field(s.list_jobs(all).await), "limit", "limit {limit}");
+        let filtered = JobFilter {
+            states: vec![JobState::Available],
+            queue: Some("mail".into()),
+            ..JobFilter::all(limit)
+        };
+        assert_eq!(field(s.list_jobs(filtered).await), "limit", "limit {limit}");
+    }
+    let bad_queue = JobFilter {
+        queue: Some("a b".into()),
+        ..JobFilter::all(1)
+    };
+    assert_eq!(field(s.list_jobs(bad_queue).await), "queue");
+    let bad_kind = JobFilter {
+        kind: Some(String::new()),
+        ..JobFilter::all(1)
+    };
+    assert_eq!(field(s.list_jobs(bad_kind).await), "kind");
+    // The limits themselves are accepted.
+    assert_eq!(
+        listed(&s, page(None, LIST_LIMIT_MAX)).await?,
+        (vec![1], None)
+    );
+    assert_eq!(listed(&s, page(None, 1)).await?, (vec![1], None));
+    Ok(())
+}
+
+async fn admin_list_effects_by_key(s: Store) -> Outcome {
+    let c = claim_of(&running(&s, &req()).await?);
+    assert_eq!(s.list_effects(c.job).await?, Vec::new());
+    for (key, value) in [
+        ("aa", json!(1)),
+        ("B", json!({"n": [1, 2]})),
+        ("a-b", json!("x")),
+        ("a", json!(null)),
+    ] {
+        s.apply_effect(c, "w", key, value).await?;
+    }
+    let c2 = claim_of(&running(&s, &req()).await?);
+    s.apply_effect(c2, "w", "sent", json!(2)).await?;
+    // By key in byte order, as the model keeps them ("B" before "a").
+    let expected = vec![
+        ("B".to_owned(), json!({"n": [1, 2]})),
+        ("a".to_owned(), json!(null)),
+        ("a-b".to_owned(), json!("x")),
+        ("aa".to_owned(), json!(1)),
+    ];
+    assert_eq!(s.list_effects(c.job).await?, expected);
+    assert_eq!(
+        s.list_effects(c2.job).await?,
+        vec![("sent".to_owned(), json!(2))]
+    );
+    // They outlive the attempt that wrote them, and the job's end.
+    s.now(at(1)).finalize(c, "w", Finalize::Completed).await?;
+    assert_eq!(s.list_effects(c.job).await?, expected);
+    assert_eq!(s.list_effects(JobId(99)).await?, Vec::new());
+    assert_eq!(s.list_effects(JobId(0)).await?, Vec::new());
+    Ok(())
+}
+
+async fn admin_list_queues_counts_jobs_and_shows_settings(s: Store) -> Outcome {
+    assert_eq!(s.list_queues().await?, Vec::new());
+    enqueue(&s, req(), T0).await?; // 1: mail, running
+    enqueue(&s, req(), T0).await?; // 2: mail, available
+    enqueue(&s, req(), T0).await?; // 3: mail, available
+    enqueue(&s, req().queue("q2").scheduled_at(at(9_000)), T0).await?; // 4: q2, scheduled
+    enqueue(&s, req().queue("q2"), T0).await?; // 5: q2, completed
+    claim_one(&s, "w", at(1)).await?;
+    let c = claim_of(&s.now(at(1)).claim("q2", "w", 1).await?[0]);
+    s.now(at(2)).finalize(c, "w", Finalize::Completed).await?;
+    let summary = |name: &str, pairs: &[(JobState, u64)], paused, workers| QueueSummary {
+        name: name.into(),
+        counts: counts(pairs),
+        paused,
+        workers,
+    };
+    let mail = [(JobState::Running, 1), (JobState::Available, 2)];
+    let q2 = [(JobState::Scheduled, 1), (JobState::Completed, 1)];
+    assert_eq!(
+        s.list_queues().await?,
+        vec![
+            summary("mail", &mail, false, None),
+            summary("q2", &q2, false, None),
+        ]
+    );
+    // A queue with settings is listed without jobs; workers set or not.
+    let set = |name: &str, workers, paused| QueueConfig {
+        name: name.into(),
+        workers,
+        paused,
+    };
+    s.set_queue(set("idle", None, true)).await?;
+    s.set_queue(set("mail", Some(3), false)).await?;
+    s.set_queue(set("Zeta", Some(0), false)).await?;
+    assert_eq!(
+        s.list_queues().await?,
+        vec![
+            summary("Zeta", &[], false, Some(0)),
+            summary("idle", &[], true, None),
+            summary("mail", &mail, false, Some(3)),
+            summary("q2", &q2, false, None),
+        ]
+    );
+    // Counts follow the jobs; settings are replaced whole.
+    assert_eq!(s.now(at(1_000)).cleanup(ms(10), 100).await?, 1);
+    s.set_queue(set("mail", None, true)).await?;
+    s.set_queue(set("idle", None, false)).await?;
+    assert_eq!(
+        s.list_queues().await?,
+        vec![
+            summary("Zeta", &[], false, Some(0)),
+            summary("idle", &[], false, None),
+            summary("mail", &mail, true, None),
+            summary("q2", &[(JobState::Scheduled, 1)], false, None),
+        ]
+    );
+    Ok(())
+}
+
+async fn admin_list_leases_by_name(s: Store) -> Outcome {
+    assert_eq!(s.list_leases().await?, Vec::new());
+    s.now(T0).try_acquire("m", "a", TTL).await?;
+    s.now(T0).try_acquire("Z", "b", TTL).await?;
+    s.now(T0).try_acquire("m-2", "c", TTL).await?;
+    s.resign("Z", "b", Term(1)).await?;
+    s.now(at(20_000)).try_acquire("m", "d", TTL).await?;
+    // Refused calls create nothing.
+    assert_eq!(s.now(at(20_001)).try_acquire("m", "e", TTL).await?, None);
+    assert!(!s.now(at(20_001)).renew("absent", "a", Term(1), TTL).await?);
+    let lease = |name: &str, term, holder: Option<&str>, expires_at| Lease {
+        name: name.into(),
+        term: Term(term),
+        holder: holder.map(Into::into),
+        expires_at,
+    };
+    let leases = s.list_leases().await?;
+    assert_eq!(
+        leases,
+        vec![
+            lease("Z", 1, None, at(10_000)),
+            lease("m", 2, Some("d"), at(30_000)),
+            lease("m-2", 1, Some("c"), at(10_000)),
+        ]
+    );
+    for l in leases {
+        assert_eq!(s.get_lease(&l.name).await?, Some(l));
+    }
+    Ok(())
+}
+
+async fn admin_list_schedules_keeps_each_latest_slot(s: Store) -> Outcome {
+    assert_eq!(s.list_schedules().await?, Vec::new());
+    s.now(T0).try_acquire("maintainer", "a", TTL).await?;
+    let fire = |name: &'static str, slot, schedule: &'static str, r| {
+        s.fire_periodic(name, slot, schedule, "maintainer", "a", Term(1), r)
+    };
+    let record = |name: &str, schedule: &str, r: &EnqueueRequest, slot, job| ScheduleRecord {
+        name: name.into(),
+        schedule: schedule.into(),
+        queue: r.queue.clone(),
+        kind: r.kind.clone(),
+        last_slot: slot,
+        last_job: JobId(job),
+    };
+    let digest = EnqueueRequest::new("digest", json!(1)).queue("cron");
+    assert_eq!(
+        fire("digest", at(120_000), EVERY_MINUTE, digest.clone()).await?,
+        PeriodicOutcome::Fired(JobId(1))
+    );
+    let latest = record("digest", EVERY_MINUTE, &digest, at(120_000), 1);
+    assert_eq!(s.list_schedules().await?, vec![latest.clone()]);
+    // An earlier slot fired afterwards (a slow leader's) inserts its job but
+    // leaves the record; a slot fired before, or a refused call, changes nothing.
+    assert_eq!(
+        fire("digest", at(60_000), "every 30s", req()).await?,
+        PeriodicOutcome::Fired(JobId(2))
+    );
+    assert_eq!(
+        fire("digest", at(120_000), "every 30s", req()).await?,
+        PeriodicOutcome::AlreadyFired(JobId(1))
+    );
+    for name in ["digest", "other"] {
+        let refused = s
+            .fire_periodic(
+                name,
+                at(180_000),
+                "every 30s",
+                "maintainer",
+                "b",
+                Term(1),
+                req(),
+            )
+            .await?;
+        assert_eq!(refused, PeriodicOutcome::StaleTerm);
+    }
+    assert_eq!(s.list_schedules().await?, vec![latest]);
+    // A later slot takes the record over, its schedule, queue and kind too.
+    let hourly = "cron 0 0 * * * *";
+    assert_eq!(
+        fire("digest", at(180_000), hourly, req()).await?,
+        PeriodicOutcome::Fired(JobId(3))
+    );
+    assert_eq!(
+        fire("report", at(60_000), EVERY_MINUTE, req()).await?,
+        PeriodicOutcome::Fired(JobId(4))
+    );
+    assert_eq!(
+        fire("Zed", at(60_000), EVERY_MINUTE, req()).await?,
+        PeriodicOutcome::Fired(JobId(5))
+    );
+    // A slot whose job's unique key is taken records the existing job.
+    enqueue(&s, req().unique_key("once"), at(1)).await?; // 6
+    assert_eq!(
+        fire("keyed", at(60_000), EVERY_MINUTE, req().unique_key("once")).await?,
+        PeriodicOutcome::Fired(JobId(6))
+    );
+    // By name in byte order ("Zed" before "digest"); a record outlives its job.
+    assert_eq!(s.delete_job(JobId(3)).await?, AdminOutcome::Done);
+    assert_eq!(
+        s.list_schedules().await?,
+        vec![
+            record("Zed", EVERY_MINUTE, &req(), at(60_000), 5),
+            record("digest", hourly, &req(), at(180_000), 3),
+            record("keyed", EVERY_MINUTE, &req(), at(60_000), 6),
+            record("report", EVERY_MINUTE, &req(), at(60_000), 4),
+        ]
+    );
+    Ok(())
+}
+
+async fn admin_retry_makes_a_job_that_is_not_running_due_now(s: Store) -> Outcome {
+    enqueue(&s, req().max_attempts(1), T0).await?; // 1: discarded, attempts spent
+    let c = claim_of(&claim_one(&s, "w", at(1)).await?);
+    let discard = Finalize::Discard {
+        error: "bad".into(),
+    };
+    s.now(at(2)).finalize(c, "w", discard).await?;
+    enqueue(&s, req().max_attempts(3), at(3)).await?; // 2: completed
+    let c = claim_of(&claim_one(&s, "w", at(4)).await?);
+    s.now(at(5)).finalize(c, "w", Finalize::Completed).await?;
+    enqueue(&s, req(), at(6)).await?; // 3: retryable, not yet due
+    let c = claim_of(&claim_one(&s, "w", at(7)).await?);
+    s.now(at(8))
+        .finalize(c, "w", retry("boom", ms(9_000)))
+        .await?;
+    enqueue(&s, req(), at(9)).await?; // 4: cancelled before it ran
+    s.now(at(9)).request_cancel(JobId(4)).await?;
+    enqueue(&s, req().scheduled_at(at(9_000)), at(9)).await?; // 5: scheduled
+    enqueue(&s, req(), at(9)).await?; // 6: cancelled through a rescue
+    let c = claim_of(&claim_one(&s, "w", at(9)).await?);
+    assert_eq!(c.job, JobId(6));
+    s.now(at(10)).request_cancel(JobId(6)).await?;
+    s.now(at(60_000)).rescue_stale(ms(30_000)).await?;
+    enqueue(&s, req(), at(60_000)).await?; // 7: available and due
+    enqueue(&s, req(), at(70_000)).await?; // 8: available, due later (the clock stepped back)
+    assert_eq!(
+        job(&s, JobId(1)).await?.attempts,
+        vec![ended(
+            1,
+            "w",
+            at(1),
+            at(2),
+            AttemptOutcome::Discarded,
+            Some("bad")
+        )]
+    );
+    let now = at(60_010);
+    for id in [1, 2, 3, 4, 5, 6, 8] {
+        let before = job(&s, JobId(id)).await?;
+        assert_eq!(
+            s.now(now).retry_job(JobId(id)).await?,
+            AdminOutcome::Done,
+            "job {id}"
+        );
+        // Its history stays; only a job whose attempts are spent gets one more.
+        let expected = Job {
+            state: JobState::Available,
+            scheduled_at: now,
+            finalized_at: None,
+            cancel_requested: false,
+            max_attempts: if id == 1 { 2 } else { before.max_attempts },
+            ..before
+        };
+        assert_eq!(job(&s, JobId(id)).await?, expected, "job {id}");
+    }
+    let due = job(&s, JobId(7)).await?;
+    assert_eq!(
+        s.now(now).retry_job(JobId(7)).await?,
+        AdminOutcome::Unchanged
+    );
+    assert_eq!(
+        s.now(now).retry_job(JobId(1)).await?,
+        AdminOutcome::Unchanged
+    );
+    assert_eq!(job(&s, JobId(7)).await?, due);
+    assert_eq!(
+        s.now(now).retry_job(JobId(99)).await?,
+        AdminOutcome::NotFound
+    );
+    // Every one of them is claimable at once, in claim order.
+    assert_eq!(
+        ids_claimed(&s, "mail", 10, now).await?,
+        vec![7, 1, 2, 3, 4, 5, 6, 8]
+    );
+    let again = job(&s, JobId(1)).await?;
+    assert_eq!(
+        (again.attempt, again.max_attempts, again.attempts),
+        (
+            2,
+            2,
+            vec![
+                ended(1, "w", at(1), at(2), AttemptOutcome::Discarded, Some("bad")),
+                started(2, "w", now),
+            ]
+        )
+    );
+    let c = claim_of(&job(&s, JobId(1)).await?);
+    assert_eq!(
+        s.now(at(60_011))
+            .finalize(c, "w", Finalize::Completed)
+            .await?,
+        FinalizeResult::Applied
+    );
+    Ok(())
+}
+
+async fn admin_changes_leave_a_running_job_to_its_claim(s: Store) -> Outcome {
+    let claimed = running(&s, &req()).await?;
+    let c = claim_of(&claimed);
+    s.apply_effect(c, "w", "sent", json!(1)).await?;
+    assert_eq!(s.now(at(1)).retry_job(c.job).await?, AdminOutcome::Running);
+    assert_eq!(
+        s.now(at(2)).discard_job(c.job).await?,
+        AdminOutcome::Running
+    );
+    assert_eq!(s.now(at(3)).delete_job(c.job).await?, AdminOutcome::Running);
+    assert_eq!(job(&s, c.job).await?, claimed, "nothing changed");
+    assert_eq!(
+        s.list_effects(c.job).await?,
+        vec![("sent".to_owned(), json!(1))]
+    );
+    // The claim carries on as though no one had asked.
+    assert_eq!(
+        s.now(at(4)).heartbeat(c, "w").await?,
+        HeartbeatStatus::Alive
+    );
+    assert_eq!(
+        s.now(at(5)).finalize(c, "w", Finalize::Completed).await?,
+        FinalizeResult::Applied
+    );
+    let done = job(&s, c.job).await?;
+    assert_eq!(
+        (done.state, done.attempts),
+        (
+            JobState::Completed,
+            vec![ended(1, "w", at(0), at(5), AttemptOutcome::Completed, None)]
+        )
+    );
+    // A running job asked to cancel is left to its claim as well.
+    let claimed = running(&s, &req()).await?;
+    let c = claim_of(&claimed);
+    s.now(at(6)).request_cancel(c.job).await?;
+    let asked = job(&s, c.job).await?;
+    assert_eq!(s.now(at(7)).retry_job(c.job).await?, AdminOutcome::Running);
+    assert_eq!(
+        s.now(at(7)).discard_job(c.job).await?,
+        AdminOutcome::Running
+    );
+    assert_eq!(job(&s, c.job).await?, asked);
+    assert_eq!(
+        s.now(at(8)).heartbeat(c, "w").await?,
+        HeartbeatStatus::CancelRequested
+    );
+    Ok(())
+}
+
+async fn admin_discard_ends_a_job_that_waits(s: Store) -> Outcome {
+    enqueue(&s, req(), T0).await?; // 1: retryable
+    let c = claim_of(&claim_one(&s, "w", at(0)).await?);
+    s.now(at(1))
+        .finalize(c, "w", retry("boom", ms(9_000)))
+        .await?;
+    enqueue(&s, req(), T0).await?; // 2: completed
+    let c = claim_of(&claim_one(&s, "w", at(1)).await?);
+    s.now(at(2)).finalize(c, "w", Finalize::Completed).await?;
+    enqueue(&s, req(), T0).await?; // 3: discarded
+    let c = claim_of(&claim_one(&s, "w", at(2)).await?);
+    let discard = Finalize::Discard {
+        error: "bad".into(),
+    };
+    s.now(at(3)).finalize(c, "w", discard).await?;
+    enqueue(&s, req(), at(3)).await?; // 4: cancelled
+    s.now(at(3)).request_cancel(JobId(4)).await?;
+    enqueue(&s, req().scheduled_at(at(9_000)), at(3)).await?; // 5: scheduled
+    enqueue(&s, req(), at(3)).await?; // 6: available
+    for id in [1, 5, 6] {
+        let before = job(&s, JobId(id)).await?;
+        assert_eq!(
+            s.now(at(10)).discard_job(JobId(id)).await?,
+            AdminOutcome::Done,
+            "job {id}"
+        );
+        let mut errors = before.errors.clone();
+        errors.push(DISCARD_REASON.into());
+        let expected = Job {
+            state: JobState::Discarded,
+            finalized_at: Some(at(10)),
+            errors,
+            ..before
+        };
+        assert_eq!(job(&s, JobId(id)).await?, expected, "job {id}");
+    }
+    let one = job(&s, JobId(1)).await?;
+    assert_eq!(
+        (one.errors, one.attempts),
+        (
+            vec!["boom".to_owned(), DISCARD_REASON.to_owned()],
+            vec![ended(
+                1,
+                "w",
+                at(0),
+                at(1),
+                AttemptOutcome::Failed,
+                Some("boom")
+            )]
+        ),
+        "no attempt ran, so none is recorded"
+    );
+    // A finished job keeps its outcome.
+    for id in [1, 2, 3, 4] {
+        let before = job(&s, JobId(id)).await?;
+        assert_eq!(
+            s.now(at(11)).discard_job(JobId(id)).await?,
+            AdminOutcome::AlreadyFinished,
+            "job {id}"
+        );
+        assert_eq!(job(&s, JobId(id)).await?, before, "job {id}");
+    }
+    assert_eq!(
+        s.now(at(11)).discard_job(JobId(99)).await?,
+        AdminOutcome::NotFound
+    );
+    // Nothing discarded runs, until an operator retries it.
+    assert_eq!(s.now(at(10_000)).promote_due().await?, 0);
+    assert_eq!(
+        ids_claimed(&s, "mail", 10, at(10_000)).await?,
+        Vec::<u64>::new()
+    );
+    assert_eq!(
+        s.now(at(10_000)).retry_job(JobId(5)).await?,
+        AdminOutcome::Done
+    );
+    assert_eq!(ids_claimed(&s, "mail", 10, at(10_000)).await?, vec![5]);
+    Ok(())
+}
+
+async fn admin_delete_removes_a_job_and_its_effects(s: Store) -> Outcome {
+    let c = claim_of(&running(&s, &req()).await?); // 1: completed, with effects
+    s.apply_effect(c, "w", "sent", json!(1)).await?;
+    s.apply_effect(c, "w", "logged", json!(2)).await?;
+    s.now(at(1)).finalize(c, "w", Finalize::Completed).await?;
+    enqueue(&s, req().unique_key("k"), at(1)).await?; // 2: available, keyed
+    let lease = s
+        .now(at(1))
+        .try_acquire("maintainer", "n1", TTL)
+        .await?
+        .expect("granted");
+    let fire = || {
+        s.fire_periodic(
+            "digest",
+            at(60_000),
+            EVERY_MINUTE,
+            "maintainer",
+            "n1",
+            lease.term,
+            req(),
+        )
+    };
+    assert_eq!(fire().await?, PeriodicOutcome::Fired(JobId(3))); // 3: available
+    enqueue(&s, req().scheduled_at(at(9_000)), at(1)).await?; // 4: scheduled
+    enqueue(&s, req().queue("q2"), at(1)).await?; // 5: stays
+    for id in [1, 2, 3, 4] {
+        assert_eq!(
+            s.now(at(2)).delete_job(JobId(id)).await?,
+            AdminOutcome::Done,
+            "job {id}"
+        );
+        assert_eq!(s.get_job(JobId(id)).await?, None, "job {id}");
+        assert_eq!(
+            s.now(at(2)).delete_job(JobId(id)).await?,
+            AdminOutcome::NotFound,
+            "job {id}"
+        );
+    }
+    assert_eq!(s.list_effects(JobId(1)).await?, Vec::new());
+    assert_eq!(s.get_effect(JobId(1), "sent").await?, None);
+    assert_eq!(
+        s.now(at(2)).delete_job(JobId(99)).await?,
+        AdminOutcome::NotFound
+    );
+    assert_eq!(listed(&s, page(None, 10)).await?, (vec![5], None));
+    assert_eq!(
+        s.count_by_state().await?,
+        counts(&[(JobState::Available, 1)])
+    );
+    assert_eq!(s.list_unfinished(10).await?, vec![JobId(5)]);
+    // Its key is free again, its id never reused; its slot stays fired.
+    assert_eq!(
+        s.now(at(3)).enqueue(req().unique_key("k")).await?,
+        EnqueueOutcome::Inserted(JobId(6))
+    );
+    assert_eq!(fire().await?, PeriodicOutcome::AlreadyFired(JobId(3)));
+    // Nothing of the deleted jobs is claimed.
+    assert_eq!(ids_claimed(&s, "mail", 10, at(10_000)).await?, vec![6]);
     Ok(())
 }

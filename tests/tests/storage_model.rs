@@ -1,8 +1,10 @@
 //! Model-based property test: random sequences of storage calls and clock moves
 //! run side by side on the model (`MemStorage`) and on each engine of
-//! [`engines::EngineKind::ALL`], through [`keel::storage::ops::apply`], and every
-//! reply must be equal. A mismatch fails with the op's index, the op and both
-//! replies, and proptest shrinks the sequence to a minimal one.
+//! [`engines::EngineKind::ALL`], through [`keel::storage::ops::apply_admin`]
+//! (the runtime's calls and the operator's), and every reply must be equal. A
+//! mismatch fails with the op's index, the op and both replies, and proptest
+//! shrinks the sequence to a minimal one. Every op and reply must also survive
+//! the JSON a wire carries them in.
 //!
 //! Storage judges time on its own clock, so the model and the engine share one
 //! [`ManualClock`], set to the run's time before every call; steps pass only
@@ -22,12 +24,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use engines::EngineKind;
+use engines::{EngineKind, SharedStorage};
 use keel::clock::{ManualClock, SharedClock, Timestamp};
-use keel::storage::ops::{apply, Op, Remote, Reply, Transport};
+use keel::storage::admin::LIST_LIMIT_MAX;
+use keel::storage::ops::{apply_admin, Op, Remote, Reply, Transport};
 use keel::storage::{
-    Claim, EnqueueRequest, Finalize, JobId, JobStore, MemStorage, PeriodicOutcome, QueueConfig,
-    SharedStorage, Storage, StorageResult, Term,
+    AdminStorage, Claim, EnqueueRequest, Finalize, JobFilter, JobId, JobState, JobStore,
+    MemStorage, PeriodicOutcome, QueueConfig, StorageResult, Term,
 };
 use libtest_mimic::{Arguments, Failed, Trial};
 use proptest::prelude::*;
@@ -108,8 +111,8 @@ where
 /// storage's clock, which both stores read: set to the run's time before each
 /// call.
 async fn compare(
-    model: &dyn Storage,
-    engine: &dyn Storage,
+    model: &dyn AdminStorage,
+    engine: &dyn AdminStorage,
     clock: &ManualClock,
     steps: &[Step],
 ) -> Result<(), String> {
@@ -121,9 +124,19 @@ async fn compare(
         let want = same(model, engine, op, &at).await?;
         run.observe(&want);
     }
-    let mut finale = vec![Op::CountByState, Op::ListUnfinished { limit: u32::MAX }];
+    let mut finale = vec![
+        Op::CountByState,
+        Op::ListUnfinished { limit: u32::MAX },
+        Op::ListJobs {
+            filter: JobFilter::all(LIST_LIMIT_MAX),
+        },
+        Op::ListQueues,
+        Op::ListLeases,
+        Op::ListSchedules,
+    ];
     for id in 1..=run.max_id + 1 {
         finale.push(Op::GetJob { job: JobId(id) });
+        finale.push(Op::ListEffects { job: JobId(id) });
         for key in EFFECT_KEYS {
             finale.push(Op::GetEffect {
                 job: JobId(id),
@@ -139,21 +152,38 @@ async fn compare(
     Ok(())
 }
 
+/// `value` read back from the JSON it writes itself as: what a wire (the
+/// simulator's, the CLI's) carries must arrive unchanged.
+macro_rules! round_trip {
+    ($value:expr, $ty:ty) => {{
+        let value: &$ty = $value;
+        match serde_json::to_string(value) {
+            Err(e) => Err(format!("does not serialize: {e}")),
+            Ok(text) => match serde_json::from_str::<$ty>(&text) {
+                Err(e) => Err(format!("{text} does not parse: {e}")),
+                Ok(back) if back == *value => Ok(()),
+                Ok(back) => Err(format!("{text} reads back as {back:?}")),
+            },
+        }
+    }};
+}
+
 async fn same(
-    model: &dyn Storage,
-    engine: &dyn Storage,
+    model: &dyn AdminStorage,
+    engine: &dyn AdminStorage,
     op: Op,
     at: &str,
 ) -> Result<Reply, String> {
-    let want = apply(model, op.clone()).await;
-    let got = apply(engine, op.clone()).await;
-    if want == got {
-        Ok(want)
-    } else {
-        Err(format!(
+    let want = apply_admin(model, op.clone()).await;
+    let got = apply_admin(engine, op.clone()).await;
+    if want != got {
+        return Err(format!(
             "{at}: {op:?}\n  model:  {want:?}\n  engine: {got:?}"
-        ))
+        ));
     }
+    round_trip!(&op, Op).map_err(|e| format!("{at}: {op:?}: {e}"))?;
+    round_trip!(&want, Reply).map_err(|e| format!("{at}: {op:?} answered {want:?}: {e}"))?;
+    Ok(want)
 }
 
 // ---------------------------------------------------------------- steps
@@ -166,6 +196,17 @@ const EFFECT_KEYS: [&str; 2] = ["e1", "e2"];
 const LEASES: [&str; 2] = ["l1", "l2"];
 const HOLDERS: [&str; 3] = ["h1", "h2", "h3"];
 const PERIODICS: [&str; 2] = ["p1", "p2"];
+const SCHEDULES: [&str; 2] = ["every 60s", "cron 0 * * * * *"];
+/// The states an operator's listing may ask for, a bit each.
+const STATES: [JobState; 7] = [
+    JobState::Scheduled,
+    JobState::Available,
+    JobState::Running,
+    JobState::Retryable,
+    JobState::Completed,
+    JobState::Cancelled,
+    JobState::Discarded,
+];
 
 /// One random step; resolved into an [`Op`] against what the run saw so far.
 #[derive(Clone, Debug)]
@@ -213,6 +254,7 @@ enum Step {
     Time,
     SetQueue {
         queue: usize,
+        workers: Option<u32>,
         paused: bool,
     },
     GetQueue {
@@ -244,6 +286,7 @@ enum Step {
     FirePeriodic {
         name: usize,
         slot: i64,
+        schedule: usize,
         lease: usize,
         grant: Grant,
         req: ReqSpec,
@@ -254,6 +297,32 @@ enum Step {
     },
     ListUnfinished {
         limit: u32,
+    },
+    // The operator's calls.
+    ListJobs {
+        /// A bit per entry of [`STATES`]; none: every state.
+        states: u8,
+        queue: Option<usize>,
+        kind: Option<usize>,
+        /// Older than this job (a page's cursor), or from the newest.
+        before: Option<JobPick>,
+        /// 0 and past [`LIST_LIMIT_MAX`] are refused.
+        limit: u32,
+    },
+    ListEffects {
+        job: JobPick,
+    },
+    ListQueues,
+    ListLeases,
+    ListSchedules,
+    RetryJob {
+        job: JobPick,
+    },
+    DiscardJob {
+        job: JobPick,
+    },
+    DeleteJob {
+        job: JobPick,
     },
 }
 
@@ -395,8 +464,8 @@ fn step() -> impl Strategy<Value = Step> {
         1 => (0u64..3_000, 0u32..=3)
             .prop_map(|(retention_ms, limit)| Step::Cleanup { retention_ms, limit }),
         1 => Just(Step::Time),
-        1 => (0..QUEUES.len(), prop::bool::weighted(0.3))
-            .prop_map(|(queue, paused)| Step::SetQueue { queue, paused }),
+        1 => (0..QUEUES.len(), prop::option::of(0u32..=4), prop::bool::weighted(0.3))
+            .prop_map(|(queue, workers, paused)| Step::SetQueue { queue, workers, paused }),
         1 => (0..QUEUES.len()).prop_map(|queue| Step::GetQueue { queue }),
         2 => (lease.clone(), 0..HOLDERS.len(), 500u64..=5_000, prop::option::of(0u64..4))
             .prop_map(|(lease, holder, ttl_ms, known)| Step::Acquire { lease, holder, ttl_ms, known }),
@@ -406,19 +475,46 @@ fn step() -> impl Strategy<Value = Step> {
         1 => (lease.clone(), grant())
             .prop_map(|(lease, grant)| Step::LeaseHeartbeat { lease, grant }),
         1 => lease.clone().prop_map(|lease| Step::GetLease { lease }),
-        2 => (0..PERIODICS.len(), 0i64..3, lease, grant(), req_spec()).prop_map(
-            |(name, slot, lease, grant, req)| Step::FirePeriodic {
+        2 => (0..PERIODICS.len(), 0i64..3, 0..SCHEDULES.len(), lease, grant(), req_spec())
+            .prop_map(|(name, slot, schedule, lease, grant, req)| Step::FirePeriodic {
                 name,
                 slot,
+                schedule,
                 lease,
                 grant,
                 req
-            }
-        ),
+            }),
         1 => Just(Step::CountByState),
         1 => job_pick().prop_map(|job| Step::GetJob { job }),
         1 => (0u32..=5).prop_map(|limit| Step::ListUnfinished { limit }),
+        2 => list_jobs(),
+        1 => job_pick().prop_map(|job| Step::ListEffects { job }),
+        1 => Just(Step::ListQueues),
+        1 => Just(Step::ListLeases),
+        1 => Just(Step::ListSchedules),
+        2 => job_pick().prop_map(|job| Step::RetryJob { job }),
+        1 => job_pick().prop_map(|job| Step::DiscardJob { job }),
+        1 => job_pick().prop_map(|job| Step::DeleteJob { job }),
     ]
+}
+
+/// An operator's listing: mostly every state, small pages, now and then a
+/// limit that is refused.
+fn list_jobs() -> impl Strategy<Value = Step> {
+    (
+        prop_oneof![2 => Just(0u8), 1 => 1u8..(1 << STATES.len())],
+        prop::option::of(0..QUEUES.len()),
+        prop::option::of(0..KINDS.len()),
+        prop::option::of(job_pick()),
+        prop_oneof![8 => 1u32..=4, 1 => Just(0), 1 => Just(LIST_LIMIT_MAX + 1)],
+    )
+        .prop_map(|(states, queue, kind, before, limit)| Step::ListJobs {
+            states,
+            queue,
+            kind,
+            before,
+            limit,
+        })
 }
 
 /// What a run has seen, to turn steps into concrete ops.
@@ -584,10 +680,14 @@ impl Run {
                 limit: *limit,
             },
             Step::Time => Op::Time,
-            Step::SetQueue { queue, paused } => Op::SetQueue {
+            Step::SetQueue {
+                queue,
+                workers,
+                paused,
+            } => Op::SetQueue {
                 config: QueueConfig {
                     name: QUEUES[*queue].into(),
-                    workers: 1,
+                    workers: *workers,
                     paused: *paused,
                 },
             },
@@ -640,6 +740,7 @@ impl Run {
             Step::FirePeriodic {
                 name,
                 slot,
+                schedule,
                 lease,
                 grant,
                 req,
@@ -648,6 +749,7 @@ impl Run {
                 Op::FirePeriodic {
                     name: PERIODICS[*name].into(),
                     slot: Timestamp(T0.0 + slot * 60_000),
+                    schedule: SCHEDULES[*schedule].into(),
                     lease: LEASES[*lease].into(),
                     holder,
                     term,
@@ -657,6 +759,33 @@ impl Run {
             Step::CountByState => Op::CountByState,
             Step::GetJob { job } => Op::GetJob { job: self.job(job) },
             Step::ListUnfinished { limit } => Op::ListUnfinished { limit: *limit },
+            Step::ListJobs {
+                states,
+                queue,
+                kind,
+                before,
+                limit,
+            } => Op::ListJobs {
+                filter: JobFilter {
+                    states: STATES
+                        .iter()
+                        .enumerate()
+                        .filter(|(i, _)| states & (1 << i) != 0)
+                        .map(|(_, s)| *s)
+                        .collect(),
+                    queue: queue.map(|q| QUEUES[q].into()),
+                    kind: kind.map(|k| KINDS[k].into()),
+                    before: before.as_ref().map(|b| self.job(b)),
+                    limit: *limit,
+                },
+            },
+            Step::ListEffects { job } => Op::ListEffects { job: self.job(job) },
+            Step::ListQueues => Op::ListQueues,
+            Step::ListLeases => Op::ListLeases,
+            Step::ListSchedules => Op::ListSchedules,
+            Step::RetryJob { job } => Op::RetryJob { job: self.job(job) },
+            Step::DiscardJob { job } => Op::DiscardJob { job: self.job(job) },
+            Step::DeleteJob { job } => Op::DeleteJob { job: self.job(job) },
         };
         Some(op)
     }
@@ -713,7 +842,7 @@ impl Transport for HeartbeatIgnoresOwner {
             }
             op => op,
         };
-        Ok(apply(&self.0, op).await)
+        Ok(apply_admin(&self.0, op).await)
     }
 }
 

@@ -164,6 +164,85 @@ pub enum Schedule {
     Cron(Box<cron::Schedule>),
 }
 
+/// `every 60s` (whole seconds) or `every 1500ms`; `cron <expression>`: how
+/// storage records a schedule, and what [`Schedule::from_str`] reads back.
+impl std::fmt::Display for Schedule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Schedule::Every(every) if every.subsec_millis() == 0 => {
+                write!(f, "every {}s", every.as_secs())
+            }
+            Schedule::Every(every) => write!(f, "every {}ms", every.as_millis()),
+            Schedule::Cron(cron) => write!(f, "cron {}", cron.source()),
+        }
+    }
+}
+
+/// Why a schedule's text could not be read.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[error("schedule {text:?}: {reason}; write `every 60s`, `every 1500ms` or `cron <sec min hour day month weekday>`")]
+pub struct ScheduleParseError {
+    /// The text.
+    pub text: String,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+impl std::str::FromStr for Schedule {
+    type Err = ScheduleParseError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let fail = |reason: String| ScheduleParseError {
+            text: text.to_owned(),
+            reason,
+        };
+        if let Some(expr) = text.strip_prefix("cron ") {
+            let cron = expr
+                .parse::<cron::Schedule>()
+                .map_err(|e| fail(e.to_string()))?;
+            return Ok(Schedule::Cron(Box::new(cron)));
+        }
+        let Some(period) = text.strip_prefix("every ") else {
+            return Err(fail("starts with neither `every ` nor `cron `".into()));
+        };
+        let (digits, unit_ms) = if let Some(ms) = period.strip_suffix("ms") {
+            (ms, 1)
+        } else if let Some(s) = period.strip_suffix('s') {
+            (s, 1_000)
+        } else {
+            return Err(fail("the period ends in neither `s` nor `ms`".into()));
+        };
+        let n: u64 = digits
+            .parse()
+            .map_err(|e| fail(format!("period {digits:?}: {e}")))?;
+        match n.checked_mul(unit_ms) {
+            Some(ms) if ms > 0 => Ok(Schedule::Every(Duration::from_millis(ms))),
+            _ => Err(fail(
+                "the period must be positive and fit in u64 milliseconds".into(),
+            )),
+        }
+    }
+}
+
+impl PeriodicJob {
+    /// The first slot after `after`: when a schedule fires next.
+    pub fn next_slot(schedule: &Schedule, after: Timestamp) -> Option<Timestamp> {
+        match schedule {
+            Schedule::Every(every) => {
+                let every_ms = i64::try_from(every.as_millis()).unwrap_or(i64::MAX).max(1);
+                let next = after.0.div_euclid(every_ms).checked_add(1)?;
+                Some(Timestamp(next.checked_mul(every_ms)?))
+            }
+            Schedule::Cron(cron) => {
+                let from = chrono::DateTime::from_timestamp_millis(after.0)?;
+                cron.after(&from)
+                    .next()
+                    .map(|t| Timestamp(t.timestamp_millis()))
+            }
+        }
+    }
+}
+
 /// How far back a cron slot may still fire: a slot whose leader was gone for
 /// longer than this (a long failover) is skipped rather than fired late.
 pub const CRON_CATCH_UP: Duration = Duration::from_secs(60);
@@ -253,6 +332,7 @@ async fn fire(ctx: &ServiceCtx, job: &PeriodicJob, now: Timestamp) {
         .fire_periodic(
             &job.name,
             slot,
+            &job.schedule.to_string(),
             &ctx.lease_name,
             &ctx.holder,
             ctx.term,
@@ -291,6 +371,37 @@ mod tests {
             schedule,
             request: EnqueueRequest::new("d", serde_json::json!({})),
         }
+    }
+
+    #[test]
+    fn a_schedule_writes_itself_as_text_it_reads_back() {
+        for text in ["every 60s", "every 1500ms", "cron 0 */5 * * * *"] {
+            let schedule: Schedule = text.parse().expect(text);
+            assert_eq!(schedule.to_string(), text);
+        }
+        let err = "every 0s".parse::<Schedule>().expect_err("zero");
+        assert!(err.to_string().contains("positive"), "{err}");
+        let err = "hourly".parse::<Schedule>().expect_err("unknown");
+        assert!(err.to_string().contains("write `every 60s`"), "{err}");
+        assert!("cron 61 * * * * *".parse::<Schedule>().is_err());
+    }
+
+    #[test]
+    fn the_next_slot_is_the_first_after_the_given_time() {
+        let every = Schedule::Every(Duration::from_secs(60));
+        assert_eq!(
+            PeriodicJob::next_slot(&every, Timestamp(120_000)),
+            Some(Timestamp(180_000))
+        );
+        assert_eq!(
+            PeriodicJob::next_slot(&every, Timestamp(125_000)),
+            Some(Timestamp(180_000))
+        );
+        let cron: Schedule = "cron 0 0 * * * *".parse().expect("hourly");
+        assert_eq!(
+            PeriodicJob::next_slot(&cron, Timestamp(60_000)),
+            Some(Timestamp(3_600_000))
+        );
     }
 
     #[test]

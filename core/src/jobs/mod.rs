@@ -21,7 +21,8 @@ mod worker;
 pub use config::{JobsConfig, JobsConfigError, QueueSpec, CLAIM_AHEAD_MAX, WORKERS_PER_QUEUE_MAX};
 pub use handler::{decode_payload, Handler, HandlerRegistry, JobCtx, Outcome};
 pub use maintenance::{
-    Cleaner, PeriodicEnqueuer, PeriodicJob, Rescuer, Schedule, Scheduler, CRON_CATCH_UP,
+    Cleaner, PeriodicEnqueuer, PeriodicJob, Rescuer, Schedule, ScheduleParseError, Scheduler,
+    CRON_CATCH_UP,
 };
 pub use runtime::{
     Runtime, RuntimeBuilder, RuntimeError, RuntimeHandle, ShutdownReport, MAINTENANCE_LEASE,

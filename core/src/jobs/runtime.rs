@@ -421,7 +421,6 @@ impl Runtime {
             shared,
             token,
             tasks,
-            queues: b.queues.clone(),
             maintainer,
             maintainer_run: tokio::sync::Mutex::new(maintainer_run),
             _live: LiveFlag(self.live.clone()),
@@ -508,7 +507,7 @@ async fn supervise_queue(
         }
         let target = match shared.storage.get_queue(&spec.name).await {
             Ok(Some(q)) if q.paused => 0,
-            Ok(Some(q)) => q.workers.min(WORKERS_PER_QUEUE_MAX),
+            Ok(Some(q)) => q.workers.unwrap_or(spec.workers).min(WORKERS_PER_QUEUE_MAX),
             Ok(None) => spec.workers,
             Err(_) => continue,
         } as usize;
@@ -547,7 +546,6 @@ pub struct RuntimeHandle {
     shared: Arc<WorkerShared>,
     token: ShutdownToken,
     tasks: TaskRegistry,
-    queues: Vec<QueueSpec>,
     maintainer: Arc<Maintainer>,
     maintainer_run: tokio::sync::Mutex<MaintainerRun>,
     _live: LiveFlag,
@@ -651,14 +649,8 @@ impl RuntimeHandle {
     async fn set_paused(&self, queue: &str, paused: bool) -> Result<(), RuntimeError> {
         validate_name("queue", queue)?;
         let storage = &self.shared.storage;
-        let workers = match storage.get_queue(queue).await? {
-            Some(q) => q.workers,
-            None => self
-                .queues
-                .iter()
-                .find(|q| q.name == queue)
-                .map_or(1, |q| q.workers),
-        };
+        // Pausing sizes nothing: a queue no one sized keeps each node's own count.
+        let workers = storage.get_queue(queue).await?.and_then(|q| q.workers);
         storage
             .set_queue(QueueConfig {
                 name: queue.to_owned(),

@@ -33,6 +33,9 @@ pub const PAYLOAD_BYTES_MAX: usize = 1 << 20;
 pub const ATTEMPTS_MAX: u32 = 100;
 /// Error messages kept per job, newest last.
 pub const ERRORS_KEPT_MAX: usize = 10;
+/// Attempts whose record a job keeps, newest last: as many as a job may ask
+/// for, so only a job snoozed past that loses its oldest records.
+pub const ATTEMPTS_KEPT_MAX: usize = ATTEMPTS_MAX as usize;
 
 /// A job's id, assigned by storage in enqueue order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -330,6 +333,62 @@ pub struct Job {
     pub errors: Vec<String>,
     /// Its unique key.
     pub unique_key: Option<String>,
+    /// Its attempts, oldest first, at most [`ATTEMPTS_KEPT_MAX`]: who ran
+    /// each, when, and how it ended.
+    #[serde(default)]
+    pub attempts: Vec<Attempt>,
+}
+
+/// One attempt at a job, as storage recorded it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attempt {
+    /// Which attempt (the claim's fencing token).
+    pub attempt: u32,
+    /// The worker that claimed it.
+    pub owner: String,
+    /// When it was claimed, on storage's clock.
+    pub started_at: Timestamp,
+    /// When it ended, on storage's clock; absent while it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended_at: Option<Timestamp>,
+    /// How it ended; absent while it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<AttemptOutcome>,
+    /// The error or panic message it ended with, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// How an attempt ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttemptOutcome {
+    /// Its handler finished the work.
+    Completed,
+    /// Its handler failed; the job was to run again.
+    Failed,
+    /// Its handler failed for good.
+    Discarded,
+    /// Its handler (or a shutdown) put the job back without spending the attempt.
+    Snoozed,
+    /// It stopped on a cancel.
+    Cancelled,
+    /// Its worker stopped heartbeating and the rescuer revoked the claim.
+    Lost,
+}
+
+impl AttemptOutcome {
+    /// The outcome's name as storage writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttemptOutcome::Completed => "completed",
+            AttemptOutcome::Failed => "failed",
+            AttemptOutcome::Discarded => "discarded",
+            AttemptOutcome::Snoozed => "snoozed",
+            AttemptOutcome::Cancelled => "cancelled",
+            AttemptOutcome::Lost => "lost",
+        }
+    }
 }
 
 /// The answer to an enqueue.
@@ -440,8 +499,9 @@ pub enum CancelResult {
 pub struct QueueConfig {
     /// The queue.
     pub name: String,
-    /// Workers each node runs for it.
-    pub workers: u32,
+    /// Workers each node runs for it; `None`: the number each node's own
+    /// configuration names (a queue an operator paused but never sized).
+    pub workers: Option<u32>,
     /// Paused queues hand out no claims.
     pub paused: bool,
 }

@@ -8,11 +8,13 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+use super::admin::{summarize_queues, DISCARD_REASON};
 use super::job::validate_name;
 use super::{
-    CancelResult, Claim, EffectResult, EnqueueOutcome, EnqueueRequest, Finalize, FinalizeResult,
-    HeartbeatStatus, Job, JobId, JobState, JobStore, MemStorage, PeriodicOutcome, QueueConfig,
-    StateCounts, StorageResult, Term,
+    AdminOutcome, AdminStore, CancelResult, Claim, EffectResult, EnqueueOutcome, EnqueueRequest,
+    Finalize, FinalizeResult, HeartbeatStatus, Job, JobFilter, JobId, JobPage, JobState, JobStore,
+    Lease, MemStorage, PeriodicOutcome, QueueConfig, QueueSummary, ScheduleRecord, StateCounts,
+    StorageResult, Term,
 };
 use crate::clock::Timestamp;
 
@@ -29,6 +31,7 @@ pub(super) struct Jobs {
     effects: BTreeMap<(JobId, String), serde_json::Value>,
     queues: BTreeMap<String, QueueConfig>,
     periodic: BTreeMap<(String, Timestamp), JobId>,
+    schedules: BTreeMap<String, ScheduleRecord>,
 }
 
 /// A row's place in claim order: queue, then priority, due time and id.
@@ -202,6 +205,107 @@ impl Jobs {
     }
 }
 
+impl Jobs {
+    /// Keep `record` unless a later slot of its schedule fired before.
+    fn record_schedule(&mut self, record: ScheduleRecord) {
+        let later = self
+            .schedules
+            .get(&record.name)
+            .is_some_and(|r| r.last_slot > record.last_slot);
+        if !later {
+            self.schedules.insert(record.name.clone(), record);
+        }
+    }
+
+    fn delete(&mut self, id: JobId) -> AdminOutcome {
+        match self.rows.get(&id).map(|j| j.state) {
+            None => return AdminOutcome::NotFound,
+            Some(JobState::Running) => return AdminOutcome::Running,
+            Some(_) => {}
+        }
+        if let Some(job) = self.rows.remove(&id) {
+            if let Some(key) = ready_key(&job) {
+                self.ready.remove(&key);
+            }
+            if let Some(key) = job.unique_key {
+                self.unique.remove(&key);
+            }
+        }
+        self.effects.retain(|(job, _), _| *job != id);
+        AdminOutcome::Done
+    }
+}
+
+#[async_trait]
+impl AdminStore for MemStorage {
+    async fn list_jobs(&self, filter: JobFilter) -> StorageResult<JobPage> {
+        filter.validate()?;
+        let jobs = &self.state().jobs;
+        let matching = jobs
+            .rows
+            .values()
+            .rev()
+            .filter(|j| filter.matches(j))
+            .take(filter.limit as usize + 1)
+            .cloned()
+            .collect();
+        Ok(JobPage::from_newest(matching, filter.limit))
+    }
+
+    async fn list_effects(&self, job: JobId) -> StorageResult<Vec<(String, serde_json::Value)>> {
+        Ok(self
+            .state()
+            .jobs
+            .effects
+            .range((job, String::new())..)
+            .take_while(|((j, _), _)| *j == job)
+            .map(|((_, key), value)| (key.clone(), value.clone()))
+            .collect())
+    }
+
+    async fn list_queues(&self) -> StorageResult<Vec<QueueSummary>> {
+        let jobs = &self.state().jobs;
+        let mut counts: BTreeMap<(String, JobState), u64> = BTreeMap::new();
+        for job in jobs.rows.values() {
+            *counts.entry((job.queue.clone(), job.state)).or_default() += 1;
+        }
+        Ok(summarize_queues(
+            counts.into_iter().map(|((q, s), n)| (q, s, n)),
+            jobs.queues.values().cloned(),
+        ))
+    }
+
+    async fn list_leases(&self) -> StorageResult<Vec<Lease>> {
+        Ok(self.state().leases.values().cloned().collect())
+    }
+
+    async fn list_schedules(&self) -> StorageResult<Vec<ScheduleRecord>> {
+        Ok(self.state().jobs.schedules.values().cloned().collect())
+    }
+
+    async fn retry_job(&self, job: JobId) -> StorageResult<AdminOutcome> {
+        let now = self.now();
+        Ok(self
+            .state()
+            .jobs
+            .update(job, |j| j.retry_by_operator(now))
+            .unwrap_or(AdminOutcome::NotFound))
+    }
+
+    async fn discard_job(&self, job: JobId) -> StorageResult<AdminOutcome> {
+        let now = self.now();
+        Ok(self
+            .state()
+            .jobs
+            .update(job, |j| j.discard_by_operator(DISCARD_REASON, now))
+            .unwrap_or(AdminOutcome::NotFound))
+    }
+
+    async fn delete_job(&self, job: JobId) -> StorageResult<AdminOutcome> {
+        Ok(self.state().jobs.delete(job))
+    }
+}
+
 impl MemStorage {
     /// Ids of every job not in a terminal state, read synchronously (the
     /// simulator's harness checks this at the end of a run).
@@ -346,6 +450,7 @@ impl JobStore for MemStorage {
         &self,
         name: &str,
         slot: Timestamp,
+        schedule: &str,
         lease: &str,
         holder: &str,
         term: Term,
@@ -366,8 +471,17 @@ impl JobStore for MemStorage {
         if let Some(id) = state.jobs.periodic.get(&key) {
             return Ok(PeriodicOutcome::AlreadyFired(*id));
         }
+        let (queue, kind) = (req.queue.clone(), req.kind.clone());
         let id = state.jobs.insert(req, now).id();
         state.jobs.periodic.insert(key, id);
+        state.jobs.record_schedule(ScheduleRecord {
+            name: name.to_owned(),
+            schedule: schedule.to_owned(),
+            queue,
+            kind,
+            last_slot: slot,
+            last_job: id,
+        });
         Ok(PeriodicOutcome::Fired(id))
     }
 }
@@ -513,7 +627,7 @@ mod tests {
             );
             s.set_queue(QueueConfig {
                 name: "mail".into(),
-                workers: 1,
+                workers: Some(1),
                 paused: true,
             })
             .await
@@ -801,7 +915,15 @@ mod tests {
                 .expect("ok")
                 .expect("granted");
             let fire = |holder: &'static str, term| {
-                s.fire_periodic("digest", at(60_000), "maintainer", holder, term, req())
+                s.fire_periodic(
+                    "digest",
+                    at(60_000),
+                    "every 60s",
+                    "maintainer",
+                    holder,
+                    term,
+                    req(),
+                )
             };
             let fired = fire("n1", lease.term).await.expect("ok");
             let PeriodicOutcome::Fired(id) = fired else {

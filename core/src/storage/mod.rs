@@ -29,6 +29,7 @@
 //! renew or resign a newer one; [`LeaseStore::maintenance_heartbeat`] is the fenced
 //! write a leader's maintenance makes, accepted only for the current term.
 
+pub mod admin;
 pub mod job;
 mod mem;
 mod mem_jobs;
@@ -46,9 +47,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::clock::Timestamp;
 
+pub use admin::{AdminOutcome, AdminStore, JobFilter, JobPage, QueueSummary, ScheduleRecord};
 pub use job::{
-    CancelResult, Claim, EffectResult, EnqueueOutcome, EnqueueRequest, Finalize, FinalizeResult,
-    HeartbeatStatus, Job, JobId, JobState, QueueConfig, StateCounts,
+    Attempt, AttemptOutcome, CancelResult, Claim, EffectResult, EnqueueOutcome, EnqueueRequest,
+    Finalize, FinalizeResult, HeartbeatStatus, Job, JobId, JobState, QueueConfig, StateCounts,
 };
 pub use mem::MemStorage;
 pub use postgres::{PostgresOptions, PostgresStorage};
@@ -306,12 +308,15 @@ pub trait JobStore: Send + Sync {
 
     /// Fire slot `slot` of periodic schedule `name`: insert `req` unless the slot
     /// fired before, and only while `term` of `lease` is `holder`'s (fenced by the
-    /// leader's term, so two leaders cannot both fire it).
+    /// leader's term, so two leaders cannot both fire it). A slot that fires
+    /// records `schedule` (how the schedule writes itself) beside it, for
+    /// [`AdminStore::list_schedules`].
     #[allow(clippy::too_many_arguments)]
     async fn fire_periodic(
         &self,
         name: &str,
         slot: Timestamp,
+        schedule: &str,
         lease: &str,
         holder: &str,
         term: Term,
@@ -362,6 +367,20 @@ pub enum OpenError {
         /// What was found instead.
         reason: String,
     },
+    /// The database's schema is older than this library's (or absent), and
+    /// the opener asked not to migrate it (`keel` commands other than
+    /// `keel migrate`).
+    #[error(
+        "{target} has schema version {found}; this Keel needs {supported}: run `keel migrate`"
+    )]
+    SchemaTooOld {
+        /// The database file or schema.
+        target: String,
+        /// The version found; 0 for a database Keel never migrated.
+        found: i64,
+        /// The version this library needs.
+        supported: i64,
+    },
     /// The database was migrated by a newer Keel than this one.
     #[error(
         "{target} has schema version {found}; this Keel supports up to {supported}: upgrade Keel"
@@ -391,6 +410,20 @@ impl<T: LeaseStore + JobStore> Storage for T {}
 
 /// A shared storage handle.
 pub type SharedStorage = Arc<dyn Storage>;
+
+/// Everything durable and the operator's view of it: what the `keel` CLI and
+/// dashboard open. Blanket-implemented for any [`Storage`] that is also an
+/// [`AdminStore`], as every engine is.
+pub trait AdminStorage: Storage + AdminStore {
+    /// This handle as the runtime's [`Storage`].
+    fn as_storage(&self) -> &dyn Storage;
+}
+
+impl<T: Storage + AdminStore> AdminStorage for T {
+    fn as_storage(&self) -> &dyn Storage {
+        self
+    }
+}
 
 /// The output of `future` if it completes without waiting, else `None`.
 ///

@@ -18,8 +18,9 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    CancelResult, Claim, EffectResult, EnqueueOutcome, EnqueueRequest, Finalize, FinalizeResult,
-    HeartbeatStatus, Job, JobId, JobStore, Lease, LeaseStore, PeriodicOutcome, QueueConfig,
+    AdminOutcome, AdminStorage, AdminStore, CancelResult, Claim, EffectResult, EnqueueOutcome,
+    EnqueueRequest, Finalize, FinalizeResult, HeartbeatStatus, Job, JobFilter, JobId, JobPage,
+    JobStore, Lease, LeaseStore, PeriodicOutcome, QueueConfig, QueueSummary, ScheduleRecord,
     StateCounts, Storage, StorageError, StorageResult, Term,
 };
 use crate::clock::Timestamp;
@@ -120,10 +121,31 @@ pub enum Op {
     FirePeriodic {
         name: String,
         slot: Timestamp,
+        #[serde(default)]
+        schedule: String,
         lease: String,
         holder: String,
         term: Term,
         req: EnqueueRequest,
+    },
+    // The operator's calls ([`AdminStore`]).
+    ListJobs {
+        filter: JobFilter,
+    },
+    ListEffects {
+        job: JobId,
+    },
+    ListQueues,
+    ListLeases,
+    ListSchedules,
+    RetryJob {
+        job: JobId,
+    },
+    DiscardJob {
+        job: JobId,
+    },
+    DeleteJob {
+        job: JobId,
     },
 }
 
@@ -140,6 +162,27 @@ impl Op {
                 | Op::ListUnfinished { .. }
                 | Op::GetQueue { .. }
                 | Op::Time
+                | Op::ListJobs { .. }
+                | Op::ListEffects { .. }
+                | Op::ListQueues
+                | Op::ListLeases
+                | Op::ListSchedules
+        )
+    }
+
+    /// Whether the call is an operator's ([`AdminStore`]), which only
+    /// [`apply_admin`] serves.
+    pub fn is_admin(&self) -> bool {
+        matches!(
+            self,
+            Op::ListJobs { .. }
+                | Op::ListEffects { .. }
+                | Op::ListQueues
+                | Op::ListLeases
+                | Op::ListSchedules
+                | Op::RetryJob { .. }
+                | Op::DiscardJob { .. }
+                | Op::DeleteJob { .. }
         )
     }
 }
@@ -168,6 +211,12 @@ pub enum Reply {
     Queue(Option<QueueConfig>),
     Periodic(PeriodicOutcome),
     Time(Timestamp),
+    Page(JobPage),
+    Effects(Vec<(String, serde_json::Value)>),
+    Queues(Vec<QueueSummary>),
+    Leases(Vec<Lease>),
+    Schedules(Vec<ScheduleRecord>),
+    Admin(AdminOutcome),
     Err(StorageError),
 }
 
@@ -175,7 +224,24 @@ fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// Run `op` against `store`.
+/// Run `op`, an operator's call or any other, against `store`.
+pub async fn apply_admin(store: &dyn AdminStorage, op: Op) -> Reply {
+    let result = match op {
+        Op::ListJobs { filter } => store.list_jobs(filter).await.map(Reply::Page),
+        Op::ListEffects { job } => store.list_effects(job).await.map(Reply::Effects),
+        Op::ListQueues => store.list_queues().await.map(Reply::Queues),
+        Op::ListLeases => store.list_leases().await.map(Reply::Leases),
+        Op::ListSchedules => store.list_schedules().await.map(Reply::Schedules),
+        Op::RetryJob { job } => store.retry_job(job).await.map(Reply::Admin),
+        Op::DiscardJob { job } => store.discard_job(job).await.map(Reply::Admin),
+        Op::DeleteJob { job } => store.delete_job(job).await.map(Reply::Admin),
+        op => return apply(store.as_storage(), op).await,
+    };
+    result.unwrap_or_else(Reply::Err)
+}
+
+/// Run `op` against `store`. An operator's call ([`Op::is_admin`]) is
+/// refused: it needs [`apply_admin`] and a store that serves it.
 pub async fn apply(store: &dyn Storage, op: Op) -> Reply {
     let ttl = Duration::from_millis;
     let result = match op {
@@ -268,14 +334,18 @@ pub async fn apply(store: &dyn Storage, op: Op) -> Reply {
         Op::FirePeriodic {
             name,
             slot,
+            schedule,
             lease,
             holder,
             term,
             req,
         } => store
-            .fire_periodic(&name, slot, &lease, &holder, term, req)
+            .fire_periodic(&name, slot, &schedule, &lease, &holder, term, req)
             .await
             .map(Reply::Periodic),
+        op => Err(StorageError::Backend(format!(
+            "{op:?} is an operator's call, and this store does not serve them"
+        ))),
     };
     result.unwrap_or_else(Reply::Err)
 }
@@ -527,6 +597,7 @@ impl<T: Transport> JobStore for Remote<T> {
         &self,
         name: &str,
         slot: Timestamp,
+        schedule: &str,
         lease: &str,
         holder: &str,
         term: Term,
@@ -535,11 +606,47 @@ impl<T: Transport> JobStore for Remote<T> {
         let op = Op::FirePeriodic {
             name: name.into(),
             slot,
+            schedule: schedule.into(),
             lease: lease.into(),
             holder: holder.into(),
             term,
             req,
         };
         expect_reply!(self, op, Periodic)
+    }
+}
+
+#[async_trait]
+impl<T: Transport> AdminStore for Remote<T> {
+    async fn list_jobs(&self, filter: JobFilter) -> StorageResult<JobPage> {
+        expect_reply!(self, Op::ListJobs { filter }, Page)
+    }
+
+    async fn list_effects(&self, job: JobId) -> StorageResult<Vec<(String, serde_json::Value)>> {
+        expect_reply!(self, Op::ListEffects { job }, Effects)
+    }
+
+    async fn list_queues(&self) -> StorageResult<Vec<QueueSummary>> {
+        expect_reply!(self, Op::ListQueues, Queues)
+    }
+
+    async fn list_leases(&self) -> StorageResult<Vec<Lease>> {
+        expect_reply!(self, Op::ListLeases, Leases)
+    }
+
+    async fn list_schedules(&self) -> StorageResult<Vec<ScheduleRecord>> {
+        expect_reply!(self, Op::ListSchedules, Schedules)
+    }
+
+    async fn retry_job(&self, job: JobId) -> StorageResult<AdminOutcome> {
+        expect_reply!(self, Op::RetryJob { job }, Admin)
+    }
+
+    async fn discard_job(&self, job: JobId) -> StorageResult<AdminOutcome> {
+        expect_reply!(self, Op::DiscardJob { job }, Admin)
+    }
+
+    async fn delete_job(&self, job: JobId) -> StorageResult<AdminOutcome> {
+        expect_reply!(self, Op::DeleteJob { job }, Admin)
     }
 }

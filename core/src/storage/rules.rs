@@ -6,7 +6,8 @@
 //! lets the conformance suite hold each engine to the model by construction for
 //! single-row changes; the engines differ only in how they find and store rows.
 
-use super::job::ERRORS_KEPT_MAX;
+use super::admin::AdminOutcome;
+use super::job::{Attempt, AttemptOutcome, ATTEMPTS_KEPT_MAX, ERRORS_KEPT_MAX};
 use super::{
     CancelResult, Claim, EnqueueRequest, Finalize, FinalizeResult, HeartbeatStatus, Job, JobId,
     JobState,
@@ -43,6 +44,7 @@ impl Job {
             finalized_attempt: None,
             errors: Vec::new(),
             unique_key: req.unique_key,
+            attempts: Vec::new(),
         }
     }
 
@@ -62,6 +64,27 @@ impl Job {
         self.attempt += 1;
         self.owner = Some(owner.to_owned());
         self.heartbeat_at = Some(now);
+        if self.attempts.len() >= ATTEMPTS_KEPT_MAX {
+            self.attempts.remove(0);
+        }
+        self.attempts.push(Attempt {
+            attempt: self.attempt,
+            owner: owner.to_owned(),
+            started_at: now,
+            ended_at: None,
+            outcome: None,
+            error: None,
+        });
+    }
+
+    /// Close the running attempt's record: it ended at `now` with `outcome`.
+    fn end_attempt(&mut self, now: Timestamp, outcome: AttemptOutcome, error: Option<&str>) {
+        let attempt = self.attempt;
+        if let Some(last) = self.attempts.last_mut().filter(|a| a.attempt == attempt) {
+            last.ended_at = Some(now);
+            last.outcome = Some(outcome);
+            last.error = error.map(str::to_owned);
+        }
     }
 
     /// Whether `claim`, held by `owner`, is this row's live claim.
@@ -106,6 +129,14 @@ impl Job {
             self.cancel_requested && outcome == Finalize::Completed,
             "cancel_races_finish"
         );
+        let (ended, error) = match &outcome {
+            Finalize::Completed => (AttemptOutcome::Completed, None),
+            Finalize::Retry { error, .. } => (AttemptOutcome::Failed, Some(error.as_str())),
+            Finalize::Discard { error } => (AttemptOutcome::Discarded, Some(error.as_str())),
+            Finalize::Snooze { .. } => (AttemptOutcome::Snoozed, None),
+            Finalize::Cancel { reason } => (AttemptOutcome::Cancelled, Some(reason.as_str())),
+        };
+        self.end_attempt(now, ended, error);
         self.owner = None;
         self.heartbeat_at = None;
         self.finalized_attempt = Some(claim.attempt);
@@ -184,7 +215,9 @@ impl Job {
             job: self.id,
             attempt: self.attempt,
         };
-        self.push_error(format!("attempt {} lost its worker", self.attempt));
+        let error = format!("attempt {} lost its worker", self.attempt);
+        self.end_attempt(now, AttemptOutcome::Lost, Some(&error));
+        self.push_error(error);
         self.owner = None;
         self.heartbeat_at = None;
         if self.cancel_requested {
@@ -211,6 +244,40 @@ impl Job {
     /// Whether cleanup deletes this row.
     pub fn is_expired(&self, finished_before: Timestamp) -> bool {
         self.state.is_terminal() && self.finalized_at.is_some_and(|f| f < finished_before)
+    }
+
+    /// An operator's retry: a job that is not running becomes due now with
+    /// its outcome forgotten, and gets one more attempt if it spent them all.
+    /// A running job belongs to its claim and is left alone.
+    pub fn retry_by_operator(&mut self, now: Timestamp) -> AdminOutcome {
+        match self.state {
+            JobState::Running => return AdminOutcome::Running,
+            JobState::Available if self.scheduled_at <= now => return AdminOutcome::Unchanged,
+            _ => {}
+        }
+        self.state = JobState::Available;
+        self.scheduled_at = now;
+        self.finalized_at = None;
+        self.cancel_requested = false;
+        if self.attempt >= self.max_attempts {
+            self.max_attempts = self.attempt + 1;
+        }
+        AdminOutcome::Done
+    }
+
+    /// An operator's discard: a job that is neither running nor finished
+    /// ends as discarded, with `reason` as its last error.
+    pub fn discard_by_operator(&mut self, reason: &str, now: Timestamp) -> AdminOutcome {
+        match self.state {
+            JobState::Running => AdminOutcome::Running,
+            s if s.is_terminal() => AdminOutcome::AlreadyFinished,
+            _ => {
+                self.push_error(reason.to_owned());
+                self.state = JobState::Discarded;
+                self.finalized_at = Some(now);
+                AdminOutcome::Done
+            }
+        }
     }
 
     fn push_error(&mut self, error: String) {

@@ -12,13 +12,16 @@
 //! must read the same one. PostgreSQL gets it through
 //! [`PostgresOptions::clock`](keel::storage::PostgresOptions::clock) instead of
 //! judging on the server's `now()`.
+//!
+//! Every engine serves the operator's calls too ([`AdminStorage`]), so both
+//! suites hold those to the model as well.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use keel::clock::SharedClock;
-use keel::storage::{MemStorage, PostgresOptions, SharedStorage, SqliteOptions};
+use keel::storage::{AdminStorage, MemStorage, PostgresOptions, SqliteOptions};
 use libtest_mimic::{Failed, Trial};
 
 /// The environment variable naming the PostgreSQL server the tests may use.
@@ -129,6 +132,9 @@ impl EngineKind {
         }
     }
 }
+
+/// A store under test: the runtime's calls and the operator's.
+pub type SharedStorage = Arc<dyn AdminStorage>;
 
 static FILES: AtomicU64 = AtomicU64::new(0);
 

@@ -29,7 +29,17 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use super::rows::{job_from_row, sql_id, JOB_COLUMNS};
 use super::{map_error, now_from, now_sql, Fail, NowParam};
+use crate::storage::job::ATTEMPTS_KEPT_MAX;
 use crate::storage::{Claim, Job, StorageError, StorageResult};
+
+/// The last record of a job's `attempts` while it is open (claimed, not yet
+/// ended), as `Job::claim_for` writes it through serde: the first capture is
+/// its attempt. Records are edited as JSON text, never through `json`'s or
+/// `jsonb`'s parsing: those refuse the `\u0000` an owner or error may hold.
+/// A quote inside a string is escaped, so `{"attempt":` only ever starts a
+/// record, and only the last record can end the text.
+const OPEN_ATTEMPT_LAST: &str =
+    r#"'\{"attempt":([0-9]+),"owner":"(?:[^"\\]|\\.)*","started_at":-?[0-9]+\}\]$'"#;
 
 /// The most calls one batch carries; more wait for the next. Bounds the size of
 /// the arrays sent and the rows one statement locks.
@@ -277,12 +287,18 @@ impl Completion {
         match self {
             Completion::Keep => format!(
                 "UPDATE keel_jobs j SET state = 'completed', owner = NULL, heartbeat_at = NULL, \
-                 finalized_attempt = c.attempt, finalized_at = {} \
+                 finalized_attempt = c.attempt, finalized_at = {now}, \
+                 attempts = CASE \
+                     WHEN substring(j.attempts FROM {open_last})::bigint = c.attempt \
+                     THEN left(j.attempts, -2) || ',\"ended_at\":' || {now} \
+                         || ',\"outcome\":\"completed\"}}]' \
+                     ELSE j.attempts END \
                  FROM unnest($1::bigint[], $2::bigint[], $3::bytea[], $4::bigint[]) \
                  AS c(id, attempt, owner, at) \
                  WHERE j.id = c.id AND j.state = 'running' AND j.attempt = c.attempt \
                  AND j.owner = c.owner RETURNING j.id",
-                now_from("c.at")
+                now = now_from("c.at"),
+                open_last = OPEN_ATTEMPT_LAST,
             ),
             // The job's effects go with it. An effect written by a call racing its
             // own job's completion (apply_effect holds the row, so the delete waits
@@ -336,10 +352,14 @@ async fn claim_queue<C: GenericClient>(
     calls: &[usize],
 ) -> Result<Vec<(usize, Vec<Job>)>, Fail> {
     let mut slots: Vec<(usize, &[u8])> = Vec::new();
+    // Each slot's owner as a JSON string, for its attempt's record.
+    let mut owners_json: Vec<String> = Vec::new();
     for &i in calls {
         if let Some(ask) = &batch[i].claim {
             let n = usize::try_from(ask.limit).unwrap_or(usize::MAX);
             slots.extend(std::iter::repeat_n((i, ask.owner.as_bytes()), n));
+            let json = serde_json::Value::from(ask.owner.as_str()).to_string();
+            owners_json.extend(std::iter::repeat_n(json, n));
         }
     }
     let now: NowParam = calls.iter().map(|&i| batch[i].now).min().flatten();
@@ -357,15 +377,30 @@ async fn claim_queue<C: GenericClient>(
          due AS (SELECT id, row_number() OVER (ORDER BY priority, scheduled_at, id) AS n \
          FROM locked) \
          UPDATE keel_jobs j SET state = 'running', attempt = j.attempt + 1, \
-         owner = ($4::bytea[])[due.n::int], heartbeat_at = {now} \
+         owner = ($4::bytea[])[due.n::int], heartbeat_at = {now}, \
+         attempts = CASE \
+             WHEN j.attempts = '[]' THEN '[' || {record} || ']' \
+             WHEN json_array_length(j.attempts::json) >= {kept} THEN '[' || COALESCE(( \
+                 SELECT string_agg(e::text, ',' ORDER BY i) \
+                 FROM json_array_elements(j.attempts::json) WITH ORDINALITY AS t(e, i) \
+                 WHERE i > 1) || ',', '') \
+                 || {record} || ']' \
+             ELSE left(j.attempts, -1) || ',' || {record} || ']' END \
          FROM due WHERE j.id = due.id RETURNING {}, due.n",
         returning.join(", "),
         now = now_sql(2),
+        kept = ATTEMPTS_KEPT_MAX,
+        // `Job::claim_for`'s record, as serde writes it.
+        record = format!(
+            "('{{\"attempt\":' || (j.attempt + 1) || ',\"owner\":' \
+             || ($5::text[])[due.n::int] || ',\"started_at\":' || {} || '}}')",
+            now_sql(2)
+        ),
     );
     let run = async {
         let statement = client.prepare_cached(&sql).await?;
         let rows = client
-            .query(&statement, &[&queue, &now, &limit, &owners])
+            .query(&statement, &[&queue, &now, &limit, &owners, &owners_json])
             .await?;
         let mut jobs: BTreeMap<usize, Vec<Job>> = BTreeMap::new();
         for row in &rows {

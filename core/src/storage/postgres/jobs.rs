@@ -129,6 +129,7 @@ async fn fire_periodic_tx(
     channel: &str,
     name: &str,
     slot: Timestamp,
+    schedule: &str,
     lease: &str,
     holder: &str,
     term: Term,
@@ -154,6 +155,21 @@ async fn fire_periodic_tx(
         .prepare_cached("INSERT INTO keel_periodic (name, slot, job_id) VALUES ($1, $2, $3)")
         .await?;
     tx.execute(&statement, &[&name, &slot.0, &sql_job]).await?;
+    // A later slot recorded before (a slow leader's late firing) stays.
+    let statement = tx
+        .prepare_cached(
+            "INSERT INTO keel_schedules (name, schedule, queue, kind, last_slot, last_job) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (name) DO UPDATE SET \
+             schedule = EXCLUDED.schedule, queue = EXCLUDED.queue, kind = EXCLUDED.kind, \
+             last_slot = EXCLUDED.last_slot, last_job = EXCLUDED.last_job \
+             WHERE EXCLUDED.last_slot >= keel_schedules.last_slot",
+        )
+        .await?;
+    tx.execute(
+        &statement,
+        &[&name, &schedule, &req.queue, &req.kind, &slot.0, &sql_job],
+    )
+    .await?;
     notify(tx, channel, [req.queue.as_str()]).await?;
     Ok(PeriodicOutcome::Fired(id))
 }
@@ -469,7 +485,7 @@ impl JobStore for PostgresStorage {
                 .await?;
             tx.execute(
                 &statement,
-                &[&config.name, &i64::from(config.workers), &config.paused],
+                &[&config.name, &config.workers.map(i64::from), &config.paused],
             )
             .await?;
         })
@@ -489,11 +505,14 @@ impl JobStore for PostgresStorage {
             .await?;
             match rows.first() {
                 Some(row) => {
-                    let workers: i64 = row.try_get(0)?;
+                    let workers: Option<i64> = row.try_get(0)?;
                     Some(QueueConfig {
                         name: name.to_owned(),
-                        workers: u32::try_from(workers)
-                            .map_err(|_| Fail::Corrupt(format!("workers {workers}")))?,
+                        workers: workers
+                            .map(|w| {
+                                u32::try_from(w).map_err(|_| Fail::Corrupt(format!("workers {w}")))
+                            })
+                            .transpose()?,
                         paused: row.try_get(1)?,
                     })
                 }
@@ -506,6 +525,7 @@ impl JobStore for PostgresStorage {
         &self,
         name: &str,
         slot: Timestamp,
+        schedule: &str,
         lease: &str,
         holder: &str,
         term: Term,
@@ -519,6 +539,7 @@ impl JobStore for PostgresStorage {
             &self.channel,
             name,
             slot,
+            schedule,
             lease,
             holder,
             term,

@@ -14,7 +14,7 @@ use crate::storage::{
     validate_holder, validate_lease_name, Lease, LeaseStore, StorageResult, Term,
 };
 
-fn lease_from_row(name: &str, row: &Row) -> Result<Lease, Fail> {
+pub(super) fn lease_from_row(name: &str, row: &Row) -> Result<Lease, Fail> {
     let term: i64 = row.try_get(0)?;
     let holder: Option<Vec<u8>> = row.try_get(1)?;
     Ok(Lease {

@@ -32,6 +32,7 @@
 //! are stored as `BYTEA`, because `TEXT` cannot hold the NUL character the model
 //! accepts.
 
+mod admin;
 mod batch;
 mod jobs;
 mod leases;
@@ -70,6 +71,7 @@ pub struct PostgresOptions {
     listen: bool,
     delete_completed: bool,
     clock: Option<SharedClock>,
+    migrate: bool,
 }
 
 impl std::fmt::Debug for PostgresOptions {
@@ -80,6 +82,7 @@ impl std::fmt::Debug for PostgresOptions {
             .field("listen", &self.listen)
             .field("delete_completed", &self.delete_completed)
             .field("test_clock", &self.clock.is_some())
+            .field("migrate", &self.migrate)
             .finish()
     }
 }
@@ -99,6 +102,7 @@ impl PostgresOptions {
             listen: true,
             delete_completed: false,
             clock: None,
+            migrate: true,
         }
     }
 
@@ -106,6 +110,15 @@ impl PostgresOptions {
     /// or tests can share one database.
     pub fn schema(mut self, schema: impl Into<String>) -> Self {
         self.schema = schema.into();
+        self
+    }
+
+    /// Whether connecting creates the schema and migrates it (the default).
+    /// Off, an older or absent schema is refused with
+    /// [`OpenError::SchemaTooOld`], changing nothing: what an operator's tool
+    /// wants from a database its services own.
+    pub fn migrate(mut self, on: bool) -> Self {
+        self.migrate = on;
         self
     }
 
@@ -268,7 +281,7 @@ impl PostgresStorage {
             reason: error_chain(&e),
         })?;
         let where_ = format!("schema {} of {target}", options.schema);
-        schema::migrate(&mut client, &options.schema, &where_).await?;
+        schema::migrate(&mut client, &options.schema, &where_, options.migrate).await?;
         drop(client);
         let channel = channel_name(&options.schema);
         let (signal, listener) = if options.listen {
@@ -292,6 +305,11 @@ impl PostgresStorage {
             _listener: listener,
             clock: options.clock,
         })
+    }
+
+    /// The newest schema version this library knows (and `connect` migrates to).
+    pub fn schema_version_supported() -> i64 {
+        schema::version_supported()
     }
 
     /// The schema this storage lives in.

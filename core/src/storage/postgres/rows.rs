@@ -11,7 +11,7 @@ use crate::storage::{EnqueueOutcome, EnqueueRequest, Job, JobId, JobState};
 /// Every column of `keel_jobs`, in the order [`job_from_row`] reads them.
 pub(super) const JOB_COLUMNS: &str = "id, kind, queue, payload, priority, state, attempt, \
      max_attempts, scheduled_at, created_at, owner, heartbeat_at, cancel_requested, \
-     finalized_at, finalized_attempt, errors, unique_key";
+     finalized_at, finalized_attempt, errors, unique_key, attempts";
 
 /// The SQL spelling of each state (the `CHECK` in the migration lists the same).
 pub(super) fn state_name(state: JobState) -> &'static str {
@@ -60,6 +60,7 @@ pub(super) fn job_from_row(row: &Row) -> Result<Job, Fail> {
     let errors: &str = row.try_get(15)?;
     let unique_key: Option<Vec<u8>> = row.try_get(16)?;
     let payload: &str = row.try_get(3)?;
+    let attempts: &str = row.try_get(17)?;
     Ok(Job {
         id: job_id(row.try_get(0)?)?,
         kind: row.try_get(1)?,
@@ -81,6 +82,7 @@ pub(super) fn job_from_row(row: &Row) -> Result<Job, Fail> {
             .transpose()?,
         errors: json_of("errors", errors)?,
         unique_key: unique_key.map(|k| text_of("unique_key", k)).transpose()?,
+        attempts: json_of("attempts", attempts)?,
     })
 }
 
@@ -126,7 +128,7 @@ pub(super) async fn lock_job(
 pub(super) async fn write_job(tx: &Transaction<'_>, job: &Job) -> Result<(), Fail> {
     const SQL: &str = "UPDATE keel_jobs SET state = $2, attempt = $3, max_attempts = $4, \
          scheduled_at = $5, owner = $6, heartbeat_at = $7, cancel_requested = $8, \
-         finalized_at = $9, finalized_attempt = $10, errors = $11 WHERE id = $1";
+         finalized_at = $9, finalized_attempt = $10, errors = $11, attempts = $12 WHERE id = $1";
     let id = sql_id(job.id).ok_or_else(|| Fail::Corrupt(format!("{} out of range", job.id)))?;
     let statement = tx.prepare_cached(SQL).await?;
     let changed = tx
@@ -144,6 +146,7 @@ pub(super) async fn write_job(tx: &Transaction<'_>, job: &Job) -> Result<(), Fai
                 &job.finalized_at.map(|t| t.0),
                 &job.finalized_attempt.map(i64::from),
                 &json_text(&job.errors),
+                &json_text(&job.attempts),
             ],
         )
         .await?;
@@ -225,7 +228,7 @@ impl JobInserter {
 async fn insert_row(tx: &Transaction<'_>, job: &Job) -> Result<(), Fail> {
     let sql = format!(
         "INSERT INTO keel_jobs ({JOB_COLUMNS}) VALUES \
-         ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)"
+         ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)"
     );
     let id = sql_id(job.id).ok_or_else(|| Fail::Corrupt(format!("{} out of range", job.id)))?;
     let statement = tx.prepare_cached(&sql).await?;
@@ -249,6 +252,7 @@ async fn insert_row(tx: &Transaction<'_>, job: &Job) -> Result<(), Fail> {
             &job.finalized_attempt.map(i64::from),
             &json_text(&job.errors),
             &job.unique_key.as_deref().map(str::as_bytes),
+            &json_text(&job.attempts),
         ],
     )
     .await?;

@@ -14,7 +14,7 @@ use crate::storage::OpenError;
 const VERSION_TABLE: &str = "keel_schema_version";
 
 /// Every migration, oldest first. Append only: a released entry never changes.
-pub(super) const MIGRATIONS: &[&str] = &[V1, V2, V3];
+pub(super) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4];
 
 /// The newest schema version this library knows.
 pub(super) fn version_supported() -> i64 {
@@ -105,12 +105,31 @@ const V3: &str = "
 ALTER TABLE keel_effects DROP CONSTRAINT keel_effects_job_id_fkey;
 ";
 
+/// The operator's view. Each job's attempts (who, when, how each ended), as
+/// JSON text like `errors`; queues an operator paused without sizing them
+/// (workers NULL: each node's own count); the latest slot of each periodic
+/// schedule; and an index for listing jobs of one state newest first.
+const V4: &str = "
+ALTER TABLE keel_jobs ADD COLUMN attempts TEXT NOT NULL DEFAULT '[]';
+ALTER TABLE keel_queues ALTER COLUMN workers DROP NOT NULL;
+CREATE TABLE keel_schedules (
+    name TEXT PRIMARY KEY,
+    schedule TEXT NOT NULL,
+    queue TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    last_slot BIGINT NOT NULL,
+    last_job BIGINT NOT NULL
+);
+CREATE INDEX keel_jobs_state ON keel_jobs (state, id);
+";
+
 /// Create `schema` if missing, check it is Keel's, and apply missing migrations.
 /// `target` names the schema in errors.
 pub(super) async fn migrate(
     client: &mut Object,
     schema: &str,
     target: &str,
+    migrate: bool,
 ) -> Result<(), OpenError> {
     let backend = |e: tokio_postgres::Error| OpenError::Backend {
         target: target.to_owned(),
@@ -140,6 +159,14 @@ pub(super) async fn migrate(
     let supported = version_supported();
     if current > supported {
         return Err(OpenError::SchemaTooNew {
+            target: target.to_owned(),
+            found: current,
+            supported,
+        });
+    }
+    if current < supported && !migrate {
+        // Dropping the transaction undoes the schema and version table it made.
+        return Err(OpenError::SchemaTooOld {
             target: target.to_owned(),
             found: current,
             supported,

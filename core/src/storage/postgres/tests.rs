@@ -847,6 +847,7 @@ async fn a_test_clock_judges_every_call_as_the_model_does() {
     let periodic = Op::FirePeriodic {
         name: "p".into(),
         slot: T0,
+        schedule: "every 60s".into(),
         lease: "m".into(),
         holder: "b".into(),
         term: Term(2),

@@ -36,6 +36,7 @@
 //! one reading. Processes sharing a file should share a clock too; on one
 //! machine they do.
 
+mod admin;
 mod schema;
 mod store;
 #[cfg(test)]
@@ -85,6 +86,7 @@ pub struct SqliteOptions {
     durability: Durability,
     idle_spin: Duration,
     clock: SharedClock,
+    migrate: bool,
 }
 
 impl fmt::Debug for SqliteOptions {
@@ -104,11 +106,21 @@ impl Default for SqliteOptions {
             durability: Durability::Full,
             idle_spin: IDLE_SPIN_DEFAULT,
             clock: Arc::new(SystemClock::new()),
+            migrate: true,
         }
     }
 }
 
 impl SqliteOptions {
+    /// Whether opening creates the file and migrates its schema (the default).
+    /// Off, a missing file is an error and an older schema is refused with
+    /// [`OpenError::SchemaTooOld`], changing nothing: what an operator's tool
+    /// wants from a database its services own.
+    pub fn migrate(mut self, on: bool) -> Self {
+        self.migrate = on;
+        self
+    }
+
     /// Wait up to `timeout` for another process's lock.
     pub fn busy_timeout(mut self, timeout: Duration) -> Self {
         self.busy_timeout = timeout;
@@ -175,8 +187,13 @@ impl SqliteEngine {
                 reason: "empty; name a database file".into(),
             });
         }
+        let create = if options.migrate {
+            OpenFlags::SQLITE_OPEN_CREATE
+        } else {
+            OpenFlags::empty()
+        };
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
-            | OpenFlags::SQLITE_OPEN_CREATE
+            | create
             | OpenFlags::SQLITE_OPEN_URI
             | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let conn =
@@ -217,7 +234,7 @@ impl SqliteEngine {
             });
         }
         conn.busy_timeout(options.busy_timeout).map_err(fail)?;
-        schema::check_and_migrate(&mut conn, target)?;
+        schema::check_and_migrate(&mut conn, target, options.migrate)?;
         if file {
             let mode: String = conn
                 .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
@@ -362,7 +379,7 @@ impl SqliteEngine {
 
     /// Apply one storage call, synchronously.
     pub fn execute(&self, op: Op) -> Reply {
-        poll_ready(super::ops::apply(self, op)).unwrap_or_else(|| {
+        poll_ready(super::ops::apply_admin(self, op)).unwrap_or_else(|| {
             Reply::Err(StorageError::Backend(
                 "the SQLite engine waited; its calls must complete at once".into(),
             ))

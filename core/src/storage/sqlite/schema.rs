@@ -83,6 +83,33 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (name, slot)
     ) STRICT;
     ",
+    // 2: the operator's view. Each job's attempts (who, when, how each
+    // ended); queues an operator paused without sizing them (workers NULL:
+    // each node's own count); the latest slot of each periodic schedule.
+    "
+    ALTER TABLE keel_jobs ADD COLUMN attempts TEXT NOT NULL DEFAULT '[]';
+
+    CREATE TABLE keel_queues_v2 (
+        name    TEXT PRIMARY KEY,
+        workers INTEGER,
+        paused  INTEGER NOT NULL
+    ) STRICT;
+    INSERT INTO keel_queues_v2 (name, workers, paused) SELECT name, workers, paused FROM keel_queues;
+    DROP TABLE keel_queues;
+    ALTER TABLE keel_queues_v2 RENAME TO keel_queues;
+
+    CREATE TABLE keel_schedules (
+        name      TEXT PRIMARY KEY,
+        schedule  TEXT NOT NULL,
+        queue     TEXT NOT NULL,
+        kind      TEXT NOT NULL,
+        last_slot INTEGER NOT NULL,
+        last_job  INTEGER NOT NULL
+    ) STRICT;
+
+    -- The operator's listing: newest first, by state.
+    CREATE INDEX keel_jobs_state ON keel_jobs (state, id);
+    ",
 ];
 
 /// The schema version this library writes and reads.
@@ -90,7 +117,13 @@ pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
 /// Check that `conn` holds a Keel database (or nothing) and bring it to
 /// [`SCHEMA_VERSION`], all under the write lock so concurrent openers migrate once.
-pub(super) fn check_and_migrate(conn: &mut Connection, target: &str) -> Result<(), OpenError> {
+/// Unless `migrate`: then an older schema is refused
+/// ([`OpenError::SchemaTooOld`]) and nothing changes.
+pub(super) fn check_and_migrate(
+    conn: &mut Connection,
+    target: &str,
+    migrate: bool,
+) -> Result<(), OpenError> {
     let fail = |e: rusqlite::Error| open_error(target, e);
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -108,8 +141,14 @@ pub(super) fn check_and_migrate(conn: &mut Connection, target: &str) -> Result<(
             |r| r.get(0),
         )
         .map_err(fail)?;
+    let refuse_old = |found: i64| OpenError::SchemaTooOld {
+        target: target.into(),
+        found,
+        supported: SCHEMA_VERSION,
+    };
     match app_id {
         APPLICATION_ID => {}
+        0 if tables == 0 && !migrate => return Err(refuse_old(0)),
         0 if tables == 0 => {
             tx.execute_batch(&format!("PRAGMA application_id = {APPLICATION_ID}"))
                 .map_err(fail)?;
@@ -133,6 +172,9 @@ pub(super) fn check_and_migrate(conn: &mut Connection, target: &str) -> Result<(
             found: version,
             supported: SCHEMA_VERSION,
         });
+    }
+    if version < SCHEMA_VERSION && !migrate {
+        return Err(refuse_old(version));
     }
     let applied = usize::try_from(version).map_err(|_| OpenError::NotKeel {
         target: target.into(),

@@ -18,14 +18,17 @@ use crate::storage::{
 
 const JOB_COLUMNS: &str = "id, kind, queue, payload, priority, state, attempt, max_attempts, \
      scheduled_at, created_at, owner, heartbeat_at, cancel_requested, finalized_at, \
-     finalized_attempt, errors, unique_key";
+     finalized_attempt, errors, unique_key, attempts";
 
 /// A value the database holds that this library could not have written.
-fn corrupt(column: usize, what: String) -> rusqlite::Error {
+pub(super) fn corrupt(column: usize, what: String) -> rusqlite::Error {
     rusqlite::Error::FromSqlConversionFailure(column, rusqlite::types::Type::Text, what.into())
 }
 
-fn json_column<T: serde::de::DeserializeOwned>(row: &Row<'_>, i: usize) -> rusqlite::Result<T> {
+pub(super) fn json_column<T: serde::de::DeserializeOwned>(
+    row: &Row<'_>,
+    i: usize,
+) -> rusqlite::Result<T> {
     let text: String = row.get(i)?;
     serde_json::from_str(&text).map_err(|e| corrupt(i, format!("bad JSON: {e}")))
 }
@@ -55,10 +58,11 @@ fn job_from_row(row: &Row<'_>) -> rusqlite::Result<Job> {
         finalized_attempt: row.get(14)?,
         errors: json_column(row, 15)?,
         unique_key: row.get(16)?,
+        attempts: json_column(row, 17)?,
     })
 }
 
-fn jobs_where(
+pub(super) fn jobs_where(
     tx: &Connection,
     filter: &str,
     args: impl rusqlite::Params,
@@ -69,16 +73,16 @@ fn jobs_where(
     rows.collect()
 }
 
-fn load(tx: &Connection, id: JobId) -> rusqlite::Result<Option<Job>> {
+pub(super) fn load(tx: &Connection, id: JobId) -> rusqlite::Result<Option<Job>> {
     Ok(jobs_where(tx, "id = ?1", [id.0])?.into_iter().next())
 }
 
 /// Write back every column a transition may change.
-fn store(tx: &Connection, job: &Job) -> rusqlite::Result<()> {
+pub(super) fn store(tx: &Connection, job: &Job) -> rusqlite::Result<()> {
     let mut stmt = tx.prepare_cached(
         "UPDATE keel_jobs SET state = ?2, attempt = ?3, max_attempts = ?4, scheduled_at = ?5, \
          owner = ?6, heartbeat_at = ?7, cancel_requested = ?8, finalized_at = ?9, \
-         finalized_attempt = ?10, errors = ?11 WHERE id = ?1",
+         finalized_attempt = ?10, errors = ?11, attempts = ?12 WHERE id = ?1",
     )?;
     let changed = stmt.execute(params![
         job.id.0,
@@ -92,6 +96,7 @@ fn store(tx: &Connection, job: &Job) -> rusqlite::Result<()> {
         job.finalized_at.map(|t| t.0),
         job.finalized_attempt,
         to_json(&job.errors)?,
+        to_json(&job.attempts)?,
     ])?;
     assert_eq!(changed, 1, "a loaded row is written back");
     Ok(())
@@ -121,8 +126,8 @@ fn claim_in(
     // Only the columns `Job::claim_for` changes (the conformance suite holds
     // the two to the same row): a claim rewrites no payload or error list.
     let mut claimed = tx.prepare_cached(
-        "UPDATE keel_jobs SET state = ?2, attempt = ?3, owner = ?4, heartbeat_at = ?5 \
-         WHERE id = ?1 AND state = 'available'",
+        "UPDATE keel_jobs SET state = ?2, attempt = ?3, owner = ?4, heartbeat_at = ?5, \
+         attempts = ?6 WHERE id = ?1 AND state = 'available'",
     )?;
     for job in &mut due {
         job.claim_for(owner, now);
@@ -132,6 +137,7 @@ fn claim_in(
             job.attempt,
             job.owner,
             job.heartbeat_at.map(|t| t.0),
+            to_json(&job.attempts)?,
         ])?;
         assert_eq!(changed, 1, "a due row is claimed");
     }
@@ -155,7 +161,10 @@ fn complete_live(
     let changed = tx
         .prepare_cached(
             "UPDATE keel_jobs SET state = 'completed', owner = NULL, heartbeat_at = NULL, \
-             finalized_attempt = ?2, finalized_at = ?4 \
+             finalized_attempt = ?2, finalized_at = ?4, \
+             attempts = CASE WHEN json_extract(attempts, '$[#-1].attempt') = ?2 \
+                 THEN json_set(attempts, '$[#-1].ended_at', ?4, '$[#-1].outcome', 'completed') \
+                 ELSE attempts END \
              WHERE id = ?1 AND state = 'running' AND attempt = ?2 AND owner = ?3",
         )?
         .execute(params![claim.job.0, claim.attempt, owner, now.0])?;
@@ -551,6 +560,7 @@ impl JobStore for SqliteEngine {
         &self,
         name: &str,
         slot: Timestamp,
+        schedule: &str,
         lease_name: &str,
         holder: &str,
         term: Term,
@@ -569,11 +579,21 @@ impl JobStore for SqliteEngine {
             if let Some(id) = fired {
                 return Ok(PeriodicOutcome::AlreadyFired(JobId(id)));
             }
+            let (queue, kind) = (req.queue.clone(), req.kind.clone());
             let id = insert(tx, req, now)?.id();
             tx.prepare_cached(
                 "INSERT INTO keel_periodic (name, slot, job_id) VALUES (?1, ?2, ?3)",
             )?
             .execute(params![name, slot.0, id.0])?;
+            // A later slot recorded before (a slow leader's late firing) stays.
+            tx.prepare_cached(
+                "INSERT INTO keel_schedules (name, schedule, queue, kind, last_slot, last_job) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (name) DO UPDATE SET \
+                 schedule = excluded.schedule, queue = excluded.queue, kind = excluded.kind, \
+                 last_slot = excluded.last_slot, last_job = excluded.last_job \
+                 WHERE excluded.last_slot >= keel_schedules.last_slot",
+            )?
+            .execute(params![name, schedule, queue, kind, slot.0, id.0])?;
             Ok(PeriodicOutcome::Fired(id))
         })
     }
