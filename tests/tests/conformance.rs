@@ -169,6 +169,7 @@ fn cases() -> Vec<Case> {
         admin_changes_leave_a_running_job_to_its_claim,
         admin_discard_ends_a_job_that_waits,
         admin_delete_removes_a_job_and_its_effects,
+        admin_and_job_calls_on_an_id_past_any_row_find_no_job,
     ]
 }
 
@@ -2770,5 +2771,47 @@ async fn admin_delete_removes_a_job_and_its_effects(s: Store) -> Outcome {
     assert_eq!(fire().await?, PeriodicOutcome::AlreadyFired(JobId(3)));
     // Nothing of the deleted jobs is claimed.
     assert_eq!(ids_claimed(&s, "mail", 10, at(10_000)).await?, vec![6]);
+    Ok(())
+}
+
+/// An id no engine can store (past SQL's signed 64 bits) names no job: every
+/// call that takes one answers as for any unknown id, never with an error.
+async fn admin_and_job_calls_on_an_id_past_any_row_find_no_job(s: Store) -> Outcome {
+    let c = claim_of(&running(&s, &req()).await?);
+    let before = job(&s, c.job).await?;
+    for id in [u64::MAX, 1 << 63] {
+        let big = JobId(id);
+        let claim = Claim {
+            job: big,
+            attempt: 1,
+        };
+        assert_eq!(s.get_job(big).await?, None);
+        assert_eq!(s.get_effect(big, "k").await?, None);
+        assert_eq!(
+            s.now(at(1)).request_cancel(big).await?,
+            CancelResult::NotFound
+        );
+        assert_eq!(
+            s.now(at(1)).heartbeat(claim, "w").await?,
+            HeartbeatStatus::Lost
+        );
+        assert_eq!(
+            s.now(at(1))
+                .finalize(claim, "w", Finalize::Completed)
+                .await?,
+            FinalizeResult::Stale
+        );
+        assert_eq!(
+            s.apply_effect(claim, "w", "k", json!(1)).await?,
+            EffectResult::NotOwner
+        );
+        assert_eq!(s.list_effects(big).await?, Vec::new());
+        assert_eq!(s.now(at(1)).retry_job(big).await?, AdminOutcome::NotFound);
+        assert_eq!(s.now(at(1)).discard_job(big).await?, AdminOutcome::NotFound);
+        assert_eq!(s.now(at(1)).delete_job(big).await?, AdminOutcome::NotFound);
+        // As a cursor it is past every job.
+        assert_eq!(listed(&s, page(Some(id), 5)).await?, (vec![1], None));
+    }
+    assert_eq!(job(&s, c.job).await?, before, "nothing changed");
     Ok(())
 }

@@ -29,7 +29,8 @@ impl AdminStore for SqliteEngine {
                     states,
                     filter.queue,
                     filter.kind,
-                    filter.before.map(|b| b.0),
+                    // Past `INTEGER`'s range: older than every row.
+                    filter.before.and_then(|b| i64::try_from(b.0).ok()),
                     filter.limit + 1
                 ],
             )?;
@@ -38,9 +39,12 @@ impl AdminStore for SqliteEngine {
     }
 
     async fn list_effects(&self, job: JobId) -> StorageResult<Vec<(String, serde_json::Value)>> {
+        let Ok(id) = i64::try_from(job.0) else {
+            return Ok(Vec::new());
+        };
         self.read(|tx| {
             tx.prepare_cached("SELECT key, value FROM keel_effects WHERE job_id = ?1 ORDER BY key")?
-                .query_map([job.0], |r| {
+                .query_map([id], |r| {
                     let text: String = r.get(1)?;
                     let value = serde_json::from_str(&text)
                         .map_err(|e| corrupt(1, format!("bad JSON: {e}")))?;
@@ -149,9 +153,9 @@ impl AdminStore for SqliteEngine {
                 return Ok(AdminOutcome::Running);
             }
             tx.prepare_cached("DELETE FROM keel_effects WHERE job_id = ?1")?
-                .execute([job.0])?;
+                .execute([row.id.0])?;
             tx.prepare_cached("DELETE FROM keel_jobs WHERE id = ?1")?
-                .execute([job.0])?;
+                .execute([row.id.0])?;
             Ok(AdminOutcome::Done)
         })
     }

@@ -73,8 +73,12 @@ pub(super) fn jobs_where(
     rows.collect()
 }
 
+/// Row `id`; an id past `INTEGER`'s range names no row, as in the model.
 pub(super) fn load(tx: &Connection, id: JobId) -> rusqlite::Result<Option<Job>> {
-    Ok(jobs_where(tx, "id = ?1", [id.0])?.into_iter().next())
+    let Ok(id) = i64::try_from(id.0) else {
+        return Ok(None);
+    };
+    Ok(jobs_where(tx, "id = ?1", [id])?.into_iter().next())
 }
 
 /// Write back every column a transition may change.
@@ -158,6 +162,9 @@ fn complete_live(
     owner: &str,
     now: Timestamp,
 ) -> rusqlite::Result<bool> {
+    let Ok(id) = i64::try_from(claim.job.0) else {
+        return Ok(false);
+    };
     let changed = tx
         .prepare_cached(
             "UPDATE keel_jobs SET state = 'completed', owner = NULL, heartbeat_at = NULL, \
@@ -167,7 +174,7 @@ fn complete_live(
                  ELSE attempts END \
              WHERE id = ?1 AND state = 'running' AND attempt = ?2 AND owner = ?3",
         )?
-        .execute(params![claim.job.0, claim.attempt, owner, now.0])?;
+        .execute(params![id, claim.attempt, owner, now.0])?;
     Ok(changed == 1)
 }
 
@@ -423,9 +430,12 @@ impl JobStore for SqliteEngine {
     }
 
     async fn get_effect(&self, job: JobId, key: &str) -> StorageResult<Option<serde_json::Value>> {
+        let Ok(id) = i64::try_from(job.0) else {
+            return Ok(None);
+        };
         self.read(|tx| {
             tx.prepare_cached("SELECT value FROM keel_effects WHERE job_id = ?1 AND key = ?2")?
-                .query_row(params![job.0, key], |r| json_column(r, 0))
+                .query_row(params![id, key], |r| json_column(r, 0))
                 .optional()
         })
     }
