@@ -48,6 +48,7 @@ pub mod identity;
 pub mod jobs;
 pub mod leadership;
 pub mod maintenance;
+pub mod metrics;
 pub mod net;
 #[cfg(feature = "planted-bugs")]
 pub mod planted;

@@ -591,8 +591,9 @@ impl RuntimeHandle {
 
     /// Enqueue a job; wakes one of this node's idle workers.
     pub async fn enqueue(&self, req: EnqueueRequest) -> Result<EnqueueOutcome, RuntimeError> {
+        let labels = enqueue_labels(&req);
         let outcome = self.shared.storage.enqueue(req).await?;
-        self.enqueued(outcome);
+        self.enqueued(outcome, &labels);
         Ok(outcome)
     }
 
@@ -601,13 +602,22 @@ impl RuntimeHandle {
         &self,
         reqs: Vec<EnqueueRequest>,
     ) -> Result<Vec<EnqueueOutcome>, RuntimeError> {
+        let labels: Vec<_> = reqs.iter().map(enqueue_labels).collect();
         let outcomes = self.shared.storage.enqueue_batch(reqs).await?;
-        outcomes.iter().for_each(|o| self.enqueued(*o));
+        outcomes
+            .iter()
+            .zip(&labels)
+            .for_each(|(o, l)| self.enqueued(*o, l));
         Ok(outcomes)
     }
 
-    fn enqueued(&self, outcome: EnqueueOutcome) {
+    fn enqueued(&self, outcome: EnqueueOutcome, labels: &EnqueueLabels) {
         let inserted = matches!(outcome, EnqueueOutcome::Inserted(_));
+        #[cfg(feature = "metrics")]
+        if inserted {
+            crate::metrics::job_enqueued(&labels.queue, &labels.kind);
+        }
+        let _ = labels;
         emit(
             self.shared.observer.as_ref(),
             &self.shared.node,
@@ -735,5 +745,24 @@ impl RuntimeHandle {
             r = release => r,
             () = shared.clock.sleep(shared.cfg.heartbeat_interval) => Vec::new(),
         }
+    }
+}
+
+/// A job's queue and kind, kept across its enqueue for the metrics feature
+/// (empty without it).
+struct EnqueueLabels {
+    #[cfg(feature = "metrics")]
+    queue: String,
+    #[cfg(feature = "metrics")]
+    kind: String,
+}
+
+fn enqueue_labels(req: &EnqueueRequest) -> EnqueueLabels {
+    let _ = req;
+    EnqueueLabels {
+        #[cfg(feature = "metrics")]
+        queue: req.queue.clone(),
+        #[cfg(feature = "metrics")]
+        kind: req.kind.clone(),
     }
 }

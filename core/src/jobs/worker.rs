@@ -321,6 +321,8 @@ impl Worker<'_> {
         // Every event of this attempt (worker, handler, storage client) carries the
         // job, attempt, queue and node.
         let span = tracing::info_span!("job", job = %job.id, attempt = job.attempt, queue = %job.queue, node = %shared.node);
+        crate::metrics::attempt_started(&job.queue, &job.kind);
+        let began = shared.clock.monotonic();
         let ended = supervise(shared, &running, &job, sent)
             .instrument(span.clone())
             .await;
@@ -344,6 +346,8 @@ impl Worker<'_> {
             }
             Ended::Dropped => return None,
         };
+        let took = shared.clock.monotonic().saturating_duration_since(began);
+        crate::metrics::attempt_ended(&job.queue, &job.kind, &fin, took);
         Some(Done { running, fin, span })
     }
 }

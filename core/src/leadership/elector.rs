@@ -394,6 +394,7 @@ impl Elector {
                 term,
                 trusted_for_ms,
             });
+            crate::metrics::leading(&self.cfg.lease_name, true);
             let why = self.lead(term, trusted_until, &shutdown, resign_rx).await;
             // Planted `resign_before_step_down` frees the lease while still believing.
             let resign_first = crate::is_planted!(self.cfg.plants, ResignBeforeStepDown)
@@ -402,6 +403,7 @@ impl Elector {
                 self.send_resign(term).await;
             }
             self.set(Leadership::Follower, None);
+            crate::metrics::leading(&self.cfg.lease_name, false);
             self.emit(Event::TermLost {
                 term,
                 reason: why.as_str().to_owned(),
