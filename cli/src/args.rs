@@ -90,6 +90,18 @@ pub enum Command {
     Leader,
     /// Periodic schedules, their latest slot and their next.
     Periodic,
+    /// Serve the web dashboard (and /metrics) until Ctrl-C.
+    Serve {
+        /// Where to listen; any address but loopback needs --auth.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+        /// USER:PASSWORD every request must present (HTTP Basic).
+        #[arg(long, value_name = "USER:PASSWORD", env = "KEEL_DASHBOARD_AUTH")]
+        auth: Option<String>,
+        /// Show, never change: no actions, every POST refused.
+        #[arg(long)]
+        read_only: bool,
+    },
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]

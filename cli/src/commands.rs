@@ -79,6 +79,20 @@ impl From<StorageError> for Failure {
 /// ran (one that acted on several jobs may have been refused for some).
 pub async fn run(cli: &Cli) -> Result<u8, Failure> {
     let db = database(cli)?;
+    if let Command::Serve {
+        listen,
+        auth,
+        read_only,
+    } = &cli.command
+    {
+        // Refuse an exposed listener before touching the database.
+        let options = crate::serve::ServeOptions {
+            listen: *listen,
+            auth: auth.clone(),
+            read_only: *read_only,
+        };
+        options.validate().map_err(Failure::Usage)?;
+    }
     if let Command::Migrate { action } = &cli.command {
         return migrate(cli, &db, *action).await;
     }
@@ -95,6 +109,21 @@ pub async fn run(cli: &Cli) -> Result<u8, Failure> {
         Command::Cancel { ids } => each(cli, ids, |id| cancel_outcome(admin.cancel(id))).await,
         Command::Leader => leader(cli, &admin).await,
         Command::Periodic => periodic(cli, &admin).await,
+        Command::Serve {
+            listen,
+            auth,
+            read_only,
+        } => {
+            let options = crate::serve::ServeOptions {
+                listen: *listen,
+                auth: auth.clone(),
+                read_only: *read_only,
+            };
+            crate::serve::serve(admin, options)
+                .await
+                .map(|()| EXIT_OK)
+                .map_err(Failure::Usage)
+        }
     }
 }
 

@@ -8,6 +8,7 @@
 mod args;
 mod commands;
 mod render;
+mod serve;
 
 use std::process::ExitCode;
 
