@@ -7,7 +7,7 @@ use keel::storage::{
 use serde::Serialize;
 
 use crate::args::{Cli, Command, JobsArgs, MigrateAction, QueueAction};
-use crate::render::{one_line, span_ms, table, time, time_or_dash};
+use keel_cli::render::{one_line, span_ms, table, time, time_or_dash};
 
 /// Exit code: done.
 pub const EXIT_OK: u8 = 0;
@@ -86,7 +86,7 @@ pub async fn run(cli: &Cli) -> Result<u8, Failure> {
     } = &cli.command
     {
         // Refuse an exposed listener before touching the database.
-        let options = crate::serve::ServeOptions {
+        let options = keel_cli::serve::ServeOptions {
             listen: *listen,
             auth: auth.clone(),
             read_only: *read_only,
@@ -114,12 +114,12 @@ pub async fn run(cli: &Cli) -> Result<u8, Failure> {
             auth,
             read_only,
         } => {
-            let options = crate::serve::ServeOptions {
+            let options = keel_cli::serve::ServeOptions {
                 listen: *listen,
                 auth: auth.clone(),
                 read_only: *read_only,
             };
-            crate::serve::serve(admin, options)
+            keel_cli::serve::serve(admin, options)
                 .await
                 .map(|()| EXIT_OK)
                 .map_err(Failure::Usage)

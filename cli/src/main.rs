@@ -7,8 +7,6 @@
 
 mod args;
 mod commands;
-mod render;
-mod serve;
 
 use std::process::ExitCode;
 

@@ -1,4 +1,4 @@
-//! Tables for people: aligned columns, times in UTC.
+//! Tables for people: aligned columns, times in UTC (the CLI's and the dashboard's).
 
 use keel::clock::Timestamp;
 
