@@ -7,7 +7,7 @@ use keel::storage::{
 use serde::Serialize;
 
 use crate::args::{Cli, Command, JobsArgs, MigrateAction, QueueAction};
-use keel_cli::render::{one_line, span_ms, table, time, time_or_dash};
+use keel_cli::render::{admin_said, cancel_said, one_line, span_ms, table, time, time_or_dash};
 
 /// Exit code: done.
 pub const EXIT_OK: u8 = 0;
@@ -406,14 +406,7 @@ fn admin_outcome<'a>(
             AdminOutcome::NotFound => EXIT_NOT_FOUND,
             AdminOutcome::Running | AdminOutcome::AlreadyFinished => EXIT_REFUSED,
         };
-        let said = match outcome {
-            AdminOutcome::Done => "done",
-            AdminOutcome::Unchanged => "unchanged: already due",
-            AdminOutcome::NotFound => "not found",
-            AdminOutcome::Running => "refused: running (cancel it, or wait for its attempt to end)",
-            AdminOutcome::AlreadyFinished => "refused: already finished",
-        };
-        Ok((said.to_owned(), code))
+        Ok((admin_said(outcome).to_owned(), code))
     })
 }
 
@@ -421,16 +414,13 @@ fn cancel_outcome<'a>(
     call: impl std::future::Future<Output = Result<CancelResult, StorageError>> + Send + 'a,
 ) -> Pending<'a> {
     Box::pin(async move {
-        let (said, code) = match call.await? {
-            CancelResult::Cancelled => ("cancelled", EXIT_OK),
-            CancelResult::Requested => (
-                "cancel requested: its worker stops at its next heartbeat",
-                EXIT_OK,
-            ),
-            CancelResult::AlreadyFinished => ("refused: already finished", EXIT_REFUSED),
-            CancelResult::NotFound => ("not found", EXIT_NOT_FOUND),
+        let result = call.await?;
+        let code = match result {
+            CancelResult::Cancelled | CancelResult::Requested => EXIT_OK,
+            CancelResult::AlreadyFinished => EXIT_REFUSED,
+            CancelResult::NotFound => EXIT_NOT_FOUND,
         };
-        Ok((said.to_owned(), code))
+        Ok((cancel_said(result).to_owned(), code))
     })
 }
 

@@ -1,6 +1,29 @@
 //! Tables for people: aligned columns, times in UTC (the CLI's and the dashboard's).
 
 use keel::clock::Timestamp;
+use keel::storage::{AdminOutcome, CancelResult};
+
+/// What an operator's retry, discard or delete did, in words (the CLI's and
+/// the dashboard's).
+pub fn admin_said(outcome: AdminOutcome) -> &'static str {
+    match outcome {
+        AdminOutcome::Done => "done",
+        AdminOutcome::Unchanged => "unchanged: already due",
+        AdminOutcome::NotFound => "not found",
+        AdminOutcome::Running => "refused: running (cancel it, or wait for its attempt to end)",
+        AdminOutcome::AlreadyFinished => "refused: already finished",
+    }
+}
+
+/// What an operator's cancel did, in words.
+pub fn cancel_said(result: CancelResult) -> &'static str {
+    match result {
+        CancelResult::Cancelled => "cancelled",
+        CancelResult::Requested => "cancel requested: its worker stops at its next heartbeat",
+        CancelResult::AlreadyFinished => "refused: already finished",
+        CancelResult::NotFound => "not found",
+    }
+}
 
 /// A storage time as RFC 3339 UTC, to the millisecond.
 pub fn time(t: Timestamp) -> String {

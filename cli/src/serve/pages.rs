@@ -6,12 +6,12 @@ use axum::extract::{Form, Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use keel::admin::JobDetail;
-use keel::storage::{AdminOutcome, CancelResult, JobFilter, JobId, JobState, StorageError};
+use keel::storage::{JobFilter, JobId, JobState, StorageError};
 use maud::{html, Markup, PreEscaped, DOCTYPE};
 use serde::Deserialize;
 
 use super::{same_secret, text, App, REFRESH_SECS};
-use crate::render::{one_line, span_ms, time, time_or_dash};
+use crate::render::{admin_said, cancel_said, one_line, span_ms, time, time_or_dash};
 
 /// Jobs per page.
 const PAGE_JOBS: u32 = 50;
@@ -340,27 +340,12 @@ pub(crate) async fn act_on_job(
     let said = match action.as_str() {
         "retry" => app.admin.retry(job).await.map(admin_said),
         "discard" => app.admin.discard(job).await.map(admin_said),
-        "cancel" => app.admin.cancel(job).await.map(|c| match c {
-            CancelResult::Cancelled => "cancelled",
-            CancelResult::Requested => "cancel requested: its worker stops at its next heartbeat",
-            CancelResult::AlreadyFinished => "not cancelled: it already finished",
-            CancelResult::NotFound => "no such job",
-        }),
+        "cancel" => app.admin.cancel(job).await.map(cancel_said),
         _ => return text(StatusCode::NOT_FOUND, format!("no action {action:?}\n")),
     };
     match said {
         Ok(said) => after(format!("/jobs/{id}"), &format!("{action}: {said}")),
         Err(e) => storage_failed(e),
-    }
-}
-
-fn admin_said(outcome: AdminOutcome) -> &'static str {
-    match outcome {
-        AdminOutcome::Done => "done",
-        AdminOutcome::Unchanged => "unchanged: already due",
-        AdminOutcome::Running => "refused: it is running (cancel it, or wait for its attempt)",
-        AdminOutcome::AlreadyFinished => "refused: it already finished",
-        AdminOutcome::NotFound => "no such job",
     }
 }
 

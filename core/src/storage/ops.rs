@@ -169,22 +169,6 @@ impl Op {
                 | Op::ListSchedules
         )
     }
-
-    /// Whether the call is an operator's ([`AdminStore`]), which only
-    /// [`apply_admin`] serves.
-    pub fn is_admin(&self) -> bool {
-        matches!(
-            self,
-            Op::ListJobs { .. }
-                | Op::ListEffects { .. }
-                | Op::ListQueues
-                | Op::ListLeases
-                | Op::ListSchedules
-                | Op::RetryJob { .. }
-                | Op::DiscardJob { .. }
-                | Op::DeleteJob { .. }
-        )
-    }
 }
 
 /// The answer to an [`Op`].
@@ -240,7 +224,7 @@ pub async fn apply_admin(store: &dyn AdminStorage, op: Op) -> Reply {
     result.unwrap_or_else(Reply::Err)
 }
 
-/// Run `op` against `store`. An operator's call ([`Op::is_admin`]) is
+/// Run `op` against `store`. An operator's call (an [`AdminStore`] method) is
 /// refused: it needs [`apply_admin`] and a store that serves it.
 pub async fn apply(store: &dyn Storage, op: Op) -> Reply {
     let ttl = Duration::from_millis;
