@@ -36,7 +36,7 @@
 use serde::Deserialize;
 
 use keel::storage::{JobId, JobState, Term};
-use sim::history::DbEvent;
+use sim::run::history::DbEvent;
 
 /// The audit table.
 pub const AUDIT_TABLE: &str = "keel_chaos_audit";

@@ -24,7 +24,7 @@ use std::sync::Mutex;
 use keel::clock::SharedClock;
 use keel::events::{Event, Observer};
 use serde::{Deserialize, Serialize};
-use sim::history::{Ev, Record, Sink};
+use sim::run::history::{Ev, Record, Sink};
 
 /// One journal line: a record, its true time in µs since the run began (the
 /// order a merge keeps), and the writer's own wall clock.
@@ -326,9 +326,9 @@ mod tests {
             attempt: 2,
         });
         let merged = merge(&[a_path, b_path]).expect("merge");
-        let checker = sim::checkers::by_name("no_start_after_term_lost").expect("checker");
-        let ctx = sim::runner::check_ctx(
-            &sim::node::Timing::standard(),
+        let checker = sim::run::checkers::by_name("no_start_after_term_lost").expect("checker");
+        let ctx = sim::run::runner::check_ctx(
+            &sim::world::node::Timing::standard(),
             &scenarios::by_name("zombies").expect("scenario"),
             merged.records.last().map_or(0, |r| r.at_ms),
         );

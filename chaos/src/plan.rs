@@ -35,7 +35,7 @@ use std::fmt;
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use sim::faults::Words;
+use sim::plan::faults::Words;
 
 /// One fault on one process.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

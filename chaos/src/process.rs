@@ -21,9 +21,9 @@ use keel::storage::{
     PostgresOptions, PostgresStorage, SharedStorage, SqliteOptions, SqliteStorage,
 };
 use serde::{Deserialize, Serialize};
-use sim::history::{fnv1a, FNV_OFFSET};
-use sim::node::{FlakyStartHook, HookFaults, Timing};
-use sim::workload::{SimHandler, WorkloadPlan};
+use sim::run::history::{fnv1a, FNV_OFFSET};
+use sim::world::node::{FlakyStartHook, HookFaults, Timing};
+use sim::world::workload::{SimHandler, WorkloadPlan};
 
 use crate::journal::{machine_now_ms, Journal};
 use crate::plan::{ChaosKind, ChaosPlan, PlannedClock};
@@ -343,12 +343,12 @@ fn build_runtime(
         .workload
         .as_ref()
         .ok_or_else(|| ChaosError::Setup("chaos.toml: no [workload]".into()))?;
-    let jobs = sim::workload::node_jobs(workload);
+    let jobs = sim::world::workload::node_jobs(workload);
     for (queue, workers) in &jobs.queues {
         builder = builder.queue(queue.clone(), *workers);
     }
     builder = builder.handler(
-        sim::workload::KIND,
+        sim::world::workload::KIND,
         SimHandler {
             host: name.to_owned(),
             history: journal,
@@ -375,6 +375,6 @@ pub async fn client_main(spec: Spec) -> Result<(), ChaosError> {
     let journal = open_journal(&spec, clock.clone())?;
     let storage = connect(&spec, &plan, false).await;
     let work = WorkloadPlan::generate(workload, plan.seed);
-    sim::workload::drive_client(&work, &*storage, &journal, || spec.elapsed_ms()).await;
+    sim::world::workload::drive_client(&work, &*storage, &journal, || spec.elapsed_ms()).await;
     Ok(())
 }

@@ -23,9 +23,9 @@ use std::time::Duration;
 use keel::clock::{Clock, SystemClock};
 use keel::planted::Bug;
 use keel::storage::{JobId, PostgresOptions, PostgresStorage, SqliteEngine};
-use sim::checkers::{self, Violation};
-use sim::history::{Ev, HarnessEvent, Record};
-use sim::node::Timing;
+use sim::run::checkers::{self, Violation};
+use sim::run::history::{Ev, HarnessEvent, Record};
+use sim::world::node::Timing;
 
 use crate::audit::{self, AuditRow};
 use crate::journal::{machine_now_ms, merge_with, Journal};
@@ -34,7 +34,7 @@ use crate::process::{scenario, ChaosError, Engine, Spec};
 use crate::proxy::{FaultProxy, LinkFault};
 
 /// The host name harness records carry, as in the simulator.
-const HARNESS_HOST: &str = sim::runner::HARNESS_HOST;
+const HARNESS_HOST: &str = sim::run::runner::HARNESS_HOST;
 /// How often the harness looks at its plan and its processes.
 const TICK: Duration = Duration::from_millis(20);
 /// A shutdown may overrun its deadline by this much (a loop's last tick, the
@@ -286,7 +286,7 @@ fn write(path: &Path, text: &str) -> Result<(), ChaosError> {
 /// The run's own database: a fresh schema (PostgreSQL) or file (SQLite),
 /// migrated by keel, with the audit triggers installed.
 async fn prepare(cfg: &RunConfig) -> Result<Engine, ChaosError> {
-    let lease = sim::node::LEASE_NAME;
+    let lease = sim::world::node::LEASE_NAME;
     match &cfg.database {
         Database::Postgres(url) => {
             let schema = format!("keel_chaos_{}_{}", cfg.plan.seed, std::process::id());
@@ -423,7 +423,7 @@ async fn read_back(engine: &Engine) -> Result<(Vec<AuditRow>, Vec<JobId>), Chaos
 /// The lease's live holder at `now_ms` on storage's clock, read from the
 /// database (errors read as none).
 async fn live_holder(engine: &Engine, now_ms: i64) -> Option<String> {
-    let lease = sim::node::LEASE_NAME;
+    let lease = sim::world::node::LEASE_NAME;
     match engine {
         Engine::Postgres { url, schema } => {
             let admin = pg_admin(url).await.ok()?;
@@ -513,7 +513,10 @@ impl Harness {
             });
         }
         let client_spec = cfg.dir.join("client.spec.json");
-        write(&client_spec, &json(&spec(sim::workload::CLIENT_HOST, 0))?)?;
+        write(
+            &client_spec,
+            &json(&spec(sim::world::workload::CLIENT_HOST, 0))?,
+        )?;
         let journal_path = cfg.dir.join("harness.jsonl");
         let journal = Journal::open(
             &journal_path,
@@ -619,7 +622,7 @@ impl Harness {
             Action::Jump(jump_ms) => self.record(&name, HarnessEvent::ClockJump { jump_ms }),
             // Every process steps its storage clock itself, from the plan.
             Action::DbJump(jump_ms) => {
-                self.record(sim::db::DB_HOST, HarnessEvent::ClockJump { jump_ms });
+                self.record(sim::world::db::DB_HOST, HarnessEvent::ClockJump { jump_ms });
                 return Ok(true);
             }
             Action::HookOn { pct, delay_ms } => self.record(
@@ -811,7 +814,7 @@ fn judge(
     end_at_ms: u64,
     epoch_unix_ms: i64,
 ) -> Result<(Vec<Violation>, checkers::CheckCtx), ChaosError> {
-    let mut ctx = sim::runner::check_ctx(timing, scenario, end_at_ms);
+    let mut ctx = sim::run::runner::check_ctx(timing, scenario, end_at_ms);
     ctx.epoch_unix_ms = epoch_unix_ms;
     let ctx = checkers::after_storage_steps(ctx, records);
     let mut violations = Vec::new();
@@ -873,7 +876,7 @@ pub async fn run(cfg: &RunConfig) -> Result<RunReport, ChaosError> {
         .map(|(at_us, ev)| {
             (
                 at_us - epoch_unix_ms * 1000,
-                sim::db::DB_HOST.to_owned(),
+                sim::world::db::DB_HOST.to_owned(),
                 Ev::Db(ev),
             )
         })
@@ -902,11 +905,11 @@ pub async fn run(cfg: &RunConfig) -> Result<RunReport, ChaosError> {
         plant: cfg.plant,
         injected: h.injected,
         jobs: count(&merged.records, |e| {
-            matches!(e, Ev::Db(sim::history::DbEvent::JobInserted { .. }))
+            matches!(e, Ev::Db(sim::run::history::DbEvent::JobInserted { .. }))
         }),
         unfinished: unfinished.len(),
         effects: count(&merged.records, |e| {
-            matches!(e, Ev::Db(sim::history::DbEvent::EffectApplied { .. }))
+            matches!(e, Ev::Db(sim::run::history::DbEvent::EffectApplied { .. }))
         }),
         violations,
         enqueue_to_start_ms: enqueue_to_start(&merged.records),
@@ -948,7 +951,7 @@ fn count(records: &[Record], f: impl Fn(&Ev) -> bool) -> usize {
 /// Enqueue to first start, per job that was neither scheduled nor periodic.
 fn enqueue_to_start(records: &[Record]) -> Vec<u64> {
     use keel::events::Event;
-    use sim::history::DbEvent;
+    use sim::run::history::DbEvent;
     let mut enqueued = std::collections::BTreeMap::new();
     let mut scheduled = std::collections::BTreeSet::new();
     let mut out = Vec::new();
@@ -1069,7 +1072,7 @@ mod bounds_tests {
         let plan = ChaosPlan::generate(&PlanConfig::default(), 1);
         let scenario = scenario(&plan).expect("chaos.toml");
         let timing = Timing::for_scenario(&scenario).expect("timing");
-        let ctx = sim::runner::check_ctx(&timing, &scenario, 0);
+        let ctx = sim::run::runner::check_ctx(&timing, &scenario, 0);
         assert!(
             ctx.heal_converge_ms <= plan.heal_ms,
             "heal {} ms, no_lost_jobs needs {} ms",

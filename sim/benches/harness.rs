@@ -5,9 +5,9 @@
 use criterion::{criterion_group, criterion_main, Criterion};
 use keel::events::Event;
 use keel::storage::Term;
-use sim::checkers;
-use sim::history::{trace_hash, Ev, History};
-use sim::runner::{self, RunSpec};
+use sim::run::checkers;
+use sim::run::history::{trace_hash, Ev, History};
+use sim::run::runner::{self, RunSpec};
 
 /// One recorded swarm run: a realistic history for the checkers.
 fn swarm_run() -> runner::RunResult {
@@ -43,7 +43,7 @@ fn harness(c: &mut Criterion) {
         b.iter(|| trace_hash(&run.history))
     });
     let ctx = runner::check_ctx(
-        &sim::node::Timing::standard(),
+        &sim::world::node::Timing::standard(),
         &run.spec.scenario,
         run.simulated_ms(),
     );

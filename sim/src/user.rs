@@ -56,11 +56,11 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use scenarios::Scenario;
 
-use crate::checkers::{self, CheckCtx, Checker, Violation};
-use crate::history::Record;
-use crate::node::{HandlerFactory, NodeJobs};
-use crate::runner::{self, RunResult, RunSpec, SimError, StorageKind, Work};
-use crate::workload::{PlannedJob, WorkloadPlan};
+use crate::run::checkers::{self, CheckCtx, Checker, Violation};
+use crate::run::history::Record;
+use crate::run::runner::{self, RunResult, RunSpec, SimError, StorageKind, Work};
+use crate::world::node::{HandlerFactory, NodeJobs};
+use crate::world::workload::{PlannedJob, WorkloadPlan};
 
 /// Workers per node on a queue that jobs name but [`Setup::queue`] did not set.
 pub const WORKERS_DEFAULT: u32 = 2;

@@ -10,8 +10,8 @@
 //! in `reach` must be reached by at least one seed. A chosen seed or sweep skips
 //! that requirement: one seed need not reach everything.
 
-use sim::coverage;
-use sim::runner::{self, report, RunSpec, StorageKind};
+use sim::run::coverage;
+use sim::run::runner::{self, report, RunSpec, StorageKind};
 
 /// Seeds per scenario on SQLite when no seed is chosen: the SQL engine is held to
 /// the model by the conformance suite, so here it needs breadth, not depth.
@@ -22,7 +22,7 @@ fn failures_of(scenario: scenarios::Scenario, storage: StorageKind) -> Vec<Strin
         StorageKind::Mem => scenario.default_seeds,
         StorageKind::Sqlite => scenario.default_seeds.min(SQLITE_SEEDS_DEFAULT),
     };
-    let seeds = sim::seeds::from_env(default).unwrap_or_else(|e| panic!("{e}"));
+    let seeds = sim::tools::seeds::from_env(default).unwrap_or_else(|e| panic!("{e}"));
     let seeds_chosen =
         std::env::var_os("SIM_SEED").is_some() || std::env::var_os("SIM_SEEDS").is_some();
     let mut failures = Vec::new();
@@ -111,7 +111,7 @@ fn every_scenario_holds_its_invariants_on_its_default_seeds_deterministically() 
 
 #[test]
 fn every_invariant_a_scenario_names_has_a_checker() {
-    let known = sim::checkers::names();
+    let known = sim::run::checkers::names();
     for s in scenarios::all() {
         for name in &s.invariants {
             assert!(

@@ -5,10 +5,10 @@ use std::time::Duration;
 
 use keel::clock::SharedClock;
 use keel::storage::{LeaseStore, MemStorage, StorageError, Term};
-use sim::clock::{SimClock, EPOCH_UNIX_MS};
-use sim::db::{self, remote_storage, RemoteStorage, DB_HOST, DB_PORT};
-use sim::history::History;
-use sim::net::TurmoilNetwork;
+use sim::run::history::History;
+use sim::world::clock::{SimClock, EPOCH_UNIX_MS};
+use sim::world::db::{self, remote_storage, RemoteStorage, DB_HOST, DB_PORT};
+use sim::world::net::TurmoilNetwork;
 
 fn sim_with_db(store: Arc<MemStorage>) -> turmoil::Sim<'static> {
     let mut sim = turmoil::Builder::new()

@@ -14,9 +14,10 @@ use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 
-use sim::corpus::{self, Expect, ReplaySpec};
-use sim::script::FaultScript;
-use sim::{pool, runner};
+use sim::plan::script::FaultScript;
+use sim::run::runner;
+use sim::tools::corpus::{self, Expect, ReplaySpec};
+use sim::tools::pool;
 
 /// The most faults a committed shrunk script may keep: "a handful".
 const SCRIPT_FAULTS_MAX: usize = 5;

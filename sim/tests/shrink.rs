@@ -7,11 +7,11 @@ use std::num::NonZeroUsize;
 use std::sync::atomic::AtomicBool;
 
 use keel::planted::Bug;
-use sim::corpus::Expect;
-use sim::pool;
-use sim::runner::{self, RunSpec};
-use sim::script::FaultScript;
-use sim::shrink::{shrink, SHRINK_RUNS_DEFAULT};
+use sim::plan::script::FaultScript;
+use sim::run::runner::{self, RunSpec};
+use sim::tools::corpus::Expect;
+use sim::tools::pool;
+use sim::tools::shrink::{shrink, SHRINK_RUNS_DEFAULT};
 
 /// "A handful": the most faults a shrunk planted-bug script may keep.
 const FAULTS_MAX: usize = 5;
@@ -76,7 +76,7 @@ fn every_planted_bug_shrinks_to_a_handful_of_faults() {
     let jobs = std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN);
     let mut failures = Vec::new();
     pool::ordered(
-        &sim::checkers::PLANTED_BUG_CATCHERS,
+        &sim::run::checkers::PLANTED_BUG_CATCHERS,
         jobs,
         &AtomicBool::new(false),
         shrink_one,

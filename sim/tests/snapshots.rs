@@ -1,4 +1,4 @@
-//! One fixed seed per scenario, summarized (`sim::summary`) and compared with
+//! One fixed seed per scenario, summarized (`sim::run::summary`) and compared with
 //! the snapshot in `tests/snapshots/`: a change in the runtime's behaviour
 //! shows up in review as a readable diff of counted events. After an intended
 //! change, review and accept with `cargo insta review` (or rerun with
@@ -7,8 +7,9 @@
 use std::num::NonZeroUsize;
 use std::sync::atomic::AtomicBool;
 
-use sim::runner::{self, RunSpec};
-use sim::{pool, summary};
+use sim::run::runner::{self, RunSpec};
+use sim::run::summary;
+use sim::tools::pool;
 
 /// The seed every scenario is pinned at.
 const SNAPSHOT_SEED: u64 = 1;

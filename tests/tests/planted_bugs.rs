@@ -6,7 +6,7 @@
 //! seeds with the bug switched off to see them pass.
 
 use keel::planted::Bug;
-use sim::runner::{self, report, RunResult, RunSpec};
+use sim::run::runner::{self, report, RunResult, RunSpec};
 
 /// The bound the issues promise: every planted bug is caught within 200 seeds
 /// (leadership bugs) or 500 seeds (job runtime bugs); 200 holds for all so far.

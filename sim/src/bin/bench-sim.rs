@@ -26,8 +26,9 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use keel::planted::Bug;
 use serde_json::json;
-use sim::runner::{self, RunSpec, StorageKind, TICK};
-use sim::{history, pool};
+use sim::run::history;
+use sim::run::runner::{self, RunSpec, StorageKind, TICK};
+use sim::tools::pool;
 
 /// A field of `/proc/self/status` in bytes (`VmRSS`, `VmHWM`), or 0 without procfs.
 fn proc_status_bytes(field: &str) -> usize {
@@ -145,8 +146,8 @@ fn timed_run(spec: &RunSpec) -> Result<Timed, String> {
     let t = wall_now();
     std::hint::black_box(history::trace_hash(&result.history));
     let hash = t.elapsed();
-    let scenario = sim::shape::concrete(&spec.scenario, spec.seed);
-    let timing = sim::node::Timing::for_scenario(&scenario)?.with_plan(&result.plan);
+    let scenario = sim::plan::shape::concrete(&spec.scenario, spec.seed);
+    let timing = sim::world::node::Timing::for_scenario(&scenario)?.with_plan(&result.plan);
     let ctx = runner::check_ctx(&timing, &scenario, result.simulated_ms());
     let t = wall_now();
     std::hint::black_box(runner::check(&scenario, &result.history, &ctx).ok());
@@ -362,7 +363,7 @@ fn shape_cost(seeds: u64) -> Result<serde_json::Value, String> {
     fixed.swarm = false;
     let before = cost_of((0..seeds).map(|s| spec(fixed.clone(), s, None)))?;
     let shaped = cost_of((0..seeds).map(|s| spec(swarm.clone(), s, None)))?;
-    let mut hunt = sim::hunt::Hunt::new(sim::hunt::HuntConfig {
+    let mut hunt = sim::tools::hunt::Hunt::new(sim::tools::hunt::HuntConfig {
         scenario: swarm,
         storage: StorageKind::Mem,
         plant: None,
@@ -446,7 +447,7 @@ fn guided_power(
     let swarm = scenarios::by_name("swarm").map_err(|e| e.to_string())?;
     let (mut runs_needed, mut walls, mut missed) = (Vec::new(), Vec::new(), 0u64);
     for range in 0..ranges {
-        let mut hunt = sim::hunt::Hunt::new(sim::hunt::HuntConfig {
+        let mut hunt = sim::tools::hunt::Hunt::new(sim::tools::hunt::HuntConfig {
             scenario: swarm.clone(),
             storage: StorageKind::Mem,
             plant: Some(bug),
@@ -526,7 +527,7 @@ fn run(args: &Args) -> Result<(), String> {
     }
     if part("bugs") {
         let bugs = || {
-            sim::checkers::PLANTED_BUG_CATCHERS
+            sim::run::checkers::PLANTED_BUG_CATCHERS
                 .into_iter()
                 .filter(|(b, _, _)| args.bugs.is_empty() || args.bugs.contains(&b.to_string()))
         };

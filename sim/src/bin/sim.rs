@@ -19,14 +19,14 @@ use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use keel::planted::Bug;
 use scenarios::Scenario;
-use sim::corpus::{self, ReplaySpec};
-use sim::coverage;
-use sim::hunt::{Hunt, HuntConfig, Step};
-use sim::pool;
-use sim::results::{self, Line, SeedLine, Verdict};
-use sim::runner::{self, report, RunSpec, SimError, StorageKind};
-use sim::script::FaultScript;
-use sim::shard::Shard;
+use sim::plan::script::FaultScript;
+use sim::run::coverage;
+use sim::run::runner::{self, report, RunSpec, SimError, StorageKind};
+use sim::tools::corpus::{self, ReplaySpec};
+use sim::tools::hunt::{Hunt, HuntConfig, Step};
+use sim::tools::pool;
+use sim::tools::results::{self, Line, SeedLine, Verdict};
+use sim::tools::shard::Shard;
 
 const EXIT_USAGE: u8 = 2;
 const EXIT_VIOLATION: u8 = 3;
@@ -152,7 +152,7 @@ enum Command {
         #[arg(long)]
         invariant: Option<String>,
         /// Most runs to spend.
-        #[arg(long, default_value_t = sim::shrink::SHRINK_RUNS_DEFAULT)]
+        #[arg(long, default_value_t = sim::tools::shrink::SHRINK_RUNS_DEFAULT)]
         budget: u32,
         /// Where to write the script.
         #[arg(long)]
@@ -322,9 +322,9 @@ fn main() -> ExitCode {
             }
             if let Some(name) = invariant
                 .as_deref()
-                .filter(|n| sim::checkers::by_name(n).is_none())
+                .filter(|n| sim::run::checkers::by_name(n).is_none())
             {
-                let valid = sim::checkers::names().join(", ");
+                let valid = sim::run::checkers::names().join(", ");
                 eprintln!("error: --invariant {name:?} is no checker; valid: {valid}");
                 return ExitCode::from(EXIT_USAGE);
             }
@@ -463,14 +463,14 @@ fn hunt(config: HuntConfig, goal: &HuntGoal, jobs: NonZeroUsize, out: &Path) -> 
         config.seed,
         config.start,
         goal.runs,
-        sim::hunt::BATCH
+        sim::tools::hunt::BATCH
     );
     let label = config.scenario.name.clone();
     let mut search = Hunt::new(config);
     let (mut findings, mut mutants, mut errors) = (0u64, 0u64, 0u64);
     'search: while search.runs() < goal.runs && !over(began) {
         for ran in search.run_batch(goal.runs - search.runs(), jobs) {
-            let sim::hunt::Ran {
+            let sim::tools::hunt::Ran {
                 run,
                 corpus,
                 candidate,
@@ -549,7 +549,7 @@ fn write_finding(
     run: u64,
     out: &Path,
 ) -> Result<PathBuf, String> {
-    let script = sim::hunt::finding_script(result, invariant);
+    let script = sim::tools::hunt::finding_script(result, invariant);
     let path = out.join(format!("run-{run}.script"));
     let text = script.render(&format!("found by `sim hunt`, run {run}"));
     std::fs::create_dir_all(out)
@@ -1224,7 +1224,7 @@ fn first_failing(spec: &RunSpec, search: u64, invariant: Option<&str>) -> Option
 fn shrink(spec: &RunSpec, invariant: Option<&str>, budget: u32, out: &Path) -> u8 {
     let began = wall_now();
     let bar = progress_bar(budget as usize);
-    let shrunk = sim::shrink::shrink(spec, invariant, budget, &mut |size| {
+    let shrunk = sim::tools::shrink::shrink(spec, invariant, budget, &mut |size| {
         bar.set_message(size.to_string());
     });
     bar.finish_and_clear();
@@ -1233,8 +1233,8 @@ fn shrink(spec: &RunSpec, invariant: Option<&str>, budget: u32, out: &Path) -> u
         Err(e) => {
             println!("{e}");
             return match e {
-                sim::shrink::ShrinkError::NoViolation(_) => EXIT_USAGE,
-                sim::shrink::ShrinkError::Sim(e) => sim_error_code(&e),
+                sim::tools::shrink::ShrinkError::NoViolation(_) => EXIT_USAGE,
+                sim::tools::shrink::ShrinkError::Sim(e) => sim_error_code(&e),
             };
         }
     };
@@ -1275,8 +1275,8 @@ fn replay(spec: RunSpec, trace: Option<PathBuf>) -> u8 {
         spec.plant.map_or("none".into(), |b| b.to_string())
     );
     if spec.scenario.swarm {
-        let shape = sim::shape::concrete(&spec.scenario, spec.seed);
-        println!("{}", sim::shape::summary(&shape));
+        let shape = sim::plan::shape::concrete(&spec.scenario, spec.seed);
+        println!("{}", sim::plan::shape::summary(&shape));
     }
     let result = match runner::run_checked(&spec) {
         Ok(r) => r,
@@ -1324,7 +1324,7 @@ fn explain(spec: &RunSpec, path: &Path) -> u8 {
             return sim_error_code(&e);
         }
     };
-    if let Err(e) = std::fs::write(path, sim::explain::render_html(&result)) {
+    if let Err(e) = std::fs::write(path, sim::tools::explain::render_html(&result)) {
         eprintln!("cannot write {}: {e}", path.display());
         return 2;
     }
@@ -1332,7 +1332,7 @@ fn explain(spec: &RunSpec, path: &Path) -> u8 {
     print_verdict(&result)
 }
 
-fn write_trace(path: &Path, history: &[sim::history::Record]) -> std::io::Result<()> {
+fn write_trace(path: &Path, history: &[sim::run::history::Record]) -> std::io::Result<()> {
     let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
     for r in history {
         writeln!(out, "{}", r.to_json())?;
