@@ -15,11 +15,12 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use tokio::time::{Instant, MissedTickBehavior};
 
-use super::worker::WorkerShared;
-use crate::storage::{Claim, HeartbeatStatus, Job, JobId};
+use crate::clock::SharedClock;
+use crate::storage::{Claim, HeartbeatStatus, Job, JobId, SharedStorage};
 
 /// What storage last said of a held claim.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -50,6 +51,19 @@ pub(crate) struct Held {
     /// storage accepted) was sent: storage stamped the claim then.
     pub(crate) trusted_from: Instant,
     pub(crate) heard: Heard,
+}
+
+/// What [`Hand::keep`] needs from its worker to heartbeat the held claims, so
+/// the hand depends on storage and the clock only, not on the worker.
+pub(crate) struct Keeper {
+    pub(crate) storage: SharedStorage,
+    pub(crate) clock: SharedClock,
+    /// How often to heartbeat each held claim (`heartbeat_interval`).
+    pub(crate) every: Duration,
+    /// The worker the claims were made for.
+    pub(crate) owner: String,
+    /// Planted `hand_keeper_idle`: keep nothing alive.
+    pub(crate) idle: bool,
 }
 
 /// The jobs one worker holds, by id.
@@ -85,17 +99,16 @@ impl Hand {
         self.held().remove(&job)
     }
 
-    /// Heartbeat every held claim each `heartbeat_interval`, forever: the worker
+    /// Heartbeat every held claim each `keeper.every`, forever: the worker
     /// drops this future when its hand is done (it runs in a `JoinSet`, so an
     /// aborted worker stops it too and the claims go stale as they should).
-    pub(crate) async fn keep(self: Arc<Self>, shared: Arc<WorkerShared>, owner: String) {
-        // Planted `hand_keeper_idle` keeps nothing alive.
-        if crate::is_planted!(shared.plants, HandKeeperIdle) {
+    pub(crate) async fn keep(self: Arc<Self>, keeper: Keeper) {
+        if keeper.idle {
             return std::future::pending().await;
         }
-        let mut interval = shared
+        let mut interval = keeper
             .clock
-            .interval(shared.cfg.heartbeat_interval, MissedTickBehavior::Skip);
+            .interval(keeper.every, MissedTickBehavior::Skip);
         interval.reset();
         loop {
             interval.tick().await;
@@ -109,8 +122,8 @@ impl Hand {
                 .map(|h| h.claim)
                 .collect();
             for claim in claims {
-                let sent = shared.clock.monotonic();
-                let heard = shared.storage.heartbeat(claim, &owner).await;
+                let sent = keeper.clock.monotonic();
+                let heard = keeper.storage.heartbeat(claim, &keeper.owner).await;
                 self.record(claim, sent, heard.ok());
             }
         }

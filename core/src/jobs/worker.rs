@@ -49,7 +49,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tracing::Instrument;
 
 use super::config::JobsConfig;
-use super::hand::{Hand, Heard, Held};
+use super::hand::{Hand, Heard, Held, Keeper};
 use super::handler::{HandlerRegistry, JobCtx, Outcome};
 use crate::clock::SharedClock;
 use crate::events::{emit, Event, SharedObserver};
@@ -191,7 +191,7 @@ impl Worker<'_> {
         // Dropped (aborting it) when this returns or the worker is aborted.
         let mut keeper = JoinSet::new();
         if shared.cfg.claim_ahead > 0 {
-            keeper.spawn(hand.clone().keep(shared.clone(), self.owner.to_owned()));
+            keeper.spawn(hand.clone().keep(self.keeper()));
         }
         let mut background = JoinSet::new();
         let background_max = usize::try_from(shared.cfg.claim_ahead + 1).unwrap_or(usize::MAX);
@@ -232,6 +232,19 @@ impl Worker<'_> {
         }
         keeper.abort_all();
         while background.join_next().await.is_some() {}
+    }
+
+    /// What the hand's keeper needs to heartbeat this worker's held claims.
+    fn keeper(&self) -> Keeper {
+        let shared = self.shared;
+        Keeper {
+            storage: shared.storage.clone(),
+            clock: shared.clock.clone(),
+            every: shared.cfg.heartbeat_interval,
+            owner: self.owner.to_owned(),
+            // Planted `hand_keeper_idle` keeps nothing alive.
+            idle: crate::is_planted!(shared.plants, HandKeeperIdle),
+        }
     }
 
     /// Settle what the hand's keeper heard of a job before starting it, and
