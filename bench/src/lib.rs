@@ -252,7 +252,7 @@ const LOAD_BATCH_INTERVAL: Duration = Duration::from_millis(10);
 
 /// Enqueue-to-start latencies of `samples` single jobs, in milliseconds, sorted.
 /// With `load_per_s` > 0, other jobs arrive at that rate (in batches every
-/// [`LOAD_BATCH_INTERVAL`]) while the samples are taken, so each sample competes
+/// 10 ms) while the samples are taken, so each sample competes
 /// with live traffic for workers and storage.
 pub async fn latency(
     storage: SharedStorage,

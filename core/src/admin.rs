@@ -2,7 +2,7 @@
 //!
 //! [`Admin`] opens a database the way an operator's tool should (it never
 //! creates or migrates one unless asked: that is `keel migrate`), and puts
-//! the engines' [`AdminStore`] and [`JobStore`] calls behind one handle:
+//! the engines' [`AdminStore`](crate::storage::AdminStore) and [`JobStore`](crate::storage::JobStore) calls behind one handle:
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
@@ -18,7 +18,7 @@
 //! Its changes obey the runtime's fences: a running job belongs to its claim,
 //! so [`Admin::retry`], [`Admin::discard`] and [`Admin::delete`] leave one
 //! alone ([`AdminOutcome::Running`]), and [`Admin::cancel`] asks its worker
-//! through the next heartbeat, as [`JobStore::request_cancel`] does.
+//! through the next heartbeat, as [`JobStore::request_cancel`](crate::storage::JobStore::request_cancel) does.
 
 use std::path::PathBuf;
 use std::sync::Arc;

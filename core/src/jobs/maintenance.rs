@@ -165,7 +165,7 @@ pub enum Schedule {
 }
 
 /// `every 60s` (whole seconds) or `every 1500ms`; `cron <expression>`: how
-/// storage records a schedule, and what [`Schedule::from_str`] reads back.
+/// storage records a schedule, and what `Schedule::from_str` reads back.
 impl std::fmt::Display for Schedule {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {

@@ -1,11 +1,4 @@
-//! `MemStorage`: the reference model of storage.
-//!
-//! A plain in-memory map behind a mutex. It is the model every real engine is held
-//! to, and the engine the simulator's database host serves, so it must stay
-//! simple enough to be obviously right and fully deterministic (`BTreeMap`, and
-//! time only from the [`Clock`] it was given: the database host's in the
-//! simulator, a [`ManualClock`](crate::clock::ManualClock) in the conformance
-//! suites).
+//! The in-memory reference model of storage, documented on [`MemStorage`].
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -16,7 +9,16 @@ use async_trait::async_trait;
 use super::{validate_holder, validate_lease_name, Lease, LeaseStore, StorageResult, Term};
 use crate::clock::{SharedClock, SystemClock, Timestamp};
 
-/// The in-memory reference storage. See the [module docs](self).
+/// The in-memory reference storage.
+///
+/// `MemStorage`: the reference model of storage.
+///
+/// A plain in-memory map behind a mutex. It is the model every real engine is held
+/// to, and the engine the simulator's database host serves, so it must stay
+/// simple enough to be obviously right and fully deterministic (`BTreeMap`, and
+/// time only from the [`Clock`](crate::clock::Clock) it was given: the database host's in the
+/// simulator, a [`ManualClock`](crate::clock::ManualClock) in the conformance
+/// suites).
 pub struct MemStorage {
     state: Mutex<State>,
     /// Storage's clock: every stored time is judged against it.

@@ -1,4 +1,4 @@
-//! Storage calls as data: every [`Storage`](super::Storage) method is an [`Op`],
+//! Storage calls as data: every [`Storage`] method is an [`Op`],
 //! every answer a [`Reply`].
 //!
 //! This is what lets storage sit on the far side of a wire (the simulator's

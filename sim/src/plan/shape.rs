@@ -485,7 +485,7 @@ fn extra_heal_s(w: &Workload, nodes: u32) -> u64 {
     (hand_wait_ms + backlog_ms).div_ceil(1000)
 }
 
-/// The range [`workload`] draws each of the script's workload knobs from
+/// The range `workload` draws each of the script's workload knobs from
 /// ([`crate::plan::script::WORKLOAD_KEYS`], by key).
 pub fn knob_range(key: &str) -> Option<[u32; 2]> {
     Some(match key {
@@ -504,7 +504,7 @@ pub fn knob_range(key: &str) -> Option<[u32; 2]> {
 
 /// Set workload knob `key` of a drawn shape to `value`, keeping the shape's
 /// rules: jobs trimmed to what the workers can run, and the heal phase grown
-/// or shrunk with what the workload needs of it ([`extra_heal_s`]). `None` when
+/// or shrunk with what the workload needs of it (`extra_heal_s`). `None` when
 /// the shape runs no jobs, the key is unknown, or the result is invalid.
 pub fn reshape(shape: &Scenario, key: &str, value: u32) -> Option<Scenario> {
     let (_, field) = crate::plan::script::WORKLOAD_KEYS

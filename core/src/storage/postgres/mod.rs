@@ -1,36 +1,4 @@
-//! `PostgresStorage`: the multi-node engine, held to [`MemStorage`](super::MemStorage).
-//!
-//! * One schema per Keel deployment ([`PostgresOptions::schema`]); every pooled
-//!   connection sets its `search_path` to it, so SQL names no schema.
-//! * `schema`: versioned migrations, applied on connect under an advisory lock.
-//! * `leases` and `jobs`: the trait impls. Single-row job transitions lock the row
-//!   (`FOR UPDATE`), apply the model's own rules from `rules.rs`, and write the row
-//!   back in the same transaction, so the fencing check and the guarded write
-//!   cannot be separated.
-//! * `listen`: a task on one dedicated connection turns `NOTIFY`s from other
-//!   processes into [`JobStore::enqueue_signal`](super::JobStore::enqueue_signal).
-//!
-//! # Time
-//!
-//! Every judgment against "now" (lease expiry, claim due times and staleness,
-//! retry and snooze delays, promotion, retention) is made on the **server's**
-//! clock: each statement that needs the time computes it as
-//! `COALESCE($n::bigint, <server now in ms>)`, where the server's now is
-//! PostgreSQL's `now()`, the start of the statement's transaction (so one
-//! transaction sees one time). Callers pass only durations, so no client's wall
-//! clock reaches a stored time. The `$n` parameter is `NULL` in production; a
-//! test hands the store a clock with [`PostgresOptions::clock`], and then every
-//! statement of a call gets that clock's reading, taken once per call, in its
-//! place, which lets the conformance suite judge PostgreSQL reply by reply
-//! against [`MemStorage`](super::MemStorage) at times it decides. Where the
-//! model's rules run in Rust on a locked row, the same expression comes back
-//! with the row (or from the transaction's first statement).
-//!
-//! Job ids come from a counter row, not a sequence: sequences skip values on
-//! rollback and on `ON CONFLICT`, and the model hands out 1, 2, 3, ... with no gaps.
-//! Strings that callers choose freely (lease names, holders, owners, unique keys)
-//! are stored as `BYTEA`, because `TEXT` cannot hold the NUL character the model
-//! accepts.
+//! The PostgreSQL engine, documented on [`PostgresStorage`].
 
 mod admin;
 mod batch;
@@ -214,7 +182,41 @@ fn validate_schema(schema: &str) -> Result<(), OpenError> {
     Ok(())
 }
 
-/// Keel storage in a PostgreSQL schema. See the [module docs](self).
+/// Keel storage in a PostgreSQL schema.
+///
+/// `PostgresStorage`: the multi-node engine, held to [`MemStorage`](super::MemStorage).
+///
+/// * One schema per Keel deployment ([`PostgresOptions::schema`]); every pooled
+///   connection sets its `search_path` to it, so SQL names no schema.
+/// * `schema`: versioned migrations, applied on connect under an advisory lock.
+/// * `leases` and `jobs`: the trait impls. Single-row job transitions lock the row
+///   (`FOR UPDATE`), apply the model's own rules from `rules.rs`, and write the row
+///   back in the same transaction, so the fencing check and the guarded write
+///   cannot be separated.
+/// * `listen`: a task on one dedicated connection turns `NOTIFY`s from other
+///   processes into [`JobStore::enqueue_signal`](super::JobStore::enqueue_signal).
+///
+/// # Time
+///
+/// Every judgment against "now" (lease expiry, claim due times and staleness,
+/// retry and snooze delays, promotion, retention) is made on the **server's**
+/// clock: each statement that needs the time computes it as
+/// `COALESCE($n::bigint, <server now in ms>)`, where the server's now is
+/// PostgreSQL's `now()`, the start of the statement's transaction (so one
+/// transaction sees one time). Callers pass only durations, so no client's wall
+/// clock reaches a stored time. The `$n` parameter is `NULL` in production; a
+/// test hands the store a clock with [`PostgresOptions::clock`], and then every
+/// statement of a call gets that clock's reading, taken once per call, in its
+/// place, which lets the conformance suite judge PostgreSQL reply by reply
+/// against [`MemStorage`](super::MemStorage) at times it decides. Where the
+/// model's rules run in Rust on a locked row, the same expression comes back
+/// with the row (or from the transaction's first statement).
+///
+/// Job ids come from a counter row, not a sequence: sequences skip values on
+/// rollback and on `ON CONFLICT`, and the model hands out 1, 2, 3, ... with no gaps.
+/// Strings that callers choose freely (lease names, holders, owners, unique keys)
+/// are stored as `BYTEA`, because `TEXT` cannot hold the NUL character the model
+/// accepts.
 pub struct PostgresStorage {
     pool: Pool,
     schema: String,

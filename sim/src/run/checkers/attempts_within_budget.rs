@@ -1,15 +1,4 @@
-//! `attempts_within_budget`: a failed job is retried until its attempts run
-//! out, then discarded (`Outcome`, `EnqueueRequest::max_attempts`); a snooze
-//! or a shutdown's give-back does not spend one. Each claim records the
-//! attempt it makes and the job's budget as it stands then (a snooze adds
-//! one), so a `ClaimApplied` with `attempt > max_attempts` means the last
-//! attempt's failure was not the end of the job; and a worker's discard of
-//! an attempt that failed (or panicked) with attempts left in its claim's
-//! budget means the job ended early. A handler's own `Outcome::Discard`
-//! ends it at any attempt.
-//!
-//! Storage writes whatever outcome the worker or rescuer asks for, so it
-//! takes a retry of a spent job without complaint.
+//! `attempts_within_budget`: the invariant, its reasons and limits are on [`AttemptsWithinBudget`].
 
 use std::collections::BTreeMap;
 
@@ -19,7 +8,18 @@ use keel::storage::{JobId, JobState};
 use super::{CheckCtx, Checker, Violation};
 use crate::run::history::{DbEvent, Ev, Record};
 
-/// See the [module docs](self).
+/// `attempts_within_budget`: a failed job is retried until its attempts run
+/// out, then discarded (`Outcome`, `EnqueueRequest::max_attempts`); a snooze
+/// or a shutdown's give-back does not spend one. Each claim records the
+/// attempt it makes and the job's budget as it stands then (a snooze adds
+/// one), so a `ClaimApplied` with `attempt > max_attempts` means the last
+/// attempt's failure was not the end of the job; and a worker's discard of
+/// an attempt that failed (or panicked) with attempts left in its claim's
+/// budget means the job ended early. A handler's own `Outcome::Discard`
+/// ends it at any attempt.
+///
+/// Storage writes whatever outcome the worker or rescuer asks for, so it
+/// takes a retry of a spent job without complaint.
 pub struct AttemptsWithinBudget;
 
 const NAME: &str = "attempts_within_budget";

@@ -1,28 +1,28 @@
-//! I9 `bounded_shutdown`: graceful shutdown returns within its deadline plus one
-//! tick, and nothing keeps running after it returns.
-//!
-//! For each `ShutdownBegan { deadline_ms }` on host `h` at time `t`, let
-//! `bound = t + deadline_ms + ctx.tick_grace_ms` and look at the first
-//! `ShutdownEnded`, `Crash` or `NodeBoot` of `h` after it:
-//!
-//! * a `ShutdownEnded` after `bound` is a violation (witnesses: began, ended);
-//! * a `Crash`/`NodeBoot` at or before `bound` excuses the shutdown; one after
-//!   `bound` is a violation (witnesses: began, the crash or reboot);
-//! * none at all is a violation when the run ended after `bound` (witness:
-//!   began).
-//!
-//! After a `ShutdownEnded` on `h`, the first `HandlerStarted`, `JobClaimed` or
-//! `LoopTick` on `h` before `h`'s next `Crash`, `NodeBoot` or `RuntimeStarted`
-//! (an in-place restart) is a violation
-//! (witnesses: the `ShutdownEnded` and that record); later ones in the same
-//! stretch are not reported again.
+//! I9 `bounded_shutdown`: the invariant, its reasons and limits are on [`BoundedShutdown`].
 
 use keel::events::Event;
 
 use super::{CheckCtx, Checker, Violation};
 use crate::run::history::{Ev, HarnessEvent, Record};
 
-/// See the [module docs](self).
+/// I9 `bounded_shutdown`: graceful shutdown returns within its deadline plus one
+/// tick, and nothing keeps running after it returns.
+///
+/// For each `ShutdownBegan { deadline_ms }` on host `h` at time `t`, let
+/// `bound = t + deadline_ms + ctx.tick_grace_ms` and look at the first
+/// `ShutdownEnded`, `Crash` or `NodeBoot` of `h` after it:
+///
+/// * a `ShutdownEnded` after `bound` is a violation (witnesses: began, ended);
+/// * a `Crash`/`NodeBoot` at or before `bound` excuses the shutdown; one after
+///   `bound` is a violation (witnesses: began, the crash or reboot);
+/// * none at all is a violation when the run ended after `bound` (witness:
+///   began).
+///
+/// After a `ShutdownEnded` on `h`, the first `HandlerStarted`, `JobClaimed` or
+/// `LoopTick` on `h` before `h`'s next `Crash`, `NodeBoot` or `RuntimeStarted`
+/// (an in-place restart) is a violation
+/// (witnesses: the `ShutdownEnded` and that record); later ones in the same
+/// stretch are not reported again.
 pub struct BoundedShutdown;
 
 const NAME: &str = "bounded_shutdown";

@@ -1,23 +1,4 @@
-//! `claims_kept_alive`: a worker that can reach storage keeps its claims
-//! alive: it heartbeats each running job (`JobsConfig::heartbeat_interval`)
-//! and each job waiting in its hand (`hand.rs`), so the rescuer never revokes
-//! them. A `RescueApplied` of `(job, a)` at `t` breaks the promise when the
-//! claimant's process lived on from its claim (no crash, shutdown or restart
-//! of it since) and did not let go of it (after `finalize_attempts_max`
-//! failed finalize calls, or once it stopped trusting the claim: both leave
-//! the job to the rescuer, as documented), and over the whole stale window before the rescue
-//! (`[t - stale_threshold, t]`) it was neither paused nor partitioned from
-//! the database, no storage fault was on (nor while the claim's reply
-//! travelled: a lost reply leaves a claim its worker never knew of), and
-//! storage's clock, which judges staleness, did not step by more than
-//! `stale_threshold - 2 * heartbeat_interval` in that window (a forward step
-//! of the one judging clock ages every claim at once: keel's documented
-//! limit). The nodes' own clocks have no say, however far they are off. The
-//! claimant is found by its holder id, so a replacement process running under
-//! a node's name is judged on its own host.
-//!
-//! Storage applies the rescue it is asked for; only the claimant's health
-//! shows the claim was alive.
+//! `claims_kept_alive`: the invariant, its reasons and limits are on [`ClaimsKeptAlive`].
 
 use std::collections::BTreeMap;
 
@@ -29,7 +10,26 @@ use super::health::Impaired;
 use super::{CheckCtx, Checker, Violation};
 use crate::run::history::{DbEvent, Ev, Record};
 
-/// See the [module docs](self).
+/// `claims_kept_alive`: a worker that can reach storage keeps its claims
+/// alive: it heartbeats each running job (`JobsConfig::heartbeat_interval`)
+/// and each job waiting in its hand (`hand.rs`), so the rescuer never revokes
+/// them. A `RescueApplied` of `(job, a)` at `t` breaks the promise when the
+/// claimant's process lived on from its claim (no crash, shutdown or restart
+/// of it since) and did not let go of it (after `finalize_attempts_max`
+/// failed finalize calls, or once it stopped trusting the claim: both leave
+/// the job to the rescuer, as documented), and over the whole stale window before the rescue
+/// (`[t - stale_threshold, t]`) it was neither paused nor partitioned from
+/// the database, no storage fault was on (nor while the claim's reply
+/// travelled: a lost reply leaves a claim its worker never knew of), and
+/// storage's clock, which judges staleness, did not step by more than
+/// `stale_threshold - 2 * heartbeat_interval` in that window (a forward step
+/// of the one judging clock ages every claim at once: keel's documented
+/// limit). The nodes' own clocks have no say, however far they are off. The
+/// claimant is found by its holder id, so a replacement process running under
+/// a node's name is judged on its own host.
+///
+/// Storage applies the rescue it is asked for; only the claimant's health
+/// shows the claim was alive.
 pub struct ClaimsKeptAlive;
 
 const NAME: &str = "claims_kept_alive";

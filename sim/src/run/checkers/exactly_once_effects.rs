@@ -1,10 +1,4 @@
-//! I2 `exactly_once_effects`: a fenced effect is applied once per job, whatever
-//! the faults.
-//!
-//! Storage records an `EffectApplied { job, attempt, key }` each time it writes a
-//! fenced effect. For every `(job, key)` there is at most one such record, across
-//! attempts, workers and hosts; a second one is a violation whose witnesses are
-//! the first and the second record (a third is reported against the first again).
+//! I2 `exactly_once_effects`: the invariant, its reasons and limits are on [`ExactlyOnceEffects`].
 
 use std::collections::BTreeMap;
 
@@ -13,7 +7,13 @@ use keel::storage::JobId;
 use super::{CheckCtx, Checker, Violation};
 use crate::run::history::{DbEvent, Ev, Record};
 
-/// See the [module docs](self).
+/// I2 `exactly_once_effects`: a fenced effect is applied once per job, whatever
+/// the faults.
+///
+/// Storage records an `EffectApplied { job, attempt, key }` each time it writes a
+/// fenced effect. For every `(job, key)` there is at most one such record, across
+/// attempts, workers and hosts; a second one is a violation whose witnesses are
+/// the first and the second record (a third is reported against the first again).
 pub struct ExactlyOnceEffects;
 
 const NAME: &str = "exactly_once_effects";

@@ -1,8 +1,4 @@
-//! `finished_work_stands`: work that completed is recorded as completed. When
-//! a handler of `(job, a)` ended `completed` and storage then applies a finalize
-//! of `(job, a)` with any other state, a cancel (or anything else) rewrote work
-//! that happened: an operator who retries a "cancelled" job that in fact sent
-//! its e-mail sends it twice (source document 003, M2).
+//! `finished_work_stands`: the invariant, its reasons and limits are on [`FinishedWorkStands`].
 
 use std::collections::BTreeMap;
 
@@ -12,7 +8,11 @@ use keel::storage::{JobId, JobState};
 use super::{CheckCtx, Checker, Violation};
 use crate::run::history::{DbEvent, Ev, Record};
 
-/// See the [module docs](self).
+/// `finished_work_stands`: work that completed is recorded as completed. When
+/// a handler of `(job, a)` ended `completed` and storage then applies a finalize
+/// of `(job, a)` with any other state, a cancel (or anything else) rewrote work
+/// that happened: an operator who retries a "cancelled" job that in fact sent
+/// its e-mail sends it twice (source document 003, M2).
 pub struct FinishedWorkStands;
 
 const NAME: &str = "finished_work_stands";

@@ -1,31 +1,4 @@
-//! `idle_workers_claim`: an available job with an idle worker is claimed
-//! within a bounded delay (`JobsConfig::idle_poll`: an idle worker polls that
-//! often), judged once faults have stopped and the cluster has converged
-//! (`heal_at_ms + converge_bound_ms`), when nothing excuses a wait.
-//!
-//! What the history shows, and so what is judged:
-//!
-//! * **Worker slots** by their owner id (`node#incarnation/queue/slot`, from
-//!   `ClaimApplied`). A slot's *hand* is the claims it holds; a claim leaves the
-//!   hand when storage finalizes it, revokes it (`RescueApplied`, or a later
-//!   attempt's claim), or its process ends. A slot is **idle** while its hand is
-//!   empty and its process is the node's live incarnation and is not shutting
-//!   down. A slot that never claimed is unseen, so never judged idle.
-//! * **Available jobs** whose due time the history knows: a new job (its
-//!   `JobInserted`, or its `JobScheduled` due time), a periodic firing
-//!   (`PeriodicInserted`), a rescued claim (`RescueApplied`); each until its
-//!   next claim or its cancel. A retry's due time carries jitter the history
-//!   does not record, so a failed attempt's retry is not judged.
-//!
-//! A job that stayed unclaimed while an idle slot of its queue stayed idle
-//! for [`idle_bound_ms`] (longer for a job the scheduler must promote first)
-//! breaks the promise. A job's queue is the one its
-//! claims name; a job never claimed is judged only when every slot serves one
-//! queue. Claims compare due times with storage's clock, so the bound grows
-//! by how far that clock stepped; the nodes' clocks have no say. The claim order (priority,
-//! due time, id) only decides which of several waiting jobs an idle worker
-//! takes first; a worker that takes one is no longer idle, so the rest are not
-//! held against it.
+//! `idle_workers_claim`: the invariant, its reasons and limits are on [`IdleWorkersClaim`].
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -36,7 +9,34 @@ use super::belief::Offsets;
 use super::{CheckCtx, Checker, Violation};
 use crate::run::history::{DbEvent, Ev, HarnessEvent, Record};
 
-/// See the [module docs](self).
+/// `idle_workers_claim`: an available job with an idle worker is claimed
+/// within a bounded delay (`JobsConfig::idle_poll`: an idle worker polls that
+/// often), judged once faults have stopped and the cluster has converged
+/// (`heal_at_ms + converge_bound_ms`), when nothing excuses a wait.
+///
+/// What the history shows, and so what is judged:
+///
+/// * **Worker slots** by their owner id (`node#incarnation/queue/slot`, from
+///   `ClaimApplied`). A slot's *hand* is the claims it holds; a claim leaves the
+///   hand when storage finalizes it, revokes it (`RescueApplied`, or a later
+///   attempt's claim), or its process ends. A slot is **idle** while its hand is
+///   empty and its process is the node's live incarnation and is not shutting
+///   down. A slot that never claimed is unseen, so never judged idle.
+/// * **Available jobs** whose due time the history knows: a new job (its
+///   `JobInserted`, or its `JobScheduled` due time), a periodic firing
+///   (`PeriodicInserted`), a rescued claim (`RescueApplied`); each until its
+///   next claim or its cancel. A retry's due time carries jitter the history
+///   does not record, so a failed attempt's retry is not judged.
+///
+/// A job that stayed unclaimed while an idle slot of its queue stayed idle
+/// for `idle_bound_ms` (longer for a job the scheduler must promote first)
+/// breaks the promise. A job's queue is the one its
+/// claims name; a job never claimed is judged only when every slot serves one
+/// queue. Claims compare due times with storage's clock, so the bound grows
+/// by how far that clock stepped; the nodes' clocks have no say. The claim order (priority,
+/// due time, id) only decides which of several waiting jobs an idle worker
+/// takes first; a worker that takes one is no longer idle, so the rest are not
+/// held against it.
 pub struct IdleWorkersClaim;
 
 const NAME: &str = "idle_workers_claim";

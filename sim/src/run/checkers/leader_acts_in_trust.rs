@@ -1,11 +1,4 @@
-//! `leader_acts_in_trust`: a leader's service acts for term `T` only while its
-//! node trusts `T`, judged in true time against the node's own reported trust
-//! windows.
-//!
-//! The term's token stops its services only once the maintainer hears that `T`
-//! is gone. A process thawing from a freeze runs whatever came due, and a loop
-//! that acts on a tick without asking `ServiceCtx::leads` would act for a term
-//! whose window closed while it slept, while a peer leads the next one.
+//! `leader_acts_in_trust`: the invariant, its reasons and limits are on [`LeaderActsInTrust`].
 
 use super::belief::beliefs;
 use super::no_early_rescue::STAMP_SLACK_MS;
@@ -13,7 +6,14 @@ use super::{CheckCtx, Checker, Violation};
 use crate::run::history::{Ev, Record};
 use keel::events::Event;
 
-/// See the [module docs](self).
+/// `leader_acts_in_trust`: a leader's service acts for term `T` only while its
+/// node trusts `T`, judged in true time against the node's own reported trust
+/// windows.
+///
+/// The term's token stops its services only once the maintainer hears that `T`
+/// is gone. A process thawing from a freeze runs whatever came due, and a loop
+/// that acts on a tick without asking `ServiceCtx::leads` would act for a term
+/// whose window closed while it slept, while a peer leads the next one.
 pub struct LeaderActsInTrust;
 
 impl Checker for LeaderActsInTrust {

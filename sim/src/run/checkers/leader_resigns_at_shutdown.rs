@@ -1,16 +1,4 @@
-//! `leader_resigns_at_shutdown`: a leader shut down gracefully resigns its
-//! term, so a peer takes over without waiting out the lease (`Elector::run`:
-//! "on shutdown a held term is resigned"). A host that believes it leads `T`
-//! (`TermWon`, no `TermLost` yet) when its `ShutdownBegan` must ask to
-//! resign `T` (its `Resigned`, whatever storage answered, or storage's
-//! `ResignApplied`) before its `ShutdownEnded`, unless it lost `T` for
-//! another reason meanwhile, the lease moved on to a later term, the host
-//! was cut off or frozen, or storage faulty, during the shutdown (a resign is
-//! one best-effort call), or the deadline aborted the elector before its
-//! resign could land.
-//!
-//! Storage cannot tell a resign that was never sent: the lease simply runs
-//! out its TTL, and only then does a peer take over.
+//! `leader_resigns_at_shutdown`: the invariant, its reasons and limits are on [`LeaderResignsAtShutdown`].
 
 use std::collections::BTreeMap;
 
@@ -21,7 +9,19 @@ use super::health::Impaired;
 use super::{CheckCtx, Checker, Violation};
 use crate::run::history::{DbEvent, Ev, HarnessEvent, Record};
 
-/// See the [module docs](self).
+/// `leader_resigns_at_shutdown`: a leader shut down gracefully resigns its
+/// term, so a peer takes over without waiting out the lease (`Elector::run`:
+/// "on shutdown a held term is resigned"). A host that believes it leads `T`
+/// (`TermWon`, no `TermLost` yet) when its `ShutdownBegan` must ask to
+/// resign `T` (its `Resigned`, whatever storage answered, or storage's
+/// `ResignApplied`) before its `ShutdownEnded`, unless it lost `T` for
+/// another reason meanwhile, the lease moved on to a later term, the host
+/// was cut off or frozen, or storage faulty, during the shutdown (a resign is
+/// one best-effort call), or the deadline aborted the elector before its
+/// resign could land.
+///
+/// Storage cannot tell a resign that was never sent: the lease simply runs
+/// out its TTL, and only then does a peer take over.
 pub struct LeaderResignsAtShutdown;
 
 const NAME: &str = "leader_resigns_at_shutdown";

@@ -1,20 +1,20 @@
-//! I10 `maintainer_liveness`: a node that stays leader long enough has its
-//! maintainer running, or has asked to resign after exhausting its retries.
-//!
-//! Three checks, each a bounded-response property:
-//! 1. a tenure that lasts `give_up_bound_ms` must see its services started, or a
-//!    resign requested, within that bound;
-//! 2. once a term's services stop, its node may believe it leads for at most
-//!    `stop_grace_ms` more (a leader without maintenance is the 002 outage);
-//! 3. after the heal phase has run `converge_bound_ms`, some node leads a term
-//!    whose services run at the end of the run.
+//! I10 `maintainer_liveness`: the invariant, its reasons and limits are on [`MaintainerLiveness`].
 
 use keel::events::Event;
 
 use super::{node_event, tenures, CheckCtx, Checker, Tenure, Violation};
 use crate::run::history::Record;
 
-/// See the [module docs](self).
+/// I10 `maintainer_liveness`: a node that stays leader long enough has its
+/// maintainer running, or has asked to resign after exhausting its retries.
+///
+/// Three checks, each a bounded-response property:
+/// 1. a tenure that lasts `give_up_bound_ms` must see its services started, or a
+///    resign requested, within that bound;
+/// 2. once a term's services stop, its node may believe it leads for at most
+///    `stop_grace_ms` more (a leader without maintenance is the 002 outage);
+/// 3. after the heal phase has run `converge_bound_ms`, some node leads a term
+///    whose services run at the end of the run.
 pub struct MaintainerLiveness;
 
 const NAME: &str = "maintainer_liveness";

@@ -1,13 +1,4 @@
-//! `no_claim_after_shutdown`: once a graceful shutdown begins, a runtime
-//! claims no more jobs (`RuntimeHandle::shutdown`: "stop claiming"; a
-//! retiring or stopping worker only finalizes). A `ClaimApplied` for an owner
-//! whose process began shutting down breaks the promise when the claim was
-//! issued after the shutdown began: the harness records when each storage call
-//! was made (`ClaimApplied::issued_ms`, true time), so a claim in flight when
-//! the shutdown began (a held link, a slow reply) is never counted.
-//!
-//! Storage applies every claim it is asked for; only the shutdown around it
-//! shows the worker should not have asked.
+//! `no_claim_after_shutdown`: the invariant, its reasons and limits are on [`NoClaimAfterShutdown`].
 
 use std::collections::BTreeMap;
 
@@ -18,7 +9,16 @@ use super::no_early_rescue::STAMP_SLACK_MS;
 use super::{CheckCtx, Checker, Violation};
 use crate::run::history::{DbEvent, Ev, HarnessEvent, Record};
 
-/// See the [module docs](self).
+/// `no_claim_after_shutdown`: once a graceful shutdown begins, a runtime
+/// claims no more jobs (`RuntimeHandle::shutdown`: "stop claiming"; a
+/// retiring or stopping worker only finalizes). A `ClaimApplied` for an owner
+/// whose process began shutting down breaks the promise when the claim was
+/// issued after the shutdown began: the harness records when each storage call
+/// was made (`ClaimApplied::issued_ms`, true time), so a claim in flight when
+/// the shutdown began (a held link, a slow reply) is never counted.
+///
+/// Storage applies every claim it is asked for; only the shutdown around it
+/// shows the worker should not have asked.
 pub struct NoClaimAfterShutdown;
 
 const NAME: &str = "no_claim_after_shutdown";

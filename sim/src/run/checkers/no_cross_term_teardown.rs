@@ -1,13 +1,13 @@
-//! I4 `no_cross_term_teardown`: nothing started for term T stops, resigns or
-//! alters what another term started. Every stop of a maintainer records the term
-//! that asked and the term whose services stopped; they must be the same.
+//! I4 `no_cross_term_teardown`: the invariant, its reasons and limits are on [`NoCrossTermTeardown`].
 
 use keel::events::Event;
 
 use super::{last_each, node_event, CheckCtx, Checker, Violation};
 use crate::run::history::Record;
 
-/// See the [module docs](self).
+/// I4 `no_cross_term_teardown`: nothing started for term T stops, resigns or
+/// alters what another term started. Every stop of a maintainer records the term
+/// that asked and the term whose services stopped; they must be the same.
 pub struct NoCrossTermTeardown;
 
 impl Checker for NoCrossTermTeardown {

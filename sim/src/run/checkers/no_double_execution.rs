@@ -1,47 +1,4 @@
-//! I1 `no_double_execution`: no job runs on two workers at once while both hold a
-//! valid claim, no handler outlives its revoked claim by more than the time its
-//! worker needs to hear of it, and no job runs after it reached a terminal state.
-//!
-//! A **handler interval** for `(job, attempt)` on host `h` opens at
-//! `HandlerStarted { job, attempt }` on `h` and closes at the first of: the
-//! `HandlerEnded` of the same `(job, attempt)` on `h`; a `Crash` or `NodeBoot` of
-//! `h`; a `ShutdownEnded` on `h` (shutdown drops the handlers that outlive its
-//! deadline; whether anything runs on after it is `bounded_shutdown`'s concern);
-//! the end of the history.
-//!
-//! A claim `(job, a)` is **revoked** by the first `RescueApplied { job, a }` or
-//! `ClaimApplied { job, b > a }` storage applied. Three kinds of violation:
-//!
-//! * **two valid claims**: attempt `b` starts while attempt `a` runs and `a`'s
-//!   claim was never revoked (storage handed out a job twice).
-//! * **outlived its claim**: an interval of `(job, a)` closes (or the run ends)
-//!   more than `lost_claim_grace_ms` after `a`'s claim was revoked, not counting
-//!   time its process was frozen (a paused process runs nothing) and any
-//!   step of storage's clock in the stale window before the revoke, up to
-//!   `claim_trust` (it aged the claim by that much while its worker, cut off,
-//!   still trusted it). A worker learns
-//!   of a revoked claim at its next heartbeat and must drop the handler then
-//!   (source document 003, M1); a partitioned worker stops on its own before the
-//!   rescuer may revoke it.
-//! * **ran on after hearing**: an interval of `(job, a)` on `h` closes (or the
-//!   run ends) more than `cancel_grace_ms` after `h` reported `ClaimLost { job,
-//!   a }`, not counting time `h` was frozen. The worker heard storage say the
-//!   claim is gone and must drop the handler at once, whatever storage's clock
-//!   or the request timeout did; the rule above bounds only when it must hear.
-//! * **run after terminal**: a `HandlerStarted { job, .. }` after a terminal
-//!   `FinalizeApplied` or a `CancelApplied` of that job.
-//! * **started on a revoked claim**: a `HandlerStarted { job, a }` after `a`'s
-//!   claim was revoked. A worker starts a claimed job only while its claim is
-//!   at most half its `claim_trust` old since a good heartbeat (else it asks
-//!   storage first), and storage revokes only past `stale_threshold` on its
-//!   own clock, so this needs a worker that ran a job it had heard was lost,
-//!   or storage's clock stepping by more than `stale_threshold - claim_trust /
-//!   2` (then excused: a forward step of the one judging clock ages every
-//!   claim, keel's documented limit). The nodes' clocks have no say.
-//! * **finalized under a running handler**: storage applies a finalize of
-//!   `(job, a)` while a handler of `(job, a)` still runs. The owner finalizes only
-//!   after its handler ended, so this is another worker writing over the claim
-//!   (source document 003, H1: a reaped worker clobbering the new claimant).
+//! I1 `no_double_execution`: the invariant, its reasons and limits are on [`NoDoubleExecution`].
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -52,7 +9,50 @@ use super::belief::Offsets;
 use super::{CheckCtx, Checker, Violation};
 use crate::run::history::{DbEvent, Ev, HarnessEvent, Record};
 
-/// See the [module docs](self).
+/// I1 `no_double_execution`: no job runs on two workers at once while both hold a
+/// valid claim, no handler outlives its revoked claim by more than the time its
+/// worker needs to hear of it, and no job runs after it reached a terminal state.
+///
+/// A **handler interval** for `(job, attempt)` on host `h` opens at
+/// `HandlerStarted { job, attempt }` on `h` and closes at the first of: the
+/// `HandlerEnded` of the same `(job, attempt)` on `h`; a `Crash` or `NodeBoot` of
+/// `h`; a `ShutdownEnded` on `h` (shutdown drops the handlers that outlive its
+/// deadline; whether anything runs on after it is `bounded_shutdown`'s concern);
+/// the end of the history.
+///
+/// A claim `(job, a)` is **revoked** by the first `RescueApplied { job, a }` or
+/// `ClaimApplied { job, b > a }` storage applied. Three kinds of violation:
+///
+/// * **two valid claims**: attempt `b` starts while attempt `a` runs and `a`'s
+///   claim was never revoked (storage handed out a job twice).
+/// * **outlived its claim**: an interval of `(job, a)` closes (or the run ends)
+///   more than `lost_claim_grace_ms` after `a`'s claim was revoked, not counting
+///   time its process was frozen (a paused process runs nothing) and any
+///   step of storage's clock in the stale window before the revoke, up to
+///   `claim_trust` (it aged the claim by that much while its worker, cut off,
+///   still trusted it). A worker learns
+///   of a revoked claim at its next heartbeat and must drop the handler then
+///   (source document 003, M1); a partitioned worker stops on its own before the
+///   rescuer may revoke it.
+/// * **ran on after hearing**: an interval of `(job, a)` on `h` closes (or the
+///   run ends) more than `cancel_grace_ms` after `h` reported `ClaimLost { job,
+///   a }`, not counting time `h` was frozen. The worker heard storage say the
+///   claim is gone and must drop the handler at once, whatever storage's clock
+///   or the request timeout did; the rule above bounds only when it must hear.
+/// * **run after terminal**: a `HandlerStarted { job, .. }` after a terminal
+///   `FinalizeApplied` or a `CancelApplied` of that job.
+/// * **started on a revoked claim**: a `HandlerStarted { job, a }` after `a`'s
+///   claim was revoked. A worker starts a claimed job only while its claim is
+///   at most half its `claim_trust` old since a good heartbeat (else it asks
+///   storage first), and storage revokes only past `stale_threshold` on its
+///   own clock, so this needs a worker that ran a job it had heard was lost,
+///   or storage's clock stepping by more than `stale_threshold - claim_trust /
+///   2` (then excused: a forward step of the one judging clock ages every
+///   claim, keel's documented limit). The nodes' clocks have no say.
+/// * **finalized under a running handler**: storage applies a finalize of
+///   `(job, a)` while a handler of `(job, a)` still runs. The owner finalizes only
+///   after its handler ended, so this is another worker writing over the claim
+///   (source document 003, H1: a reaped worker clobbering the new claimant).
 pub struct NoDoubleExecution;
 
 const NAME: &str = "no_double_execution";

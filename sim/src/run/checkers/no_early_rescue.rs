@@ -1,20 +1,4 @@
-//! `no_early_rescue`: the rescuer revokes a claim only once its last heartbeat
-//! is more than `stale_threshold` (`JobsConfig::stale_threshold`) old on
-//! storage's clock, the one clock that judges claims. A job's heartbeats are
-//! not recorded (one per running job per second would dominate the history),
-//! but its claim records the first one: storage's stamp when it applied the
-//! claim (`ClaimApplied::heartbeat_ms`). Later heartbeats stamp later times,
-//! unless storage's clock fell back in between, so a `RescueApplied` of
-//! `(job, a)` at true time `t` is early when storage's clock at `t` reads no
-//! more than the threshold past that stamp, lowered by how far storage's clock
-//! fell back since the claim. The rescuer's own clock has no say: a rescue it
-//! judged on its own wall clock (planted `rescue_on_caller_clock`) is early
-//! whenever that clock ran ahead of storage's.
-//!
-//! Storage applies an early rescue without complaint: it is handed the window.
-//! A worker whose claim is revoked early is cut off while it may still trust
-//! its claim, which `no_double_execution` sees only if the next attempt
-//! overlaps it.
+//! `no_early_rescue`: the invariant, its reasons and limits are on [`NoEarlyRescue`].
 
 use std::collections::BTreeMap;
 
@@ -24,7 +8,23 @@ use super::belief::Offsets;
 use super::{CheckCtx, Checker, Violation};
 use crate::run::history::{DbEvent, Ev, Record};
 
-/// See the [module docs](self).
+/// `no_early_rescue`: the rescuer revokes a claim only once its last heartbeat
+/// is more than `stale_threshold` (`JobsConfig::stale_threshold`) old on
+/// storage's clock, the one clock that judges claims. A job's heartbeats are
+/// not recorded (one per running job per second would dominate the history),
+/// but its claim records the first one: storage's stamp when it applied the
+/// claim (`ClaimApplied::heartbeat_ms`). Later heartbeats stamp later times,
+/// unless storage's clock fell back in between, so a `RescueApplied` of
+/// `(job, a)` at true time `t` is early when storage's clock at `t` reads no
+/// more than the threshold past that stamp, lowered by how far storage's clock
+/// fell back since the claim. The rescuer's own clock has no say: a rescue it
+/// judged on its own wall clock (planted `rescue_on_caller_clock`) is early
+/// whenever that clock ran ahead of storage's.
+///
+/// Storage applies an early rescue without complaint: it is handed the window.
+/// A worker whose claim is revoked early is cut off while it may still trust
+/// its claim, which `no_double_execution` sees only if the next attempt
+/// overlaps it.
 pub struct NoEarlyRescue;
 
 /// Slack for the history stamping a host's events up to one 20 ms step late.

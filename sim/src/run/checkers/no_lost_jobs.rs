@@ -1,21 +1,21 @@
-//! I6 `no_lost_jobs` (liveness): once faults stop, every enqueued job reaches a
-//! terminal state within a bounded heal window.
-//!
-//! The runner records, at the end of the run, a `JobsUnfinished { jobs }` record
-//! listing the jobs storage holds in a non-terminal state. When the heal phase
-//! lasted at least `ctx.heal_converge_ms` (`end_at_ms - heal_at_ms`), a
-//! `JobsUnfinished` record with a non-empty list is a violation. Its message
-//! names up to 5 of the jobs; its witnesses are, for up to 3 of them, the record
-//! that inserted the job (`JobInserted`, or `PeriodicInserted` for a periodic
-//! job) and the last storage record concerning it, then the `JobsUnfinished`
-//! record itself. A shorter heal phase proves nothing, so nothing is reported.
+//! I6 `no_lost_jobs` (liveness): the invariant, its reasons and limits are on [`NoLostJobs`].
 
 use keel::storage::JobId;
 
 use super::{CheckCtx, Checker, Violation};
 use crate::run::history::{DbEvent, Ev, HarnessEvent, Record};
 
-/// See the [module docs](self).
+/// I6 `no_lost_jobs` (liveness): once faults stop, every enqueued job reaches a
+/// terminal state within a bounded heal window.
+///
+/// The runner records, at the end of the run, a `JobsUnfinished { jobs }` record
+/// listing the jobs storage holds in a non-terminal state. When the heal phase
+/// lasted at least `ctx.heal_converge_ms` (`end_at_ms - heal_at_ms`), a
+/// `JobsUnfinished` record with a non-empty list is a violation. Its message
+/// names up to 5 of the jobs; its witnesses are, for up to 3 of them, the record
+/// that inserted the job (`JobInserted`, or `PeriodicInserted` for a periodic
+/// job) and the last storage record concerning it, then the `JobsUnfinished`
+/// record itself. A shorter heal phase proves nothing, so nothing is reported.
 pub struct NoLostJobs;
 
 const NAME: &str = "no_lost_jobs";

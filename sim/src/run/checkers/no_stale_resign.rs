@@ -1,6 +1,4 @@
-//! I5 `no_stale_resign`: a node only asks to resign a term that it holds at that
-//! moment. Holding means: it won the term, and has not since lost it, crashed or
-//! rebooted (the node's own view, which is what it must check before resigning).
+//! I5 `no_stale_resign`: the invariant, its reasons and limits are on [`NoStaleResign`].
 
 use std::collections::BTreeMap;
 
@@ -10,7 +8,9 @@ use keel::storage::Term;
 use super::{last_each, CheckCtx, Checker, Violation};
 use crate::run::history::{Ev, HarnessEvent, Record};
 
-/// See the [module docs](self).
+/// I5 `no_stale_resign`: a node only asks to resign a term that it holds at that
+/// moment. Holding means: it won the term, and has not since lost it, crashed or
+/// rebooted (the node's own view, which is what it must check before resigning).
 pub struct NoStaleResign;
 
 impl Checker for NoStaleResign {

@@ -1,13 +1,4 @@
-//! `no_start_after_term_lost`: losing a term cancels its start. Once a node
-//! reports `TermLost { T }`, its maintainer begins no further start attempt
-//! for `T` (`keel::maintenance` design note: "Losing `T` cancels `T`'s start:
-//! no further attempt begins"). An attempt already in flight may finish; a new
-//! `MaintainerStartAttempt { T }` on that host later than [`HEARD_WITHIN_MS`]
-//! after the loss breaks the promise, even though term fencing keeps whatever
-//! it starts out of storage.
-//!
-//! A node never wins a term twice, and a replacement process runs on a host of
-//! its own, so no later event makes an attempt for `T` legitimate again.
+//! `no_start_after_term_lost`: the invariant, its reasons and limits are on [`NoStartAfterTermLost`].
 
 use std::collections::BTreeMap;
 
@@ -17,7 +8,16 @@ use keel::storage::Term;
 use super::{last_each, node_event, CheckCtx, Checker, Violation};
 use crate::run::history::Record;
 
-/// See the [module docs](self).
+/// `no_start_after_term_lost`: losing a term cancels its start. Once a node
+/// reports `TermLost { T }`, its maintainer begins no further start attempt
+/// for `T` (`keel::maintenance` design note: "Losing `T` cancels `T`'s start:
+/// no further attempt begins"). An attempt already in flight may finish; a new
+/// `MaintainerStartAttempt { T }` on that host later than `HEARD_WITHIN_MS`
+/// after the loss breaks the promise, even though term fencing keeps whatever
+/// it starts out of storage.
+///
+/// A node never wins a term twice, and a replacement process runs on a host of
+/// its own, so no later event makes an attempt for `T` legitimate again.
 pub struct NoStartAfterTermLost;
 
 /// How long after its elector reports the loss a maintainer may still begin

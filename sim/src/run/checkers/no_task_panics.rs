@@ -1,13 +1,13 @@
-//! `no_task_panics`: no task of the runtime under test panics. keel catches a
-//! panicking task and reports it (`TaskPanicked`) rather than losing it; in the
-//! simulator any such report is a bug in keel, shown with the panic message.
+//! `no_task_panics`: the invariant, its reasons and limits are on [`NoTaskPanics`].
 
 use keel::events::Event;
 
 use super::{node_event, CheckCtx, Checker, Violation};
 use crate::run::history::Record;
 
-/// See the [module docs](self).
+/// `no_task_panics`: no task of the runtime under test panics. keel catches a
+/// panicking task and reports it (`TaskPanicked`) rather than losing it; in the
+/// simulator any such report is a bug in keel, shown with the panic message.
 pub struct NoTaskPanics;
 
 impl Checker for NoTaskPanics {

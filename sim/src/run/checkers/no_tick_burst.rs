@@ -1,24 +1,4 @@
-//! I8 `no_tick_burst`: after a slow round, a periodic loop does not fire a burst
-//! of catch-up ticks (what `MissedTickBehavior::Burst` does).
-//!
-//! `MissedTickBehavior::Skip` fires the one late tick at once when a slow round
-//! ends and then realigns to its schedule, so the late tick and the next aligned
-//! one can be close; a burst fires every missed tick back to back. The checker
-//! tells them apart: **three consecutive ticks of a loop within one period** are a
-//! violation (`t3 - t1 < period_ms`), witnessed by the three ticks. Skip never
-//! does that (after the late tick the next two are a full period apart); a burst
-//! of two or more missed ticks always does.
-//!
-//! Times are as recorded, and a host's events are stamped with the time of the
-//! simulation step that ran them, up to one [`TICK`] after they happened: a late
-//! tick and the aligned one just after it can share a stamp. So the span must
-//! fall short of the period by more than one `TICK` (a burst's ticks share one
-//! instant, far inside that). Before this slack, `slow_ticks` seed 5060 failed
-//! on Skip's own ticks at 16753, 16753 and 17000 ms (period 250 ms).
-//!
-//! Consecutive means within one run of the loop: a `Crash` or `NodeBoot` of the
-//! host forgets every loop of the host, and a `LoopEnded { name }` on the host
-//! forgets that loop, since a loop started again may tick at once.
+//! I8 `no_tick_burst`: the invariant, its reasons and limits are on [`NoTickBurst`].
 
 use std::collections::BTreeMap;
 
@@ -31,7 +11,27 @@ use crate::run::runner::TICK;
 /// How late a recorded time may be: one simulation step.
 const STAMP_SLACK_MS: u64 = TICK.as_millis() as u64;
 
-/// See the [module docs](self).
+/// I8 `no_tick_burst`: after a slow round, a periodic loop does not fire a burst
+/// of catch-up ticks (what `MissedTickBehavior::Burst` does).
+///
+/// `MissedTickBehavior::Skip` fires the one late tick at once when a slow round
+/// ends and then realigns to its schedule, so the late tick and the next aligned
+/// one can be close; a burst fires every missed tick back to back. The checker
+/// tells them apart: **three consecutive ticks of a loop within one period** are a
+/// violation (`t3 - t1 < period_ms`), witnessed by the three ticks. Skip never
+/// does that (after the late tick the next two are a full period apart); a burst
+/// of two or more missed ticks always does.
+///
+/// Times are as recorded, and a host's events are stamped with the time of the
+/// simulation step that ran them, up to one [`TICK`] after they happened: a late
+/// tick and the aligned one just after it can share a stamp. So the span must
+/// fall short of the period by more than one `TICK` (a burst's ticks share one
+/// instant, far inside that). Before this slack, `slow_ticks` seed 5060 failed
+/// on Skip's own ticks at 16753, 16753 and 17000 ms (period 250 ms).
+///
+/// Consecutive means within one run of the loop: a `Crash` or `NodeBoot` of the
+/// host forgets every loop of the host, and a `LoopEnded { name }` on the host
+/// forgets that loop, since a loop started again may tick at once.
 pub struct NoTickBurst;
 
 const NAME: &str = "no_tick_burst";

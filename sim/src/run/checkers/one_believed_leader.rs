@@ -1,16 +1,4 @@
-//! `one_believed_leader`: no node believes it leads a term once storage has
-//! granted a later term to another holder, judged in true time: so no two
-//! nodes believe they lead at the same instant, within the clock error the
-//! safety margin allows.
-//!
-//! Storage judges a lease's expiry on its own clock (the database host's), and
-//! a node trusts a grant for `lease_ttl - safety_margin` on its monotonic
-//! clock from the moment it asked. A peer can therefore be granted the next
-//! term while the old leader still trusts its own only if storage's clock
-//! stepped forward by more than the margin in between: such an overlap is
-//! excused (a forward step of the one judging clock shortens every hold,
-//! keel's documented limit), any other is a broken promise even though term
-//! fencing keeps storage clean. The nodes' wall clocks have no say.
+//! `one_believed_leader`: the invariant, its reasons and limits are on [`OneBelievedLeader`].
 
 use std::collections::BTreeSet;
 
@@ -20,7 +8,19 @@ use super::belief::{beliefs, holder_at, Belief, Offsets};
 use super::{CheckCtx, Checker, Violation};
 use crate::run::history::{DbEvent, Ev, Record};
 
-/// See the [module docs](self).
+/// `one_believed_leader`: no node believes it leads a term once storage has
+/// granted a later term to another holder, judged in true time: so no two
+/// nodes believe they lead at the same instant, within the clock error the
+/// safety margin allows.
+///
+/// Storage judges a lease's expiry on its own clock (the database host's), and
+/// a node trusts a grant for `lease_ttl - safety_margin` on its monotonic
+/// clock from the moment it asked. A peer can therefore be granted the next
+/// term while the old leader still trusts its own only if storage's clock
+/// stepped forward by more than the margin in between: such an overlap is
+/// excused (a forward step of the one judging clock shortens every hold,
+/// keel's documented limit), any other is a broken promise even though term
+/// fencing keeps storage clean. The nodes' wall clocks have no say.
 pub struct OneBelievedLeader;
 
 impl Checker for OneBelievedLeader {

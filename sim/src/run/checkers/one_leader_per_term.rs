@@ -1,13 +1,4 @@
-//! I3 `one_leader_per_term`: terms strictly increase, each term has one holder,
-//! no two terms' maintenance writes are both accepted in overlapping intervals
-//! (accepted fenced writes never go back to an older term), and a live lease
-//! passes to a new term only when nobody still believes in the old one under
-//! the same holder id.
-//!
-//! The last check is what makes holder ids per process incarnation matter:
-//! storage re-grants a live lease to its own holder (a process that stepped
-//! down and asks again), so if two processes shared one holder id, each acquire
-//! would evict the other's live term while that process still believed it led.
+//! I3 `one_leader_per_term`: the invariant, its reasons and limits are on [`OneLeaderPerTerm`].
 
 use std::collections::BTreeMap;
 
@@ -17,7 +8,16 @@ use keel::storage::Term;
 use super::{CheckCtx, Checker, Violation};
 use crate::run::history::{DbEvent, Ev, HarnessEvent, Record};
 
-/// See the [module docs](self).
+/// I3 `one_leader_per_term`: terms strictly increase, each term has one holder,
+/// no two terms' maintenance writes are both accepted in overlapping intervals
+/// (accepted fenced writes never go back to an older term), and a live lease
+/// passes to a new term only when nobody still believes in the old one under
+/// the same holder id.
+///
+/// The last check is what makes holder ids per process incarnation matter:
+/// storage re-grants a live lease to its own holder (a process that stepped
+/// down and asks again), so if two processes shared one holder id, each acquire
+/// would evict the other's live term while that process still believed it led.
 pub struct OneLeaderPerTerm;
 
 /// Per host: the holder id its running process holds leases as (from its

@@ -1,20 +1,4 @@
-//! I7 `panics_surfaced`: every panic of a handler or loop is observed and
-//! reported.
-//!
-//! The simulated handlers and loops record, on their host, the panic they are
-//! about to raise. Each must be reported on the same host before the host
-//! crashes or reboots and before the history ends:
-//!
-//! * `HandlerPanicInjected { job, attempt }` on `h`: the next `HandlerEnded` of
-//!   that `(job, attempt)` on `h` must exist, come before any `Crash` or
-//!   `NodeBoot` of `h`, and have an outcome starting with `panicked`;
-//! * `LoopPanicInjected { name }` on `h`: the next `LoopEnded { name }` on `h`
-//!   must exist, come before any `Crash` or `NodeBoot` of `h`, and have an
-//!   outcome starting with `panic`.
-//!
-//! Witnesses: the injection, then what came instead of the report if anything
-//! did (the `HandlerEnded`/`LoopEnded` with another outcome, or the crash or
-//! reboot).
+//! I7 `panics_surfaced`: the invariant, its reasons and limits are on [`PanicsSurfaced`].
 
 use keel::events::Event;
 use keel::storage::JobId;
@@ -22,7 +6,23 @@ use keel::storage::JobId;
 use super::{CheckCtx, Checker, Violation};
 use crate::run::history::{Ev, HarnessEvent, Record};
 
-/// See the [module docs](self).
+/// I7 `panics_surfaced`: every panic of a handler or loop is observed and
+/// reported.
+///
+/// The simulated handlers and loops record, on their host, the panic they are
+/// about to raise. Each must be reported on the same host before the host
+/// crashes or reboots and before the history ends:
+///
+/// * `HandlerPanicInjected { job, attempt }` on `h`: the next `HandlerEnded` of
+///   that `(job, attempt)` on `h` must exist, come before any `Crash` or
+///   `NodeBoot` of `h`, and have an outcome starting with `panicked`;
+/// * `LoopPanicInjected { name }` on `h`: the next `LoopEnded { name }` on `h`
+///   must exist, come before any `Crash` or `NodeBoot` of `h`, and have an
+///   outcome starting with `panic`.
+///
+/// Witnesses: the injection, then what came instead of the report if anything
+/// did (the `HandlerEnded`/`LoopEnded` with another outcome, or the crash or
+/// reboot).
 pub struct PanicsSurfaced;
 
 const NAME: &str = "panics_surfaced";

@@ -1,18 +1,4 @@
-//! `periodic_fires_due_slot`: a periodic schedule fires the latest slot due at
-//! each tick of the leader's enqueuer, and never a slot before its time
-//! (`PeriodicJob::slot`: "the latest slot at or before `now`").
-//!
-//! * **Due slot fired.** Once faults have stopped and the cluster converged
-//!   (`heal_at_ms + converge_bound_ms`), each enqueuer tick
-//!   (`LeaderActed { service: "periodic_enqueuer" }` on host `h` at `t`) makes
-//!   the slot due on storage's clock at `t` fired by `t` plus a round trip
-//!   (the enqueuer reads storage's clock, `JobStore::time`, each round): its
-//!   `PeriodicInserted` exists by then (fired at this tick or an earlier one).
-//!   Judged for the scenario's fixed-period schedules (`workload.periodic`);
-//!   a cron slot may be skipped by design past `CRON_CATCH_UP`.
-//! * **No slot early.** A leader inserts no slot (`PeriodicFired { inserted:
-//!   true }` on its host) later than storage's clock when it reported the
-//!   insert, judged always. The leader's own clock has no say.
+//! `periodic_fires_due_slot`: the invariant, its reasons and limits are on [`PeriodicFiresDueSlot`].
 
 use keel::events::Event;
 
@@ -21,7 +7,21 @@ use super::{CheckCtx, Checker, Violation};
 use crate::run::history::{DbEvent, Ev, Record};
 use crate::world::db::DB_HOST;
 
-/// See the [module docs](self).
+/// `periodic_fires_due_slot`: a periodic schedule fires the latest slot due at
+/// each tick of the leader's enqueuer, and never a slot before its time
+/// (`PeriodicJob::slot`: "the latest slot at or before `now`").
+///
+/// * **Due slot fired.** Once faults have stopped and the cluster converged
+///   (`heal_at_ms + converge_bound_ms`), each enqueuer tick
+///   (`LeaderActed { service: "periodic_enqueuer" }` on host `h` at `t`) makes
+///   the slot due on storage's clock at `t` fired by `t` plus a round trip
+///   (the enqueuer reads storage's clock, `JobStore::time`, each round): its
+///   `PeriodicInserted` exists by then (fired at this tick or an earlier one).
+///   Judged for the scenario's fixed-period schedules (`workload.periodic`);
+///   a cron slot may be skipped by design past `CRON_CATCH_UP`.
+/// * **No slot early.** A leader inserts no slot (`PeriodicFired { inserted:
+///   true }` on its host) later than storage's clock when it reported the
+///   insert, judged always. The leader's own clock has no say.
 pub struct PeriodicFiresDueSlot;
 
 const NAME: &str = "periodic_fires_due_slot";

@@ -1,15 +1,4 @@
-//! I11 `periodic_once`: a periodic job fires at most once per schedule slot
-//! across the cluster, across failovers.
-//!
-//! Two counts per `(name, slot_ms)`, each at most one:
-//!
-//! * storage's `PeriodicInserted { name, slot_ms, .. }` records (what the database
-//!   actually inserted);
-//! * nodes' `PeriodicFired { name, slot_ms, inserted: true, .. }` records, on any
-//!   host (what leaders believe they inserted).
-//!
-//! A second record of either kind is a violation whose witnesses are the first
-//! and the second record.
+//! I11 `periodic_once`: the invariant, its reasons and limits are on [`PeriodicOnce`].
 
 use std::collections::BTreeMap;
 
@@ -18,7 +7,18 @@ use keel::events::Event;
 use super::{CheckCtx, Checker, Violation};
 use crate::run::history::{DbEvent, Ev, Record};
 
-/// See the [module docs](self).
+/// I11 `periodic_once`: a periodic job fires at most once per schedule slot
+/// across the cluster, across failovers.
+///
+/// Two counts per `(name, slot_ms)`, each at most one:
+///
+/// * storage's `PeriodicInserted { name, slot_ms, .. }` records (what the database
+///   actually inserted);
+/// * nodes' `PeriodicFired { name, slot_ms, inserted: true, .. }` records, on any
+///   host (what leaders believe they inserted).
+///
+/// A second record of either kind is a violation whose witnesses are the first
+/// and the second record.
 pub struct PeriodicOnce;
 
 const NAME: &str = "periodic_once";

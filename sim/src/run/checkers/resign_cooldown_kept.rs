@@ -1,13 +1,4 @@
-//! `resign_cooldown_kept`: after a requested resign (its maintainer gave up
-//! starting, or a user asked) an elector stays out for `resign_cooldown`, so
-//! another node can take over (`ElectorConfig::resign_cooldown`). A `TermWon`
-//! on a host sooner than the cooldown after that host's `TermLost` with reason
-//! `resigned`, by the same process (no restart, crash or boot in between),
-//! breaks the promise: the node that could not start its services grabbed the
-//! lease again before a healthier peer had its turn.
-//!
-//! Storage grants a free lease to whoever asks first; only the node's own
-//! history shows it asked too soon.
+//! `resign_cooldown_kept`: the invariant, its reasons and limits are on [`ResignCooldownKept`].
 
 use std::collections::BTreeMap;
 
@@ -16,7 +7,16 @@ use keel::events::Event;
 use super::{CheckCtx, Checker, Violation};
 use crate::run::history::{Ev, HarnessEvent, Record};
 
-/// See the [module docs](self).
+/// `resign_cooldown_kept`: after a requested resign (its maintainer gave up
+/// starting, or a user asked) an elector stays out for `resign_cooldown`, so
+/// another node can take over (`ElectorConfig::resign_cooldown`). A `TermWon`
+/// on a host sooner than the cooldown after that host's `TermLost` with reason
+/// `resigned`, by the same process (no restart, crash or boot in between),
+/// breaks the promise: the node that could not start its services grabbed the
+/// lease again before a healthier peer had its turn.
+///
+/// Storage grants a free lease to whoever asks first; only the node's own
+/// history shows it asked too soon.
 pub struct ResignCooldownKept;
 
 const NAME: &str = "resign_cooldown_kept";

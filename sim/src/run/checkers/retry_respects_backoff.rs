@@ -1,13 +1,4 @@
-//! `retry_respects_backoff`: a failed attempt's retry is claimed no earlier than
-//! its backoff after the failure was recorded, judged in true time.
-//!
-//! The worker that saw attempt `a` fail asks storage to make the job due
-//! `delay(a)` later (`base * 2^(a-1)`, capped, plus jitter that only adds),
-//! counted on storage's clock from when the finalize is applied; claims judge
-//! due times on that clock too. So between the applied finalize and the claim
-//! of attempt `a + 1` at least the backoff's floor must pass, less how far
-//! storage's clock stepped in between. The nodes' clocks have no say. Storage
-//! accepts an early retry without complaint: only this checker sees it.
+//! `retry_respects_backoff`: the invariant, its reasons and limits are on [`RetryRespectsBackoff`].
 
 use std::collections::BTreeMap;
 
@@ -19,7 +10,16 @@ use super::{CheckCtx, Checker, Violation};
 use crate::run::history::{DbEvent, Ev, Record};
 use crate::world::db::DB_HOST;
 
-/// See the [module docs](self).
+/// `retry_respects_backoff`: a failed attempt's retry is claimed no earlier than
+/// its backoff after the failure was recorded, judged in true time.
+///
+/// The worker that saw attempt `a` fail asks storage to make the job due
+/// `delay(a)` later (`base * 2^(a-1)`, capped, plus jitter that only adds),
+/// counted on storage's clock from when the finalize is applied; claims judge
+/// due times on that clock too. So between the applied finalize and the claim
+/// of attempt `a + 1` at least the backoff's floor must pass, less how far
+/// storage's clock stepped in between. The nodes' clocks have no say. Storage
+/// accepts an early retry without complaint: only this checker sees it.
 pub struct RetryRespectsBackoff;
 
 impl Checker for RetryRespectsBackoff {

@@ -1,13 +1,4 @@
-//! `scheduled_not_early`: a job enqueued with a `scheduled_at` is not claimed
-//! before that time, judged in true time.
-//!
-//! Every engine's claim takes only rows with `scheduled_at <= now`, `now` being
-//! storage's clock (the database host's), whoever made the row available (the
-//! enqueue, or the leader's scheduler promoting it). So the first claim comes
-//! no earlier than storage's clock reads `scheduled_at`: true time, less how
-//! far storage's clock ran ahead of it. The claimer's own clock has no say. A
-//! job claimed before its time looks like any other claim to storage: only
-//! this checker sees it.
+//! `scheduled_not_early`: the invariant, its reasons and limits are on [`ScheduledNotEarly`].
 
 use std::collections::BTreeMap;
 
@@ -18,7 +9,16 @@ use super::no_early_rescue::STAMP_SLACK_MS;
 use super::{CheckCtx, Checker, Violation};
 use crate::run::history::{DbEvent, Ev, Record};
 
-/// See the [module docs](self).
+/// `scheduled_not_early`: a job enqueued with a `scheduled_at` is not claimed
+/// before that time, judged in true time.
+///
+/// Every engine's claim takes only rows with `scheduled_at <= now`, `now` being
+/// storage's clock (the database host's), whoever made the row available (the
+/// enqueue, or the leader's scheduler promoting it). So the first claim comes
+/// no earlier than storage's clock reads `scheduled_at`: true time, less how
+/// far storage's clock ran ahead of it. The claimer's own clock has no say. A
+/// job claimed before its time looks like any other claim to storage: only
+/// this checker sees it.
 pub struct ScheduledNotEarly;
 
 impl Checker for ScheduledNotEarly {

@@ -1,13 +1,4 @@
-//! `shutdown_gives_back`: a handler stopped by a graceful shutdown gives its
-//! job back without spending an attempt (`RuntimeHandle::shutdown`,
-//! `worker.rs`). Once `ShutdownBegan` on a host, every attempt there that
-//! ends without completing (stopped, failed, panicked or aborted at the
-//! deadline) is finalized as a give-back, `scheduled` (or `cancelled`, when a
-//! cancel was asked for it), never `retryable` or `discarded`: those spend the
-//! attempt, and on a job's last attempt end it.
-//!
-//! Storage writes the retry it is asked for; only the shutdown around it shows
-//! the attempt should not have been spent.
+//! `shutdown_gives_back`: the invariant, its reasons and limits are on [`ShutdownGivesBack`].
 
 use std::collections::BTreeMap;
 
@@ -17,7 +8,16 @@ use keel::storage::{JobId, JobState};
 use super::{CheckCtx, Checker, Violation};
 use crate::run::history::{DbEvent, Ev, HarnessEvent, Record};
 
-/// See the [module docs](self).
+/// `shutdown_gives_back`: a handler stopped by a graceful shutdown gives its
+/// job back without spending an attempt (`RuntimeHandle::shutdown`,
+/// `worker.rs`). Once `ShutdownBegan` on a host, every attempt there that
+/// ends without completing (stopped, failed, panicked or aborted at the
+/// deadline) is finalized as a give-back, `scheduled` (or `cancelled`, when a
+/// cancel was asked for it), never `retryable` or `discarded`: those spend the
+/// attempt, and on a job's last attempt end it.
+///
+/// Storage writes the retry it is asked for; only the shutdown around it shows
+/// the attempt should not have been spent.
 pub struct ShutdownGivesBack;
 
 const NAME: &str = "shutdown_gives_back";

@@ -1,22 +1,22 @@
-//! `siblings_stop_on_loop_panic`: when one of a watcher's loops panics, the
-//! watcher stops the others (`keel::watcher`: "the first to end signals the
-//! others; all are drained"). After `LoopPanicInjected { X }` on host `h` at
-//! `t`, no other loop of `h` begins a tick later than `t` plus
-//! [`STOP_SLACK_MS`] until the watcher is started again, which its first tick
-//! of `X` shows (the simulated node restarts a failed watcher after a second),
-//! or the host crashes, reboots or shuts down. A sibling in the middle of a
-//! tick may finish it; it must not begin another.
-//!
-//! `panics_surfaced` judges that the panic is reported; this checker judges
-//! what the watcher does about it, which a history of storage writes never
-//! shows.
+//! `siblings_stop_on_loop_panic`: the invariant, its reasons and limits are on [`SiblingsStopOnLoopPanic`].
 
 use keel::events::Event;
 
 use super::{CheckCtx, Checker, Violation};
 use crate::run::history::{Ev, HarnessEvent, Record};
 
-/// See the [module docs](self).
+/// `siblings_stop_on_loop_panic`: when one of a watcher's loops panics, the
+/// watcher stops the others (`keel::watcher`: "the first to end signals the
+/// others; all are drained"). After `LoopPanicInjected { X }` on host `h` at
+/// `t`, no other loop of `h` begins a tick later than `t` plus
+/// `STOP_SLACK_MS` until the watcher is started again, which its first tick
+/// of `X` shows (the simulated node restarts a failed watcher after a second),
+/// or the host crashes, reboots or shuts down. A sibling in the middle of a
+/// tick may finish it; it must not begin another.
+///
+/// `panics_surfaced` judges that the panic is reported; this checker judges
+/// what the watcher does about it, which a history of storage writes never
+/// shows.
 pub struct SiblingsStopOnLoopPanic;
 
 /// How long after a loop's panic a sibling may still begin a tick: the

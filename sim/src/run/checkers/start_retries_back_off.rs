@@ -1,18 +1,4 @@
-//! `start_retries_back_off`: a failed maintainer start is retried with
-//! exponential backoff (`keel::maintenance` design note, `MaintainerConfig::
-//! backoff`). Attempt `n + 1` of term `T` on a host begins no sooner after
-//! attempt `n` *failed* (`MaintainerStartFailed`) than the backoff's floor
-//! after a failed attempt `n`: `min(base * 2^(n-1), max)` (jitter only adds).
-//! The backoff runs from the failure, so a start hook that takes seconds to
-//! fail does not hide a retry that skipped it. A maintainer run restarted in
-//! place counts its attempts from 1 again, and the stopped run's attempt may
-//! still fail later: so attempt `n + 1` is measured from the *first* failure
-//! of attempt `n` since attempt `n` last began on that host for that term
-//! (swarm seed 3009172: a stopped run's attempt 1 failed 229 ms before the
-//! new run's attempt 2, which had waited 1,035 ms after its own).
-//!
-//! Storage never sees it broken: a leader hammering a failing start hook does
-//! nothing it could refuse.
+//! `start_retries_back_off`: the invariant, its reasons and limits are on [`StartRetriesBackOff`].
 
 use std::collections::BTreeMap;
 
@@ -22,7 +8,21 @@ use keel::storage::Term;
 use super::{node_event, CheckCtx, Checker, Violation};
 use crate::run::history::Record;
 
-/// See the [module docs](self).
+/// `start_retries_back_off`: a failed maintainer start is retried with
+/// exponential backoff (`keel::maintenance` design note, `MaintainerConfig::
+/// backoff`). Attempt `n + 1` of term `T` on a host begins no sooner after
+/// attempt `n` *failed* (`MaintainerStartFailed`) than the backoff's floor
+/// after a failed attempt `n`: `min(base * 2^(n-1), max)` (jitter only adds).
+/// The backoff runs from the failure, so a start hook that takes seconds to
+/// fail does not hide a retry that skipped it. A maintainer run restarted in
+/// place counts its attempts from 1 again, and the stopped run's attempt may
+/// still fail later: so attempt `n + 1` is measured from the *first* failure
+/// of attempt `n` since attempt `n` last began on that host for that term
+/// (swarm seed 3009172: a stopped run's attempt 1 failed 229 ms before the
+/// new run's attempt 2, which had waited 1,035 ms after its own).
+///
+/// Storage never sees it broken: a leader hammering a failing start hook does
+/// nothing it could refuse.
 pub struct StartRetriesBackOff;
 
 /// Slack under the floor: the history stamps a host's events up to one 20 ms

@@ -1,13 +1,4 @@
-//! `step_down_before_resign`: losing comes before resigning (`leadership`
-//! design note). A node that won term `T` stops believing in it (`TermLost`)
-//! before it resigns `T` in storage (`Resigned`), so no other node can be
-//! granted the lease while this one still believes it leads; and a node whose
-//! lease already moved on (`TermLost { reason: "lease_moved_on" }`) does not
-//! resign at all. A resign of a term the node never won (a grant that came
-//! back too late to trust, given straight back) is not judged.
-//!
-//! Storage sees a resign as a resign: only the order of what the node
-//! reported shows the belief outliving it.
+//! `step_down_before_resign`: the invariant, its reasons and limits are on [`StepDownBeforeResign`].
 
 use std::collections::BTreeMap;
 
@@ -17,7 +8,16 @@ use keel::storage::Term;
 use super::{node_event, CheckCtx, Checker, Violation};
 use crate::run::history::{Ev, HarnessEvent, Record};
 
-/// See the [module docs](self).
+/// `step_down_before_resign`: losing comes before resigning (`leadership`
+/// design note). A node that won term `T` stops believing in it (`TermLost`)
+/// before it resigns `T` in storage (`Resigned`), so no other node can be
+/// granted the lease while this one still believes it leads; and a node whose
+/// lease already moved on (`TermLost { reason: "lease_moved_on" }`) does not
+/// resign at all. A resign of a term the node never won (a grant that came
+/// back too late to trust, given straight back) is not judged.
+///
+/// Storage sees a resign as a resign: only the order of what the node
+/// reported shows the belief outliving it.
 pub struct StepDownBeforeResign;
 
 const NAME: &str = "step_down_before_resign";

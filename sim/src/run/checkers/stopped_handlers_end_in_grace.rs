@@ -1,16 +1,4 @@
-//! `stopped_handlers_end_in_grace`: a handler its worker asked to stop ends
-//! within its grace. When a worker triggers a running handler's token
-//! (`HandlerCancelRequested`), the handler must have ended (`HandlerEnded`:
-//! returned, or dropped by the worker) within the grace that reason allows:
-//! `cancel_grace` after a cancel request or an untrusted claim, none after a
-//! lost claim (`JobsConfig::cancel_grace`, `worker.rs`). A stop for shutdown
-//! is `bounded_shutdown`'s to judge. A crash, reboot or returned shutdown of
-//! the host ends the handler too; a frozen process runs nothing, so frozen
-//! time is not counted.
-//!
-//! Storage cannot see this promise broken: a cancelled job whose stubborn
-//! handler runs on and completes is recorded completed, as it should be, only
-//! an unbounded time after the user asked it to stop.
+//! `stopped_handlers_end_in_grace`: the invariant, its reasons and limits are on [`StoppedHandlersEndInGrace`].
 
 use keel::events::Event;
 use keel::storage::JobId;
@@ -18,7 +6,19 @@ use keel::storage::JobId;
 use super::{node_event, CheckCtx, Checker, Violation};
 use crate::run::history::{Ev, HarnessEvent, Record};
 
-/// See the [module docs](self).
+/// `stopped_handlers_end_in_grace`: a handler its worker asked to stop ends
+/// within its grace. When a worker triggers a running handler's token
+/// (`HandlerCancelRequested`), the handler must have ended (`HandlerEnded`:
+/// returned, or dropped by the worker) within the grace that reason allows:
+/// `cancel_grace` after a cancel request or an untrusted claim, none after a
+/// lost claim (`JobsConfig::cancel_grace`, `worker.rs`). A stop for shutdown
+/// is `bounded_shutdown`'s to judge. A crash, reboot or returned shutdown of
+/// the host ends the handler too; a frozen process runs nothing, so frozen
+/// time is not counted.
+///
+/// Storage cannot see this promise broken: a cancelled job whose stubborn
+/// handler runs on and completes is recorded completed, as it should be, only
+/// an unbounded time after the user asked it to stop.
 pub struct StoppedHandlersEndInGrace;
 
 /// Slack on top of the grace: the worker's drop timer fires on the step after
