@@ -17,7 +17,7 @@ use keel::planted::Bug;
 const BUG: Bug = Bug::FinalizeWithoutOwnerGuard;
 const CATCHER: &str = "no_double_execution";
 /// Runs allowed. A drawn plan steps storage's clock that far in about one run
-/// in three (the README's chaos table has the measured runs per bug); this
+/// in three (docs/chaos.md's table has the measured runs per bug); this
 /// plan does it three times a run, so one run nearly always suffices.
 const RUNS_MAX: u64 = 3;
 /// Storage's clock steps 30 s forward three times, each while a worker is

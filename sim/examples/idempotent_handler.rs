@@ -5,12 +5,13 @@
 //! crashing): the naive version, which charges a ledger outside keel, breaks
 //! "each order charged exactly once" within the first few seeds; the version
 //! that charges through keel's fenced effect API holds over the same seeds.
-//! `sim/tests/user_api.rs` asserts both, and the README shows the code between
-//! the `README` markers (a test keeps the two equal).
+//! `sim/tests/user_api.rs` asserts both, and docs/scenarios.md shows the code
+//! between the `docs: begin/end idempotent_handler` markers (`sim/tests/docs.rs`
+//! keeps the two equal).
 
 use std::process::ExitCode;
 
-// README: begin
+// docs: begin idempotent_handler
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -126,7 +127,7 @@ pub fn simulation(fenced: bool) -> Result<Simulation, sim::scenarios::ScenarioEr
             })
     }))
 }
-// README: end
+// docs: end idempotent_handler
 
 /// Seeds each handler is swept over.
 pub const SEEDS: u64 = 16;

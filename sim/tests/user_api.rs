@@ -1,5 +1,6 @@
 //! The public API for simulating your own handlers ([`sim::Simulation`]), on the
-//! README's example (`sim/examples/idempotent_handler.rs`): a handler that charges
+//! example docs/scenarios.md shows (`sim/examples/idempotent_handler.rs`; that
+//! the page quotes it exactly is `sim/tests/docs.rs`'s job): a handler that charges
 //! an order outside keel is caught charging twice under `ambiguous_commits`
 //! within the first few seeds, and the same handler writing its charge through
 //! keel's fenced effect API holds over every one of those seeds.
@@ -45,24 +46,4 @@ fn the_naive_charge_is_caught_charging_twice_and_the_fenced_one_holds() {
         panic!("the fenced handler failed:\n{}", fenced.report(failure));
     }
     assert_eq!(sweep.seeds_run, SEEDS);
-}
-
-#[test]
-fn the_readme_shows_the_example_code() {
-    let dir = env!("CARGO_MANIFEST_DIR");
-    let read = |path: &str| {
-        std::fs::read_to_string(format!("{dir}/{path}")).unwrap_or_else(|e| panic!("{path}: {e}"))
-    };
-    let example = read("examples/idempotent_handler.rs");
-    let snippet = example
-        .split_once("// README: begin\n")
-        .and_then(|(_, rest)| rest.split_once("// README: end\n"))
-        .map(|(code, _)| code)
-        .expect("the example marks its README part");
-    let readme = read("../README.md");
-    assert!(
-        readme.contains(&format!("```rust,ignore\n{snippet}```\n")),
-        "README.md's \"Simulating your own handlers\" block must be exactly the code between \
-         the README markers of sim/examples/idempotent_handler.rs:\n{snippet}"
-    );
 }

@@ -32,6 +32,7 @@ struct Args {
     run_for: Option<u64>,
 }
 
+// docs: begin handlers
 /// Sends an email at most once, however often the job runs: the "sent" effect is
 /// fenced by the job's claim and written once per job.
 async fn send_email(ctx: JobCtx, payload: Value) -> Outcome {
@@ -54,6 +55,7 @@ async fn resize_image(ctx: JobCtx, payload: Value) -> Outcome {
     tokio::time::sleep(Duration::from_millis(200)).await;
     Outcome::Completed
 }
+// docs: end handlers
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -68,6 +70,7 @@ async fn main() -> ExitCode {
         }
     };
 
+    // docs: begin runtime
     let digest = EnqueueRequest::new("send_email", json!({"to": "ops@example.com"}));
     let runtime = Runtime::builder("quickstart", storage, Arc::new(SystemClock::new()))
         .queue("default", 4)
@@ -78,6 +81,7 @@ async fn main() -> ExitCode {
         .observer(Arc::new(PrintObserver))
         .build()
         .and_then(|rt| rt.start());
+    // docs: end runtime
     let runtime = match runtime {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -118,9 +122,11 @@ async fn main() -> ExitCode {
         () = tokio::time::sleep(run_for.unwrap_or(Duration::MAX)), if run_for.is_some() => {}
     }
 
+    // docs: begin shutdown
     let report = runtime.shutdown(Duration::from_secs(10)).await;
     let clean = report.tasks.is_clean();
     println!("shutdown: clean={clean} {report:?}");
+    // docs: end shutdown
     if clean {
         ExitCode::SUCCESS
     } else {

@@ -45,7 +45,7 @@
 //!     sim replay --script hunt-out/run-2.script
 //! ```
 //!
-//! Measured on the planted bugs (README, *Hunting*), it finds a bug whose
+//! Measured on the planted bugs (docs/simulator.md, *Hunting*), it finds a bug whose
 //! condition has a gradient (a claim held past its trust) in fewer runs than
 //! plain swarm, and one whose condition is a single instant (a cancel landing
 //! as a handler completes) in more: what it is worth depends on what its
