@@ -13,5 +13,7 @@
 //! # Ok(()) }
 //! ```
 
+#![warn(missing_docs)]
+
 pub mod render;
 pub mod serve;
