@@ -204,7 +204,14 @@ impl<'a> Scan<'a> {
     }
 
     fn start(&mut self, history: &'a [Record], r: &'a Record, job: JobId, attempt: u32) {
-        if let Some(end) = self.terminal.get(&job) {
+        // A start on a revoked claim is `started_revoked`'s to judge, with its
+        // allowance for a step of storage's clock: that the job went on to a
+        // terminal state under the newer claim changes nothing (swarm seed
+        // 3009316: storage's clock stepped back 296 s and forward again, the
+        // rescuer handed a claimed-ahead job on, and the newer attempt had
+        // completed by the time the hand reached it).
+        let revoked = self.revoked.contains_key(&(job, attempt));
+        if let Some(end) = self.terminal.get(&job).filter(|_| !revoked) {
             self.out.push(violation(
                 r,
                 format!(
@@ -476,6 +483,51 @@ mod tests {
             .db(11_000, rescue(1, 1))
             .node(12_000, "n1", started(1, 1));
         assert!(NoDoubleExecution.check(&stepped.0, &ctx(20_000)).is_empty());
+        // Nor does it matter that the newer attempt finished first: the start
+        // is judged as one on a revoked claim, excused by the step.
+        let finished = H::new()
+            .db(0, claim(1, 1))
+            .harness(
+                5_000,
+                crate::world::db::DB_HOST,
+                HarnessEvent::ClockJump { jump_ms: 8_000 },
+            )
+            .db(11_000, claim(1, 2))
+            .node(11_100, "n2", started(1, 2))
+            .node(11_200, "n2", ended(1, 2))
+            .db(
+                11_300,
+                DbEvent::FinalizeApplied {
+                    job: JobId(1),
+                    attempt: 2,
+                    state: JobState::Completed,
+                },
+            )
+            .node(12_000, "n1", started(1, 1));
+        assert!(NoDoubleExecution
+            .check(&finished.0, &ctx(20_000))
+            .is_empty());
+        // Without the step, the same start breaks the invariant.
+        let unexcused = H::new()
+            .db(0, claim(1, 1))
+            .db(11_000, claim(1, 2))
+            .node(11_100, "n2", started(1, 2))
+            .node(11_200, "n2", ended(1, 2))
+            .db(
+                11_300,
+                DbEvent::FinalizeApplied {
+                    job: JobId(1),
+                    attempt: 2,
+                    state: JobState::Completed,
+                },
+            )
+            .node(12_000, "n1", started(1, 1));
+        let v = NoDoubleExecution.check(&unexcused.0, &ctx(20_000));
+        assert_eq!(v.len(), 1, "{v:?}");
+        assert!(
+            v[0].message.contains("after storage revoked its claim"),
+            "{v:?}"
+        );
     }
 
     #[test]
