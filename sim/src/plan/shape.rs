@@ -3,11 +3,12 @@
 //! A scenario with `swarm = true` is a template. Each seed draws its own shape
 //! from it, as swarm testing does: node count, fault-phase length, workload size
 //! and mix, `claim_ahead`, watcher loops and their periods, shutdown deadlines,
-//! and a fault profile. Half the seeds take one catalog scenario's whole fault
-//! profile as their *focus* and mix a few of the template's other kinds in; the
-//! rest mix the template's kinds alone, each on or off, each at its own share
-//! of the rate, in a sub-range of each range. So swarm reaches every rate and
-//! combination the catalog uses, and many it does not.
+//! and a fault profile. Three seeds in four take two catalog scenarios' fault
+//! profiles as their *focus* (every kind either has, at one of the two's rates)
+//! and mix a few of the template's other kinds in; the rest mix the template's
+//! kinds alone, each on or off, each at its own share of the rate, in a
+//! sub-range of each range. So swarm reaches every rate the catalog uses, every
+//! pair of its races, and many combinations it does not.
 //!
 //! ```
 //! let swarm = scenarios::by_name("swarm").expect("in the catalog");
@@ -43,7 +44,7 @@ pub const SWARM_NODES_MAX: u32 = 5;
 /// Shortest and longest fault phase, seconds: long enough for a lease to move
 /// a few times, short enough that long phases do not dominate a sweep's time.
 const FAULT_PHASE_S: [u64; 2] = [30, 90];
-/// Share of seeds that take one catalog scenario's fault profile as focus.
+/// Share of seeds that take catalog scenarios' fault profiles as focus.
 const FOCUS_SHARE: f64 = 0.75;
 /// Chance a focused seed keeps each of the focus's node count, phase length,
 /// workload and loops (else it draws its own).
@@ -52,6 +53,11 @@ const FOCUS_KEEP: f64 = 0.75;
 /// (lower, so the focus's race is not drowned).
 const MIX_ON: f64 = 0.5;
 const MIX_ON_BESIDE_FOCUS: f64 = 0.15;
+/// Share of focused seeds that pair their focus with a second profile
+/// ([`pair_of`]): every one. On the rarest planted bugs, pairing every focused
+/// seed caught them sooner than pairing half or none (docs/simulator.md,
+/// *Swarm*).
+const PAIR_SHARE: f64 = 1.0;
 /// Watcher loop periods are drawn in steps of this many ms, from 100 ms to 1 s.
 const LOOP_PERIOD_STEP_MS: u64 = 50;
 
@@ -76,21 +82,29 @@ fn draw(template: &Scenario, seed: u64) -> Scenario {
     let profiles = profiles();
     let focus = (!profiles.is_empty() && rng.random_bool(FOCUS_SHARE))
         .then(|| &profiles[rng.random_range(0..profiles.len())]);
+    let mut pair_rng = ChaCha8Rng::seed_from_u64(seed ^ PAIR_SALT);
+    let pair = focus.and_then(|f| pair_of(f, &mut pair_rng));
     let mut s = template.clone();
     s.swarm = false;
     s.shape_seed = Some(seed);
     s.faults = faults(template, focus, &mut rng, seed);
+    if let (Some(f), Some(p)) = (focus, pair) {
+        overlay(&mut s.faults, &f.faults, &p.faults, &mut pair_rng);
+    }
     let keep = |rng: &mut ChaCha8Rng| focus.is_some() && rng.random_bool(FOCUS_KEEP);
     s.nodes = match focus {
-        Some(f) if keep(&mut rng) => f.nodes,
+        Some(f) if keep(&mut rng) => f.nodes.max(pair.map_or(0, |p| p.nodes)),
         _ => rng.random_range(1..=SWARM_NODES_MAX),
     };
     s.duration_s = match focus {
-        Some(f) if keep(&mut rng) => f.duration_s,
+        Some(f) if keep(&mut rng) => f.duration_s.max(pair.map_or(0, |p| p.duration_s)),
         _ => rng.random_range(FAULT_PHASE_S[0]..=FAULT_PHASE_S[1]),
     };
     s.workload = match focus {
-        Some(f) if keep(&mut rng) => f.workload.clone(),
+        Some(f) if keep(&mut rng) => match (&f.workload, pair.and_then(|p| p.workload.as_ref())) {
+            (Some(a), Some(b)) => Some(merge_workloads(a, b)),
+            (a, b) => a.clone().or_else(|| b.cloned()),
+        },
         _ => template.workload.as_ref().map(|w| {
             let mut w = workload(w, s.duration_s, &mut rng);
             later_knobs(&mut w, seed);
@@ -101,13 +115,124 @@ fn draw(template: &Scenario, seed: u64) -> Scenario {
         fit_to_capacity(w, s.nodes, s.duration_s);
     }
     s.loops = match focus {
-        Some(f) if !f.loops.is_empty() && keep(&mut rng) => f.loops.clone(),
+        Some(f) if !f.loops.is_empty() && keep(&mut rng) => {
+            let mut loops = f.loops.clone();
+            for l in pair.map_or(&[][..], |p| &p.loops[..]) {
+                if !loops.iter().any(|(name, _)| *name == l.0) {
+                    loops.push(l.clone());
+                }
+            }
+            loops
+        }
         _ => loops(&mut rng),
     };
     s.heal_s = heal_s(template, focus, s.workload.as_ref(), s.nodes);
-    s.description = describe(focus, &s);
+    s.heal_s = s.heal_s.max(pair.map_or(0, |p| p.heal_s));
+    s.description = describe(focus, pair, &s);
     debug_assert!(s.validate().is_ok(), "a drawn shape is valid: {s:?}");
     s
+}
+
+/// Salt of the second focus's own stream: drawn apart, so seeds without a
+/// focus kept every draw of their shapes when pairs came.
+const PAIR_SALT: u64 = 0x7061_6972;
+
+/// The second catalog profile a focused seed pairs with its focus, or `None`.
+///
+/// Bugs nobody wrote a scenario for live where two known races meet (claims
+/// held ahead under a drifting clock, a cancel during a slow storage reply), so
+/// a focused seed takes a second profile in [`PAIR_SHARE`] of draws. The two
+/// are equals ([`overlay`]): each fault kind either has comes from one of them,
+/// and where the focus's size and workload are kept, they are merged with the
+/// second's (the larger node count and phase, each workload share at the
+/// higher of the two).
+fn pair_of(focus: &Scenario, rng: &mut ChaCha8Rng) -> Option<&'static Scenario> {
+    let others: Vec<&Scenario> = profiles().iter().filter(|p| p.name != focus.name).collect();
+    (!others.is_empty() && rng.random_bool(PAIR_SHARE))
+        .then(|| others[rng.random_range(0..others.len())])
+}
+
+/// Two profiles' faults as one: a kind only one of them has comes from it, a
+/// kind both have from either (a coin per kind), in place of what was mixed
+/// in; the biases that aim faults at the leader or a starting node, and the
+/// clock rates, come from either as a whole. So each profile's race keeps its
+/// own ranges as often as the other's, whichever was drawn first.
+fn overlay(f: &mut Faults, first: &Faults, second: &Faults, rng: &mut ChaCha8Rng) {
+    for kind in KINDS {
+        let (a, b) = ((kind.get)(first), (kind.get)(second));
+        if b > 0.0 && (a == 0.0 || rng.random_bool(0.5)) {
+            (kind.copy)(f, second);
+        }
+    }
+    if rng.random_bool(0.5) {
+        f.leader_bias = second.leader_bias;
+        f.starting_bias = second.starting_bias;
+        f.skew_ms_max = second.skew_ms_max;
+        f.db_skew_ms_max = second.db_skew_ms_max;
+    }
+    if second.drift_ppm_max > 0 && (first.drift_ppm_max == 0 || rng.random_bool(0.5)) {
+        f.drift_ppm_max = second.drift_ppm_max;
+        f.drift_rare_pct = second.drift_rare_pct;
+        f.drift_rare_ppm_max = second.drift_rare_ppm_max;
+    }
+}
+
+/// Two focuses' workloads as one: each size and share at the higher of the
+/// two (behaviour shares scaled back to 100% in all), handler lengths over
+/// both ranges, and both sets of periodic and cron jobs.
+fn merge_workloads(a: &Workload, b: &Workload) -> Workload {
+    let mut w = a.clone();
+    w.jobs = a.jobs.max(b.jobs);
+    w.enqueue_window_s = a.enqueue_window_s.max(b.enqueue_window_s);
+    w.workers = a.workers.max(b.workers);
+    w.max_attempts = a.max_attempts.max(b.max_attempts);
+    w.claim_ahead = a.claim_ahead.max(b.claim_ahead);
+    w.unique_pct = a.unique_pct.max(b.unique_pct);
+    w.scheduled_pct = a.scheduled_pct.max(b.scheduled_pct);
+    w.cancel_pct = a.cancel_pct.max(b.cancel_pct);
+    w.effect_pct = a.effect_pct.max(b.effect_pct);
+    w.fail_pct = a.fail_pct.max(b.fail_pct);
+    w.panic_pct = a.panic_pct.max(b.panic_pct);
+    w.slow_pct = a.slow_pct.max(b.slow_pct);
+    w.hang_pct = a.hang_pct.max(b.hang_pct);
+    w.stubborn_pct = a.stubborn_pct.max(b.stubborn_pct);
+    w.panic_on_stop_pct = a.panic_on_stop_pct.max(b.panic_on_stop_pct);
+    w.exhaust_pct = a.exhaust_pct.max(b.exhaust_pct);
+    normalize_behaviours(&mut w);
+    w.slow_ms = [
+        a.slow_ms[0].min(b.slow_ms[0]),
+        a.slow_ms[1].max(b.slow_ms[1]),
+    ];
+    for p in &b.periodic {
+        if !w.periodic.iter().any(|q| q.0 == p.0) {
+            w.periodic.push(p.clone());
+        }
+    }
+    for c in &b.cron {
+        if !w.cron.iter().any(|q| q.0 == c.0) {
+            w.cron.push(c.clone());
+        }
+    }
+    w
+}
+
+/// Scale a workload's behaviour shares down to 100% in all, if they sum higher.
+fn normalize_behaviours(w: &mut Workload) {
+    let behaviours = [
+        &mut w.fail_pct,
+        &mut w.panic_pct,
+        &mut w.slow_pct,
+        &mut w.hang_pct,
+        &mut w.stubborn_pct,
+        &mut w.panic_on_stop_pct,
+        &mut w.exhaust_pct,
+    ];
+    let sum: u32 = behaviours.iter().map(|p| **p).sum();
+    if sum > 100 {
+        for p in behaviours {
+            *p = *p * 100 / sum;
+        }
+    }
 }
 
 /// The fault profile: the focus's kinds at its rates and ranges, and the
@@ -391,20 +516,8 @@ fn workload(t: &Workload, duration_s: u64, rng: &mut ChaCha8Rng) -> Workload {
     w.panic_on_stop_pct = some_pct(rng, 30);
     w.cancel_pct = some_pct(rng, 30);
     w.effect_pct = rng.random_range(30..=80);
-    let behaviours = [
-        &mut w.fail_pct,
-        &mut w.panic_pct,
-        &mut w.slow_pct,
-        &mut w.hang_pct,
-        &mut w.stubborn_pct,
-        &mut w.panic_on_stop_pct,
-    ];
-    let sum: u32 = behaviours.iter().map(|p| **p).sum();
-    if sum > 100 {
-        for p in behaviours {
-            *p = *p * 100 / sum;
-        }
-    }
+    w.exhaust_pct = 0; // drawn later, by `later_knobs`, within what is left
+    normalize_behaviours(&mut w);
     let lo = rng.random_range(300..=3000);
     w.slow_ms = [lo, rng.random_range(lo..=15_000)];
     w.periodic = Vec::new();
@@ -592,8 +705,11 @@ const KIND_NAMES: [&str; 12] = [
     "replaces",
 ];
 
-fn describe(focus: Option<&Scenario>, s: &Scenario) -> String {
-    let focus = focus.map_or("none".to_owned(), |f| f.name.clone());
+fn describe(focus: Option<&Scenario>, pair: Option<&Scenario>, s: &Scenario) -> String {
+    let mut focus = focus.map_or("none".to_owned(), |f| f.name.clone());
+    if let Some(p) = pair {
+        focus = format!("{focus} + {}", p.name);
+    }
     let jobs = s.workload.as_ref().map_or(0, |w| w.jobs);
     let ahead = s.workload.as_ref().map_or(0, |w| w.claim_ahead);
     format!(
@@ -628,10 +744,78 @@ mod tests {
             ahead.insert(s.workload.as_ref().map(|w| w.claim_ahead));
         }
         assert_eq!(nodes.len(), SWARM_NODES_MAX as usize, "{nodes:?}");
-        assert_eq!(focus.len(), profiles().len() + 1, "{focus:?}");
+        let n = profiles().len();
+        assert_eq!(
+            focus.len(),
+            n * (n - 1) + 1,
+            "every pair and none: {focus:?}"
+        );
         assert!(ahead.len() >= 4, "{ahead:?}");
         let flap = scenarios::by_name("leadership_flap").expect("in the catalog");
         assert!(matches!(concrete(&flap, 3), Cow::Borrowed(_)));
+    }
+
+    /// A paired seed runs every fault kind either profile has, at one of
+    /// their rates.
+    #[test]
+    fn a_paired_seed_runs_both_profiles_races() {
+        let t = swarm();
+        let mut pairs = 0;
+        for seed in 0..400 {
+            let s = concrete(&t, seed);
+            let Some((_, names)) = s.description.split_once("focus ") else {
+                continue;
+            };
+            let names = names.split(',').next().unwrap_or_default();
+            let Some((a, b)) = names.split_once(" + ") else {
+                continue;
+            };
+            pairs += 1;
+            let (a, b) = (
+                scenarios::by_name(a).expect("a profile"),
+                scenarios::by_name(b).expect("a profile"),
+            );
+            assert_ne!(a.name, b.name, "seed {seed} pairs a profile with itself");
+            for k in &KINDS {
+                let (ra, rb, got) = ((k.get)(&a.faults), (k.get)(&b.faults), (k.get)(&s.faults));
+                if ra > 0.0 || rb > 0.0 {
+                    assert!(got == ra || got == rb, "seed {seed}: {}", s.description);
+                    assert!(got > 0.0, "seed {seed}: {}", s.description);
+                }
+            }
+        }
+        assert!(
+            pairs >= 200,
+            "focused seeds pair their focus: {pairs} of 400"
+        );
+    }
+
+    /// Any two profiles' workloads merge into a valid one that keeps each
+    /// one's ingredients: the higher cancel share and claim-ahead, both
+    /// handler-length ranges, both sets of periodic jobs.
+    #[test]
+    fn two_profiles_workloads_merge_into_a_valid_one() {
+        let t = swarm();
+        for a in profiles() {
+            for b in profiles() {
+                let (Some(wa), Some(wb)) = (&a.workload, &b.workload) else {
+                    continue;
+                };
+                let w = merge_workloads(wa, wb);
+                let mut s = t.clone();
+                s.swarm = false;
+                s.workload = Some(w.clone());
+                s.validate()
+                    .unwrap_or_else(|e| panic!("{} + {}: {e}", a.name, b.name));
+                assert_eq!(w.cancel_pct, wa.cancel_pct.max(wb.cancel_pct));
+                assert_eq!(w.claim_ahead, wa.claim_ahead.max(wb.claim_ahead));
+                assert!(w.slow_ms[0] <= wa.slow_ms[0].min(wb.slow_ms[0]));
+                assert!(w.slow_ms[1] >= wa.slow_ms[1].max(wb.slow_ms[1]));
+                for p in wa.periodic.iter().chain(&wb.periodic) {
+                    assert!(w.periodic.iter().any(|q| q.0 == p.0), "{}", p.0);
+                }
+            }
+        }
     }
 
     /// Swarm reaches every rate and combination the catalog uses: for each

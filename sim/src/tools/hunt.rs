@@ -40,7 +40,7 @@
 //! ```text
 //! $ sim hunt --seed 2 --runs 400 --plant burst_ticks --invariant no_tick_burst --fail-fast
 //! hunt: scenario swarm, hunt seed 2, fresh seeds from 0, 400 runs, batches of 8
-//!   run 1 (seed 0): new coverage (stale_retry_after_term_change, trust_window_closed_while_leading), corpus 1
+//!   run 1 (seed 0): new coverage (trust_window_closed_while_leading, near one_believed_leader <2048ms), corpus 1
 //!   run 2 (seed 1): violation no_tick_burst
 //!     sim replay --script hunt-out/run-2.script
 //! ```
