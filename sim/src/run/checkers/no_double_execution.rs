@@ -485,43 +485,36 @@ mod tests {
         assert!(NoDoubleExecution.check(&stepped.0, &ctx(20_000)).is_empty());
         // Nor does it matter that the newer attempt finished first: the start
         // is judged as one on a revoked claim, excused by the step.
-        let finished = H::new()
-            .db(0, claim(1, 1))
-            .harness(
-                5_000,
-                crate::world::db::DB_HOST,
-                HarnessEvent::ClockJump { jump_ms: 8_000 },
-            )
-            .db(11_000, claim(1, 2))
-            .node(11_100, "n2", started(1, 2))
-            .node(11_200, "n2", ended(1, 2))
-            .db(
-                11_300,
-                DbEvent::FinalizeApplied {
-                    job: JobId(1),
-                    attempt: 2,
-                    state: JobState::Completed,
-                },
-            )
-            .node(12_000, "n1", started(1, 1));
+        // A held attempt 1 starts after attempt 2 completed, with or without
+        // a step of storage's clock before the handover.
+        let held_start_after_newer_done = |step_ms: Option<i64>| {
+            let mut h = H::new().db(0, claim(1, 1));
+            if let Some(jump_ms) = step_ms {
+                h = h.harness(
+                    5_000,
+                    crate::world::db::DB_HOST,
+                    HarnessEvent::ClockJump { jump_ms },
+                );
+            }
+            h.db(11_000, claim(1, 2))
+                .node(11_100, "n2", started(1, 2))
+                .node(11_200, "n2", ended(1, 2))
+                .db(
+                    11_300,
+                    DbEvent::FinalizeApplied {
+                        job: JobId(1),
+                        attempt: 2,
+                        state: JobState::Completed,
+                    },
+                )
+                .node(12_000, "n1", started(1, 1))
+        };
+        let finished = held_start_after_newer_done(Some(8_000));
         assert!(NoDoubleExecution
             .check(&finished.0, &ctx(20_000))
             .is_empty());
         // Without the step, the same start breaks the invariant.
-        let unexcused = H::new()
-            .db(0, claim(1, 1))
-            .db(11_000, claim(1, 2))
-            .node(11_100, "n2", started(1, 2))
-            .node(11_200, "n2", ended(1, 2))
-            .db(
-                11_300,
-                DbEvent::FinalizeApplied {
-                    job: JobId(1),
-                    attempt: 2,
-                    state: JobState::Completed,
-                },
-            )
-            .node(12_000, "n1", started(1, 1));
+        let unexcused = held_start_after_newer_done(None);
         let v = NoDoubleExecution.check(&unexcused.0, &ctx(20_000));
         assert_eq!(v.len(), 1, "{v:?}");
         assert!(
