@@ -45,11 +45,11 @@
 //!     sim replay --script hunt-out/run-2.script
 //! ```
 //!
-//! Measured on the planted bugs (docs/simulator.md, *Hunting*), it finds a bug whose
-//! condition has a gradient (a claim held past its trust) in fewer runs than
-//! plain swarm, and one whose condition is a single instant (a cancel landing
-//! as a handler completes) in more: what it is worth depends on what its
-//! markers and checkers can see.
+//! Measured on the planted bugs over fifteen seed ranges (docs/simulator.md,
+//! *Hunting*), it finds the rarest ones in about as many runs as plain swarm
+//! needs seeds, or more: each needs an instant's coincidence, and a mutant
+//! reshuffles every draw after its first change, so what its parent reached is
+//! not kept. What it is worth depends on what its markers and checkers can see.
 //!
 //! **Reproducible.** Every run is a pure function of a seed plus a fault
 //! script, so a finding is one `sim replay --script FILE` away; the hunt writes
