@@ -118,11 +118,7 @@ fn draw(template: &Scenario, seed: u64) -> Scenario {
     s.loops = match focus {
         Some(f) if !f.loops.is_empty() && keep(&mut rng) => {
             let mut loops = f.loops.clone();
-            for l in pair.map_or(&[][..], |p| &p.loops[..]) {
-                if !loops.iter().any(|(name, _)| *name == l.0) {
-                    loops.push(l.clone());
-                }
-            }
+            add_unnamed(&mut loops, pair.map_or(&[][..], |p| &p.loops[..]));
             loops
         }
         _ => loops(&mut rng),
@@ -204,17 +200,19 @@ fn merge_workloads(a: &Workload, b: &Workload) -> Workload {
         a.slow_ms[0].min(b.slow_ms[0]),
         a.slow_ms[1].max(b.slow_ms[1]),
     ];
-    for p in &b.periodic {
-        if !w.periodic.iter().any(|q| q.0 == p.0) {
-            w.periodic.push(p.clone());
-        }
-    }
-    for c in &b.cron {
-        if !w.cron.iter().any(|q| q.0 == c.0) {
-            w.cron.push(c.clone());
-        }
-    }
+    add_unnamed(&mut w.periodic, &b.periodic);
+    add_unnamed(&mut w.cron, &b.cron);
     w
+}
+
+/// Append the `(name, _)` entries of `from` whose name `into` lacks: a pair's
+/// loops, periodic and cron jobs, each run once under its name.
+fn add_unnamed<T: Clone>(into: &mut Vec<(String, T)>, from: &[(String, T)]) {
+    for entry in from {
+        if !into.iter().any(|(name, _)| *name == entry.0) {
+            into.push(entry.clone());
+        }
+    }
 }
 
 /// Scale a workload's behaviour shares down to 100% in all, if they sum higher.

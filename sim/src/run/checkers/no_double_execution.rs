@@ -371,7 +371,7 @@ fn violation(at: &Record, message: String, witnesses: Vec<Record>) -> Violation 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::run::checkers::test_support::{ctx, H};
+    use crate::run::checkers::test_support::{ctx, job_finalized, H};
     use keel::storage::JobState;
 
     fn started(job: u64, attempt: u32) -> Event {
@@ -429,14 +429,7 @@ mod tests {
             .db(0, claim(1, 1))
             .node(10, "n1", started(1, 1))
             .node(1_000, "n1", ended(1, 1))
-            .db(
-                1_010,
-                DbEvent::FinalizeApplied {
-                    job: JobId(1),
-                    attempt: 1,
-                    state: JobState::Retryable,
-                },
-            )
+            .db(1_010, job_finalized(1, JobState::Retryable))
             .db(2_000, claim(1, 2));
         assert_eq!(slack(retried), None);
     }
@@ -499,14 +492,7 @@ mod tests {
             h.db(11_000, claim(1, 2))
                 .node(11_100, "n2", started(1, 2))
                 .node(11_200, "n2", ended(1, 2))
-                .db(
-                    11_300,
-                    DbEvent::FinalizeApplied {
-                        job: JobId(1),
-                        attempt: 2,
-                        state: JobState::Completed,
-                    },
-                )
+                .db(11_300, job_finalized(2, JobState::Completed))
                 .node(12_000, "n1", started(1, 1))
         };
         let finished = held_start_after_newer_done(Some(8_000));
@@ -549,14 +535,7 @@ mod tests {
                 },
             )
             .node(9_000, "n2", ended(1, 2))
-            .db(
-                9_010,
-                DbEvent::FinalizeApplied {
-                    job: JobId(1),
-                    attempt: 2,
-                    state: JobState::Completed,
-                },
-            );
+            .db(9_010, job_finalized(2, JobState::Completed));
         assert!(NoDoubleExecution.check(&h.0, &ctx(20_000)).is_empty());
     }
 
@@ -688,11 +667,7 @@ mod tests {
 
     #[test]
     fn fires_when_an_attempt_is_finalized_while_its_handler_runs() {
-        let done = |attempt| DbEvent::FinalizeApplied {
-            job: JobId(1),
-            attempt,
-            state: JobState::Completed,
-        };
+        let done = |attempt| job_finalized(attempt, JobState::Completed);
         let h = H::new()
             .node(10, "n2", started(1, 2))
             .db(20, done(2))
