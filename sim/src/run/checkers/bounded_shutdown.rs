@@ -13,8 +13,8 @@ use crate::run::history::{Ev, HarnessEvent, Record};
 /// the one tick after it (the give-back of aborted claims) run on `h`'s clock,
 /// so the bound is as long as they can last in true time at the run's clock
 /// rates ([`CheckCtx::longest_ms`]; swarm seed 3006159, a clock 1.8% slow,
-/// returned 3,829 ms into a 2,752 ms deadline, 5 ms past the unscaled grace). Look at the first
-/// `ShutdownEnded`, `Crash` or `NodeBoot` of `h` after it:
+/// returned 3,829 ms into a 2,752 ms deadline, 5 ms past the unscaled grace).
+/// Look at the first `ShutdownEnded`, `Crash` or `NodeBoot` of `h` after it:
 ///
 /// * a `ShutdownEnded` after `bound` is a violation (witnesses: began, ended);
 /// * a `Crash`/`NodeBoot` at or before `bound` excuses the shutdown; one after
