@@ -61,7 +61,9 @@ pub enum Bug {
     /// request instead of the request's send, as a naive lease client does, so
     /// a slow reply (a frozen process, a slow database) stretches the node's
     /// trust past the lease storage granted. Storage stays clean (every write
-    /// is term-fenced); caught by `one_believed_leader`.
+    /// is term-fenced); caught by `belief_within_lease` (the belief outlives
+    /// the lease it was written) and, when a peer takes the lease in the
+    /// overlap, `one_believed_leader`.
     TrustFromReply,
     /// Keel's own: a renewal that got no answer is taken as granted ("the
     /// write probably landed"), so a leader cut off from storage goes on
@@ -150,7 +152,8 @@ pub enum Bug {
     /// expiry, so the elector reasons that skew needs no margin and trusts the
     /// whole TTL. True while every clock keeps time; a node whose clock runs
     /// slow, or storage's fast, then believes it leads after storage let the
-    /// lease go. Only clock drift exposes it. Caught by `one_believed_leader`.
+    /// lease go. Only clock drift exposes it. Caught by `belief_within_lease`
+    /// and, when a peer takes the lease in the overlap, `one_believed_leader`.
     TrustWholeTtl,
 }
 

@@ -160,6 +160,17 @@ fn trust_from_reply_is_caught_by_one_believed_leader_and_replays() {
     );
 }
 
+/// The stretched belief itself, before any peer takes the lease inside it:
+/// `storage_faults` catches it at seed 7 this way, at 132 by a peer's grant.
+#[test]
+fn trust_from_reply_is_caught_by_belief_within_lease_and_replays() {
+    assert_caught_replayed_and_clean_without_the_bug(
+        Bug::TrustFromReply,
+        "storage_faults",
+        "belief_within_lease",
+    );
+}
+
 #[test]
 fn renew_error_extends_trust_is_caught_by_one_believed_leader_and_replays() {
     assert_caught_replayed_and_clean_without_the_bug(
@@ -254,6 +265,15 @@ fn trust_whole_ttl_is_caught_by_one_believed_leader_and_replays() {
         Bug::TrustWholeTtl,
         "clock_drift",
         "one_believed_leader",
+    );
+}
+
+#[test]
+fn trust_whole_ttl_is_caught_by_belief_within_lease_and_replays() {
+    assert_caught_replayed_and_clean_without_the_bug(
+        Bug::TrustWholeTtl,
+        "clock_drift",
+        "belief_within_lease",
     );
 }
 

@@ -27,6 +27,14 @@ pub enum DbEvent {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         evicted: Option<Term>,
     },
+    /// A renewal extended `holder`'s grant of `term` to a full TTL from now
+    /// on storage's clock.
+    LeaseRenewed {
+        /// The holder.
+        holder: String,
+        /// The term renewed.
+        term: Term,
+    },
     /// A resign took effect.
     ResignApplied {
         /// Who resigned.
@@ -125,6 +133,7 @@ impl DbEvent {
     pub fn job(&self) -> Option<JobId> {
         match self {
             DbEvent::LeaseGranted { .. }
+            | DbEvent::LeaseRenewed { .. }
             | DbEvent::ResignApplied { .. }
             | DbEvent::HeartbeatAccepted { .. } => None,
             DbEvent::JobInserted { job }

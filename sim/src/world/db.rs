@@ -87,6 +87,10 @@ fn record(
             term: lease.term,
             evicted,
         }],
+        (Op::Renew { holder, term, .. }, Reply::Bool(true)) => vec![DbEvent::LeaseRenewed {
+            holder: holder.clone(),
+            term: *term,
+        }],
         (Op::Resign { holder, term, .. }, Reply::Bool(true)) => vec![DbEvent::ResignApplied {
             holder: holder.clone(),
             term: *term,

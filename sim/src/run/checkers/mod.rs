@@ -23,6 +23,7 @@
 //! | Terms strictly increase and each has one holder; a live lease moves on only when no process of its holder id still believes in it (`leadership`, `identity`) | [`one_leader_per_term`](OneLeaderPerTerm) |
 //! | A node stops believing before it resigns, and does not resign a lease that already moved on (`leadership` design note) | [`step_down_before_resign`](StepDownBeforeResign) |
 //! | No node believes it leads a term once a later one was granted to another holder, so no two nodes believe they lead at one true instant, however far the nodes' clocks are off, unless storage's clock stepped forward by more than `safety_margin` (`leadership` design note, `storage` "One clock judges") | [`one_believed_leader`](OneBelievedLeader) (true time) |
+//! | A node trusts a grant or renewal for `lease_ttl - safety_margin` from when it sent the request, so its belief ends before the lease storage wrote runs out, whether or not a peer takes the lease (`ElectorConfig::safety_margin`, `leadership` design note) | [`belief_within_lease`](BeliefWithinLease) (true time, from storage's write: no clock excuses it) |
 //! | A leader's services act only inside their term's trust window, even as a frozen process thaws (`ServiceCtx::leads`) | [`leader_acts_in_trust`](LeaderActsInTrust) (true time) |
 //! | Nothing done for term T stops or alters another term's services (`maintenance` design note) | [`no_cross_term_teardown`](NoCrossTermTeardown) |
 //! | Losing T cancels T's start: no further start attempt begins (`maintenance` design note) | [`no_start_after_term_lost`](NoStartAfterTermLost) |
@@ -67,6 +68,7 @@
 
 mod attempts_within_budget;
 pub(crate) mod belief;
+mod belief_within_lease;
 mod bounded_shutdown;
 mod claims_kept_alive;
 mod exactly_once_effects;
@@ -108,6 +110,7 @@ use keel::storage::Term;
 use crate::run::history::{Ev, HarnessEvent, Record};
 
 pub use attempts_within_budget::AttemptsWithinBudget;
+pub use belief_within_lease::BeliefWithinLease;
 pub use bounded_shutdown::BoundedShutdown;
 pub use claims_kept_alive::ClaimsKeptAlive;
 pub use exactly_once_effects::ExactlyOnceEffects;
@@ -340,7 +343,7 @@ pub const PLANTED_BUG_CATCHERS: [(keel::planted::Bug, &str, &str); 27] = {
             "zombies",
             "one_leader_per_term",
         ),
-        (Bug::TrustFromReply, "storage_faults", "one_believed_leader"),
+        (Bug::TrustFromReply, "storage_faults", "belief_within_lease"),
         (
             Bug::RenewErrorExtendsTrust,
             "leadership_flap",
@@ -404,7 +407,7 @@ pub const PLANTED_BUG_CATCHERS: [(keel::planted::Bug, &str, &str); 27] = {
             "leader_resigns_at_shutdown",
         ),
         (Bug::RescueOnCallerClock, "clock_skew", "no_early_rescue"),
-        (Bug::TrustWholeTtl, "clock_drift", "one_believed_leader"),
+        (Bug::TrustWholeTtl, "clock_drift", "belief_within_lease"),
     ]
 };
 
@@ -440,6 +443,7 @@ pub fn all() -> Vec<Box<dyn Checker>> {
         Box::new(PeriodicOnce),
         Box::new(FinishedWorkStands),
         Box::new(OneBelievedLeader),
+        Box::new(BeliefWithinLease),
         Box::new(LeaderActsInTrust),
         Box::new(RetryRespectsBackoff),
         Box::new(ScheduledNotEarly),
