@@ -29,7 +29,7 @@
 //! or not, and `claimed_ahead_renewed` marks only the renewal.
 
 #[cfg(feature = "coverage")]
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 
 /// Every state a [`sometimes!`](crate::sometimes) marker may name, with what it
@@ -167,6 +167,8 @@ pub fn describe(name: &str) -> Option<&'static str> {
 thread_local! {
     /// Hits on this thread since the last [`reset`] or [`take`].
     static HITS: RefCell<BTreeMap<&'static str, u64>> = const { RefCell::new(BTreeMap::new()) };
+    /// Told of every hit on this thread, if set ([`observe`]).
+    static OBSERVER: Cell<Option<fn(&'static str)>> = const { Cell::new(None) };
 }
 
 /// Count one hit of `state` on this thread. Called by
@@ -179,6 +181,21 @@ pub fn hit(state: &'static str) {
         "sometimes! names {state:?}, not in coverage::STATES"
     );
     HITS.with(|h| *h.borrow_mut().entry(state).or_insert(0) += 1);
+    if let Some(observer) = OBSERVER.with(Cell::get) {
+        observer(state);
+    }
+}
+
+/// Call `observer` with each state hit on this thread from now on, after it
+/// is counted; `None` stops it. The simulator stamps each hit with the
+/// simulated time, so its search can branch from the moment a race began.
+/// The observer must only record: a marker never changes what the code does.
+/// Does nothing without the `coverage` feature.
+pub fn observe(observer: Option<fn(&'static str)>) {
+    #[cfg(feature = "coverage")]
+    OBSERVER.with(|o| o.set(observer));
+    #[cfg(not(feature = "coverage"))]
+    let _ = observer;
 }
 
 /// Forget every hit counted on this thread: call before a run.
@@ -389,5 +406,28 @@ mod tests {
             take().keys().copied().collect::<Vec<_>>(),
             ["ambiguous_finalize"]
         );
+    }
+
+    #[cfg(feature = "coverage")]
+    #[test]
+    fn an_observer_hears_each_counted_hit_until_it_is_removed() {
+        thread_local! {
+            static HEARD: RefCell<Vec<&'static str>> = const { RefCell::new(Vec::new()) };
+        }
+        fn heard(state: &'static str) {
+            HEARD.with(|h| h.borrow_mut().push(state));
+        }
+        reset();
+        observe(Some(heard));
+        crate::sometimes!(false, "ambiguous_finalize");
+        crate::sometimes!("cancel_races_finish");
+        crate::sometimes!("ambiguous_finalize");
+        observe(None);
+        crate::sometimes!("ambiguous_finalize");
+        assert_eq!(
+            HEARD.with(|h| h.take()),
+            ["cancel_races_finish", "ambiguous_finalize"]
+        );
+        assert_eq!(take().get("ambiguous_finalize"), Some(&2), "still counted");
     }
 }

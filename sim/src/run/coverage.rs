@@ -10,9 +10,51 @@
 //! of what it claims. `cargo test -p sim` enforces that on the default seeds and
 //! `sim sweep` prints the tally under its summary.
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 
 use scenarios::Scenario;
+
+/// Hits of one state whose times a run keeps ([`Marks`]): the first few say
+/// when a race began, and a state hit all run long needs no more.
+pub const MARK_TIMES_PER_STATE_MAX: usize = 8;
+
+/// When a run reached each rare state: the simulated times, in ms, of its
+/// first [`MARK_TIMES_PER_STATE_MAX`] hits, by state. The guided search
+/// (`sim hunt`) branches from these moments.
+pub type Marks = BTreeMap<String, Vec<u64>>;
+
+thread_local! {
+    /// This thread's run's marks, while [`start_marks`] is in force.
+    static MARKS: RefCell<BTreeMap<&'static str, Vec<u64>>> = const { RefCell::new(BTreeMap::new()) };
+}
+
+/// Stamp one hit with the simulated time (the observer [`start_marks`] sets).
+fn stamp(state: &'static str) {
+    let at_ms =
+        turmoil::sim_elapsed().map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    MARKS.with(|m| {
+        let mut marks = m.borrow_mut();
+        let times = marks.entry(state).or_default();
+        if times.len() < MARK_TIMES_PER_STATE_MAX {
+            times.push(at_ms);
+        }
+    });
+}
+
+/// Start recording this thread's marks afresh: call before a run, with
+/// `keel::coverage::reset`.
+pub fn start_marks() {
+    MARKS.with(|m| m.borrow_mut().clear());
+    keel::coverage::observe(Some(stamp));
+}
+
+/// Stop recording and take the marks recorded since [`start_marks`].
+pub fn take_marks() -> Marks {
+    keel::coverage::observe(None);
+    let marks = MARKS.with(|m| std::mem::take(&mut *m.borrow_mut()));
+    marks.into_iter().map(|(s, t)| (s.to_owned(), t)).collect()
+}
 
 /// A scenario's `reach` names a state `keel::coverage::STATES` does not list.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]

@@ -122,6 +122,9 @@ pub struct RunResult {
     /// Kept out of the history and the trace hash: it only says what the run
     /// covered.
     pub coverage: BTreeMap<String, u64>,
+    /// When the run first reached each rare state, for the guided search to
+    /// branch from; like `coverage`, outside the history and its hash.
+    pub marks: crate::run::coverage::Marks,
 }
 
 /// A run that could not produce a verdict.
@@ -454,6 +457,7 @@ fn node_name(index: usize) -> String {
 
 fn simulate(spec: &RunSpec, work: &Work) -> Result<RunResult, SimError> {
     keel::coverage::reset();
+    crate::run::coverage::start_marks();
     let scenario = &*crate::plan::shape::concrete(&spec.scenario, spec.seed);
     let plan = match &spec.script {
         Some(script) if script.skews_ms.len() != scenario.nodes as usize => {
@@ -611,6 +615,7 @@ fn simulate(spec: &RunSpec, work: &Work) -> Result<RunResult, SimError> {
         history: records,
         violations,
         coverage,
+        marks: crate::run::coverage::take_marks(),
     })
 }
 

@@ -37,6 +37,15 @@
 //! allow, so a mutant is a plan swarm itself could draw, only one it would
 //! rarely draw.
 //!
+//! Half the plan mutants **branch** instead: the run records when it reached
+//! each rare state (the first [`crate::run::coverage::MARK_TIMES_PER_STATE_MAX`]
+//! hits, stamped with the simulated time), and a branch keeps every fault of
+//! its parent before one such moment, the state picked by rarity, and adds,
+//! moves, stretches or removes faults only in the 5 s after it. Its run is
+//! then its parent's, record for record, up to that moment: the race the
+//! parent began is kept, and what follows it is explored, the way a snapshot
+//! fuzzer restarts from the state it found interesting.
+//!
 //! ```text
 //! $ sim hunt --seed 2 --runs 400 --plant burst_ticks --invariant no_tick_burst --fail-fast
 //! hunt: scenario swarm, hunt seed 2, fresh seeds from 0, 400 runs, batches of 8
@@ -47,9 +56,11 @@
 //!
 //! Measured on the planted bugs over fifteen seed ranges (docs/simulator.md,
 //! *Hunting*), it finds the rarest ones in about as many runs as plain swarm
-//! needs seeds, or more: each needs an instant's coincidence, and a mutant
-//! reshuffles every draw after its first change, so what its parent reached is
-//! not kept. What it is worth depends on what its markers and checkers can see.
+//! needs seeds: each needs an instant's coincidence, which a mutant, even one
+//! whose past is its parent's, rarely repeats. Branching halved its runs on
+//! `trust_from_reply`, the one whose race begins at a marked moment (a late
+//! lease reply). What it is worth depends on what its markers and checkers
+//! can see.
 //!
 //! **Reproducible.** Every run is a pure function of a seed plus a fault
 //! script, so a finding is one `sim replay --script FILE` away; the hunt writes
@@ -102,6 +113,15 @@ const ENERGY_FLOOR: f64 = 0.05;
 /// one picked by the rarity of its states: a hill climb on each checker's
 /// slack beside the coverage search.
 const CLIMB_SHARE: f64 = 0.5;
+/// Share of plan mutants that **branch**: they keep every fault of their
+/// parent's plan before a moment it reached one of its rare states (the
+/// state chosen by rarity, the moment among its first hits), so their run
+/// is the parent's up to that moment, and change faults only after it. A
+/// race's first step is kept; what follows is explored.
+const BRANCH_SHARE: f64 = 0.5;
+/// How far after a branch's moment its new or moved faults start, in ms: a
+/// few lease renewals, the span in which a race that began there plays out.
+const BRANCH_WINDOW_MS: u64 = 5_000;
 /// Salt of the hunt's own random stream.
 const HUNT_SALT: u64 = 0x6875_6e74;
 
@@ -139,6 +159,8 @@ struct Entry {
     plan: FaultPlan,
     /// The states it reached, with their hit buckets.
     states: Vec<(String, u32)>,
+    /// When it reached its runtime states, for a branch to start from.
+    marks: crate::run::coverage::Marks,
 }
 
 /// One run of a batch, taken back.
@@ -305,15 +327,7 @@ impl Hunt {
                 ENERGY_FLOOR + rarity
             })
             .collect();
-        let total: f64 = weights.iter().sum();
-        let mut x = self.rng.random_range(0.0..total);
-        for (i, w) in weights.iter().enumerate() {
-            if x < *w {
-                return i;
-            }
-            x -= w;
-        }
-        weights.len() - 1
+        weighted(&mut self.rng, &weights).unwrap_or(0)
     }
 
     /// A mutant of corpus entry `index`, or `None` when the draw changed
@@ -331,8 +345,24 @@ impl Hunt {
                 mutations: vec!["reseed"],
             });
         }
+        let from_ms = match self.rng.random_bool(BRANCH_SHARE) {
+            true => Some(self.branch_moment(index, spec.scenario.duration_s * 1000)?),
+            false => None,
+        };
         let shape = &spec.scenario;
         let bounds = Bounds::new(&self.config.scenario.faults, &shape.faults, shape);
+        if let Some(from_ms) = from_ms {
+            let mutations = branch(&mut self.rng, &mut plan, &bounds, from_ms);
+            normalize(&mut plan);
+            return (plan != self.corpus[index].plan).then(|| Candidate {
+                spec: RunSpec {
+                    script: Some(Arc::new(plan)),
+                    ..spec
+                },
+                parent: Some(parent_run),
+                mutations,
+            });
+        }
         let count = self.rng.random_range(1..=MUTATIONS_MAX);
         let mut reshaped = shape.clone();
         let mut mutations = Vec::with_capacity(count);
@@ -344,7 +374,7 @@ impl Hunt {
             }
         }
         normalize(&mut plan);
-        if plan == entry.plan && reshaped == *shape {
+        if plan == self.corpus[index].plan && reshaped == *shape {
             return None;
         }
         let mut spec = spec;
@@ -355,6 +385,32 @@ impl Hunt {
             parent: Some(parent_run),
             mutations,
         })
+    }
+
+    /// A moment of corpus entry `index` to branch from, inside the fault
+    /// phase (`duration_ms`): one hit of one of its states, the state picked
+    /// with a weight of one over the runs that reached it. `None` when the
+    /// entry reached no state inside the phase.
+    fn branch_moment(&mut self, index: usize, duration_ms: u64) -> Option<u64> {
+        let moments: Vec<Vec<u64>> = self.corpus[index]
+            .marks
+            .values()
+            .map(|times| times.iter().copied().filter(|t| *t < duration_ms).collect())
+            .collect();
+        let weights: Vec<f64> = self.corpus[index]
+            .marks
+            .keys()
+            .zip(&moments)
+            .map(|(state, times)| match times.is_empty() {
+                true => 0.0,
+                false => 1.0 / self.reached.get(state).copied().unwrap_or(1).max(1) as f64,
+            })
+            .collect();
+        let times = &moments[weighted(&mut self.rng, &weights)?];
+        match times.len() {
+            0 => None,
+            n => times.get(self.rng.random_range(0..n)).copied(),
+        }
     }
 
     /// Take one candidate's outcome back, in candidate order.
@@ -412,6 +468,7 @@ impl Hunt {
             spec,
             plan: result.plan.clone(),
             states,
+            marks: result.marks.clone(),
         });
         Step::NewCoverage(new)
     }
@@ -520,19 +577,11 @@ fn mutate(rng: &mut ChaCha8Rng, plan: &mut FaultPlan, b: &Bounds<'_>) -> &'stati
             "copy"
         }
         3 => {
-            let Some(&kind) = b.kinds.get(rng.random_range(0..b.kinds.len().max(1))) else {
+            let Some(mut fault) = new_fault(rng, b) else {
                 return "none";
             };
-            let mut f = b.shape.clone();
-            widen(&mut f, b);
-            let target = faults::draw_target(kind, rng, &f, b.nodes);
-            let kind = faults::draw_kind(kind, rng, &f, b.loops);
-            let at_ms = rng.random_range(0..b.duration_ms.max(1));
-            plan.faults.push(Fault {
-                at_ms,
-                target,
-                kind,
-            });
+            fault.at_ms = rng.random_range(0..b.duration_ms.max(1));
+            plan.faults.push(fault);
             "add"
         }
         4 => {
@@ -540,25 +589,121 @@ fn mutate(rng: &mut ChaCha8Rng, plan: &mut FaultPlan, b: &Bounds<'_>) -> &'stati
             "remove"
         }
         _ => {
-            let f = &mut plan.faults[rng.random_range(0..n)];
-            // Storage faults hit the one database; hook faults only a node
-            // that is about to start, never the sitting leader.
-            match f.kind {
-                FaultKind::Storage { .. } => return "none",
-                FaultKind::HookFault { .. } => {
-                    f.target = Target::Node(rng.random_range(0..b.nodes));
-                }
-                _ => {
-                    f.target = match rng.random_range(0..3) {
-                        0 => Target::Leader,
-                        1 => Target::Starting,
-                        _ => Target::Node(rng.random_range(0..b.nodes)),
-                    };
-                }
+            let i = rng.random_range(0..n);
+            if !reaim(rng, &mut plan.faults[i], b.nodes) {
+                return "none";
             }
             "re-aim"
         }
     }
+}
+
+/// An index drawn with probability proportional to its weight (`None` when
+/// no weight is above zero); weights are non-negative.
+fn weighted(rng: &mut ChaCha8Rng, weights: &[f64]) -> Option<usize> {
+    let total: f64 = weights.iter().sum();
+    if total <= 0.0 {
+        return None;
+    }
+    let mut x = rng.random_range(0.0..total);
+    for (i, w) in weights.iter().enumerate() {
+        if x < *w {
+            return Some(i);
+        }
+        x -= w;
+    }
+    weights.len().checked_sub(1)
+}
+
+/// Change `plan` only from `from_ms` on (1 to [`MUTATIONS_MAX`] changes), so
+/// a run of it is its parent's up to that moment: add a fault in the
+/// [`BRANCH_WINDOW_MS`] after it, or move there, stretch or remove one that
+/// starts at or after it. Named for the report, `branch` first.
+fn branch(
+    rng: &mut ChaCha8Rng,
+    plan: &mut FaultPlan,
+    b: &Bounds<'_>,
+    from_ms: u64,
+) -> Vec<&'static str> {
+    let count = rng.random_range(1..=MUTATIONS_MAX);
+    let mut mutations = vec!["branch"];
+    let last_ms = b.duration_ms.saturating_sub(1);
+    for _ in 0..count {
+        let later: Vec<usize> = (0..plan.faults.len())
+            .filter(|i| plan.faults[*i].at_ms >= from_ms)
+            .collect();
+        let op = if later.is_empty() {
+            0
+        } else {
+            rng.random_range(0..5)
+        };
+        let at_ms = (from_ms + rng.random_range(0..=BRANCH_WINDOW_MS)).min(last_ms);
+        let pick = |rng: &mut ChaCha8Rng| later[rng.random_range(0..later.len())];
+        mutations.push(match op {
+            // Adding is drawn twice as often: a race is most often pushed on
+            // by one more fault.
+            0 | 1 => {
+                let Some(mut fault) = new_fault(rng, b) else {
+                    continue;
+                };
+                fault.at_ms = at_ms;
+                if rng.random_bool(0.5) {
+                    reaim(rng, &mut fault, b.nodes);
+                }
+                plan.faults.push(fault);
+                "add"
+            }
+            2 => {
+                let i = pick(rng);
+                plan.faults[i].at_ms = at_ms;
+                "move"
+            }
+            3 => {
+                let i = pick(rng);
+                stretch(rng, &mut plan.faults[i].kind, b);
+                "stretch"
+            }
+            _ => {
+                plan.faults.remove(pick(rng));
+                "remove"
+            }
+        });
+    }
+    mutations
+}
+
+/// A fault of a kind the template draws, with the shape's parameters
+/// widened to the template's, aimed as a drawn plan would aim it; its time
+/// is left to the caller.
+fn new_fault(rng: &mut ChaCha8Rng, b: &Bounds<'_>) -> Option<Fault> {
+    let kind = *b.kinds.get(rng.random_range(0..b.kinds.len().max(1)))?;
+    let mut f = b.shape.clone();
+    widen(&mut f, b);
+    let target = faults::draw_target(kind, rng, &f, b.nodes);
+    let kind = faults::draw_kind(kind, rng, &f, b.loops);
+    Some(Fault {
+        at_ms: 0,
+        target,
+        kind,
+    })
+}
+
+/// Aim `fault` at the sitting leader, a node mid-start, or another node.
+/// Storage faults hit the one database; hook faults only a node that is
+/// about to start, never the sitting leader. `false` when it cannot move.
+fn reaim(rng: &mut ChaCha8Rng, fault: &mut Fault, nodes: usize) -> bool {
+    match fault.kind {
+        FaultKind::Storage { .. } => return false,
+        FaultKind::HookFault { .. } => fault.target = Target::Node(rng.random_range(0..nodes)),
+        _ => {
+            fault.target = match rng.random_range(0..3) {
+                0 => Target::Leader,
+                1 => Target::Starting,
+                _ => Target::Node(rng.random_range(0..nodes)),
+            };
+        }
+    }
+    true
 }
 
 /// Set one workload knob of `shape` to a value swarm's shapes draw it from.
@@ -639,6 +784,7 @@ fn normalize(plan: &mut FaultPlan) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::run::history::Record;
 
     fn config(seed: u64) -> HuntConfig {
         HuntConfig {
@@ -667,6 +813,7 @@ mod tests {
             trace_hash: 0,
             violations: Vec::new(),
             coverage: states.iter().map(|(s, h)| ((*s).to_owned(), *h)).collect(),
+            marks: BTreeMap::new(),
         })
     }
 
@@ -776,6 +923,53 @@ mod tests {
                 assert_eq!(again.trace_hash, ran.trace_hash, "{text}");
                 reshaped_checked |= reshaped;
                 reseed_checked |= reseed;
+            }
+        }
+    }
+
+    /// A branch changes nothing before a moment its parent reached a rare
+    /// state, so its run is the parent's, record for record, up to there.
+    #[test]
+    fn a_branch_runs_its_parent_up_to_the_moment_it_branched_from() {
+        let mut hunt = Hunt::new(config(7));
+        let mut parents: BTreeMap<u64, RunResult> = BTreeMap::new();
+        let mut checked = 0;
+        while checked < 2 {
+            for c in hunt.next_batch(BATCH as u64) {
+                let ran = crate::run::runner::run_once(&c.spec).expect("runs");
+                if c.mutations.first() == Some(&"branch") {
+                    let parent = &parents[&c.parent.expect("a branch names its parent")];
+                    let plan = c.spec.script.as_deref().expect("a branch is a script");
+                    let differs = |a: &FaultPlan, b: &FaultPlan| {
+                        a.faults
+                            .iter()
+                            .filter(|f| !b.faults.contains(f))
+                            .map(|f| f.at_ms)
+                            .min()
+                    };
+                    let from_ms = [differs(plan, &parent.plan), differs(&parent.plan, plan)]
+                        .into_iter()
+                        .flatten()
+                        .min()
+                        .expect("a branch changes the plan");
+                    let marked = parent.marks.values().flatten().any(|t| *t <= from_ms);
+                    assert!(
+                        marked,
+                        "{from_ms} ms is at or after a moment the parent marked"
+                    );
+                    let before = |r: &RunResult| -> Vec<Record> {
+                        r.history
+                            .iter()
+                            .filter(|e| e.at_ms < from_ms)
+                            .cloned()
+                            .collect()
+                    };
+                    assert_eq!(before(&ran), before(parent), "up to {from_ms} ms");
+                    assert!(!before(parent).is_empty());
+                    checked += 1;
+                }
+                hunt.absorb(&c, &Ok(ran.clone()));
+                parents.insert(hunt.runs(), ran);
             }
         }
     }
