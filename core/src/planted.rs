@@ -153,7 +153,9 @@ pub enum Bug {
     /// whole TTL. True while every clock keeps time; a node whose clock runs
     /// slow, or storage's fast, then believes it leads after storage let the
     /// lease go. Only clock drift exposes it. Caught by `belief_within_lease`
-    /// and, when a peer takes the lease in the overlap, `one_believed_leader`.
+    /// when the node's clock runs slow (its belief outlives the lease in true
+    /// time), and by `one_believed_leader` when a peer takes the lease in the
+    /// overlap, storage's fast clock included.
     TrustWholeTtl,
 }
 

@@ -40,8 +40,9 @@
 //! Half the plan mutants **branch** instead: the run records when it reached
 //! each rare state (the first [`crate::run::coverage::MARK_TIMES_PER_STATE_MAX`]
 //! hits, stamped with the simulated time), and a branch keeps every fault of
-//! its parent before one such moment, the state picked by rarity, and adds,
-//! moves, stretches or removes faults only in the 5 s after it. Its run is
+//! its parent before one such moment, the state picked by rarity: it adds a
+//! fault or moves one into the 5 s after it, or stretches or removes one that
+//! starts at or after it. Its run is
 //! then its parent's, record for record, up to that moment: the race the
 //! parent began is kept, and what follows it is explored, the way a snapshot
 //! fuzzer restarts from the state it found interesting.

@@ -19,7 +19,10 @@ use crate::run::history::{DbEvent, Ev, Record};
 /// to take the lease in the overlap (what [`one_believed_leader`] needs to
 /// see it). Storage's clock has no say: the bound is in true time from the
 /// write, so neither a step nor a drift of storage's clock excuses or
-/// causes a report.
+/// causes a report; a belief beside a fast storage clock that a peer's grant
+/// cut into is [`one_believed_leader`]'s to judge. A belief with no write of
+/// its holder and term on record (a holder id the history cannot tie to its
+/// node) is not judged.
 ///
 /// [`one_believed_leader`]: super::OneBelievedLeader
 pub struct BeliefWithinLease;
