@@ -81,21 +81,9 @@ fn written(r: &Record) -> Option<(&str, Term)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::run::checkers::test_support::{ctx, grant, lost, renewed, won_for, H};
-    use keel::events::Event;
-
-    fn started(holder: &str) -> Event {
-        Event::RuntimeStarted {
-            holder: holder.into(),
-        }
-    }
-
-    fn renewal(holder: &str, t: u64) -> DbEvent {
-        DbEvent::LeaseRenewed {
-            holder: holder.into(),
-            term: Term(t),
-        }
-    }
+    use crate::run::checkers::test_support::{
+        ctx, grant, lost, renewal, renewed, started, won_for, H,
+    };
 
     /// n1 wins T1 at 0 and renews at 1,000: storage applies the renewal
     /// at once, the reply arrives at `reply_ms`, trusted for `for_ms` from

@@ -682,6 +682,21 @@ pub(crate) mod test_support {
         }
     }
 
+    /// The renewal storage applied to `holder`'s grant of term `t`.
+    pub(crate) fn renewal(holder: &str, t: u64) -> DbEvent {
+        DbEvent::LeaseRenewed {
+            holder: holder.into(),
+            term: Term(t),
+        }
+    }
+
+    /// A runtime started under the lease holder id `holder`.
+    pub(crate) fn started(holder: &str) -> Event {
+        Event::RuntimeStarted {
+            holder: holder.into(),
+        }
+    }
+
     /// A `TermWon` trusted for `for_ms`.
     pub(crate) fn won_for(t: u64, for_ms: u64) -> Event {
         Event::TermWon {

@@ -135,15 +135,9 @@ fn next_grants<'a>(history: &'a [Record], ctx: &CheckCtx) -> Vec<(Belief, Next<'
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::run::checkers::test_support::{ctx, grant, lost, won_for, H};
+    use crate::run::checkers::test_support::{ctx, grant, lost, started, won_for, H};
     use crate::run::history::HarnessEvent;
-    use keel::events::Event;
 
-    fn started(holder: &str) -> Event {
-        Event::RuntimeStarted {
-            holder: holder.into(),
-        }
-    }
     fn boot(skew_ms: i64) -> HarnessEvent {
         HarnessEvent::NodeBoot { boot: 1, skew_ms }
     }

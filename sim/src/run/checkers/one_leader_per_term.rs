@@ -145,19 +145,13 @@ impl Checker for OneLeaderPerTerm {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::run::checkers::test_support::{ctx, grant, won, H};
+    use crate::run::checkers::test_support::{ctx, grant, started, won, H};
 
     fn regrant(holder: &str, t: u64, over: u64) -> DbEvent {
         DbEvent::LeaseGranted {
             holder: holder.into(),
             term: Term(t),
             evicted: Some(Term(over)),
-        }
-    }
-
-    fn started(holder: &str) -> Event {
-        Event::RuntimeStarted {
-            holder: holder.into(),
         }
     }
 
