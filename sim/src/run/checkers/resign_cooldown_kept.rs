@@ -17,6 +17,11 @@ use crate::run::history::{Ev, HarnessEvent, Record};
 ///
 /// Storage grants a free lease to whoever asks first; only the node's own
 /// history shows it asked too soon.
+///
+/// The elector sleeps the cooldown on its own clock, so a fast one ends it
+/// sooner in true time: the bound is the cooldown's shortest true length
+/// at the run's largest rate error ([`CheckCtx::shortest_ms`]; swarm seed
+/// 700002165, a clock 2.6% fast, won 4,943 ms after resigning).
 pub struct ResignCooldownKept;
 
 const NAME: &str = "resign_cooldown_kept";
@@ -49,7 +54,7 @@ impl Checker for ResignCooldownKept {
                         continue;
                     };
                     let out_ms = r.at_ms.saturating_sub(lost.at_ms);
-                    if out_ms + STAMP_SLACK_MS >= ctx.resign_cooldown_ms {
+                    if out_ms + STAMP_SLACK_MS >= ctx.shortest_ms(ctx.resign_cooldown_ms) {
                         continue;
                     }
                     out.push(Violation {
@@ -129,5 +134,17 @@ mod tests {
             "{}",
             v[0].message
         );
+    }
+
+    #[test]
+    fn a_fast_clock_ends_the_cooldown_sooner_in_true_time() {
+        // Swarm seed 700002165: 4,943 ms of true time, a clock 2.6% fast.
+        let h = H::new()
+            .node(1_000, "n1", lost("resigned"))
+            .node(5_943, "n1", won());
+        assert_eq!(ResignCooldownKept.check(&h.0, &ctx(10_000)).len(), 1);
+        let mut fast = ctx(10_000);
+        fast.drift_ppm = 26_258;
+        assert!(ResignCooldownKept.check(&h.0, &fast).is_empty());
     }
 }
