@@ -27,9 +27,12 @@ struct Args {
 
 /// Simulated seconds per wall second the headline run must reach.
 const TARGET_SIM_SPEED: f64 = 1000.0;
-/// Seeds to first detection of a planted bug: median and worst.
+/// Seeds to first detection of a planted bug in its own scenario: median and worst.
 const TARGET_BUG_MEDIAN_SEEDS: f64 = 20.0;
 const TARGET_BUG_WORST_SEEDS: f64 = 200.0;
+/// Issue 16's target for plain swarm, seeds to first detection.
+const TARGET_SWARM_MEDIAN_SEEDS: f64 = 50.0;
+const TARGET_SWARM_WORST_SEEDS: f64 = 500.0;
 /// PostgreSQL throughput over the best peer.
 const TARGET_PG_RATIO: f64 = 1.5;
 /// SQLite jobs per second with 4 workers.
@@ -182,12 +185,15 @@ impl Report {
         let out = &mut self.out;
         out.push_str("\n## Bug-finding power\n\n");
         out.push_str(
-            "Seeds until each planted bug is first caught, in independent seed ranges \
-                      (one run per seed), and the wall time that took on one core.\n\n",
+            "Seeds until each planted bug is first detected, in independent seed ranges \
+                      (one run per seed), and the wall time that took on one core. A detection is \
+                      a run that fails with the bug planted and holds without it; the last column \
+                      counts only the invariant the catalog proves on the bug.\n\n",
         );
-        out.push_str("| planted bug | scenario | invariant | seeds to detection | median | worst | missed ranges | wall to detection (median) |\n");
-        out.push_str("| --- | --- | --- | --- | ---: | ---: | ---: | ---: |\n");
-        let (mut worst_median, mut worst_worst, mut missed) = (0.0f64, 0.0f64, 0u64);
+        out.push_str("| planted bug | search | scenario | seeds to detection | median | worst | missed ranges | wall to detection (median) | by its catcher: median, worst (invariant) |\n");
+        out.push_str("| --- | --- | --- | --- | ---: | ---: | ---: | ---: | --- |\n");
+        // Per search: largest median, largest worst, ranges missed.
+        let mut worst: BTreeMap<String, (f64, f64, u64)> = BTreeMap::new();
         for l in &bugs {
             let seeds: Vec<String> = l
                 .get("seeds_to_detection")
@@ -198,31 +204,50 @@ impl Report {
                         .collect()
                 })
                 .unwrap_or_default();
+            let missed = l.get("missed_ranges").and_then(Value::as_u64).unwrap_or(0);
+            let catcher = l.get("by_catcher").cloned().unwrap_or(Value::Null);
             let _ = writeln!(
                 out,
-                "| `{}` | {} | {} | {} | {} | {} | {} of {} | {:.2} s |",
+                "| `{}` | {} | {} | {} | {} | {} | {} of {} | {:.2} s | {}, {} (`{}`) |",
                 s(l, "bug"),
+                s(l, "search_by"),
                 s(l, "scenario"),
-                s(l, "invariant"),
                 seeds.join(", "),
                 f(l, "median_seeds"),
                 f(l, "worst_seeds"),
-                l.get("missed_ranges").and_then(Value::as_u64).unwrap_or(0),
+                missed,
                 l.get("ranges").and_then(Value::as_u64).unwrap_or(0),
                 f(l, "median_wall_s_to_detection"),
+                f(&catcher, "median_seeds"),
+                f(&catcher, "worst_seeds"),
+                s(l, "invariant"),
             );
-            worst_median = worst_median.max(f(l, "median_seeds"));
-            worst_worst = worst_worst.max(f(l, "worst_seeds"));
-            missed += l.get("missed_ranges").and_then(Value::as_u64).unwrap_or(0);
+            let w = worst.entry(s(l, "search_by").to_owned()).or_default();
+            w.0 = w.0.max(f(l, "median_seeds"));
+            w.1 = w.1.max(f(l, "worst_seeds"));
+            w.2 += missed;
         }
-        let met = worst_median <= TARGET_BUG_MEDIAN_SEEDS
-            && worst_worst <= TARGET_BUG_WORST_SEEDS
-            && missed == 0;
-        self.target(
-            "every planted bug: median ≤ 20 seeds, worst ≤ 200",
-            format!("largest median {worst_median}, worst {worst_worst}, {missed} ranges missed"),
-            if met { "met".into() } else { "missed".into() },
-        );
+        let targets = [
+            ("targeted", TARGET_BUG_MEDIAN_SEEDS, TARGET_BUG_WORST_SEEDS),
+            (
+                "swarm_only",
+                TARGET_SWARM_MEDIAN_SEEDS,
+                TARGET_SWARM_WORST_SEEDS,
+            ),
+        ];
+        for (search, median_max, worst_max) in targets {
+            let Some(&(median, worst, missed)) = worst.get(search) else {
+                continue;
+            };
+            let met = median <= median_max && worst <= worst_max && missed == 0;
+            self.target(
+                &format!(
+                    "every planted bug, {search}: median ≤ {median_max} seeds, worst ≤ {worst_max}"
+                ),
+                format!("largest median {median}, worst {worst}, {missed} ranges missed"),
+                if met { "met".into() } else { "missed".into() },
+            );
+        }
     }
 
     fn runtime(&mut self) {

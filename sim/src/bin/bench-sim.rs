@@ -396,7 +396,115 @@ fn shape_cost(seeds: u64) -> Result<serde_json::Value, String> {
     }))
 }
 
-/// Seeds until `bug` is first caught in each of `ranges` seed ranges.
+/// What one planted run showed.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Seen {
+    /// It held, or it failed as it fails without the bug too.
+    Nothing,
+    /// Some invariant broke, and the same run without the plant holds: the
+    /// failure a user sweeping would see, caused by the bug.
+    Failure,
+    /// The invariant the catalog proves on this bug broke.
+    Catcher,
+}
+
+/// What `outcome` (a run of `spec`, planted) showed; a failure is checked by
+/// running `spec` again without the plant.
+fn seen(
+    spec: &RunSpec,
+    outcome: &Result<runner::RunResult, runner::SimError>,
+    invariant: &str,
+) -> Seen {
+    let Ok(result) = outcome else {
+        return Seen::Nothing;
+    };
+    if result.violations.iter().any(|v| v.invariant == invariant) {
+        return Seen::Catcher;
+    }
+    if result.violations.is_empty() {
+        return Seen::Nothing;
+    }
+    let unplanted = RunSpec {
+        plant: None,
+        ..spec.clone()
+    };
+    match runner::run_once(&unplanted) {
+        Ok(r) if r.violations.is_empty() => Seen::Failure,
+        _ => Seen::Nothing,
+    }
+}
+
+/// First detections per range, counted two ways: the first run that failed
+/// because of the bug (any invariant), and the first its catcher fired in.
+#[derive(Default)]
+struct Detections {
+    any: Vec<f64>,
+    any_walls: Vec<f64>,
+    catcher: Vec<f64>,
+    catcher_walls: Vec<f64>,
+    ranges: u64,
+}
+
+impl Detections {
+    /// Search one range: `look(i)` runs the range's `i`-th run (0-based) and
+    /// says what it showed; stops at the catcher or after `search` runs.
+    fn range(&mut self, search: u64, mut look: impl FnMut(u64) -> Seen) {
+        self.ranges += 1;
+        let began = wall_now();
+        let mut any = None;
+        for i in 0..search {
+            let seen = look(i);
+            if seen >= Seen::Failure && any.is_none() {
+                any = Some(i + 1);
+                self.any.push((i + 1) as f64);
+                self.any_walls.push(began.elapsed().as_secs_f64());
+            }
+            if seen == Seen::Catcher {
+                self.catcher.push((i + 1) as f64);
+                self.catcher_walls.push(began.elapsed().as_secs_f64());
+                return;
+            }
+        }
+    }
+
+    /// Median, worst, misses and median wall of one count, as JSON.
+    fn summary(found: &[f64], walls: &[f64], ranges: u64) -> serde_json::Value {
+        let worst = found.iter().copied().fold(0.0, f64::max);
+        json!({
+            "seeds_to_detection": found, "median_seeds": median(&mut found.to_vec()),
+            "worst_seeds": worst, "missed_ranges": ranges - found.len() as u64,
+            "median_wall_s_to_detection": median(&mut walls.to_vec()),
+        })
+    }
+
+    /// The JSON line: the top-level figures count any failure the bug caused;
+    /// `by_catcher` counts only its catcher's invariant.
+    fn line(&self, label: serde_json::Value, search: u64) -> serde_json::Value {
+        let mut line = Detections::summary(&self.any, &self.any_walls, self.ranges);
+        let by_catcher = Detections::summary(&self.catcher, &self.catcher_walls, self.ranges);
+        eprintln!(
+            "{} ({}, {}): first failure after {} runs (median), {} (worst), {:.2}s, missed in {} of {}; its catcher after {} (median), {} (worst), missed in {}",
+            text(&label["bug"]), text(&label["search_by"]), text(&label["scenario"]),
+            line["median_seeds"], line["worst_seeds"], line["median_wall_s_to_detection"].as_f64().unwrap_or(f64::NAN),
+            line["missed_ranges"], self.ranges,
+            by_catcher["median_seeds"], by_catcher["worst_seeds"], by_catcher["missed_ranges"],
+        );
+        if let (Some(line), Some(label)) = (line.as_object_mut(), label.as_object()) {
+            line.extend(label.clone());
+            line.insert("ranges".into(), json!(self.ranges));
+            line.insert("search".into(), json!(search));
+            line.insert("by_catcher".into(), by_catcher);
+        }
+        line
+    }
+}
+
+/// A JSON string's text, or "" for any other value.
+fn text(value: &serde_json::Value) -> &str {
+    value.as_str().unwrap_or("")
+}
+
+/// Seeds until `bug` is first detected in each of `ranges` seed ranges.
 fn bug_power(
     (bug, scenario, invariant): (Bug, &str, &str),
     ranges: u64,
@@ -408,44 +516,31 @@ fn bug_power(
     } else {
         "targeted"
     };
-    let (mut seeds_needed, mut walls, mut missed) = (Vec::new(), Vec::new(), 0u64);
+    let mut found = Detections::default();
     for range in 0..ranges {
         let start = range_start(range);
-        let began = wall_now();
-        let found = (0..search).find(|i| {
-            runner::run_once(&spec(scenario.clone(), start + i, Some(bug)))
-                .is_ok_and(|r| r.violations.iter().any(|v| v.invariant == invariant))
+        found.range(search, |i| {
+            let spec = spec(scenario.clone(), start + i, Some(bug));
+            seen(&spec, &runner::run_once(&spec), invariant)
         });
-        match found {
-            Some(i) => {
-                seeds_needed.push((i + 1) as f64);
-                walls.push(began.elapsed().as_secs_f64());
-            }
-            None => missed += 1,
-        }
     }
-    let worst = seeds_needed.iter().copied().fold(0.0, f64::max);
-    let median_seeds = median(&mut seeds_needed.clone());
-    let median_wall = median(&mut walls);
-    eprintln!("{bug} ({search_by}, {}): caught after {median_seeds} seeds (median), {worst} (worst), {median_wall:.2}s; missed in {missed} of {ranges} ranges", scenario.name);
-    Ok(json!({
-        "metric": "bug_power", "search_by": search_by, "bug": bug.to_string(), "scenario": scenario.name, "invariant": invariant,
-        "ranges": ranges, "search": search, "missed_ranges": missed,
-        "seeds_to_detection": seeds_needed, "median_seeds": median_seeds, "worst_seeds": worst,
-        "median_wall_s_to_detection": median_wall,
-    }))
+    let label = json!({
+        "metric": "bug_power", "search_by": search_by, "bug": bug.to_string(),
+        "scenario": scenario.name, "invariant": invariant,
+    });
+    Ok(found.line(label, search))
 }
 
 /// Runs of the guided search (`sim hunt` from swarm, on one core) until `bug`
-/// is first caught, in each of `ranges` ranges: range `r` hunts with seed `r`
-/// from fresh seed [`range_start`]`(r)`, the swarm-only figure's ranges.
+/// is first detected, in each of `ranges` ranges: range `r` hunts with seed
+/// `r` from fresh seed [`range_start`]`(r)`, the swarm-only figure's ranges.
 fn guided_power(
     (bug, invariant): (Bug, &str),
     ranges: u64,
     search: u64,
 ) -> Result<serde_json::Value, String> {
     let swarm = scenarios::by_name("swarm").map_err(|e| e.to_string())?;
-    let (mut runs_needed, mut walls, mut missed) = (Vec::new(), Vec::new(), 0u64);
+    let mut found = Detections::default();
     for range in 0..ranges {
         let mut hunt = sim::tools::hunt::Hunt::new(sim::tools::hunt::HuntConfig {
             scenario: swarm.clone(),
@@ -454,37 +549,21 @@ fn guided_power(
             seed: range,
             start: range_start(range),
         });
-        let began = wall_now();
-        let mut found = None;
-        while found.is_none() && hunt.runs() < search {
-            found = hunt
-                .run_batch(search - hunt.runs(), NonZeroUsize::MIN)
-                .into_iter()
-                .find(|r| {
-                    r.outcome
-                        .as_ref()
-                        .is_ok_and(|o| o.violations.iter().any(|v| v.invariant == invariant))
-                })
-                .map(|r| r.run);
-        }
-        match found {
-            Some(run) => {
-                runs_needed.push(run as f64);
-                walls.push(began.elapsed().as_secs_f64());
+        let mut ran = std::collections::VecDeque::new();
+        found.range(search, |_| {
+            if ran.is_empty() {
+                ran.extend(hunt.run_batch(search - hunt.runs(), NonZeroUsize::MIN));
             }
-            None => missed += 1,
-        }
+            ran.pop_front().map_or(Seen::Nothing, |r| {
+                seen(&r.candidate.spec, &r.outcome, invariant)
+            })
+        });
     }
-    let worst = runs_needed.iter().copied().fold(0.0, f64::max);
-    let median_runs = median(&mut runs_needed.clone());
-    let median_wall = median(&mut walls);
-    eprintln!("{bug} (guided, swarm): caught after {median_runs} runs (median), {worst} (worst), {median_wall:.2}s; missed in {missed} of {ranges} ranges");
-    Ok(json!({
-        "metric": "bug_power", "search_by": "guided", "bug": bug.to_string(), "scenario": "swarm", "invariant": invariant,
-        "ranges": ranges, "search": search, "missed_ranges": missed,
-        "seeds_to_detection": runs_needed, "median_seeds": median_runs, "worst_seeds": worst,
-        "median_wall_s_to_detection": median_wall,
-    }))
+    let label = json!({
+        "metric": "bug_power", "search_by": "guided", "bug": bug.to_string(),
+        "scenario": "swarm", "invariant": invariant,
+    });
+    Ok(found.line(label, search))
 }
 
 fn headline() -> Result<scenarios::Scenario, String> {
