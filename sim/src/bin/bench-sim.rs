@@ -643,3 +643,53 @@ fn main() -> std::process::ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn planted(seed: u64) -> (RunSpec, Seen) {
+        let swarm = scenarios::by_name("swarm").expect("swarm is in the catalog");
+        let spec = spec(swarm, seed, Some(Bug::CrossTermStop));
+        let seen = seen(&spec, &runner::run_once(&spec), "no_cross_term_teardown");
+        (spec, seen)
+    }
+
+    /// A change to swarm's draws moves these seeds; `sim sweep --scenario
+    /// swarm --plant cross_term_stop` finds new ones.
+    #[test]
+    fn a_failure_counts_when_the_unplanted_run_holds_and_the_catcher_apart() {
+        // Seed 79: the stale retry stops a newer term's maintainer and
+        // no_cross_term_teardown sees it (planted_bug_seeds.txt).
+        assert!(planted(79).1 == Seen::Catcher);
+        // Seed 700000729: the same bug seen only by maintainer_liveness; the
+        // seed holds without the plant.
+        let (spec, seen) = planted(700_000_729);
+        assert!(seen == Seen::Failure);
+        let unplanted = RunSpec {
+            plant: None,
+            ..spec
+        };
+        assert!(runner::run_once(&unplanted).is_ok_and(|r| r.violations.is_empty()));
+    }
+
+    #[test]
+    fn the_first_failure_and_the_first_catch_are_counted_apart() {
+        let mut d = Detections::default();
+        let shows = [Seen::Nothing, Seen::Failure, Seen::Nothing, Seen::Catcher];
+        d.range(10, |i| {
+            shows.get(i as usize).copied().unwrap_or(Seen::Nothing)
+        });
+        d.range(2, |_| Seen::Nothing);
+        assert_eq!(
+            (d.any.as_slice(), d.catcher.as_slice()),
+            (&[2.0][..], &[4.0][..])
+        );
+        let line = d.line(
+            json!({"bug": "b", "search_by": "swarm_only", "scenario": "swarm"}),
+            10,
+        );
+        assert_eq!(line["missed_ranges"], 1);
+        assert_eq!(line["by_catcher"]["median_seeds"], 4.0);
+    }
+}
