@@ -451,11 +451,11 @@ impl Detections {
     fn range(&mut self, search: u64, mut look: impl FnMut(u64) -> Seen) {
         self.ranges += 1;
         let began = wall_now();
-        let mut any = None;
+        let mut failed = false;
         for i in 0..search {
             let seen = look(i);
-            if seen >= Seen::Failure && any.is_none() {
-                any = Some(i + 1);
+            if seen >= Seen::Failure && !failed {
+                failed = true;
                 self.any.push((i + 1) as f64);
                 self.any_walls.push(began.elapsed().as_secs_f64());
             }
