@@ -14,6 +14,9 @@ use crate::run::history::{Ev, HarnessEvent, Record};
 /// so the bound is as long as they can last in true time at the run's clock
 /// rates ([`CheckCtx::longest_ms`]; swarm seed 3006159, a clock 1.8% slow,
 /// returned 3,829 ms into a 2,752 ms deadline, 5 ms past the unscaled grace).
+/// Time the process spent frozen (`Paused` to `Resumed`) after `t` moves the
+/// bound on by as much (swarm seed 800001996: a restart's shutdown, a 7.7 s
+/// pause inside its 3 s deadline, returned 54 ms after the resume).
 /// Look at the first `ShutdownEnded`, `Crash` or `NodeBoot` of `h` after it:
 ///
 /// * a `ShutdownEnded` after `bound` is a violation (witnesses: began, ended);
@@ -76,10 +79,16 @@ fn overran(
     end_at_ms: u64,
 ) -> Option<Violation> {
     let host = began.host.as_str();
-    let bound = began.at_ms.saturating_add(allowed_ms);
+    // A frozen process runs nothing, and its clocks jump by the pause when it
+    // resumes: the time it spent frozen before `to_ms` moves the bound on.
+    let bound_by = |to_ms: u64| {
+        let frozen = super::frozen_ms(history, host, began.at_ms, to_ms);
+        began.at_ms.saturating_add(allowed_ms).saturating_add(frozen)
+    };
     let next = history[began.seq + 1..].iter().find(|r| {
         r.host == host && (is_reboot(r) || matches!(r.ev, Ev::Node(Event::ShutdownEnded { .. })))
     });
+    let bound = bound_by(next.map_or(end_at_ms, |r| r.at_ms));
     let (at_ms, message, witnesses) = match next {
         Some(r) if r.at_ms <= bound => return None,
         Some(r) => {
@@ -215,6 +224,29 @@ mod tests {
         assert!(BoundedShutdown.check(&h(6_060).0, &slow).is_empty());
         assert_eq!(BoundedShutdown.check(&h(6_070).0, &slow).len(), 1);
         assert_eq!(BoundedShutdown.check(&h(6_040).0, &ctx(20_000)).len(), 1);
+    }
+
+    #[test]
+    fn time_frozen_inside_the_shutdown_moves_the_bound_on() {
+        // Frozen from 2,000 to 9,700: the 6,000 ms allowed end at 13,700.
+        let h = |ended_ms| {
+            H::new()
+                .node(0, "n1", began(5_000))
+                .harness(2_000, "n1", HarnessEvent::Paused)
+                .harness(9_700, "n1", HarnessEvent::Resumed)
+                .node(ended_ms, "n1", ended())
+        };
+        assert!(BoundedShutdown.check(&h(9_800).0, &ctx(20_000)).is_empty());
+        let v = BoundedShutdown.check(&h(13_800).0, &ctx(20_000));
+        assert_eq!(v.len(), 1, "{v:?}");
+        assert_eq!(v[0].at_ms, 13_700);
+        // Never returning: the bound is moved on by the pause, and no more.
+        let never = H::new()
+            .node(0, "n1", began(5_000))
+            .harness(2_000, "n1", HarnessEvent::Paused)
+            .harness(9_700, "n1", HarnessEvent::Resumed);
+        assert!(BoundedShutdown.check(&never.0, &ctx(13_000)).is_empty());
+        assert_eq!(BoundedShutdown.check(&never.0, &ctx(14_000)).len(), 1);
     }
 
     #[test]
