@@ -1028,3 +1028,83 @@ async fn a_handler_ignoring_a_cancel_is_dropped_and_its_job_cancelled_at_once() 
     assert_eq!(f.state(id).await, JobState::Cancelled);
     rt.shutdown(Duration::from_secs(5)).await;
 }
+
+/// Storage whose claim replies come back [`LATE_CLAIM_REPLY`] after it
+/// applied them, and whose first heartbeat reply comes back `heartbeat_late`
+/// after: a slow network, or a worker frozen while the reply waited.
+struct LateReplies {
+    store: Arc<MemStorage>,
+    heartbeat_late: Duration,
+    first_heartbeat: std::sync::atomic::AtomicBool,
+}
+
+/// Past half of the default `claim_trust`, so the worker renews before it starts.
+const LATE_CLAIM_REPLY: Duration = Duration::from_secs(4);
+
+#[async_trait::async_trait]
+impl crate::storage::ops::Transport for LateReplies {
+    async fn call(
+        &self,
+        op: crate::storage::ops::Op,
+    ) -> crate::storage::StorageResult<crate::storage::ops::Reply> {
+        use crate::storage::ops::Op;
+        let late = match &op {
+            Op::Claim { .. } => LATE_CLAIM_REPLY,
+            Op::Heartbeat { .. } if self.first_heartbeat.swap(false, Ordering::SeqCst) => {
+                self.heartbeat_late
+            }
+            _ => Duration::ZERO,
+        };
+        let reply = crate::storage::ops::apply(self.store.as_ref(), op).await;
+        tokio::time::sleep(late).await;
+        Ok(reply)
+    }
+}
+
+/// A claim whose reply came late is renewed before its job starts; if the
+/// renewal's reply comes back after the trust it renewed ran out, the claim
+/// stood when storage applied it, not now (the rescuer may have handed the
+/// job on since), so the worker gives the job back unrun and runs it on its
+/// next claim. Found by swarm seed 800005351: a worker frozen 9 s with the
+/// renewal's reply in flight started the job 1.3 s after storage revoked it.
+#[tokio::test(start_paused = true)]
+async fn a_renewal_answered_after_its_trust_ran_out_does_not_start_the_job() {
+    let cfg = JobsConfig::default();
+    for (late, claims) in [
+        (cfg.claim_trust / 2, 1),
+        (cfg.claim_trust + cfg.heartbeat_interval, 2),
+    ] {
+        let f = Fixture::new();
+        let id = f.store.enqueue(job("count")).await.expect("enqueued").id();
+        let runs = Arc::new(AtomicU32::new(0));
+        let transport = LateReplies {
+            store: f.store.clone(),
+            heartbeat_late: late,
+            first_heartbeat: std::sync::atomic::AtomicBool::new(true),
+        };
+        let storage: SharedStorage = Arc::new(crate::storage::ops::Remote(transport));
+        let rt = Runtime::builder("n1", storage, f.clock.clone())
+            .observer(f.recorder.clone())
+            .rng_seed(7)
+            .queue("default", 1)
+            .handler("count", counting(&runs))
+            .build()
+            .expect("valid")
+            .start()
+            .expect("started");
+        assert_eq!(f.finished(id).await, JobState::Completed);
+        rt.shutdown(Duration::from_secs(5)).await;
+        let claimed = f
+            .recorder
+            .events()
+            .iter()
+            .filter(|e| matches!(e, crate::events::Event::JobClaimed { job, .. } if *job == id))
+            .count();
+        assert_eq!(
+            runs.load(Ordering::SeqCst),
+            1,
+            "ran once (renewal {late:?} late)"
+        );
+        assert_eq!(claimed, claims, "renewal {late:?} late");
+    }
+}

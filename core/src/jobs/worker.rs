@@ -256,7 +256,12 @@ impl Worker<'_> {
         let shared = self.shared;
         let heard = match held.heard {
             Heard::Alive => match self.fresh_or_renewed(held).await {
-                Ok(trusted_from) => return Some(trusted_from),
+                // A renewal whose reply came back after the trust it renewed
+                // ran out (a slow reply, a frozen process) says the claim stood
+                // when storage applied it, not now: the rescuer may have handed
+                // the job on since. Give it back rather than start it.
+                Ok(trusted_from) if self.trusted(trusted_from) => return Some(trusted_from),
+                Ok(_) => None,
                 Err(heard) => heard,
             },
             heard => Some(heard),
@@ -275,6 +280,12 @@ impl Worker<'_> {
             Some(Heard::Alive) | None => give_back(shared, self.owner, job).await,
         }
         None
+    }
+
+    /// Whether a claim trusted from `from` is still trusted now.
+    fn trusted(&self, from: Instant) -> bool {
+        let shared = self.shared;
+        shared.clock.monotonic().saturating_duration_since(from) < shared.cfg.claim_trust
     }
 
     /// The held claim's trust anchor if at least half its trust is left, else

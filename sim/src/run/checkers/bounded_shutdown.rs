@@ -83,7 +83,10 @@ fn overran(
     // resumes: the time it spent frozen before `to_ms` moves the bound on.
     let bound_by = |to_ms: u64| {
         let frozen = super::frozen_ms(history, host, began.at_ms, to_ms);
-        began.at_ms.saturating_add(allowed_ms).saturating_add(frozen)
+        began
+            .at_ms
+            .saturating_add(allowed_ms)
+            .saturating_add(frozen)
     };
     let next = history[began.seq + 1..].iter().find(|r| {
         r.host == host && (is_reboot(r) || matches!(r.ev, Ev::Node(Event::ShutdownEnded { .. })))
