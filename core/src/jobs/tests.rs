@@ -623,6 +623,35 @@ impl crate::storage::ops::Transport for Distant {
     }
 }
 
+/// A runtime `n1` on `storage` with one worker on `default` whose `count`
+/// handler counts its runs in `runs`.
+fn counting_worker(
+    f: &Fixture,
+    storage: SharedStorage,
+    cfg: JobsConfig,
+    runs: &Arc<AtomicU32>,
+) -> RuntimeHandle {
+    Runtime::builder("n1", storage, f.clock.clone())
+        .observer(f.recorder.clone())
+        .rng_seed(7)
+        .jobs_config(cfg)
+        .queue("default", 1)
+        .handler("count", counting(runs))
+        .build()
+        .expect("valid")
+        .start()
+        .expect("started")
+}
+
+/// How many times `id` was claimed for a worker, run or not.
+fn claims_of(f: &Fixture, id: JobId) -> usize {
+    f.recorder
+        .events()
+        .iter()
+        .filter(|e| matches!(e, crate::events::Event::JobClaimed { job, .. } if *job == id))
+        .count()
+}
+
 /// How long one worker with `claim_ahead` takes over 20 no-op jobs on
 /// [`Distant`] storage; every job must run exactly once.
 async fn backlog_time(claim_ahead: u32) -> Duration {
@@ -635,19 +664,11 @@ async fn backlog_time(claim_ahead: u32) -> Duration {
     }
     let storage: SharedStorage = Arc::new(crate::storage::ops::Remote(Distant(f.store.clone())));
     let began = f.clock.monotonic();
-    let rt = Runtime::builder("n1", storage, f.clock.clone())
-        .observer(f.recorder.clone())
-        .rng_seed(7)
-        .jobs_config(JobsConfig {
-            claim_ahead,
-            ..JobsConfig::default()
-        })
-        .queue("default", 1)
-        .handler("count", counting(&runs))
-        .build()
-        .expect("valid")
-        .start()
-        .expect("started");
+    let cfg = JobsConfig {
+        claim_ahead,
+        ..JobsConfig::default()
+    };
+    let rt = counting_worker(&f, storage, cfg, &runs);
     let mut took = Duration::ZERO;
     for id in &ids {
         assert_eq!(f.finished(*id).await, JobState::Completed);
@@ -710,10 +731,7 @@ async fn hand_of_slow_then_quick<T: crate::storage::ops::Transport + 'static>(
     assert_eq!(f.finished(second).await, JobState::Completed);
     rt.shutdown(Duration::from_secs(5)).await;
     let events = f.recorder.events();
-    let claims = events
-        .iter()
-        .filter(|e| matches!(e, crate::events::Event::JobClaimed { job, .. } if *job == second))
-        .count();
+    let claims = claims_of(&f, second);
     let starts = events
         .iter()
         .filter_map(|e| match e {
@@ -1083,23 +1101,10 @@ async fn a_renewal_answered_after_its_trust_ran_out_does_not_start_the_job() {
             first_heartbeat: std::sync::atomic::AtomicBool::new(true),
         };
         let storage: SharedStorage = Arc::new(crate::storage::ops::Remote(transport));
-        let rt = Runtime::builder("n1", storage, f.clock.clone())
-            .observer(f.recorder.clone())
-            .rng_seed(7)
-            .queue("default", 1)
-            .handler("count", counting(&runs))
-            .build()
-            .expect("valid")
-            .start()
-            .expect("started");
+        let rt = counting_worker(&f, storage, cfg.clone(), &runs);
         assert_eq!(f.finished(id).await, JobState::Completed);
         rt.shutdown(Duration::from_secs(5)).await;
-        let claimed = f
-            .recorder
-            .events()
-            .iter()
-            .filter(|e| matches!(e, crate::events::Event::JobClaimed { job, .. } if *job == id))
-            .count();
+        let claimed = claims_of(&f, id);
         assert_eq!(
             runs.load(Ordering::SeqCst),
             1,
