@@ -79,19 +79,18 @@ fn overran(
     end_at_ms: u64,
 ) -> Option<Violation> {
     let host = began.host.as_str();
-    // A frozen process runs nothing, and its clocks jump by the pause when it
-    // resumes: the time it spent frozen before `to_ms` moves the bound on.
-    let bound_by = |to_ms: u64| {
-        let frozen = super::frozen_ms(history, host, began.at_ms, to_ms);
-        began
-            .at_ms
-            .saturating_add(allowed_ms)
-            .saturating_add(frozen)
-    };
     let next = history[began.seq + 1..].iter().find(|r| {
         r.host == host && (is_reboot(r) || matches!(r.ev, Ev::Node(Event::ShutdownEnded { .. })))
     });
-    let bound = bound_by(next.map_or(end_at_ms, |r| r.at_ms));
+    // A frozen process runs nothing, and its clocks jump by the pause when it
+    // resumes: the time it spent frozen before the shutdown's end moves the
+    // bound on.
+    let to_ms = next.map_or(end_at_ms, |r| r.at_ms);
+    let frozen = super::frozen_ms(history, host, began.at_ms, to_ms);
+    let bound = began
+        .at_ms
+        .saturating_add(allowed_ms)
+        .saturating_add(frozen);
     let (at_ms, message, witnesses) = match next {
         Some(r) if r.at_ms <= bound => return None,
         Some(r) => {
