@@ -409,11 +409,13 @@ enum Seen {
 }
 
 /// What `outcome` (a run of `spec`, planted) showed; a failure is checked by
-/// running `spec` again without the plant.
+/// running `spec` again without the plant, only while `failures` still count
+/// (once a range has its first failure, only its catcher matters).
 fn seen(
     spec: &RunSpec,
     outcome: &Result<runner::RunResult, runner::SimError>,
     invariant: &str,
+    failures: bool,
 ) -> Seen {
     let Ok(result) = outcome else {
         return Seen::Nothing;
@@ -421,7 +423,7 @@ fn seen(
     if result.violations.iter().any(|v| v.invariant == invariant) {
         return Seen::Catcher;
     }
-    if result.violations.is_empty() {
+    if result.violations.is_empty() || !failures {
         return Seen::Nothing;
     }
     let unplanted = RunSpec {
@@ -446,14 +448,15 @@ struct Detections {
 }
 
 impl Detections {
-    /// Search one range: `look(i)` runs the range's `i`-th run (0-based) and
-    /// says what it showed; stops at the catcher or after `search` runs.
-    fn range(&mut self, search: u64, mut look: impl FnMut(u64) -> Seen) {
+    /// Search one range: `look(i, failures)` runs the range's `i`-th run
+    /// (0-based) and says what it showed, a plain failure only while
+    /// `failures` (none seen yet); stops at the catcher or after `search` runs.
+    fn range(&mut self, search: u64, mut look: impl FnMut(u64, bool) -> Seen) {
         self.ranges += 1;
         let began = wall_now();
         let mut failed = false;
         for i in 0..search {
-            let seen = look(i);
+            let seen = look(i, !failed);
             if seen >= Seen::Failure && !failed {
                 failed = true;
                 self.any.push((i + 1) as f64);
@@ -519,9 +522,9 @@ fn bug_power(
     let mut found = Detections::default();
     for range in 0..ranges {
         let start = range_start(range);
-        found.range(search, |i| {
+        found.range(search, |i, failures| {
             let spec = spec(scenario.clone(), start + i, Some(bug));
-            seen(&spec, &runner::run_once(&spec), invariant)
+            seen(&spec, &runner::run_once(&spec), invariant, failures)
         });
     }
     let label = json!({
@@ -550,12 +553,12 @@ fn guided_power(
             start: range_start(range),
         });
         let mut ran = std::collections::VecDeque::new();
-        found.range(search, |_| {
+        found.range(search, |_, failures| {
             if ran.is_empty() {
                 ran.extend(hunt.run_batch(search - hunt.runs(), NonZeroUsize::MIN));
             }
             ran.pop_front().map_or(Seen::Nothing, |r| {
-                seen(&r.candidate.spec, &r.outcome, invariant)
+                seen(&r.candidate.spec, &r.outcome, invariant, failures)
             })
         });
     }
@@ -651,7 +654,12 @@ mod tests {
     fn planted(seed: u64) -> (RunSpec, Seen) {
         let swarm = scenarios::by_name("swarm").expect("swarm is in the catalog");
         let spec = spec(swarm, seed, Some(Bug::CrossTermStop));
-        let seen = seen(&spec, &runner::run_once(&spec), "no_cross_term_teardown");
+        let seen = seen(
+            &spec,
+            &runner::run_once(&spec),
+            "no_cross_term_teardown",
+            true,
+        );
         (spec, seen)
     }
 
@@ -677,10 +685,10 @@ mod tests {
     fn the_first_failure_and_the_first_catch_are_counted_apart() {
         let mut d = Detections::default();
         let shows = [Seen::Nothing, Seen::Failure, Seen::Nothing, Seen::Catcher];
-        d.range(10, |i| {
+        d.range(10, |i, _| {
             shows.get(i as usize).copied().unwrap_or(Seen::Nothing)
         });
-        d.range(2, |_| Seen::Nothing);
+        d.range(2, |_, _| Seen::Nothing);
         assert_eq!(
             (d.any.as_slice(), d.catcher.as_slice()),
             (&[2.0][..], &[4.0][..])
