@@ -256,12 +256,7 @@ impl Worker<'_> {
         let shared = self.shared;
         let heard = match held.heard {
             Heard::Alive => match self.fresh_or_renewed(held).await {
-                // A renewal whose reply came back after the trust it renewed
-                // ran out (a slow reply, a frozen process) says the claim stood
-                // when storage applied it, not now: the rescuer may have handed
-                // the job on since. Give it back rather than start it.
-                Ok(trusted_from) if self.trusted(trusted_from) => return Some(trusted_from),
-                Ok(_) => None,
+                Ok(trusted_from) => return Some(trusted_from),
                 Err(heard) => heard,
             },
             heard => Some(heard),
@@ -282,20 +277,20 @@ impl Worker<'_> {
         None
     }
 
-    /// Whether a claim trusted from `from` is still trusted now.
-    fn trusted(&self, from: Instant) -> bool {
-        let shared = self.shared;
-        shared.clock.monotonic().saturating_duration_since(from) < shared.cfg.claim_trust
+    /// How long ago `from` was on this worker's clock.
+    fn age(&self, from: Instant) -> Duration {
+        self.shared
+            .clock
+            .monotonic()
+            .saturating_duration_since(from)
     }
 
     /// The held claim's trust anchor if at least half its trust is left, else
-    /// renewed by a heartbeat; otherwise what storage said (`None`: no answer).
+    /// renewed by a heartbeat answered inside the trust it renewed; otherwise
+    /// what storage said (`None`: no answer, `Alive`: answered too late).
     async fn fresh_or_renewed(&self, held: Held) -> Result<Instant, Option<Heard>> {
         let shared = self.shared;
-        let age = shared
-            .clock
-            .monotonic()
-            .saturating_duration_since(held.trusted_from);
+        let age = self.age(held.trusted_from);
         if age < shared.cfg.claim_trust / 2 {
             return Ok(held.trusted_from);
         }
@@ -308,7 +303,12 @@ impl Worker<'_> {
         crate::sometimes!("claimed_ahead_renewed");
         let renewed = shared.clock.monotonic();
         match shared.storage.heartbeat(held.claim, self.owner).await {
-            Ok(HeartbeatStatus::Alive) => Ok(renewed),
+            Ok(HeartbeatStatus::Alive) if self.age(renewed) < shared.cfg.claim_trust => Ok(renewed),
+            // A reply that came back after the trust it renewed ran out (a
+            // slow reply, a frozen process) says the claim stood when storage
+            // applied it, not now: the rescuer may have handed the job on
+            // since. Give it back rather than start it.
+            Ok(HeartbeatStatus::Alive) => Err(Some(Heard::Alive)),
             Ok(status) => Err(Some(Heard::from(status))),
             Err(_) => Err(None),
         }
